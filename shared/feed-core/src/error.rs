@@ -1,0 +1,102 @@
+//! The platform's error vocabulary and its one mapping to gRPC status codes.
+
+use tonic::{Code, Status};
+
+/// An error a service returns to its caller. Every service error converts
+/// into this, and only `From<ApiError> for Status` picks the gRPC code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// A request field is malformed; the message names the field.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        /// The request field, as named in the proto.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The addressed thing does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A different item already holds this identity.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// No valid credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Valid credentials that may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The system is not in a state that allows this (e.g. a block stands).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A limit was reached (too many follows, rebuild budget spent).
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A dependency is down; retrying later may succeed.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or an unexpected storage failure. The detail is logged, not sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// INVALID_ARGUMENT naming `field`.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The gRPC code this error maps to.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument { .. } => Code::InvalidArgument,
+            Self::NotFound(_) => Code::NotFound,
+            Self::AlreadyExists(_) => Code::AlreadyExists,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(err: ApiError) -> Self {
+        match &err {
+            // Internal details may carry storage paths or queries: log them, send a generic text.
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                Status::internal("internal error")
+            }
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "dependency unavailable");
+                Status::unavailable(err.to_string())
+            }
+            _ => Status::new(err.code(), err.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_status_names_the_field() {
+        let status = Status::from(ApiError::invalid("feed", "must be kind:key"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("feed"), "{}", status.message());
+    }
+
+    #[test]
+    fn internal_status_hides_the_detail() {
+        let status = Status::from(ApiError::Internal("/secret/path corrupt".into()));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"));
+    }
+}
