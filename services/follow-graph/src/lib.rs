@@ -1,1 +1,51 @@
+//! follow-graph: who follows which feed, blocks, mutes, counts and the
+//! celebrity flag, served over gRPC.
 
+pub mod error;
+pub mod grpc;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+use feed_proto::followgraph::v1::follow_graph_service_server::FollowGraphServiceServer;
+use feed_server::{Authenticator, FeedConfig, ServiceSet};
+
+pub use service::FollowGraph;
+use store::{GraphPolicy, GraphStore};
+
+/// The gRPC name of this service.
+pub const SERVICE_NAME: &str = "feed.followgraph.v1.FollowGraphService";
+
+/// The store policy from configuration.
+pub fn policy(cfg: &FeedConfig) -> GraphPolicy {
+    let c = &cfg.follow_graph;
+    GraphPolicy::new(c.celebrity_threshold, c.celebrity_hysteresis, c.max_following)
+}
+
+/// Opens the configured backend: ScyllaDB when `scylla.nodes` is set (its
+/// schema must have been applied with `--migrate`), else the embedded store
+/// under `storage.data_dir/follow-graph`.
+pub async fn open_store(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn GraphStore>> {
+    if !cfg.scylla.node_list().is_empty() {
+        let store = store::scylla::ScyllaGraphStore::connect(&cfg.scylla, policy(cfg)).await?;
+        return Ok(Arc::new(store));
+    }
+    let dir = cfg.storage.data_dir.join("follow-graph");
+    std::fs::create_dir_all(&dir)?;
+    Ok(Arc::new(store::embedded::EmbeddedGraphStore::open(&dir, policy(cfg))?))
+}
+
+/// Adds the service, its health name and its readiness check to `set`.
+pub fn register(set: &mut ServiceSet, graph: FollowGraph, auth: &Authenticator) {
+    let store = graph.store().clone();
+    set.routes.add_service(FollowGraphServiceServer::with_interceptor(
+        grpc::FollowGraphGrpc::new(graph),
+        auth.interceptor(),
+    ));
+    set.names.push(SERVICE_NAME);
+    set.readiness.push(Arc::new(move || {
+        let store = store.clone();
+        Box::pin(async move { store.ping().await.is_ok() })
+    }));
+}

@@ -2,10 +2,14 @@
 
 use crate::{ApiError, UserId};
 
-/// A user id must be non-zero.
+/// Largest valid user id: ids fit a signed 64-bit column (ScyllaDB bigint)
+/// so that storage order is numeric order.
+pub const MAX_USER_ID: u64 = i64::MAX as u64;
+
+/// A user id must be in 1..=MAX_USER_ID.
 pub fn user_id(field: &str, id: u64) -> Result<UserId, ApiError> {
-    if id == 0 {
-        return Err(ApiError::invalid(field, "must be a non-zero user id"));
+    if id == 0 || id > MAX_USER_ID {
+        return Err(ApiError::invalid(field, "must be a user id in 1..=2^63-1"));
     }
     Ok(id)
 }
@@ -49,6 +53,8 @@ mod tests {
     fn zero_user_id_is_refused_by_name() {
         let err = user_id("follower_id", 0).unwrap_err();
         assert!(err.to_string().contains("follower_id"));
+        assert!(user_id("user_id", u64::MAX).is_err());
+        assert_eq!(user_id("user_id", MAX_USER_ID).unwrap(), MAX_USER_ID);
     }
 
     #[test]

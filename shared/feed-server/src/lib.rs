@@ -1,1 +1,15 @@
+//! Server bootstrap shared by every feed binary: configuration, telemetry,
+//! auth, health, reflection, request ids, metrics, limits and graceful drain.
 
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod observe;
+pub mod serve;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use auth::{Authenticator, Caller, Role};
+pub use config::FeedConfig;
+pub use serve::{Readiness, ServeOptions, ServiceSet, serve};
+pub use shutdown::Shutdown;

@@ -1,0 +1,208 @@
+//! The contract every [`GraphStore`] backend passes. Backends' tests call
+//! [`run_all`] on a fresh, empty store built with [`contract_policy`].
+
+use feed_core::FeedRef;
+
+use super::{GraphPolicy, GraphStore, SHARD_BITS, StoreError};
+
+/// The policy the contract assumes: celebrity at 3 followers, back below 2.
+pub fn contract_policy() -> GraphPolicy {
+    GraphPolicy::new(3, 0.5, 50)
+}
+
+fn feed(s: &str) -> FeedRef {
+    FeedRef::parse(s).expect("valid feed in contract")
+}
+
+/// Runs every contract check against `store` (which must start empty).
+pub async fn run_all(store: &dyn GraphStore) {
+    follow_is_idempotent_and_counted_once(store).await;
+    unfollow_is_idempotent_and_versions_only_grow(store).await;
+    block_removes_follows_both_ways_and_prevents_new_ones(store).await;
+    mute_keeps_the_follow_and_marks_the_follower(store).await;
+    followers_page_in_id_order_without_skips_or_repeats(store).await;
+    following_pages_in_feed_order(store).await;
+    shards_address_follower_ranges(store).await;
+    celebrity_flag_has_hysteresis(store).await;
+    follow_limit_is_enforced(store).await;
+    graph_version_bumps_on_every_change(store).await;
+    store.ping().await.expect("ping");
+}
+
+async fn follow_is_idempotent_and_counted_once(s: &dyn GraphStore) {
+    let f = feed("tag:contract-a");
+    let first = s.follow(1, &f).await.expect("follow");
+    assert!(first.changed && first.edge.following);
+    let again = s.follow(1, &f).await.expect("follow again");
+    assert!(!again.changed);
+    assert_eq!(again.edge.version, first.edge.version, "a retry does not bump the version");
+    assert_eq!(s.feed_counts(std::slice::from_ref(&f)).await.expect("counts")[0].followers, 1);
+    assert_eq!(s.following_counts(&[1]).await.expect("counts"), vec![1]);
+    assert_eq!(s.is_following(1, std::slice::from_ref(&f)).await.expect("is_following"), vec![true]);
+}
+
+async fn unfollow_is_idempotent_and_versions_only_grow(s: &dyn GraphStore) {
+    let f = feed("tag:contract-b");
+    let v1 = s.follow(2, &f).await.expect("follow").edge.version;
+    let un = s.unfollow(2, &f).await.expect("unfollow");
+    assert!(un.changed && !un.edge.following);
+    assert!(un.edge.version > v1);
+    assert!(!s.unfollow(2, &f).await.expect("unfollow again").changed);
+    let v3 = s.follow(2, &f).await.expect("refollow").edge.version;
+    assert!(v3 > un.edge.version);
+    let states = s.edge_states(&[(2, f.clone()), (3, f.clone())]).await.expect("states");
+    assert_eq!(states[0].version, v3);
+    assert!(states[0].following);
+    assert_eq!(states[1].version, 0, "an edge that never existed has version 0");
+    assert_eq!(s.feed_counts(&[f]).await.expect("counts")[0].followers, 1);
+}
+
+async fn block_removes_follows_both_ways_and_prevents_new_ones(s: &dyn GraphStore) {
+    let (a, b) = (10, 11);
+    s.follow(a, &FeedRef::user(b)).await.expect("a follows b");
+    s.follow(b, &FeedRef::user(a)).await.expect("b follows a");
+    let block = s.block(a, b).await.expect("block");
+    assert!(block.changed);
+    assert_eq!(block.removed.len(), 2);
+    assert!(block.removed.iter().all(|e| !e.following));
+    assert!(!s.block(a, b).await.expect("block again").changed);
+    let rel = s.relationships(a, &[b]).await.expect("rel")[0];
+    assert!(rel.blocking && !rel.following && !rel.followed_by);
+    assert!(s.relationships(b, &[a]).await.expect("rel")[0].blocked_by);
+    for (x, y) in [(a, b), (b, a)] {
+        let err = s.follow(x, &FeedRef::user(y)).await.expect_err("blocked follow");
+        assert!(matches!(err, StoreError::Blocked { .. }), "{err:?}");
+    }
+    assert_eq!(s.feed_counts(&[FeedRef::user(a), FeedRef::user(b)]).await.expect("counts")[0].followers, 0);
+    assert!(s.unblock(a, b).await.expect("unblock"));
+    assert!(!s.unblock(a, b).await.expect("unblock again"));
+    assert!(s.follow(b, &FeedRef::user(a)).await.expect("follow after unblock").changed);
+}
+
+async fn mute_keeps_the_follow_and_marks_the_follower(s: &dyn GraphStore) {
+    let (u, t) = (20, 21);
+    let f = FeedRef::user(t);
+    let v0 = s.follow(u, &f).await.expect("follow").edge.version;
+    let m = s.set_mute(u, t, true).await.expect("mute");
+    assert!(m.changed && m.edge.following && m.edge.muted && m.edge.version > v0);
+    assert!(!s.set_mute(u, t, true).await.expect("mute again").changed);
+    let followers = s.list_followers(&f, 0, 10).await.expect("followers");
+    assert_eq!(followers.len(), 1);
+    assert!(followers[0].muted);
+    assert!(s.relationships(u, &[t]).await.expect("rel")[0].muting);
+    let un = s.set_mute(u, t, false).await.expect("unmute");
+    assert!(un.changed && !un.edge.muted && un.edge.version > m.edge.version);
+    assert!(!s.list_followers(&f, 0, 10).await.expect("followers")[0].muted);
+    // Muting someone you do not follow is remembered for a later follow.
+    s.set_mute(u, 22, true).await.expect("mute unfollowed");
+    assert!(s.follow(u, &FeedRef::user(22)).await.expect("follow").edge.muted);
+}
+
+async fn followers_page_in_id_order_without_skips_or_repeats(s: &dyn GraphStore) {
+    let f = feed("group:contract-paging");
+    for u in (100..130).rev() {
+        s.follow(u, &f).await.expect("follow");
+    }
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = s.list_followers(&f, after, 7).await.expect("page");
+        if page.is_empty() {
+            break;
+        }
+        // Edges change between pages: a removal behind the cursor and an
+        // insert ahead of it must neither repeat nor skip an item.
+        if seen.is_empty() {
+            s.unfollow(100, &f).await.expect("unfollow behind");
+            s.follow(200, &f).await.expect("follow ahead");
+        }
+        after = page.last().expect("non-empty").user;
+        seen.extend(page.iter().map(|x| x.user));
+    }
+    let mut expected: Vec<u64> = (100..130).collect();
+    expected.push(200);
+    assert_eq!(seen, expected);
+}
+
+async fn following_pages_in_feed_order(s: &dyn GraphStore) {
+    let names = ["tag:b", "tag:a", "user:5", "company:x", "tag:ab"];
+    for n in names {
+        s.follow(30, &feed(n)).await.expect("follow");
+    }
+    let mut all = Vec::new();
+    let mut after: Option<FeedRef> = None;
+    loop {
+        let page = s.list_following(30, after.as_ref(), 2).await.expect("page");
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().cloned();
+        all.extend(page.into_iter().map(|f| f.to_string()));
+    }
+    let mut sorted: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    sorted.sort();
+    assert_eq!(all, sorted);
+}
+
+async fn shards_address_follower_ranges(s: &dyn GraphStore) {
+    let f = feed("tag:contract-shards");
+    let ids = [5u64, 6, (1 << SHARD_BITS) + 1, (3 << SHARD_BITS) + 9, (3 << SHARD_BITS) + 10];
+    for u in ids {
+        s.follow(u, &f).await.expect("follow");
+    }
+    assert_eq!(s.follower_shards(&f).await.expect("shards"), vec![0, 1, 3]);
+    let p = s.page_shard(&f, 3, 0, 1).await.expect("page");
+    assert_eq!(p.iter().map(|x| x.user).collect::<Vec<_>>(), vec![(3 << SHARD_BITS) + 9]);
+    let p = s.page_shard(&f, 3, p[0].user, 10).await.expect("page");
+    assert_eq!(p.iter().map(|x| x.user).collect::<Vec<_>>(), vec![(3 << SHARD_BITS) + 10]);
+    assert!(s.page_shard(&f, 2, 0, 10).await.expect("empty shard").is_empty());
+    s.unfollow((1 << SHARD_BITS) + 1, &f).await.expect("unfollow");
+    // A backend may keep listing an emptied shard (a fanout sub-job over it
+    // finds nothing); it must never lose a non-empty one.
+    let shards = s.follower_shards(&f).await.expect("shards");
+    assert!(shards.contains(&0) && shards.contains(&3));
+    assert!(s.page_shard(&f, 1, 0, 10).await.expect("emptied shard").is_empty());
+}
+
+async fn celebrity_flag_has_hysteresis(s: &dyn GraphStore) {
+    // contract_policy: celebrity at 3, stays one down to 2.
+    let f = feed("tag:contract-celebrity");
+    for u in 40..42 {
+        s.follow(u, &f).await.expect("follow");
+    }
+    assert!(!s.feed_counts(std::slice::from_ref(&f)).await.expect("c")[0].celebrity);
+    s.follow(42, &f).await.expect("follow");
+    assert!(s.feed_counts(std::slice::from_ref(&f)).await.expect("c")[0].celebrity);
+    s.unfollow(42, &f).await.expect("unfollow");
+    assert!(s.feed_counts(std::slice::from_ref(&f)).await.expect("c")[0].celebrity, "hysteresis keeps it at 2");
+    s.unfollow(41, &f).await.expect("unfollow");
+    assert!(!s.feed_counts(std::slice::from_ref(&f)).await.expect("c")[0].celebrity);
+    s.follow(41, &f).await.expect("follow");
+    assert!(!s.feed_counts(&[f]).await.expect("c")[0].celebrity, "re-entry needs the full threshold");
+}
+
+async fn follow_limit_is_enforced(s: &dyn GraphStore) {
+    let max = contract_policy().max_following;
+    for i in 0..max {
+        s.follow(50, &feed(&format!("tag:limit-{i}"))).await.expect("follow under limit");
+    }
+    let err = s.follow(50, &feed("tag:limit-over")).await.expect_err("over limit");
+    assert_eq!(err, StoreError::TooManyFollows(max));
+    assert_eq!(s.following_counts(&[50]).await.expect("count"), vec![max]);
+}
+
+async fn graph_version_bumps_on_every_change(s: &dyn GraphStore) {
+    let read = || async { s.graph_versions(&[60, 61]).await.expect("versions") };
+    let v0 = read().await;
+    s.follow(60, &feed("tag:gv")).await.expect("follow");
+    let v1 = read().await;
+    assert!(v1[0] > v0[0]);
+    s.set_mute(60, 61, true).await.expect("mute");
+    let v2 = read().await;
+    assert!(v2[0] > v1[0]);
+    s.block(61, 60).await.expect("block");
+    let v3 = read().await;
+    assert!(v3[0] > v2[0] && v3[1] > v2[1], "a block changes both users' graphs");
+    s.follow(60, &feed("tag:gv")).await.expect("idempotent follow");
+    assert_eq!(read().await, v3, "a no-op changes no version");
+}

@@ -1,0 +1,459 @@
+//! Embedded backend on fjall (an LSM-tree KV store: crash-safe journal,
+//! atomic cross-keyspace batches, forward and reverse range scans).
+//!
+//! Mutations take one writer lock, read what they need, and commit one
+//! atomic batch synced to disk, so an edge, its mirror, the counts and the
+//! versions never disagree, even after a crash. Keys are big-endian so byte
+//! order is numeric order.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use feed_core::{FeedRef, UserId};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+
+use super::{
+    BlockChange, EdgeChange, EdgeState, FeedCounts, Follower, GraphPolicy, GraphStore, Relationship, SHARD_BITS,
+    StoreError, shard_of,
+};
+
+/// The embedded follow-graph store.
+pub struct EmbeddedGraphStore {
+    db: Database,
+    /// user ‖ feed → ()
+    following: Keyspace,
+    /// len ‖ feed ‖ follower → muted (1 byte)
+    followers: Keyspace,
+    /// len ‖ feed ‖ shard → follower count in the shard
+    shards: Keyspace,
+    /// feed → followers (8) ‖ celebrity (1)
+    feed_stats: Keyspace,
+    /// user → following count (8) ‖ graph version (8)
+    user_stats: Keyspace,
+    /// user ‖ feed → edge version (kept after unfollow, so versions only grow)
+    edge_versions: Keyspace,
+    /// user ‖ target → ()
+    blocks: Keyspace,
+    /// user ‖ target → ()
+    mutes: Keyspace,
+    policy: GraphPolicy,
+    writer: Mutex<()>,
+}
+
+fn be(e: fjall::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn feed_prefix(feed: &FeedRef) -> Vec<u8> {
+    let s = feed.to_string();
+    let mut k = Vec::with_capacity(s.len() + 9);
+    // Feed names are at most 161 bytes (validated), so one length byte suffices;
+    // the length keeps `tag:a` from being a prefix of `tag:ab`.
+    k.push(s.len() as u8);
+    k.extend_from_slice(s.as_bytes());
+    k
+}
+
+fn feed_key(feed: &FeedRef, id: u64) -> Vec<u8> {
+    let mut k = feed_prefix(feed);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn user_feed_key(user: UserId, feed: &FeedRef) -> Vec<u8> {
+    let mut k = user.to_be_bytes().to_vec();
+    k.extend_from_slice(feed.to_string().as_bytes());
+    k
+}
+
+fn pair_key(a: UserId, b: UserId) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&a.to_be_bytes());
+    k[8..].copy_from_slice(&b.to_be_bytes());
+    k
+}
+
+fn read_u64(v: &[u8], at: usize) -> u64 {
+    v.get(at..at + 8)
+        .and_then(|s| <[u8; 8]>::try_from(s).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+impl EmbeddedGraphStore {
+    /// Opens (or creates) the store under `dir`.
+    pub fn open(dir: &Path, policy: GraphPolicy) -> Result<Self, StoreError> {
+        let db = Database::builder(dir).open().map_err(be)?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(be);
+        Ok(Self {
+            following: ks("fg_following")?,
+            followers: ks("fg_followers")?,
+            shards: ks("fg_shards")?,
+            feed_stats: ks("fg_feed_stats")?,
+            user_stats: ks("fg_user_stats")?,
+            edge_versions: ks("fg_edge_versions")?,
+            blocks: ks("fg_blocks")?,
+            mutes: ks("fg_mutes")?,
+            db,
+            policy,
+            writer: Mutex::new(()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded data is the database, which batches keep consistent.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn commit(&self, batch: OwnedWriteBatch) -> Result<(), StoreError> {
+        batch.commit().map_err(be)?;
+        // Durable before the caller hears "done".
+        self.db.persist(PersistMode::SyncAll).map_err(be)
+    }
+
+    fn exists(ks: &Keyspace, key: &[u8]) -> Result<bool, StoreError> {
+        ks.contains_key(key).map_err(be)
+    }
+
+    fn edge_version(&self, user: UserId, feed: &FeedRef) -> Result<u64, StoreError> {
+        Ok(self
+            .edge_versions
+            .get(user_feed_key(user, feed))
+            .map_err(be)?
+            .map(|v| read_u64(&v, 0))
+            .unwrap_or(0))
+    }
+
+    fn feed_counts_one(&self, feed: &FeedRef) -> Result<FeedCounts, StoreError> {
+        Ok(match self.feed_stats.get(feed.to_string()).map_err(be)? {
+            Some(v) => FeedCounts {
+                followers: read_u64(&v, 0),
+                celebrity: v.get(8) == Some(&1),
+            },
+            None => FeedCounts::default(),
+        })
+    }
+
+    fn user_stats_one(&self, user: UserId) -> Result<(u64, u64), StoreError> {
+        Ok(match self.user_stats.get(user.to_be_bytes()).map_err(be)? {
+            Some(v) => (read_u64(&v, 0), read_u64(&v, 8)),
+            None => (0, 0),
+        })
+    }
+
+    fn is_muting(&self, user: UserId, target: UserId) -> Result<bool, StoreError> {
+        Self::exists(&self.mutes, &pair_key(user, target))
+    }
+
+    fn either_blocks(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
+        Ok(Self::exists(&self.blocks, &pair_key(a, b))? || Self::exists(&self.blocks, &pair_key(b, a))?)
+    }
+
+    /// Writes user stats with a following-count delta and a graph-version bump.
+    fn put_user_stats(&self, batch: &mut OwnedWriteBatch, user: UserId, following_delta: i64) -> Result<(), StoreError> {
+        let (following, version) = self.user_stats_one(user)?;
+        let following = following.saturating_add_signed(following_delta);
+        let mut v = following.to_be_bytes().to_vec();
+        v.extend_from_slice(&(version + 1).to_be_bytes());
+        batch.insert(&self.user_stats, user.to_be_bytes(), v);
+        Ok(())
+    }
+
+    /// Adds or removes the edge inside `batch`; caller holds the writer lock.
+    fn write_edge(&self, batch: &mut OwnedWriteBatch, follower: UserId, feed: &FeedRef, add: bool, muted: bool) -> Result<u64, StoreError> {
+        let version = self.edge_version(follower, feed)? + 1;
+        batch.insert(&self.edge_versions, user_feed_key(follower, feed), version.to_be_bytes());
+        let delta: i64 = if add { 1 } else { -1 };
+        if add {
+            batch.insert(&self.following, user_feed_key(follower, feed), []);
+            batch.insert(&self.followers, feed_key(feed, follower), [u8::from(muted)]);
+        } else {
+            batch.remove(&self.following, user_feed_key(follower, feed));
+            batch.remove(&self.followers, feed_key(feed, follower));
+        }
+        let shard_key = feed_key(feed, shard_of(follower));
+        let in_shard = self.shards.get(&shard_key).map_err(be)?.map(|v| read_u64(&v, 0)).unwrap_or(0);
+        match in_shard.saturating_add_signed(delta) {
+            0 => batch.remove(&self.shards, shard_key),
+            n => batch.insert(&self.shards, shard_key, n.to_be_bytes()),
+        }
+        let counts = self.feed_counts_one(feed)?;
+        let followers = counts.followers.saturating_add_signed(delta);
+        let celebrity = self.policy.celebrity(counts.celebrity, followers);
+        let mut v = followers.to_be_bytes().to_vec();
+        v.push(u8::from(celebrity));
+        batch.insert(&self.feed_stats, feed.to_string(), v);
+        self.put_user_stats(batch, follower, delta)?;
+        Ok(version)
+    }
+
+    fn state(&self, follower: UserId, feed: &FeedRef) -> Result<EdgeState, StoreError> {
+        let following = Self::exists(&self.following, &user_feed_key(follower, feed))?;
+        let muted = match feed.user_id() {
+            Some(owner) => self.is_muting(follower, owner)?,
+            None => false,
+        };
+        Ok(EdgeState {
+            follower,
+            feed: feed.clone(),
+            version: self.edge_version(follower, feed)?,
+            following,
+            muted,
+        })
+    }
+
+    fn scan_followers(&self, feed: &FeedRef, from: u64, to_exclusive: Option<u64>, limit: usize) -> Result<Vec<Follower>, StoreError> {
+        let start = feed_key(feed, from);
+        let end = match to_exclusive {
+            Some(to) => feed_key(feed, to),
+            None => {
+                let mut p = feed_prefix(feed);
+                p.extend_from_slice(&[0xFF; 9]);
+                p
+            }
+        };
+        let prefix_len = feed_prefix(feed).len();
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in self.followers.range(start..end) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.into_inner().map_err(be)?;
+            out.push(Follower {
+                user: read_u64(&k, prefix_len),
+                muted: v.first() == Some(&1),
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl GraphStore for EmbeddedGraphStore {
+    async fn follow(&self, follower: UserId, feed: &FeedRef) -> Result<EdgeChange, StoreError> {
+        let _w = self.lock();
+        if Self::exists(&self.following, &user_feed_key(follower, feed))? {
+            return Ok(EdgeChange {
+                changed: false,
+                edge: self.state(follower, feed)?,
+            });
+        }
+        let muted = match feed.user_id() {
+            Some(owner) => {
+                if self.either_blocks(follower, owner)? {
+                    return Err(StoreError::Blocked {
+                        follower,
+                        feed: feed.to_string(),
+                    });
+                }
+                self.is_muting(follower, owner)?
+            }
+            None => false,
+        };
+        if self.user_stats_one(follower)?.0 >= self.policy.max_following {
+            return Err(StoreError::TooManyFollows(self.policy.max_following));
+        }
+        let mut batch = self.db.batch();
+        let version = self.write_edge(&mut batch, follower, feed, true, muted)?;
+        self.commit(batch)?;
+        Ok(EdgeChange {
+            changed: true,
+            edge: EdgeState {
+                follower,
+                feed: feed.clone(),
+                version,
+                following: true,
+                muted,
+            },
+        })
+    }
+
+    async fn unfollow(&self, follower: UserId, feed: &FeedRef) -> Result<EdgeChange, StoreError> {
+        let _w = self.lock();
+        if !Self::exists(&self.following, &user_feed_key(follower, feed))? {
+            return Ok(EdgeChange {
+                changed: false,
+                edge: self.state(follower, feed)?,
+            });
+        }
+        let mut batch = self.db.batch();
+        self.write_edge(&mut batch, follower, feed, false, false)?;
+        self.commit(batch)?;
+        Ok(EdgeChange {
+            changed: true,
+            edge: self.state(follower, feed)?,
+        })
+    }
+
+    async fn block(&self, user: UserId, target: UserId) -> Result<BlockChange, StoreError> {
+        let _w = self.lock();
+        if Self::exists(&self.blocks, &pair_key(user, target))? {
+            return Ok(BlockChange {
+                changed: false,
+                removed: vec![],
+            });
+        }
+        let mut batch = self.db.batch();
+        batch.insert(&self.blocks, pair_key(user, target), []);
+        let mut removed = Vec::new();
+        for (a, b) in [(user, target), (target, user)] {
+            let feed = FeedRef::user(b);
+            if Self::exists(&self.following, &user_feed_key(a, &feed))? {
+                let version = self.write_edge(&mut batch, a, &feed, false, false)?;
+                removed.push(EdgeState {
+                    follower: a,
+                    feed,
+                    version,
+                    following: false,
+                    muted: self.is_muting(a, b)?,
+                });
+            } else {
+                self.put_user_stats(&mut batch, a, 0)?;
+            }
+        }
+        self.commit(batch)?;
+        Ok(BlockChange { changed: true, removed })
+    }
+
+    async fn unblock(&self, user: UserId, target: UserId) -> Result<bool, StoreError> {
+        let _w = self.lock();
+        if !Self::exists(&self.blocks, &pair_key(user, target))? {
+            return Ok(false);
+        }
+        let mut batch = self.db.batch();
+        batch.remove(&self.blocks, pair_key(user, target));
+        self.put_user_stats(&mut batch, user, 0)?;
+        self.put_user_stats(&mut batch, target, 0)?;
+        self.commit(batch)?;
+        Ok(true)
+    }
+
+    async fn set_mute(&self, user: UserId, target: UserId, muted: bool) -> Result<EdgeChange, StoreError> {
+        let _w = self.lock();
+        let feed = FeedRef::user(target);
+        if self.is_muting(user, target)? == muted {
+            return Ok(EdgeChange {
+                changed: false,
+                edge: self.state(user, &feed)?,
+            });
+        }
+        let mut batch = self.db.batch();
+        if muted {
+            batch.insert(&self.mutes, pair_key(user, target), []);
+        } else {
+            batch.remove(&self.mutes, pair_key(user, target));
+        }
+        let following = Self::exists(&self.following, &user_feed_key(user, &feed))?;
+        if following {
+            batch.insert(&self.followers, feed_key(&feed, user), [u8::from(muted)]);
+        }
+        // Mute state is part of the edge: jobs carrying the old version must not apply.
+        let version = self.edge_version(user, &feed)? + 1;
+        batch.insert(&self.edge_versions, user_feed_key(user, &feed), version.to_be_bytes());
+        self.put_user_stats(&mut batch, user, 0)?;
+        self.commit(batch)?;
+        Ok(EdgeChange {
+            changed: true,
+            edge: EdgeState {
+                follower: user,
+                feed,
+                version,
+                following,
+                muted,
+            },
+        })
+    }
+
+    async fn relationships(&self, user: UserId, targets: &[UserId]) -> Result<Vec<Relationship>, StoreError> {
+        let me = FeedRef::user(user);
+        targets
+            .iter()
+            .map(|&t| {
+                Ok(Relationship {
+                    target: t,
+                    following: Self::exists(&self.following, &user_feed_key(user, &FeedRef::user(t)))?,
+                    followed_by: Self::exists(&self.following, &user_feed_key(t, &me))?,
+                    blocking: Self::exists(&self.blocks, &pair_key(user, t))?,
+                    blocked_by: Self::exists(&self.blocks, &pair_key(t, user))?,
+                    muting: self.is_muting(user, t)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn is_following(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, StoreError> {
+        feeds
+            .iter()
+            .map(|f| Self::exists(&self.following, &user_feed_key(user, f)))
+            .collect()
+    }
+
+    async fn list_followers(&self, feed: &FeedRef, after: UserId, limit: usize) -> Result<Vec<Follower>, StoreError> {
+        match after.checked_add(1) {
+            Some(from) => self.scan_followers(feed, from, None, limit),
+            None => Ok(vec![]),
+        }
+    }
+
+    async fn list_following(&self, user: UserId, after: Option<&FeedRef>, limit: usize) -> Result<Vec<FeedRef>, StoreError> {
+        let prefix = user.to_be_bytes();
+        let start = match after {
+            // Appending a zero byte makes the bound exclusive of `after` itself.
+            Some(f) => {
+                let mut k = user_feed_key(user, f);
+                k.push(0);
+                k
+            }
+            None => prefix.to_vec(),
+        };
+        let mut end = prefix.to_vec();
+        end.push(0xFF);
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in self.following.range(start..end) {
+            if out.len() >= limit {
+                break;
+            }
+            let key = item.key().map_err(be)?;
+            let name = std::str::from_utf8(&key[8..]).map_err(|e| StoreError::Backend(e.to_string()))?;
+            out.push(FeedRef::parse(name).map_err(|e| StoreError::Backend(e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    async fn follower_shards(&self, feed: &FeedRef) -> Result<Vec<u64>, StoreError> {
+        let prefix = feed_prefix(feed);
+        let len = prefix.len();
+        self.shards
+            .prefix(prefix)
+            .map(|item| item.key().map(|k| read_u64(&k, len)).map_err(be))
+            .collect()
+    }
+
+    async fn page_shard(&self, feed: &FeedRef, shard: u64, after: UserId, limit: usize) -> Result<Vec<Follower>, StoreError> {
+        let lo = shard << SHARD_BITS;
+        let hi = (shard + 1).checked_shl(SHARD_BITS).filter(|h| *h > lo);
+        let from = after.saturating_add(1).max(lo);
+        self.scan_followers(feed, from, hi, limit)
+    }
+
+    async fn feed_counts(&self, feeds: &[FeedRef]) -> Result<Vec<FeedCounts>, StoreError> {
+        feeds.iter().map(|f| self.feed_counts_one(f)).collect()
+    }
+
+    async fn following_counts(&self, users: &[UserId]) -> Result<Vec<u64>, StoreError> {
+        users.iter().map(|u| self.user_stats_one(*u).map(|s| s.0)).collect()
+    }
+
+    async fn edge_states(&self, edges: &[(UserId, FeedRef)]) -> Result<Vec<EdgeState>, StoreError> {
+        edges.iter().map(|(u, f)| self.state(*u, f)).collect()
+    }
+
+    async fn graph_versions(&self, users: &[UserId]) -> Result<Vec<u64>, StoreError> {
+        users.iter().map(|u| self.user_stats_one(*u).map(|s| s.1)).collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.feed_stats.get("ping").map(|_| ()).map_err(be)
+    }
+}

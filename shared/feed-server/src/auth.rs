@@ -1,0 +1,223 @@
+//! Service tokens and the calling user.
+//!
+//! Every RPC but health and reflection carries `authorization: Bearer <token>`.
+//! An `internal` token may act for any user and call admin RPCs; a `bff`
+//! token must name its user in `x-feed-user-id` and may act only as that user.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use feed_core::{ApiError, UserId};
+use tonic::{Request, Status};
+
+use crate::config::AuthConfig;
+
+/// Metadata key naming the end user a `bff` call acts for.
+pub const USER_HEADER: &str = "x-feed-user-id";
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Platform services and operators: any user, admin RPCs.
+    Internal,
+    /// The mobile backend-for-frontend: only the user it names.
+    Bff,
+}
+
+/// The authenticated caller of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's role.
+    pub role: Role,
+    /// The user named in `x-feed-user-id` (required for `bff`).
+    pub user_id: Option<UserId>,
+}
+
+impl Caller {
+    /// The caller an authenticated request carries. A request that did not go
+    /// through the interceptor has none: refuse rather than assume.
+    pub fn of<T>(req: &Request<T>) -> Result<Caller, ApiError> {
+        req.extensions()
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| ApiError::Unauthenticated("missing credentials".into()))
+    }
+
+    /// May this caller act as `user_id` (the value of request field `field`)?
+    pub fn act_as(&self, field: &str, user_id: UserId) -> Result<(), ApiError> {
+        match self.role {
+            Role::Internal => Ok(()),
+            Role::Bff if self.user_id == Some(user_id) => Ok(()),
+            Role::Bff => Err(ApiError::PermissionDenied(format!(
+                "{field}: a bff token may only act as the user in {USER_HEADER}"
+            ))),
+        }
+    }
+
+    /// Only internal callers (admin and service-to-service RPCs).
+    pub fn require_internal(&self) -> Result<(), ApiError> {
+        match self.role {
+            Role::Internal => Ok(()),
+            Role::Bff => Err(ApiError::PermissionDenied("this call needs an internal token".into())),
+        }
+    }
+}
+
+/// Checks bearer tokens. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Authenticator {
+    tokens: Arc<HashMap<String, Role>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the tokens themselves.
+        f.debug_struct("Authenticator").field("tokens", &self.tokens.len()).finish()
+    }
+}
+
+impl Authenticator {
+    /// From `(token, role)` pairs.
+    pub fn new(tokens: impl IntoIterator<Item = (String, Role)>) -> Self {
+        Self {
+            tokens: Arc::new(tokens.into_iter().filter(|(t, _)| !t.is_empty()).collect()),
+        }
+    }
+
+    /// From configuration: the two token lists plus `tokens_file` lines `role:token`.
+    pub fn from_config(cfg: &AuthConfig) -> anyhow::Result<Self> {
+        let split = |s: &str, role| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(move |t| (t.to_owned(), role))
+                .collect::<Vec<_>>()
+        };
+        let mut tokens = split(&cfg.internal_tokens, Role::Internal);
+        tokens.extend(split(&cfg.bff_tokens, Role::Bff));
+        if !cfg.tokens_file.is_empty() {
+            let text = std::fs::read_to_string(&cfg.tokens_file)
+                .map_err(|e| anyhow::anyhow!("auth.tokens_file {}: {e}", cfg.tokens_file))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let (role, token) = line
+                    .split_once(':')
+                    .ok_or_else(|| anyhow::anyhow!("auth.tokens_file line {}: expected role:token", n + 1))?;
+                let role = match role.trim() {
+                    "internal" => Role::Internal,
+                    "bff" => Role::Bff,
+                    other => anyhow::bail!("auth.tokens_file line {}: unknown role {other:?}", n + 1),
+                };
+                tokens.push((token.trim().to_owned(), role));
+            }
+        }
+        Ok(Self::new(tokens))
+    }
+
+    /// True when no token is configured (feedd then creates a dev token).
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Authenticates a request's metadata.
+    pub fn authenticate(&self, md: &tonic::metadata::MetadataMap) -> Result<Caller, ApiError> {
+        let header = md
+            .get("authorization")
+            .ok_or_else(|| ApiError::Unauthenticated("missing authorization: Bearer <token>".into()))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .ok_or_else(|| ApiError::Unauthenticated("authorization must be Bearer <token>".into()))?;
+        let role = *self
+            .tokens
+            .get(token.trim())
+            .ok_or_else(|| ApiError::Unauthenticated("unknown token".into()))?;
+        let user_id = match md.get(USER_HEADER) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .filter(|id| *id != 0)
+                    .ok_or_else(|| ApiError::Unauthenticated(format!("{USER_HEADER} must be a non-zero user id")))?,
+            ),
+        };
+        if role == Role::Bff && user_id.is_none() {
+            return Err(ApiError::Unauthenticated(format!("a bff token must send {USER_HEADER}")));
+        }
+        Ok(Caller { role, user_id })
+    }
+
+    /// A tonic interceptor that authenticates and attaches the [`Caller`].
+    pub fn interceptor(&self) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
+        let auth = self.clone();
+        move |mut req: Request<()>| {
+            let caller = auth.authenticate(req.metadata()).map_err(Status::from)?;
+            req.extensions_mut().insert(caller);
+            Ok(req)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::metadata::MetadataMap;
+
+    fn md(pairs: &[(&'static str, &str)]) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        for (k, v) in pairs {
+            m.insert(*k, v.parse().expect("ascii"));
+        }
+        m
+    }
+
+    fn auth() -> Authenticator {
+        Authenticator::new([("i-tok".to_owned(), Role::Internal), ("b-tok".to_owned(), Role::Bff)])
+    }
+
+    #[test]
+    fn missing_or_unknown_token_is_unauthenticated() {
+        assert!(matches!(auth().authenticate(&md(&[])), Err(ApiError::Unauthenticated(_))));
+        assert!(matches!(
+            auth().authenticate(&md(&[("authorization", "Bearer nope")])),
+            Err(ApiError::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn bff_token_needs_a_user_and_acts_only_as_that_user() {
+        assert!(auth().authenticate(&md(&[("authorization", "Bearer b-tok")])).is_err());
+        let caller = auth()
+            .authenticate(&md(&[("authorization", "Bearer b-tok"), (USER_HEADER, "7")]))
+            .expect("authenticated");
+        assert!(caller.act_as("user_id", 7).is_ok());
+        assert!(matches!(caller.act_as("user_id", 8), Err(ApiError::PermissionDenied(_))));
+        assert!(caller.require_internal().is_err());
+    }
+
+    #[test]
+    fn internal_token_acts_for_anyone() {
+        let caller = auth().authenticate(&md(&[("authorization", "Bearer i-tok")])).expect("ok");
+        assert!(caller.act_as("user_id", 99).is_ok());
+        assert!(caller.require_internal().is_ok());
+    }
+
+    #[test]
+    fn tokens_file_lines_carry_roles() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("tokens");
+        std::fs::write(&file, "# comment\ninternal:x1\nbff:y1\n").expect("write");
+        let cfg = AuthConfig {
+            tokens_file: file.display().to_string(),
+            ..AuthConfig::default()
+        };
+        let a = Authenticator::from_config(&cfg).expect("loads");
+        assert!(a.authenticate(&md(&[("authorization", "Bearer x1")])).is_ok());
+        assert!(a.authenticate(&md(&[("authorization", "Bearer y1"), (USER_HEADER, "1")])).is_ok());
+    }
+}

@@ -1,0 +1,237 @@
+//! Layered configuration: defaults → TOML file → environment
+//! (`FEED__SECTION__KEY`, e.g. `FEED__REDIS__URL`).
+//!
+//! One struct for the whole platform, so every key a deployment sets can be
+//! checked against it, and a typo fails at start-up (`deny_unknown_fields`).
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The platform's configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedConfig {
+    /// gRPC server settings.
+    pub server: ServerConfig,
+    /// Service tokens.
+    pub auth: AuthConfig,
+    /// Logs.
+    pub telemetry: TelemetryConfig,
+    /// Embedded storage.
+    pub storage: StorageConfig,
+    /// Redis, when used instead of the embedded equivalents.
+    pub redis: RedisConfig,
+    /// ScyllaDB, when used instead of the embedded store.
+    pub scylla: ScyllaConfig,
+    /// follow-graph service settings.
+    pub follow_graph: FollowGraphConfig,
+}
+
+/// gRPC server settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// gRPC listen address.
+    pub listen: String,
+    /// Prometheus `/metrics` listen address; empty disables it.
+    pub admin_listen: String,
+    /// Per-request deadline, also capping a client's `grpc-timeout`.
+    pub request_timeout_ms: u64,
+    /// Requests in flight across all connections before shedding with RESOURCE_EXHAUSTED.
+    pub concurrency_limit: usize,
+    /// Connections are closed after this age so new replicas receive traffic.
+    pub max_connection_age_secs: u64,
+    /// After SIGTERM: health turns NOT_SERVING, then this pause lets load
+    /// balancers notice before the listener closes.
+    pub drain_delay_ms: u64,
+    /// In-flight requests get this long to finish after the listener closes.
+    pub drain_timeout_ms: u64,
+    /// PEM certificate chain; TLS is on when this and `tls_key` are set.
+    pub tls_cert: String,
+    /// PEM private key.
+    pub tls_key: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            request_timeout_ms: 10_000,
+            concurrency_limit: 1024,
+            max_connection_age_secs: 300,
+            drain_delay_ms: 0,
+            drain_timeout_ms: 10_000,
+            tls_cert: String::new(),
+            tls_key: String::new(),
+        }
+    }
+}
+
+/// Service tokens. Comma-separated lists so a Kubernetes Secret can inject
+/// them as environment variables (`FEED__AUTH__INTERNAL_TOKENS`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Tokens of the `internal` role: may act for any user and call admin RPCs.
+    pub internal_tokens: String,
+    /// Tokens of the `bff` role: must name the user in `x-feed-user-id`.
+    pub bff_tokens: String,
+    /// A file holding more `role:token` lines (a mounted Secret).
+    pub tokens_file: String,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `text` or `json`.
+    pub log_format: String,
+    /// An `EnvFilter` directive; `RUST_LOG` wins when set.
+    pub log_filter: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: "text".into(),
+            log_filter: "info".into(),
+        }
+    }
+}
+
+/// Embedded storage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Directory of the embedded database (one process per directory).
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+        }
+    }
+}
+
+/// Redis.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/`; empty uses the embedded equivalents.
+    pub url: String,
+}
+
+/// ScyllaDB.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScyllaConfig {
+    /// Comma-separated `host:port` contact points; empty uses the embedded store.
+    pub nodes: String,
+    /// Keyspace holding the platform's tables.
+    pub keyspace: String,
+    /// Replication factor used by `--migrate` (SimpleStrategy in dev, set per DC in prod).
+    pub replication_factor: u32,
+    /// Local datacenter for LOCAL_QUORUM routing.
+    pub local_dc: String,
+}
+
+impl Default for ScyllaConfig {
+    fn default() -> Self {
+        Self {
+            nodes: String::new(),
+            keyspace: "feed".into(),
+            replication_factor: 3,
+            local_dc: String::new(),
+        }
+    }
+}
+
+impl ScyllaConfig {
+    /// The contact points, or none when ScyllaDB is not configured.
+    pub fn node_list(&self) -> Vec<String> {
+        self.nodes
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
+}
+
+/// follow-graph settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FollowGraphConfig {
+    /// A feed with at least this many followers becomes a celebrity (pulled at read).
+    pub celebrity_threshold: u64,
+    /// It stops being one below `threshold * (1 - hysteresis)`, so a feed
+    /// hovering at the threshold does not flip delivery mode on every follow.
+    pub celebrity_hysteresis: f64,
+    /// Most feeds one user may follow (bounds timeline merges and rebuilds).
+    pub max_following: u64,
+}
+
+impl Default for FollowGraphConfig {
+    fn default() -> Self {
+        Self {
+            celebrity_threshold: 10_000,
+            celebrity_hysteresis: 0.1,
+            max_following: 5_000,
+        }
+    }
+}
+
+impl FeedConfig {
+    /// Loads defaults, then `file` (when given), then `FEED__*` variables.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        Self::load_from(file, Env::prefixed("FEED__").split("__"))
+    }
+
+    fn load_from(file: Option<&Path>, env: Env) -> anyhow::Result<Self> {
+        let mut fig = Figment::from(Serialized::defaults(FeedConfig::default()));
+        if let Some(path) = file {
+            anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
+            fig = fig.merge(Toml::file(path));
+        }
+        Ok(fig.merge(env).extract()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_overrides_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "feed.toml",
+                "[server]\nlisten = \"0.0.0.0:1\"\nrequest_timeout_ms = 5\n[follow_graph]\ncelebrity_threshold = 7\n",
+            )?;
+            jail.set_env("FEED__SERVER__LISTEN", "0.0.0.0:2");
+            jail.set_env("FEED__SCYLLA__NODES", "a:9042, b:9042");
+            let cfg = FeedConfig::load(Some(Path::new("feed.toml"))).expect("config loads");
+            assert_eq!(cfg.server.listen, "0.0.0.0:2");
+            assert_eq!(cfg.server.request_timeout_ms, 5);
+            assert_eq!(cfg.follow_graph.celebrity_threshold, 7);
+            assert_eq!(cfg.scylla.node_list(), vec!["a:9042", "b:9042"]);
+            assert_eq!(cfg.redis.url, "");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FEED__SERVER__LISTN", "typo");
+            assert!(FeedConfig::load(None).is_err());
+            Ok(())
+        });
+    }
+}

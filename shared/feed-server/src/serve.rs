@@ -1,0 +1,165 @@
+//! Runs a gRPC server: health, reflection, auth-wrapped services, limits,
+//! request ids and metrics, then drains on shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::RoutesBuilder;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+use tower::ServiceBuilder;
+
+use crate::Shutdown;
+use crate::config::ServerConfig;
+use crate::observe::ObserveLayer;
+
+/// Answers whether the server's dependencies respond (storage, Redis...).
+pub type Readiness = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+/// The gRPC services one server hosts, already wrapped with auth. Each
+/// service crate adds itself; feedd lets every service add itself to one set.
+#[derive(Default)]
+pub struct ServiceSet {
+    /// The routes to serve.
+    pub routes: RoutesBuilder,
+    /// Full gRPC names (`feed.followgraph.v1.FollowGraphService`): each gets
+    /// a health status and is listed by reflection.
+    pub names: Vec<&'static str>,
+    /// Checks run before health turns SERVING (and then periodically).
+    pub readiness: Vec<Readiness>,
+}
+
+/// Everything [`serve`] needs besides the services.
+pub struct ServeOptions {
+    /// Limits, timeouts, TLS and drain settings.
+    pub config: ServerConfig,
+    /// Bound gRPC listener (`127.0.0.1:0` in tests).
+    pub listener: TcpListener,
+    /// Resolves when the server should drain and stop.
+    pub shutdown: Shutdown,
+}
+
+/// How often readiness is re-checked once serving.
+const READINESS_PERIOD: Duration = Duration::from_secs(5);
+
+/// Serves until `opts.shutdown` triggers, then drains. Health is NOT_SERVING
+/// until every readiness check passes, and again from the moment shutdown starts.
+pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
+    let ServeOptions {
+        config,
+        listener,
+        shutdown,
+    } = opts;
+    let addr: SocketAddr = listener.local_addr()?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let mut all_names: Vec<&'static str> = set.names.clone();
+    all_names.push("");
+    for name in &all_names {
+        health.set_service_status(*name, ServingStatus::NotServing).await;
+    }
+
+    // Reflection lists only what this server hosts, not every service in the contract.
+    let reflection = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(feed_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health");
+        for name in &set.names {
+            b = b.with_service_name(*name);
+        }
+        b
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let mut routes = set.routes;
+    routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    let mut builder = Server::builder()
+        .timeout(Duration::from_millis(config.request_timeout_ms))
+        .max_connection_age(Duration::from_secs(config.max_connection_age_secs.max(1)))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)));
+    if !config.tls_cert.is_empty() && !config.tls_key.is_empty() {
+        let cert = std::fs::read(&config.tls_cert)?;
+        let key = std::fs::read(&config.tls_key)?;
+        builder = builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
+    }
+    // Shed instead of queueing: a saturated replica answers RESOURCE_EXHAUSTED
+    // at once and the client retries elsewhere.
+    let layers = ServiceBuilder::new()
+        .layer(ObserveLayer)
+        .load_shed()
+        .concurrency_limit(config.concurrency_limit.max(1))
+        .into_inner();
+    let router = builder.layer(layers).add_routes(routes.routes());
+
+    let readiness = set.readiness;
+    let ready_health = health.clone();
+    let ready_shutdown = shutdown.clone();
+    let ready_names = all_names.clone();
+    let ready_task = tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            let mut ok = true;
+            for check in &readiness {
+                ok &= check().await;
+            }
+            if ready_shutdown.is_triggered() {
+                return;
+            }
+            if last != Some(ok) {
+                let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+                for name in &ready_names {
+                    ready_health.set_service_status(*name, status).await;
+                }
+                tracing::info!(ready = ok, "readiness changed");
+                last = Some(ok);
+            }
+            let period = if ok { READINESS_PERIOD } else { Duration::from_millis(200) };
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = ready_shutdown.wait() => return,
+            }
+        }
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let incoming = TcpListenerStream::new(listener);
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        let _ = stop_rx.await;
+    }));
+    tracing::info!(%addr, services = ?set.names, "serving");
+
+    tokio::select! {
+        result = &mut server => {
+            ready_task.abort();
+            return Ok(result??);
+        }
+        _ = shutdown.wait() => {}
+    }
+    tracing::info!("draining");
+    ready_task.abort();
+    for name in &all_names {
+        health.set_service_status(*name, ServingStatus::NotServing).await;
+    }
+    tokio::time::sleep(Duration::from_millis(config.drain_delay_ms)).await;
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(Duration::from_millis(config.drain_timeout_ms), &mut server).await {
+        Ok(result) => result??,
+        Err(_) => {
+            tracing::warn!("drain timed out; closing remaining connections");
+            server.abort();
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
