@@ -20,7 +20,11 @@ pub const SERVICE_NAME: &str = "feed.followgraph.v1.FollowGraphService";
 /// The store policy from configuration.
 pub fn policy(cfg: &FeedConfig) -> GraphPolicy {
     let c = &cfg.follow_graph;
-    GraphPolicy::new(c.celebrity_threshold, c.celebrity_hysteresis, c.max_following)
+    GraphPolicy::new(
+        c.celebrity_threshold,
+        c.celebrity_hysteresis,
+        c.max_following,
+    )
 }
 
 /// Opens the configured backend: ScyllaDB when `scylla.nodes` is set (its
@@ -33,19 +37,35 @@ pub async fn open_store(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn GraphStore>>
     }
     let dir = cfg.storage.data_dir.join("follow-graph");
     std::fs::create_dir_all(&dir)?;
-    Ok(Arc::new(store::embedded::EmbeddedGraphStore::open(&dir, policy(cfg))?))
+    Ok(Arc::new(store::embedded::EmbeddedGraphStore::open(
+        &dir,
+        policy(cfg),
+    )?))
 }
 
 /// Adds the service, its health name and its readiness check to `set`.
 pub fn register(set: &mut ServiceSet, graph: FollowGraph, auth: &Authenticator) {
     let store = graph.store().clone();
-    set.routes.add_service(FollowGraphServiceServer::with_interceptor(
-        grpc::FollowGraphGrpc::new(graph),
-        auth.interceptor(),
-    ));
+    set.routes
+        .add_service(FollowGraphServiceServer::with_interceptor(
+            grpc::FollowGraphGrpc::new(graph),
+            auth.interceptor(),
+        ));
     set.names.push(SERVICE_NAME);
     set.readiness.push(Arc::new(move || {
         let store = store.clone();
         Box::pin(async move { store.ping().await.is_ok() })
     }));
+}
+
+/// The `--migrate` step: applies the ScyllaDB schema when ScyllaDB is
+/// configured. The embedded store creates its keyspaces on open.
+pub async fn migrate(cfg: &FeedConfig) -> anyhow::Result<()> {
+    if cfg.scylla.node_list().is_empty() {
+        tracing::info!("embedded store: nothing to migrate");
+        return Ok(());
+    }
+    store::scylla::migrate(&cfg.scylla).await?;
+    tracing::info!(keyspace = %cfg.scylla.keyspace, "follow-graph schema applied");
+    Ok(())
 }

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use feed_core::{ApiError, FeedRef, UserId};
 
-use crate::store::{BlockChange, EdgeChange, EdgeState, FeedCounts, Follower, GraphStore, Relationship};
+use crate::store::{
+    BlockChange, EdgeChange, EdgeState, FeedCounts, Follower, GraphStore, Relationship,
+};
 
 /// Counts of one user: feeds followed, and followers of `user:<id>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +46,10 @@ impl FollowGraph {
     pub async fn follow(&self, follower: UserId, feed: &FeedRef) -> Result<EdgeChange, ApiError> {
         if feed.user_id() == Some(follower) {
             // A reader always sees their own posts; a self-edge would only skew counts.
-            return Err(ApiError::invalid("feed", "a user cannot follow their own feed"));
+            return Err(ApiError::invalid(
+                "feed",
+                "a user cannot follow their own feed",
+            ));
         }
         let change = self.store.follow(follower, feed).await?;
         record("follow", change.changed);
@@ -61,7 +66,10 @@ impl FollowGraph {
     /// user blocks target.
     pub async fn block(&self, user: UserId, target: UserId) -> Result<BlockChange, ApiError> {
         if user == target {
-            return Err(ApiError::invalid("target_user_id", "a user cannot block themself"));
+            return Err(ApiError::invalid(
+                "target_user_id",
+                "a user cannot block themself",
+            ));
         }
         let change = self.store.block(user, target).await?;
         record("block", change.changed);
@@ -76,9 +84,17 @@ impl FollowGraph {
     }
 
     /// user mutes or unmutes target.
-    pub async fn set_mute(&self, user: UserId, target: UserId, muted: bool) -> Result<EdgeChange, ApiError> {
+    pub async fn set_mute(
+        &self,
+        user: UserId,
+        target: UserId,
+        muted: bool,
+    ) -> Result<EdgeChange, ApiError> {
         if user == target {
-            return Err(ApiError::invalid("target_user_id", "a user cannot mute themself"));
+            return Err(ApiError::invalid(
+                "target_user_id",
+                "a user cannot mute themself",
+            ));
         }
         let change = self.store.set_mute(user, target, muted).await?;
         record(if muted { "mute" } else { "unmute" }, change.changed);
@@ -99,7 +115,12 @@ impl FollowGraph {
     }
 
     /// A page of followers after `after`, and whether more follow.
-    pub async fn list_followers(&self, feed: &FeedRef, after: UserId, limit: usize) -> Result<(Vec<Follower>, bool), ApiError> {
+    pub async fn list_followers(
+        &self,
+        feed: &FeedRef,
+        after: UserId,
+        limit: usize,
+    ) -> Result<(Vec<Follower>, bool), ApiError> {
         // Read one extra to know whether a next page exists without an empty last page.
         let mut page = self.store.list_followers(feed, after, limit + 1).await?;
         let more = page.len() > limit;
@@ -108,7 +129,12 @@ impl FollowGraph {
     }
 
     /// A page of followed feeds after `after`, and whether more follow.
-    pub async fn list_following(&self, user: UserId, after: Option<&FeedRef>, limit: usize) -> Result<(Vec<FeedRef>, bool), ApiError> {
+    pub async fn list_following(
+        &self,
+        user: UserId,
+        after: Option<&FeedRef>,
+        limit: usize,
+    ) -> Result<(Vec<FeedRef>, bool), ApiError> {
         let mut page = self.store.list_following(user, after, limit + 1).await?;
         let more = page.len() > limit;
         page.truncate(limit);
@@ -116,7 +142,11 @@ impl FollowGraph {
     }
 
     /// Counts of feeds and users.
-    pub async fn counts(&self, feeds: &[FeedRef], users: &[UserId]) -> Result<(Vec<FeedCounts>, Vec<UserCounts>), ApiError> {
+    pub async fn counts(
+        &self,
+        feeds: &[FeedRef],
+        users: &[UserId],
+    ) -> Result<(Vec<FeedCounts>, Vec<UserCounts>), ApiError> {
         let feed_counts = self.store.feed_counts(feeds).await?;
         let following = self.store.following_counts(users).await?;
         let user_feeds: Vec<FeedRef> = users.iter().map(|u| FeedRef::user(*u)).collect();
@@ -142,7 +172,13 @@ impl FollowGraph {
     }
 
     /// One range page of a shard; `done` when nothing follows it in the shard.
-    pub async fn page_shard(&self, feed: &FeedRef, shard: u64, after: UserId, limit: usize) -> Result<(Vec<Follower>, bool), ApiError> {
+    pub async fn page_shard(
+        &self,
+        feed: &FeedRef,
+        shard: u64,
+        after: UserId,
+        limit: usize,
+    ) -> Result<(Vec<Follower>, bool), ApiError> {
         let mut page = self.store.page_shard(feed, shard, after, limit + 1).await?;
         let more = page.len() > limit;
         page.truncate(limit);
@@ -150,7 +186,10 @@ impl FollowGraph {
     }
 
     /// Current edge states.
-    pub async fn edge_states(&self, edges: &[(UserId, FeedRef)]) -> Result<Vec<EdgeState>, ApiError> {
+    pub async fn edge_states(
+        &self,
+        edges: &[(UserId, FeedRef)],
+    ) -> Result<Vec<EdgeState>, ApiError> {
         Ok(self.store.edge_states(edges).await?)
     }
 

@@ -23,8 +23,18 @@ async fn embedded_store_keeps_edges_and_counts_across_reopen() {
         store.block(8, 9).await.expect("block");
     }
     let store = EmbeddedGraphStore::open(dir.path(), contract_policy()).expect("reopen");
-    assert_eq!(store.feed_counts(std::slice::from_ref(&feed)).await.expect("counts")[0].followers, 1);
-    assert_eq!(store.list_followers(&feed, 0, 10).await.expect("followers")[0].user, 7);
+    assert_eq!(
+        store
+            .feed_counts(std::slice::from_ref(&feed))
+            .await
+            .expect("counts")[0]
+            .followers,
+        1
+    );
+    assert_eq!(
+        store.list_followers(&feed, 0, 10).await.expect("followers")[0].user,
+        7
+    );
     assert!(store.relationships(8, &[9]).await.expect("rel")[0].blocking);
 }
 
@@ -45,6 +55,8 @@ async fn scylla_store_passes_the_contract() {
         local_dc: String::new(),
     };
     scylla::migrate(&cfg).await.expect("migrate");
-    let store = scylla::ScyllaGraphStore::connect(&cfg, contract_policy()).await.expect("connect");
+    let store = scylla::ScyllaGraphStore::connect(&cfg, contract_policy())
+        .await
+        .expect("connect");
     run_all(&store).await;
 }

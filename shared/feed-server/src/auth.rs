@@ -58,7 +58,9 @@ impl Caller {
     pub fn require_internal(&self) -> Result<(), ApiError> {
         match self.role {
             Role::Internal => Ok(()),
-            Role::Bff => Err(ApiError::PermissionDenied("this call needs an internal token".into())),
+            Role::Bff => Err(ApiError::PermissionDenied(
+                "this call needs an internal token".into(),
+            )),
         }
     }
 }
@@ -72,7 +74,9 @@ pub struct Authenticator {
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the tokens themselves.
-        f.debug_struct("Authenticator").field("tokens", &self.tokens.len()).finish()
+        f.debug_struct("Authenticator")
+            .field("tokens", &self.tokens.len())
+            .finish()
     }
 }
 
@@ -103,13 +107,15 @@ impl Authenticator {
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
-                let (role, token) = line
-                    .split_once(':')
-                    .ok_or_else(|| anyhow::anyhow!("auth.tokens_file line {}: expected role:token", n + 1))?;
+                let (role, token) = line.split_once(':').ok_or_else(|| {
+                    anyhow::anyhow!("auth.tokens_file line {}: expected role:token", n + 1)
+                })?;
                 let role = match role.trim() {
                     "internal" => Role::Internal,
                     "bff" => Role::Bff,
-                    other => anyhow::bail!("auth.tokens_file line {}: unknown role {other:?}", n + 1),
+                    other => {
+                        anyhow::bail!("auth.tokens_file line {}: unknown role {other:?}", n + 1)
+                    }
                 };
                 tokens.push((token.trim().to_owned(), role));
             }
@@ -124,14 +130,19 @@ impl Authenticator {
 
     /// Authenticates a request's metadata.
     pub fn authenticate(&self, md: &tonic::metadata::MetadataMap) -> Result<Caller, ApiError> {
-        let header = md
-            .get("authorization")
-            .ok_or_else(|| ApiError::Unauthenticated("missing authorization: Bearer <token>".into()))?;
+        let header = md.get("authorization").ok_or_else(|| {
+            ApiError::Unauthenticated("missing authorization: Bearer <token>".into())
+        })?;
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-            .ok_or_else(|| ApiError::Unauthenticated("authorization must be Bearer <token>".into()))?;
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| {
+                ApiError::Unauthenticated("authorization must be Bearer <token>".into())
+            })?;
         let role = *self
             .tokens
             .get(token.trim())
@@ -143,17 +154,26 @@ impl Authenticator {
                     .ok()
                     .and_then(|s| s.parse::<u64>().ok())
                     .filter(|id| *id != 0)
-                    .ok_or_else(|| ApiError::Unauthenticated(format!("{USER_HEADER} must be a non-zero user id")))?,
+                    .ok_or_else(|| {
+                        ApiError::Unauthenticated(format!(
+                            "{USER_HEADER} must be a non-zero user id"
+                        ))
+                    })?,
             ),
         };
         if role == Role::Bff && user_id.is_none() {
-            return Err(ApiError::Unauthenticated(format!("a bff token must send {USER_HEADER}")));
+            return Err(ApiError::Unauthenticated(format!(
+                "a bff token must send {USER_HEADER}"
+            )));
         }
         Ok(Caller { role, user_id })
     }
 
     /// A tonic interceptor that authenticates and attaches the [`Caller`].
-    pub fn interceptor(&self) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
+    pub fn interceptor(
+        &self,
+    ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static
+    {
         let auth = self.clone();
         move |mut req: Request<()>| {
             let caller = auth.authenticate(req.metadata()).map_err(Status::from)?;
@@ -177,12 +197,18 @@ mod tests {
     }
 
     fn auth() -> Authenticator {
-        Authenticator::new([("i-tok".to_owned(), Role::Internal), ("b-tok".to_owned(), Role::Bff)])
+        Authenticator::new([
+            ("i-tok".to_owned(), Role::Internal),
+            ("b-tok".to_owned(), Role::Bff),
+        ])
     }
 
     #[test]
     fn missing_or_unknown_token_is_unauthenticated() {
-        assert!(matches!(auth().authenticate(&md(&[])), Err(ApiError::Unauthenticated(_))));
+        assert!(matches!(
+            auth().authenticate(&md(&[])),
+            Err(ApiError::Unauthenticated(_))
+        ));
         assert!(matches!(
             auth().authenticate(&md(&[("authorization", "Bearer nope")])),
             Err(ApiError::Unauthenticated(_))
@@ -191,18 +217,30 @@ mod tests {
 
     #[test]
     fn bff_token_needs_a_user_and_acts_only_as_that_user() {
-        assert!(auth().authenticate(&md(&[("authorization", "Bearer b-tok")])).is_err());
+        assert!(
+            auth()
+                .authenticate(&md(&[("authorization", "Bearer b-tok")]))
+                .is_err()
+        );
         let caller = auth()
-            .authenticate(&md(&[("authorization", "Bearer b-tok"), (USER_HEADER, "7")]))
+            .authenticate(&md(&[
+                ("authorization", "Bearer b-tok"),
+                (USER_HEADER, "7"),
+            ]))
             .expect("authenticated");
         assert!(caller.act_as("user_id", 7).is_ok());
-        assert!(matches!(caller.act_as("user_id", 8), Err(ApiError::PermissionDenied(_))));
+        assert!(matches!(
+            caller.act_as("user_id", 8),
+            Err(ApiError::PermissionDenied(_))
+        ));
         assert!(caller.require_internal().is_err());
     }
 
     #[test]
     fn internal_token_acts_for_anyone() {
-        let caller = auth().authenticate(&md(&[("authorization", "Bearer i-tok")])).expect("ok");
+        let caller = auth()
+            .authenticate(&md(&[("authorization", "Bearer i-tok")]))
+            .expect("ok");
         assert!(caller.act_as("user_id", 99).is_ok());
         assert!(caller.require_internal().is_ok());
     }
@@ -217,7 +255,13 @@ mod tests {
             ..AuthConfig::default()
         };
         let a = Authenticator::from_config(&cfg).expect("loads");
-        assert!(a.authenticate(&md(&[("authorization", "Bearer x1")])).is_ok());
-        assert!(a.authenticate(&md(&[("authorization", "Bearer y1"), (USER_HEADER, "1")])).is_ok());
+        assert!(
+            a.authenticate(&md(&[("authorization", "Bearer x1")]))
+                .is_ok()
+        );
+        assert!(
+            a.authenticate(&md(&[("authorization", "Bearer y1"), (USER_HEADER, "1")]))
+                .is_ok()
+        );
     }
 }

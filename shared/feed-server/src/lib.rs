@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod lease;
 pub mod observe;
 pub mod serve;
 pub mod shutdown;
@@ -11,5 +12,5 @@ pub mod telemetry;
 
 pub use auth::{Authenticator, Caller, Role};
 pub use config::FeedConfig;
-pub use serve::{Readiness, ServeOptions, ServiceSet, serve};
+pub use serve::{Readiness, ServeOptions, ServiceSet, run_with_signal, serve};
 pub use shutdown::Shutdown;

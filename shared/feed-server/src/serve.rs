@@ -61,7 +61,9 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
     let mut all_names: Vec<&'static str> = set.names.clone();
     all_names.push("");
     for name in &all_names {
-        health.set_service_status(*name, ServingStatus::NotServing).await;
+        health
+            .set_service_status(*name, ServingStatus::NotServing)
+            .await;
     }
 
     // Reflection lists only what this server hosts, not every service in the contract.
@@ -91,7 +93,8 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
     if !config.tls_cert.is_empty() && !config.tls_key.is_empty() {
         let cert = std::fs::read(&config.tls_cert)?;
         let key = std::fs::read(&config.tls_key)?;
-        builder = builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
+        builder =
+            builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
     }
     // Shed instead of queueing: a saturated replica answers RESOURCE_EXHAUSTED
     // at once and the client retries elsewhere.
@@ -117,14 +120,22 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
                 return;
             }
             if last != Some(ok) {
-                let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+                let status = if ok {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
                 for name in &ready_names {
                     ready_health.set_service_status(*name, status).await;
                 }
                 tracing::info!(ready = ok, "readiness changed");
                 last = Some(ok);
             }
-            let period = if ok { READINESS_PERIOD } else { Duration::from_millis(200) };
+            let period = if ok {
+                READINESS_PERIOD
+            } else {
+                Duration::from_millis(200)
+            };
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 _ = ready_shutdown.wait() => return,
@@ -149,7 +160,9 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
     tracing::info!("draining");
     ready_task.abort();
     for name in &all_names {
-        health.set_service_status(*name, ServingStatus::NotServing).await;
+        health
+            .set_service_status(*name, ServingStatus::NotServing)
+            .await;
     }
     tokio::time::sleep(Duration::from_millis(config.drain_delay_ms)).await;
     let _ = stop_tx.send(());
@@ -162,4 +175,34 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds the configured gRPC and admin listeners, serves until SIGTERM or
+/// Ctrl-C, then drains. What every service binary's `main` calls.
+pub async fn run_with_signal(set: ServiceSet, config: &ServerConfig) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("server.listen {}: {e}", config.listen))?;
+    let shutdown = Shutdown::new();
+    if !config.admin_listen.is_empty() {
+        let admin = TcpListener::bind(&config.admin_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("server.admin_listen {}: {e}", config.admin_listen))?;
+        let addr = crate::admin::spawn_admin(admin, shutdown.clone())?;
+        tracing::info!(%addr, "metrics on /metrics");
+    }
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        crate::shutdown::terminate_signal().await;
+        trigger.trigger();
+    });
+    serve(
+        set,
+        ServeOptions {
+            config: config.clone(),
+            listener,
+            shutdown,
+        },
+    )
+    .await
 }

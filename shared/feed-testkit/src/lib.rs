@@ -1,1 +1,151 @@
+//! Test support: a real `redis-server` per test on a free port, and helpers
+//! to wait for servers without sleeping blindly.
 
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound and released; the OS will not hand
+/// it out again immediately).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `addr` until it accepts a TCP connection or `timeout` passes.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    anyhow::bail!("{addr} did not accept connections within {timeout:?}")
+}
+
+/// The `redis-server` binary: `REDIS_SERVER` or the one on PATH.
+fn redis_binary() -> PathBuf {
+    std::env::var_os("REDIS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("redis-server"))
+}
+
+/// A `redis-server` child process owned by one test; killed on drop.
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port with persistence off and the inbox
+    /// encoding settings the platform documents.
+    pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `--name value` arguments.
+    pub fn start_with(extra: &[&str]) -> anyhow::Result<Self> {
+        let mut dir = tempfile::tempdir()?;
+        // A port can be taken between probing and binding: retry a few times.
+        let mut last_err = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let child = Command::new(redis_binary())
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args(["--dir", &dir.path().display().to_string()])
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot run redis-server ({e}); the test script installs it")
+                })?;
+            let mut server = Self {
+                child,
+                port,
+                _dir: dir,
+            };
+            match wait_for_port(server.addr(), Duration::from_secs(10)) {
+                Ok(()) if server.child.try_wait()?.is_none() => return Ok(server),
+                Ok(()) => {
+                    last_err = Some(anyhow::anyhow!(
+                        "redis-server exited at start (port {port} taken?)"
+                    ))
+                }
+                Err(e) => last_err = Some(e),
+            }
+            dir = server.take_dir()?;
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
+    }
+
+    /// Stops a failed attempt and hands its directory to the next one.
+    fn take_dir(mut self) -> anyhow::Result<tempfile::TempDir> {
+        self.kill();
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir()?);
+        Ok(dir)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// A `redis://` URL for clients.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server now (fault tests), leaving the port closed.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A fresh temporary directory for a test's embedded storage.
+pub fn temp_dir() -> anyhow::Result<tempfile::TempDir> {
+    Ok(tempfile::tempdir()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_server_answers_and_stops_on_drop() {
+        let server = RedisServer::start().expect("redis-server starts");
+        let addr = server.addr();
+        let mut s = TcpStream::connect(addr).expect("connect");
+        use std::io::{Read, Write};
+        s.write_all(b"PING\r\n").expect("write");
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).expect("read");
+        assert_eq!(&buf, b"+PONG\r\n");
+        drop(s);
+        drop(server);
+        assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err());
+    }
+}

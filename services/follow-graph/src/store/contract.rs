@@ -35,10 +35,24 @@ async fn follow_is_idempotent_and_counted_once(s: &dyn GraphStore) {
     assert!(first.changed && first.edge.following);
     let again = s.follow(1, &f).await.expect("follow again");
     assert!(!again.changed);
-    assert_eq!(again.edge.version, first.edge.version, "a retry does not bump the version");
-    assert_eq!(s.feed_counts(std::slice::from_ref(&f)).await.expect("counts")[0].followers, 1);
+    assert_eq!(
+        again.edge.version, first.edge.version,
+        "a retry does not bump the version"
+    );
+    assert_eq!(
+        s.feed_counts(std::slice::from_ref(&f))
+            .await
+            .expect("counts")[0]
+            .followers,
+        1
+    );
     assert_eq!(s.following_counts(&[1]).await.expect("counts"), vec![1]);
-    assert_eq!(s.is_following(1, std::slice::from_ref(&f)).await.expect("is_following"), vec![true]);
+    assert_eq!(
+        s.is_following(1, std::slice::from_ref(&f))
+            .await
+            .expect("is_following"),
+        vec![true]
+    );
 }
 
 async fn unfollow_is_idempotent_and_versions_only_grow(s: &dyn GraphStore) {
@@ -50,10 +64,16 @@ async fn unfollow_is_idempotent_and_versions_only_grow(s: &dyn GraphStore) {
     assert!(!s.unfollow(2, &f).await.expect("unfollow again").changed);
     let v3 = s.follow(2, &f).await.expect("refollow").edge.version;
     assert!(v3 > un.edge.version);
-    let states = s.edge_states(&[(2, f.clone()), (3, f.clone())]).await.expect("states");
+    let states = s
+        .edge_states(&[(2, f.clone()), (3, f.clone())])
+        .await
+        .expect("states");
     assert_eq!(states[0].version, v3);
     assert!(states[0].following);
-    assert_eq!(states[1].version, 0, "an edge that never existed has version 0");
+    assert_eq!(
+        states[1].version, 0,
+        "an edge that never existed has version 0"
+    );
     assert_eq!(s.feed_counts(&[f]).await.expect("counts")[0].followers, 1);
 }
 
@@ -70,13 +90,27 @@ async fn block_removes_follows_both_ways_and_prevents_new_ones(s: &dyn GraphStor
     assert!(rel.blocking && !rel.following && !rel.followed_by);
     assert!(s.relationships(b, &[a]).await.expect("rel")[0].blocked_by);
     for (x, y) in [(a, b), (b, a)] {
-        let err = s.follow(x, &FeedRef::user(y)).await.expect_err("blocked follow");
+        let err = s
+            .follow(x, &FeedRef::user(y))
+            .await
+            .expect_err("blocked follow");
         assert!(matches!(err, StoreError::Blocked { .. }), "{err:?}");
     }
-    assert_eq!(s.feed_counts(&[FeedRef::user(a), FeedRef::user(b)]).await.expect("counts")[0].followers, 0);
+    assert_eq!(
+        s.feed_counts(&[FeedRef::user(a), FeedRef::user(b)])
+            .await
+            .expect("counts")[0]
+            .followers,
+        0
+    );
     assert!(s.unblock(a, b).await.expect("unblock"));
     assert!(!s.unblock(a, b).await.expect("unblock again"));
-    assert!(s.follow(b, &FeedRef::user(a)).await.expect("follow after unblock").changed);
+    assert!(
+        s.follow(b, &FeedRef::user(a))
+            .await
+            .expect("follow after unblock")
+            .changed
+    );
 }
 
 async fn mute_keeps_the_follow_and_marks_the_follower(s: &dyn GraphStore) {
@@ -95,7 +129,13 @@ async fn mute_keeps_the_follow_and_marks_the_follower(s: &dyn GraphStore) {
     assert!(!s.list_followers(&f, 0, 10).await.expect("followers")[0].muted);
     // Muting someone you do not follow is remembered for a later follow.
     s.set_mute(u, 22, true).await.expect("mute unfollowed");
-    assert!(s.follow(u, &FeedRef::user(22)).await.expect("follow").edge.muted);
+    assert!(
+        s.follow(u, &FeedRef::user(22))
+            .await
+            .expect("follow")
+            .edge
+            .muted
+    );
 }
 
 async fn followers_page_in_id_order_without_skips_or_repeats(s: &dyn GraphStore) {
@@ -146,22 +186,46 @@ async fn following_pages_in_feed_order(s: &dyn GraphStore) {
 
 async fn shards_address_follower_ranges(s: &dyn GraphStore) {
     let f = feed("tag:contract-shards");
-    let ids = [5u64, 6, (1 << SHARD_BITS) + 1, (3 << SHARD_BITS) + 9, (3 << SHARD_BITS) + 10];
+    let ids = [
+        5u64,
+        6,
+        (1 << SHARD_BITS) + 1,
+        (3 << SHARD_BITS) + 9,
+        (3 << SHARD_BITS) + 10,
+    ];
     for u in ids {
         s.follow(u, &f).await.expect("follow");
     }
     assert_eq!(s.follower_shards(&f).await.expect("shards"), vec![0, 1, 3]);
     let p = s.page_shard(&f, 3, 0, 1).await.expect("page");
-    assert_eq!(p.iter().map(|x| x.user).collect::<Vec<_>>(), vec![(3 << SHARD_BITS) + 9]);
+    assert_eq!(
+        p.iter().map(|x| x.user).collect::<Vec<_>>(),
+        vec![(3 << SHARD_BITS) + 9]
+    );
     let p = s.page_shard(&f, 3, p[0].user, 10).await.expect("page");
-    assert_eq!(p.iter().map(|x| x.user).collect::<Vec<_>>(), vec![(3 << SHARD_BITS) + 10]);
-    assert!(s.page_shard(&f, 2, 0, 10).await.expect("empty shard").is_empty());
-    s.unfollow((1 << SHARD_BITS) + 1, &f).await.expect("unfollow");
+    assert_eq!(
+        p.iter().map(|x| x.user).collect::<Vec<_>>(),
+        vec![(3 << SHARD_BITS) + 10]
+    );
+    assert!(
+        s.page_shard(&f, 2, 0, 10)
+            .await
+            .expect("empty shard")
+            .is_empty()
+    );
+    s.unfollow((1 << SHARD_BITS) + 1, &f)
+        .await
+        .expect("unfollow");
     // A backend may keep listing an emptied shard (a fanout sub-job over it
     // finds nothing); it must never lose a non-empty one.
     let shards = s.follower_shards(&f).await.expect("shards");
     assert!(shards.contains(&0) && shards.contains(&3));
-    assert!(s.page_shard(&f, 1, 0, 10).await.expect("emptied shard").is_empty());
+    assert!(
+        s.page_shard(&f, 1, 0, 10)
+            .await
+            .expect("emptied shard")
+            .is_empty()
+    );
 }
 
 async fn celebrity_flag_has_hysteresis(s: &dyn GraphStore) {
@@ -174,19 +238,30 @@ async fn celebrity_flag_has_hysteresis(s: &dyn GraphStore) {
     s.follow(42, &f).await.expect("follow");
     assert!(s.feed_counts(std::slice::from_ref(&f)).await.expect("c")[0].celebrity);
     s.unfollow(42, &f).await.expect("unfollow");
-    assert!(s.feed_counts(std::slice::from_ref(&f)).await.expect("c")[0].celebrity, "hysteresis keeps it at 2");
+    assert!(
+        s.feed_counts(std::slice::from_ref(&f)).await.expect("c")[0].celebrity,
+        "hysteresis keeps it at 2"
+    );
     s.unfollow(41, &f).await.expect("unfollow");
     assert!(!s.feed_counts(std::slice::from_ref(&f)).await.expect("c")[0].celebrity);
     s.follow(41, &f).await.expect("follow");
-    assert!(!s.feed_counts(&[f]).await.expect("c")[0].celebrity, "re-entry needs the full threshold");
+    assert!(
+        !s.feed_counts(&[f]).await.expect("c")[0].celebrity,
+        "re-entry needs the full threshold"
+    );
 }
 
 async fn follow_limit_is_enforced(s: &dyn GraphStore) {
     let max = contract_policy().max_following;
     for i in 0..max {
-        s.follow(50, &feed(&format!("tag:limit-{i}"))).await.expect("follow under limit");
+        s.follow(50, &feed(&format!("tag:limit-{i}")))
+            .await
+            .expect("follow under limit");
     }
-    let err = s.follow(50, &feed("tag:limit-over")).await.expect_err("over limit");
+    let err = s
+        .follow(50, &feed("tag:limit-over"))
+        .await
+        .expect_err("over limit");
     assert_eq!(err, StoreError::TooManyFollows(max));
     assert_eq!(s.following_counts(&[50]).await.expect("count"), vec![max]);
 }
@@ -202,7 +277,12 @@ async fn graph_version_bumps_on_every_change(s: &dyn GraphStore) {
     assert!(v2[0] > v1[0]);
     s.block(61, 60).await.expect("block");
     let v3 = read().await;
-    assert!(v3[0] > v2[0] && v3[1] > v2[1], "a block changes both users' graphs");
-    s.follow(60, &feed("tag:gv")).await.expect("idempotent follow");
+    assert!(
+        v3[0] > v2[0] && v3[1] > v2[1],
+        "a block changes both users' graphs"
+    );
+    s.follow(60, &feed("tag:gv"))
+        .await
+        .expect("idempotent follow");
     assert_eq!(read().await, v3, "a no-op changes no version");
 }

@@ -14,8 +14,8 @@ use feed_core::{FeedRef, UserId};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 
 use super::{
-    BlockChange, EdgeChange, EdgeState, FeedCounts, Follower, GraphPolicy, GraphStore, Relationship, SHARD_BITS,
-    StoreError, shard_of,
+    BlockChange, EdgeChange, EdgeState, FeedCounts, Follower, GraphPolicy, GraphStore,
+    Relationship, SHARD_BITS, StoreError, shard_of,
 };
 
 /// The embedded follow-graph store.
@@ -85,7 +85,10 @@ impl EmbeddedGraphStore {
     /// Opens (or creates) the store under `dir`.
     pub fn open(dir: &Path, policy: GraphPolicy) -> Result<Self, StoreError> {
         let db = Database::builder(dir).open().map_err(be)?;
-        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(be);
+        let ks = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(be)
+        };
         Ok(Self {
             following: ks("fg_following")?,
             followers: ks("fg_followers")?,
@@ -147,11 +150,17 @@ impl EmbeddedGraphStore {
     }
 
     fn either_blocks(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
-        Ok(Self::exists(&self.blocks, &pair_key(a, b))? || Self::exists(&self.blocks, &pair_key(b, a))?)
+        Ok(Self::exists(&self.blocks, &pair_key(a, b))?
+            || Self::exists(&self.blocks, &pair_key(b, a))?)
     }
 
     /// Writes user stats with a following-count delta and a graph-version bump.
-    fn put_user_stats(&self, batch: &mut OwnedWriteBatch, user: UserId, following_delta: i64) -> Result<(), StoreError> {
+    fn put_user_stats(
+        &self,
+        batch: &mut OwnedWriteBatch,
+        user: UserId,
+        following_delta: i64,
+    ) -> Result<(), StoreError> {
         let (following, version) = self.user_stats_one(user)?;
         let following = following.saturating_add_signed(following_delta);
         let mut v = following.to_be_bytes().to_vec();
@@ -161,9 +170,20 @@ impl EmbeddedGraphStore {
     }
 
     /// Adds or removes the edge inside `batch`; caller holds the writer lock.
-    fn write_edge(&self, batch: &mut OwnedWriteBatch, follower: UserId, feed: &FeedRef, add: bool, muted: bool) -> Result<u64, StoreError> {
+    fn write_edge(
+        &self,
+        batch: &mut OwnedWriteBatch,
+        follower: UserId,
+        feed: &FeedRef,
+        add: bool,
+        muted: bool,
+    ) -> Result<u64, StoreError> {
         let version = self.edge_version(follower, feed)? + 1;
-        batch.insert(&self.edge_versions, user_feed_key(follower, feed), version.to_be_bytes());
+        batch.insert(
+            &self.edge_versions,
+            user_feed_key(follower, feed),
+            version.to_be_bytes(),
+        );
         let delta: i64 = if add { 1 } else { -1 };
         if add {
             batch.insert(&self.following, user_feed_key(follower, feed), []);
@@ -173,7 +193,12 @@ impl EmbeddedGraphStore {
             batch.remove(&self.followers, feed_key(feed, follower));
         }
         let shard_key = feed_key(feed, shard_of(follower));
-        let in_shard = self.shards.get(&shard_key).map_err(be)?.map(|v| read_u64(&v, 0)).unwrap_or(0);
+        let in_shard = self
+            .shards
+            .get(&shard_key)
+            .map_err(be)?
+            .map(|v| read_u64(&v, 0))
+            .unwrap_or(0);
         match in_shard.saturating_add_signed(delta) {
             0 => batch.remove(&self.shards, shard_key),
             n => batch.insert(&self.shards, shard_key, n.to_be_bytes()),
@@ -203,7 +228,13 @@ impl EmbeddedGraphStore {
         })
     }
 
-    fn scan_followers(&self, feed: &FeedRef, from: u64, to_exclusive: Option<u64>, limit: usize) -> Result<Vec<Follower>, StoreError> {
+    fn scan_followers(
+        &self,
+        feed: &FeedRef,
+        from: u64,
+        to_exclusive: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Follower>, StoreError> {
         let start = feed_key(feed, from);
         let end = match to_exclusive {
             Some(to) => feed_key(feed, to),
@@ -313,7 +344,10 @@ impl GraphStore for EmbeddedGraphStore {
             }
         }
         self.commit(batch)?;
-        Ok(BlockChange { changed: true, removed })
+        Ok(BlockChange {
+            changed: true,
+            removed,
+        })
     }
 
     async fn unblock(&self, user: UserId, target: UserId) -> Result<bool, StoreError> {
@@ -329,7 +363,12 @@ impl GraphStore for EmbeddedGraphStore {
         Ok(true)
     }
 
-    async fn set_mute(&self, user: UserId, target: UserId, muted: bool) -> Result<EdgeChange, StoreError> {
+    async fn set_mute(
+        &self,
+        user: UserId,
+        target: UserId,
+        muted: bool,
+    ) -> Result<EdgeChange, StoreError> {
         let _w = self.lock();
         let feed = FeedRef::user(target);
         if self.is_muting(user, target)? == muted {
@@ -350,7 +389,11 @@ impl GraphStore for EmbeddedGraphStore {
         }
         // Mute state is part of the edge: jobs carrying the old version must not apply.
         let version = self.edge_version(user, &feed)? + 1;
-        batch.insert(&self.edge_versions, user_feed_key(user, &feed), version.to_be_bytes());
+        batch.insert(
+            &self.edge_versions,
+            user_feed_key(user, &feed),
+            version.to_be_bytes(),
+        );
         self.put_user_stats(&mut batch, user, 0)?;
         self.commit(batch)?;
         Ok(EdgeChange {
@@ -365,14 +408,21 @@ impl GraphStore for EmbeddedGraphStore {
         })
     }
 
-    async fn relationships(&self, user: UserId, targets: &[UserId]) -> Result<Vec<Relationship>, StoreError> {
+    async fn relationships(
+        &self,
+        user: UserId,
+        targets: &[UserId],
+    ) -> Result<Vec<Relationship>, StoreError> {
         let me = FeedRef::user(user);
         targets
             .iter()
             .map(|&t| {
                 Ok(Relationship {
                     target: t,
-                    following: Self::exists(&self.following, &user_feed_key(user, &FeedRef::user(t)))?,
+                    following: Self::exists(
+                        &self.following,
+                        &user_feed_key(user, &FeedRef::user(t)),
+                    )?,
                     followed_by: Self::exists(&self.following, &user_feed_key(t, &me))?,
                     blocking: Self::exists(&self.blocks, &pair_key(user, t))?,
                     blocked_by: Self::exists(&self.blocks, &pair_key(t, user))?,
@@ -389,14 +439,24 @@ impl GraphStore for EmbeddedGraphStore {
             .collect()
     }
 
-    async fn list_followers(&self, feed: &FeedRef, after: UserId, limit: usize) -> Result<Vec<Follower>, StoreError> {
+    async fn list_followers(
+        &self,
+        feed: &FeedRef,
+        after: UserId,
+        limit: usize,
+    ) -> Result<Vec<Follower>, StoreError> {
         match after.checked_add(1) {
             Some(from) => self.scan_followers(feed, from, None, limit),
             None => Ok(vec![]),
         }
     }
 
-    async fn list_following(&self, user: UserId, after: Option<&FeedRef>, limit: usize) -> Result<Vec<FeedRef>, StoreError> {
+    async fn list_following(
+        &self,
+        user: UserId,
+        after: Option<&FeedRef>,
+        limit: usize,
+    ) -> Result<Vec<FeedRef>, StoreError> {
         let prefix = user.to_be_bytes();
         let start = match after {
             // Appending a zero byte makes the bound exclusive of `after` itself.
@@ -415,7 +475,8 @@ impl GraphStore for EmbeddedGraphStore {
                 break;
             }
             let key = item.key().map_err(be)?;
-            let name = std::str::from_utf8(&key[8..]).map_err(|e| StoreError::Backend(e.to_string()))?;
+            let name =
+                std::str::from_utf8(&key[8..]).map_err(|e| StoreError::Backend(e.to_string()))?;
             out.push(FeedRef::parse(name).map_err(|e| StoreError::Backend(e.to_string()))?);
         }
         Ok(out)
@@ -430,7 +491,13 @@ impl GraphStore for EmbeddedGraphStore {
             .collect()
     }
 
-    async fn page_shard(&self, feed: &FeedRef, shard: u64, after: UserId, limit: usize) -> Result<Vec<Follower>, StoreError> {
+    async fn page_shard(
+        &self,
+        feed: &FeedRef,
+        shard: u64,
+        after: UserId,
+        limit: usize,
+    ) -> Result<Vec<Follower>, StoreError> {
         let lo = shard << SHARD_BITS;
         let hi = (shard + 1).checked_shl(SHARD_BITS).filter(|h| *h > lo);
         let from = after.saturating_add(1).max(lo);
@@ -442,7 +509,10 @@ impl GraphStore for EmbeddedGraphStore {
     }
 
     async fn following_counts(&self, users: &[UserId]) -> Result<Vec<u64>, StoreError> {
-        users.iter().map(|u| self.user_stats_one(*u).map(|s| s.0)).collect()
+        users
+            .iter()
+            .map(|u| self.user_stats_one(*u).map(|s| s.0))
+            .collect()
     }
 
     async fn edge_states(&self, edges: &[(UserId, FeedRef)]) -> Result<Vec<EdgeState>, StoreError> {
@@ -450,7 +520,10 @@ impl GraphStore for EmbeddedGraphStore {
     }
 
     async fn graph_versions(&self, users: &[UserId]) -> Result<Vec<u64>, StoreError> {
-        users.iter().map(|u| self.user_stats_one(*u).map(|s| s.1)).collect()
+        users
+            .iter()
+            .map(|u| self.user_stats_one(*u).map(|s| s.1))
+            .collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

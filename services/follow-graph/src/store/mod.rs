@@ -153,19 +153,44 @@ pub trait GraphStore: Send + Sync + 'static {
     /// Lifts a block; returns whether one stood.
     async fn unblock(&self, user: UserId, target: UserId) -> Result<bool, StoreError>;
     /// Sets whether user mutes target; the edge user → user:target keeps existing.
-    async fn set_mute(&self, user: UserId, target: UserId, muted: bool) -> Result<EdgeChange, StoreError>;
+    async fn set_mute(
+        &self,
+        user: UserId,
+        target: UserId,
+        muted: bool,
+    ) -> Result<EdgeChange, StoreError>;
     /// Batch relationships of `user` to `targets`, in order.
-    async fn relationships(&self, user: UserId, targets: &[UserId]) -> Result<Vec<Relationship>, StoreError>;
+    async fn relationships(
+        &self,
+        user: UserId,
+        targets: &[UserId],
+    ) -> Result<Vec<Relationship>, StoreError>;
     /// Whether `user` follows each of `feeds`, in order.
     async fn is_following(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, StoreError>;
     /// Followers of `feed` with id > `after`, ascending, at most `limit`.
-    async fn list_followers(&self, feed: &FeedRef, after: UserId, limit: usize) -> Result<Vec<Follower>, StoreError>;
+    async fn list_followers(
+        &self,
+        feed: &FeedRef,
+        after: UserId,
+        limit: usize,
+    ) -> Result<Vec<Follower>, StoreError>;
     /// Feeds `user` follows that sort after `after`, ascending, at most `limit`.
-    async fn list_following(&self, user: UserId, after: Option<&FeedRef>, limit: usize) -> Result<Vec<FeedRef>, StoreError>;
+    async fn list_following(
+        &self,
+        user: UserId,
+        after: Option<&FeedRef>,
+        limit: usize,
+    ) -> Result<Vec<FeedRef>, StoreError>;
     /// The non-empty follower shards of `feed`, ascending.
     async fn follower_shards(&self, feed: &FeedRef) -> Result<Vec<u64>, StoreError>;
     /// Followers in `shard` with id > `after`, ascending, at most `limit`.
-    async fn page_shard(&self, feed: &FeedRef, shard: u64, after: UserId, limit: usize) -> Result<Vec<Follower>, StoreError>;
+    async fn page_shard(
+        &self,
+        feed: &FeedRef,
+        shard: u64,
+        after: UserId,
+        limit: usize,
+    ) -> Result<Vec<Follower>, StoreError>;
     /// Counts of each feed, in order.
     async fn feed_counts(&self, feeds: &[FeedRef]) -> Result<Vec<FeedCounts>, StoreError>;
     /// How many feeds each user follows, in order.

@@ -35,8 +35,8 @@ use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
 
 use super::{
-    BlockChange, EdgeChange, EdgeState, FeedCounts, Follower, GraphPolicy, GraphStore, Relationship, StoreError,
-    shard_of,
+    BlockChange, EdgeChange, EdgeState, FeedCounts, Follower, GraphPolicy, GraphStore,
+    Relationship, StoreError, shard_of,
 };
 
 /// Bumped when the schema below changes; services refuse an older schema.
@@ -49,21 +49,33 @@ fn schema(keyspace: &str, rf: u32) -> Vec<String> {
         format!(
             "CREATE KEYSPACE IF NOT EXISTS {k} WITH replication = {{'class': 'NetworkTopologyStrategy', 'replication_factor': {rf}}}"
         ),
-        format!("CREATE TABLE IF NOT EXISTS {k}.fg_following (user_id bigint, feed text, PRIMARY KEY (user_id, feed))"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {k}.fg_following (user_id bigint, feed text, PRIMARY KEY (user_id, feed))"
+        ),
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.fg_followers (feed text, shard bigint, follower_id bigint, muted boolean, PRIMARY KEY ((feed, shard), follower_id))"
         ),
-        format!("CREATE TABLE IF NOT EXISTS {k}.fg_shards (feed text, shard bigint, PRIMARY KEY (feed, shard))"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {k}.fg_shards (feed text, shard bigint, PRIMARY KEY (feed, shard))"
+        ),
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.fg_edge_versions (user_id bigint, feed text, version bigint, PRIMARY KEY ((user_id, feed)))"
         ),
-        format!("CREATE TABLE IF NOT EXISTS {k}.fg_feed_stats (feed text PRIMARY KEY, followers bigint, celebrity boolean)"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {k}.fg_feed_stats (feed text PRIMARY KEY, followers bigint, celebrity boolean)"
+        ),
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.fg_user_stats (user_id bigint PRIMARY KEY, following bigint, graph_version bigint)"
         ),
-        format!("CREATE TABLE IF NOT EXISTS {k}.fg_blocks (user_id bigint, target_id bigint, PRIMARY KEY (user_id, target_id))"),
-        format!("CREATE TABLE IF NOT EXISTS {k}.fg_mutes (user_id bigint, target_id bigint, PRIMARY KEY (user_id, target_id))"),
-        format!("CREATE TABLE IF NOT EXISTS {k}.schema_migrations (component text PRIMARY KEY, version int)"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {k}.fg_blocks (user_id bigint, target_id bigint, PRIMARY KEY (user_id, target_id))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {k}.fg_mutes (user_id bigint, target_id bigint, PRIMARY KEY (user_id, target_id))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {k}.schema_migrations (component text PRIMARY KEY, version int)"
+        ),
     ]
 }
 
@@ -104,7 +116,10 @@ pub async fn migrate(cfg: &ScyllaConfig) -> Result<(), StoreError> {
     }
     s.await_schema_agreement().await.map_err(err)?;
     s.query_unpaged(
-        format!("INSERT INTO {}.schema_migrations (component, version) VALUES (?, ?)", cfg.keyspace),
+        format!(
+            "INSERT INTO {}.schema_migrations (component, version) VALUES (?, ?)",
+            cfg.keyspace
+        ),
         (COMPONENT, SCHEMA_VERSION),
     )
     .await
@@ -154,7 +169,10 @@ impl ScyllaGraphStore {
         let session = session(cfg).await?;
         let k = &cfg.keyspace;
         let found = session
-            .query_unpaged(format!("SELECT version FROM {k}.schema_migrations WHERE component = ?"), (COMPONENT,))
+            .query_unpaged(
+                format!("SELECT version FROM {k}.schema_migrations WHERE component = ?"),
+                (COMPONENT,),
+            )
             .await
             .map_err(|e| StoreError::Backend(format!("schema missing (run --migrate): {e}")))?
             .into_rows_result()
@@ -233,11 +251,22 @@ impl ScyllaGraphStore {
             mute_delete: prep(format!("DELETE FROM {k}.fg_mutes WHERE user_id = ? AND target_id = ? IF EXISTS")).await?,
             mute_get: prep(format!("SELECT target_id FROM {k}.fg_mutes WHERE user_id = ? AND target_id = ?")).await?,
         };
-        Ok(Self { session, st, policy })
+        Ok(Self {
+            session,
+            st,
+            policy,
+        })
     }
 
-    async fn exec(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<QueryResult, StoreError> {
-        self.session.execute_unpaged(p, v).await.map_err(|e| StoreError::Unavailable(e.to_string()))
+    async fn exec(
+        &self,
+        p: &PreparedStatement,
+        v: impl SerializeRow,
+    ) -> Result<QueryResult, StoreError> {
+        self.session
+            .execute_unpaged(p, v)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
     /// Runs a lightweight transaction; true when it applied.
@@ -250,13 +279,30 @@ impl ScyllaGraphStore {
         ))
     }
 
-    async fn exists(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<bool, StoreError> {
-        Ok(self.exec(p, v).await?.into_rows_result().map_err(err)?.rows_num() > 0)
+    async fn exists(
+        &self,
+        p: &PreparedStatement,
+        v: impl SerializeRow,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .exec(p, v)
+            .await?
+            .into_rows_result()
+            .map_err(err)?
+            .rows_num()
+            > 0)
     }
 
     async fn edge_version(&self, user: UserId, feed: &str) -> Result<u64, StoreError> {
-        let r = self.exec(&self.st.version_get, (i(user), feed)).await?.into_rows_result().map_err(err)?;
-        Ok(r.maybe_first_row::<(i64,)>().map_err(err)?.map(|(v,)| u(v)).unwrap_or(0))
+        let r = self
+            .exec(&self.st.version_get, (i(user), feed))
+            .await?
+            .into_rows_result()
+            .map_err(err)?;
+        Ok(r.maybe_first_row::<(i64,)>()
+            .map_err(err)?
+            .map(|(v,)| u(v))
+            .unwrap_or(0))
     }
 
     async fn bump_edge_version(&self, user: UserId, feed: &str) -> Result<u64, StoreError> {
@@ -265,7 +311,8 @@ impl ScyllaGraphStore {
             let applied = if cur == 0 {
                 self.lwt(&self.st.version_insert, (i(user), feed)).await?
             } else {
-                self.lwt(&self.st.version_update, (i(cur + 1), i(user), feed, i(cur))).await?
+                self.lwt(&self.st.version_update, (i(cur + 1), i(user), feed, i(cur)))
+                    .await?
             };
             if applied {
                 return Ok(cur + 1);
@@ -274,9 +321,12 @@ impl ScyllaGraphStore {
     }
 
     async fn feed_stats(&self, feed: &str) -> Result<Option<(u64, bool)>, StoreError> {
-        let r = self.exec(&self.st.feed_stats_get, (feed,)).await?.into_rows_result().map_err(err)?;
-        Ok(r
-            .maybe_first_row::<(Option<i64>, Option<bool>)>()
+        let r = self
+            .exec(&self.st.feed_stats_get, (feed,))
+            .await?
+            .into_rows_result()
+            .map_err(err)?;
+        Ok(r.maybe_first_row::<(Option<i64>, Option<bool>)>()
             .map_err(err)?
             .map(|(n, c)| (u(n.unwrap_or(0)), c.unwrap_or(false))))
     }
@@ -286,12 +336,19 @@ impl ScyllaGraphStore {
             let applied = match self.feed_stats(feed).await? {
                 None => {
                     let n = 0u64.saturating_add_signed(delta);
-                    self.lwt(&self.st.feed_stats_insert, (feed, i(n), self.policy.celebrity(false, n))).await?
+                    self.lwt(
+                        &self.st.feed_stats_insert,
+                        (feed, i(n), self.policy.celebrity(false, n)),
+                    )
+                    .await?
                 }
                 Some((cur, celeb)) => {
                     let n = cur.saturating_add_signed(delta);
-                    self.lwt(&self.st.feed_stats_update, (i(n), self.policy.celebrity(celeb, n), feed, i(cur)))
-                        .await?
+                    self.lwt(
+                        &self.st.feed_stats_update,
+                        (i(n), self.policy.celebrity(celeb, n), feed, i(cur)),
+                    )
+                    .await?
                 }
             };
             if applied {
@@ -301,9 +358,12 @@ impl ScyllaGraphStore {
     }
 
     async fn user_stats(&self, user: UserId) -> Result<Option<(u64, u64)>, StoreError> {
-        let r = self.exec(&self.st.user_stats_get, (i(user),)).await?.into_rows_result().map_err(err)?;
-        Ok(r
-            .maybe_first_row::<(Option<i64>, Option<i64>)>()
+        let r = self
+            .exec(&self.st.user_stats_get, (i(user),))
+            .await?
+            .into_rows_result()
+            .map_err(err)?;
+        Ok(r.maybe_first_row::<(Option<i64>, Option<i64>)>()
             .map_err(err)?
             .map(|(f, v)| (u(f.unwrap_or(0)), u(v.unwrap_or(0)))))
     }
@@ -314,11 +374,16 @@ impl ScyllaGraphStore {
             let applied = match self.user_stats(user).await? {
                 None => {
                     let n = 0u64.saturating_add_signed(delta);
-                    self.lwt(&self.st.user_stats_insert, (i(user), i(n))).await?
+                    self.lwt(&self.st.user_stats_insert, (i(user), i(n)))
+                        .await?
                 }
                 Some((following, version)) => {
                     let n = following.saturating_add_signed(delta);
-                    self.lwt(&self.st.user_stats_update, (i(n), i(version + 1), i(user), i(version))).await?
+                    self.lwt(
+                        &self.st.user_stats_update,
+                        (i(n), i(version + 1), i(user), i(version)),
+                    )
+                    .await?
                 }
             };
             if applied {
@@ -353,29 +418,60 @@ impl ScyllaGraphStore {
         })
     }
 
-    async fn write_mirror(&self, follower: UserId, feed: &str, muted: bool) -> Result<(), StoreError> {
+    async fn write_mirror(
+        &self,
+        follower: UserId,
+        feed: &str,
+        muted: bool,
+    ) -> Result<(), StoreError> {
         let shard = i(shard_of(follower));
-        self.exec(&self.st.followers_upsert, (feed, shard, i(follower), muted)).await?;
+        self.exec(&self.st.followers_upsert, (feed, shard, i(follower), muted))
+            .await?;
         self.exec(&self.st.shards_insert, (feed, shard)).await?;
         Ok(())
     }
 
     /// Removes an existing edge; the claim (LWT delete) makes one caller the remover.
-    async fn remove_edge(&self, follower: UserId, feed: &FeedRef) -> Result<Option<u64>, StoreError> {
+    async fn remove_edge(
+        &self,
+        follower: UserId,
+        feed: &FeedRef,
+    ) -> Result<Option<u64>, StoreError> {
         let name = feed.to_string();
-        if !self.lwt(&self.st.following_delete, (i(follower), name.as_str())).await? {
+        if !self
+            .lwt(&self.st.following_delete, (i(follower), name.as_str()))
+            .await?
+        {
             return Ok(None);
         }
-        self.exec(&self.st.followers_delete, (name.as_str(), i(shard_of(follower)), i(follower))).await?;
+        self.exec(
+            &self.st.followers_delete,
+            (name.as_str(), i(shard_of(follower)), i(follower)),
+        )
+        .await?;
         let version = self.bump_edge_version(follower, &name).await?;
         self.add_followers(&name, -1).await?;
         self.touch_user(follower, -1).await?;
         Ok(Some(version))
     }
 
-    async fn page(&self, feed: &str, shard: u64, after: UserId, limit: usize) -> Result<Vec<Follower>, StoreError> {
+    async fn page(
+        &self,
+        feed: &str,
+        shard: u64,
+        after: UserId,
+        limit: usize,
+    ) -> Result<Vec<Follower>, StoreError> {
         let r = self
-            .exec(&self.st.followers_page, (feed, i(shard), i(after), limit.min(i32::MAX as usize) as i32))
+            .exec(
+                &self.st.followers_page,
+                (
+                    feed,
+                    i(shard),
+                    i(after),
+                    limit.min(i32::MAX as usize) as i32,
+                ),
+            )
             .await?
             .into_rows_result()
             .map_err(err)?;
@@ -420,7 +516,10 @@ impl GraphStore for ScyllaGraphStore {
         if self.user_stats(follower).await?.map(|s| s.0).unwrap_or(0) >= self.policy.max_following {
             return Err(StoreError::TooManyFollows(self.policy.max_following));
         }
-        if !self.lwt(&self.st.following_insert, (i(follower), name.as_str())).await? {
+        if !self
+            .lwt(&self.st.following_insert, (i(follower), name.as_str()))
+            .await?
+        {
             return Ok(EdgeChange {
                 changed: false,
                 edge: self.state(follower, feed).await?,
@@ -436,7 +535,10 @@ impl GraphStore for ScyllaGraphStore {
             && (self.blocks(follower, o).await? || self.blocks(o, follower).await?)
         {
             self.remove_edge(follower, feed).await?;
-            return Err(StoreError::Blocked { follower, feed: name });
+            return Err(StoreError::Blocked {
+                follower,
+                feed: name,
+            });
         }
         Ok(EdgeChange {
             changed: true,
@@ -459,7 +561,10 @@ impl GraphStore for ScyllaGraphStore {
     }
 
     async fn block(&self, user: UserId, target: UserId) -> Result<BlockChange, StoreError> {
-        if !self.lwt(&self.st.block_insert, (i(user), i(target))).await? {
+        if !self
+            .lwt(&self.st.block_insert, (i(user), i(target)))
+            .await?
+        {
             return Ok(BlockChange {
                 changed: false,
                 removed: vec![],
@@ -479,11 +584,16 @@ impl GraphStore for ScyllaGraphStore {
                 None => self.touch_user(a, 0).await?,
             }
         }
-        Ok(BlockChange { changed: true, removed })
+        Ok(BlockChange {
+            changed: true,
+            removed,
+        })
     }
 
     async fn unblock(&self, user: UserId, target: UserId) -> Result<bool, StoreError> {
-        let changed = self.lwt(&self.st.block_delete, (i(user), i(target))).await?;
+        let changed = self
+            .lwt(&self.st.block_delete, (i(user), i(target)))
+            .await?;
         if changed {
             self.touch_user(user, 0).await?;
             self.touch_user(target, 0).await?;
@@ -491,7 +601,12 @@ impl GraphStore for ScyllaGraphStore {
         Ok(changed)
     }
 
-    async fn set_mute(&self, user: UserId, target: UserId, muted: bool) -> Result<EdgeChange, StoreError> {
+    async fn set_mute(
+        &self,
+        user: UserId,
+        target: UserId,
+        muted: bool,
+    ) -> Result<EdgeChange, StoreError> {
         let feed = FeedRef::user(target);
         let name = feed.to_string();
         let changed = if muted {
@@ -523,13 +638,19 @@ impl GraphStore for ScyllaGraphStore {
         })
     }
 
-    async fn relationships(&self, user: UserId, targets: &[UserId]) -> Result<Vec<Relationship>, StoreError> {
+    async fn relationships(
+        &self,
+        user: UserId,
+        targets: &[UserId],
+    ) -> Result<Vec<Relationship>, StoreError> {
         let me = FeedRef::user(user).to_string();
         let mut out = Vec::with_capacity(targets.len());
         for &t in targets {
             out.push(Relationship {
                 target: t,
-                following: self.is_following_one(user, &FeedRef::user(t).to_string()).await?,
+                following: self
+                    .is_following_one(user, &FeedRef::user(t).to_string())
+                    .await?,
                 followed_by: self.is_following_one(t, &me).await?,
                 blocking: self.blocks(user, t).await?,
                 blocked_by: self.blocks(t, user).await?,
@@ -547,7 +668,12 @@ impl GraphStore for ScyllaGraphStore {
         Ok(out)
     }
 
-    async fn list_followers(&self, feed: &FeedRef, after: UserId, limit: usize) -> Result<Vec<Follower>, StoreError> {
+    async fn list_followers(
+        &self,
+        feed: &FeedRef,
+        after: UserId,
+        limit: usize,
+    ) -> Result<Vec<Follower>, StoreError> {
         let name = feed.to_string();
         let mut out = Vec::new();
         for shard in self.follower_shards(feed).await? {
@@ -563,16 +689,30 @@ impl GraphStore for ScyllaGraphStore {
         Ok(out)
     }
 
-    async fn list_following(&self, user: UserId, after: Option<&FeedRef>, limit: usize) -> Result<Vec<FeedRef>, StoreError> {
+    async fn list_following(
+        &self,
+        user: UserId,
+        after: Option<&FeedRef>,
+        limit: usize,
+    ) -> Result<Vec<FeedRef>, StoreError> {
         let limit = limit.min(i32::MAX as usize) as i32;
         let result = match after {
-            Some(f) => self.exec(&self.st.following_page_after, (i(user), f.to_string(), limit)).await?,
+            Some(f) => {
+                self.exec(
+                    &self.st.following_page_after,
+                    (i(user), f.to_string(), limit),
+                )
+                .await?
+            }
             None => self.exec(&self.st.following_page, (i(user), limit)).await?,
         };
         let rows = result.into_rows_result().map_err(err)?;
         rows.rows::<(String,)>()
             .map_err(err)?
-            .map(|r| r.map_err(err).and_then(|(s,)| FeedRef::parse(&s).map_err(err)))
+            .map(|r| {
+                r.map_err(err)
+                    .and_then(|(s,)| FeedRef::parse(&s).map_err(err))
+            })
             .collect()
     }
 
@@ -582,19 +722,34 @@ impl GraphStore for ScyllaGraphStore {
             .execute_iter(self.st.shards_list.clone(), (feed.to_string(),))
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let rows: Vec<(i64,)> = pager.rows_stream::<(i64,)>().map_err(err)?.try_collect().await.map_err(err)?;
+        let rows: Vec<(i64,)> = pager
+            .rows_stream::<(i64,)>()
+            .map_err(err)?
+            .try_collect()
+            .await
+            .map_err(err)?;
         Ok(rows.into_iter().map(|(s,)| u(s)).collect())
     }
 
-    async fn page_shard(&self, feed: &FeedRef, shard: u64, after: UserId, limit: usize) -> Result<Vec<Follower>, StoreError> {
+    async fn page_shard(
+        &self,
+        feed: &FeedRef,
+        shard: u64,
+        after: UserId,
+        limit: usize,
+    ) -> Result<Vec<Follower>, StoreError> {
         self.page(&feed.to_string(), shard, after, limit).await
     }
 
     async fn feed_counts(&self, feeds: &[FeedRef]) -> Result<Vec<FeedCounts>, StoreError> {
         let mut out = Vec::with_capacity(feeds.len());
         for f in feeds {
-            let (followers, celebrity) = self.feed_stats(&f.to_string()).await?.unwrap_or((0, false));
-            out.push(FeedCounts { followers, celebrity });
+            let (followers, celebrity) =
+                self.feed_stats(&f.to_string()).await?.unwrap_or((0, false));
+            out.push(FeedCounts {
+                followers,
+                celebrity,
+            });
         }
         Ok(out)
     }
