@@ -1,0 +1,246 @@
+//! `feedctl`: a small command-line client for the feed platform, for people
+//! without grpcurl. Every call is plain gRPC with the bearer token.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use feed_proto::followgraph::v1 as fg;
+use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// Calls a running feed platform (feedd or the service binaries).
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Server address.
+    #[arg(long, default_value = "http://127.0.0.1:50051", env = "FEED_ADDR")]
+    addr: String,
+    /// Service token; defaults to the dev token feedd saved in --data-dir.
+    #[arg(long, env = "FEED_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Where feedd keeps its dev token.
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Act as this end user (sent as x-feed-user-id; required with a bff token).
+    #[arg(long)]
+    as_user: Option<u64>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Health of a service ("" = the whole server).
+    Health {
+        #[arg(default_value = "")]
+        service: String,
+    },
+    /// FOLLOWER follows FEED (user:2, tag:rust...).
+    Follow { follower: u64, feed: String },
+    /// FOLLOWER stops following FEED.
+    Unfollow { follower: u64, feed: String },
+    /// USER blocks TARGET.
+    Block { user: u64, target: u64 },
+    /// USER unblocks TARGET.
+    Unblock { user: u64, target: u64 },
+    /// USER mutes TARGET (keeps the follow, hides the items).
+    Mute { user: u64, target: u64 },
+    /// USER unmutes TARGET.
+    Unmute { user: u64, target: u64 },
+    /// Followers of FEED, one page.
+    Followers {
+        feed: String,
+        #[arg(long, default_value_t = 100)]
+        page_size: u32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
+    /// Feeds USER follows, one page.
+    Following {
+        user: u64,
+        #[arg(long, default_value_t = 100)]
+        page_size: u32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
+    /// Follower counts of feeds and users.
+    Counts {
+        #[arg(long = "feed")]
+        feeds: Vec<String>,
+        #[arg(long = "user")]
+        users: Vec<u64>,
+    },
+    /// How USER relates to TARGETS.
+    Relationships { user: u64, targets: Vec<u64> },
+}
+
+struct Ctx {
+    token: String,
+    as_user: Option<u64>,
+}
+
+impl Ctx {
+    fn req<T>(&self, msg: T) -> anyhow::Result<tonic::Request<T>> {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut().insert(
+            "authorization",
+            MetadataValue::try_from(format!("Bearer {}", self.token))?,
+        );
+        if let Some(u) = self.as_user {
+            req.metadata_mut()
+                .insert("x-feed-user-id", MetadataValue::try_from(u.to_string())?);
+        }
+        Ok(req)
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run(Args::parse()).await {
+        match e.downcast_ref::<tonic::Status>() {
+            Some(s) => eprintln!("error: {:?}: {}", s.code(), s.message()),
+            None => eprintln!("error: {e:#}"),
+        }
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let channel = Channel::from_shared(args.addr.clone())?.connect().await?;
+    if let Cmd::Health { service } = &args.cmd {
+        let status = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.clone(),
+            })
+            .await?
+            .into_inner()
+            .status();
+        println!("{status:?}");
+        return Ok(());
+    }
+    let token = match args.token {
+        Some(t) => t,
+        None => std::fs::read_to_string(args.data_dir.join(feed_all_in_one::DEV_TOKEN_FILE))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "no --token / FEED_TOKEN and no dev token in {}: {e}",
+                    args.data_dir.display()
+                )
+            })?
+            .trim()
+            .to_owned(),
+    };
+    let ctx = Ctx {
+        token,
+        as_user: args.as_user,
+    };
+    let mut c = FollowGraphServiceClient::new(channel);
+    match args.cmd {
+        Cmd::Health { .. } => {}
+        Cmd::Follow { follower, feed } => {
+            let r = c
+                .follow(ctx.req(fg::FollowRequest {
+                    follower_id: follower,
+                    feed,
+                })?)
+                .await?;
+            println!("{:#?}", r.into_inner());
+        }
+        Cmd::Unfollow { follower, feed } => {
+            let r = c
+                .unfollow(ctx.req(fg::UnfollowRequest {
+                    follower_id: follower,
+                    feed,
+                })?)
+                .await?;
+            println!("{:#?}", r.into_inner());
+        }
+        Cmd::Block { user, target } => {
+            let r = c
+                .block(ctx.req(fg::BlockRequest {
+                    user_id: user,
+                    target_user_id: target,
+                })?)
+                .await?;
+            println!("{:#?}", r.into_inner());
+        }
+        Cmd::Unblock { user, target } => {
+            let r = c
+                .unblock(ctx.req(fg::UnblockRequest {
+                    user_id: user,
+                    target_user_id: target,
+                })?)
+                .await?;
+            println!("{:#?}", r.into_inner());
+        }
+        Cmd::Mute { user, target } => {
+            let r = c
+                .mute(ctx.req(fg::MuteRequest {
+                    user_id: user,
+                    target_user_id: target,
+                })?)
+                .await?;
+            println!("{:#?}", r.into_inner());
+        }
+        Cmd::Unmute { user, target } => {
+            let r = c
+                .unmute(ctx.req(fg::UnmuteRequest {
+                    user_id: user,
+                    target_user_id: target,
+                })?)
+                .await?;
+            println!("{:#?}", r.into_inner());
+        }
+        Cmd::Followers {
+            feed,
+            page_size,
+            page_token,
+        } => {
+            let r = c
+                .list_followers(ctx.req(fg::ListFollowersRequest {
+                    feed,
+                    page_size,
+                    page_token,
+                })?)
+                .await?;
+            println!("{:#?}", r.into_inner());
+        }
+        Cmd::Following {
+            user,
+            page_size,
+            page_token,
+        } => {
+            let r = c
+                .list_following(ctx.req(fg::ListFollowingRequest {
+                    user_id: user,
+                    page_size,
+                    page_token,
+                })?)
+                .await?;
+            println!("{:#?}", r.into_inner());
+        }
+        Cmd::Counts { feeds, users } => {
+            let r = c
+                .get_counts(ctx.req(fg::GetCountsRequest {
+                    feeds,
+                    user_ids: users,
+                })?)
+                .await?;
+            println!("{:#?}", r.into_inner());
+        }
+        Cmd::Relationships { user, targets } => {
+            let r = c
+                .get_relationships(ctx.req(fg::GetRelationshipsRequest {
+                    user_id: user,
+                    target_user_ids: targets,
+                    feeds: vec![],
+                })?)
+                .await?;
+            println!("{:#?}", r.into_inner());
+        }
+    }
+    Ok(())
+}
