@@ -1,0 +1,145 @@
+//! The contract every [`InboxStore`] passes. Backends' tests call
+//! [`run_all`] on an empty store built with [`contract_config`].
+
+use crate::{InboxConfig, InboxStore};
+
+/// Sizing the contract assumes: cap 5.
+pub fn contract_config() -> InboxConfig {
+    InboxConfig {
+        cap: 5,
+        ttl_ms: 60_000,
+    }
+}
+
+/// Ids above 2^53 that differ only in their lowest bits (one millisecond,
+/// one node): an f64 score would merge them.
+fn id(n: u64) -> u64 {
+    (1u64 << 60) + n
+}
+
+/// Runs every check.
+pub async fn run_all(s: &dyn InboxStore) {
+    push_reaches_only_live_inboxes(s).await;
+    pages_are_exact_and_newest_first(s).await;
+    trim_raises_the_floor(s).await;
+    rebuild_unions_and_keeps_the_lower_floor(s).await;
+    ids_below_the_floor_are_not_added(s).await;
+    removal_and_eviction(s).await;
+    replayed_push_changes_nothing(s).await;
+}
+
+async fn push_reaches_only_live_inboxes(s: &dyn InboxStore) {
+    s.rebuild(1, &[], 0).await.expect("rebuild");
+    assert_eq!(s.push(&[1, 2], id(1)).await.expect("push"), 1);
+    assert!(
+        !s.is_live(2).await.expect("live"),
+        "push never creates an inbox"
+    );
+    assert!(s.page(2, None, 10).await.expect("page").is_none());
+    assert!(!s.backfill(2, &[id(1)]).await.expect("backfill"));
+    assert_eq!(
+        s.page(1, None, 10).await.expect("page").expect("live").ids,
+        vec![id(1)]
+    );
+}
+
+async fn pages_are_exact_and_newest_first(s: &dyn InboxStore) {
+    s.rebuild(10, &[id(1), id(2), id(3)], 0)
+        .await
+        .expect("rebuild");
+    let first = s.page(10, None, 2).await.expect("page").expect("live");
+    assert_eq!(first.ids, vec![id(3), id(2)]);
+    let next = s
+        .page(10, Some(id(2)), 2)
+        .await
+        .expect("page")
+        .expect("live");
+    assert_eq!(next.ids, vec![id(1)], "the cursor is exclusive and exact");
+    assert_eq!(next.floor, 0);
+}
+
+async fn trim_raises_the_floor(s: &dyn InboxStore) {
+    s.rebuild(20, &[], 0).await.expect("rebuild");
+    for n in 1..=7 {
+        s.push(&[20], id(n)).await.expect("push");
+    }
+    let page = s.page(20, None, 10).await.expect("page").expect("live");
+    assert_eq!(page.ids, (3..=7).rev().map(id).collect::<Vec<_>>());
+    assert_eq!(
+        page.floor,
+        id(3),
+        "complete only down to the oldest kept id"
+    );
+}
+
+async fn rebuild_unions_and_keeps_the_lower_floor(s: &dyn InboxStore) {
+    s.rebuild(30, &[id(50), id(60)], id(50))
+        .await
+        .expect("rebuild");
+    s.push(&[30], id(70)).await.expect("push");
+    // A second, deeper rebuild (e.g. racing a concurrent one) unions.
+    s.rebuild(30, &[id(40), id(50)], id(40))
+        .await
+        .expect("rebuild again");
+    let page = s.page(30, None, 10).await.expect("page").expect("live");
+    assert_eq!(page.ids, vec![id(70), id(60), id(50), id(40)]);
+    assert_eq!(page.floor, id(40));
+    // A shallower one never raises the floor of a more complete inbox.
+    s.rebuild(30, &[id(70)], id(65))
+        .await
+        .expect("rebuild shallow");
+    assert_eq!(
+        s.page(30, None, 10)
+            .await
+            .expect("page")
+            .expect("live")
+            .floor,
+        id(40)
+    );
+}
+
+async fn ids_below_the_floor_are_not_added(s: &dyn InboxStore) {
+    s.rebuild(40, &[id(10)], id(10)).await.expect("rebuild");
+    s.push(&[40], id(5)).await.expect("push old");
+    assert!(s.backfill(40, &[id(4), id(11)]).await.expect("backfill"));
+    let page = s.page(40, None, 10).await.expect("page").expect("live");
+    assert_eq!(
+        page.ids,
+        vec![id(11), id(10)],
+        "below the floor, outboxes serve"
+    );
+}
+
+async fn removal_and_eviction(s: &dyn InboxStore) {
+    s.rebuild(50, &[id(1), id(2), id(3)], 0)
+        .await
+        .expect("rebuild");
+    s.rebuild(51, &[id(2)], 0).await.expect("rebuild");
+    s.remove(50, &[id(1)]).await.expect("remove");
+    s.remove_from(&[50, 51, 52], id(2))
+        .await
+        .expect("remove from");
+    assert_eq!(
+        s.page(50, None, 10).await.expect("page").expect("live").ids,
+        vec![id(3)]
+    );
+    let emptied = s
+        .page(51, None, 10)
+        .await
+        .expect("page")
+        .expect("still live");
+    assert!(emptied.ids.is_empty(), "an emptied inbox stays live");
+    s.evict(50).await.expect("evict");
+    assert!(!s.is_live(50).await.expect("live"));
+}
+
+async fn replayed_push_changes_nothing(s: &dyn InboxStore) {
+    s.rebuild(60, &[], 0).await.expect("rebuild");
+    for _ in 0..3 {
+        s.push(&[60], id(9)).await.expect("push");
+    }
+    assert_eq!(
+        s.page(60, None, 10).await.expect("page").expect("live").ids,
+        vec![id(9)]
+    );
+}

@@ -1,0 +1,96 @@
+//! Home inboxes: the ids pushed to a user, newest first, capped, with a
+//! completeness floor (DESIGN Invariant 1).
+//!
+//! Layout on Redis (one hash tag per user, so a Redis Cluster keeps a user's
+//! keys on one slot and a script can touch both):
+//! - `inbox:{<user>}`: ZSET, every score 0, members the 8-byte big-endian
+//!   activity id. Equal scores order members lexicographically, which for
+//!   fixed-width big-endian ids is numeric order, so pages are exact
+//!   `ZRANGE ... BYLEX REV` reads with no f64 precision loss (ids exceed 2^53).
+//! - `inbox-floor:{<user>}`: the 8-byte id down to which the inbox is
+//!   complete. Its presence is what makes the inbox *live*: fanout writes only
+//!   to live inboxes and never creates a one-item inbox.
+//!
+//! Ids below the floor are not served from the inbox; readers take them from
+//! the followees' outboxes with the same cursor.
+
+use async_trait::async_trait;
+use feed_core::UserId;
+
+pub mod contract;
+pub mod memory;
+pub mod redis_store;
+
+pub use memory::MemoryInbox;
+pub use redis_store::RedisInbox;
+
+/// Inbox sizing.
+#[derive(Debug, Clone, Copy)]
+pub struct InboxConfig {
+    /// Most ids an inbox keeps; older ones are trimmed and the floor raised.
+    pub cap: usize,
+    /// An inbox unused this long expires (its user turns cold).
+    pub ttl_ms: u64,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        Self {
+            cap: 800,
+            ttl_ms: 7 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// One page of an inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxPage {
+    /// Ids below the cursor, newest first.
+    pub ids: Vec<u64>,
+    /// The inbox is complete for ids >= floor.
+    pub floor: u64,
+}
+
+/// Inbox failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InboxError {
+    /// Redis did not answer or refused.
+    #[error("inbox store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<redis::RedisError> for InboxError {
+    fn from(e: redis::RedisError) -> Self {
+        InboxError::Unavailable(e.to_string())
+    }
+}
+
+/// Where home inboxes live.
+#[async_trait]
+pub trait InboxStore: Send + Sync + 'static {
+    /// Adds `id` to the live inboxes among `users` (fanout). Returns how many
+    /// inboxes received it; absent inboxes are skipped, never created.
+    async fn push(&self, users: &[UserId], id: u64) -> Result<usize, InboxError>;
+    /// Adds `ids` to one live inbox (backfill after a follow). Returns false
+    /// when the inbox is not live.
+    async fn backfill(&self, user: UserId, ids: &[u64]) -> Result<bool, InboxError>;
+    /// Makes the inbox live (marker first) and unions `ids` into it; the
+    /// result is complete for ids >= min(floor, existing floor).
+    async fn rebuild(&self, user: UserId, ids: &[u64], floor: u64) -> Result<(), InboxError>;
+    /// Newest ids below `before` (all when None), at most `limit`, and the
+    /// floor; None when the inbox is not live. Refreshes the expiry.
+    async fn page(
+        &self,
+        user: UserId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<InboxPage>, InboxError>;
+    /// Removes `ids` from one inbox (purge after unfollow or block).
+    async fn remove(&self, user: UserId, ids: &[u64]) -> Result<(), InboxError>;
+    /// Removes `id` from many inboxes (purge after delete).
+    async fn remove_from(&self, users: &[UserId], id: u64) -> Result<(), InboxError>;
+    /// Whether the inbox is live.
+    async fn is_live(&self, user: UserId) -> Result<bool, InboxError>;
+    /// Drops the inbox (the user turned cold).
+    async fn evict(&self, user: UserId) -> Result<(), InboxError>;
+}

@@ -1,0 +1,277 @@
+//! Inboxes on Redis (or Redis Cluster): one Lua script per operation, so an
+//! inbox's entries and its floor always change together.
+
+use async_trait::async_trait;
+use feed_core::UserId;
+use redis::aio::ConnectionManager;
+
+use crate::{InboxConfig, InboxError, InboxPage, InboxStore};
+
+/// Compares two 8-byte big-endian ids. Lua's `<` on strings uses strcoll,
+/// which stops at NUL bytes and follows the locale, so unpack to integers.
+const LT: &str = r"
+local function lt(x, y)
+  local xh, xl = struct.unpack('>I4>I4', x)
+  local yh, yl = struct.unpack('>I4>I4', y)
+  if xh ~= yh then return xh < yh end
+  return xl < yl
+end
+local function trim(cap)
+  local n = redis.call('ZCARD', KEYS[1])
+  if n > cap then
+    redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - cap - 1)
+    local min = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+    local floor = redis.call('GET', KEYS[2])
+    if lt(floor, min) then redis.call('SET', KEYS[2], min, 'KEEPTTL') end
+  end
+  local ttl = redis.call('PTTL', KEYS[2])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+end
+";
+
+/// KEYS: inbox, floor. ARGV: cap, ids... Adds to a live inbox only.
+const ADD: &str = r"
+local floor = redis.call('GET', KEYS[2])
+if not floor then return -1 end
+local added = 0
+for i = 2, #ARGV do
+  if not lt(ARGV[i], floor) then added = added + redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
+end
+trim(tonumber(ARGV[1]))
+return added
+";
+
+/// KEYS: inbox, floor. ARGV: cap, ttl_ms, floor, ids... Marker first, then union.
+const REBUILD: &str = r"
+local cur = redis.call('GET', KEYS[2])
+local floor = ARGV[3]
+if cur and lt(cur, floor) then floor = cur end
+redis.call('SET', KEYS[2], floor, 'PX', ARGV[2])
+for i = 4, #ARGV do
+  if not lt(ARGV[i], floor) then redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
+end
+trim(tonumber(ARGV[1]))
+return 1
+";
+
+/// KEYS: inbox, floor. ARGV: max (lex bound), limit, ttl_ms. Nil when not live.
+const PAGE: &str = r"
+local floor = redis.call('GET', KEYS[2])
+if not floor then return false end
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local ids = redis.call('ZRANGE', KEYS[1], ARGV[1], '-', 'BYLEX', 'REV', 'LIMIT', 0, ARGV[2])
+return {floor, ids}
+";
+
+/// Redis key of a user's inbox.
+pub fn inbox_key(user: UserId) -> String {
+    format!("inbox:{{{user}}}")
+}
+
+/// Redis key of a user's inbox floor (the liveness marker).
+pub fn floor_key(user: UserId) -> String {
+    format!("inbox-floor:{{{user}}}")
+}
+
+fn member(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+fn id_of(bytes: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
+}
+
+/// Users per pipeline: large enough to amortise round trips, small enough
+/// not to stall Redis for other clients.
+const PIPELINE: usize = 512;
+
+/// Inboxes in Redis.
+#[derive(Clone)]
+pub struct RedisInbox {
+    conn: ConnectionManager,
+    cfg: InboxConfig,
+    add: redis::Script,
+    rebuild: redis::Script,
+    page: redis::Script,
+}
+
+impl RedisInbox {
+    /// Inboxes on `conn` sized by `cfg`.
+    pub fn new(conn: ConnectionManager, cfg: InboxConfig) -> Self {
+        Self {
+            conn,
+            cfg,
+            add: redis::Script::new(&format!("{LT}{ADD}")),
+            rebuild: redis::Script::new(&format!("{LT}{REBUILD}")),
+            page: redis::Script::new(&format!("{LT}{PAGE}")),
+        }
+    }
+
+    /// Connects to `url`.
+    pub async fn connect(url: &str, cfg: InboxConfig) -> Result<Self, InboxError> {
+        let conn = redis::Client::open(url)?.get_connection_manager().await?;
+        Ok(Self::new(conn, cfg))
+    }
+
+    /// Loads the scripts, so pipelined EVALSHA finds them (again after a
+    /// Redis restart, which forgets scripts).
+    async fn load_scripts(&self) -> Result<(), InboxError> {
+        let mut conn = self.conn.clone();
+        for s in [&self.add, &self.rebuild, &self.page] {
+            let _: String = s.prepare_invoke().load_async(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn pipelined_add(&self, users: &[UserId], ids: &[u64]) -> Result<Vec<i64>, InboxError> {
+        let mut out = Vec::with_capacity(users.len());
+        for chunk in users.chunks(PIPELINE) {
+            let build = || {
+                let mut pipe = redis::pipe();
+                for &u in chunk {
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(self.add.get_hash())
+                        .arg(2)
+                        .arg(inbox_key(u))
+                        .arg(floor_key(u))
+                        .arg(self.cfg.cap);
+                    for id in ids {
+                        cmd.arg(&member(*id)[..]);
+                    }
+                    pipe.add_command(cmd);
+                }
+                pipe
+            };
+            let mut conn = self.conn.clone();
+            let res: Result<Vec<i64>, redis::RedisError> = build().query_async(&mut conn).await;
+            let res = match res {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    self.load_scripts().await?;
+                    build().query_async(&mut conn).await?
+                }
+                other => other?,
+            };
+            out.extend(res);
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl InboxStore for RedisInbox {
+    async fn push(&self, users: &[UserId], id: u64) -> Result<usize, InboxError> {
+        Ok(self
+            .pipelined_add(users, &[id])
+            .await?
+            .iter()
+            .filter(|r| **r >= 0)
+            .count())
+    }
+
+    async fn backfill(&self, user: UserId, ids: &[u64]) -> Result<bool, InboxError> {
+        Ok(self
+            .pipelined_add(&[user], ids)
+            .await?
+            .first()
+            .is_some_and(|r| *r >= 0))
+    }
+
+    async fn rebuild(&self, user: UserId, ids: &[u64], floor: u64) -> Result<(), InboxError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.rebuild.key(inbox_key(user));
+        inv.key(floor_key(user))
+            .arg(self.cfg.cap)
+            .arg(self.cfg.ttl_ms)
+            .arg(&member(floor)[..]);
+        for id in ids {
+            inv.arg(&member(*id)[..]);
+        }
+        let _: i64 = inv.invoke_async(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn page(
+        &self,
+        user: UserId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<InboxPage>, InboxError> {
+        let max: Vec<u8> = match before {
+            Some(b) => {
+                let mut v = vec![b'('];
+                v.extend_from_slice(&member(b));
+                v
+            }
+            None => b"+".to_vec(),
+        };
+        let mut conn = self.conn.clone();
+        let reply: Option<(Vec<u8>, Vec<Vec<u8>>)> = self
+            .page
+            .key(inbox_key(user))
+            .key(floor_key(user))
+            .arg(max)
+            .arg(limit)
+            .arg(self.cfg.ttl_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(reply.map(|(floor, ids)| InboxPage {
+            floor: id_of(&floor).unwrap_or(0),
+            ids: ids.iter().filter_map(|m| id_of(m)).collect(),
+        }))
+    }
+
+    async fn remove(&self, user: UserId, ids: &[u64]) -> Result<(), InboxError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("ZREM");
+        cmd.arg(inbox_key(user));
+        for id in ids {
+            cmd.arg(&member(*id)[..]);
+        }
+        let _: i64 = cmd.query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn remove_from(&self, users: &[UserId], id: u64) -> Result<(), InboxError> {
+        for chunk in users.chunks(PIPELINE) {
+            let mut pipe = redis::pipe();
+            for &u in chunk {
+                pipe.cmd("ZREM")
+                    .arg(inbox_key(u))
+                    .arg(&member(id)[..])
+                    .ignore();
+            }
+            let mut conn = self.conn.clone();
+            let _: () = pipe.query_async(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn is_live(&self, user: UserId) -> Result<bool, InboxError> {
+        let mut conn = self.conn.clone();
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(floor_key(user))
+            .query_async(&mut conn)
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn evict(&self, user: UserId) -> Result<(), InboxError> {
+        let mut conn = self.conn.clone();
+        // Marker first: a concurrent push after this sees a dead inbox.
+        let _: i64 = redis::cmd("DEL")
+            .arg(floor_key(user))
+            .query_async(&mut conn)
+            .await?;
+        let _: i64 = redis::cmd("DEL")
+            .arg(inbox_key(user))
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
