@@ -2,6 +2,7 @@
 //! storage. Tests call [`run`] on `127.0.0.1:0`; `main` adds flags and signals.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use feed_server::{Authenticator, FeedConfig, ServeOptions, ServiceSet, Shutdown, serve};
 use follow_graph::FollowGraph;
@@ -12,7 +13,8 @@ pub const DEV_TOKEN_FILE: &str = "dev-token";
 
 /// Service tokens from configuration; with none configured, an `internal`
 /// dev token kept in `data_dir/dev-token` (created once, then reused, so a
-/// restart does not invalidate the developer's shell).
+/// restart does not invalidate the developer's shell). Returns the
+/// authenticator and the dev token when one was made.
 pub fn auth_or_dev_token(cfg: &FeedConfig) -> anyhow::Result<(Authenticator, Option<String>)> {
     let auth = Authenticator::from_config(&cfg.auth)?;
     if !auth.is_empty() {
@@ -41,22 +43,86 @@ fn dev_token(data_dir: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// Builds every service on the configured (embedded by default) storage.
-pub async fn services(cfg: &FeedConfig, auth: &Authenticator) -> anyhow::Result<ServiceSet> {
+/// The token feedd's services use to call each other: `clients.token`,
+/// else the first configured internal token, else the dev token.
+pub fn internal_token(cfg: &FeedConfig, dev_token: Option<&str>) -> anyhow::Result<String> {
+    if !cfg.clients.token.is_empty() {
+        return Ok(cfg.clients.token.clone());
+    }
+    if let Some(t) = cfg
+        .auth
+        .internal_tokens
+        .split(',')
+        .map(str::trim)
+        .find(|t| !t.is_empty())
+    {
+        return Ok(t.to_owned());
+    }
+    dev_token.map(str::to_owned).ok_or_else(|| {
+        anyhow::anyhow!("no internal token for service-to-service calls: set clients.token")
+    })
+}
+
+/// Builds every service on the configured (embedded by default) storage,
+/// starting the fanout workers and the sweeper. Services call each other
+/// over gRPC on `self_addr` (this process's own listener).
+pub async fn services(
+    cfg: &FeedConfig,
+    auth: &Authenticator,
+    token: &str,
+    self_addr: std::net::SocketAddr,
+    shutdown: &Shutdown,
+) -> anyhow::Result<ServiceSet> {
     let mut set = ServiceSet::default();
     let graph_store = follow_graph::open_store(cfg).await?;
     follow_graph::register(&mut set, FollowGraph::new(graph_store), auth);
+
+    let url = |configured: &str| {
+        if configured.is_empty() {
+            format!("http://{self_addr}")
+        } else {
+            configured.to_owned()
+        }
+    };
+    let channel =
+        tonic::transport::Channel::from_shared(url(&cfg.clients.follow_graph_url))?.connect_lazy();
+    let graph: Arc<dyn publish::Graph> = Arc::new(publish::GrpcGraph::new(channel, token)?);
+    let clock = publish::system_clock();
+    let queue = publish::open_queue(cfg).await?;
+    let inbox = publish::open_inbox(cfg, clock.clone()).await?;
+    let publisher = publish::Publisher::new(
+        publish::open_store(cfg)?,
+        graph.clone(),
+        queue.clone(),
+        publish::id_generator(cfg, clock.clone(), shutdown).await?,
+        clock,
+        publish::publish_config(cfg),
+    );
+    for _ in 0..cfg.fanout.workers {
+        let worker = publish::FanoutWorker::new(
+            Arc::new(publisher.clone()),
+            queue.clone(),
+            graph.clone(),
+            inbox.clone(),
+            publish::worker_config(cfg),
+        );
+        tokio::spawn(worker.run(shutdown.clone()));
+    }
+    publish::spawn_sweeper(publisher.clone(), cfg, shutdown.clone());
+    publish::register(&mut set, publisher, graph, inbox, auth);
     Ok(set)
 }
 
 /// Serves every service on `listener` until `shutdown`, then drains.
+/// `token` is the internal token the services use to call each other.
 pub async fn run(
     cfg: FeedConfig,
     auth: Authenticator,
+    token: String,
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let set = services(&cfg, &auth).await?;
+    let set = services(&cfg, &auth, &token, listener.local_addr()?, &shutdown).await?;
     serve(
         set,
         ServeOptions {

@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
     }
     telemetry::init(&cfg.telemetry);
     let (auth, dev_token) = feed_all_in_one::auth_or_dev_token(&cfg)?;
+    let token = feed_all_in_one::internal_token(&cfg, dev_token.as_deref())?;
     let listener = TcpListener::bind(&cfg.server.listen)
         .await
         .map_err(|e| anyhow::anyhow!("--listen {}: {e}", cfg.server.listen))?;
@@ -70,5 +71,5 @@ async fn main() -> anyhow::Result<()> {
         shutdown::terminate_signal().await;
         trigger.trigger();
     });
-    feed_all_in_one::run(cfg, auth, listener, shutdown).await
+    feed_all_in_one::run(cfg, auth, token, listener, shutdown).await
 }

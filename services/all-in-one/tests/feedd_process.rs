@@ -65,7 +65,8 @@ fn start(dir: &std::path::Path) -> Feedd {
 
 fn http_get(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).expect("admin port");
-    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").expect("write");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .expect("write");
     let mut body = String::new();
     s.read_to_string(&mut body).expect("read");
     body

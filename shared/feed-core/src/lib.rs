@@ -7,6 +7,7 @@ pub mod error;
 pub mod feed_ref;
 pub mod id;
 pub mod validate;
+pub mod visibility;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use cursor::{Cursor, PageToken};

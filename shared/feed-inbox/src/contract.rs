@@ -26,10 +26,32 @@ pub async fn run_all(s: &dyn InboxStore) {
     ids_below_the_floor_are_not_added(s).await;
     removal_and_eviction(s).await;
     replayed_push_changes_nothing(s).await;
+    marker_first_rebuild_keeps_pushes_made_while_it_ran(s).await;
+}
+
+async fn marker_first_rebuild_keeps_pushes_made_while_it_ran(s: &dyn InboxStore) {
+    let provisional = id(100);
+    assert!(s.mark_live(70, provisional).await.expect("mark"));
+    assert!(
+        !s.mark_live(70, provisional).await.expect("mark again"),
+        "only one rebuilder creates it"
+    );
+    // A push lands between the marker and the rebuild's outbox read.
+    s.push(&[70], id(120)).await.expect("push during rebuild");
+    s.rebuild(70, &[id(20), id(30)], id(20), Some(provisional))
+        .await
+        .expect("rebuild");
+    let page = s.page(70, None, 10).await.expect("page").expect("live");
+    assert_eq!(page.ids, vec![id(120), id(30), id(20)]);
+    assert_eq!(
+        page.floor,
+        id(20),
+        "the rebuild's own marker is replaced, not kept as a floor"
+    );
 }
 
 async fn push_reaches_only_live_inboxes(s: &dyn InboxStore) {
-    s.rebuild(1, &[], 0).await.expect("rebuild");
+    s.rebuild(1, &[], 0, None).await.expect("rebuild");
     assert_eq!(s.push(&[1, 2], id(1)).await.expect("push"), 1);
     assert!(
         !s.is_live(2).await.expect("live"),
@@ -44,7 +66,7 @@ async fn push_reaches_only_live_inboxes(s: &dyn InboxStore) {
 }
 
 async fn pages_are_exact_and_newest_first(s: &dyn InboxStore) {
-    s.rebuild(10, &[id(1), id(2), id(3)], 0)
+    s.rebuild(10, &[id(1), id(2), id(3)], 0, None)
         .await
         .expect("rebuild");
     let first = s.page(10, None, 2).await.expect("page").expect("live");
@@ -59,7 +81,7 @@ async fn pages_are_exact_and_newest_first(s: &dyn InboxStore) {
 }
 
 async fn trim_raises_the_floor(s: &dyn InboxStore) {
-    s.rebuild(20, &[], 0).await.expect("rebuild");
+    s.rebuild(20, &[], 0, None).await.expect("rebuild");
     for n in 1..=7 {
         s.push(&[20], id(n)).await.expect("push");
     }
@@ -73,19 +95,19 @@ async fn trim_raises_the_floor(s: &dyn InboxStore) {
 }
 
 async fn rebuild_unions_and_keeps_the_lower_floor(s: &dyn InboxStore) {
-    s.rebuild(30, &[id(50), id(60)], id(50))
+    s.rebuild(30, &[id(50), id(60)], id(50), None)
         .await
         .expect("rebuild");
     s.push(&[30], id(70)).await.expect("push");
     // A second, deeper rebuild (e.g. racing a concurrent one) unions.
-    s.rebuild(30, &[id(40), id(50)], id(40))
+    s.rebuild(30, &[id(40), id(50)], id(40), None)
         .await
         .expect("rebuild again");
     let page = s.page(30, None, 10).await.expect("page").expect("live");
     assert_eq!(page.ids, vec![id(70), id(60), id(50), id(40)]);
     assert_eq!(page.floor, id(40));
     // A shallower one never raises the floor of a more complete inbox.
-    s.rebuild(30, &[id(70)], id(65))
+    s.rebuild(30, &[id(70)], id(65), None)
         .await
         .expect("rebuild shallow");
     assert_eq!(
@@ -99,7 +121,9 @@ async fn rebuild_unions_and_keeps_the_lower_floor(s: &dyn InboxStore) {
 }
 
 async fn ids_below_the_floor_are_not_added(s: &dyn InboxStore) {
-    s.rebuild(40, &[id(10)], id(10)).await.expect("rebuild");
+    s.rebuild(40, &[id(10)], id(10), None)
+        .await
+        .expect("rebuild");
     s.push(&[40], id(5)).await.expect("push old");
     assert!(s.backfill(40, &[id(4), id(11)]).await.expect("backfill"));
     let page = s.page(40, None, 10).await.expect("page").expect("live");
@@ -111,10 +135,10 @@ async fn ids_below_the_floor_are_not_added(s: &dyn InboxStore) {
 }
 
 async fn removal_and_eviction(s: &dyn InboxStore) {
-    s.rebuild(50, &[id(1), id(2), id(3)], 0)
+    s.rebuild(50, &[id(1), id(2), id(3)], 0, None)
         .await
         .expect("rebuild");
-    s.rebuild(51, &[id(2)], 0).await.expect("rebuild");
+    s.rebuild(51, &[id(2)], 0, None).await.expect("rebuild");
     s.remove(50, &[id(1)]).await.expect("remove");
     s.remove_from(&[50, 51, 52], id(2))
         .await
@@ -134,7 +158,7 @@ async fn removal_and_eviction(s: &dyn InboxStore) {
 }
 
 async fn replayed_push_changes_nothing(s: &dyn InboxStore) {
-    s.rebuild(60, &[], 0).await.expect("rebuild");
+    s.rebuild(60, &[], 0, None).await.expect("rebuild");
     for _ in 0..3 {
         s.push(&[60], id(9)).await.expect("push");
     }

@@ -74,9 +74,21 @@ pub trait InboxStore: Send + Sync + 'static {
     /// Adds `ids` to one live inbox (backfill after a follow). Returns false
     /// when the inbox is not live.
     async fn backfill(&self, user: UserId, ids: &[u64]) -> Result<bool, InboxError>;
-    /// Makes the inbox live (marker first) and unions `ids` into it; the
-    /// result is complete for ids >= min(floor, existing floor).
-    async fn rebuild(&self, user: UserId, ids: &[u64], floor: u64) -> Result<(), InboxError>;
+    /// Makes the inbox live with a provisional floor unless it already is;
+    /// true when this call created it. A rebuilder calls this *before*
+    /// reading the outboxes, so pushes during the rebuild land (marker first).
+    async fn mark_live(&self, user: UserId, provisional_floor: u64) -> Result<bool, InboxError>;
+    /// Unions `ids` into the inbox (making it live) and sets its floor: to
+    /// `floor` when the current floor is still `provisional` (this rebuild's
+    /// own marker), else to min(floor, current), since the union of two
+    /// inboxes is complete down to the lower of their floors.
+    async fn rebuild(
+        &self,
+        user: UserId,
+        ids: &[u64],
+        floor: u64,
+        provisional: Option<u64>,
+    ) -> Result<(), InboxError>;
     /// Newest ids below `before` (all when None), at most `limit`, and the
     /// floor; None when the inbox is not live. Refreshes the expiry.
     async fn page(

@@ -87,7 +87,31 @@ impl InboxStore for MemoryInbox {
         }))
     }
 
-    async fn rebuild(&self, user: UserId, ids: &[u64], floor: u64) -> Result<(), InboxError> {
+    async fn mark_live(&self, user: UserId, provisional_floor: u64) -> Result<bool, InboxError> {
+        let ttl = self.cfg.ttl_ms;
+        Ok(self.with(|map, now| {
+            if map.contains_key(&user) {
+                return false;
+            }
+            map.insert(
+                user,
+                Inbox {
+                    ids: BTreeSet::new(),
+                    floor: provisional_floor,
+                    expires_at: now + ttl,
+                },
+            );
+            true
+        }))
+    }
+
+    async fn rebuild(
+        &self,
+        user: UserId,
+        ids: &[u64],
+        floor: u64,
+        provisional: Option<u64>,
+    ) -> Result<(), InboxError> {
         let (cap, ttl) = (self.cfg.cap, self.cfg.ttl_ms);
         self.with(|map, now| {
             let inbox = map.entry(user).or_insert(Inbox {
@@ -95,7 +119,11 @@ impl InboxStore for MemoryInbox {
                 floor,
                 expires_at: now + ttl,
             });
-            inbox.floor = inbox.floor.min(floor);
+            inbox.floor = if Some(inbox.floor) == provisional {
+                floor
+            } else {
+                inbox.floor.min(floor)
+            };
             inbox.expires_at = now + ttl;
             Self::add(cap, inbox, ids);
         });

@@ -41,13 +41,13 @@ trim(tonumber(ARGV[1]))
 return added
 ";
 
-/// KEYS: inbox, floor. ARGV: cap, ttl_ms, floor, ids... Marker first, then union.
+/// KEYS: inbox, floor. ARGV: cap, ttl_ms, floor, provisional ("" = none), ids...
 const REBUILD: &str = r"
 local cur = redis.call('GET', KEYS[2])
 local floor = ARGV[3]
-if cur and lt(cur, floor) then floor = cur end
+if cur and cur ~= ARGV[4] and lt(cur, floor) then floor = cur end
 redis.call('SET', KEYS[2], floor, 'PX', ARGV[2])
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   if not lt(ARGV[i], floor) then redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
 end
 trim(tonumber(ARGV[1]))
@@ -179,13 +179,34 @@ impl InboxStore for RedisInbox {
             .is_some_and(|r| *r >= 0))
     }
 
-    async fn rebuild(&self, user: UserId, ids: &[u64], floor: u64) -> Result<(), InboxError> {
+    async fn mark_live(&self, user: UserId, provisional_floor: u64) -> Result<bool, InboxError> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(floor_key(user))
+            .arg(&member(provisional_floor)[..])
+            .arg("NX")
+            .arg("PX")
+            .arg(self.cfg.ttl_ms)
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    async fn rebuild(
+        &self,
+        user: UserId,
+        ids: &[u64],
+        floor: u64,
+        provisional: Option<u64>,
+    ) -> Result<(), InboxError> {
         let mut conn = self.conn.clone();
         let mut inv = self.rebuild.key(inbox_key(user));
+        let provisional: Vec<u8> = provisional.map(|p| member(p).to_vec()).unwrap_or_default();
         inv.key(floor_key(user))
             .arg(self.cfg.cap)
             .arg(self.cfg.ttl_ms)
-            .arg(&member(floor)[..]);
+            .arg(&member(floor)[..])
+            .arg(provisional);
         for id in ids {
             inv.arg(&member(*id)[..]);
         }

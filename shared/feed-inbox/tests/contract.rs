@@ -29,7 +29,7 @@ async fn redis_inbox_reloads_scripts_after_a_restart_forgets_them() {
     let inbox = RedisInbox::connect(&redis.url(), contract_config())
         .await
         .expect("connect");
-    inbox.rebuild(1, &[], 0).await.expect("rebuild");
+    inbox.rebuild(1, &[], 0, None).await.expect("rebuild");
     let mut conn = redis::Client::open(redis.url())
         .expect("client")
         .get_multiplexed_async_connection()
@@ -47,7 +47,7 @@ async fn redis_inbox_reloads_scripts_after_a_restart_forgets_them() {
 async fn memory_inbox_expires_unused_inboxes() {
     let clock = feed_core::ManualClock::new(1_000);
     let inbox = MemoryInbox::new(contract_config(), Arc::new(clock.clone()));
-    inbox.rebuild(1, &[5], 0).await.expect("rebuild");
+    inbox.rebuild(1, &[5], 0, None).await.expect("rebuild");
     clock.advance(contract_config().ttl_ms - 1);
     assert!(
         inbox.page(1, None, 1).await.expect("page").is_some(),

@@ -44,17 +44,23 @@ pub fn spawn_admin(listener: TcpListener, shutdown: Shutdown) -> std::io::Result
             };
             let handle = handle.clone();
             tokio::spawn(async move {
-                let mut buf = [0u8; 2048];
-                let n = match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    sock.read(&mut buf),
-                )
-                .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
+                // Read the whole request head: a client may send it in pieces.
+                let mut buf = Vec::with_capacity(1024);
+                let mut chunk = [0u8; 1024];
+                let read_head = async {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return false,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    true
                 };
-                let head = String::from_utf8_lossy(&buf[..n]);
+                match tokio::time::timeout(std::time::Duration::from_secs(5), read_head).await {
+                    Ok(true) => {}
+                    _ => return,
+                }
+                let head = String::from_utf8_lossy(&buf);
                 let path = head.split_whitespace().nth(1).unwrap_or("/");
                 let (status, body) = match path {
                     "/metrics" => ("200 OK", handle.render()),

@@ -28,6 +28,101 @@ pub struct FeedConfig {
     pub scylla: ScyllaConfig,
     /// follow-graph service settings.
     pub follow_graph: FollowGraphConfig,
+    /// publish service settings.
+    pub publish: PublishConfig,
+    /// Fanout worker settings.
+    pub fanout: FanoutConfig,
+    /// Home inbox sizing.
+    pub inbox: InboxConfig,
+    /// How services reach each other.
+    pub clients: ClientsConfig,
+}
+
+/// publish settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishConfig {
+    /// Most bytes of an activity's `extra` JSON.
+    pub max_extra_bytes: usize,
+    /// Failed attempts before a job is dead-lettered.
+    pub max_attempts: u32,
+    /// How often the sweeper re-drives stale jobs and releases scheduled items.
+    pub sweep_interval_ms: u64,
+    /// A pending job untouched this long is re-enqueued by the sweeper.
+    pub stale_after_ms: u64,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            max_extra_bytes: 8 * 1024,
+            max_attempts: 5,
+            sweep_interval_ms: 5_000,
+            stale_after_ms: 60_000,
+        }
+    }
+}
+
+/// Fanout worker settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FanoutConfig {
+    /// Worker tasks in this process (feedd; the fanout-worker binary).
+    pub workers: usize,
+    /// Jobs one worker runs at once.
+    pub concurrency: usize,
+    /// Followers per page and per inbox pipeline.
+    pub page_size: u32,
+    /// Unacknowledged jobs are taken over after this long.
+    pub reclaim_idle_ms: u64,
+    /// Redis Stream of jobs.
+    pub stream: String,
+    /// Consumer group of the workers.
+    pub group: String,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            concurrency: 4,
+            page_size: 1000,
+            reclaim_idle_ms: 30_000,
+            stream: "feed:jobs".into(),
+            group: "fanout".into(),
+        }
+    }
+}
+
+/// Home inbox sizing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InboxConfig {
+    /// Ids kept per inbox.
+    pub cap: usize,
+    /// An inbox unread this long expires; its user turns cold.
+    pub ttl_secs: u64,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        Self {
+            cap: 800,
+            ttl_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+/// Addresses of other services; empty means "this process" (feedd).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientsConfig {
+    /// follow-graph gRPC endpoint, e.g. `http://follow-graph:50051`.
+    pub follow_graph_url: String,
+    /// publish gRPC endpoint.
+    pub publish_url: String,
+    /// Internal token for service-to-service calls; defaults to the first internal token.
+    pub token: String,
 }
 
 /// gRPC server settings.

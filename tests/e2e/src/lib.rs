@@ -42,7 +42,13 @@ impl Platform {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shutdown = Shutdown::new();
-        let task = tokio::spawn(feed_all_in_one::run(cfg, auth, listener, shutdown.clone()));
+        let task = tokio::spawn(feed_all_in_one::run(
+            cfg,
+            auth,
+            INTERNAL_TOKEN.to_owned(),
+            listener,
+            shutdown.clone(),
+        ));
         let channel = Channel::from_shared(format!("http://{addr}"))?
             .connect()
             .await?;

@@ -1,0 +1,362 @@
+//! Fanout workers: take jobs from the queue, page followers from
+//! follow-graph by shard, and write ids into live inboxes. At-least-once and
+//! idempotent: a replayed job, or a job re-driven after a crash, changes
+//! nothing that was already done.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use feed_core::{ApiError, FeedRef};
+use feed_inbox::InboxStore;
+use feed_proto::events::v1::{FanoutJob, Job, PurgeJob, job};
+use feed_proto::publish::v1 as pb;
+use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
+use feed_server::Shutdown;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+use crate::graph::Graph;
+use crate::queue::{Delivery, JobQueue};
+use crate::service::{LoadedJob, Publisher, fanout_job_id};
+
+/// Where workers read and settle job records.
+#[async_trait]
+pub trait JobLedger: Send + Sync + 'static {
+    /// The pending job; None once done.
+    async fn load(&self, job_id: &str) -> Result<Option<LoadedJob>, ApiError>;
+    /// Done, with the sub-jobs it spawned recorded in the same step.
+    async fn complete(&self, job_id: &str, spawned: &[Job]) -> Result<(), ApiError>;
+    /// A failed attempt; true when dead-lettered.
+    async fn fail(&self, job_id: &str, error: &str) -> Result<bool, ApiError>;
+}
+
+#[async_trait]
+impl JobLedger for Publisher {
+    async fn load(&self, job_id: &str) -> Result<Option<LoadedJob>, ApiError> {
+        self.load_job(job_id).await
+    }
+    async fn complete(&self, job_id: &str, spawned: &[Job]) -> Result<(), ApiError> {
+        self.complete_job(job_id, spawned).await
+    }
+    async fn fail(&self, job_id: &str, error: &str) -> Result<bool, ApiError> {
+        self.fail_job(job_id, error).await
+    }
+}
+
+/// The ledger of a remote publish service (the `fanout-worker` binary).
+#[derive(Clone)]
+pub struct GrpcLedger {
+    client: PublishServiceClient<Channel>,
+    auth: MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl GrpcLedger {
+    /// A client on `channel` sending `token`.
+    pub fn new(channel: Channel, token: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: PublishServiceClient::new(channel),
+            auth: MetadataValue::try_from(format!("Bearer {token}"))?,
+        })
+    }
+
+    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert("authorization", self.auth.clone());
+        r
+    }
+}
+
+fn unavailable(s: tonic::Status) -> ApiError {
+    ApiError::Unavailable(format!("publish: {}: {}", s.code(), s.message()))
+}
+
+#[async_trait]
+impl JobLedger for GrpcLedger {
+    async fn load(&self, job_id: &str) -> Result<Option<LoadedJob>, ApiError> {
+        match self
+            .client
+            .clone()
+            .get_job(self.req(pb::GetJobRequest {
+                job_id: job_id.into(),
+            }))
+            .await
+        {
+            Ok(r) => {
+                let r = r.into_inner();
+                Ok(r.job.map(|job| LoadedJob {
+                    job,
+                    activity_deleted: r.activity_deleted,
+                    attempts: r.attempts,
+                }))
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(unavailable(s)),
+        }
+    }
+
+    async fn complete(&self, job_id: &str, spawned: &[Job]) -> Result<(), ApiError> {
+        self.client
+            .clone()
+            .complete_job(self.req(pb::CompleteJobRequest {
+                job_id: job_id.into(),
+                spawned: spawned.to_vec(),
+            }))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn fail(&self, job_id: &str, error: &str) -> Result<bool, ApiError> {
+        let r = self
+            .client
+            .clone()
+            .fail_job(self.req(pb::FailJobRequest {
+                job_id: job_id.into(),
+                error: error.into(),
+            }))
+            .await
+            .map_err(unavailable)?;
+        Ok(r.into_inner().dead_lettered)
+    }
+}
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Consumer name in the group (unique per worker process).
+    pub consumer: String,
+    /// Followers per page read from follow-graph and per inbox pipeline.
+    pub page_size: u32,
+    /// Jobs taken per receive.
+    pub batch: usize,
+    /// Jobs processed at once.
+    pub concurrency: usize,
+    /// A delivery unacknowledged this long is taken over (its worker died).
+    pub reclaim_idle: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            consumer: format!("worker-{}", uuid::Uuid::new_v4().simple()),
+            page_size: 1000,
+            batch: 16,
+            concurrency: 4,
+            reclaim_idle: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One fanout worker.
+#[derive(Clone)]
+pub struct FanoutWorker {
+    ledger: Arc<dyn JobLedger>,
+    queue: Arc<dyn JobQueue>,
+    graph: Arc<dyn Graph>,
+    inbox: Arc<dyn InboxStore>,
+    cfg: WorkerConfig,
+}
+
+fn feed_of(raw: &str) -> Result<FeedRef, ApiError> {
+    FeedRef::parse(raw).map_err(|e| ApiError::Internal(format!("job feed {raw:?}: {e}")))
+}
+
+impl FanoutWorker {
+    /// A worker over its dependencies.
+    pub fn new(
+        ledger: Arc<dyn JobLedger>,
+        queue: Arc<dyn JobQueue>,
+        graph: Arc<dyn Graph>,
+        inbox: Arc<dyn InboxStore>,
+        cfg: WorkerConfig,
+    ) -> Self {
+        Self {
+            ledger,
+            queue,
+            graph,
+            inbox,
+            cfg,
+        }
+    }
+
+    /// Runs until shutdown: reclaims stalled deliveries, takes new ones,
+    /// processes them concurrently.
+    pub async fn run(self, shutdown: Shutdown) {
+        tracing::info!(consumer = %self.cfg.consumer, "fanout worker started");
+        while !shutdown.is_triggered() {
+            let mut batch = match self
+                .queue
+                .reclaim(&self.cfg.consumer, self.cfg.reclaim_idle, self.cfg.batch)
+                .await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reclaim failed");
+                    vec![]
+                }
+            };
+            if batch.is_empty() {
+                let recv = self.queue.receive(
+                    &self.cfg.consumer,
+                    self.cfg.batch,
+                    Duration::from_millis(200),
+                );
+                batch = tokio::select! {
+                    r = recv => match r {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "receive failed");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    },
+                    _ = shutdown.wait() => break,
+                };
+            }
+            futures::StreamExt::for_each_concurrent(
+                futures::stream::iter(&batch),
+                self.cfg.concurrency.max(1),
+                |d| self.handle(d),
+            )
+            .await;
+        }
+        tracing::info!(consumer = %self.cfg.consumer, "fanout worker stopped");
+    }
+
+    /// Processes one delivery and settles it: acknowledged when done or
+    /// dead-lettered; left pending (to be reclaimed) after a failure.
+    pub async fn handle(&self, d: &Delivery) {
+        match self.process(&d.job.job_id).await {
+            Ok(()) => {
+                if let Err(e) = self.queue.ack(d).await {
+                    tracing::warn!(error = %e, job_id = %d.job.job_id, "ack failed; the job will replay harmlessly");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, job_id = %d.job.job_id, "job failed");
+                metrics::counter!("feed_fanout_job_failures_total").increment(1);
+                if let Ok(true) = self.ledger.fail(&d.job.job_id, &e.to_string()).await {
+                    let _ = self.queue.ack(d).await;
+                }
+            }
+        }
+    }
+
+    /// Runs one job by id from its durable record. A job that is done (or
+    /// was never recorded) is skipped: replays change nothing.
+    pub async fn process(&self, job_id: &str) -> Result<(), ApiError> {
+        let Some(loaded) = self.ledger.load(job_id).await? else {
+            return Ok(());
+        };
+        match loaded.job.kind.clone() {
+            Some(job::Kind::Fanout(f)) if loaded.activity_deleted => {
+                tracing::debug!(
+                    activity = f.activity_id,
+                    "activity deleted before fanout; skipping"
+                );
+                self.ledger.complete(job_id, &[]).await
+            }
+            Some(job::Kind::Fanout(f)) => match f.shard {
+                None => {
+                    self.split(job_id, &f.feed, |shard| Job {
+                        job_id: fanout_job_id(f.activity_id, &f.feed, Some(shard)),
+                        created_at_ms: loaded.job.created_at_ms,
+                        kind: Some(job::Kind::Fanout(FanoutJob {
+                            shard: Some(shard),
+                            ..f.clone()
+                        })),
+                    })
+                    .await
+                }
+                Some(shard) => self.push_shard(job_id, &f, shard).await,
+            },
+            Some(job::Kind::Purge(p)) => match p.shard {
+                None => {
+                    self.split(job_id, &p.feed, |shard| Job {
+                        job_id: format!("purge/{}/{}/{shard}", p.activity_id, p.feed),
+                        created_at_ms: loaded.job.created_at_ms,
+                        kind: Some(job::Kind::Purge(PurgeJob {
+                            shard: Some(shard),
+                            ..p.clone()
+                        })),
+                    })
+                    .await
+                }
+                Some(shard) => self.purge_shard(job_id, &p, shard).await,
+            },
+            // Edge jobs are not produced yet; settle them so they do not loop.
+            Some(job::Kind::Edge(_)) | None => self.ledger.complete(job_id, &[]).await,
+        }
+    }
+
+    /// A root job becomes one sub-job per follower shard; the sub-jobs are
+    /// recorded with the root's completion, then enqueued.
+    async fn split(
+        &self,
+        job_id: &str,
+        feed: &str,
+        sub: impl Fn(u64) -> Job,
+    ) -> Result<(), ApiError> {
+        let shards = self.graph.shards(&feed_of(feed)?).await?;
+        let spawned: Vec<Job> = shards.into_iter().map(sub).collect();
+        self.ledger.complete(job_id, &spawned).await?;
+        if let Err(e) = self.queue.enqueue(&spawned).await {
+            tracing::warn!(error = %e, "sub-job enqueue failed; the sweeper will re-drive");
+        }
+        Ok(())
+    }
+
+    async fn push_shard(&self, job_id: &str, f: &FanoutJob, shard: u64) -> Result<(), ApiError> {
+        let feed = feed_of(&f.feed)?;
+        let mut after = 0;
+        let mut delivered = 0usize;
+        loop {
+            let (page, done) = self
+                .graph
+                .page(&feed, shard, after, self.cfg.page_size)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = last.user;
+            // Muted followers still receive the id: mute is enforced at read
+            // (Invariant 5), so unmuting needs no backfill of pushed items.
+            let users: Vec<u64> = page
+                .iter()
+                .map(|p| p.user)
+                .filter(|u| *u != f.actor)
+                .collect();
+            delivered += self
+                .inbox
+                .push(&users, f.activity_id)
+                .await
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            if done {
+                break;
+            }
+        }
+        metrics::counter!("feed_fanout_deliveries_total").increment(delivered as u64);
+        self.ledger.complete(job_id, &[]).await
+    }
+
+    async fn purge_shard(&self, job_id: &str, p: &PurgeJob, shard: u64) -> Result<(), ApiError> {
+        let feed = feed_of(&p.feed)?;
+        let mut after = 0;
+        loop {
+            let (page, done) = self
+                .graph
+                .page(&feed, shard, after, self.cfg.page_size)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = last.user;
+            let users: Vec<u64> = page.iter().map(|p| p.user).collect();
+            self.inbox
+                .remove_from(&users, p.activity_id)
+                .await
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            if done {
+                break;
+            }
+        }
+        self.ledger.complete(job_id, &[]).await
+    }
+}

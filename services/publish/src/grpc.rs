@@ -1,0 +1,349 @@
+//! The gRPC adapter of PublishService.
+
+use std::sync::Arc;
+
+use feed_core::{ApiError, FeedRef, PageToken, validate, visibility};
+use feed_inbox::InboxStore;
+use feed_proto::common::v1::Activity;
+use feed_proto::publish::v1 as pb;
+use feed_proto::publish::v1::publish_service_server::PublishService;
+use feed_server::{Caller, auth::Role};
+use tonic::{Request, Response, Status};
+
+use crate::graph::Graph;
+use crate::service::Publisher;
+
+const SCHEDULED_TOKEN: u8 = 0x11;
+const DEAD_TOKEN: u8 = 0x12;
+
+/// The tonic service over [`Publisher`].
+#[derive(Clone)]
+pub struct PublishGrpc {
+    publisher: Publisher,
+    graph: Arc<dyn Graph>,
+    inbox: Arc<dyn InboxStore>,
+}
+
+impl PublishGrpc {
+    /// Wraps the domain service; `graph` and `inbox` serve visibility checks and rebuilds.
+    pub fn new(publisher: Publisher, graph: Arc<dyn Graph>, inbox: Arc<dyn InboxStore>) -> Self {
+        Self {
+            publisher,
+            graph,
+            inbox,
+        }
+    }
+
+    async fn resolve(
+        &self,
+        caller: &Caller,
+        r: Option<&pb::ActivityRef>,
+    ) -> Result<Activity, ApiError> {
+        let a = match r.and_then(|r| r.r#ref.as_ref()) {
+            Some(pb::activity_ref::Ref::Id(id)) => self.publisher.resolve(Some(*id), None).await?,
+            Some(pb::activity_ref::Ref::Foreign(f)) => {
+                validate::user_id("ref.foreign.actor", f.actor)?;
+                caller.act_as("ref.foreign.actor", f.actor)?;
+                self.publisher
+                    .resolve(None, Some((f.actor, &f.foreign_id)))
+                    .await?
+            }
+            None => return Err(ApiError::invalid("ref", "set id or foreign")),
+        };
+        caller.act_as("ref", a.actor)?;
+        Ok(a)
+    }
+}
+
+fn token_str(field: &str, tag: u8, raw: &str) -> Result<String, ApiError> {
+    Ok(match PageToken::decode(field, tag, raw)? {
+        Some(b) => String::from_utf8(b).map_err(|_| ApiError::invalid(field, "malformed token"))?,
+        None => String::new(),
+    })
+}
+
+#[tonic::async_trait]
+impl PublishService for PublishGrpc {
+    async fn publish(
+        &self,
+        req: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        let r = req.into_inner();
+        let new = r
+            .activity
+            .ok_or_else(|| ApiError::invalid("activity", "required"))?;
+        validate::user_id("activity.actor", new.actor)?;
+        caller.act_as("activity.actor", new.actor)?;
+        let p = self.publisher.publish(new, r.publish_at_ms).await?;
+        Ok(Response::new(pb::PublishResponse {
+            activity_id: p.id,
+            duplicate: p.duplicate,
+            schedule_id: p.schedule_id.unwrap_or_default(),
+            delivery_mode: p.mode as i32,
+        }))
+    }
+
+    async fn update_activity(
+        &self,
+        req: Request<pb::UpdateActivityRequest>,
+    ) -> Result<Response<pb::UpdateActivityResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        let r = req.into_inner();
+        let a = self.resolve(&caller, r.r#ref.as_ref()).await?;
+        let values = r.values.unwrap_or_default();
+        let a = self
+            .publisher
+            .update(a, &r.set_fields, &r.unset_fields, &values)
+            .await?;
+        Ok(Response::new(pb::UpdateActivityResponse {
+            activity: Some(a),
+        }))
+    }
+
+    async fn delete_activity(
+        &self,
+        req: Request<pb::DeleteActivityRequest>,
+    ) -> Result<Response<pb::DeleteActivityResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        let a = self.resolve(&caller, req.get_ref().r#ref.as_ref()).await?;
+        let changed = self.publisher.delete(a).await?;
+        Ok(Response::new(pb::DeleteActivityResponse { changed }))
+    }
+
+    async fn get_activities(
+        &self,
+        req: Request<pb::GetActivitiesRequest>,
+    ) -> Result<Response<pb::GetActivitiesResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        let r = req.get_ref();
+        validate::batch_len("ids", &r.ids, 500)?;
+        if r.include_deleted {
+            caller.require_internal()?;
+        }
+        let (found, mut missing) = self.publisher.get(&r.ids, r.include_deleted).await?;
+        let activities = if caller.role == Role::Internal {
+            found
+        } else {
+            // A bff reader sees only what the visibility rules let its user see.
+            let viewer = caller.user_id;
+            let mut visible = Vec::with_capacity(found.len());
+            for a in found {
+                let follows = match viewer {
+                    Some(v)
+                        if a.visibility == feed_proto::common::v1::Visibility::Followers as i32 =>
+                    {
+                        self.graph
+                            .follows(v, &[FeedRef::user(a.actor)])
+                            .await?
+                            .first()
+                            .copied()
+                            .unwrap_or(false)
+                    }
+                    _ => false,
+                };
+                if visibility::can_see(&a, viewer, || follows) {
+                    visible.push(a);
+                } else {
+                    missing.push(a.id);
+                }
+            }
+            visible
+        };
+        Ok(Response::new(pb::GetActivitiesResponse {
+            activities,
+            missing_ids: missing,
+        }))
+    }
+
+    async fn list_scheduled(
+        &self,
+        req: Request<pb::ListScheduledRequest>,
+    ) -> Result<Response<pb::ListScheduledResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        let r = req.get_ref();
+        let actor = validate::user_id("actor", r.actor)?;
+        caller.act_as("actor", actor)?;
+        let limit = validate::page_size("page_size", r.page_size, 50, 500)?;
+        let after = token_str("page_token", SCHEDULED_TOKEN, &r.page_token)?;
+        let mut items = self
+            .publisher
+            .list_scheduled(actor, &after, limit + 1)
+            .await?;
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items
+                .last()
+                .map(|i| PageToken::encode(SCHEDULED_TOKEN, i.schedule_id.as_bytes()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListScheduledResponse {
+            scheduled: items,
+            next_page_token: next,
+        }))
+    }
+
+    async fn cancel_scheduled(
+        &self,
+        req: Request<pb::CancelScheduledRequest>,
+    ) -> Result<Response<pb::CancelScheduledResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        let r = req.get_ref();
+        let actor = validate::user_id("actor", r.actor)?;
+        caller.act_as("actor", actor)?;
+        validate::text("schedule_id", &r.schedule_id, 64, false)?;
+        let changed = self
+            .publisher
+            .cancel_scheduled(actor, &r.schedule_id)
+            .await?;
+        Ok(Response::new(pb::CancelScheduledResponse { changed }))
+    }
+
+    async fn rebuild_inbox(
+        &self,
+        req: Request<pb::RebuildInboxRequest>,
+    ) -> Result<Response<pb::RebuildInboxResponse>, Status> {
+        Caller::of(&req)?.require_internal()?;
+        let user = validate::user_id("user_id", req.get_ref().user_id)?;
+        let following = self.graph.following(user).await?;
+        let n = self
+            .publisher
+            .rebuild_inbox(self.inbox.as_ref(), user, &following)
+            .await?;
+        Ok(Response::new(pb::RebuildInboxResponse {
+            entries: n as u32,
+        }))
+    }
+
+    async fn rerun_fanout(
+        &self,
+        req: Request<pb::RerunFanoutRequest>,
+    ) -> Result<Response<pb::RerunFanoutResponse>, Status> {
+        Caller::of(&req)?.require_internal()?;
+        let id = req.get_ref().activity_id;
+        if id == 0 {
+            return Err(ApiError::invalid("activity_id", "required").into());
+        }
+        let jobs = self.publisher.rerun_fanout(id).await?;
+        Ok(Response::new(pb::RerunFanoutResponse {
+            job_id: jobs.join(","),
+        }))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        req: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        Caller::of(&req)?.require_internal()?;
+        let r = req.get_ref();
+        let limit = validate::page_size("page_size", r.page_size, 100, 1000)?;
+        let after = token_str("page_token", DEAD_TOKEN, &r.page_token)?;
+        let mut dead = self.publisher.dead_letters(&after, limit + 1).await?;
+        let next = if dead.len() > limit {
+            dead.truncate(limit);
+            dead.last()
+                .map(|d| PageToken::encode(DEAD_TOKEN, d.job.job_id.as_bytes()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            dead_letters: dead
+                .into_iter()
+                .map(|d| pb::DeadLetter {
+                    kind: match &d.job.kind {
+                        Some(feed_proto::events::v1::job::Kind::Fanout(_)) => "fanout",
+                        Some(feed_proto::events::v1::job::Kind::Purge(_)) => "purge",
+                        Some(feed_proto::events::v1::job::Kind::Edge(_)) => "edge",
+                        None => "unknown",
+                    }
+                    .into(),
+                    job_id: d.job.job_id,
+                    attempts: d.attempts,
+                    last_error: d.error,
+                    failed_at_ms: d.failed_ms,
+                })
+                .collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        req: Request<pb::ReplayDeadLettersRequest>,
+    ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
+        Caller::of(&req)?.require_internal()?;
+        validate::batch_len("job_ids", &req.get_ref().job_ids, 1000)?;
+        let n = self.publisher.replay_dead(&req.get_ref().job_ids).await?;
+        Ok(Response::new(pb::ReplayDeadLettersResponse {
+            replayed: n as u32,
+        }))
+    }
+
+    async fn get_fanout_lag(
+        &self,
+        req: Request<pb::GetFanoutLagRequest>,
+    ) -> Result<Response<pb::GetFanoutLagResponse>, Status> {
+        Caller::of(&req)?.require_internal()?;
+        let s = self.publisher.lag().await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        Ok(Response::new(pb::GetFanoutLagResponse {
+            pending_jobs: s.pending,
+            oldest_pending_age_ms: if s.pending == 0 {
+                0
+            } else {
+                now - s.oldest_created_ms
+            },
+            dead_letters: s.dead,
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        req: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
+        Caller::of(&req)?.require_internal()?;
+        let id = &req.get_ref().job_id;
+        validate::text("job_id", id, 512, false)?;
+        let loaded = self
+            .publisher
+            .load_job(id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+        Ok(Response::new(pb::GetJobResponse {
+            job: Some(loaded.job),
+            activity_deleted: loaded.activity_deleted,
+            attempts: loaded.attempts,
+        }))
+    }
+
+    async fn complete_job(
+        &self,
+        req: Request<pb::CompleteJobRequest>,
+    ) -> Result<Response<pb::CompleteJobResponse>, Status> {
+        Caller::of(&req)?.require_internal()?;
+        let r = req.get_ref();
+        validate::text("job_id", &r.job_id, 512, false)?;
+        validate::batch_len("spawned", &r.spawned, 100_000)?;
+        self.publisher.complete_job(&r.job_id, &r.spawned).await?;
+        Ok(Response::new(pb::CompleteJobResponse {}))
+    }
+
+    async fn fail_job(
+        &self,
+        req: Request<pb::FailJobRequest>,
+    ) -> Result<Response<pb::FailJobResponse>, Status> {
+        Caller::of(&req)?.require_internal()?;
+        let r = req.get_ref();
+        validate::text("job_id", &r.job_id, 512, false)?;
+        let dead = self.publisher.fail_job(&r.job_id, &r.error).await?;
+        Ok(Response::new(pb::FailJobResponse {
+            dead_lettered: dead,
+        }))
+    }
+}

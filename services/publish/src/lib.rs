@@ -1,0 +1,164 @@
+//! publish: activities (durable), feed outboxes, fanout jobs and the
+//! fanout workers (hybrid push/pull delivery).
+
+pub mod fanout;
+pub mod graph;
+pub mod grpc;
+pub mod queue;
+pub mod service;
+pub mod store;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use feed_core::{Clock, IdGenerator, NodeLease, SystemClock};
+use feed_inbox::{InboxStore, MemoryInbox, RedisInbox};
+use feed_proto::publish::v1::publish_service_server::PublishServiceServer;
+use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown};
+
+pub use fanout::{FanoutWorker, JobLedger, WorkerConfig};
+pub use graph::{Graph, GrpcGraph};
+pub use queue::{JobQueue, MemoryQueue, RedisQueue};
+pub use service::{PublishConfig, Publisher};
+use store::ActivityStore;
+
+/// The gRPC name of this service.
+pub const SERVICE_NAME: &str = "feed.publish.v1.PublishService";
+
+/// Inbox sizing from configuration.
+pub fn inbox_config(cfg: &FeedConfig) -> feed_inbox::InboxConfig {
+    feed_inbox::InboxConfig {
+        cap: cfg.inbox.cap.max(1),
+        ttl_ms: cfg.inbox.ttl_secs.max(1) * 1000,
+    }
+}
+
+/// Publish settings from configuration.
+pub fn publish_config(cfg: &FeedConfig) -> PublishConfig {
+    let mut p = PublishConfig {
+        max_attempts: cfg.publish.max_attempts.max(1),
+        inbox_cap: cfg.inbox.cap.max(1),
+        ..PublishConfig::default()
+    };
+    p.limits.max_extra_bytes = cfg.publish.max_extra_bytes;
+    p
+}
+
+/// Worker settings from configuration.
+pub fn worker_config(cfg: &FeedConfig) -> WorkerConfig {
+    WorkerConfig {
+        page_size: cfg.fanout.page_size.clamp(1, 10_000),
+        concurrency: cfg.fanout.concurrency.max(1),
+        reclaim_idle: Duration::from_millis(cfg.fanout.reclaim_idle_ms.max(100)),
+        ..WorkerConfig::default()
+    }
+}
+
+/// The embedded activity store under `storage.data_dir/publish`.
+/// (A ScyllaDB backend for activities is not written yet.)
+pub fn open_store(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn ActivityStore>> {
+    anyhow::ensure!(
+        cfg.scylla.node_list().is_empty(),
+        "scylla.nodes is set, but publish has no ScyllaDB backend yet; unset it to use the embedded store"
+    );
+    let dir = cfg.storage.data_dir.join("publish");
+    std::fs::create_dir_all(&dir)?;
+    Ok(Arc::new(store::embedded::EmbeddedActivityStore::open(
+        &dir,
+    )?))
+}
+
+/// Inboxes on Redis when `redis.url` is set, else in memory.
+pub async fn open_inbox(
+    cfg: &FeedConfig,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Arc<dyn InboxStore>> {
+    Ok(if cfg.redis.url.is_empty() {
+        Arc::new(MemoryInbox::new(inbox_config(cfg), clock))
+    } else {
+        Arc::new(RedisInbox::connect(&cfg.redis.url, inbox_config(cfg)).await?)
+    })
+}
+
+/// The job queue: a Redis Stream when `redis.url` is set, else in process.
+pub async fn open_queue(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn JobQueue>> {
+    Ok(if cfg.redis.url.is_empty() {
+        Arc::new(MemoryQueue::default())
+    } else {
+        Arc::new(RedisQueue::connect(&cfg.redis.url, &cfg.fanout.stream, &cfg.fanout.group).await?)
+    })
+}
+
+/// An id generator: on a leased node id with Redis, on node 0 for a
+/// process that owns its embedded storage alone.
+pub async fn id_generator(
+    cfg: &FeedConfig,
+    clock: Arc<dyn Clock>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<IdGenerator> {
+    if cfg.redis.url.is_empty() {
+        return Ok(IdGenerator::new(NodeLease::exclusive(0), clock));
+    }
+    let conn = redis::Client::open(cfg.redis.url.as_str())?
+        .get_connection_manager()
+        .await?;
+    let lease =
+        feed_server::lease::RedisNodeLease::acquire(conn, "feed", Duration::from_secs(30), clock)
+            .await?;
+    let generator = lease.generator();
+    lease.spawn_keeper(shutdown.clone());
+    Ok(generator)
+}
+
+/// The system clock, shared.
+pub fn system_clock() -> Arc<dyn Clock> {
+    Arc::new(SystemClock)
+}
+
+/// Adds PublishService, its health name and readiness check to `set`.
+pub fn register(
+    set: &mut ServiceSet,
+    publisher: Publisher,
+    graph: Arc<dyn Graph>,
+    inbox: Arc<dyn InboxStore>,
+    auth: &Authenticator,
+) {
+    let store = publisher.store().clone();
+    set.routes
+        .add_service(PublishServiceServer::with_interceptor(
+            grpc::PublishGrpc::new(publisher, graph, inbox),
+            auth.interceptor(),
+        ));
+    set.names.push(SERVICE_NAME);
+    set.readiness.push(Arc::new(move || {
+        let store = store.clone();
+        Box::pin(async move { store.ping().await.is_ok() })
+    }));
+}
+
+/// Runs the sweeper and the scheduled-item releaser until shutdown.
+pub fn spawn_sweeper(
+    publisher: Publisher,
+    cfg: &FeedConfig,
+    shutdown: Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    let interval = Duration::from_millis(cfg.publish.sweep_interval_ms.max(10));
+    let stale_after = cfg.publish.stale_after_ms as i64;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.wait() => return,
+            }
+            match publisher.sweep(stale_after).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "sweeper re-drove stale jobs"),
+                Err(e) => tracing::warn!(error = %e, "sweep failed"),
+            }
+            if let Err(e) = publisher.release_due().await {
+                tracing::warn!(error = %e, "scheduled release failed");
+            }
+        }
+    })
+}

@@ -1,0 +1,62 @@
+//! The publish server binary: PublishService, the sweeper and the
+//! scheduled-item releaser. Fanout runs in `fanout-worker` processes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Parser;
+use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown, run_with_signal, telemetry};
+use publish::{GrpcGraph, Publisher};
+use tonic::transport::Channel;
+
+/// Serves feed.publish.v1.PublishService.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file (FEED__SECTION__KEY variables override it).
+    #[arg(long, env = "FEED_CONFIG")]
+    config: Option<PathBuf>,
+    /// Apply the storage schema and exit (embedded: nothing to do).
+    #[arg(long)]
+    migrate: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cfg = FeedConfig::load(args.config.as_deref())?;
+    telemetry::init(&cfg.telemetry);
+    if args.migrate {
+        tracing::info!("publish: embedded store, nothing to migrate");
+        return Ok(());
+    }
+    let auth = Authenticator::from_config(&cfg.auth)?;
+    anyhow::ensure!(
+        !auth.is_empty(),
+        "no service tokens: set auth.internal_tokens or auth.tokens_file"
+    );
+    anyhow::ensure!(
+        !cfg.clients.follow_graph_url.is_empty(),
+        "clients.follow_graph_url is required"
+    );
+    anyhow::ensure!(!cfg.clients.token.is_empty(), "clients.token is required");
+    let clock = publish::system_clock();
+    let shutdown = Shutdown::new();
+    let channel = Channel::from_shared(cfg.clients.follow_graph_url.clone())?.connect_lazy();
+    let graph: Arc<dyn publish::Graph> = Arc::new(GrpcGraph::new(channel, &cfg.clients.token)?);
+    let publisher = Publisher::new(
+        publish::open_store(&cfg)?,
+        graph.clone(),
+        publish::open_queue(&cfg).await?,
+        publish::id_generator(&cfg, clock.clone(), &shutdown).await?,
+        clock.clone(),
+        publish::publish_config(&cfg),
+    );
+    let inbox = publish::open_inbox(&cfg, clock).await?;
+    publish::spawn_sweeper(publisher.clone(), &cfg, shutdown.clone());
+    let mut set = ServiceSet::default();
+    publish::register(&mut set, publisher, graph, inbox, &auth);
+    let result = run_with_signal(set, &cfg.server).await;
+    shutdown.trigger();
+    result
+}

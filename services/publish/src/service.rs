@@ -1,0 +1,684 @@
+//! Publish domain logic: accept activities, fix their delivery mode, record
+//! them with their jobs, and serve job records to fanout workers.
+
+use std::sync::Arc;
+
+use feed_core::{ApiError, Clock, FeedRef, IdGenerator, UserId, id::min_id_at};
+use feed_inbox::InboxStore;
+use feed_proto::common::v1::{Activity, ActivityStatus, DeliveryMode, Visibility};
+use feed_proto::events::v1::{FanoutJob, Job, PurgeJob, job};
+use feed_proto::publish::v1::{NewActivity, ScheduledActivity};
+use prost::Message;
+
+use crate::graph::Graph;
+use crate::queue::JobQueue;
+use crate::store::{ActivityStore, Claim, DeadJob, JobStats, OutboxEntry, StoreError};
+use crate::validate::{self, Limits};
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => ApiError::Unavailable(m),
+            StoreError::Backend(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+/// Publish settings.
+#[derive(Debug, Clone)]
+pub struct PublishConfig {
+    /// Input limits.
+    pub limits: Limits,
+    /// Failed attempts before a job is dead-lettered.
+    pub max_attempts: u32,
+    /// Inbox cap (rebuilds read this many ids per followed feed).
+    pub inbox_cap: usize,
+    /// Feed kinds an actor may target with `to` only if they follow the feed
+    /// (membership stands in for "may post here" until a policy service exists).
+    pub member_only_kinds: Vec<String>,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            max_attempts: 5,
+            inbox_cap: 800,
+            member_only_kinds: vec!["group".into(), "company".into()],
+        }
+    }
+}
+
+/// The outcome of a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The activity id (0 when scheduled).
+    pub id: u64,
+    /// An earlier publish with the same (actor, foreign_id) already existed.
+    pub duplicate: bool,
+    /// Set when the item was scheduled.
+    pub schedule_id: Option<String>,
+    /// Mode for `user:<actor>`.
+    pub mode: DeliveryMode,
+}
+
+/// What a fanout worker needs about a pending job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedJob {
+    /// The job.
+    pub job: Job,
+    /// Its activity is gone or deleted: fanout can stop.
+    pub activity_deleted: bool,
+    /// Failed attempts.
+    pub attempts: u32,
+}
+
+/// The publish service.
+#[derive(Clone)]
+pub struct Publisher {
+    store: Arc<dyn ActivityStore>,
+    graph: Arc<dyn Graph>,
+    queue: Arc<dyn JobQueue>,
+    ids: IdGenerator,
+    clock: Arc<dyn Clock>,
+    cfg: Arc<PublishConfig>,
+}
+
+/// FNV-1a: a stable fingerprint of a payload (same bytes, same value, on
+/// every replica and release), to tell a retry from a conflicting reuse.
+fn fingerprint(a: &NewActivity) -> u64 {
+    a.encode_to_vec()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+}
+
+/// Deterministic job ids: a replay or a re-drive finds the same record.
+pub fn fanout_job_id(activity: u64, feed: &str, shard: Option<u64>) -> String {
+    match shard {
+        None => format!("fan/{activity}/{feed}"),
+        Some(s) => format!("fan/{activity}/{feed}/{s}"),
+    }
+}
+
+fn purge_job_id(activity: u64, feed: &str, shard: Option<u64>) -> String {
+    match shard {
+        None => format!("purge/{activity}/{feed}"),
+        Some(s) => format!("purge/{activity}/{feed}/{s}"),
+    }
+}
+
+impl Publisher {
+    /// A publisher over its dependencies.
+    pub fn new(
+        store: Arc<dyn ActivityStore>,
+        graph: Arc<dyn Graph>,
+        queue: Arc<dyn JobQueue>,
+        ids: IdGenerator,
+        clock: Arc<dyn Clock>,
+        cfg: PublishConfig,
+    ) -> Self {
+        Self {
+            store,
+            graph,
+            queue,
+            ids,
+            clock,
+            cfg: Arc::new(cfg),
+        }
+    }
+
+    /// The store (readiness, sweeper).
+    pub fn store(&self) -> &Arc<dyn ActivityStore> {
+        &self.store
+    }
+
+    /// The queue (workers, sweeper).
+    pub fn queue(&self) -> &Arc<dyn JobQueue> {
+        &self.queue
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms() as i64
+    }
+
+    /// Checks `to` targets the actor may post to (Invariant 8): tags and
+    /// objects are open; another user's feed is not (that is a mention);
+    /// member-only kinds need the actor to follow the feed.
+    async fn authorize_to(&self, actor: UserId, to: &[FeedRef]) -> Result<(), ApiError> {
+        let mut member_checks = Vec::new();
+        for (i, f) in to.iter().enumerate() {
+            if f.kind() == "user" && f.user_id() != Some(actor) {
+                return Err(ApiError::PermissionDenied(format!(
+                    "activity.to[{i}]: cannot post into another user's feed; use mentions"
+                )));
+            }
+            if self.cfg.member_only_kinds.iter().any(|k| k == f.kind()) {
+                member_checks.push((i, f.clone()));
+            }
+        }
+        if member_checks.is_empty() {
+            return Ok(());
+        }
+        let feeds: Vec<FeedRef> = member_checks.iter().map(|(_, f)| f.clone()).collect();
+        let member = self.graph.follows(actor, &feeds).await?;
+        for ((i, f), ok) in member_checks.iter().zip(member) {
+            if !ok {
+                return Err(ApiError::PermissionDenied(format!(
+                    "activity.to[{i}]: actor is not a member of {f}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes now, or schedules when `publish_at_ms` is in the future.
+    pub async fn publish(
+        &self,
+        new: NewActivity,
+        publish_at_ms: i64,
+    ) -> Result<Published, ApiError> {
+        let to = validate::new_activity(&new, &self.cfg.limits)?;
+        self.authorize_to(new.actor, &to).await?;
+        if publish_at_ms > self.now() {
+            return self.schedule(new, publish_at_ms).await;
+        }
+        self.publish_now(new, to).await
+    }
+
+    async fn schedule(&self, new: NewActivity, publish_at_ms: i64) -> Result<Published, ApiError> {
+        // The id is minted at release (Invariant 7); the schedule id orders by creation.
+        let schedule_id = uuid::Uuid::now_v7().simple().to_string();
+        self.store
+            .schedule(&ScheduledActivity {
+                schedule_id: schedule_id.clone(),
+                publish_at_ms,
+                activity: Some(new),
+            })
+            .await?;
+        Ok(Published {
+            id: 0,
+            duplicate: false,
+            schedule_id: Some(schedule_id),
+            mode: DeliveryMode::Unspecified,
+        })
+    }
+
+    async fn publish_now(&self, new: NewActivity, to: Vec<FeedRef>) -> Result<Published, ApiError> {
+        let fp = fingerprint(&new);
+        let fresh = self
+            .ids
+            .next_id()
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let (id, existed) = match self
+            .store
+            .claim_foreign(new.actor, &new.foreign_id, fresh, fp)
+            .await?
+        {
+            Claim::Claimed => (fresh, false),
+            Claim::Held { fingerprint, .. } if fingerprint != fp => {
+                return Err(ApiError::AlreadyExists(format!(
+                    "activity.foreign_id {:?} was already published with a different payload",
+                    new.foreign_id
+                )));
+            }
+            Claim::Held { id, .. } => (id, true),
+        };
+        if existed && let Some(a) = self.store.get(&[id]).await?.pop().flatten() {
+            return Ok(Published {
+                id,
+                duplicate: true,
+                schedule_id: None,
+                mode: DeliveryMode::try_from(a.delivery_mode).unwrap_or(DeliveryMode::Push),
+            });
+        }
+        // Claimed now, or claimed by an attempt that died before writing: (re)write with this id.
+        let mut feeds = vec![FeedRef::user(new.actor)];
+        feeds.extend(to.into_iter().filter(|f| f.user_id() != Some(new.actor)));
+        let celebrity = self.graph.celebrity(&feeds).await?;
+        let modes: Vec<DeliveryMode> = celebrity
+            .iter()
+            .map(|c| {
+                if *c {
+                    DeliveryMode::Pull
+                } else {
+                    DeliveryMode::Push
+                }
+            })
+            .collect();
+        let now = self.now();
+        let activity = Activity {
+            id,
+            actor: new.actor,
+            verb: new.verb,
+            object: new.object,
+            target: new.target,
+            foreign_id: new.foreign_id,
+            time_ms: if new.time_ms == 0 { now } else { new.time_ms },
+            to: feeds.iter().skip(1).map(|f| f.to_string()).collect(),
+            visibility: new.visibility,
+            allow_user_ids: new.allow_user_ids,
+            deny_user_ids: new.deny_user_ids,
+            extra: new.extra,
+            status: ActivityStatus::Active as i32,
+            mentions: new.mentions,
+            delivery_mode: modes[0] as i32,
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        let outbox: Vec<OutboxEntry> = feeds
+            .iter()
+            .zip(&modes)
+            .map(|(f, m)| OutboxEntry {
+                feed: f.clone(),
+                id,
+                mode: *m,
+            })
+            .collect();
+        let jobs = self.fanout_jobs(&activity, &outbox);
+        self.store.commit_publish(&activity, &outbox, &jobs).await?;
+        self.enqueue(&jobs).await;
+        metrics::counter!("feed_publish_activities_total", "mode" => modes[0].as_str_name())
+            .increment(1);
+        Ok(Published {
+            id,
+            duplicate: false,
+            schedule_id: None,
+            mode: modes[0],
+        })
+    }
+
+    /// One root fanout job per push-mode feed. A private item is pushed to
+    /// nobody: that fact cannot relax without an update, which re-fans out.
+    fn fanout_jobs(&self, a: &Activity, outbox: &[OutboxEntry]) -> Vec<Job> {
+        if a.visibility == Visibility::Private as i32 || a.status == ActivityStatus::Deleted as i32
+        {
+            return vec![];
+        }
+        outbox
+            .iter()
+            .filter(|e| e.mode == DeliveryMode::Push)
+            .map(|e| Job {
+                job_id: fanout_job_id(a.id, &e.feed.to_string(), None),
+                created_at_ms: self.now(),
+                kind: Some(job::Kind::Fanout(FanoutJob {
+                    activity_id: a.id,
+                    feed: e.feed.to_string(),
+                    shard: None,
+                    actor: a.actor,
+                })),
+            })
+            .collect()
+    }
+
+    /// Hands jobs to the queue. A failure is logged, not returned: the jobs
+    /// are already durable and the sweeper re-drives them.
+    async fn enqueue(&self, jobs: &[Job]) {
+        if jobs.is_empty() {
+            return;
+        }
+        if let Err(e) = self.queue.enqueue(jobs).await {
+            tracing::warn!(error = %e, jobs = jobs.len(), "enqueue failed; the sweeper will re-drive");
+        }
+    }
+
+    /// Resolves an activity reference to a stored activity.
+    pub async fn resolve(
+        &self,
+        id: Option<u64>,
+        foreign: Option<(UserId, &str)>,
+    ) -> Result<Activity, ApiError> {
+        let id = match (id, foreign) {
+            (Some(id), _) if id != 0 => id,
+            (_, Some((actor, fid))) => self
+                .store
+                .find_foreign(actor, fid)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("activity ({actor}, {fid:?})")))?,
+            _ => {
+                return Err(ApiError::invalid(
+                    "ref",
+                    "set id or foreign (actor, foreign_id)",
+                ));
+            }
+        };
+        self.store
+            .get(&[id])
+            .await?
+            .pop()
+            .flatten()
+            .ok_or_else(|| ApiError::NotFound(format!("activity {id}")))
+    }
+
+    /// Applies a partial update. Widening a private item's visibility fans it out.
+    pub async fn update(
+        &self,
+        mut a: Activity,
+        set: &[String],
+        unset: &[String],
+        values: &NewActivity,
+    ) -> Result<Activity, ApiError> {
+        if a.status == ActivityStatus::Deleted as i32 {
+            return Err(ApiError::NotFound(format!("activity {} (deleted)", a.id)));
+        }
+        let was_private = a.visibility == Visibility::Private as i32;
+        for f in set {
+            match f.as_str() {
+                "verb" => {
+                    validate::verb_field(&values.verb)?;
+                    a.verb = values.verb.clone();
+                }
+                "object" => {
+                    feed_core::validate::text("values.object", &values.object, 256, false)?;
+                    a.object = values.object.clone();
+                }
+                "target" => {
+                    feed_core::validate::text("values.target", &values.target, 256, true)?;
+                    a.target = values.target.clone();
+                }
+                "extra" => {
+                    validate::extra(&values.extra, &self.cfg.limits)?;
+                    a.extra = values.extra.clone();
+                }
+                "visibility" => {
+                    a.visibility = validate::visibility(values)? as i32;
+                }
+                "allow_user_ids" => a.allow_user_ids = values.allow_user_ids.clone(),
+                "deny_user_ids" => a.deny_user_ids = values.deny_user_ids.clone(),
+                "time_ms" => a.time_ms = values.time_ms,
+                other => {
+                    return Err(ApiError::invalid(
+                        "set_fields",
+                        format!("unknown or immutable field {other:?}"),
+                    ));
+                }
+            }
+        }
+        for f in unset {
+            match f.as_str() {
+                "target" => a.target.clear(),
+                "extra" => a.extra.clear(),
+                "allow_user_ids" => a.allow_user_ids.clear(),
+                "deny_user_ids" => a.deny_user_ids.clear(),
+                other => {
+                    return Err(ApiError::invalid(
+                        "unset_fields",
+                        format!("field {other:?} cannot be unset"),
+                    ));
+                }
+            }
+        }
+        for (field, ids) in [
+            ("values.allow_user_ids", &a.allow_user_ids),
+            ("values.deny_user_ids", &a.deny_user_ids),
+        ] {
+            feed_core::validate::batch_len(field, ids, self.cfg.limits.max_list)?;
+        }
+        a.updated_at_ms = self.now();
+        let jobs = if was_private && a.visibility != Visibility::Private as i32 {
+            // Nothing was pushed while private: push now, as a follow backfills.
+            let outbox = self.outbox_entries(&a);
+            self.fanout_jobs(&a, &outbox)
+        } else {
+            vec![]
+        };
+        self.store.replace(&a, &jobs).await?;
+        self.enqueue(&jobs).await;
+        Ok(a)
+    }
+
+    fn outbox_entries(&self, a: &Activity) -> Vec<OutboxEntry> {
+        let mut feeds = vec![FeedRef::user(a.actor)];
+        feeds.extend(a.to.iter().filter_map(|t| FeedRef::parse(t).ok()));
+        // The mode of `to` feeds is not kept on the row; the actor's is, and
+        // re-pushing into a pull feed's followers is harmless (idempotent, filtered at read).
+        let mode = DeliveryMode::try_from(a.delivery_mode).unwrap_or(DeliveryMode::Push);
+        feeds
+            .into_iter()
+            .map(|feed| OutboxEntry {
+                feed,
+                id: a.id,
+                mode,
+            })
+            .collect()
+    }
+
+    /// Soft-deletes; an async purge removes the id from inboxes. False when already deleted.
+    pub async fn delete(&self, mut a: Activity) -> Result<bool, ApiError> {
+        if a.status == ActivityStatus::Deleted as i32 {
+            return Ok(false);
+        }
+        a.status = ActivityStatus::Deleted as i32;
+        a.updated_at_ms = self.now();
+        let jobs: Vec<Job> = self
+            .outbox_entries(&a)
+            .into_iter()
+            .map(|e| Job {
+                job_id: purge_job_id(a.id, &e.feed.to_string(), None),
+                created_at_ms: self.now(),
+                kind: Some(job::Kind::Purge(PurgeJob {
+                    activity_id: a.id,
+                    feed: e.feed.to_string(),
+                    shard: None,
+                })),
+            })
+            .collect();
+        self.store.replace(&a, &jobs).await?;
+        self.enqueue(&jobs).await;
+        Ok(true)
+    }
+
+    /// Activities by id in request order, and the ids not found.
+    pub async fn get(
+        &self,
+        ids: &[u64],
+        include_deleted: bool,
+    ) -> Result<(Vec<Activity>, Vec<u64>), ApiError> {
+        let found = self.store.get(ids).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for (id, a) in ids.iter().zip(found) {
+            match a {
+                Some(a) if include_deleted || a.status != ActivityStatus::Deleted as i32 => {
+                    out.push(a)
+                }
+                _ => missing.push(*id),
+            }
+        }
+        Ok((out, missing))
+    }
+
+    /// An actor's scheduled items.
+    pub async fn list_scheduled(
+        &self,
+        actor: UserId,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<ScheduledActivity>, ApiError> {
+        Ok(self.store.list_scheduled(actor, after, limit).await?)
+    }
+
+    /// Cancels a scheduled item.
+    pub async fn cancel_scheduled(
+        &self,
+        actor: UserId,
+        schedule_id: &str,
+    ) -> Result<bool, ApiError> {
+        Ok(self.store.remove_scheduled(actor, schedule_id).await?)
+    }
+
+    /// Publishes every due scheduled item. Exactly once across replicas and
+    /// restarts: the release is an ordinary publish deduplicated by
+    /// (actor, foreign_id), and the schedule row goes only after it.
+    pub async fn release_due(&self) -> Result<usize, ApiError> {
+        let due = self.store.due_scheduled(self.now(), 100).await?;
+        let mut released = 0;
+        for item in due {
+            let Some(new) = item.activity else { continue };
+            let actor = new.actor;
+            let to = match validate::new_activity(&new, &self.cfg.limits) {
+                Ok(to) => to,
+                Err(e) => {
+                    tracing::warn!(schedule_id = %item.schedule_id, error = %e, "dropping invalid scheduled item");
+                    self.store
+                        .remove_scheduled(actor, &item.schedule_id)
+                        .await?;
+                    continue;
+                }
+            };
+            match self.publish_now(new, to).await {
+                Ok(_) | Err(ApiError::AlreadyExists(_)) => {
+                    self.store
+                        .remove_scheduled(actor, &item.schedule_id)
+                        .await?;
+                    released += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(schedule_id = %item.schedule_id, error = %e, "release failed; will retry")
+                }
+            }
+        }
+        Ok(released)
+    }
+
+    /// Re-drives jobs not changed for `stale_after_ms` (lost from the queue,
+    /// or their worker died). Returns how many were re-enqueued.
+    pub async fn sweep(&self, stale_after_ms: i64) -> Result<usize, ApiError> {
+        let stale = self
+            .store
+            .stale_jobs(self.now() - stale_after_ms, 10_000)
+            .await?;
+        self.enqueue(&stale).await;
+        if let Err(e) = self.queue.trim().await {
+            tracing::warn!(error = %e, "stream trim failed");
+        }
+        Ok(stale.len())
+    }
+
+    /// Runs the fanout of an activity again (admin). Returns the job ids.
+    pub async fn rerun_fanout(&self, id: u64) -> Result<Vec<String>, ApiError> {
+        let a = self.resolve(Some(id), None).await?;
+        let jobs = self.fanout_jobs(&a, &self.outbox_entries(&a));
+        self.store.put_jobs(&jobs).await?;
+        self.enqueue(&jobs).await;
+        Ok(jobs.into_iter().map(|j| j.job_id).collect())
+    }
+
+    /// Dead-lettered jobs (admin).
+    pub async fn dead_letters(&self, after: &str, limit: usize) -> Result<Vec<DeadJob>, ApiError> {
+        Ok(self.store.dead_jobs(after, limit).await?)
+    }
+
+    /// Moves dead jobs back to the queue (admin).
+    pub async fn replay_dead(&self, ids: &[String]) -> Result<usize, ApiError> {
+        let jobs = self.store.revive_jobs(ids, self.now()).await?;
+        self.enqueue(&jobs).await;
+        Ok(jobs.len())
+    }
+
+    /// Pending and dead job counts (admin).
+    pub async fn lag(&self) -> Result<JobStats, ApiError> {
+        Ok(self.store.job_stats().await?)
+    }
+
+    /// A pending job for a worker; None once done.
+    pub async fn load_job(&self, job_id: &str) -> Result<Option<LoadedJob>, ApiError> {
+        let Some(state) = self.store.job(job_id).await? else {
+            return Ok(None);
+        };
+        let activity_id = match &state.job.kind {
+            Some(job::Kind::Fanout(f)) => Some(f.activity_id),
+            _ => None,
+        };
+        let activity_deleted = match activity_id {
+            Some(id) => !matches!(
+                self.store.get(&[id]).await?.pop().flatten(),
+                Some(a) if a.status != ActivityStatus::Deleted as i32
+            ),
+            None => false,
+        };
+        Ok(Some(LoadedJob {
+            job: state.job,
+            activity_deleted,
+            attempts: state.attempts,
+        }))
+    }
+
+    /// Marks a job done with the sub-jobs it spawned.
+    pub async fn complete_job(&self, job_id: &str, spawned: &[Job]) -> Result<(), ApiError> {
+        Ok(self.store.complete_job(job_id, spawned).await?)
+    }
+
+    /// Records a failed attempt; true when the job is now dead-lettered.
+    pub async fn fail_job(&self, job_id: &str, error: &str) -> Result<bool, ApiError> {
+        let dead = self
+            .store
+            .fail_job(job_id, error, self.cfg.max_attempts, self.now())
+            .await?;
+        if dead {
+            metrics::counter!("feed_publish_dead_letters_total").increment(1);
+            tracing::error!(job_id, error, "job dead-lettered");
+        }
+        Ok(dead)
+    }
+
+    /// Rebuilds a user's inbox from the push-mode outbox entries of the feeds
+    /// they follow: marker first, bounded per feed, floor at what the read
+    /// can guarantee (Invariant 1). Returns the number of ids written.
+    pub async fn rebuild_inbox(
+        &self,
+        inbox: &dyn InboxStore,
+        user: UserId,
+        following: &[FeedRef],
+    ) -> Result<usize, ApiError> {
+        let cap = self.cfg.inbox_cap;
+        // Ids minted up to a minute before the marker may still be in flight
+        // through a slow publish; the provisional floor admits their pushes.
+        let provisional = min_id_at(self.clock.now_ms().saturating_sub(60_000));
+        let created = inbox
+            .mark_live(user, provisional)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let mut floor = 0u64;
+        let mut ids = Vec::new();
+        for feed in following {
+            let entries = self.store.outbox(feed, None, cap).await?;
+            if entries.len() == cap
+                && let Some(last) = entries.last()
+            {
+                // This feed may hold more below: complete only down to here.
+                floor = floor.max(last.id);
+            }
+            ids.extend(
+                entries
+                    .iter()
+                    .filter(|e| e.mode == DeliveryMode::Push)
+                    .map(|e| e.id),
+            );
+        }
+        let activities = self.store.get(&ids).await?;
+        let mut ids: Vec<u64> = ids
+            .into_iter()
+            .zip(activities)
+            .filter(|(_, a)| {
+                a.as_ref()
+                    .is_some_and(|a| a.visibility != Visibility::Private as i32 && a.actor != user)
+            })
+            .map(|(id, _)| id)
+            .filter(|id| *id >= floor)
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.dedup();
+        if ids.len() > cap {
+            ids.truncate(cap);
+            floor = floor.max(*ids.last().unwrap_or(&0));
+        }
+        inbox
+            .rebuild(user, &ids, floor, created.then_some(provisional))
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        metrics::counter!("feed_inbox_rebuilds_total").increment(1);
+        Ok(ids.len())
+    }
+}

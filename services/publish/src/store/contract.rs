@@ -1,0 +1,235 @@
+//! The contract every [`ActivityStore`] passes, run on an empty store.
+
+use feed_core::FeedRef;
+use feed_proto::common::v1::{Activity, ActivityStatus, DeliveryMode};
+use feed_proto::events::v1::{FanoutJob, Job, job};
+use feed_proto::publish::v1::{NewActivity, ScheduledActivity};
+
+use super::{ActivityStore, Claim, OutboxEntry};
+
+fn feed(s: &str) -> FeedRef {
+    FeedRef::parse(s).expect("valid feed")
+}
+
+fn activity(id: u64, actor: u64) -> Activity {
+    Activity {
+        id,
+        actor,
+        verb: "post".into(),
+        object: format!("post:{id}"),
+        status: ActivityStatus::Active as i32,
+        ..Activity::default()
+    }
+}
+
+fn job(id: &str, created: i64) -> Job {
+    Job {
+        job_id: id.into(),
+        created_at_ms: created,
+        kind: Some(job::Kind::Fanout(FanoutJob {
+            activity_id: 1,
+            feed: "user:1".into(),
+            shard: None,
+            actor: 1,
+        })),
+    }
+}
+
+/// Runs every check.
+pub async fn run_all(s: &dyn ActivityStore) {
+    foreign_ids_are_claimed_once(s).await;
+    publish_writes_activity_outbox_and_jobs_together(s).await;
+    outboxes_page_newest_first_and_separate_pull_entries(s).await;
+    jobs_complete_fail_and_revive(s).await;
+    scheduled_items_are_listed_due_and_removed(s).await;
+    s.ping().await.expect("ping");
+}
+
+async fn foreign_ids_are_claimed_once(s: &dyn ActivityStore) {
+    assert_eq!(
+        s.claim_foreign(1, "f-1", 100, 7).await.expect("claim"),
+        Claim::Claimed
+    );
+    assert_eq!(
+        s.claim_foreign(1, "f-1", 101, 8)
+            .await
+            .expect("claim again"),
+        Claim::Held {
+            id: 100,
+            fingerprint: 7
+        }
+    );
+    assert_eq!(
+        s.claim_foreign(2, "f-1", 102, 7)
+            .await
+            .expect("other actor"),
+        Claim::Claimed
+    );
+    assert_eq!(s.find_foreign(1, "f-1").await.expect("find"), Some(100));
+    assert_eq!(s.find_foreign(1, "f-2").await.expect("find"), None);
+}
+
+async fn publish_writes_activity_outbox_and_jobs_together(s: &dyn ActivityStore) {
+    let a = activity(200, 1);
+    let entries = [OutboxEntry {
+        feed: feed("user:1"),
+        id: 200,
+        mode: DeliveryMode::Push,
+    }];
+    let jobs = [job("fan/200/user:1", 5)];
+    s.commit_publish(&a, &entries, &jobs).await.expect("commit");
+    s.commit_publish(&a, &entries, &jobs)
+        .await
+        .expect("idempotent retry");
+    assert_eq!(
+        s.get(&[200, 999]).await.expect("get"),
+        vec![Some(a.clone()), None]
+    );
+    assert_eq!(
+        s.outbox(&feed("user:1"), None, 10).await.expect("outbox"),
+        entries.to_vec()
+    );
+    assert_eq!(
+        s.job("fan/200/user:1")
+            .await
+            .expect("job")
+            .expect("pending")
+            .job,
+        jobs[0]
+    );
+    let deleted = Activity {
+        status: ActivityStatus::Deleted as i32,
+        ..a
+    };
+    s.replace(&deleted, &[]).await.expect("replace");
+    assert_eq!(
+        s.get(&[200]).await.expect("get")[0]
+            .as_ref()
+            .map(|a| a.status),
+        Some(ActivityStatus::Deleted as i32)
+    );
+}
+
+async fn outboxes_page_newest_first_and_separate_pull_entries(s: &dyn ActivityStore) {
+    let f = feed("tag:contract");
+    for id in [301u64, 302, 303, 304] {
+        let mode = if id % 2 == 0 {
+            DeliveryMode::Pull
+        } else {
+            DeliveryMode::Push
+        };
+        s.commit_publish(
+            &activity(id, 3),
+            &[OutboxEntry {
+                feed: f.clone(),
+                id,
+                mode,
+            }],
+            &[],
+        )
+        .await
+        .expect("commit");
+    }
+    let page: Vec<u64> = s
+        .outbox(&f, Some(304), 2)
+        .await
+        .expect("outbox")
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(page, vec![303, 302]);
+    assert_eq!(
+        s.pulled(&f, None, 10).await.expect("pulled"),
+        vec![304, 302]
+    );
+    assert_eq!(
+        s.pulled(&f, Some(304), 10).await.expect("pulled"),
+        vec![302]
+    );
+    assert!(
+        s.outbox(&feed("tag:contrac"), None, 10)
+            .await
+            .expect("prefix")
+            .is_empty(),
+        "feeds do not prefix-match"
+    );
+}
+
+async fn jobs_complete_fail_and_revive(s: &dyn ActivityStore) {
+    s.put_jobs(&[job("j/a", 10), job("j/b", 20)])
+        .await
+        .expect("put");
+    let sub = job("j/a/0", 11);
+    s.complete_job("j/a", std::slice::from_ref(&sub))
+        .await
+        .expect("complete");
+    assert!(
+        s.job("j/a").await.expect("job").is_none(),
+        "a done job is gone"
+    );
+    assert!(
+        s.job("j/a/0").await.expect("job").is_some(),
+        "its sub-job is recorded"
+    );
+    assert!(!s.fail_job("j/b", "boom", 2, 30).await.expect("fail 1"));
+    assert_eq!(
+        s.job("j/b").await.expect("job").expect("pending").attempts,
+        1
+    );
+    assert!(
+        s.fail_job("j/b", "boom again", 2, 31)
+            .await
+            .expect("fail 2")
+    );
+    assert!(s.job("j/b").await.expect("job").is_none());
+    let dead = s.dead_jobs("", 10).await.expect("dead");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].error, "boom again");
+    let stale = s.stale_jobs(12, 100).await.expect("stale");
+    assert!(stale.iter().any(|j| j.job_id == "j/a/0"), "created at 11");
+    assert!(
+        !s.stale_jobs(11, 100)
+            .await
+            .expect("stale")
+            .iter()
+            .any(|j| j.job_id == "j/a/0")
+    );
+    let revived = s.revive_jobs(&[], 40).await.expect("revive");
+    assert_eq!(revived.len(), 1);
+    assert!(s.job("j/b").await.expect("job").is_some());
+    let stats = s.job_stats().await.expect("stats");
+    assert!(stats.pending >= 2 && stats.dead == 0);
+}
+
+async fn scheduled_items_are_listed_due_and_removed(s: &dyn ActivityStore) {
+    let item = |id: &str, at: i64| ScheduledActivity {
+        schedule_id: id.into(),
+        publish_at_ms: at,
+        activity: Some(NewActivity {
+            actor: 9,
+            verb: "post".into(),
+            object: "x".into(),
+            foreign_id: id.into(),
+            ..NewActivity::default()
+        }),
+    };
+    s.schedule(&item("s1", 100)).await.expect("schedule");
+    s.schedule(&item("s2", 200)).await.expect("schedule");
+    assert_eq!(s.list_scheduled(9, "", 10).await.expect("list").len(), 2);
+    assert_eq!(
+        s.list_scheduled(9, "s1", 10).await.expect("list")[0].schedule_id,
+        "s2"
+    );
+    let due: Vec<String> = s
+        .due_scheduled(150, 10)
+        .await
+        .expect("due")
+        .into_iter()
+        .map(|i| i.schedule_id)
+        .collect();
+    assert_eq!(due, vec!["s1"]);
+    assert!(!s.remove_scheduled(8, "s1").await.expect("not the owner"));
+    assert!(s.remove_scheduled(9, "s1").await.expect("remove"));
+    assert!(!s.remove_scheduled(9, "s1").await.expect("gone"));
+    assert!(s.due_scheduled(150, 10).await.expect("due").is_empty());
+}

@@ -1,0 +1,520 @@
+//! Embedded backend on fjall. Every multi-row write is one atomic batch;
+//! writes that promise durability (an accepted publish, a recorded job) are
+//! synced before returning. Job completions and heartbeats are not synced:
+//! losing one in a crash only re-runs an idempotent job.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use feed_core::{FeedRef, UserId};
+use feed_proto::common::v1::{Activity, DeliveryMode};
+use feed_proto::events::v1::Job;
+use feed_proto::publish::v1::ScheduledActivity;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+use prost::Message;
+
+use super::{ActivityStore, Claim, DeadJob, JobState, JobStats, OutboxEntry, StoreError};
+
+/// The embedded activity store.
+pub struct EmbeddedActivityStore {
+    db: Database,
+    activities: Keyspace,
+    foreign: Keyspace,
+    outbox: Keyspace,
+    pulled: Keyspace,
+    jobs: Keyspace,
+    dead: Keyspace,
+    scheduled: Keyspace,
+    scheduled_by_time: Keyspace,
+    scheduled_by_actor: Keyspace,
+    writer: Mutex<()>,
+}
+
+fn be(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn feed_prefix(feed: &FeedRef) -> Vec<u8> {
+    let s = feed.to_string();
+    let mut k = Vec::with_capacity(s.len() + 9);
+    k.push(s.len() as u8);
+    k.extend_from_slice(s.as_bytes());
+    k
+}
+
+fn feed_key(feed: &FeedRef, id: u64) -> Vec<u8> {
+    let mut k = feed_prefix(feed);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn u64_at(v: &[u8], at: usize) -> u64 {
+    v.get(at..at + 8)
+        .and_then(|s| <[u8; 8]>::try_from(s).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+fn u32_at(v: &[u8], at: usize) -> u32 {
+    v.get(at..at + 4)
+        .and_then(|s| <[u8; 4]>::try_from(s).ok())
+        .map(u32::from_be_bytes)
+        .unwrap_or(0)
+}
+
+/// Job record: attempts (4) ‖ updated ms (8) ‖ Job.
+fn job_value(job: &Job, attempts: u32, updated_ms: i64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(12 + job.encoded_len());
+    v.extend_from_slice(&attempts.to_be_bytes());
+    v.extend_from_slice(&(updated_ms as u64).to_be_bytes());
+    job.encode(&mut v).expect("Vec grows as needed");
+    v
+}
+
+fn decode_job(v: &[u8]) -> Result<JobState, StoreError> {
+    Ok(JobState {
+        attempts: u32_at(v, 0),
+        updated_ms: u64_at(v, 4) as i64,
+        job: Job::decode(v.get(12..).unwrap_or_default()).map_err(be)?,
+    })
+}
+
+/// Dead record: attempts (4) ‖ failed ms (8) ‖ error length (4) ‖ error ‖ Job.
+fn dead_value(state: &JobState, error: &str, now_ms: i64) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&state.attempts.to_be_bytes());
+    v.extend_from_slice(&(now_ms as u64).to_be_bytes());
+    v.extend_from_slice(&(error.len() as u32).to_be_bytes());
+    v.extend_from_slice(error.as_bytes());
+    state.job.encode(&mut v).expect("Vec grows as needed");
+    v
+}
+
+fn decode_dead(v: &[u8]) -> Result<DeadJob, StoreError> {
+    let len = u32_at(v, 12) as usize;
+    let error = v.get(16..16 + len).ok_or_else(|| be("short dead record"))?;
+    Ok(DeadJob {
+        attempts: u32_at(v, 0),
+        failed_ms: u64_at(v, 4) as i64,
+        error: String::from_utf8_lossy(error).into_owned(),
+        job: Job::decode(v.get(16 + len..).unwrap_or_default()).map_err(be)?,
+    })
+}
+
+fn mode_byte(m: DeliveryMode) -> u8 {
+    m as i32 as u8
+}
+
+impl EmbeddedActivityStore {
+    /// Opens (or creates) the store under `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = Database::builder(dir).open().map_err(be)?;
+        let ks = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(be)
+        };
+        Ok(Self {
+            activities: ks("pub_activities")?,
+            foreign: ks("pub_foreign")?,
+            outbox: ks("pub_outbox")?,
+            pulled: ks("pub_pulled")?,
+            jobs: ks("pub_jobs")?,
+            dead: ks("pub_dead")?,
+            scheduled: ks("pub_scheduled")?,
+            scheduled_by_time: ks("pub_scheduled_by_time")?,
+            scheduled_by_actor: ks("pub_scheduled_by_actor")?,
+            db,
+            writer: Mutex::new(()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn commit(&self, batch: OwnedWriteBatch, durable: bool) -> Result<(), StoreError> {
+        batch.commit().map_err(be)?;
+        if durable {
+            self.db.persist(PersistMode::SyncAll).map_err(be)?;
+        }
+        Ok(())
+    }
+
+    fn put_jobs_in(&self, batch: &mut OwnedWriteBatch, jobs: &[Job]) {
+        for job in jobs {
+            batch.insert(
+                &self.jobs,
+                job.job_id.as_bytes(),
+                job_value(job, 0, job.created_at_ms),
+            );
+        }
+    }
+
+    fn foreign_key(actor: UserId, foreign_id: &str) -> Vec<u8> {
+        let mut k = actor.to_be_bytes().to_vec();
+        k.extend_from_slice(foreign_id.as_bytes());
+        k
+    }
+
+    fn scan_desc(
+        ks: &Keyspace,
+        feed: &FeedRef,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let start = feed_key(feed, 0);
+        let end = feed_key(feed, before.unwrap_or(u64::MAX));
+        let plen = feed_prefix(feed).len();
+        let mut out = Vec::with_capacity(limit.min(1024));
+        // `before: None` must include u64::MAX itself; ids never reach it (the top bit is 0).
+        for item in ks.range(start..end).rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.into_inner().map_err(be)?;
+            out.push((u64_at(&k, plen), v.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl ActivityStore for EmbeddedActivityStore {
+    async fn claim_foreign(
+        &self,
+        actor: UserId,
+        foreign_id: &str,
+        id: u64,
+        fingerprint: u64,
+    ) -> Result<Claim, StoreError> {
+        let _w = self.lock();
+        let key = Self::foreign_key(actor, foreign_id);
+        if let Some(v) = self.foreign.get(&key).map_err(be)? {
+            return Ok(Claim::Held {
+                id: u64_at(&v, 0),
+                fingerprint: u64_at(&v, 8),
+            });
+        }
+        let mut v = id.to_be_bytes().to_vec();
+        v.extend_from_slice(&fingerprint.to_be_bytes());
+        let mut batch = self.db.batch();
+        batch.insert(&self.foreign, key, v);
+        self.commit(batch, true)?;
+        Ok(Claim::Claimed)
+    }
+
+    async fn commit_publish(
+        &self,
+        activity: &Activity,
+        outbox: &[OutboxEntry],
+        jobs: &[Job],
+    ) -> Result<(), StoreError> {
+        let _w = self.lock();
+        let mut batch = self.db.batch();
+        batch.insert(
+            &self.activities,
+            activity.id.to_be_bytes(),
+            activity.encode_to_vec(),
+        );
+        for e in outbox {
+            batch.insert(&self.outbox, feed_key(&e.feed, e.id), [mode_byte(e.mode)]);
+            if e.mode == DeliveryMode::Pull {
+                batch.insert(&self.pulled, feed_key(&e.feed, e.id), []);
+            }
+        }
+        self.put_jobs_in(&mut batch, jobs);
+        self.commit(batch, true)
+    }
+
+    async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Activity>>, StoreError> {
+        ids.iter()
+            .map(
+                |id| match self.activities.get(id.to_be_bytes()).map_err(be)? {
+                    Some(v) => Activity::decode(&*v).map(Some).map_err(be),
+                    None => Ok(None),
+                },
+            )
+            .collect()
+    }
+
+    async fn find_foreign(
+        &self,
+        actor: UserId,
+        foreign_id: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .foreign
+            .get(Self::foreign_key(actor, foreign_id))
+            .map_err(be)?
+            .map(|v| u64_at(&v, 0)))
+    }
+
+    async fn replace(&self, activity: &Activity, jobs: &[Job]) -> Result<(), StoreError> {
+        let _w = self.lock();
+        let mut batch = self.db.batch();
+        batch.insert(
+            &self.activities,
+            activity.id.to_be_bytes(),
+            activity.encode_to_vec(),
+        );
+        self.put_jobs_in(&mut batch, jobs);
+        self.commit(batch, true)
+    }
+
+    async fn outbox(
+        &self,
+        feed: &FeedRef,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        Ok(Self::scan_desc(&self.outbox, feed, before, limit)?
+            .into_iter()
+            .map(|(id, v)| OutboxEntry {
+                feed: feed.clone(),
+                id,
+                mode: DeliveryMode::try_from(i32::from(v.first().copied().unwrap_or(0)))
+                    .unwrap_or(DeliveryMode::Push),
+            })
+            .collect())
+    }
+
+    async fn pulled(
+        &self,
+        feed: &FeedRef,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        Ok(Self::scan_desc(&self.pulled, feed, before, limit)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    async fn put_jobs(&self, jobs: &[Job]) -> Result<(), StoreError> {
+        let _w = self.lock();
+        let mut batch = self.db.batch();
+        self.put_jobs_in(&mut batch, jobs);
+        self.commit(batch, true)
+    }
+
+    async fn job(&self, job_id: &str) -> Result<Option<JobState>, StoreError> {
+        self.jobs
+            .get(job_id.as_bytes())
+            .map_err(be)?
+            .map(|v| decode_job(&v))
+            .transpose()
+    }
+
+    async fn complete_job(&self, job_id: &str, spawned: &[Job]) -> Result<(), StoreError> {
+        let _w = self.lock();
+        let mut batch = self.db.batch();
+        // Sub-jobs are recorded durably before their parent is done.
+        self.put_jobs_in(&mut batch, spawned);
+        batch.remove(&self.jobs, job_id.as_bytes());
+        self.commit(batch, !spawned.is_empty())
+    }
+
+    async fn fail_job(
+        &self,
+        job_id: &str,
+        error: &str,
+        max_attempts: u32,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let _w = self.lock();
+        let Some(mut state) = self
+            .jobs
+            .get(job_id.as_bytes())
+            .map_err(be)?
+            .map(|v| decode_job(&v))
+            .transpose()?
+        else {
+            return Ok(false);
+        };
+        state.attempts += 1;
+        let mut batch = self.db.batch();
+        let dead = state.attempts >= max_attempts;
+        if dead {
+            batch.remove(&self.jobs, job_id.as_bytes());
+            batch.insert(
+                &self.dead,
+                job_id.as_bytes(),
+                dead_value(&state, error, now_ms),
+            );
+        } else {
+            batch.insert(
+                &self.jobs,
+                job_id.as_bytes(),
+                job_value(&state.job, state.attempts, now_ms),
+            );
+        }
+        self.commit(batch, dead)?;
+        Ok(dead)
+    }
+
+    async fn stale_jobs(&self, stale_before_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.jobs.iter() {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = item.into_inner().map_err(be)?;
+            let state = decode_job(&v)?;
+            if state.updated_ms < stale_before_ms {
+                out.push(state.job);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn dead_jobs(&self, after: &str, limit: usize) -> Result<Vec<DeadJob>, StoreError> {
+        let mut start = after.as_bytes().to_vec();
+        if !after.is_empty() {
+            start.push(0);
+        }
+        let mut out = Vec::new();
+        for item in self.dead.range(start..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = item.into_inner().map_err(be)?;
+            out.push(decode_dead(&v)?);
+        }
+        Ok(out)
+    }
+
+    async fn revive_jobs(&self, ids: &[String], now_ms: i64) -> Result<Vec<Job>, StoreError> {
+        let _w = self.lock();
+        let mut revived = Vec::new();
+        let mut batch = self.db.batch();
+        let records: Vec<(Vec<u8>, DeadJob)> = if ids.is_empty() {
+            self.dead
+                .iter()
+                .map(|i| {
+                    let (k, v) = i.into_inner().map_err(be)?;
+                    Ok((k.to_vec(), decode_dead(&v)?))
+                })
+                .collect::<Result<_, StoreError>>()?
+        } else {
+            let mut v = Vec::new();
+            for id in ids {
+                if let Some(raw) = self.dead.get(id.as_bytes()).map_err(be)? {
+                    v.push((id.as_bytes().to_vec(), decode_dead(&raw)?));
+                }
+            }
+            v
+        };
+        for (key, dead) in records {
+            batch.remove(&self.dead, key.clone());
+            batch.insert(&self.jobs, key, job_value(&dead.job, 0, now_ms));
+            revived.push(dead.job);
+        }
+        self.commit(batch, true)?;
+        Ok(revived)
+    }
+
+    async fn job_stats(&self) -> Result<JobStats, StoreError> {
+        let mut stats = JobStats::default();
+        for item in self.jobs.iter() {
+            let (_, v) = item.into_inner().map_err(be)?;
+            let state = decode_job(&v)?;
+            stats.pending += 1;
+            if stats.oldest_created_ms == 0 || state.job.created_at_ms < stats.oldest_created_ms {
+                stats.oldest_created_ms = state.job.created_at_ms;
+            }
+        }
+        stats.dead = self.dead.len().map_err(be)? as u64;
+        Ok(stats)
+    }
+
+    async fn schedule(&self, item: &ScheduledActivity) -> Result<(), StoreError> {
+        let actor = item.activity.as_ref().map(|a| a.actor).unwrap_or(0);
+        let _w = self.lock();
+        let mut batch = self.db.batch();
+        batch.insert(
+            &self.scheduled,
+            item.schedule_id.as_bytes(),
+            item.encode_to_vec(),
+        );
+        let mut tk = (item.publish_at_ms as u64).to_be_bytes().to_vec();
+        tk.extend_from_slice(item.schedule_id.as_bytes());
+        batch.insert(&self.scheduled_by_time, tk, []);
+        let mut ak = actor.to_be_bytes().to_vec();
+        ak.extend_from_slice(item.schedule_id.as_bytes());
+        batch.insert(&self.scheduled_by_actor, ak, []);
+        self.commit(batch, true)
+    }
+
+    async fn list_scheduled(
+        &self,
+        actor: UserId,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<ScheduledActivity>, StoreError> {
+        let prefix = actor.to_be_bytes();
+        let mut start = prefix.to_vec();
+        start.extend_from_slice(after.as_bytes());
+        if !after.is_empty() {
+            start.push(0);
+        }
+        let mut end = prefix.to_vec();
+        end.push(0xFF);
+        let mut out = Vec::new();
+        for item in self.scheduled_by_actor.range(start..end) {
+            if out.len() >= limit {
+                break;
+            }
+            let k = item.key().map_err(be)?;
+            if let Some(v) = self.scheduled.get(&k[8..]).map_err(be)? {
+                out.push(ScheduledActivity::decode(&*v).map_err(be)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove_scheduled(&self, actor: UserId, schedule_id: &str) -> Result<bool, StoreError> {
+        let _w = self.lock();
+        let Some(v) = self.scheduled.get(schedule_id.as_bytes()).map_err(be)? else {
+            return Ok(false);
+        };
+        let item = ScheduledActivity::decode(&*v).map_err(be)?;
+        let owner = item.activity.as_ref().map(|a| a.actor).unwrap_or(0);
+        if owner != actor {
+            return Ok(false);
+        }
+        let mut batch = self.db.batch();
+        batch.remove(&self.scheduled, schedule_id.as_bytes());
+        let mut tk = (item.publish_at_ms as u64).to_be_bytes().to_vec();
+        tk.extend_from_slice(schedule_id.as_bytes());
+        batch.remove(&self.scheduled_by_time, tk);
+        let mut ak = actor.to_be_bytes().to_vec();
+        ak.extend_from_slice(schedule_id.as_bytes());
+        batch.remove(&self.scheduled_by_actor, ak);
+        self.commit(batch, true)?;
+        Ok(true)
+    }
+
+    async fn due_scheduled(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<ScheduledActivity>, StoreError> {
+        let end = ((now_ms.max(0) as u64) + 1).to_be_bytes();
+        let mut out = Vec::new();
+        for item in self.scheduled_by_time.range(..end.to_vec()) {
+            if out.len() >= limit {
+                break;
+            }
+            let k = item.key().map_err(be)?;
+            if let Some(v) = self.scheduled.get(&k[8..]).map_err(be)? {
+                out.push(ScheduledActivity::decode(&*v).map_err(be)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.jobs.get("ping").map(|_| ()).map_err(be)
+    }
+}

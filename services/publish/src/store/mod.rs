@@ -1,0 +1,173 @@
+//! The activity store: activities, feed outboxes, the (actor, foreign_id)
+//! index, durable job records and scheduled items.
+
+use async_trait::async_trait;
+use feed_core::{FeedRef, UserId};
+use feed_proto::common::v1::{Activity, DeliveryMode};
+use feed_proto::events::v1::Job;
+use feed_proto::publish::v1::ScheduledActivity;
+
+pub mod contract;
+pub mod embedded;
+
+/// One entry of a feed's outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// The feed (`user:<actor>` or a `to` target).
+    pub feed: FeedRef,
+    /// The activity id.
+    pub id: u64,
+    /// How the item reaches this feed's followers, fixed at publish.
+    pub mode: DeliveryMode,
+}
+
+/// Who holds an (actor, foreign_id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This call claimed it for the offered id.
+    Claimed,
+    /// An earlier publish holds it.
+    Held {
+        /// Its activity id.
+        id: u64,
+        /// Fingerprint of its payload: a different one is a conflict.
+        fingerprint: u64,
+    },
+}
+
+/// A pending job's durable record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobState {
+    /// The job.
+    pub job: Job,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// Last change (creation, heartbeat, failure), ms since the epoch.
+    pub updated_ms: i64,
+}
+
+/// A job that failed too often.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadJob {
+    /// The job.
+    pub job: Job,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error.
+    pub error: String,
+    /// When it was dead-lettered.
+    pub failed_ms: i64,
+}
+
+/// Pending and dead job counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct JobStats {
+    /// Jobs recorded and not done.
+    pub pending: u64,
+    /// Creation time of the oldest pending job (0 if none).
+    pub oldest_created_ms: i64,
+    /// Dead-lettered jobs.
+    pub dead: u64,
+}
+
+/// Store failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The backend did not answer.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The backend failed or holds unreadable data.
+    #[error("storage error: {0}")]
+    Backend(String),
+}
+
+/// Storage of activities and everything written with them. Multi-row
+/// writes are atomic: readers never see an activity without its outbox
+/// entries or its jobs.
+#[async_trait]
+pub trait ActivityStore: Send + Sync + 'static {
+    /// Claims (actor, foreign_id) for `id`, or reports who holds it.
+    async fn claim_foreign(
+        &self,
+        actor: UserId,
+        foreign_id: &str,
+        id: u64,
+        fingerprint: u64,
+    ) -> Result<Claim, StoreError>;
+    /// Writes the activity, its outbox entries and its jobs in one step.
+    /// Idempotent: a retry with the same rows changes nothing.
+    async fn commit_publish(
+        &self,
+        activity: &Activity,
+        outbox: &[OutboxEntry],
+        jobs: &[Job],
+    ) -> Result<(), StoreError>;
+    /// Activities by id, in order; None for unknown ids.
+    async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Activity>>, StoreError>;
+    /// The id held by (actor, foreign_id).
+    async fn find_foreign(
+        &self,
+        actor: UserId,
+        foreign_id: &str,
+    ) -> Result<Option<u64>, StoreError>;
+    /// Replaces an existing activity row (update, soft delete) and records jobs, in one step.
+    async fn replace(&self, activity: &Activity, jobs: &[Job]) -> Result<(), StoreError>;
+    /// A feed's outbox below `before`, newest first.
+    async fn outbox(
+        &self,
+        feed: &FeedRef,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// A feed's pull-mode entries below `before`, newest first.
+    async fn pulled(
+        &self,
+        feed: &FeedRef,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError>;
+
+    /// Records jobs (pending).
+    async fn put_jobs(&self, jobs: &[Job]) -> Result<(), StoreError>;
+    /// A pending job; None once done (or dead).
+    async fn job(&self, job_id: &str) -> Result<Option<JobState>, StoreError>;
+    /// Marks a job done and records the jobs it spawned, in one step.
+    async fn complete_job(&self, job_id: &str, spawned: &[Job]) -> Result<(), StoreError>;
+    /// Records a failure; dead-letters the job at `max_attempts`. True when dead.
+    async fn fail_job(
+        &self,
+        job_id: &str,
+        error: &str,
+        max_attempts: u32,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Pending jobs not updated since `stale_before_ms` (for the sweeper).
+    async fn stale_jobs(&self, stale_before_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError>;
+    /// Dead-lettered jobs after `after` (job id order).
+    async fn dead_jobs(&self, after: &str, limit: usize) -> Result<Vec<DeadJob>, StoreError>;
+    /// Moves dead jobs back to pending (all when `ids` is empty); returns them.
+    async fn revive_jobs(&self, ids: &[String], now_ms: i64) -> Result<Vec<Job>, StoreError>;
+    /// Job counts.
+    async fn job_stats(&self) -> Result<JobStats, StoreError>;
+
+    /// Holds an item for later release.
+    async fn schedule(&self, item: &ScheduledActivity) -> Result<(), StoreError>;
+    /// An actor's scheduled items after `after` (schedule id order).
+    async fn list_scheduled(
+        &self,
+        actor: UserId,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<ScheduledActivity>, StoreError>;
+    /// Removes a scheduled item; false when there was none.
+    async fn remove_scheduled(&self, actor: UserId, schedule_id: &str) -> Result<bool, StoreError>;
+    /// Items due at `now_ms`, oldest first.
+    async fn due_scheduled(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<ScheduledActivity>, StoreError>;
+
+    /// Answers when usable.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
