@@ -30,11 +30,17 @@ pub struct Platform {
 impl Platform {
     /// Starts on embedded storage in a fresh directory; returns once health is SERVING.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with configuration changes applied by `tune` (Redis, thresholds...).
+    pub async fn start_with(tune: impl FnOnce(&mut FeedConfig)) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut cfg = FeedConfig::default();
         cfg.storage.data_dir = dir.path().to_path_buf();
         cfg.server.admin_listen = String::new();
         cfg.server.drain_timeout_ms = 2_000;
+        tune(&mut cfg);
         let auth = Authenticator::new([
             (INTERNAL_TOKEN.to_owned(), Role::Internal),
             (BFF_TOKEN.to_owned(), Role::Bff),

@@ -1,0 +1,403 @@
+//! publish and fanout end to end: real gRPC, a real redis-server holding the
+//! inboxes and the job stream, in-process fanout workers.
+
+use std::time::Duration;
+
+use feed_e2e::{Platform, bff, internal};
+use feed_inbox::{InboxConfig, InboxStore, RedisInbox};
+use feed_proto::common::v1::{DeliveryMode, Visibility};
+use feed_proto::followgraph::v1 as fg;
+use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
+use feed_proto::publish::v1 as pb;
+use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
+use feed_testkit::RedisServer;
+use tonic::Code;
+use tonic::transport::Channel;
+
+struct Env {
+    platform: Platform,
+    redis: RedisServer,
+    graph: FollowGraphServiceClient<Channel>,
+    publish: PublishServiceClient<Channel>,
+    inbox: RedisInbox,
+}
+
+async fn env_with(tune: impl FnOnce(&mut feed_server::FeedConfig)) -> Env {
+    let redis = RedisServer::start().expect("redis");
+    let url = redis.url();
+    let platform = Platform::start_with(|cfg| {
+        cfg.redis.url = url;
+        cfg.publish.sweep_interval_ms = 50;
+        tune(cfg);
+    })
+    .await
+    .expect("platform");
+    let inbox = RedisInbox::connect(&redis.url(), InboxConfig::default()).await.expect("inbox");
+    Env {
+        graph: FollowGraphServiceClient::new(platform.channel.clone()),
+        publish: PublishServiceClient::new(platform.channel.clone()),
+        platform,
+        redis,
+        inbox,
+    }
+}
+
+async fn env() -> Env {
+    env_with(|_| {}).await
+}
+
+impl Env {
+    async fn follow(&mut self, follower: u64, feed: &str) {
+        self.graph
+            .follow(internal(fg::FollowRequest {
+                follower_id: follower,
+                feed: feed.into(),
+            }))
+            .await
+            .expect("follow");
+    }
+
+    async fn publish(&mut self, actor: u64, foreign_id: &str) -> pb::PublishResponse {
+        self.publish
+            .publish(internal(pb::PublishRequest {
+                activity: Some(post(actor, foreign_id)),
+                publish_at_ms: 0,
+            }))
+            .await
+            .expect("publish")
+            .into_inner()
+    }
+
+    /// Waits until `user`'s inbox holds exactly `want` (fanout is asynchronous).
+    async fn inbox_becomes(&self, user: u64, want: &[u64]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ids = self.inbox.page(user, None, 1000).await.expect("page").map(|p| p.ids);
+            if ids.as_deref() == Some(want) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "inbox {user}: {ids:?}, want {want:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn settled(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let lag = self
+                .publish
+                .get_fanout_lag(internal(pb::GetFanoutLagRequest {}))
+                .await
+                .expect("lag")
+                .into_inner();
+            if lag.pending_jobs == 0 {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "jobs still pending: {lag:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn post(actor: u64, foreign_id: &str) -> pb::NewActivity {
+    pb::NewActivity {
+        actor,
+        verb: "post".into(),
+        object: format!("post:{foreign_id}"),
+        foreign_id: foreign_id.into(),
+        ..pb::NewActivity::default()
+    }
+}
+
+#[tokio::test]
+async fn publish_pushes_to_live_inboxes_and_never_creates_one() {
+    let mut e = env().await;
+    e.follow(2, "user:1").await;
+    e.follow(3, "user:1").await;
+    e.inbox.rebuild(2, &[], 0, None).await.expect("user 2 is active");
+    let p = e.publish(1, "a").await;
+    assert_eq!(p.delivery_mode, DeliveryMode::Push as i32);
+    e.inbox_becomes(2, &[p.activity_id]).await;
+    e.settled().await;
+    assert!(!e.inbox.is_live(3).await.expect("live"), "cold user 3 gets nothing pushed");
+    assert!(!e.inbox.is_live(1).await.expect("live"));
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn republishing_a_foreign_id_returns_the_first_id_and_a_changed_payload_conflicts() {
+    let mut e = env().await;
+    let first = e.publish(1, "dup").await;
+    let again = e.publish(1, "dup").await;
+    assert_eq!(again.activity_id, first.activity_id);
+    assert!(again.duplicate && !first.duplicate);
+    let mut changed = post(1, "dup");
+    changed.object = "post:other".into();
+    let err = e
+        .publish
+        .publish(internal(pb::PublishRequest {
+            activity: Some(changed),
+            publish_at_ms: 0,
+        }))
+        .await
+        .expect_err("conflict");
+    assert_eq!(err.code(), Code::AlreadyExists);
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_by_field_and_stores_nothing() {
+    let mut e = env().await;
+    let cases: Vec<(pb::NewActivity, &str)> = vec![
+        (pb::NewActivity { verb: String::new(), ..post(1, "x") }, "activity.verb"),
+        (pb::NewActivity { to: vec!["planet:mars".into()], ..post(1, "x") }, "activity.to[0]"),
+        (pb::NewActivity { extra: vec![b' '; 9000], ..post(1, "x") }, "activity.extra"),
+        (pb::NewActivity { foreign_id: "f".repeat(200), ..post(1, "x") }, "activity.foreign_id"),
+    ];
+    for (bad, field) in cases {
+        let err = e
+            .publish
+            .publish(internal(pb::PublishRequest {
+                activity: Some(bad),
+                publish_at_ms: 0,
+            }))
+            .await
+            .expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}");
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+    // The refused calls claimed nothing: "x" publishes fresh.
+    assert!(!e.publish(1, "x").await.duplicate);
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn callers_may_publish_only_where_they_are_allowed() {
+    let mut e = env().await;
+    let err = e
+        .publish
+        .publish(bff(
+            pb::PublishRequest {
+                activity: Some(post(7, "p")),
+                publish_at_ms: 0,
+            },
+            8,
+        ))
+        .await
+        .expect_err("as another user");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    for (to, why) in [("user:9", "another user's feed"), ("group:g1", "not a member")] {
+        let err = e
+            .publish
+            .publish(internal(pb::PublishRequest {
+                activity: Some(pb::NewActivity {
+                    to: vec![to.into()],
+                    ..post(7, to)
+                }),
+                publish_at_ms: 0,
+            }))
+            .await
+            .expect_err(why);
+        assert_eq!(err.code(), Code::PermissionDenied, "{why}");
+    }
+    e.follow(7, "group:g1").await;
+    let ok = e
+        .publish
+        .publish(internal(pb::PublishRequest {
+            activity: Some(pb::NewActivity {
+                to: vec!["group:g1".into(), "tag:rust".into()],
+                ..post(7, "member")
+            }),
+            publish_at_ms: 0,
+        }))
+        .await
+        .expect("a member may post to the group");
+    assert!(ok.into_inner().activity_id > 0);
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn celebrity_items_are_pulled_not_pushed() {
+    let mut e = env_with(|cfg| cfg.follow_graph.celebrity_threshold = 3).await;
+    for u in 2..5 {
+        e.follow(u, "user:1").await;
+        e.inbox.rebuild(u, &[], 0, None).await.expect("live");
+    }
+    let p = e.publish(1, "celeb").await;
+    assert_eq!(p.delivery_mode, DeliveryMode::Pull as i32);
+    e.settled().await;
+    for u in 2..5 {
+        assert_eq!(e.inbox.page(u, None, 10).await.expect("page").expect("live").ids, Vec::<u64>::new());
+    }
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn delete_hides_at_once_and_purges_inboxes() {
+    let mut e = env().await;
+    e.follow(2, "user:1").await;
+    e.inbox.rebuild(2, &[], 0, None).await.expect("live");
+    let keep = e.publish(1, "keep").await.activity_id;
+    let gone = e.publish(1, "gone").await.activity_id;
+    e.inbox_becomes(2, &[gone, keep]).await;
+    let del = e
+        .publish
+        .delete_activity(internal(pb::DeleteActivityRequest {
+            r#ref: Some(pb::ActivityRef {
+                r#ref: Some(pb::activity_ref::Ref::Id(gone)),
+            }),
+        }))
+        .await
+        .expect("delete")
+        .into_inner();
+    assert!(del.changed);
+    let got = e
+        .publish
+        .get_activities(internal(pb::GetActivitiesRequest {
+            ids: vec![keep, gone],
+            include_deleted: false,
+        }))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(got.activities.len(), 1);
+    assert_eq!(got.missing_ids, vec![gone], "hidden at once");
+    e.inbox_becomes(2, &[keep]).await;
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn private_items_reach_followers_once_their_visibility_widens() {
+    let mut e = env().await;
+    e.follow(2, "user:1").await;
+    e.inbox.rebuild(2, &[], 0, None).await.expect("live");
+    let p = e
+        .publish
+        .publish(internal(pb::PublishRequest {
+            activity: Some(pb::NewActivity {
+                visibility: Visibility::Private as i32,
+                ..post(1, "secret")
+            }),
+            publish_at_ms: 0,
+        }))
+        .await
+        .expect("publish")
+        .into_inner();
+    e.settled().await;
+    e.inbox_becomes(2, &[]).await;
+    e.publish
+        .update_activity(internal(pb::UpdateActivityRequest {
+            r#ref: Some(pb::ActivityRef {
+                r#ref: Some(pb::activity_ref::Ref::Foreign(pb::ForeignRef {
+                    actor: 1,
+                    foreign_id: "secret".into(),
+                })),
+            }),
+            set_fields: vec!["visibility".into()],
+            unset_fields: vec![],
+            values: Some(pb::NewActivity {
+                visibility: Visibility::Public as i32,
+                ..pb::NewActivity::default()
+            }),
+        }))
+        .await
+        .expect("update");
+    e.inbox_becomes(2, &[p.activity_id]).await;
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn scheduled_items_get_their_id_at_release_exactly_once() {
+    let mut e = env().await;
+    e.follow(2, "user:1").await;
+    e.inbox.rebuild(2, &[], 0, None).await.expect("live");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_millis() as i64;
+    let s = e
+        .publish
+        .publish(internal(pb::PublishRequest {
+            activity: Some(post(1, "later")),
+            publish_at_ms: now + 400,
+        }))
+        .await
+        .expect("schedule")
+        .into_inner();
+    assert_eq!(s.activity_id, 0);
+    assert!(!s.schedule_id.is_empty());
+    let listed = e
+        .publish
+        .list_scheduled(internal(pb::ListScheduledRequest {
+            actor: 1,
+            page_size: 10,
+            page_token: String::new(),
+        }))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.scheduled.len(), 1);
+    // Released by the sweeper; then publishing it again is a duplicate of the released id.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let released = loop {
+        let ids = e.inbox.page(2, None, 10).await.expect("page").expect("live").ids;
+        if let Some(id) = ids.first() {
+            break *id;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(feed_core::id::id_time_ms(released) as i64 >= now + 400, "the id is minted at release");
+    let again = e.publish(1, "later").await;
+    assert!(again.duplicate);
+    assert_eq!(again.activity_id, released);
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn jobs_lost_in_a_redis_flush_are_redriven_by_the_sweeper() {
+    // No in-process workers: jobs wait in the stream until we flush it.
+    let mut e = env_with(|cfg| {
+        cfg.fanout.workers = 0;
+        cfg.publish.stale_after_ms = 100;
+    })
+    .await;
+    for u in [2, 3] {
+        e.follow(u, "user:1").await;
+    }
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(e.publish(1, &format!("f{n}")).await.activity_id);
+    }
+    let mut conn = redis::Client::open(e.redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.expect("flush");
+    // Users come back with empty, complete-from-now inboxes (as after a rebuild
+    // that found nothing yet): only fanout can fill them.
+    for u in [2, 3] {
+        e.inbox.rebuild(u, &[], 0, None).await.expect("live");
+    }
+    // A worker starts after the flush; only the sweeper can give it the lost jobs.
+    let token = feed_e2e::INTERNAL_TOKEN;
+    let worker = publish::FanoutWorker::new(
+        std::sync::Arc::new(publish::fanout::GrpcLedger::new(e.platform.channel.clone(), token).expect("ledger")),
+        std::sync::Arc::new(publish::RedisQueue::connect(&e.redis.url(), "feed:jobs", "fanout").await.expect("queue")),
+        std::sync::Arc::new(publish::GrpcGraph::new(e.platform.channel.clone(), token).expect("graph")),
+        std::sync::Arc::new(RedisInbox::connect(&e.redis.url(), InboxConfig::default()).await.expect("inbox")),
+        publish::WorkerConfig::default(),
+    );
+    let stop = feed_server::Shutdown::new();
+    let task = tokio::spawn(worker.run(stop.clone()));
+    let mut want = ids.clone();
+    want.reverse();
+    for u in [2, 3] {
+        e.inbox_becomes(u, &want).await;
+    }
+    e.settled().await;
+    stop.trigger();
+    task.await.expect("worker");
+    e.platform.stop().await.expect("stop");
+}
