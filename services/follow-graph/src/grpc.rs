@@ -362,6 +362,19 @@ impl FollowGraphService for FollowGraphGrpc {
         }))
     }
 
+    async fn list_edge_changes(
+        &self,
+        req: Request<pb::ListEdgeChangesRequest>,
+    ) -> Result<Response<pb::ListEdgeChangesResponse>, Status> {
+        internal(&req)?;
+        let limit = validate::page_size("limit", req.get_ref().limit, 1000, 10_000)?;
+        let changes = self
+            .graph
+            .edge_changes(req.get_ref().after_seq, limit)
+            .await?;
+        Ok(Response::new(pb::ListEdgeChangesResponse { changes }))
+    }
+
     async fn get_graph_versions(
         &self,
         req: Request<pb::GetGraphVersionsRequest>,

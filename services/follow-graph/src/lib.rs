@@ -37,10 +37,10 @@ pub async fn open_store(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn GraphStore>>
     }
     let dir = cfg.storage.data_dir.join("follow-graph");
     std::fs::create_dir_all(&dir)?;
-    Ok(Arc::new(store::embedded::EmbeddedGraphStore::open(
-        &dir,
-        policy(cfg),
-    )?))
+    Ok(Arc::new(
+        store::embedded::EmbeddedGraphStore::open(&dir, policy(cfg))?
+            .with_sync(cfg.storage.sync_writes),
+    ))
 }
 
 /// Adds the service, its health name and its readiness check to `set`.

@@ -193,6 +193,15 @@ impl FollowGraph {
         Ok(self.store.edge_states(edges).await?)
     }
 
+    /// The edge change log after `after_seq`.
+    pub async fn edge_changes(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::store::EdgeLogEntry>, ApiError> {
+        Ok(self.store.edge_changes(after_seq, limit).await?)
+    }
+
     /// Per-user graph versions.
     pub async fn graph_versions(&self, users: &[UserId]) -> Result<Vec<u64>, ApiError> {
         Ok(self.store.graph_versions(users).await?)

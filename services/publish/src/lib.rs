@@ -64,9 +64,9 @@ pub fn open_store(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn ActivityStore>> {
     );
     let dir = cfg.storage.data_dir.join("publish");
     std::fs::create_dir_all(&dir)?;
-    Ok(Arc::new(store::embedded::EmbeddedActivityStore::open(
-        &dir,
-    )?))
+    Ok(Arc::new(
+        store::embedded::EmbeddedActivityStore::open(&dir)?.with_sync(cfg.storage.sync_writes),
+    ))
 }
 
 /// Inboxes on Redis when `redis.url` is set, else in memory.

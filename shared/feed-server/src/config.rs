@@ -205,12 +205,16 @@ impl Default for TelemetryConfig {
 pub struct StorageConfig {
     /// Directory of the embedded database (one process per directory).
     pub data_dir: PathBuf,
+    /// fsync every acknowledged write (default). Off trades the last
+    /// moments of writes in a power loss for speed, e.g. for bulk loads.
+    pub sync_writes: bool,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./data"),
+            sync_writes: true,
         }
     }
 }

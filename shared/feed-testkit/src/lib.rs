@@ -45,8 +45,21 @@ impl RedisServer {
         Self::start_with(&[])
     }
 
+    /// Starts a server from a configuration file (e.g. the platform's
+    /// `deploy/redis.conf`), then extra `--name value` arguments.
+    pub fn start_with_config(conf: &std::path::Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let conf = conf.display().to_string();
+        let mut args = vec![conf.as_str()];
+        args.extend_from_slice(extra);
+        Self::start_args(&args, true)
+    }
+
     /// Starts a server with extra `--name value` arguments.
     pub fn start_with(extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_args(extra, false)
+    }
+
+    fn start_args(extra: &[&str], config_first: bool) -> anyhow::Result<Self> {
         let mut dir = tempfile::tempdir()?;
         // A port can be taken between probing and binding: retry a few times.
         let mut last_err = None;

@@ -21,7 +21,11 @@ fn worker_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let bin = dir.join("fanout-worker");
-    assert!(bin.exists(), "{} missing: build the workspace binaries first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: build the workspace binaries first",
+        bin.display()
+    );
     bin
 }
 
@@ -42,13 +46,20 @@ fn spawn_worker(redis: &str, addr: std::net::SocketAddr) -> Child {
         .expect("fanout-worker starts")
 }
 
-async fn holders(conn: &mut redis::aio::MultiplexedConnection, users: &[u64], id: u64) -> (usize, usize) {
+async fn holders(
+    conn: &mut redis::aio::MultiplexedConnection,
+    users: &[u64],
+    id: u64,
+) -> (usize, usize) {
     let mut pipe = redis::pipe();
     for u in users {
         pipe.cmd("ZRANGE").arg(inbox_key(*u)).arg(0).arg(-1);
     }
     let all: Vec<Vec<Vec<u8>>> = pipe.query_async(conn).await.expect("zrange");
-    let with = all.iter().filter(|m| m.iter().any(|x| x.as_slice() == id.to_be_bytes())).count();
+    let with = all
+        .iter()
+        .filter(|m| m.iter().any(|x| x.as_slice() == id.to_be_bytes()))
+        .count();
     let extra = all.iter().filter(|m| m.len() > 1).count();
     (with, extra)
 }
@@ -88,7 +99,10 @@ async fn killing_a_worker_mid_fanout_loses_and_duplicates_nothing() {
     for chunk in users.chunks(1000) {
         let mut pipe = redis::pipe();
         for u in chunk {
-            pipe.cmd("SET").arg(floor_key(*u)).arg(&0u64.to_be_bytes()[..]).ignore();
+            pipe.cmd("SET")
+                .arg(floor_key(*u))
+                .arg(&0u64.to_be_bytes()[..])
+                .ignore();
         }
         let _: () = pipe.query_async(&mut conn).await.expect("live inboxes");
     }
@@ -115,10 +129,16 @@ async fn killing_a_worker_mid_fanout_loses_and_duplicates_nothing() {
     loop {
         let (with, _) = holders(&mut conn, &users, id).await;
         if with > 0 {
-            assert!(with < users.len(), "fanout finished before it could be interrupted");
+            assert!(
+                with < users.len(),
+                "fanout finished before it could be interrupted"
+            );
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "fanout never started");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fanout never started"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     first.kill().expect("SIGKILL");
@@ -133,10 +153,16 @@ async fn killing_a_worker_mid_fanout_loses_and_duplicates_nothing() {
         if with == users.len() {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "only {with} of {} delivered", users.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {with} of {} delivered",
+            users.len()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("killed after {partial} of {FOLLOWERS} deliveries; the second worker finished the rest");
+    println!(
+        "killed after {partial} of {FOLLOWERS} deliveries; the second worker finished the rest"
+    );
     second.kill().expect("stop");
     let _ = second.wait();
     platform.stop().await.expect("stop");

@@ -32,7 +32,9 @@ async fn env_with(tune: impl FnOnce(&mut feed_server::FeedConfig)) -> Env {
     })
     .await
     .expect("platform");
-    let inbox = RedisInbox::connect(&redis.url(), InboxConfig::default()).await.expect("inbox");
+    let inbox = RedisInbox::connect(&redis.url(), InboxConfig::default())
+        .await
+        .expect("inbox");
     Env {
         graph: FollowGraphServiceClient::new(platform.channel.clone()),
         publish: PublishServiceClient::new(platform.channel.clone()),
@@ -72,11 +74,19 @@ impl Env {
     async fn inbox_becomes(&self, user: u64, want: &[u64]) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let ids = self.inbox.page(user, None, 1000).await.expect("page").map(|p| p.ids);
+            let ids = self
+                .inbox
+                .page(user, None, 1000)
+                .await
+                .expect("page")
+                .map(|p| p.ids);
             if ids.as_deref() == Some(want) {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "inbox {user}: {ids:?}, want {want:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "inbox {user}: {ids:?}, want {want:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -93,7 +103,10 @@ impl Env {
             if lag.pending_jobs == 0 {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "jobs still pending: {lag:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "jobs still pending: {lag:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -114,12 +127,18 @@ async fn publish_pushes_to_live_inboxes_and_never_creates_one() {
     let mut e = env().await;
     e.follow(2, "user:1").await;
     e.follow(3, "user:1").await;
-    e.inbox.rebuild(2, &[], 0, None).await.expect("user 2 is active");
+    e.inbox
+        .rebuild(2, &[], 0, None)
+        .await
+        .expect("user 2 is active");
     let p = e.publish(1, "a").await;
     assert_eq!(p.delivery_mode, DeliveryMode::Push as i32);
     e.inbox_becomes(2, &[p.activity_id]).await;
     e.settled().await;
-    assert!(!e.inbox.is_live(3).await.expect("live"), "cold user 3 gets nothing pushed");
+    assert!(
+        !e.inbox.is_live(3).await.expect("live"),
+        "cold user 3 gets nothing pushed"
+    );
     assert!(!e.inbox.is_live(1).await.expect("live"));
     e.platform.stop().await.expect("stop");
 }
@@ -149,10 +168,34 @@ async fn republishing_a_foreign_id_returns_the_first_id_and_a_changed_payload_co
 async fn bad_input_is_refused_by_field_and_stores_nothing() {
     let mut e = env().await;
     let cases: Vec<(pb::NewActivity, &str)> = vec![
-        (pb::NewActivity { verb: String::new(), ..post(1, "x") }, "activity.verb"),
-        (pb::NewActivity { to: vec!["planet:mars".into()], ..post(1, "x") }, "activity.to[0]"),
-        (pb::NewActivity { extra: vec![b' '; 9000], ..post(1, "x") }, "activity.extra"),
-        (pb::NewActivity { foreign_id: "f".repeat(200), ..post(1, "x") }, "activity.foreign_id"),
+        (
+            pb::NewActivity {
+                verb: String::new(),
+                ..post(1, "x")
+            },
+            "activity.verb",
+        ),
+        (
+            pb::NewActivity {
+                to: vec!["planet:mars".into()],
+                ..post(1, "x")
+            },
+            "activity.to[0]",
+        ),
+        (
+            pb::NewActivity {
+                extra: vec![b' '; 9000],
+                ..post(1, "x")
+            },
+            "activity.extra",
+        ),
+        (
+            pb::NewActivity {
+                foreign_id: "f".repeat(200),
+                ..post(1, "x")
+            },
+            "activity.foreign_id",
+        ),
     ];
     for (bad, field) in cases {
         let err = e
@@ -186,7 +229,10 @@ async fn callers_may_publish_only_where_they_are_allowed() {
         .await
         .expect_err("as another user");
     assert_eq!(err.code(), Code::PermissionDenied);
-    for (to, why) in [("user:9", "another user's feed"), ("group:g1", "not a member")] {
+    for (to, why) in [
+        ("user:9", "another user's feed"),
+        ("group:g1", "not a member"),
+    ] {
         let err = e
             .publish
             .publish(internal(pb::PublishRequest {
@@ -227,7 +273,15 @@ async fn celebrity_items_are_pulled_not_pushed() {
     assert_eq!(p.delivery_mode, DeliveryMode::Pull as i32);
     e.settled().await;
     for u in 2..5 {
-        assert_eq!(e.inbox.page(u, None, 10).await.expect("page").expect("live").ids, Vec::<u64>::new());
+        assert_eq!(
+            e.inbox
+                .page(u, None, 10)
+                .await
+                .expect("page")
+                .expect("live")
+                .ids,
+            Vec::<u64>::new()
+        );
     }
     e.platform.stop().await.expect("stop");
 }
@@ -340,14 +394,23 @@ async fn scheduled_items_get_their_id_at_release_exactly_once() {
     // Released by the sweeper; then publishing it again is a duplicate of the released id.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let released = loop {
-        let ids = e.inbox.page(2, None, 10).await.expect("page").expect("live").ids;
+        let ids = e
+            .inbox
+            .page(2, None, 10)
+            .await
+            .expect("page")
+            .expect("live")
+            .ids;
         if let Some(id) = ids.first() {
             break *id;
         }
         assert!(tokio::time::Instant::now() < deadline, "not released");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(feed_core::id::id_time_ms(released) as i64 >= now + 400, "the id is minted at release");
+    assert!(
+        feed_core::id::id_time_ms(released) as i64 >= now + 400,
+        "the id is minted at release"
+    );
     let again = e.publish(1, "later").await;
     assert!(again.duplicate);
     assert_eq!(again.activity_id, released);
@@ -374,7 +437,10 @@ async fn jobs_lost_in_a_redis_flush_are_redriven_by_the_sweeper() {
         .get_multiplexed_async_connection()
         .await
         .expect("conn");
-    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.expect("flush");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
     // Users come back with empty, complete-from-now inboxes (as after a rebuild
     // that found nothing yet): only fanout can fill them.
     for u in [2, 3] {
@@ -383,10 +449,22 @@ async fn jobs_lost_in_a_redis_flush_are_redriven_by_the_sweeper() {
     // A worker starts after the flush; only the sweeper can give it the lost jobs.
     let token = feed_e2e::INTERNAL_TOKEN;
     let worker = publish::FanoutWorker::new(
-        std::sync::Arc::new(publish::fanout::GrpcLedger::new(e.platform.channel.clone(), token).expect("ledger")),
-        std::sync::Arc::new(publish::RedisQueue::connect(&e.redis.url(), "feed:jobs", "fanout").await.expect("queue")),
-        std::sync::Arc::new(publish::GrpcGraph::new(e.platform.channel.clone(), token).expect("graph")),
-        std::sync::Arc::new(RedisInbox::connect(&e.redis.url(), InboxConfig::default()).await.expect("inbox")),
+        std::sync::Arc::new(
+            publish::fanout::GrpcLedger::new(e.platform.channel.clone(), token).expect("ledger"),
+        ),
+        std::sync::Arc::new(
+            publish::RedisQueue::connect(&e.redis.url(), "feed:jobs", "fanout")
+                .await
+                .expect("queue"),
+        ),
+        std::sync::Arc::new(
+            publish::GrpcGraph::new(e.platform.channel.clone(), token).expect("graph"),
+        ),
+        std::sync::Arc::new(
+            RedisInbox::connect(&e.redis.url(), InboxConfig::default())
+                .await
+                .expect("inbox"),
+        ),
         publish::WorkerConfig::default(),
     );
     let stop = feed_server::Shutdown::new();

@@ -3,7 +3,7 @@
 
 use feed_core::FeedRef;
 
-use super::{GraphPolicy, GraphStore, SHARD_BITS, StoreError};
+use super::{Cause, GraphPolicy, GraphStore, SHARD_BITS, StoreError};
 
 /// The policy the contract assumes: celebrity at 3 followers, back below 2.
 pub fn contract_policy() -> GraphPolicy {
@@ -26,6 +26,7 @@ pub async fn run_all(store: &dyn GraphStore) {
     celebrity_flag_has_hysteresis(store).await;
     follow_limit_is_enforced(store).await;
     graph_version_bumps_on_every_change(store).await;
+    every_edge_change_is_logged_in_order(store).await;
     store.ping().await.expect("ping");
 }
 
@@ -285,4 +286,54 @@ async fn graph_version_bumps_on_every_change(s: &dyn GraphStore) {
         .await
         .expect("idempotent follow");
     assert_eq!(read().await, v3, "a no-op changes no version");
+}
+
+async fn every_edge_change_is_logged_in_order(s: &dyn GraphStore) {
+    let all = s.edge_changes(0, 100_000).await.expect("log");
+    let last = all.last().map(|c| c.seq).unwrap_or(0);
+    assert!(
+        all.windows(2).all(|w| w[0].seq < w[1].seq),
+        "positions only grow"
+    );
+    let f = FeedRef::user(71);
+    s.follow(70, &f).await.expect("follow");
+    s.follow(70, &f)
+        .await
+        .expect("idempotent follow logs nothing");
+    s.set_mute(70, 71, true).await.expect("mute");
+    s.unfollow(70, &f).await.expect("unfollow");
+    s.follow(72, &FeedRef::user(70)).await.expect("follow");
+    s.block(70, 72).await.expect("block");
+    let tail = s.edge_changes(last, 100).await.expect("tail");
+    let causes: Vec<(u64, Cause, bool)> = tail
+        .iter()
+        .map(|c| {
+            (
+                c.follower_id,
+                Cause::try_from(c.cause).expect("cause"),
+                c.following,
+            )
+        })
+        .collect();
+    assert_eq!(
+        causes,
+        vec![
+            (70, Cause::Follow, true),
+            (70, Cause::Mute, true),
+            (70, Cause::Unfollow, false),
+            (72, Cause::Follow, true),
+            (72, Cause::Block, false),
+        ]
+    );
+    assert!(
+        tail[0].edge_version < tail[1].edge_version && tail[1].edge_version < tail[2].edge_version
+    );
+    assert_eq!(
+        s.edge_changes(tail[3].seq, 100)
+            .await
+            .expect("resume")
+            .len(),
+        1,
+        "resuming skips what was read"
+    );
 }

@@ -12,10 +12,12 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use feed_core::{FeedRef, UserId};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+use prost::Message;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{
-    BlockChange, EdgeChange, EdgeState, FeedCounts, Follower, GraphPolicy, GraphStore,
-    Relationship, SHARD_BITS, StoreError, shard_of,
+    BlockChange, Cause, EdgeChange, EdgeLogEntry, EdgeState, FeedCounts, Follower, GraphPolicy,
+    GraphStore, Relationship, SHARD_BITS, StoreError, shard_of,
 };
 
 /// The embedded follow-graph store.
@@ -37,8 +39,12 @@ pub struct EmbeddedGraphStore {
     blocks: Keyspace,
     /// user ‖ target → ()
     mutes: Keyspace,
+    /// seq → EdgeLogEntry (the change log, written in each change's batch)
+    edge_log: Keyspace,
+    next_seq: AtomicU64,
     policy: GraphPolicy,
     writer: Mutex<()>,
+    sync: bool,
 }
 
 fn be(e: fjall::Error) -> StoreError {
@@ -98,10 +104,48 @@ impl EmbeddedGraphStore {
             edge_versions: ks("fg_edge_versions")?,
             blocks: ks("fg_blocks")?,
             mutes: ks("fg_mutes")?,
+            next_seq: AtomicU64::new(0),
+            edge_log: ks("fg_edge_log")?,
             db,
             policy,
             writer: Mutex::new(()),
+            sync: true,
         })
+        .map(|store| {
+            let last = store
+                .edge_log
+                .last_key_value()
+                .and_then(|g| g.key().ok())
+                .map(|k| read_u64(&k, 0))
+                .unwrap_or(0);
+            store.next_seq.store(last + 1, Ordering::SeqCst);
+            store
+        })
+    }
+
+    /// Appends to the change log inside `batch`; caller holds the writer lock.
+    fn log(&self, batch: &mut OwnedWriteBatch, edge: &EdgeState, cause: Cause) {
+        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        let entry = EdgeLogEntry {
+            seq,
+            follower_id: edge.follower,
+            feed: edge.feed.to_string(),
+            edge_version: edge.version,
+            following: edge.following,
+            muted: edge.muted,
+            cause: cause as i32,
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+        };
+        batch.insert(&self.edge_log, seq.to_be_bytes(), entry.encode_to_vec());
+    }
+
+    /// Whether acknowledged writes are fsynced (default true).
+    pub fn with_sync(mut self, sync: bool) -> Self {
+        self.sync = sync;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -112,7 +156,10 @@ impl EmbeddedGraphStore {
     fn commit(&self, batch: OwnedWriteBatch) -> Result<(), StoreError> {
         batch.commit().map_err(be)?;
         // Durable before the caller hears "done".
-        self.db.persist(PersistMode::SyncAll).map_err(be)
+        if self.sync {
+            self.db.persist(PersistMode::SyncAll).map_err(be)?;
+        }
+        Ok(())
     }
 
     fn exists(ks: &Keyspace, key: &[u8]) -> Result<bool, StoreError> {
@@ -287,16 +334,18 @@ impl GraphStore for EmbeddedGraphStore {
         }
         let mut batch = self.db.batch();
         let version = self.write_edge(&mut batch, follower, feed, true, muted)?;
+        let edge = EdgeState {
+            follower,
+            feed: feed.clone(),
+            version,
+            following: true,
+            muted,
+        };
+        self.log(&mut batch, &edge, Cause::Follow);
         self.commit(batch)?;
         Ok(EdgeChange {
             changed: true,
-            edge: EdgeState {
-                follower,
-                feed: feed.clone(),
-                version,
-                following: true,
-                muted,
-            },
+            edge,
         })
     }
 
@@ -309,11 +358,17 @@ impl GraphStore for EmbeddedGraphStore {
             });
         }
         let mut batch = self.db.batch();
-        self.write_edge(&mut batch, follower, feed, false, false)?;
+        let version = self.write_edge(&mut batch, follower, feed, false, false)?;
+        let edge = EdgeState {
+            version,
+            following: false,
+            ..self.state(follower, feed)?
+        };
+        self.log(&mut batch, &edge, Cause::Unfollow);
         self.commit(batch)?;
         Ok(EdgeChange {
             changed: true,
-            edge: self.state(follower, feed)?,
+            edge,
         })
     }
 
@@ -332,13 +387,15 @@ impl GraphStore for EmbeddedGraphStore {
             let feed = FeedRef::user(b);
             if Self::exists(&self.following, &user_feed_key(a, &feed))? {
                 let version = self.write_edge(&mut batch, a, &feed, false, false)?;
-                removed.push(EdgeState {
+                let edge = EdgeState {
                     follower: a,
                     feed,
                     version,
                     following: false,
                     muted: self.is_muting(a, b)?,
-                });
+                };
+                self.log(&mut batch, &edge, Cause::Block);
+                removed.push(edge);
             } else {
                 self.put_user_stats(&mut batch, a, 0)?;
             }
@@ -395,16 +452,22 @@ impl GraphStore for EmbeddedGraphStore {
             version.to_be_bytes(),
         );
         self.put_user_stats(&mut batch, user, 0)?;
+        let edge = EdgeState {
+            follower: user,
+            feed,
+            version,
+            following,
+            muted,
+        };
+        self.log(
+            &mut batch,
+            &edge,
+            if muted { Cause::Mute } else { Cause::Unmute },
+        );
         self.commit(batch)?;
         Ok(EdgeChange {
             changed: true,
-            edge: EdgeState {
-                follower: user,
-                feed,
-                version,
-                following,
-                muted,
-            },
+            edge,
         })
     }
 
@@ -524,6 +587,25 @@ impl GraphStore for EmbeddedGraphStore {
             .iter()
             .map(|u| self.user_stats_one(*u).map(|s| s.1))
             .collect()
+    }
+
+    async fn edge_changes(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<EdgeLogEntry>, StoreError> {
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in self
+            .edge_log
+            .range(after_seq.saturating_add(1).to_be_bytes()..)
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = item.into_inner().map_err(be)?;
+            out.push(EdgeLogEntry::decode(&*v).map_err(|e| StoreError::Backend(e.to_string()))?);
+        }
+        Ok(out)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -3,6 +3,9 @@
 
 use async_trait::async_trait;
 use feed_core::{FeedRef, UserId};
+/// An entry of the edge change log.
+pub use feed_proto::events::v1::EdgeChange as EdgeLogEntry;
+pub use feed_proto::events::v1::edge_change::Cause;
 
 pub mod contract;
 pub mod embedded;
@@ -199,6 +202,14 @@ pub trait GraphStore: Send + Sync + 'static {
     async fn edge_states(&self, edges: &[(UserId, FeedRef)]) -> Result<Vec<EdgeState>, StoreError>;
     /// Per-user graph versions, in order.
     async fn graph_versions(&self, users: &[UserId]) -> Result<Vec<u64>, StoreError>;
+    /// The change log after `after_seq`, oldest first: every edge change is
+    /// logged with the change itself, so a consumer that resumes from its
+    /// last position misses none.
+    async fn edge_changes(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<EdgeLogEntry>, StoreError>;
     /// Answers when the backend is usable.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -35,12 +35,18 @@ use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
 
 use super::{
-    BlockChange, EdgeChange, EdgeState, FeedCounts, Follower, GraphPolicy, GraphStore,
-    Relationship, StoreError, shard_of,
+    BlockChange, Cause, EdgeChange, EdgeLogEntry, EdgeState, FeedCounts, Follower, GraphPolicy,
+    GraphStore, Relationship, StoreError, shard_of,
 };
 
 /// Bumped when the schema below changes; services refuse an older schema.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
+const LOG_SEQ_PER_MS: u64 = 1_000_000;
+const LOG_BUCKET_MS: u64 = 3_600_000;
+
+fn log_bucket(seq: u64) -> u64 {
+    seq / LOG_SEQ_PER_MS / LOG_BUCKET_MS
+}
 const COMPONENT: &str = "follow-graph";
 
 fn schema(keyspace: &str, rf: u32) -> Vec<String> {
@@ -153,6 +159,8 @@ struct Statements {
     mute_insert: PreparedStatement,
     mute_delete: PreparedStatement,
     mute_get: PreparedStatement,
+    log_insert: PreparedStatement,
+    log_page: PreparedStatement,
 }
 
 /// The ScyllaDB follow-graph store.
@@ -250,6 +258,8 @@ impl ScyllaGraphStore {
             mute_insert: prep(format!("INSERT INTO {k}.fg_mutes (user_id, target_id) VALUES (?, ?) IF NOT EXISTS")).await?,
             mute_delete: prep(format!("DELETE FROM {k}.fg_mutes WHERE user_id = ? AND target_id = ? IF EXISTS")).await?,
             mute_get: prep(format!("SELECT target_id FROM {k}.fg_mutes WHERE user_id = ? AND target_id = ?")).await?,
+            log_insert: prep(format!("INSERT INTO {k}.fg_edge_log (bucket, seq, entry) VALUES (?, ?, ?)")).await?,
+            log_page: prep(format!("SELECT entry FROM {k}.fg_edge_log WHERE bucket = ? AND seq > ? LIMIT ?")).await?,
         };
         Ok(Self {
             session,
@@ -455,6 +465,36 @@ impl ScyllaGraphStore {
         Ok(Some(version))
     }
 
+    /// Appends to the change log. Positions are clock-ordered
+    /// (ms * 10^6 + a random tie-break) and partitioned by hour; a writer
+    /// whose clock lags can land behind a consumer's position, which is why
+    /// the jobs built from this log are idempotent and version-checked.
+    async fn log(&self, edge: &EdgeState, cause: Cause) -> Result<(), StoreError> {
+        use prost::Message as _;
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let seq = at_ms * LOG_SEQ_PER_MS
+            + (uuid::Uuid::new_v4().as_u128() % u128::from(LOG_SEQ_PER_MS)) as u64;
+        let entry = EdgeLogEntry {
+            seq,
+            follower_id: edge.follower,
+            feed: edge.feed.to_string(),
+            edge_version: edge.version,
+            following: edge.following,
+            muted: edge.muted,
+            cause: cause as i32,
+            at_ms: at_ms as i64,
+        };
+        self.exec(
+            &self.st.log_insert,
+            (i(log_bucket(seq)), i(seq), entry.encode_to_vec()),
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn page(
         &self,
         feed: &str,
@@ -529,6 +569,14 @@ impl GraphStore for ScyllaGraphStore {
         let version = self.bump_edge_version(follower, &name).await?;
         self.add_followers(&name, 1).await?;
         self.touch_user(follower, 1).await?;
+        let edge = EdgeState {
+            follower,
+            feed: feed.clone(),
+            version,
+            following: true,
+            muted,
+        };
+        self.log(&edge, Cause::Follow).await?;
         // A block written while we claimed the edge: one of us sees the other
         // (quorum writes, quorum reads), so undo rather than leave a follow across it.
         if let Some(o) = owner
@@ -542,22 +590,17 @@ impl GraphStore for ScyllaGraphStore {
         }
         Ok(EdgeChange {
             changed: true,
-            edge: EdgeState {
-                follower,
-                feed: feed.clone(),
-                version,
-                following: true,
-                muted,
-            },
+            edge,
         })
     }
 
     async fn unfollow(&self, follower: UserId, feed: &FeedRef) -> Result<EdgeChange, StoreError> {
         let changed = self.remove_edge(follower, feed).await?.is_some();
-        Ok(EdgeChange {
-            changed,
-            edge: self.state(follower, feed).await?,
-        })
+        let edge = self.state(follower, feed).await?;
+        if changed {
+            self.log(&edge, Cause::Unfollow).await?;
+        }
+        Ok(EdgeChange { changed, edge })
     }
 
     async fn block(&self, user: UserId, target: UserId) -> Result<BlockChange, StoreError> {
@@ -574,13 +617,17 @@ impl GraphStore for ScyllaGraphStore {
         for (a, b) in [(user, target), (target, user)] {
             let feed = FeedRef::user(b);
             match self.remove_edge(a, &feed).await? {
-                Some(version) => removed.push(EdgeState {
-                    follower: a,
-                    muted: self.muting(a, b).await?,
-                    feed,
-                    version,
-                    following: false,
-                }),
+                Some(version) => {
+                    let edge = EdgeState {
+                        follower: a,
+                        muted: self.muting(a, b).await?,
+                        feed,
+                        version,
+                        following: false,
+                    };
+                    self.log(&edge, Cause::Block).await?;
+                    removed.push(edge);
+                }
                 None => self.touch_user(a, 0).await?,
             }
         }
@@ -626,16 +673,16 @@ impl GraphStore for ScyllaGraphStore {
         }
         let version = self.bump_edge_version(user, &name).await?;
         self.touch_user(user, 0).await?;
-        Ok(EdgeChange {
-            changed,
-            edge: EdgeState {
-                follower: user,
-                feed,
-                version,
-                following,
-                muted,
-            },
-        })
+        let edge = EdgeState {
+            follower: user,
+            feed,
+            version,
+            following,
+            muted,
+        };
+        self.log(&edge, if muted { Cause::Mute } else { Cause::Unmute })
+            .await?;
+        Ok(EdgeChange { changed, edge })
     }
 
     async fn relationships(
@@ -774,6 +821,38 @@ impl GraphStore for ScyllaGraphStore {
         let mut out = Vec::with_capacity(users.len());
         for &user in users {
             out.push(self.user_stats(user).await?.map(|s| s.1).unwrap_or(0));
+        }
+        Ok(out)
+    }
+
+    async fn edge_changes(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<EdgeLogEntry>, StoreError> {
+        use prost::Message as _;
+        let now_bucket = log_bucket(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0)
+                * LOG_SEQ_PER_MS,
+        );
+        // Positions from the embedded store's counter (small numbers) start at the oldest bucket kept.
+        let mut bucket = log_bucket(after_seq).max(now_bucket.saturating_sub(24 * 7));
+        let mut out = Vec::new();
+        while bucket <= now_bucket && out.len() < limit {
+            let want = (limit - out.len()).min(i32::MAX as usize) as i32;
+            let rows = self
+                .exec(&self.st.log_page, (i(bucket), i(after_seq), want))
+                .await?
+                .into_rows_result()
+                .map_err(err)?;
+            for row in rows.rows::<(Vec<u8>,)>().map_err(err)? {
+                let (bytes,) = row.map_err(err)?;
+                out.push(EdgeLogEntry::decode(bytes.as_slice()).map_err(err)?);
+            }
+            bucket += 1;
         }
         Ok(out)
     }

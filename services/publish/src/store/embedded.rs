@@ -29,6 +29,7 @@ pub struct EmbeddedActivityStore {
     scheduled_by_time: Keyspace,
     scheduled_by_actor: Keyspace,
     writer: Mutex<()>,
+    sync: bool,
 }
 
 fn be(e: impl std::fmt::Display) -> StoreError {
@@ -126,7 +127,14 @@ impl EmbeddedActivityStore {
             scheduled_by_actor: ks("pub_scheduled_by_actor")?,
             db,
             writer: Mutex::new(()),
+            sync: true,
         })
+    }
+
+    /// Whether acknowledged writes are fsynced (default true).
+    pub fn with_sync(mut self, sync: bool) -> Self {
+        self.sync = sync;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -135,7 +143,7 @@ impl EmbeddedActivityStore {
 
     fn commit(&self, batch: OwnedWriteBatch, durable: bool) -> Result<(), StoreError> {
         batch.commit().map_err(be)?;
-        if durable {
+        if durable && self.sync {
             self.db.persist(PersistMode::SyncAll).map_err(be)?;
         }
         Ok(())
