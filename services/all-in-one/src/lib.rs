@@ -58,9 +58,9 @@ pub fn internal_token(cfg: &FeedConfig, dev_token: Option<&str>) -> anyhow::Resu
     {
         return Ok(t.to_owned());
     }
-    dev_token.map(str::to_owned).ok_or_else(|| {
-        anyhow::anyhow!("no internal token for service-to-service calls: set clients.token")
-    })
+    dev_token
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no internal token for service-to-service calls: set clients.token"))
 }
 
 /// Builds every service on the configured (embedded by default) storage,
@@ -84,8 +84,7 @@ pub async fn services(
             configured.to_owned()
         }
     };
-    let channel =
-        tonic::transport::Channel::from_shared(url(&cfg.clients.follow_graph_url))?.connect_lazy();
+    let channel = tonic::transport::Channel::from_shared(url(&cfg.clients.follow_graph_url))?.connect_lazy();
     let graph: Arc<dyn publish::Graph> = Arc::new(publish::GrpcGraph::new(channel, token)?);
     let clock = publish::system_clock();
     let queue = publish::open_queue(cfg).await?;
@@ -109,6 +108,7 @@ pub async fn services(
         tokio::spawn(worker.run(shutdown.clone()));
     }
     publish::spawn_sweeper(publisher.clone(), cfg, shutdown.clone());
+    publish::spawn_edge_tail(publisher.clone(), shutdown.clone());
     publish::register(&mut set, publisher, graph, inbox, auth);
     Ok(set)
 }

@@ -60,10 +60,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(token) = dev_token {
         println!(
             "dev token (internal role, saved in {}): {token}",
-            cfg.storage
-                .data_dir
-                .join(feed_all_in_one::DEV_TOKEN_FILE)
-                .display()
+            cfg.storage.data_dir.join(feed_all_in_one::DEV_TOKEN_FILE).display()
         );
     }
     let trigger = shutdown.clone();

@@ -26,13 +26,7 @@ impl Drop for Feedd {
 
 fn start(dir: &std::path::Path) -> Feedd {
     let mut child = Command::new(env!("CARGO_BIN_EXE_feedd"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         .env_remove("FEED__AUTH__INTERNAL_TOKENS")
         .env_remove("FEED__AUTH__BFF_TOKENS")
@@ -43,10 +37,7 @@ fn start(dir: &std::path::Path) -> Feedd {
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let (mut grpc, mut metrics, mut token) = (String::new(), String::new(), String::new());
     while grpc.is_empty() || token.is_empty() || metrics.is_empty() {
-        let line = lines
-            .next()
-            .expect("feedd prints its addresses")
-            .expect("line");
+        let line = lines.next().expect("feedd prints its addresses").expect("line");
         if let Some(a) = line.strip_prefix("feedd listening on ") {
             grpc = a.to_owned();
         } else if let Some(a) = line.strip_prefix("feedd metrics on http://") {
@@ -94,14 +85,7 @@ async fn feedd_serves_with_a_dev_token_and_exits_cleanly_on_sigterm() {
         MetadataValue::try_from(format!("Bearer {}", feedd.token)).expect("ascii"),
     );
     // Health may still be settling; the RPC itself works at once.
-    assert!(
-        client
-            .follow(req)
-            .await
-            .expect("follow")
-            .into_inner()
-            .changed
-    );
+    assert!(client.follow(req).await.expect("follow").into_inner().changed);
 
     let metrics = http_get(&feedd.metrics, "/metrics");
     assert!(metrics.contains("feed_rpc_requests_total"), "{metrics}");
@@ -121,10 +105,7 @@ async fn feedd_serves_with_a_dev_token_and_exits_cleanly_on_sigterm() {
         if let Some(s) = feedd.child.try_wait().expect("wait") {
             break s;
         }
-        assert!(
-            Instant::now() < deadline,
-            "feedd did not exit after SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "feedd did not exit after SIGTERM");
         // Yield, so this client can answer the server's GOAWAY and let the drain finish.
         tokio::time::sleep(Duration::from_millis(50)).await;
     };

@@ -78,10 +78,7 @@ type BatchStream = Pin<Box<dyn Stream<Item = Result<pb::FollowerBatch, Status>> 
 
 #[tonic::async_trait]
 impl FollowGraphService for FollowGraphGrpc {
-    async fn follow(
-        &self,
-        req: Request<pb::FollowRequest>,
-    ) -> Result<Response<pb::FollowResponse>, Status> {
+    async fn follow(&self, req: Request<pb::FollowRequest>) -> Result<Response<pb::FollowResponse>, Status> {
         let follower = acting(&req, "follower_id", req.get_ref().follower_id)?;
         let feed = FeedRef::parse_field("feed", &req.get_ref().feed)?;
         let c = self.graph.follow(follower, &feed).await?;
@@ -91,10 +88,7 @@ impl FollowGraphService for FollowGraphGrpc {
         }))
     }
 
-    async fn unfollow(
-        &self,
-        req: Request<pb::UnfollowRequest>,
-    ) -> Result<Response<pb::UnfollowResponse>, Status> {
+    async fn unfollow(&self, req: Request<pb::UnfollowRequest>) -> Result<Response<pb::UnfollowResponse>, Status> {
         let follower = acting(&req, "follower_id", req.get_ref().follower_id)?;
         let feed = FeedRef::parse_field("feed", &req.get_ref().feed)?;
         let c = self.graph.unfollow(follower, &feed).await?;
@@ -104,10 +98,7 @@ impl FollowGraphService for FollowGraphGrpc {
         }))
     }
 
-    async fn block(
-        &self,
-        req: Request<pb::BlockRequest>,
-    ) -> Result<Response<pb::BlockResponse>, Status> {
+    async fn block(&self, req: Request<pb::BlockRequest>) -> Result<Response<pb::BlockResponse>, Status> {
         let user = acting(&req, "user_id", req.get_ref().user_id)?;
         let target = validate::user_id("target_user_id", req.get_ref().target_user_id)?;
         let c = self.graph.block(user, target).await?;
@@ -117,20 +108,14 @@ impl FollowGraphService for FollowGraphGrpc {
         }))
     }
 
-    async fn unblock(
-        &self,
-        req: Request<pb::UnblockRequest>,
-    ) -> Result<Response<pb::UnblockResponse>, Status> {
+    async fn unblock(&self, req: Request<pb::UnblockRequest>) -> Result<Response<pb::UnblockResponse>, Status> {
         let user = acting(&req, "user_id", req.get_ref().user_id)?;
         let target = validate::user_id("target_user_id", req.get_ref().target_user_id)?;
         let changed = self.graph.unblock(user, target).await?;
         Ok(Response::new(pb::UnblockResponse { changed }))
     }
 
-    async fn mute(
-        &self,
-        req: Request<pb::MuteRequest>,
-    ) -> Result<Response<pb::MuteResponse>, Status> {
+    async fn mute(&self, req: Request<pb::MuteRequest>) -> Result<Response<pb::MuteResponse>, Status> {
         let user = acting(&req, "user_id", req.get_ref().user_id)?;
         let target = validate::user_id("target_user_id", req.get_ref().target_user_id)?;
         let c = self.graph.set_mute(user, target, true).await?;
@@ -140,10 +125,7 @@ impl FollowGraphService for FollowGraphGrpc {
         }))
     }
 
-    async fn unmute(
-        &self,
-        req: Request<pb::UnmuteRequest>,
-    ) -> Result<Response<pb::UnmuteResponse>, Status> {
+    async fn unmute(&self, req: Request<pb::UnmuteRequest>) -> Result<Response<pb::UnmuteResponse>, Status> {
         let user = acting(&req, "user_id", req.get_ref().user_id)?;
         let target = validate::user_id("target_user_id", req.get_ref().target_user_id)?;
         let c = self.graph.set_mute(user, target, false).await?;
@@ -192,8 +174,7 @@ impl FollowGraphService for FollowGraphGrpc {
         let r = req.get_ref();
         let feed = FeedRef::parse_field("feed", &r.feed)?;
         let limit = validate::page_size("page_size", r.page_size, 100, 1000)?;
-        let after =
-            PageToken::decode_u64("page_token", FOLLOWERS_TOKEN, &r.page_token)?.unwrap_or(0);
+        let after = PageToken::decode_u64("page_token", FOLLOWERS_TOKEN, &r.page_token)?.unwrap_or(0);
         let (page, more) = self.graph.list_followers(&feed, after, limit).await?;
         let next_page_token = match (more, page.last()) {
             (true, Some(last)) => PageToken::encode_u64(FOLLOWERS_TOKEN, last.user),
@@ -216,15 +197,11 @@ impl FollowGraphService for FollowGraphGrpc {
         let after = match PageToken::decode("page_token", FOLLOWING_TOKEN, &r.page_token)? {
             None => None,
             Some(bytes) => {
-                let s = std::str::from_utf8(&bytes)
-                    .map_err(|_| ApiError::invalid("page_token", "malformed token"))?;
+                let s = std::str::from_utf8(&bytes).map_err(|_| ApiError::invalid("page_token", "malformed token"))?;
                 Some(FeedRef::parse_field("page_token", s)?)
             }
         };
-        let (page, more) = self
-            .graph
-            .list_following(user, after.as_ref(), limit)
-            .await?;
+        let (page, more) = self.graph.list_following(user, after.as_ref(), limit).await?;
         let next_page_token = match (more, page.last()) {
             (true, Some(last)) => PageToken::encode(FOLLOWING_TOKEN, last.to_string().as_bytes()),
             _ => String::new(),
@@ -235,10 +212,7 @@ impl FollowGraphService for FollowGraphGrpc {
         }))
     }
 
-    async fn get_counts(
-        &self,
-        req: Request<pb::GetCountsRequest>,
-    ) -> Result<Response<pb::GetCountsResponse>, Status> {
+    async fn get_counts(&self, req: Request<pb::GetCountsRequest>) -> Result<Response<pb::GetCountsResponse>, Status> {
         Caller::of(&req)?;
         let feed_refs = feeds("feeds", &req.get_ref().feeds, MAX_BATCH)?;
         let users = user_ids("user_ids", &req.get_ref().user_ids, MAX_BATCH)?;
@@ -300,9 +274,7 @@ impl FollowGraphService for FollowGraphGrpc {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn list_follower_shards(
@@ -313,10 +285,7 @@ impl FollowGraphService for FollowGraphGrpc {
         let feed = FeedRef::parse_field("feed", &req.get_ref().feed)?;
         let (shards, total) = self.graph.follower_shards(&feed).await?;
         Ok(Response::new(pb::ListFollowerShardsResponse {
-            shards: shards
-                .into_iter()
-                .map(|shard| pb::FollowerShard { shard })
-                .collect(),
+            shards: shards.into_iter().map(|shard| pb::FollowerShard { shard }).collect(),
             total_followers: total,
         }))
     }
@@ -329,10 +298,7 @@ impl FollowGraphService for FollowGraphGrpc {
         let r = req.get_ref();
         let feed = FeedRef::parse_field("feed", &r.feed)?;
         let limit = validate::page_size("limit", r.limit, 1000, 10_000)?;
-        let (page, done) = self
-            .graph
-            .page_shard(&feed, r.shard, r.after_user_id, limit)
-            .await?;
+        let (page, done) = self.graph.page_shard(&feed, r.shard, r.after_user_id, limit).await?;
         Ok(Response::new(pb::PageFollowersResponse {
             followers: page.into_iter().map(follower_pb).collect(),
             done,
@@ -368,10 +334,7 @@ impl FollowGraphService for FollowGraphGrpc {
     ) -> Result<Response<pb::ListEdgeChangesResponse>, Status> {
         internal(&req)?;
         let limit = validate::page_size("limit", req.get_ref().limit, 1000, 10_000)?;
-        let changes = self
-            .graph
-            .edge_changes(req.get_ref().after_seq, limit)
-            .await?;
+        let changes = self.graph.edge_changes(req.get_ref().after_seq, limit).await?;
         Ok(Response::new(pb::ListEdgeChangesResponse { changes }))
     }
 

@@ -20,11 +20,7 @@ pub const SERVICE_NAME: &str = "feed.followgraph.v1.FollowGraphService";
 /// The store policy from configuration.
 pub fn policy(cfg: &FeedConfig) -> GraphPolicy {
     let c = &cfg.follow_graph;
-    GraphPolicy::new(
-        c.celebrity_threshold,
-        c.celebrity_hysteresis,
-        c.max_following,
-    )
+    GraphPolicy::new(c.celebrity_threshold, c.celebrity_hysteresis, c.max_following)
 }
 
 /// Opens the configured backend: ScyllaDB when `scylla.nodes` is set (its
@@ -38,19 +34,17 @@ pub async fn open_store(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn GraphStore>>
     let dir = cfg.storage.data_dir.join("follow-graph");
     std::fs::create_dir_all(&dir)?;
     Ok(Arc::new(
-        store::embedded::EmbeddedGraphStore::open(&dir, policy(cfg))?
-            .with_sync(cfg.storage.sync_writes),
+        store::embedded::EmbeddedGraphStore::open(&dir, policy(cfg))?.with_sync(cfg.storage.sync_writes),
     ))
 }
 
 /// Adds the service, its health name and its readiness check to `set`.
 pub fn register(set: &mut ServiceSet, graph: FollowGraph, auth: &Authenticator) {
     let store = graph.store().clone();
-    set.routes
-        .add_service(FollowGraphServiceServer::with_interceptor(
-            grpc::FollowGraphGrpc::new(graph),
-            auth.interceptor(),
-        ));
+    set.routes.add_service(FollowGraphServiceServer::with_interceptor(
+        grpc::FollowGraphGrpc::new(graph),
+        auth.interceptor(),
+    ));
     set.names.push(SERVICE_NAME);
     set.readiness.push(Arc::new(move || {
         let store = store.clone();

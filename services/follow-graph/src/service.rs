@@ -4,9 +4,7 @@ use std::sync::Arc;
 
 use feed_core::{ApiError, FeedRef, UserId};
 
-use crate::store::{
-    BlockChange, EdgeChange, EdgeState, FeedCounts, Follower, GraphStore, Relationship,
-};
+use crate::store::{BlockChange, EdgeChange, EdgeState, FeedCounts, Follower, GraphStore, Relationship};
 
 /// Counts of one user: feeds followed, and followers of `user:<id>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,10 +44,7 @@ impl FollowGraph {
     pub async fn follow(&self, follower: UserId, feed: &FeedRef) -> Result<EdgeChange, ApiError> {
         if feed.user_id() == Some(follower) {
             // A reader always sees their own posts; a self-edge would only skew counts.
-            return Err(ApiError::invalid(
-                "feed",
-                "a user cannot follow their own feed",
-            ));
+            return Err(ApiError::invalid("feed", "a user cannot follow their own feed"));
         }
         let change = self.store.follow(follower, feed).await?;
         record("follow", change.changed);
@@ -66,10 +61,7 @@ impl FollowGraph {
     /// user blocks target.
     pub async fn block(&self, user: UserId, target: UserId) -> Result<BlockChange, ApiError> {
         if user == target {
-            return Err(ApiError::invalid(
-                "target_user_id",
-                "a user cannot block themself",
-            ));
+            return Err(ApiError::invalid("target_user_id", "a user cannot block themself"));
         }
         let change = self.store.block(user, target).await?;
         record("block", change.changed);
@@ -84,17 +76,9 @@ impl FollowGraph {
     }
 
     /// user mutes or unmutes target.
-    pub async fn set_mute(
-        &self,
-        user: UserId,
-        target: UserId,
-        muted: bool,
-    ) -> Result<EdgeChange, ApiError> {
+    pub async fn set_mute(&self, user: UserId, target: UserId, muted: bool) -> Result<EdgeChange, ApiError> {
         if user == target {
-            return Err(ApiError::invalid(
-                "target_user_id",
-                "a user cannot mute themself",
-            ));
+            return Err(ApiError::invalid("target_user_id", "a user cannot mute themself"));
         }
         let change = self.store.set_mute(user, target, muted).await?;
         record(if muted { "mute" } else { "unmute" }, change.changed);
@@ -186,10 +170,7 @@ impl FollowGraph {
     }
 
     /// Current edge states.
-    pub async fn edge_states(
-        &self,
-        edges: &[(UserId, FeedRef)],
-    ) -> Result<Vec<EdgeState>, ApiError> {
+    pub async fn edge_states(&self, edges: &[(UserId, FeedRef)]) -> Result<Vec<EdgeState>, ApiError> {
         Ok(self.store.edge_states(edges).await?)
     }
 

@@ -24,18 +24,15 @@ async fn embedded_store_keeps_edges_and_counts_across_reopen() {
     }
     let store = EmbeddedGraphStore::open(dir.path(), contract_policy()).expect("reopen");
     assert_eq!(
-        store
-            .feed_counts(std::slice::from_ref(&feed))
-            .await
-            .expect("counts")[0]
-            .followers,
+        store.feed_counts(std::slice::from_ref(&feed)).await.expect("counts")[0].followers,
         1
     );
-    assert_eq!(
-        store.list_followers(&feed, 0, 10).await.expect("followers")[0].user,
-        7
-    );
+    assert_eq!(store.list_followers(&feed, 0, 10).await.expect("followers")[0].user, 7);
     assert!(store.relationships(8, &[9]).await.expect("rel")[0].blocking);
+    store.follow(10, &feed).await.expect("follow after reopen");
+    let log = store.edge_changes(0, 100).await.expect("log");
+    assert_eq!(log.len(), 2);
+    assert!(log[0].seq < log[1].seq, "positions continue after a restart");
 }
 
 /// Runs only against a real cluster: no ScyllaDB can be installed on the

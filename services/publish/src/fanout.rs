@@ -9,8 +9,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use feed_core::{ApiError, FeedRef};
 use feed_inbox::InboxStore;
-use feed_proto::events::v1::{FanoutJob, Job, PurgeJob, job};
+use std::collections::HashSet;
+
+use feed_proto::common::v1::DeliveryMode;
+use feed_proto::events::v1::{EdgeJob, EdgeJobKind, FanoutJob, Job, PurgeJob, job};
 use feed_proto::publish::v1 as pb;
+use feed_proto::publish::v1::OutboxItem;
 use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
 use feed_server::Shutdown;
 use tonic::metadata::MetadataValue;
@@ -29,6 +33,8 @@ pub trait JobLedger: Send + Sync + 'static {
     async fn complete(&self, job_id: &str, spawned: &[Job]) -> Result<(), ApiError>;
     /// A failed attempt; true when dead-lettered.
     async fn fail(&self, job_id: &str, error: &str) -> Result<bool, ApiError>;
+    /// A feed's newest outbox entries, for backfill and purge.
+    async fn outbox(&self, feed: &FeedRef, limit: usize) -> Result<Vec<OutboxItem>, ApiError>;
 }
 
 #[async_trait]
@@ -41,6 +47,9 @@ impl JobLedger for Publisher {
     }
     async fn fail(&self, job_id: &str, error: &str) -> Result<bool, ApiError> {
         self.fail_job(job_id, error).await
+    }
+    async fn outbox(&self, feed: &FeedRef, limit: usize) -> Result<Vec<OutboxItem>, ApiError> {
+        self.outbox_items(feed, limit).await
     }
 }
 
@@ -77,9 +86,7 @@ impl JobLedger for GrpcLedger {
         match self
             .client
             .clone()
-            .get_job(self.req(pb::GetJobRequest {
-                job_id: job_id.into(),
-            }))
+            .get_job(self.req(pb::GetJobRequest { job_id: job_id.into() }))
             .await
         {
             Ok(r) => {
@@ -119,6 +126,19 @@ impl JobLedger for GrpcLedger {
             .map_err(unavailable)?;
         Ok(r.into_inner().dead_lettered)
     }
+
+    async fn outbox(&self, feed: &FeedRef, limit: usize) -> Result<Vec<OutboxItem>, ApiError> {
+        let r = self
+            .client
+            .clone()
+            .list_outbox(self.req(pb::ListOutboxRequest {
+                feed: feed.to_string(),
+                limit: limit.min(10_000) as u32,
+            }))
+            .await
+            .map_err(unavailable)?;
+        Ok(r.into_inner().items)
+    }
 }
 
 /// Worker settings.
@@ -134,6 +154,8 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// A delivery unacknowledged this long is taken over (its worker died).
     pub reclaim_idle: Duration,
+    /// Inbox cap: backfills read this many entries of the followed feed.
+    pub inbox_cap: usize,
 }
 
 impl Default for WorkerConfig {
@@ -144,6 +166,7 @@ impl Default for WorkerConfig {
             batch: 16,
             concurrency: 4,
             reclaim_idle: Duration::from_secs(30),
+            inbox_cap: 800,
         }
     }
 }
@@ -197,11 +220,9 @@ impl FanoutWorker {
                 }
             };
             if batch.is_empty() {
-                let recv = self.queue.receive(
-                    &self.cfg.consumer,
-                    self.cfg.batch,
-                    Duration::from_millis(200),
-                );
+                let recv = self
+                    .queue
+                    .receive(&self.cfg.consumer, self.cfg.batch, Duration::from_millis(200));
                 batch = tokio::select! {
                     r = recv => match r {
                         Ok(b) => b,
@@ -214,11 +235,9 @@ impl FanoutWorker {
                     _ = shutdown.wait() => break,
                 };
             }
-            futures::StreamExt::for_each_concurrent(
-                futures::stream::iter(&batch),
-                self.cfg.concurrency.max(1),
-                |d| self.handle(d),
-            )
+            futures::StreamExt::for_each_concurrent(futures::stream::iter(&batch), self.cfg.concurrency.max(1), |d| {
+                self.handle(d)
+            })
             .await;
         }
         tracing::info!(consumer = %self.cfg.consumer, "fanout worker stopped");
@@ -251,10 +270,7 @@ impl FanoutWorker {
         };
         match loaded.job.kind.clone() {
             Some(job::Kind::Fanout(f)) if loaded.activity_deleted => {
-                tracing::debug!(
-                    activity = f.activity_id,
-                    "activity deleted before fanout; skipping"
-                );
+                tracing::debug!(activity = f.activity_id, "activity deleted before fanout; skipping");
                 self.ledger.complete(job_id, &[]).await
             }
             Some(job::Kind::Fanout(f)) => match f.shard {
@@ -285,19 +301,14 @@ impl FanoutWorker {
                 }
                 Some(shard) => self.purge_shard(job_id, &p, shard).await,
             },
-            // Edge jobs are not produced yet; settle them so they do not loop.
-            Some(job::Kind::Edge(_)) | None => self.ledger.complete(job_id, &[]).await,
+            Some(job::Kind::Edge(e)) => self.edge(job_id, &e).await,
+            None => self.ledger.complete(job_id, &[]).await,
         }
     }
 
     /// A root job becomes one sub-job per follower shard; the sub-jobs are
     /// recorded with the root's completion, then enqueued.
-    async fn split(
-        &self,
-        job_id: &str,
-        feed: &str,
-        sub: impl Fn(u64) -> Job,
-    ) -> Result<(), ApiError> {
+    async fn split(&self, job_id: &str, feed: &str, sub: impl Fn(u64) -> Job) -> Result<(), ApiError> {
         let shards = self.graph.shards(&feed_of(feed)?).await?;
         let spawned: Vec<Job> = shards.into_iter().map(sub).collect();
         self.ledger.complete(job_id, &spawned).await?;
@@ -312,19 +323,12 @@ impl FanoutWorker {
         let mut after = 0;
         let mut delivered = 0usize;
         loop {
-            let (page, done) = self
-                .graph
-                .page(&feed, shard, after, self.cfg.page_size)
-                .await?;
+            let (page, done) = self.graph.page(&feed, shard, after, self.cfg.page_size).await?;
             let Some(last) = page.last() else { break };
             after = last.user;
             // Muted followers still receive the id: mute is enforced at read
             // (Invariant 5), so unmuting needs no backfill of pushed items.
-            let users: Vec<u64> = page
-                .iter()
-                .map(|p| p.user)
-                .filter(|u| *u != f.actor)
-                .collect();
+            let users: Vec<u64> = page.iter().map(|p| p.user).filter(|u| *u != f.actor).collect();
             delivered += self
                 .inbox
                 .push(&users, f.activity_id)
@@ -338,14 +342,91 @@ impl FanoutWorker {
         self.ledger.complete(job_id, &[]).await
     }
 
+    /// Backfill or purge one follower's inbox after an edge change; applies
+    /// only while the job's edge version is still current (Invariant 4).
+    async fn edge(&self, job_id: &str, e: &EdgeJob) -> Result<(), ApiError> {
+        let feed = feed_of(&e.feed)?;
+        let edge = [(e.follower_id, feed.clone())];
+        let (version, following) = self
+            .graph
+            .edge_states(&edge)
+            .await?
+            .first()
+            .copied()
+            .unwrap_or((0, false));
+        if version != e.edge_version {
+            // Superseded: the job of the newer version decides.
+            return self.ledger.complete(job_id, &[]).await;
+        }
+        let cap = self.cfg.inbox_cap.max(1);
+        let items = self.ledger.outbox(&feed, cap).await?;
+        match EdgeJobKind::try_from(e.kind).unwrap_or(EdgeJobKind::Unspecified) {
+            EdgeJobKind::Backfill if following => {
+                let ids: Vec<u64> = items
+                    .iter()
+                    .filter(|i| {
+                        i.mode == DeliveryMode::Push as i32 && !i.private && !i.deleted && i.actor != e.follower_id
+                    })
+                    .map(|i| i.id)
+                    .collect();
+                // Read to depth `cap`: nothing below the last entry is guaranteed.
+                let floor = if items.len() >= cap {
+                    items.last().map(|i| i.id).unwrap_or(0)
+                } else {
+                    0
+                };
+                self.inbox
+                    .backfill(e.follower_id, &ids, floor)
+                    .await
+                    .map_err(|err| ApiError::Unavailable(err.to_string()))?;
+                // An unfollow that raced this backfill may have purged before
+                // we wrote: look again and undo what it would have removed.
+                let (now_version, now_following) = self
+                    .graph
+                    .edge_states(&edge)
+                    .await?
+                    .first()
+                    .copied()
+                    .unwrap_or((0, false));
+                if now_version != version && !now_following {
+                    self.purge_items(e.follower_id, &items).await?;
+                }
+            }
+            EdgeJobKind::Purge if !following => self.purge_items(e.follower_id, &items).await?,
+            _ => {}
+        }
+        self.ledger.complete(job_id, &[]).await
+    }
+
+    /// Removes from `user`'s inbox the items no followed feed brings any more:
+    /// an item's sources are `user:<actor>` and its `to` feeds (Invariant 5).
+    async fn purge_items(&self, user: u64, items: &[OutboxItem]) -> Result<(), ApiError> {
+        let sources_of = |i: &OutboxItem| {
+            let mut v = vec![FeedRef::user(i.actor)];
+            v.extend(i.to.iter().filter_map(|t| FeedRef::parse(t).ok()));
+            v
+        };
+        let mut all: Vec<FeedRef> = items.iter().flat_map(sources_of).collect();
+        all.sort();
+        all.dedup();
+        let follows = self.graph.follows(user, &all).await?;
+        let followed: HashSet<&FeedRef> = all.iter().zip(follows).filter(|(_, f)| *f).map(|(s, _)| s).collect();
+        let remove: Vec<u64> = items
+            .iter()
+            .filter(|i| !sources_of(i).iter().any(|s| followed.contains(s)))
+            .map(|i| i.id)
+            .collect();
+        self.inbox
+            .remove(user, &remove)
+            .await
+            .map_err(|err| ApiError::Unavailable(err.to_string()))
+    }
+
     async fn purge_shard(&self, job_id: &str, p: &PurgeJob, shard: u64) -> Result<(), ApiError> {
         let feed = feed_of(&p.feed)?;
         let mut after = 0;
         loop {
-            let (page, done) = self
-                .graph
-                .page(&feed, shard, after, self.cfg.page_size)
-                .await?;
+            let (page, done) = self.graph.page(&feed, shard, after, self.cfg.page_size).await?;
             let Some(last) = page.last() else { break };
             after = last.user;
             let users: Vec<u64> = page.iter().map(|p| p.user).collect();

@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use feed_core::{ApiError, FeedRef, UserId};
+use feed_proto::events::v1::EdgeChange;
 use feed_proto::followgraph::v1 as fg;
 use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
 use tonic::metadata::MetadataValue;
@@ -23,6 +24,10 @@ pub trait Graph: Send + Sync + 'static {
     async fn celebrity(&self, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError>;
     /// Whether `user` follows each feed, in order.
     async fn follows(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError>;
+    /// follow-graph's edge change log after `after_seq`.
+    async fn edge_changes(&self, after_seq: u64, limit: u32) -> Result<Vec<EdgeChange>, ApiError>;
+    /// Current (version, following) of edges, in order.
+    async fn edge_states(&self, edges: &[(UserId, FeedRef)]) -> Result<Vec<(u64, bool)>, ApiError>;
     /// Every feed `user` follows (bounded by follow-graph's max_following).
     async fn following(&self, user: UserId) -> Result<Vec<FeedRef>, ApiError>;
     /// The follower shards of a feed.
@@ -76,12 +81,7 @@ impl Graph for GrpcGraph {
             }))
             .await
             .map_err(unavailable)?;
-        Ok(resp
-            .into_inner()
-            .feeds
-            .into_iter()
-            .map(|c| c.celebrity)
-            .collect())
+        Ok(resp.into_inner().feeds.into_iter().map(|c| c.celebrity).collect())
     }
 
     async fn follows(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
@@ -95,11 +95,41 @@ impl Graph for GrpcGraph {
             }))
             .await
             .map_err(unavailable)?;
+        Ok(resp.into_inner().feeds.into_iter().map(|f| f.following).collect())
+    }
+
+    async fn edge_changes(&self, after_seq: u64, limit: u32) -> Result<Vec<EdgeChange>, ApiError> {
+        let resp = self
+            .client
+            .clone()
+            .list_edge_changes(self.req(fg::ListEdgeChangesRequest { after_seq, limit }))
+            .await
+            .map_err(unavailable)?;
+        Ok(resp.into_inner().changes)
+    }
+
+    async fn edge_states(&self, edges: &[(UserId, FeedRef)]) -> Result<Vec<(u64, bool)>, ApiError> {
+        let resp = self
+            .client
+            .clone()
+            .get_edge_versions(
+                self.req(fg::GetEdgeVersionsRequest {
+                    edges: edges
+                        .iter()
+                        .map(|(u, f)| fg::EdgeKey {
+                            follower_id: *u,
+                            feed: f.to_string(),
+                        })
+                        .collect(),
+                }),
+            )
+            .await
+            .map_err(unavailable)?;
         Ok(resp
             .into_inner()
-            .feeds
+            .edges
             .into_iter()
-            .map(|f| f.following)
+            .map(|e| (e.edge_version, e.following))
             .collect())
     }
 
@@ -119,10 +149,7 @@ impl Graph for GrpcGraph {
                 .map_err(unavailable)?
                 .into_inner();
             for f in page.feeds {
-                out.push(
-                    FeedRef::parse(&f)
-                        .map_err(|e| ApiError::Internal(format!("follow-graph feed {f:?}: {e}")))?,
-                );
+                out.push(FeedRef::parse(&f).map_err(|e| ApiError::Internal(format!("follow-graph feed {f:?}: {e}")))?);
             }
             if page.next_page_token.is_empty() {
                 return Ok(out);
@@ -135,17 +162,10 @@ impl Graph for GrpcGraph {
         let resp = self
             .client
             .clone()
-            .list_follower_shards(self.req(fg::ListFollowerShardsRequest {
-                feed: feed.to_string(),
-            }))
+            .list_follower_shards(self.req(fg::ListFollowerShardsRequest { feed: feed.to_string() }))
             .await
             .map_err(unavailable)?;
-        Ok(resp
-            .into_inner()
-            .shards
-            .into_iter()
-            .map(|s| s.shard)
-            .collect())
+        Ok(resp.into_inner().shards.into_iter().map(|s| s.shard).collect())
     }
 
     async fn page(

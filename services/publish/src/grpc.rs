@@ -34,19 +34,13 @@ impl PublishGrpc {
         }
     }
 
-    async fn resolve(
-        &self,
-        caller: &Caller,
-        r: Option<&pb::ActivityRef>,
-    ) -> Result<Activity, ApiError> {
+    async fn resolve(&self, caller: &Caller, r: Option<&pb::ActivityRef>) -> Result<Activity, ApiError> {
         let a = match r.and_then(|r| r.r#ref.as_ref()) {
             Some(pb::activity_ref::Ref::Id(id)) => self.publisher.resolve(Some(*id), None).await?,
             Some(pb::activity_ref::Ref::Foreign(f)) => {
                 validate::user_id("ref.foreign.actor", f.actor)?;
                 caller.act_as("ref.foreign.actor", f.actor)?;
-                self.publisher
-                    .resolve(None, Some((f.actor, &f.foreign_id)))
-                    .await?
+                self.publisher.resolve(None, Some((f.actor, &f.foreign_id))).await?
             }
             None => return Err(ApiError::invalid("ref", "set id or foreign")),
         };
@@ -64,15 +58,10 @@ fn token_str(field: &str, tag: u8, raw: &str) -> Result<String, ApiError> {
 
 #[tonic::async_trait]
 impl PublishService for PublishGrpc {
-    async fn publish(
-        &self,
-        req: Request<pb::PublishRequest>,
-    ) -> Result<Response<pb::PublishResponse>, Status> {
+    async fn publish(&self, req: Request<pb::PublishRequest>) -> Result<Response<pb::PublishResponse>, Status> {
         let caller = Caller::of(&req)?;
         let r = req.into_inner();
-        let new = r
-            .activity
-            .ok_or_else(|| ApiError::invalid("activity", "required"))?;
+        let new = r.activity.ok_or_else(|| ApiError::invalid("activity", "required"))?;
         validate::user_id("activity.actor", new.actor)?;
         caller.act_as("activity.actor", new.actor)?;
         let p = self.publisher.publish(new, r.publish_at_ms).await?;
@@ -96,9 +85,7 @@ impl PublishService for PublishGrpc {
             .publisher
             .update(a, &r.set_fields, &r.unset_fields, &values)
             .await?;
-        Ok(Response::new(pb::UpdateActivityResponse {
-            activity: Some(a),
-        }))
+        Ok(Response::new(pb::UpdateActivityResponse { activity: Some(a) }))
     }
 
     async fn delete_activity(
@@ -130,16 +117,13 @@ impl PublishService for PublishGrpc {
             let mut visible = Vec::with_capacity(found.len());
             for a in found {
                 let follows = match viewer {
-                    Some(v)
-                        if a.visibility == feed_proto::common::v1::Visibility::Followers as i32 =>
-                    {
-                        self.graph
-                            .follows(v, &[FeedRef::user(a.actor)])
-                            .await?
-                            .first()
-                            .copied()
-                            .unwrap_or(false)
-                    }
+                    Some(v) if a.visibility == feed_proto::common::v1::Visibility::Followers as i32 => self
+                        .graph
+                        .follows(v, &[FeedRef::user(a.actor)])
+                        .await?
+                        .first()
+                        .copied()
+                        .unwrap_or(false),
                     _ => false,
                 };
                 if visibility::can_see(&a, viewer, || follows) {
@@ -166,10 +150,7 @@ impl PublishService for PublishGrpc {
         caller.act_as("actor", actor)?;
         let limit = validate::page_size("page_size", r.page_size, 50, 500)?;
         let after = token_str("page_token", SCHEDULED_TOKEN, &r.page_token)?;
-        let mut items = self
-            .publisher
-            .list_scheduled(actor, &after, limit + 1)
-            .await?;
+        let mut items = self.publisher.list_scheduled(actor, &after, limit + 1).await?;
         let next = if items.len() > limit {
             items.truncate(limit);
             items
@@ -194,10 +175,7 @@ impl PublishService for PublishGrpc {
         let actor = validate::user_id("actor", r.actor)?;
         caller.act_as("actor", actor)?;
         validate::text("schedule_id", &r.schedule_id, 64, false)?;
-        let changed = self
-            .publisher
-            .cancel_scheduled(actor, &r.schedule_id)
-            .await?;
+        let changed = self.publisher.cancel_scheduled(actor, &r.schedule_id).await?;
         Ok(Response::new(pb::CancelScheduledResponse { changed }))
     }
 
@@ -212,9 +190,7 @@ impl PublishService for PublishGrpc {
             .publisher
             .rebuild_inbox(self.inbox.as_ref(), user, &following)
             .await?;
-        Ok(Response::new(pb::RebuildInboxResponse {
-            entries: n as u32,
-        }))
+        Ok(Response::new(pb::RebuildInboxResponse { entries: n as u32 }))
     }
 
     async fn rerun_fanout(
@@ -227,9 +203,7 @@ impl PublishService for PublishGrpc {
             return Err(ApiError::invalid("activity_id", "required").into());
         }
         let jobs = self.publisher.rerun_fanout(id).await?;
-        Ok(Response::new(pb::RerunFanoutResponse {
-            job_id: jobs.join(","),
-        }))
+        Ok(Response::new(pb::RerunFanoutResponse { job_id: jobs.join(",") }))
     }
 
     async fn list_dead_letters(
@@ -277,9 +251,7 @@ impl PublishService for PublishGrpc {
         Caller::of(&req)?.require_internal()?;
         validate::batch_len("job_ids", &req.get_ref().job_ids, 1000)?;
         let n = self.publisher.replay_dead(&req.get_ref().job_ids).await?;
-        Ok(Response::new(pb::ReplayDeadLettersResponse {
-            replayed: n as u32,
-        }))
+        Ok(Response::new(pb::ReplayDeadLettersResponse { replayed: n as u32 }))
     }
 
     async fn get_fanout_lag(
@@ -294,19 +266,12 @@ impl PublishService for PublishGrpc {
             .unwrap_or(0);
         Ok(Response::new(pb::GetFanoutLagResponse {
             pending_jobs: s.pending,
-            oldest_pending_age_ms: if s.pending == 0 {
-                0
-            } else {
-                now - s.oldest_created_ms
-            },
+            oldest_pending_age_ms: if s.pending == 0 { 0 } else { now - s.oldest_created_ms },
             dead_letters: s.dead,
         }))
     }
 
-    async fn get_job(
-        &self,
-        req: Request<pb::GetJobRequest>,
-    ) -> Result<Response<pb::GetJobResponse>, Status> {
+    async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
         Caller::of(&req)?.require_internal()?;
         let id = &req.get_ref().job_id;
         validate::text("job_id", id, 512, false)?;
@@ -334,16 +299,23 @@ impl PublishService for PublishGrpc {
         Ok(Response::new(pb::CompleteJobResponse {}))
     }
 
-    async fn fail_job(
+    async fn list_outbox(
         &self,
-        req: Request<pb::FailJobRequest>,
-    ) -> Result<Response<pb::FailJobResponse>, Status> {
+        req: Request<pb::ListOutboxRequest>,
+    ) -> Result<Response<pb::ListOutboxResponse>, Status> {
+        Caller::of(&req)?.require_internal()?;
+        let r = req.get_ref();
+        let feed = FeedRef::parse_field("feed", &r.feed)?;
+        let limit = validate::page_size("limit", r.limit, 800, 10_000)?;
+        let items = self.publisher.outbox_items(&feed, limit).await?;
+        Ok(Response::new(pb::ListOutboxResponse { items }))
+    }
+
+    async fn fail_job(&self, req: Request<pb::FailJobRequest>) -> Result<Response<pb::FailJobResponse>, Status> {
         Caller::of(&req)?.require_internal()?;
         let r = req.get_ref();
         validate::text("job_id", &r.job_id, 512, false)?;
         let dead = self.publisher.fail_job(&r.job_id, &r.error).await?;
-        Ok(Response::new(pb::FailJobResponse {
-            dead_lettered: dead,
-        }))
+        Ok(Response::new(pb::FailJobResponse { dead_lettered: dead }))
     }
 }

@@ -51,6 +51,7 @@ pub fn worker_config(cfg: &FeedConfig) -> WorkerConfig {
         page_size: cfg.fanout.page_size.clamp(1, 10_000),
         concurrency: cfg.fanout.concurrency.max(1),
         reclaim_idle: Duration::from_millis(cfg.fanout.reclaim_idle_ms.max(100)),
+        inbox_cap: cfg.inbox.cap.max(1),
         ..WorkerConfig::default()
     }
 }
@@ -70,10 +71,7 @@ pub fn open_store(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn ActivityStore>> {
 }
 
 /// Inboxes on Redis when `redis.url` is set, else in memory.
-pub async fn open_inbox(
-    cfg: &FeedConfig,
-    clock: Arc<dyn Clock>,
-) -> anyhow::Result<Arc<dyn InboxStore>> {
+pub async fn open_inbox(cfg: &FeedConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<dyn InboxStore>> {
     Ok(if cfg.redis.url.is_empty() {
         Arc::new(MemoryInbox::new(inbox_config(cfg), clock))
     } else {
@@ -92,20 +90,14 @@ pub async fn open_queue(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn JobQueue>> {
 
 /// An id generator: on a leased node id with Redis, on node 0 for a
 /// process that owns its embedded storage alone.
-pub async fn id_generator(
-    cfg: &FeedConfig,
-    clock: Arc<dyn Clock>,
-    shutdown: &Shutdown,
-) -> anyhow::Result<IdGenerator> {
+pub async fn id_generator(cfg: &FeedConfig, clock: Arc<dyn Clock>, shutdown: &Shutdown) -> anyhow::Result<IdGenerator> {
     if cfg.redis.url.is_empty() {
         return Ok(IdGenerator::new(NodeLease::exclusive(0), clock));
     }
     let conn = redis::Client::open(cfg.redis.url.as_str())?
         .get_connection_manager()
         .await?;
-    let lease =
-        feed_server::lease::RedisNodeLease::acquire(conn, "feed", Duration::from_secs(30), clock)
-            .await?;
+    let lease = feed_server::lease::RedisNodeLease::acquire(conn, "feed", Duration::from_secs(30), clock).await?;
     let generator = lease.generator();
     lease.spawn_keeper(shutdown.clone());
     Ok(generator)
@@ -125,11 +117,10 @@ pub fn register(
     auth: &Authenticator,
 ) {
     let store = publisher.store().clone();
-    set.routes
-        .add_service(PublishServiceServer::with_interceptor(
-            grpc::PublishGrpc::new(publisher, graph, inbox),
-            auth.interceptor(),
-        ));
+    set.routes.add_service(PublishServiceServer::with_interceptor(
+        grpc::PublishGrpc::new(publisher, graph, inbox),
+        auth.interceptor(),
+    ));
     set.names.push(SERVICE_NAME);
     set.readiness.push(Arc::new(move || {
         let store = store.clone();
@@ -138,11 +129,7 @@ pub fn register(
 }
 
 /// Runs the sweeper and the scheduled-item releaser until shutdown.
-pub fn spawn_sweeper(
-    publisher: Publisher,
-    cfg: &FeedConfig,
-    shutdown: Shutdown,
-) -> tokio::task::JoinHandle<()> {
+pub fn spawn_sweeper(publisher: Publisher, cfg: &FeedConfig, shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
     let interval = Duration::from_millis(cfg.publish.sweep_interval_ms.max(10));
     let stale_after = cfg.publish.stale_after_ms as i64;
     tokio::spawn(async move {
@@ -158,6 +145,21 @@ pub fn spawn_sweeper(
             }
             if let Err(e) = publisher.release_due().await {
                 tracing::warn!(error = %e, "scheduled release failed");
+            }
+        }
+    })
+}
+
+/// Tails follow-graph's edge change log into edge jobs until shutdown.
+pub fn spawn_edge_tail(publisher: Publisher, shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = shutdown.wait() => return,
+            }
+            if let Err(e) = publisher.ingest_edges().await {
+                tracing::debug!(error = %e, "edge log not read");
             }
         }
     })

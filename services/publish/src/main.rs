@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let inbox = publish::open_inbox(&cfg, clock).await?;
     publish::spawn_sweeper(publisher.clone(), &cfg, shutdown.clone());
+    publish::spawn_edge_tail(publisher.clone(), shutdown.clone());
     let mut set = ServiceSet::default();
     publish::register(&mut set, publisher, graph, inbox, &auth);
     let result = run_with_signal(set, &cfg.server).await;

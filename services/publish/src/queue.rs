@@ -10,9 +10,7 @@ use async_trait::async_trait;
 use feed_proto::events::v1::Job;
 use prost::Message;
 use redis::aio::ConnectionManager;
-use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply,
-};
+use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
 use tokio::sync::Notify;
 
 /// A job handed to one consumer, to be acknowledged when done.
@@ -41,22 +39,12 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Adds jobs.
     async fn enqueue(&self, jobs: &[Job]) -> Result<(), QueueError>;
     /// Up to `max` new jobs for `consumer`, waiting up to `wait` for one.
-    async fn receive(
-        &self,
-        consumer: &str,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<Delivery>, QueueError>;
+    async fn receive(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError>;
     /// Acknowledges a finished job.
     async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError>;
     /// Takes over jobs delivered to any consumer and unacknowledged for
     /// `min_idle` (their worker died or stalled).
-    async fn reclaim(
-        &self,
-        consumer: &str,
-        min_idle: Duration,
-        max: usize,
-    ) -> Result<Vec<Delivery>, QueueError>;
+    async fn reclaim(&self, consumer: &str, min_idle: Duration, max: usize) -> Result<Vec<Delivery>, QueueError>;
     /// Trims what every consumer has acknowledged (never a pending entry).
     async fn trim(&self) -> Result<(), QueueError>;
 }
@@ -112,12 +100,7 @@ impl JobQueue for MemoryQueue {
         Ok(())
     }
 
-    async fn receive(
-        &self,
-        _consumer: &str,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<Delivery>, QueueError> {
+    async fn receive(&self, _consumer: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
         let notified = self.notify.notified();
         let got = self.take(max);
         if !got.is_empty() {
@@ -134,12 +117,7 @@ impl JobQueue for MemoryQueue {
         Ok(())
     }
 
-    async fn reclaim(
-        &self,
-        _consumer: &str,
-        min_idle: Duration,
-        max: usize,
-    ) -> Result<Vec<Delivery>, QueueError> {
+    async fn reclaim(&self, _consumer: &str, min_idle: Duration, max: usize) -> Result<Vec<Delivery>, QueueError> {
         let mut st = self.lock();
         let now = Instant::now();
         let mut out = Vec::new();
@@ -181,8 +159,7 @@ impl RedisQueue {
     pub async fn connect(url: &str, stream: &str, group: &str) -> Result<Self, QueueError> {
         let client = redis::Client::open(url)?;
         let conn = client.get_connection_manager().await?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(10)));
+        let cfg = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
         let blocking = redis::aio::ConnectionManager::new_with_config(client, cfg).await?;
         let q = Self {
             conn,
@@ -213,12 +190,8 @@ impl RedisQueue {
     }
 
     fn decode(id: String, map: &HashMap<String, redis::Value>) -> Option<Delivery> {
-        let bytes: Vec<u8> = map
-            .get(FIELD)
-            .and_then(|v| redis::from_redis_value_ref(v).ok())?;
-        Job::decode(bytes.as_slice())
-            .ok()
-            .map(|job| Delivery { job, tag: id })
+        let bytes: Vec<u8> = map.get(FIELD).and_then(|v| redis::from_redis_value_ref(v).ok())?;
+        Job::decode(bytes.as_slice()).ok().map(|job| Delivery { job, tag: id })
     }
 
     fn is_nogroup(e: &redis::RedisError) -> bool {
@@ -246,12 +219,7 @@ impl JobQueue for RedisQueue {
         Ok(())
     }
 
-    async fn receive(
-        &self,
-        consumer: &str,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<Delivery>, QueueError> {
+    async fn receive(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
         let opts = StreamReadOptions::default()
             .group(&self.group, consumer)
             .count(max)
@@ -286,25 +254,19 @@ impl JobQueue for RedisQueue {
         Ok(())
     }
 
-    async fn reclaim(
-        &self,
-        consumer: &str,
-        min_idle: Duration,
-        max: usize,
-    ) -> Result<Vec<Delivery>, QueueError> {
+    async fn reclaim(&self, consumer: &str, min_idle: Duration, max: usize) -> Result<Vec<Delivery>, QueueError> {
         let mut c = self.conn.clone();
         let opts = StreamAutoClaimOptions::default().count(max);
-        let reply: Result<StreamAutoClaimReply, redis::RedisError> =
-            redis::AsyncCommands::xautoclaim_options(
-                &mut c,
-                &self.stream,
-                &self.group,
-                consumer,
-                min_idle.as_millis() as usize,
-                "0-0",
-                opts,
-            )
-            .await;
+        let reply: Result<StreamAutoClaimReply, redis::RedisError> = redis::AsyncCommands::xautoclaim_options(
+            &mut c,
+            &self.stream,
+            &self.group,
+            consumer,
+            min_idle.as_millis() as usize,
+            "0-0",
+            opts,
+        )
+        .await;
         let reply = match reply {
             Err(e) if Self::is_nogroup(&e) => {
                 self.ensure_group().await?;

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use feed_core::{ApiError, Clock, FeedRef, IdGenerator, UserId, id::min_id_at};
 use feed_inbox::InboxStore;
 use feed_proto::common::v1::{Activity, ActivityStatus, DeliveryMode, Visibility};
-use feed_proto::events::v1::{FanoutJob, Job, PurgeJob, job};
-use feed_proto::publish::v1::{NewActivity, ScheduledActivity};
+use feed_proto::events::v1::edge_change::Cause;
+use feed_proto::events::v1::{EdgeJob, EdgeJobKind, FanoutJob, Job, PurgeJob, job};
+use feed_proto::publish::v1::{NewActivity, OutboxItem, ScheduledActivity};
 use prost::Message;
 
 use crate::graph::Graph;
@@ -87,11 +88,9 @@ pub struct Publisher {
 /// FNV-1a: a stable fingerprint of a payload (same bytes, same value, on
 /// every replica and release), to tell a retry from a conflicting reuse.
 fn fingerprint(a: &NewActivity) -> u64 {
-    a.encode_to_vec()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
+    a.encode_to_vec().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Deterministic job ids: a replay or a re-drive finds the same record.
@@ -174,11 +173,7 @@ impl Publisher {
     }
 
     /// Publishes now, or schedules when `publish_at_ms` is in the future.
-    pub async fn publish(
-        &self,
-        new: NewActivity,
-        publish_at_ms: i64,
-    ) -> Result<Published, ApiError> {
+    pub async fn publish(&self, new: NewActivity, publish_at_ms: i64) -> Result<Published, ApiError> {
         let to = validate::new_activity(&new, &self.cfg.limits)?;
         self.authorize_to(new.actor, &to).await?;
         if publish_at_ms > self.now() {
@@ -207,15 +202,8 @@ impl Publisher {
 
     async fn publish_now(&self, new: NewActivity, to: Vec<FeedRef>) -> Result<Published, ApiError> {
         let fp = fingerprint(&new);
-        let fresh = self
-            .ids
-            .next_id()
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        let (id, existed) = match self
-            .store
-            .claim_foreign(new.actor, &new.foreign_id, fresh, fp)
-            .await?
-        {
+        let fresh = self.ids.next_id().map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let (id, existed) = match self.store.claim_foreign(new.actor, &new.foreign_id, fresh, fp).await? {
             Claim::Claimed => (fresh, false),
             Claim::Held { fingerprint, .. } if fingerprint != fp => {
                 return Err(ApiError::AlreadyExists(format!(
@@ -239,13 +227,7 @@ impl Publisher {
         let celebrity = self.graph.celebrity(&feeds).await?;
         let modes: Vec<DeliveryMode> = celebrity
             .iter()
-            .map(|c| {
-                if *c {
-                    DeliveryMode::Pull
-                } else {
-                    DeliveryMode::Push
-                }
-            })
+            .map(|c| if *c { DeliveryMode::Pull } else { DeliveryMode::Push })
             .collect();
         let now = self.now();
         let activity = Activity {
@@ -279,8 +261,7 @@ impl Publisher {
         let jobs = self.fanout_jobs(&activity, &outbox);
         self.store.commit_publish(&activity, &outbox, &jobs).await?;
         self.enqueue(&jobs).await;
-        metrics::counter!("feed_publish_activities_total", "mode" => modes[0].as_str_name())
-            .increment(1);
+        metrics::counter!("feed_publish_activities_total", "mode" => modes[0].as_str_name()).increment(1);
         Ok(Published {
             id,
             duplicate: false,
@@ -292,8 +273,7 @@ impl Publisher {
     /// One root fanout job per push-mode feed. A private item is pushed to
     /// nobody: that fact cannot relax without an update, which re-fans out.
     fn fanout_jobs(&self, a: &Activity, outbox: &[OutboxEntry]) -> Vec<Job> {
-        if a.visibility == Visibility::Private as i32 || a.status == ActivityStatus::Deleted as i32
-        {
+        if a.visibility == Visibility::Private as i32 || a.status == ActivityStatus::Deleted as i32 {
             return vec![];
         }
         outbox
@@ -324,11 +304,7 @@ impl Publisher {
     }
 
     /// Resolves an activity reference to a stored activity.
-    pub async fn resolve(
-        &self,
-        id: Option<u64>,
-        foreign: Option<(UserId, &str)>,
-    ) -> Result<Activity, ApiError> {
+    pub async fn resolve(&self, id: Option<u64>, foreign: Option<(UserId, &str)>) -> Result<Activity, ApiError> {
         let id = match (id, foreign) {
             (Some(id), _) if id != 0 => id,
             (_, Some((actor, fid))) => self
@@ -337,10 +313,7 @@ impl Publisher {
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("activity ({actor}, {fid:?})")))?,
             _ => {
-                return Err(ApiError::invalid(
-                    "ref",
-                    "set id or foreign (actor, foreign_id)",
-                ));
+                return Err(ApiError::invalid("ref", "set id or foreign (actor, foreign_id)"));
             }
         };
         self.store
@@ -436,11 +409,7 @@ impl Publisher {
         let mode = DeliveryMode::try_from(a.delivery_mode).unwrap_or(DeliveryMode::Push);
         feeds
             .into_iter()
-            .map(|feed| OutboxEntry {
-                feed,
-                id: a.id,
-                mode,
-            })
+            .map(|feed| OutboxEntry { feed, id: a.id, mode })
             .collect()
     }
 
@@ -470,19 +439,13 @@ impl Publisher {
     }
 
     /// Activities by id in request order, and the ids not found.
-    pub async fn get(
-        &self,
-        ids: &[u64],
-        include_deleted: bool,
-    ) -> Result<(Vec<Activity>, Vec<u64>), ApiError> {
+    pub async fn get(&self, ids: &[u64], include_deleted: bool) -> Result<(Vec<Activity>, Vec<u64>), ApiError> {
         let found = self.store.get(ids).await?;
         let mut out = Vec::with_capacity(ids.len());
         let mut missing = Vec::new();
         for (id, a) in ids.iter().zip(found) {
             match a {
-                Some(a) if include_deleted || a.status != ActivityStatus::Deleted as i32 => {
-                    out.push(a)
-                }
+                Some(a) if include_deleted || a.status != ActivityStatus::Deleted as i32 => out.push(a),
                 _ => missing.push(*id),
             }
         }
@@ -500,11 +463,7 @@ impl Publisher {
     }
 
     /// Cancels a scheduled item.
-    pub async fn cancel_scheduled(
-        &self,
-        actor: UserId,
-        schedule_id: &str,
-    ) -> Result<bool, ApiError> {
+    pub async fn cancel_scheduled(&self, actor: UserId, schedule_id: &str) -> Result<bool, ApiError> {
         Ok(self.store.remove_scheduled(actor, schedule_id).await?)
     }
 
@@ -521,17 +480,13 @@ impl Publisher {
                 Ok(to) => to,
                 Err(e) => {
                     tracing::warn!(schedule_id = %item.schedule_id, error = %e, "dropping invalid scheduled item");
-                    self.store
-                        .remove_scheduled(actor, &item.schedule_id)
-                        .await?;
+                    self.store.remove_scheduled(actor, &item.schedule_id).await?;
                     continue;
                 }
             };
             match self.publish_now(new, to).await {
                 Ok(_) | Err(ApiError::AlreadyExists(_)) => {
-                    self.store
-                        .remove_scheduled(actor, &item.schedule_id)
-                        .await?;
+                    self.store.remove_scheduled(actor, &item.schedule_id).await?;
                     released += 1;
                 }
                 Err(e) => {
@@ -545,10 +500,7 @@ impl Publisher {
     /// Re-drives jobs not changed for `stale_after_ms` (lost from the queue,
     /// or their worker died). Returns how many were re-enqueued.
     pub async fn sweep(&self, stale_after_ms: i64) -> Result<usize, ApiError> {
-        let stale = self
-            .store
-            .stale_jobs(self.now() - stale_after_ms, 10_000)
-            .await?;
+        let stale = self.store.stale_jobs(self.now() - stale_after_ms, 10_000).await?;
         self.enqueue(&stale).await;
         if let Err(e) = self.queue.trim().await {
             tracing::warn!(error = %e, "stream trim failed");
@@ -650,12 +602,7 @@ impl Publisher {
                 // This feed may hold more below: complete only down to here.
                 floor = floor.max(last.id);
             }
-            ids.extend(
-                entries
-                    .iter()
-                    .filter(|e| e.mode == DeliveryMode::Push)
-                    .map(|e| e.id),
-            );
+            ids.extend(entries.iter().filter(|e| e.mode == DeliveryMode::Push).map(|e| e.id));
         }
         let activities = self.store.get(&ids).await?;
         let mut ids: Vec<u64> = ids
@@ -680,5 +627,80 @@ impl Publisher {
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         metrics::counter!("feed_inbox_rebuilds_total").increment(1);
         Ok(ids.len())
+    }
+}
+
+/// Deterministic id of an edge job: one per edge version.
+pub fn edge_job_id(follower: UserId, feed: &str, version: u64) -> String {
+    format!("edge/{follower}/{feed}/{version}")
+}
+
+impl Publisher {
+    /// Turns new entries of follow-graph's edge change log into durable
+    /// edge jobs (the cursor advances in the same write), then enqueues them.
+    /// Follow and unmute backfill; unfollow and block purge; mute needs
+    /// nothing (hidden at read). Returns the number of changes consumed.
+    pub async fn ingest_edges(&self) -> Result<usize, ApiError> {
+        let mut consumed = 0;
+        loop {
+            let cursor = self.store.edge_cursor().await?;
+            let changes = self.graph.edge_changes(cursor, 1000).await?;
+            let Some(last) = changes.last().map(|c| c.seq) else {
+                return Ok(consumed);
+            };
+            let now = self.now();
+            let jobs: Vec<Job> = changes
+                .iter()
+                .filter_map(|c| {
+                    let kind = match Cause::try_from(c.cause).unwrap_or(Cause::Unspecified) {
+                        Cause::Follow | Cause::Unmute if c.following => EdgeJobKind::Backfill,
+                        Cause::Unfollow | Cause::Block => EdgeJobKind::Purge,
+                        _ => return None,
+                    };
+                    Some(Job {
+                        job_id: edge_job_id(c.follower_id, &c.feed, c.edge_version),
+                        created_at_ms: now,
+                        kind: Some(job::Kind::Edge(EdgeJob {
+                            kind: kind as i32,
+                            follower_id: c.follower_id,
+                            feed: c.feed.clone(),
+                            edge_version: c.edge_version,
+                        })),
+                    })
+                })
+                .collect();
+            self.store.record_edge_jobs(&jobs, last).await?;
+            self.enqueue(&jobs).await;
+            consumed += changes.len();
+            if changes.len() < 1000 {
+                return Ok(consumed);
+            }
+        }
+    }
+
+    /// A feed's newest outbox entries with what backfill and purge need.
+    pub async fn outbox_items(&self, feed: &FeedRef, limit: usize) -> Result<Vec<OutboxItem>, ApiError> {
+        let entries = self.store.outbox(feed, None, limit).await?;
+        let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
+        let activities = self.store.get(&ids).await?;
+        Ok(entries
+            .into_iter()
+            .zip(activities)
+            .filter_map(|(e, a)| {
+                a.map(|a| OutboxItem {
+                    id: e.id,
+                    actor: a.actor,
+                    to: a.to,
+                    mode: e.mode as i32,
+                    private: a.visibility == Visibility::Private as i32,
+                    deleted: a.status == ActivityStatus::Deleted as i32,
+                })
+            })
+            .collect())
+    }
+
+    /// The inbox cap (backfills read this many entries per feed).
+    pub fn inbox_cap(&self) -> usize {
+        self.cfg.inbox_cap
     }
 }

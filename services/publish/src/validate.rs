@@ -48,10 +48,7 @@ pub fn new_activity(a: &NewActivity, limits: &Limits) -> Result<Vec<FeedRef>, Ap
     validate::text("activity.target", &a.target, 256, true)?;
     validate::text("activity.foreign_id", &a.foreign_id, 128, false)?;
     if a.time_ms < 0 {
-        return Err(ApiError::invalid(
-            "activity.time_ms",
-            "must not be negative",
-        ));
+        return Err(ApiError::invalid("activity.time_ms", "must not be negative"));
     }
     validate::batch_len("activity.to", &a.to, limits.max_to)?;
     let mut to = Vec::with_capacity(a.to.len());
@@ -62,11 +59,7 @@ pub fn new_activity(a: &NewActivity, limits: &Limits) -> Result<Vec<FeedRef>, Ap
         }
     }
     visibility(a)?;
-    validate::batch_len(
-        "activity.allow_user_ids",
-        &a.allow_user_ids,
-        limits.max_list,
-    )?;
+    validate::batch_len("activity.allow_user_ids", &a.allow_user_ids, limits.max_list)?;
     validate::batch_len("activity.deny_user_ids", &a.deny_user_ids, limits.max_list)?;
     validate::batch_len("activity.mentions", &a.mentions, limits.max_mentions)?;
     for (field, ids) in [
@@ -84,8 +77,7 @@ pub fn new_activity(a: &NewActivity, limits: &Limits) -> Result<Vec<FeedRef>, Ap
 
 /// The visibility enum must be known.
 pub fn visibility(a: &NewActivity) -> Result<Visibility, ApiError> {
-    Visibility::try_from(a.visibility)
-        .map_err(|_| ApiError::invalid("activity.visibility", "unknown value"))
+    Visibility::try_from(a.visibility).map_err(|_| ApiError::invalid("activity.visibility", "unknown value"))
 }
 
 /// `extra` is JSON of bounded size.
@@ -122,9 +114,7 @@ mod tests {
     }
 
     fn field_of(a: NewActivity) -> String {
-        new_activity(&a, &Limits::default())
-            .expect_err("invalid")
-            .to_string()
+        new_activity(&a, &Limits::default()).expect_err("invalid").to_string()
     }
 
     #[test]
@@ -171,13 +161,7 @@ mod tests {
             })
             .contains("activity.extra")
         );
-        assert!(
-            field_of(NewActivity {
-                visibility: 99,
-                ..ok()
-            })
-            .contains("activity.visibility")
-        );
+        assert!(field_of(NewActivity { visibility: 99, ..ok() }).contains("activity.visibility"));
         assert!(field_of(NewActivity { actor: 0, ..ok() }).contains("activity.actor"));
     }
 
@@ -188,9 +172,6 @@ mod tests {
             extra: br#"{"k": [1, 2]}"#.to_vec(),
             ..ok()
         };
-        assert_eq!(
-            new_activity(&a, &Limits::default()).expect("valid").len(),
-            1
-        );
+        assert_eq!(new_activity(&a, &Limits::default()).expect("valid").len(), 1);
     }
 }

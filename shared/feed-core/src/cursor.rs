@@ -61,10 +61,7 @@ impl PageToken {
             .map_err(|_| ApiError::invalid(field, "not a token issued by this service"))?;
         match raw.split_first() {
             Some((t, payload)) if *t == tag => Ok(Some(payload.to_vec())),
-            _ => Err(ApiError::invalid(
-                field,
-                "not a token issued for this listing",
-            )),
+            _ => Err(ApiError::invalid(field, "not a token issued for this listing")),
         }
     }
 

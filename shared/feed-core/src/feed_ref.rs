@@ -61,8 +61,7 @@ impl FeedRef {
         if kind == "user" {
             // Canonical form only, so `user:042` and `user:42` cannot be two feeds.
             match key.parse::<u64>() {
-                Ok(id)
-                    if id != 0 && id <= crate::validate::MAX_USER_ID && id.to_string() == key => {}
+                Ok(id) if id != 0 && id <= crate::validate::MAX_USER_ID && id.to_string() == key => {}
                 _ => return Err(FeedRefError::UserKey),
             }
         }
@@ -125,10 +124,7 @@ mod tests {
     #[test]
     fn refuses_malformed_feeds() {
         assert_eq!(FeedRef::parse("no colon"), Err(FeedRefError::Syntax));
-        assert!(matches!(
-            FeedRef::parse("usr:1"),
-            Err(FeedRefError::UnknownKind(_))
-        ));
+        assert!(matches!(FeedRef::parse("usr:1"), Err(FeedRefError::UnknownKind(_))));
         assert_eq!(FeedRef::parse("tag:"), Err(FeedRefError::Key));
         assert_eq!(FeedRef::parse("tag:a b"), Err(FeedRefError::Key));
         assert_eq!(FeedRef::parse("user:0"), Err(FeedRefError::UserKey));

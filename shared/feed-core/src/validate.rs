@@ -37,16 +37,10 @@ pub fn text(field: &str, value: &str, max: usize, optional: bool) -> Result<(), 
         return Err(ApiError::invalid(field, "must not be empty"));
     }
     if value.chars().count() > max {
-        return Err(ApiError::invalid(
-            field,
-            format!("at most {max} characters"),
-        ));
+        return Err(ApiError::invalid(field, format!("at most {max} characters")));
     }
     if value.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            field,
-            "must not contain control characters",
-        ));
+        return Err(ApiError::invalid(field, "must not contain control characters"));
     }
     Ok(())
 }

@@ -8,11 +8,7 @@ use crate::UserId;
 /// Whether `viewer` (None = anonymous) may see `a`. `viewer_follows_actor`
 /// answers "does the viewer follow user:<actor>" and is only asked for
 /// followers-only items.
-pub fn can_see(
-    a: &Activity,
-    viewer: Option<UserId>,
-    viewer_follows_actor: impl FnOnce() -> bool,
-) -> bool {
+pub fn can_see(a: &Activity, viewer: Option<UserId>, viewer_follows_actor: impl FnOnce() -> bool) -> bool {
     if a.status == ActivityStatus::Deleted as i32 {
         return false;
     }

@@ -5,10 +5,7 @@ use crate::{InboxConfig, InboxStore};
 
 /// Sizing the contract assumes: cap 5.
 pub fn contract_config() -> InboxConfig {
-    InboxConfig {
-        cap: 5,
-        ttl_ms: 60_000,
-    }
+    InboxConfig { cap: 5, ttl_ms: 60_000 }
 }
 
 /// Ids above 2^53 that differ only in their lowest bits (one millisecond,
@@ -53,29 +50,17 @@ async fn marker_first_rebuild_keeps_pushes_made_while_it_ran(s: &dyn InboxStore)
 async fn push_reaches_only_live_inboxes(s: &dyn InboxStore) {
     s.rebuild(1, &[], 0, None).await.expect("rebuild");
     assert_eq!(s.push(&[1, 2], id(1)).await.expect("push"), 1);
-    assert!(
-        !s.is_live(2).await.expect("live"),
-        "push never creates an inbox"
-    );
+    assert!(!s.is_live(2).await.expect("live"), "push never creates an inbox");
     assert!(s.page(2, None, 10).await.expect("page").is_none());
-    assert!(!s.backfill(2, &[id(1)]).await.expect("backfill"));
-    assert_eq!(
-        s.page(1, None, 10).await.expect("page").expect("live").ids,
-        vec![id(1)]
-    );
+    assert!(!s.backfill(2, &[id(1)], 0).await.expect("backfill"));
+    assert_eq!(s.page(1, None, 10).await.expect("page").expect("live").ids, vec![id(1)]);
 }
 
 async fn pages_are_exact_and_newest_first(s: &dyn InboxStore) {
-    s.rebuild(10, &[id(1), id(2), id(3)], 0, None)
-        .await
-        .expect("rebuild");
+    s.rebuild(10, &[id(1), id(2), id(3)], 0, None).await.expect("rebuild");
     let first = s.page(10, None, 2).await.expect("page").expect("live");
     assert_eq!(first.ids, vec![id(3), id(2)]);
-    let next = s
-        .page(10, Some(id(2)), 2)
-        .await
-        .expect("page")
-        .expect("live");
+    let next = s.page(10, Some(id(2)), 2).await.expect("page").expect("live");
     assert_eq!(next.ids, vec![id(1)], "the cursor is exclusive and exact");
     assert_eq!(next.floor, 0);
 }
@@ -87,17 +72,11 @@ async fn trim_raises_the_floor(s: &dyn InboxStore) {
     }
     let page = s.page(20, None, 10).await.expect("page").expect("live");
     assert_eq!(page.ids, (3..=7).rev().map(id).collect::<Vec<_>>());
-    assert_eq!(
-        page.floor,
-        id(3),
-        "complete only down to the oldest kept id"
-    );
+    assert_eq!(page.floor, id(3), "complete only down to the oldest kept id");
 }
 
 async fn rebuild_unions_and_keeps_the_lower_floor(s: &dyn InboxStore) {
-    s.rebuild(30, &[id(50), id(60)], id(50), None)
-        .await
-        .expect("rebuild");
+    s.rebuild(30, &[id(50), id(60)], id(50), None).await.expect("rebuild");
     s.push(&[30], id(70)).await.expect("push");
     // A second, deeper rebuild (e.g. racing a concurrent one) unions.
     s.rebuild(30, &[id(40), id(50)], id(40), None)
@@ -107,51 +86,38 @@ async fn rebuild_unions_and_keeps_the_lower_floor(s: &dyn InboxStore) {
     assert_eq!(page.ids, vec![id(70), id(60), id(50), id(40)]);
     assert_eq!(page.floor, id(40));
     // A shallower one never raises the floor of a more complete inbox.
-    s.rebuild(30, &[id(70)], id(65), None)
-        .await
-        .expect("rebuild shallow");
-    assert_eq!(
-        s.page(30, None, 10)
-            .await
-            .expect("page")
-            .expect("live")
-            .floor,
-        id(40)
-    );
+    s.rebuild(30, &[id(70)], id(65), None).await.expect("rebuild shallow");
+    assert_eq!(s.page(30, None, 10).await.expect("page").expect("live").floor, id(40));
 }
 
 async fn ids_below_the_floor_are_not_added(s: &dyn InboxStore) {
-    s.rebuild(40, &[id(10)], id(10), None)
-        .await
-        .expect("rebuild");
+    s.rebuild(40, &[id(10)], id(10), None).await.expect("rebuild");
     s.push(&[40], id(5)).await.expect("push old");
-    assert!(s.backfill(40, &[id(4), id(11)]).await.expect("backfill"));
+    assert!(s.backfill(40, &[id(4), id(11)], 0).await.expect("backfill"));
     let page = s.page(40, None, 10).await.expect("page").expect("live");
+    assert_eq!(page.ids, vec![id(11), id(10)], "below the floor, outboxes serve");
+    // A bounded backfill raises the floor to what it read down to.
+    assert!(s.backfill(40, &[id(12), id(13)], id(12)).await.expect("backfill"));
+    let page = s.page(40, None, 10).await.expect("page").expect("live");
+    assert_eq!(page.floor, id(12));
+    assert!(s.backfill(40, &[], id(1)).await.expect("backfill"));
     assert_eq!(
-        page.ids,
-        vec![id(11), id(10)],
-        "below the floor, outboxes serve"
+        s.page(40, None, 10).await.expect("page").expect("live").floor,
+        id(12),
+        "never lowered"
     );
 }
 
 async fn removal_and_eviction(s: &dyn InboxStore) {
-    s.rebuild(50, &[id(1), id(2), id(3)], 0, None)
-        .await
-        .expect("rebuild");
+    s.rebuild(50, &[id(1), id(2), id(3)], 0, None).await.expect("rebuild");
     s.rebuild(51, &[id(2)], 0, None).await.expect("rebuild");
     s.remove(50, &[id(1)]).await.expect("remove");
-    s.remove_from(&[50, 51, 52], id(2))
-        .await
-        .expect("remove from");
+    s.remove_from(&[50, 51, 52], id(2)).await.expect("remove from");
     assert_eq!(
         s.page(50, None, 10).await.expect("page").expect("live").ids,
         vec![id(3)]
     );
-    let emptied = s
-        .page(51, None, 10)
-        .await
-        .expect("page")
-        .expect("still live");
+    let emptied = s.page(51, None, 10).await.expect("page").expect("still live");
     assert!(emptied.ids.is_empty(), "an emptied inbox stays live");
     s.evict(50).await.expect("evict");
     assert!(!s.is_live(50).await.expect("live"));

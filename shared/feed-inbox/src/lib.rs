@@ -71,9 +71,11 @@ pub trait InboxStore: Send + Sync + 'static {
     /// Adds `id` to the live inboxes among `users` (fanout). Returns how many
     /// inboxes received it; absent inboxes are skipped, never created.
     async fn push(&self, users: &[UserId], id: u64) -> Result<usize, InboxError>;
-    /// Adds `ids` to one live inbox (backfill after a follow). Returns false
-    /// when the inbox is not live.
-    async fn backfill(&self, user: UserId, ids: &[u64]) -> Result<bool, InboxError>;
+    /// Adds `ids` to one live inbox (backfill after a follow), first raising
+    /// its floor to `floor` when that is higher: a backfill that read a
+    /// bounded page of a feed guarantees nothing below it. Returns false when
+    /// the inbox is not live.
+    async fn backfill(&self, user: UserId, ids: &[u64], floor: u64) -> Result<bool, InboxError>;
     /// Makes the inbox live with a provisional floor unless it already is;
     /// true when this call created it. A rebuilder calls this *before*
     /// reading the outboxes, so pushes during the rebuild land (marker first).
@@ -82,21 +84,10 @@ pub trait InboxStore: Send + Sync + 'static {
     /// `floor` when the current floor is still `provisional` (this rebuild's
     /// own marker), else to min(floor, current), since the union of two
     /// inboxes is complete down to the lower of their floors.
-    async fn rebuild(
-        &self,
-        user: UserId,
-        ids: &[u64],
-        floor: u64,
-        provisional: Option<u64>,
-    ) -> Result<(), InboxError>;
+    async fn rebuild(&self, user: UserId, ids: &[u64], floor: u64, provisional: Option<u64>) -> Result<(), InboxError>;
     /// Newest ids below `before` (all when None), at most `limit`, and the
     /// floor; None when the inbox is not live. Refreshes the expiry.
-    async fn page(
-        &self,
-        user: UserId,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Option<InboxPage>, InboxError>;
+    async fn page(&self, user: UserId, before: Option<u64>, limit: usize) -> Result<Option<InboxPage>, InboxError>;
     /// Removes `ids` from one inbox (purge after unfollow or block).
     async fn remove(&self, user: UserId, ids: &[u64]) -> Result<(), InboxError>;
     /// Removes `id` from many inboxes (purge after delete).

@@ -76,10 +76,11 @@ impl InboxStore for MemoryInbox {
         }))
     }
 
-    async fn backfill(&self, user: UserId, ids: &[u64]) -> Result<bool, InboxError> {
+    async fn backfill(&self, user: UserId, ids: &[u64], floor: u64) -> Result<bool, InboxError> {
         let cap = self.cfg.cap;
         Ok(self.with(|map, _| match map.get_mut(&user) {
             Some(inbox) => {
+                inbox.floor = inbox.floor.max(floor);
                 Self::add(cap, inbox, ids);
                 true
             }
@@ -105,13 +106,7 @@ impl InboxStore for MemoryInbox {
         }))
     }
 
-    async fn rebuild(
-        &self,
-        user: UserId,
-        ids: &[u64],
-        floor: u64,
-        provisional: Option<u64>,
-    ) -> Result<(), InboxError> {
+    async fn rebuild(&self, user: UserId, ids: &[u64], floor: u64, provisional: Option<u64>) -> Result<(), InboxError> {
         let (cap, ttl) = (self.cfg.cap, self.cfg.ttl_ms);
         self.with(|map, now| {
             let inbox = map.entry(user).or_insert(Inbox {
@@ -130,25 +125,14 @@ impl InboxStore for MemoryInbox {
         Ok(())
     }
 
-    async fn page(
-        &self,
-        user: UserId,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Option<InboxPage>, InboxError> {
+    async fn page(&self, user: UserId, before: Option<u64>, limit: usize) -> Result<Option<InboxPage>, InboxError> {
         let ttl = self.cfg.ttl_ms;
         Ok(self.with(|map, now| {
             map.get_mut(&user).map(|inbox| {
                 inbox.expires_at = now + ttl;
                 let upper = before.unwrap_or(u64::MAX);
                 InboxPage {
-                    ids: inbox
-                        .ids
-                        .range(..upper)
-                        .rev()
-                        .take(limit)
-                        .copied()
-                        .collect(),
+                    ids: inbox.ids.range(..upper).rev().take(limit).copied().collect(),
                     floor: inbox.floor,
                 }
             })

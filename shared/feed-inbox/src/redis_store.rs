@@ -29,12 +29,16 @@ local function trim(cap)
 end
 ";
 
-/// KEYS: inbox, floor. ARGV: cap, ids... Adds to a live inbox only.
+/// KEYS: inbox, floor. ARGV: cap, raise-floor-to ("" = no), ids... Adds to a live inbox only.
 const ADD: &str = r"
 local floor = redis.call('GET', KEYS[2])
 if not floor then return -1 end
+if ARGV[2] ~= '' and lt(floor, ARGV[2]) then
+  redis.call('SET', KEYS[2], ARGV[2], 'KEEPTTL')
+  floor = ARGV[2]
+end
 local added = 0
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   if not lt(ARGV[i], floor) then added = added + redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
 end
 trim(tonumber(ARGV[1]))
@@ -124,7 +128,13 @@ impl RedisInbox {
         Ok(())
     }
 
-    async fn pipelined_add(&self, users: &[UserId], ids: &[u64]) -> Result<Vec<i64>, InboxError> {
+    async fn pipelined_add(
+        &self,
+        users: &[UserId],
+        ids: &[u64],
+        raise_floor: Option<u64>,
+    ) -> Result<Vec<i64>, InboxError> {
+        let raise: Vec<u8> = raise_floor.map(|f| member(f).to_vec()).unwrap_or_default();
         let mut out = Vec::with_capacity(users.len());
         for chunk in users.chunks(PIPELINE) {
             let build = || {
@@ -135,7 +145,8 @@ impl RedisInbox {
                         .arg(2)
                         .arg(inbox_key(u))
                         .arg(floor_key(u))
-                        .arg(self.cfg.cap);
+                        .arg(self.cfg.cap)
+                        .arg(raise.as_slice());
                     for id in ids {
                         cmd.arg(&member(*id)[..]);
                     }
@@ -146,9 +157,7 @@ impl RedisInbox {
             let mut conn = self.conn.clone();
             let res: Result<Vec<i64>, redis::RedisError> = build().query_async(&mut conn).await;
             let res = match res {
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                     self.load_scripts().await?;
                     build().query_async(&mut conn).await?
                 }
@@ -164,16 +173,16 @@ impl RedisInbox {
 impl InboxStore for RedisInbox {
     async fn push(&self, users: &[UserId], id: u64) -> Result<usize, InboxError> {
         Ok(self
-            .pipelined_add(users, &[id])
+            .pipelined_add(users, &[id], None)
             .await?
             .iter()
             .filter(|r| **r >= 0)
             .count())
     }
 
-    async fn backfill(&self, user: UserId, ids: &[u64]) -> Result<bool, InboxError> {
+    async fn backfill(&self, user: UserId, ids: &[u64], floor: u64) -> Result<bool, InboxError> {
         Ok(self
-            .pipelined_add(&[user], ids)
+            .pipelined_add(&[user], ids, Some(floor))
             .await?
             .first()
             .is_some_and(|r| *r >= 0))
@@ -192,13 +201,7 @@ impl InboxStore for RedisInbox {
         Ok(set.is_some())
     }
 
-    async fn rebuild(
-        &self,
-        user: UserId,
-        ids: &[u64],
-        floor: u64,
-        provisional: Option<u64>,
-    ) -> Result<(), InboxError> {
+    async fn rebuild(&self, user: UserId, ids: &[u64], floor: u64, provisional: Option<u64>) -> Result<(), InboxError> {
         let mut conn = self.conn.clone();
         let mut inv = self.rebuild.key(inbox_key(user));
         let provisional: Vec<u8> = provisional.map(|p| member(p).to_vec()).unwrap_or_default();
@@ -206,7 +209,7 @@ impl InboxStore for RedisInbox {
             .arg(self.cfg.cap)
             .arg(self.cfg.ttl_ms)
             .arg(&member(floor)[..])
-            .arg(provisional);
+            .arg(provisional.as_slice());
         for id in ids {
             inv.arg(&member(*id)[..]);
         }
@@ -214,12 +217,7 @@ impl InboxStore for RedisInbox {
         Ok(())
     }
 
-    async fn page(
-        &self,
-        user: UserId,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Option<InboxPage>, InboxError> {
+    async fn page(&self, user: UserId, before: Option<u64>, limit: usize) -> Result<Option<InboxPage>, InboxError> {
         let max: Vec<u8> = match before {
             Some(b) => {
                 let mut v = vec![b'('];
@@ -262,10 +260,7 @@ impl InboxStore for RedisInbox {
         for chunk in users.chunks(PIPELINE) {
             let mut pipe = redis::pipe();
             for &u in chunk {
-                pipe.cmd("ZREM")
-                    .arg(inbox_key(u))
-                    .arg(&member(id)[..])
-                    .ignore();
+                pipe.cmd("ZREM").arg(inbox_key(u)).arg(&member(id)[..]).ignore();
             }
             let mut conn = self.conn.clone();
             let _: () = pipe.query_async(&mut conn).await?;
@@ -275,24 +270,15 @@ impl InboxStore for RedisInbox {
 
     async fn is_live(&self, user: UserId) -> Result<bool, InboxError> {
         let mut conn = self.conn.clone();
-        let n: i64 = redis::cmd("EXISTS")
-            .arg(floor_key(user))
-            .query_async(&mut conn)
-            .await?;
+        let n: i64 = redis::cmd("EXISTS").arg(floor_key(user)).query_async(&mut conn).await?;
         Ok(n == 1)
     }
 
     async fn evict(&self, user: UserId) -> Result<(), InboxError> {
         let mut conn = self.conn.clone();
         // Marker first: a concurrent push after this sees a dead inbox.
-        let _: i64 = redis::cmd("DEL")
-            .arg(floor_key(user))
-            .query_async(&mut conn)
-            .await?;
-        let _: i64 = redis::cmd("DEL")
-            .arg(inbox_key(user))
-            .query_async(&mut conn)
-            .await?;
+        let _: i64 = redis::cmd("DEL").arg(floor_key(user)).query_async(&mut conn).await?;
+        let _: i64 = redis::cmd("DEL").arg(inbox_key(user)).query_async(&mut conn).await?;
         Ok(())
     }
 }

@@ -4,8 +4,7 @@ pub use prost;
 pub use tonic;
 
 /// Encoded `FileDescriptorSet` of every feed proto, served by reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/feed_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/feed_descriptor.bin"));
 
 /// `feed.common.v1`: messages shared by every service.
 pub mod common {

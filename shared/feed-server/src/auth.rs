@@ -58,9 +58,7 @@ impl Caller {
     pub fn require_internal(&self) -> Result<(), ApiError> {
         match self.role {
             Role::Internal => Ok(()),
-            Role::Bff => Err(ApiError::PermissionDenied(
-                "this call needs an internal token".into(),
-            )),
+            Role::Bff => Err(ApiError::PermissionDenied("this call needs an internal token".into())),
         }
     }
 }
@@ -107,9 +105,9 @@ impl Authenticator {
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
-                let (role, token) = line.split_once(':').ok_or_else(|| {
-                    anyhow::anyhow!("auth.tokens_file line {}: expected role:token", n + 1)
-                })?;
+                let (role, token) = line
+                    .split_once(':')
+                    .ok_or_else(|| anyhow::anyhow!("auth.tokens_file line {}: expected role:token", n + 1))?;
                 let role = match role.trim() {
                     "internal" => Role::Internal,
                     "bff" => Role::Bff,
@@ -130,19 +128,14 @@ impl Authenticator {
 
     /// Authenticates a request's metadata.
     pub fn authenticate(&self, md: &tonic::metadata::MetadataMap) -> Result<Caller, ApiError> {
-        let header = md.get("authorization").ok_or_else(|| {
-            ApiError::Unauthenticated("missing authorization: Bearer <token>".into())
-        })?;
+        let header = md
+            .get("authorization")
+            .ok_or_else(|| ApiError::Unauthenticated("missing authorization: Bearer <token>".into()))?;
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .ok_or_else(|| {
-                ApiError::Unauthenticated("authorization must be Bearer <token>".into())
-            })?;
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .ok_or_else(|| ApiError::Unauthenticated("authorization must be Bearer <token>".into()))?;
         let role = *self
             .tokens
             .get(token.trim())
@@ -154,11 +147,7 @@ impl Authenticator {
                     .ok()
                     .and_then(|s| s.parse::<u64>().ok())
                     .filter(|id| *id != 0)
-                    .ok_or_else(|| {
-                        ApiError::Unauthenticated(format!(
-                            "{USER_HEADER} must be a non-zero user id"
-                        ))
-                    })?,
+                    .ok_or_else(|| ApiError::Unauthenticated(format!("{USER_HEADER} must be a non-zero user id")))?,
             ),
         };
         if role == Role::Bff && user_id.is_none() {
@@ -172,8 +161,7 @@ impl Authenticator {
     /// A tonic interceptor that authenticates and attaches the [`Caller`].
     pub fn interceptor(
         &self,
-    ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static
-    {
+    ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
         let auth = self.clone();
         move |mut req: Request<()>| {
             let caller = auth.authenticate(req.metadata()).map_err(Status::from)?;
@@ -197,10 +185,7 @@ mod tests {
     }
 
     fn auth() -> Authenticator {
-        Authenticator::new([
-            ("i-tok".to_owned(), Role::Internal),
-            ("b-tok".to_owned(), Role::Bff),
-        ])
+        Authenticator::new([("i-tok".to_owned(), Role::Internal), ("b-tok".to_owned(), Role::Bff)])
     }
 
     #[test]
@@ -217,16 +202,9 @@ mod tests {
 
     #[test]
     fn bff_token_needs_a_user_and_acts_only_as_that_user() {
-        assert!(
-            auth()
-                .authenticate(&md(&[("authorization", "Bearer b-tok")]))
-                .is_err()
-        );
+        assert!(auth().authenticate(&md(&[("authorization", "Bearer b-tok")])).is_err());
         let caller = auth()
-            .authenticate(&md(&[
-                ("authorization", "Bearer b-tok"),
-                (USER_HEADER, "7"),
-            ]))
+            .authenticate(&md(&[("authorization", "Bearer b-tok"), (USER_HEADER, "7")]))
             .expect("authenticated");
         assert!(caller.act_as("user_id", 7).is_ok());
         assert!(matches!(
@@ -255,10 +233,7 @@ mod tests {
             ..AuthConfig::default()
         };
         let a = Authenticator::from_config(&cfg).expect("loads");
-        assert!(
-            a.authenticate(&md(&[("authorization", "Bearer x1")]))
-                .is_ok()
-        );
+        assert!(a.authenticate(&md(&[("authorization", "Bearer x1")])).is_ok());
         assert!(
             a.authenticate(&md(&[("authorization", "Bearer y1"), (USER_HEADER, "1")]))
                 .is_ok()

@@ -296,11 +296,7 @@ impl FeedConfig {
     fn load_from(file: Option<&Path>, env: Env) -> anyhow::Result<Self> {
         let mut fig = Figment::from(Serialized::defaults(FeedConfig::default()));
         if let Some(path) = file {
-            anyhow::ensure!(
-                path.exists(),
-                "config file {} does not exist",
-                path.display()
-            );
+            anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
             fig = fig.merge(Toml::file(path));
         }
         Ok(fig.merge(env).extract()?)

@@ -53,8 +53,7 @@ where
             .filter(|v| !v.is_empty() && v.len() <= 128)
             .map(str::to_owned)
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        let header = HeaderValue::from_str(&request_id)
-            .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+        let header = HeaderValue::from_str(&request_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
         req.headers_mut().insert(REQUEST_ID, header.clone());
         let method = req.uri().path().to_owned();
         let span = tracing::info_span!("rpc", method = %method, request_id = %request_id);

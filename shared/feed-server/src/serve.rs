@@ -61,9 +61,7 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
     let mut all_names: Vec<&'static str> = set.names.clone();
     all_names.push("");
     for name in &all_names {
-        health
-            .set_service_status(*name, ServingStatus::NotServing)
-            .await;
+        health.set_service_status(*name, ServingStatus::NotServing).await;
     }
 
     // Reflection lists only what this server hosts, not every service in the contract.
@@ -93,8 +91,7 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
     if !config.tls_cert.is_empty() && !config.tls_key.is_empty() {
         let cert = std::fs::read(&config.tls_cert)?;
         let key = std::fs::read(&config.tls_key)?;
-        builder =
-            builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
+        builder = builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
     }
     // Shed instead of queueing: a saturated replica answers RESOURCE_EXHAUSTED
     // at once and the client retries elsewhere.
@@ -160,9 +157,7 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
     tracing::info!("draining");
     ready_task.abort();
     for name in &all_names {
-        health
-            .set_service_status(*name, ServingStatus::NotServing)
-            .await;
+        health.set_service_status(*name, ServingStatus::NotServing).await;
     }
     tokio::time::sleep(Duration::from_millis(config.drain_delay_ms)).await;
     let _ = stop_tx.send(());

@@ -16,11 +16,7 @@ pub fn init(cfg: &TelemetryConfig) {
         .with_target(false)
         .with_writer(std::io::stderr);
     let _ = if cfg.log_format == "json" {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init()
+        builder.json().flatten_event(true).with_current_span(true).try_init()
     } else {
         builder.try_init()
     };

@@ -34,10 +34,7 @@ async fn replicas_lease_distinct_node_ids_and_mint_distinct_ids() {
     let mut ids = HashSet::new();
     for _ in 0..8 {
         let l = lease(&redis).await;
-        assert!(
-            nodes.insert(l.generator().lease().node),
-            "node id leased twice"
-        );
+        assert!(nodes.insert(l.generator().lease().node), "node id leased twice");
         for _ in 0..100 {
             assert!(ids.insert(l.generator().next_id().expect("mint")));
         }

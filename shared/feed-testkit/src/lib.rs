@@ -65,7 +65,13 @@ impl RedisServer {
         let mut last_err = None;
         for _ in 0..5 {
             let port = free_port()?;
+            // A configuration file must be redis-server's first argument.
+            let (first, rest) = match (config_first, extra.split_first()) {
+                (true, Some((conf, rest))) => (vec![*conf], rest),
+                _ => (vec![], extra),
+            };
             let child = Command::new(redis_binary())
+                .args(first)
                 .args([
                     "--port",
                     &port.to_string(),
@@ -77,25 +83,15 @@ impl RedisServer {
                     "no",
                 ])
                 .args(["--dir", &dir.path().display().to_string()])
-                .args(extra)
+                .args(rest)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot run redis-server ({e}); the test script installs it")
-                })?;
-            let mut server = Self {
-                child,
-                port,
-                _dir: dir,
-            };
+                .map_err(|e| anyhow::anyhow!("cannot run redis-server ({e}); the test script installs it"))?;
+            let mut server = Self { child, port, _dir: dir };
             match wait_for_port(server.addr(), Duration::from_secs(10)) {
                 Ok(()) if server.child.try_wait()?.is_none() => return Ok(server),
-                Ok(()) => {
-                    last_err = Some(anyhow::anyhow!(
-                        "redis-server exited at start (port {port} taken?)"
-                    ))
-                }
+                Ok(()) => last_err = Some(anyhow::anyhow!("redis-server exited at start (port {port} taken?)")),
                 Err(e) => last_err = Some(e),
             }
             dir = server.take_dir()?;

@@ -61,11 +61,7 @@ struct Platform {
     _dir: tempfile::TempDir,
 }
 
-async fn start_platform(
-    redis: &str,
-    workers: usize,
-    concurrency: usize,
-) -> anyhow::Result<Platform> {
+async fn start_platform(redis: &str, workers: usize, concurrency: usize) -> anyhow::Result<Platform> {
     let dir = tempfile::tempdir()?;
     let mut cfg = FeedConfig::default();
     cfg.storage.data_dir = dir.path().to_path_buf();
@@ -121,11 +117,7 @@ async fn raw_zadd(
             async move {
                 let mut pipe = redis::pipe();
                 for u in chunk {
-                    pipe.cmd("ZADD")
-                        .arg(inbox_key(*u))
-                        .arg(0)
-                        .arg(&member[..])
-                        .ignore();
+                    pipe.cmd("ZADD").arg(inbox_key(*u)).arg(0).arg(&member[..]).ignore();
                 }
                 let _: () = pipe.query_async(&mut c).await?;
                 Ok(())
@@ -140,10 +132,7 @@ async fn raw_zadd(
     for chunk in users.chunks(batch) {
         let mut pipe = redis::pipe();
         for u in chunk {
-            pipe.cmd("ZREM")
-                .arg(inbox_key(*u))
-                .arg(&member[..])
-                .ignore();
+            pipe.cmd("ZREM").arg(inbox_key(*u)).arg(&member[..]).ignore();
         }
         let mut c = conn.clone();
         let _: () = pipe.query_async(&mut c).await?;
@@ -151,12 +140,7 @@ async fn raw_zadd(
     Ok(users.len() as f64 / elapsed.as_secs_f64())
 }
 
-async fn fanout(
-    followers: Vec<u64>,
-    workers: usize,
-    concurrency: usize,
-    prefill: u64,
-) -> anyhow::Result<()> {
+async fn fanout(followers: Vec<u64>, workers: usize, concurrency: usize, prefill: u64) -> anyhow::Result<()> {
     let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/redis.conf");
     let redis = RedisServer::start_with_config(&conf, &[])?;
     let platform = start_platform(&redis.url(), workers, concurrency).await?;
@@ -179,8 +163,7 @@ async fn fanout(
         let ids: Vec<u64> = (0..cap).map(|i| (1u64 << 60) + u * 10_000 + i).collect();
         inbox.rebuild(user, &ids, 0, None).await?;
     }
-    let bytes_per_entry =
-        (redis_memory(&mut conn).await?.saturating_sub(before)) as f64 / (sample * cap) as f64;
+    let bytes_per_entry = (redis_memory(&mut conn).await?.saturating_sub(before)) as f64 / (sample * cap) as f64;
     println!("memory: {bytes_per_entry:.1} bytes per inbox entry ({sample} inboxes of {cap})");
 
     let mut last = String::new();
@@ -205,17 +188,11 @@ async fn fanout(
                 }
             })
             .await;
-        println!(
-            "set-up: {count} follows in {:.1}s",
-            t.elapsed().as_secs_f64()
-        );
+        println!("set-up: {count} follows in {:.1}s", t.elapsed().as_secs_f64());
         for chunk in users.chunks(1000) {
             let mut pipe = redis::pipe();
             for u in chunk {
-                pipe.cmd("SET")
-                    .arg(floor_key(*u))
-                    .arg(&0u64.to_be_bytes()[..])
-                    .ignore();
+                pipe.cmd("SET").arg(floor_key(*u)).arg(&0u64.to_be_bytes()[..]).ignore();
                 for i in 0..prefill {
                     pipe.cmd("ZADD")
                         .arg(inbox_key(*u))
@@ -260,9 +237,7 @@ async fn fanout(
         for chunk in users.chunks(1000) {
             let mut pipe = redis::pipe();
             for u in chunk {
-                pipe.cmd("ZSCORE")
-                    .arg(inbox_key(*u))
-                    .arg(&id.to_be_bytes()[..]);
+                pipe.cmd("ZSCORE").arg(inbox_key(*u)).arg(&id.to_be_bytes()[..]);
             }
             let scores: Vec<Option<f64>> = pipe.query_async(&mut conn).await?;
             delivered += scores.iter().filter(|s| s.is_some()).count();

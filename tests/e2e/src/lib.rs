@@ -55,9 +55,7 @@ impl Platform {
             listener,
             shutdown.clone(),
         ));
-        let channel = Channel::from_shared(format!("http://{addr}"))?
-            .connect()
-            .await?;
+        let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
         wait_serving(channel.clone(), "", Duration::from_secs(10)).await?;
         Ok(Self {
             addr,
@@ -81,11 +79,7 @@ impl Platform {
 }
 
 /// Polls the health service until `service` is SERVING.
-pub async fn wait_serving(
-    channel: Channel,
-    service: &str,
-    timeout: Duration,
-) -> anyhow::Result<()> {
+pub async fn wait_serving(channel: Channel, service: &str, timeout: Duration) -> anyhow::Result<()> {
     let mut client = HealthClient::new(channel);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {

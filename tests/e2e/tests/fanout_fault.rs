@@ -46,11 +46,7 @@ fn spawn_worker(redis: &str, addr: std::net::SocketAddr) -> Child {
         .expect("fanout-worker starts")
 }
 
-async fn holders(
-    conn: &mut redis::aio::MultiplexedConnection,
-    users: &[u64],
-    id: u64,
-) -> (usize, usize) {
+async fn holders(conn: &mut redis::aio::MultiplexedConnection, users: &[u64], id: u64) -> (usize, usize) {
     let mut pipe = redis::pipe();
     for u in users {
         pipe.cmd("ZRANGE").arg(inbox_key(*u)).arg(0).arg(-1);
@@ -99,10 +95,7 @@ async fn killing_a_worker_mid_fanout_loses_and_duplicates_nothing() {
     for chunk in users.chunks(1000) {
         let mut pipe = redis::pipe();
         for u in chunk {
-            pipe.cmd("SET")
-                .arg(floor_key(*u))
-                .arg(&0u64.to_be_bytes()[..])
-                .ignore();
+            pipe.cmd("SET").arg(floor_key(*u)).arg(&0u64.to_be_bytes()[..]).ignore();
         }
         let _: () = pipe.query_async(&mut conn).await.expect("live inboxes");
     }
@@ -129,16 +122,10 @@ async fn killing_a_worker_mid_fanout_loses_and_duplicates_nothing() {
     loop {
         let (with, _) = holders(&mut conn, &users, id).await;
         if with > 0 {
-            assert!(
-                with < users.len(),
-                "fanout finished before it could be interrupted"
-            );
+            assert!(with < users.len(), "fanout finished before it could be interrupted");
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "fanout never started"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "fanout never started");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     first.kill().expect("SIGKILL");
@@ -160,9 +147,7 @@ async fn killing_a_worker_mid_fanout_loses_and_duplicates_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!(
-        "killed after {partial} of {FOLLOWERS} deliveries; the second worker finished the rest"
-    );
+    println!("killed after {partial} of {FOLLOWERS} deliveries; the second worker finished the rest");
     second.kill().expect("stop");
     let _ = second.wait();
     platform.stop().await.expect("stop");

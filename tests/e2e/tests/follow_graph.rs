@@ -39,12 +39,8 @@ async fn follow_list_block_and_mute_work_through_grpc() {
             .into_inner()
             .changed
     );
-    c.follow(internal(follow(1, "tag:rust")))
-        .await
-        .expect("follow tag");
-    c.follow(internal(follow(3, "user:2")))
-        .await
-        .expect("follow");
+    c.follow(internal(follow(1, "tag:rust"))).await.expect("follow tag");
+    c.follow(internal(follow(3, "user:2"))).await.expect("follow");
 
     let followers = c
         .list_followers(internal(pb::ListFollowersRequest {
@@ -91,10 +87,7 @@ async fn follow_list_block_and_mute_work_through_grpc() {
         .expect("block")
         .into_inner();
     assert_eq!(blocked.removed.len(), 1);
-    let err = c
-        .follow(internal(follow(1, "user:2")))
-        .await
-        .expect_err("blocked");
+    let err = c.follow(internal(follow(1, "user:2"))).await.expect_err("blocked");
     assert_eq!(err.code(), Code::FailedPrecondition);
 
     let rel = c
@@ -117,10 +110,7 @@ async fn follow_list_block_and_mute_work_through_grpc() {
         .await
         .expect("counts")
         .into_inner();
-    assert_eq!(
-        counts.feeds[0].followers, 1,
-        "the block removed user 1's follow"
-    );
+    assert_eq!(counts.feeds[0].followers, 1, "the block removed user 1's follow");
     assert_eq!(counts.feeds[1].followers, 1);
     assert_eq!(counts.users[0].following, 1);
     p.stop().await.expect("stop");
@@ -134,10 +124,7 @@ async fn malformed_feed_is_invalid_argument_naming_the_field() {
         assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
         assert!(err.message().contains("feed"), "{bad}: {}", err.message());
     }
-    let err = c
-        .follow(internal(follow(0, "user:2")))
-        .await
-        .expect_err("zero id");
+    let err = c.follow(internal(follow(0, "user:2"))).await.expect_err("zero id");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("follower_id"));
     let err = c
@@ -210,10 +197,7 @@ async fn bff_token_may_act_only_as_its_user() {
             .into_inner()
             .changed
     );
-    let err = c
-        .follow(bff(follow(7, "user:6"), 5))
-        .await
-        .expect_err("other user");
+    let err = c.follow(bff(follow(7, "user:6"), 5)).await.expect_err("other user");
     assert_eq!(err.code(), Code::PermissionDenied);
     let err = c
         .mute(bff(
@@ -247,9 +231,7 @@ async fn bff_token_may_act_only_as_its_user() {
 async fn followers_page_without_skips_or_repeats() {
     let (p, mut c) = start().await;
     for u in 10..35 {
-        c.follow(internal(follow(u, "tag:paging")))
-            .await
-            .expect("follow");
+        c.follow(internal(follow(u, "tag:paging"))).await.expect("follow");
     }
     let mut seen = Vec::new();
     let mut token = String::new();
@@ -278,9 +260,7 @@ async fn fanout_reads_followers_by_stream_and_by_shard_range() {
     let (p, mut c) = start().await;
     let big = (1u64 << 16) + 5;
     for u in [2u64, 3, 4, big] {
-        c.follow(internal(follow(u, "user:1")))
-            .await
-            .expect("follow");
+        c.follow(internal(follow(u, "user:1"))).await.expect("follow");
     }
     c.mute(internal(pb::MuteRequest {
         user_id: 3,
@@ -310,16 +290,11 @@ async fn fanout_reads_followers_by_stream_and_by_shard_range() {
     assert_eq!(all, vec![(2, false), (3, true), (4, false), (big, false)]);
 
     let shards = c
-        .list_follower_shards(internal(pb::ListFollowerShardsRequest {
-            feed: "user:1".into(),
-        }))
+        .list_follower_shards(internal(pb::ListFollowerShardsRequest { feed: "user:1".into() }))
         .await
         .expect("shards")
         .into_inner();
-    assert_eq!(
-        shards.shards.iter().map(|s| s.shard).collect::<Vec<_>>(),
-        vec![0, 1]
-    );
+    assert_eq!(shards.shards.iter().map(|s| s.shard).collect::<Vec<_>>(), vec![0, 1]);
     assert_eq!(shards.total_followers, 4);
     let page = c
         .page_followers(internal(pb::PageFollowersRequest {
@@ -331,10 +306,7 @@ async fn fanout_reads_followers_by_stream_and_by_shard_range() {
         .await
         .expect("page")
         .into_inner();
-    assert_eq!(
-        page.followers.iter().map(|f| f.user_id).collect::<Vec<_>>(),
-        vec![3]
-    );
+    assert_eq!(page.followers.iter().map(|f| f.user_id).collect::<Vec<_>>(), vec![3]);
     assert!(!page.done);
 
     let versions = c

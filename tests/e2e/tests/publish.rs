@@ -74,12 +74,7 @@ impl Env {
     async fn inbox_becomes(&self, user: u64, want: &[u64]) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let ids = self
-                .inbox
-                .page(user, None, 1000)
-                .await
-                .expect("page")
-                .map(|p| p.ids);
+            let ids = self.inbox.page(user, None, 1000).await.expect("page").map(|p| p.ids);
             if ids.as_deref() == Some(want) {
                 return;
             }
@@ -103,10 +98,7 @@ impl Env {
             if lag.pending_jobs == 0 {
                 return;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "jobs still pending: {lag:?}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "jobs still pending: {lag:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -127,10 +119,7 @@ async fn publish_pushes_to_live_inboxes_and_never_creates_one() {
     let mut e = env().await;
     e.follow(2, "user:1").await;
     e.follow(3, "user:1").await;
-    e.inbox
-        .rebuild(2, &[], 0, None)
-        .await
-        .expect("user 2 is active");
+    e.inbox.rebuild(2, &[], 0, None).await.expect("user 2 is active");
     let p = e.publish(1, "a").await;
     assert_eq!(p.delivery_mode, DeliveryMode::Push as i32);
     e.inbox_becomes(2, &[p.activity_id]).await;
@@ -229,10 +218,7 @@ async fn callers_may_publish_only_where_they_are_allowed() {
         .await
         .expect_err("as another user");
     assert_eq!(err.code(), Code::PermissionDenied);
-    for (to, why) in [
-        ("user:9", "another user's feed"),
-        ("group:g1", "not a member"),
-    ] {
+    for (to, why) in [("user:9", "another user's feed"), ("group:g1", "not a member")] {
         let err = e
             .publish
             .publish(internal(pb::PublishRequest {
@@ -274,12 +260,7 @@ async fn celebrity_items_are_pulled_not_pushed() {
     e.settled().await;
     for u in 2..5 {
         assert_eq!(
-            e.inbox
-                .page(u, None, 10)
-                .await
-                .expect("page")
-                .expect("live")
-                .ids,
+            e.inbox.page(u, None, 10).await.expect("page").expect("live").ids,
             Vec::<u64>::new()
         );
     }
@@ -394,13 +375,7 @@ async fn scheduled_items_get_their_id_at_release_exactly_once() {
     // Released by the sweeper; then publishing it again is a duplicate of the released id.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let released = loop {
-        let ids = e
-            .inbox
-            .page(2, None, 10)
-            .await
-            .expect("page")
-            .expect("live")
-            .ids;
+        let ids = e.inbox.page(2, None, 10).await.expect("page").expect("live").ids;
         if let Some(id) = ids.first() {
             break *id;
         }
@@ -437,10 +412,7 @@ async fn jobs_lost_in_a_redis_flush_are_redriven_by_the_sweeper() {
         .get_multiplexed_async_connection()
         .await
         .expect("conn");
-    let _: () = redis::cmd("FLUSHALL")
-        .query_async(&mut conn)
-        .await
-        .expect("flush");
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.expect("flush");
     // Users come back with empty, complete-from-now inboxes (as after a rebuild
     // that found nothing yet): only fanout can fill them.
     for u in [2, 3] {
@@ -449,17 +421,13 @@ async fn jobs_lost_in_a_redis_flush_are_redriven_by_the_sweeper() {
     // A worker starts after the flush; only the sweeper can give it the lost jobs.
     let token = feed_e2e::INTERNAL_TOKEN;
     let worker = publish::FanoutWorker::new(
-        std::sync::Arc::new(
-            publish::fanout::GrpcLedger::new(e.platform.channel.clone(), token).expect("ledger"),
-        ),
+        std::sync::Arc::new(publish::fanout::GrpcLedger::new(e.platform.channel.clone(), token).expect("ledger")),
         std::sync::Arc::new(
             publish::RedisQueue::connect(&e.redis.url(), "feed:jobs", "fanout")
                 .await
                 .expect("queue"),
         ),
-        std::sync::Arc::new(
-            publish::GrpcGraph::new(e.platform.channel.clone(), token).expect("graph"),
-        ),
+        std::sync::Arc::new(publish::GrpcGraph::new(e.platform.channel.clone(), token).expect("graph")),
         std::sync::Arc::new(
             RedisInbox::connect(&e.redis.url(), InboxConfig::default())
                 .await
@@ -477,5 +445,61 @@ async fn jobs_lost_in_a_redis_flush_are_redriven_by_the_sweeper() {
     e.settled().await;
     stop.trigger();
     task.await.expect("worker");
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn follow_backfills_and_unfollow_or_block_purges_live_inboxes() {
+    let mut e = env().await;
+    e.follow(3, "tag:rust").await;
+    let a = e.publish(1, "a").await.activity_id;
+    let tagged = e
+        .publish
+        .publish(internal(pb::PublishRequest {
+            activity: Some(pb::NewActivity {
+                to: vec!["tag:rust".into()],
+                ..post(1, "tagged")
+            }),
+            publish_at_ms: 0,
+        }))
+        .await
+        .expect("publish")
+        .into_inner()
+        .activity_id;
+    e.inbox.rebuild(2, &[], 0, None).await.expect("live");
+    e.follow(2, "user:1").await;
+    e.inbox_becomes(2, &[tagged, a]).await;
+
+    // Unfollow purges; an item another followed feed brings stays.
+    e.follow(2, "tag:rust").await;
+    e.graph
+        .unfollow(internal(fg::UnfollowRequest {
+            follower_id: 2,
+            feed: "user:1".into(),
+        }))
+        .await
+        .expect("unfollow");
+    e.inbox_becomes(2, &[tagged]).await;
+
+    // A block removes the follow both ways and purges.
+    e.inbox.rebuild(3, &[], 0, None).await.expect("live");
+    e.follow(3, "user:1").await;
+    e.inbox_becomes(3, &[tagged, a]).await;
+    e.graph
+        .unfollow(internal(fg::UnfollowRequest {
+            follower_id: 3,
+            feed: "tag:rust".into(),
+        }))
+        .await
+        .expect("unfollow tag");
+    e.graph
+        .block(internal(fg::BlockRequest {
+            user_id: 1,
+            target_user_id: 3,
+        }))
+        .await
+        .expect("block");
+    e.inbox_becomes(3, &[]).await;
+    e.settled().await;
     e.platform.stop().await.expect("stop");
 }

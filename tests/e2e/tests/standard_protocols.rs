@@ -42,9 +42,7 @@ async fn health_turns_not_serving_when_draining_starts() {
     let p = Platform::start().await.expect("platform");
     let mut health = HealthClient::new(p.channel.clone());
     let mut watch = health
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
+        .watch(HealthCheckRequest { service: String::new() })
         .await
         .expect("watch")
         .into_inner();
@@ -77,11 +75,9 @@ async fn reflection_v1_lists_services_and_describes_the_contract() {
         },
         v1::ServerReflectionRequest {
             host: String::new(),
-            message_request: Some(
-                v1::server_reflection_request::MessageRequest::FileContainingSymbol(
-                    FOLLOW_GRAPH.into(),
-                ),
-            ),
+            message_request: Some(v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+                FOLLOW_GRAPH.into(),
+            )),
         },
     ]);
     let mut responses = client
@@ -90,30 +86,15 @@ async fn reflection_v1_lists_services_and_describes_the_contract() {
         .expect("reflection")
         .into_inner();
 
-    let listed = match responses
-        .next()
-        .await
-        .expect("one")
-        .expect("ok")
-        .message_response
-    {
+    let listed = match responses.next().await.expect("one").expect("ok").message_response {
         Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(l)) => l,
         other => panic!("unexpected {other:?}"),
     };
     let names: Vec<String> = listed.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&FOLLOW_GRAPH.to_owned()), "{names:?}");
-    assert!(
-        names.contains(&"grpc.health.v1.Health".to_owned()),
-        "{names:?}"
-    );
+    assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
 
-    let files = match responses
-        .next()
-        .await
-        .expect("two")
-        .expect("ok")
-        .message_response
-    {
+    let files = match responses.next().await.expect("two").expect("ok").message_response {
         Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(f)) => f,
         other => panic!("unexpected {other:?}"),
     };
@@ -126,10 +107,7 @@ async fn reflection_v1_lists_services_and_describes_the_contract() {
         .iter()
         .find(|f| f.package() == "feed.followgraph.v1")
         .expect("followgraph file");
-    assert_eq!(
-        field_names(fg, "FollowRequest"),
-        vec!["follower_id", "feed"]
-    );
+    assert_eq!(field_names(fg, "FollowRequest"), vec!["follower_id", "feed"]);
     assert_eq!(
         field_names(fg, "ListFollowersRequest"),
         vec!["feed", "page_size", "page_token"]
@@ -142,36 +120,26 @@ async fn reflection_v1_lists_services_and_describes_the_contract() {
         field_names(fg, "ListFollowingResponse"),
         vec!["feeds", "next_page_token"]
     );
-    assert_eq!(
-        field_names(fg, "BlockRequest"),
-        vec!["user_id", "target_user_id"]
-    );
+    assert_eq!(field_names(fg, "BlockRequest"), vec!["user_id", "target_user_id"]);
     p.stop().await.expect("stop");
 }
 
 #[tokio::test]
 async fn reflection_v1alpha_answers_older_clients() {
     let p = Platform::start().await.expect("platform");
-    let mut client =
-        v1alpha::server_reflection_client::ServerReflectionClient::new(p.channel.clone());
+    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(p.channel.clone());
     let requests = tokio_stream::iter(vec![v1alpha::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(
-            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
-        ),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
     }]);
     let mut responses = client
         .server_reflection_info(requests)
         .await
         .expect("reflection")
         .into_inner();
-    match responses
-        .next()
-        .await
-        .expect("one")
-        .expect("ok")
-        .message_response
-    {
+    match responses.next().await.expect("one").expect("ok").message_response {
         Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
             assert!(l.service.iter().any(|s| s.name == FOLLOW_GRAPH));
         }

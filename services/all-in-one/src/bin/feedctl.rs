@@ -224,10 +224,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Cmd::Counts { feeds, users } => {
             let r = c
-                .get_counts(ctx.req(fg::GetCountsRequest {
-                    feeds,
-                    user_ids: users,
-                })?)
+                .get_counts(ctx.req(fg::GetCountsRequest { feeds, user_ids: users })?)
                 .await?;
             println!("{:#?}", r.into_inner());
         }

@@ -41,17 +41,12 @@ async fn follow_is_idempotent_and_counted_once(s: &dyn GraphStore) {
         "a retry does not bump the version"
     );
     assert_eq!(
-        s.feed_counts(std::slice::from_ref(&f))
-            .await
-            .expect("counts")[0]
-            .followers,
+        s.feed_counts(std::slice::from_ref(&f)).await.expect("counts")[0].followers,
         1
     );
     assert_eq!(s.following_counts(&[1]).await.expect("counts"), vec![1]);
     assert_eq!(
-        s.is_following(1, std::slice::from_ref(&f))
-            .await
-            .expect("is_following"),
+        s.is_following(1, std::slice::from_ref(&f)).await.expect("is_following"),
         vec![true]
     );
 }
@@ -65,16 +60,10 @@ async fn unfollow_is_idempotent_and_versions_only_grow(s: &dyn GraphStore) {
     assert!(!s.unfollow(2, &f).await.expect("unfollow again").changed);
     let v3 = s.follow(2, &f).await.expect("refollow").edge.version;
     assert!(v3 > un.edge.version);
-    let states = s
-        .edge_states(&[(2, f.clone()), (3, f.clone())])
-        .await
-        .expect("states");
+    let states = s.edge_states(&[(2, f.clone()), (3, f.clone())]).await.expect("states");
     assert_eq!(states[0].version, v3);
     assert!(states[0].following);
-    assert_eq!(
-        states[1].version, 0,
-        "an edge that never existed has version 0"
-    );
+    assert_eq!(states[1].version, 0, "an edge that never existed has version 0");
     assert_eq!(s.feed_counts(&[f]).await.expect("counts")[0].followers, 1);
 }
 
@@ -91,10 +80,7 @@ async fn block_removes_follows_both_ways_and_prevents_new_ones(s: &dyn GraphStor
     assert!(rel.blocking && !rel.following && !rel.followed_by);
     assert!(s.relationships(b, &[a]).await.expect("rel")[0].blocked_by);
     for (x, y) in [(a, b), (b, a)] {
-        let err = s
-            .follow(x, &FeedRef::user(y))
-            .await
-            .expect_err("blocked follow");
+        let err = s.follow(x, &FeedRef::user(y)).await.expect_err("blocked follow");
         assert!(matches!(err, StoreError::Blocked { .. }), "{err:?}");
     }
     assert_eq!(
@@ -130,13 +116,7 @@ async fn mute_keeps_the_follow_and_marks_the_follower(s: &dyn GraphStore) {
     assert!(!s.list_followers(&f, 0, 10).await.expect("followers")[0].muted);
     // Muting someone you do not follow is remembered for a later follow.
     s.set_mute(u, 22, true).await.expect("mute unfollowed");
-    assert!(
-        s.follow(u, &FeedRef::user(22))
-            .await
-            .expect("follow")
-            .edge
-            .muted
-    );
+    assert!(s.follow(u, &FeedRef::user(22)).await.expect("follow").edge.muted);
 }
 
 async fn followers_page_in_id_order_without_skips_or_repeats(s: &dyn GraphStore) {
@@ -208,25 +188,13 @@ async fn shards_address_follower_ranges(s: &dyn GraphStore) {
         p.iter().map(|x| x.user).collect::<Vec<_>>(),
         vec![(3 << SHARD_BITS) + 10]
     );
-    assert!(
-        s.page_shard(&f, 2, 0, 10)
-            .await
-            .expect("empty shard")
-            .is_empty()
-    );
-    s.unfollow((1 << SHARD_BITS) + 1, &f)
-        .await
-        .expect("unfollow");
+    assert!(s.page_shard(&f, 2, 0, 10).await.expect("empty shard").is_empty());
+    s.unfollow((1 << SHARD_BITS) + 1, &f).await.expect("unfollow");
     // A backend may keep listing an emptied shard (a fanout sub-job over it
     // finds nothing); it must never lose a non-empty one.
     let shards = s.follower_shards(&f).await.expect("shards");
     assert!(shards.contains(&0) && shards.contains(&3));
-    assert!(
-        s.page_shard(&f, 1, 0, 10)
-            .await
-            .expect("emptied shard")
-            .is_empty()
-    );
+    assert!(s.page_shard(&f, 1, 0, 10).await.expect("emptied shard").is_empty());
 }
 
 async fn celebrity_flag_has_hysteresis(s: &dyn GraphStore) {
@@ -259,10 +227,7 @@ async fn follow_limit_is_enforced(s: &dyn GraphStore) {
             .await
             .expect("follow under limit");
     }
-    let err = s
-        .follow(50, &feed("tag:limit-over"))
-        .await
-        .expect_err("over limit");
+    let err = s.follow(50, &feed("tag:limit-over")).await.expect_err("over limit");
     assert_eq!(err, StoreError::TooManyFollows(max));
     assert_eq!(s.following_counts(&[50]).await.expect("count"), vec![max]);
 }
@@ -278,28 +243,18 @@ async fn graph_version_bumps_on_every_change(s: &dyn GraphStore) {
     assert!(v2[0] > v1[0]);
     s.block(61, 60).await.expect("block");
     let v3 = read().await;
-    assert!(
-        v3[0] > v2[0] && v3[1] > v2[1],
-        "a block changes both users' graphs"
-    );
-    s.follow(60, &feed("tag:gv"))
-        .await
-        .expect("idempotent follow");
+    assert!(v3[0] > v2[0] && v3[1] > v2[1], "a block changes both users' graphs");
+    s.follow(60, &feed("tag:gv")).await.expect("idempotent follow");
     assert_eq!(read().await, v3, "a no-op changes no version");
 }
 
 async fn every_edge_change_is_logged_in_order(s: &dyn GraphStore) {
     let all = s.edge_changes(0, 100_000).await.expect("log");
     let last = all.last().map(|c| c.seq).unwrap_or(0);
-    assert!(
-        all.windows(2).all(|w| w[0].seq < w[1].seq),
-        "positions only grow"
-    );
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "positions only grow");
     let f = FeedRef::user(71);
     s.follow(70, &f).await.expect("follow");
-    s.follow(70, &f)
-        .await
-        .expect("idempotent follow logs nothing");
+    s.follow(70, &f).await.expect("idempotent follow logs nothing");
     s.set_mute(70, 71, true).await.expect("mute");
     s.unfollow(70, &f).await.expect("unfollow");
     s.follow(72, &FeedRef::user(70)).await.expect("follow");
@@ -307,13 +262,7 @@ async fn every_edge_change_is_logged_in_order(s: &dyn GraphStore) {
     let tail = s.edge_changes(last, 100).await.expect("tail");
     let causes: Vec<(u64, Cause, bool)> = tail
         .iter()
-        .map(|c| {
-            (
-                c.follower_id,
-                Cause::try_from(c.cause).expect("cause"),
-                c.following,
-            )
-        })
+        .map(|c| (c.follower_id, Cause::try_from(c.cause).expect("cause"), c.following))
         .collect();
     assert_eq!(
         causes,
@@ -325,14 +274,9 @@ async fn every_edge_change_is_logged_in_order(s: &dyn GraphStore) {
             (72, Cause::Block, false),
         ]
     );
-    assert!(
-        tail[0].edge_version < tail[1].edge_version && tail[1].edge_version < tail[2].edge_version
-    );
+    assert!(tail[0].edge_version < tail[1].edge_version && tail[1].edge_version < tail[2].edge_version);
     assert_eq!(
-        s.edge_changes(tail[3].seq, 100)
-            .await
-            .expect("resume")
-            .len(),
+        s.edge_changes(tail[3].seq, 100).await.expect("resume").len(),
         1,
         "resuming skips what was read"
     );

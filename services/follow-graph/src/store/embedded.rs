@@ -16,8 +16,8 @@ use prost::Message;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{
-    BlockChange, Cause, EdgeChange, EdgeLogEntry, EdgeState, FeedCounts, Follower, GraphPolicy,
-    GraphStore, Relationship, SHARD_BITS, StoreError, shard_of,
+    BlockChange, Cause, EdgeChange, EdgeLogEntry, EdgeState, FeedCounts, Follower, GraphPolicy, GraphStore,
+    Relationship, SHARD_BITS, StoreError, shard_of,
 };
 
 /// The embedded follow-graph store.
@@ -91,10 +91,14 @@ impl EmbeddedGraphStore {
     /// Opens (or creates) the store under `dir`.
     pub fn open(dir: &Path, policy: GraphPolicy) -> Result<Self, StoreError> {
         let db = Database::builder(dir).open().map_err(be)?;
-        let ks = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(be)
-        };
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(be);
+        let edge_log = ks("fg_edge_log")?;
+        // The log resumes after its last entry: positions never repeat across restarts.
+        let last = edge_log
+            .last_key_value()
+            .and_then(|g| g.key().ok())
+            .map(|k| read_u64(&k, 0))
+            .unwrap_or(0);
         Ok(Self {
             following: ks("fg_following")?,
             followers: ks("fg_followers")?,
@@ -104,22 +108,12 @@ impl EmbeddedGraphStore {
             edge_versions: ks("fg_edge_versions")?,
             blocks: ks("fg_blocks")?,
             mutes: ks("fg_mutes")?,
-            next_seq: AtomicU64::new(0),
-            edge_log: ks("fg_edge_log")?,
+            next_seq: AtomicU64::new(last + 1),
+            edge_log,
             db,
             policy,
             writer: Mutex::new(()),
             sync: true,
-        })
-        .map(|store| {
-            let last = store
-                .edge_log
-                .last_key_value()
-                .and_then(|g| g.key().ok())
-                .map(|k| read_u64(&k, 0))
-                .unwrap_or(0);
-            store.next_seq.store(last + 1, Ordering::SeqCst);
-            store
         })
     }
 
@@ -197,8 +191,7 @@ impl EmbeddedGraphStore {
     }
 
     fn either_blocks(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
-        Ok(Self::exists(&self.blocks, &pair_key(a, b))?
-            || Self::exists(&self.blocks, &pair_key(b, a))?)
+        Ok(Self::exists(&self.blocks, &pair_key(a, b))? || Self::exists(&self.blocks, &pair_key(b, a))?)
     }
 
     /// Writes user stats with a following-count delta and a graph-version bump.
@@ -343,10 +336,7 @@ impl GraphStore for EmbeddedGraphStore {
         };
         self.log(&mut batch, &edge, Cause::Follow);
         self.commit(batch)?;
-        Ok(EdgeChange {
-            changed: true,
-            edge,
-        })
+        Ok(EdgeChange { changed: true, edge })
     }
 
     async fn unfollow(&self, follower: UserId, feed: &FeedRef) -> Result<EdgeChange, StoreError> {
@@ -366,10 +356,7 @@ impl GraphStore for EmbeddedGraphStore {
         };
         self.log(&mut batch, &edge, Cause::Unfollow);
         self.commit(batch)?;
-        Ok(EdgeChange {
-            changed: true,
-            edge,
-        })
+        Ok(EdgeChange { changed: true, edge })
     }
 
     async fn block(&self, user: UserId, target: UserId) -> Result<BlockChange, StoreError> {
@@ -401,10 +388,7 @@ impl GraphStore for EmbeddedGraphStore {
             }
         }
         self.commit(batch)?;
-        Ok(BlockChange {
-            changed: true,
-            removed,
-        })
+        Ok(BlockChange { changed: true, removed })
     }
 
     async fn unblock(&self, user: UserId, target: UserId) -> Result<bool, StoreError> {
@@ -420,12 +404,7 @@ impl GraphStore for EmbeddedGraphStore {
         Ok(true)
     }
 
-    async fn set_mute(
-        &self,
-        user: UserId,
-        target: UserId,
-        muted: bool,
-    ) -> Result<EdgeChange, StoreError> {
+    async fn set_mute(&self, user: UserId, target: UserId, muted: bool) -> Result<EdgeChange, StoreError> {
         let _w = self.lock();
         let feed = FeedRef::user(target);
         if self.is_muting(user, target)? == muted {
@@ -446,11 +425,7 @@ impl GraphStore for EmbeddedGraphStore {
         }
         // Mute state is part of the edge: jobs carrying the old version must not apply.
         let version = self.edge_version(user, &feed)? + 1;
-        batch.insert(
-            &self.edge_versions,
-            user_feed_key(user, &feed),
-            version.to_be_bytes(),
-        );
+        batch.insert(&self.edge_versions, user_feed_key(user, &feed), version.to_be_bytes());
         self.put_user_stats(&mut batch, user, 0)?;
         let edge = EdgeState {
             follower: user,
@@ -459,33 +434,19 @@ impl GraphStore for EmbeddedGraphStore {
             following,
             muted,
         };
-        self.log(
-            &mut batch,
-            &edge,
-            if muted { Cause::Mute } else { Cause::Unmute },
-        );
+        self.log(&mut batch, &edge, if muted { Cause::Mute } else { Cause::Unmute });
         self.commit(batch)?;
-        Ok(EdgeChange {
-            changed: true,
-            edge,
-        })
+        Ok(EdgeChange { changed: true, edge })
     }
 
-    async fn relationships(
-        &self,
-        user: UserId,
-        targets: &[UserId],
-    ) -> Result<Vec<Relationship>, StoreError> {
+    async fn relationships(&self, user: UserId, targets: &[UserId]) -> Result<Vec<Relationship>, StoreError> {
         let me = FeedRef::user(user);
         targets
             .iter()
             .map(|&t| {
                 Ok(Relationship {
                     target: t,
-                    following: Self::exists(
-                        &self.following,
-                        &user_feed_key(user, &FeedRef::user(t)),
-                    )?,
+                    following: Self::exists(&self.following, &user_feed_key(user, &FeedRef::user(t)))?,
                     followed_by: Self::exists(&self.following, &user_feed_key(t, &me))?,
                     blocking: Self::exists(&self.blocks, &pair_key(user, t))?,
                     blocked_by: Self::exists(&self.blocks, &pair_key(t, user))?,
@@ -502,12 +463,7 @@ impl GraphStore for EmbeddedGraphStore {
             .collect()
     }
 
-    async fn list_followers(
-        &self,
-        feed: &FeedRef,
-        after: UserId,
-        limit: usize,
-    ) -> Result<Vec<Follower>, StoreError> {
+    async fn list_followers(&self, feed: &FeedRef, after: UserId, limit: usize) -> Result<Vec<Follower>, StoreError> {
         match after.checked_add(1) {
             Some(from) => self.scan_followers(feed, from, None, limit),
             None => Ok(vec![]),
@@ -538,8 +494,7 @@ impl GraphStore for EmbeddedGraphStore {
                 break;
             }
             let key = item.key().map_err(be)?;
-            let name =
-                std::str::from_utf8(&key[8..]).map_err(|e| StoreError::Backend(e.to_string()))?;
+            let name = std::str::from_utf8(&key[8..]).map_err(|e| StoreError::Backend(e.to_string()))?;
             out.push(FeedRef::parse(name).map_err(|e| StoreError::Backend(e.to_string()))?);
         }
         Ok(out)
@@ -572,10 +527,7 @@ impl GraphStore for EmbeddedGraphStore {
     }
 
     async fn following_counts(&self, users: &[UserId]) -> Result<Vec<u64>, StoreError> {
-        users
-            .iter()
-            .map(|u| self.user_stats_one(*u).map(|s| s.0))
-            .collect()
+        users.iter().map(|u| self.user_stats_one(*u).map(|s| s.0)).collect()
     }
 
     async fn edge_states(&self, edges: &[(UserId, FeedRef)]) -> Result<Vec<EdgeState>, StoreError> {
@@ -583,22 +535,12 @@ impl GraphStore for EmbeddedGraphStore {
     }
 
     async fn graph_versions(&self, users: &[UserId]) -> Result<Vec<u64>, StoreError> {
-        users
-            .iter()
-            .map(|u| self.user_stats_one(*u).map(|s| s.1))
-            .collect()
+        users.iter().map(|u| self.user_stats_one(*u).map(|s| s.1)).collect()
     }
 
-    async fn edge_changes(
-        &self,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<EdgeLogEntry>, StoreError> {
+    async fn edge_changes(&self, after_seq: u64, limit: usize) -> Result<Vec<EdgeLogEntry>, StoreError> {
         let mut out = Vec::with_capacity(limit.min(1024));
-        for item in self
-            .edge_log
-            .range(after_seq.saturating_add(1).to_be_bytes()..)
-        {
+        for item in self.edge_log.range(after_seq.saturating_add(1).to_be_bytes()..) {
             if out.len() >= limit {
                 break;
             }

@@ -156,27 +156,13 @@ pub trait GraphStore: Send + Sync + 'static {
     /// Lifts a block; returns whether one stood.
     async fn unblock(&self, user: UserId, target: UserId) -> Result<bool, StoreError>;
     /// Sets whether user mutes target; the edge user → user:target keeps existing.
-    async fn set_mute(
-        &self,
-        user: UserId,
-        target: UserId,
-        muted: bool,
-    ) -> Result<EdgeChange, StoreError>;
+    async fn set_mute(&self, user: UserId, target: UserId, muted: bool) -> Result<EdgeChange, StoreError>;
     /// Batch relationships of `user` to `targets`, in order.
-    async fn relationships(
-        &self,
-        user: UserId,
-        targets: &[UserId],
-    ) -> Result<Vec<Relationship>, StoreError>;
+    async fn relationships(&self, user: UserId, targets: &[UserId]) -> Result<Vec<Relationship>, StoreError>;
     /// Whether `user` follows each of `feeds`, in order.
     async fn is_following(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, StoreError>;
     /// Followers of `feed` with id > `after`, ascending, at most `limit`.
-    async fn list_followers(
-        &self,
-        feed: &FeedRef,
-        after: UserId,
-        limit: usize,
-    ) -> Result<Vec<Follower>, StoreError>;
+    async fn list_followers(&self, feed: &FeedRef, after: UserId, limit: usize) -> Result<Vec<Follower>, StoreError>;
     /// Feeds `user` follows that sort after `after`, ascending, at most `limit`.
     async fn list_following(
         &self,
@@ -205,11 +191,7 @@ pub trait GraphStore: Send + Sync + 'static {
     /// The change log after `after_seq`, oldest first: every edge change is
     /// logged with the change itself, so a consumer that resumes from its
     /// last position misses none.
-    async fn edge_changes(
-        &self,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<EdgeLogEntry>, StoreError>;
+    async fn edge_changes(&self, after_seq: u64, limit: usize) -> Result<Vec<EdgeLogEntry>, StoreError>;
     /// Answers when the backend is usable.
     async fn ping(&self) -> Result<(), StoreError>;
 }

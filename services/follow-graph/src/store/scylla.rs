@@ -35,8 +35,8 @@ use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
 
 use super::{
-    BlockChange, Cause, EdgeChange, EdgeLogEntry, EdgeState, FeedCounts, Follower, GraphPolicy,
-    GraphStore, Relationship, StoreError, shard_of,
+    BlockChange, Cause, EdgeChange, EdgeLogEntry, EdgeState, FeedCounts, Follower, GraphPolicy, GraphStore,
+    Relationship, StoreError, shard_of,
 };
 
 /// Bumped when the schema below changes; services refuse an older schema.
@@ -55,15 +55,11 @@ fn schema(keyspace: &str, rf: u32) -> Vec<String> {
         format!(
             "CREATE KEYSPACE IF NOT EXISTS {k} WITH replication = {{'class': 'NetworkTopologyStrategy', 'replication_factor': {rf}}}"
         ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {k}.fg_following (user_id bigint, feed text, PRIMARY KEY (user_id, feed))"
-        ),
+        format!("CREATE TABLE IF NOT EXISTS {k}.fg_following (user_id bigint, feed text, PRIMARY KEY (user_id, feed))"),
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.fg_followers (feed text, shard bigint, follower_id bigint, muted boolean, PRIMARY KEY ((feed, shard), follower_id))"
         ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {k}.fg_shards (feed text, shard bigint, PRIMARY KEY (feed, shard))"
-        ),
+        format!("CREATE TABLE IF NOT EXISTS {k}.fg_shards (feed text, shard bigint, PRIMARY KEY (feed, shard))"),
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.fg_edge_versions (user_id bigint, feed text, version bigint, PRIMARY KEY ((user_id, feed)))"
         ),
@@ -79,9 +75,7 @@ fn schema(keyspace: &str, rf: u32) -> Vec<String> {
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.fg_mutes (user_id bigint, target_id bigint, PRIMARY KEY (user_id, target_id))"
         ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {k}.schema_migrations (component text PRIMARY KEY, version int)"
-        ),
+        format!("CREATE TABLE IF NOT EXISTS {k}.schema_migrations (component text PRIMARY KEY, version int)"),
     ]
 }
 
@@ -261,18 +255,10 @@ impl ScyllaGraphStore {
             log_insert: prep(format!("INSERT INTO {k}.fg_edge_log (bucket, seq, entry) VALUES (?, ?, ?)")).await?,
             log_page: prep(format!("SELECT entry FROM {k}.fg_edge_log WHERE bucket = ? AND seq > ? LIMIT ?")).await?,
         };
-        Ok(Self {
-            session,
-            st,
-            policy,
-        })
+        Ok(Self { session, st, policy })
     }
 
-    async fn exec(
-        &self,
-        p: &PreparedStatement,
-        v: impl SerializeRow,
-    ) -> Result<QueryResult, StoreError> {
+    async fn exec(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<QueryResult, StoreError> {
         self.session
             .execute_unpaged(p, v)
             .await
@@ -289,18 +275,8 @@ impl ScyllaGraphStore {
         ))
     }
 
-    async fn exists(
-        &self,
-        p: &PreparedStatement,
-        v: impl SerializeRow,
-    ) -> Result<bool, StoreError> {
-        Ok(self
-            .exec(p, v)
-            .await?
-            .into_rows_result()
-            .map_err(err)?
-            .rows_num()
-            > 0)
+    async fn exists(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<bool, StoreError> {
+        Ok(self.exec(p, v).await?.into_rows_result().map_err(err)?.rows_num() > 0)
     }
 
     async fn edge_version(&self, user: UserId, feed: &str) -> Result<u64, StoreError> {
@@ -384,16 +360,12 @@ impl ScyllaGraphStore {
             let applied = match self.user_stats(user).await? {
                 None => {
                     let n = 0u64.saturating_add_signed(delta);
-                    self.lwt(&self.st.user_stats_insert, (i(user), i(n)))
-                        .await?
+                    self.lwt(&self.st.user_stats_insert, (i(user), i(n))).await?
                 }
                 Some((following, version)) => {
                     let n = following.saturating_add_signed(delta);
-                    self.lwt(
-                        &self.st.user_stats_update,
-                        (i(n), i(version + 1), i(user), i(version)),
-                    )
-                    .await?
+                    self.lwt(&self.st.user_stats_update, (i(n), i(version + 1), i(user), i(version)))
+                        .await?
                 }
             };
             if applied {
@@ -428,12 +400,7 @@ impl ScyllaGraphStore {
         })
     }
 
-    async fn write_mirror(
-        &self,
-        follower: UserId,
-        feed: &str,
-        muted: bool,
-    ) -> Result<(), StoreError> {
+    async fn write_mirror(&self, follower: UserId, feed: &str, muted: bool) -> Result<(), StoreError> {
         let shard = i(shard_of(follower));
         self.exec(&self.st.followers_upsert, (feed, shard, i(follower), muted))
             .await?;
@@ -442,11 +409,7 @@ impl ScyllaGraphStore {
     }
 
     /// Removes an existing edge; the claim (LWT delete) makes one caller the remover.
-    async fn remove_edge(
-        &self,
-        follower: UserId,
-        feed: &FeedRef,
-    ) -> Result<Option<u64>, StoreError> {
+    async fn remove_edge(&self, follower: UserId, feed: &FeedRef) -> Result<Option<u64>, StoreError> {
         let name = feed.to_string();
         if !self
             .lwt(&self.st.following_delete, (i(follower), name.as_str()))
@@ -475,8 +438,7 @@ impl ScyllaGraphStore {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let seq = at_ms * LOG_SEQ_PER_MS
-            + (uuid::Uuid::new_v4().as_u128() % u128::from(LOG_SEQ_PER_MS)) as u64;
+        let seq = at_ms * LOG_SEQ_PER_MS + (uuid::Uuid::new_v4().as_u128() % u128::from(LOG_SEQ_PER_MS)) as u64;
         let entry = EdgeLogEntry {
             seq,
             follower_id: edge.follower,
@@ -487,30 +449,16 @@ impl ScyllaGraphStore {
             cause: cause as i32,
             at_ms: at_ms as i64,
         };
-        self.exec(
-            &self.st.log_insert,
-            (i(log_bucket(seq)), i(seq), entry.encode_to_vec()),
-        )
-        .await?;
+        self.exec(&self.st.log_insert, (i(log_bucket(seq)), i(seq), entry.encode_to_vec()))
+            .await?;
         Ok(())
     }
 
-    async fn page(
-        &self,
-        feed: &str,
-        shard: u64,
-        after: UserId,
-        limit: usize,
-    ) -> Result<Vec<Follower>, StoreError> {
+    async fn page(&self, feed: &str, shard: u64, after: UserId, limit: usize) -> Result<Vec<Follower>, StoreError> {
         let r = self
             .exec(
                 &self.st.followers_page,
-                (
-                    feed,
-                    i(shard),
-                    i(after),
-                    limit.min(i32::MAX as usize) as i32,
-                ),
+                (feed, i(shard), i(after), limit.min(i32::MAX as usize) as i32),
             )
             .await?
             .into_rows_result()
@@ -536,10 +484,7 @@ impl GraphStore for ScyllaGraphStore {
         let muted = match owner {
             Some(o) => {
                 if self.blocks(follower, o).await? || self.blocks(o, follower).await? {
-                    return Err(StoreError::Blocked {
-                        follower,
-                        feed: name,
-                    });
+                    return Err(StoreError::Blocked { follower, feed: name });
                 }
                 self.muting(follower, o).await?
             }
@@ -583,15 +528,9 @@ impl GraphStore for ScyllaGraphStore {
             && (self.blocks(follower, o).await? || self.blocks(o, follower).await?)
         {
             self.remove_edge(follower, feed).await?;
-            return Err(StoreError::Blocked {
-                follower,
-                feed: name,
-            });
+            return Err(StoreError::Blocked { follower, feed: name });
         }
-        Ok(EdgeChange {
-            changed: true,
-            edge,
-        })
+        Ok(EdgeChange { changed: true, edge })
     }
 
     async fn unfollow(&self, follower: UserId, feed: &FeedRef) -> Result<EdgeChange, StoreError> {
@@ -604,10 +543,7 @@ impl GraphStore for ScyllaGraphStore {
     }
 
     async fn block(&self, user: UserId, target: UserId) -> Result<BlockChange, StoreError> {
-        if !self
-            .lwt(&self.st.block_insert, (i(user), i(target)))
-            .await?
-        {
+        if !self.lwt(&self.st.block_insert, (i(user), i(target))).await? {
             return Ok(BlockChange {
                 changed: false,
                 removed: vec![],
@@ -631,16 +567,11 @@ impl GraphStore for ScyllaGraphStore {
                 None => self.touch_user(a, 0).await?,
             }
         }
-        Ok(BlockChange {
-            changed: true,
-            removed,
-        })
+        Ok(BlockChange { changed: true, removed })
     }
 
     async fn unblock(&self, user: UserId, target: UserId) -> Result<bool, StoreError> {
-        let changed = self
-            .lwt(&self.st.block_delete, (i(user), i(target)))
-            .await?;
+        let changed = self.lwt(&self.st.block_delete, (i(user), i(target))).await?;
         if changed {
             self.touch_user(user, 0).await?;
             self.touch_user(target, 0).await?;
@@ -648,12 +579,7 @@ impl GraphStore for ScyllaGraphStore {
         Ok(changed)
     }
 
-    async fn set_mute(
-        &self,
-        user: UserId,
-        target: UserId,
-        muted: bool,
-    ) -> Result<EdgeChange, StoreError> {
+    async fn set_mute(&self, user: UserId, target: UserId, muted: bool) -> Result<EdgeChange, StoreError> {
         let feed = FeedRef::user(target);
         let name = feed.to_string();
         let changed = if muted {
@@ -680,24 +606,17 @@ impl GraphStore for ScyllaGraphStore {
             following,
             muted,
         };
-        self.log(&edge, if muted { Cause::Mute } else { Cause::Unmute })
-            .await?;
+        self.log(&edge, if muted { Cause::Mute } else { Cause::Unmute }).await?;
         Ok(EdgeChange { changed, edge })
     }
 
-    async fn relationships(
-        &self,
-        user: UserId,
-        targets: &[UserId],
-    ) -> Result<Vec<Relationship>, StoreError> {
+    async fn relationships(&self, user: UserId, targets: &[UserId]) -> Result<Vec<Relationship>, StoreError> {
         let me = FeedRef::user(user).to_string();
         let mut out = Vec::with_capacity(targets.len());
         for &t in targets {
             out.push(Relationship {
                 target: t,
-                following: self
-                    .is_following_one(user, &FeedRef::user(t).to_string())
-                    .await?,
+                following: self.is_following_one(user, &FeedRef::user(t).to_string()).await?,
                 followed_by: self.is_following_one(t, &me).await?,
                 blocking: self.blocks(user, t).await?,
                 blocked_by: self.blocks(t, user).await?,
@@ -715,12 +634,7 @@ impl GraphStore for ScyllaGraphStore {
         Ok(out)
     }
 
-    async fn list_followers(
-        &self,
-        feed: &FeedRef,
-        after: UserId,
-        limit: usize,
-    ) -> Result<Vec<Follower>, StoreError> {
+    async fn list_followers(&self, feed: &FeedRef, after: UserId, limit: usize) -> Result<Vec<Follower>, StoreError> {
         let name = feed.to_string();
         let mut out = Vec::new();
         for shard in self.follower_shards(feed).await? {
@@ -745,21 +659,15 @@ impl GraphStore for ScyllaGraphStore {
         let limit = limit.min(i32::MAX as usize) as i32;
         let result = match after {
             Some(f) => {
-                self.exec(
-                    &self.st.following_page_after,
-                    (i(user), f.to_string(), limit),
-                )
-                .await?
+                self.exec(&self.st.following_page_after, (i(user), f.to_string(), limit))
+                    .await?
             }
             None => self.exec(&self.st.following_page, (i(user), limit)).await?,
         };
         let rows = result.into_rows_result().map_err(err)?;
         rows.rows::<(String,)>()
             .map_err(err)?
-            .map(|r| {
-                r.map_err(err)
-                    .and_then(|(s,)| FeedRef::parse(&s).map_err(err))
-            })
+            .map(|r| r.map_err(err).and_then(|(s,)| FeedRef::parse(&s).map_err(err)))
             .collect()
     }
 
@@ -791,12 +699,8 @@ impl GraphStore for ScyllaGraphStore {
     async fn feed_counts(&self, feeds: &[FeedRef]) -> Result<Vec<FeedCounts>, StoreError> {
         let mut out = Vec::with_capacity(feeds.len());
         for f in feeds {
-            let (followers, celebrity) =
-                self.feed_stats(&f.to_string()).await?.unwrap_or((0, false));
-            out.push(FeedCounts {
-                followers,
-                celebrity,
-            });
+            let (followers, celebrity) = self.feed_stats(&f.to_string()).await?.unwrap_or((0, false));
+            out.push(FeedCounts { followers, celebrity });
         }
         Ok(out)
     }
@@ -825,11 +729,7 @@ impl GraphStore for ScyllaGraphStore {
         Ok(out)
     }
 
-    async fn edge_changes(
-        &self,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<EdgeLogEntry>, StoreError> {
+    async fn edge_changes(&self, after_seq: u64, limit: usize) -> Result<Vec<EdgeLogEntry>, StoreError> {
         use prost::Message as _;
         let now_bucket = log_bucket(
             std::time::SystemTime::now()

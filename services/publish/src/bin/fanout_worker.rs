@@ -26,10 +26,7 @@ async fn main() -> anyhow::Result<()> {
     let cfg = FeedConfig::load(args.config.as_deref())?;
     telemetry::init(&cfg.telemetry);
     anyhow::ensure!(!cfg.redis.url.is_empty(), "redis.url is required");
-    anyhow::ensure!(
-        !cfg.clients.publish_url.is_empty(),
-        "clients.publish_url is required"
-    );
+    anyhow::ensure!(!cfg.clients.publish_url.is_empty(), "clients.publish_url is required");
     anyhow::ensure!(
         !cfg.clients.follow_graph_url.is_empty(),
         "clients.follow_graph_url is required"
@@ -39,8 +36,7 @@ async fn main() -> anyhow::Result<()> {
     let graph_channel = Channel::from_shared(cfg.clients.follow_graph_url.clone())?.connect_lazy();
     let ledger = Arc::new(GrpcLedger::new(publish_channel, &cfg.clients.token)?);
     let graph = Arc::new(GrpcGraph::new(graph_channel, &cfg.clients.token)?);
-    let queue =
-        Arc::new(RedisQueue::connect(&cfg.redis.url, &cfg.fanout.stream, &cfg.fanout.group).await?);
+    let queue = Arc::new(RedisQueue::connect(&cfg.redis.url, &cfg.fanout.stream, &cfg.fanout.group).await?);
     let inbox = publish::open_inbox(&cfg, publish::system_clock()).await?;
     let stop = Shutdown::new();
     let mut tasks = Vec::new();

@@ -42,27 +42,21 @@ pub async fn run_all(s: &dyn ActivityStore) {
     outboxes_page_newest_first_and_separate_pull_entries(s).await;
     jobs_complete_fail_and_revive(s).await;
     scheduled_items_are_listed_due_and_removed(s).await;
+    edge_jobs_advance_the_cursor_with_them(s).await;
     s.ping().await.expect("ping");
 }
 
 async fn foreign_ids_are_claimed_once(s: &dyn ActivityStore) {
+    assert_eq!(s.claim_foreign(1, "f-1", 100, 7).await.expect("claim"), Claim::Claimed);
     assert_eq!(
-        s.claim_foreign(1, "f-1", 100, 7).await.expect("claim"),
-        Claim::Claimed
-    );
-    assert_eq!(
-        s.claim_foreign(1, "f-1", 101, 8)
-            .await
-            .expect("claim again"),
+        s.claim_foreign(1, "f-1", 101, 8).await.expect("claim again"),
         Claim::Held {
             id: 100,
             fingerprint: 7
         }
     );
     assert_eq!(
-        s.claim_foreign(2, "f-1", 102, 7)
-            .await
-            .expect("other actor"),
+        s.claim_foreign(2, "f-1", 102, 7).await.expect("other actor"),
         Claim::Claimed
     );
     assert_eq!(s.find_foreign(1, "f-1").await.expect("find"), Some(100));
@@ -78,23 +72,14 @@ async fn publish_writes_activity_outbox_and_jobs_together(s: &dyn ActivityStore)
     }];
     let jobs = [job("fan/200/user:1", 5)];
     s.commit_publish(&a, &entries, &jobs).await.expect("commit");
-    s.commit_publish(&a, &entries, &jobs)
-        .await
-        .expect("idempotent retry");
-    assert_eq!(
-        s.get(&[200, 999]).await.expect("get"),
-        vec![Some(a.clone()), None]
-    );
+    s.commit_publish(&a, &entries, &jobs).await.expect("idempotent retry");
+    assert_eq!(s.get(&[200, 999]).await.expect("get"), vec![Some(a.clone()), None]);
     assert_eq!(
         s.outbox(&feed("user:1"), None, 10).await.expect("outbox"),
         entries.to_vec()
     );
     assert_eq!(
-        s.job("fan/200/user:1")
-            .await
-            .expect("job")
-            .expect("pending")
-            .job,
+        s.job("fan/200/user:1").await.expect("job").expect("pending").job,
         jobs[0]
     );
     let deleted = Activity {
@@ -103,9 +88,7 @@ async fn publish_writes_activity_outbox_and_jobs_together(s: &dyn ActivityStore)
     };
     s.replace(&deleted, &[]).await.expect("replace");
     assert_eq!(
-        s.get(&[200]).await.expect("get")[0]
-            .as_ref()
-            .map(|a| a.status),
+        s.get(&[200]).await.expect("get")[0].as_ref().map(|a| a.status),
         Some(ActivityStatus::Deleted as i32)
     );
 }
@@ -138,14 +121,8 @@ async fn outboxes_page_newest_first_and_separate_pull_entries(s: &dyn ActivitySt
         .map(|e| e.id)
         .collect();
     assert_eq!(page, vec![303, 302]);
-    assert_eq!(
-        s.pulled(&f, None, 10).await.expect("pulled"),
-        vec![304, 302]
-    );
-    assert_eq!(
-        s.pulled(&f, Some(304), 10).await.expect("pulled"),
-        vec![302]
-    );
+    assert_eq!(s.pulled(&f, None, 10).await.expect("pulled"), vec![304, 302]);
+    assert_eq!(s.pulled(&f, Some(304), 10).await.expect("pulled"), vec![302]);
     assert!(
         s.outbox(&feed("tag:contrac"), None, 10)
             .await
@@ -156,31 +133,16 @@ async fn outboxes_page_newest_first_and_separate_pull_entries(s: &dyn ActivitySt
 }
 
 async fn jobs_complete_fail_and_revive(s: &dyn ActivityStore) {
-    s.put_jobs(&[job("j/a", 10), job("j/b", 20)])
-        .await
-        .expect("put");
+    s.put_jobs(&[job("j/a", 10), job("j/b", 20)]).await.expect("put");
     let sub = job("j/a/0", 11);
     s.complete_job("j/a", std::slice::from_ref(&sub))
         .await
         .expect("complete");
-    assert!(
-        s.job("j/a").await.expect("job").is_none(),
-        "a done job is gone"
-    );
-    assert!(
-        s.job("j/a/0").await.expect("job").is_some(),
-        "its sub-job is recorded"
-    );
+    assert!(s.job("j/a").await.expect("job").is_none(), "a done job is gone");
+    assert!(s.job("j/a/0").await.expect("job").is_some(), "its sub-job is recorded");
     assert!(!s.fail_job("j/b", "boom", 2, 30).await.expect("fail 1"));
-    assert_eq!(
-        s.job("j/b").await.expect("job").expect("pending").attempts,
-        1
-    );
-    assert!(
-        s.fail_job("j/b", "boom again", 2, 31)
-            .await
-            .expect("fail 2")
-    );
+    assert_eq!(s.job("j/b").await.expect("job").expect("pending").attempts, 1);
+    assert!(s.fail_job("j/b", "boom again", 2, 31).await.expect("fail 2"));
     assert!(s.job("j/b").await.expect("job").is_none());
     let dead = s.dead_jobs("", 10).await.expect("dead");
     assert_eq!(dead.len(), 1);
@@ -216,10 +178,7 @@ async fn scheduled_items_are_listed_due_and_removed(s: &dyn ActivityStore) {
     s.schedule(&item("s1", 100)).await.expect("schedule");
     s.schedule(&item("s2", 200)).await.expect("schedule");
     assert_eq!(s.list_scheduled(9, "", 10).await.expect("list").len(), 2);
-    assert_eq!(
-        s.list_scheduled(9, "s1", 10).await.expect("list")[0].schedule_id,
-        "s2"
-    );
+    assert_eq!(s.list_scheduled(9, "s1", 10).await.expect("list")[0].schedule_id, "s2");
     let due: Vec<String> = s
         .due_scheduled(150, 10)
         .await
@@ -232,4 +191,13 @@ async fn scheduled_items_are_listed_due_and_removed(s: &dyn ActivityStore) {
     assert!(s.remove_scheduled(9, "s1").await.expect("remove"));
     assert!(!s.remove_scheduled(9, "s1").await.expect("gone"));
     assert!(s.due_scheduled(150, 10).await.expect("due").is_empty());
+}
+
+async fn edge_jobs_advance_the_cursor_with_them(s: &dyn ActivityStore) {
+    assert_eq!(s.edge_cursor().await.expect("cursor"), 0);
+    s.record_edge_jobs(&[job("edge/1/user:2/3", 50)], 17)
+        .await
+        .expect("record");
+    assert_eq!(s.edge_cursor().await.expect("cursor"), 17);
+    assert!(s.job("edge/1/user:2/3").await.expect("job").is_some());
 }

@@ -28,6 +28,8 @@ pub struct EmbeddedActivityStore {
     scheduled: Keyspace,
     scheduled_by_time: Keyspace,
     scheduled_by_actor: Keyspace,
+    /// name → value (the edge-log cursor)
+    meta: Keyspace,
     writer: Mutex<()>,
     sync: bool,
 }
@@ -111,10 +113,7 @@ impl EmbeddedActivityStore {
     /// Opens (or creates) the store under `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = Database::builder(dir).open().map_err(be)?;
-        let ks = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(be)
-        };
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(be);
         Ok(Self {
             activities: ks("pub_activities")?,
             foreign: ks("pub_foreign")?,
@@ -125,6 +124,7 @@ impl EmbeddedActivityStore {
             scheduled: ks("pub_scheduled")?,
             scheduled_by_time: ks("pub_scheduled_by_time")?,
             scheduled_by_actor: ks("pub_scheduled_by_actor")?,
+            meta: ks("pub_meta")?,
             db,
             writer: Mutex::new(()),
             sync: true,
@@ -151,11 +151,7 @@ impl EmbeddedActivityStore {
 
     fn put_jobs_in(&self, batch: &mut OwnedWriteBatch, jobs: &[Job]) {
         for job in jobs {
-            batch.insert(
-                &self.jobs,
-                job.job_id.as_bytes(),
-                job_value(job, 0, job.created_at_ms),
-            );
+            batch.insert(&self.jobs, job.job_id.as_bytes(), job_value(job, 0, job.created_at_ms));
         }
     }
 
@@ -220,11 +216,7 @@ impl ActivityStore for EmbeddedActivityStore {
     ) -> Result<(), StoreError> {
         let _w = self.lock();
         let mut batch = self.db.batch();
-        batch.insert(
-            &self.activities,
-            activity.id.to_be_bytes(),
-            activity.encode_to_vec(),
-        );
+        batch.insert(&self.activities, activity.id.to_be_bytes(), activity.encode_to_vec());
         for e in outbox {
             batch.insert(&self.outbox, feed_key(&e.feed, e.id), [mode_byte(e.mode)]);
             if e.mode == DeliveryMode::Pull {
@@ -237,20 +229,14 @@ impl ActivityStore for EmbeddedActivityStore {
 
     async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Activity>>, StoreError> {
         ids.iter()
-            .map(
-                |id| match self.activities.get(id.to_be_bytes()).map_err(be)? {
-                    Some(v) => Activity::decode(&*v).map(Some).map_err(be),
-                    None => Ok(None),
-                },
-            )
+            .map(|id| match self.activities.get(id.to_be_bytes()).map_err(be)? {
+                Some(v) => Activity::decode(&*v).map(Some).map_err(be),
+                None => Ok(None),
+            })
             .collect()
     }
 
-    async fn find_foreign(
-        &self,
-        actor: UserId,
-        foreign_id: &str,
-    ) -> Result<Option<u64>, StoreError> {
+    async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<u64>, StoreError> {
         Ok(self
             .foreign
             .get(Self::foreign_key(actor, foreign_id))
@@ -261,38 +247,23 @@ impl ActivityStore for EmbeddedActivityStore {
     async fn replace(&self, activity: &Activity, jobs: &[Job]) -> Result<(), StoreError> {
         let _w = self.lock();
         let mut batch = self.db.batch();
-        batch.insert(
-            &self.activities,
-            activity.id.to_be_bytes(),
-            activity.encode_to_vec(),
-        );
+        batch.insert(&self.activities, activity.id.to_be_bytes(), activity.encode_to_vec());
         self.put_jobs_in(&mut batch, jobs);
         self.commit(batch, true)
     }
 
-    async fn outbox(
-        &self,
-        feed: &FeedRef,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<OutboxEntry>, StoreError> {
+    async fn outbox(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
         Ok(Self::scan_desc(&self.outbox, feed, before, limit)?
             .into_iter()
             .map(|(id, v)| OutboxEntry {
                 feed: feed.clone(),
                 id,
-                mode: DeliveryMode::try_from(i32::from(v.first().copied().unwrap_or(0)))
-                    .unwrap_or(DeliveryMode::Push),
+                mode: DeliveryMode::try_from(i32::from(v.first().copied().unwrap_or(0))).unwrap_or(DeliveryMode::Push),
             })
             .collect())
     }
 
-    async fn pulled(
-        &self,
-        feed: &FeedRef,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<u64>, StoreError> {
+    async fn pulled(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<u64>, StoreError> {
         Ok(Self::scan_desc(&self.pulled, feed, before, limit)?
             .into_iter()
             .map(|(id, _)| id)
@@ -323,13 +294,7 @@ impl ActivityStore for EmbeddedActivityStore {
         self.commit(batch, !spawned.is_empty())
     }
 
-    async fn fail_job(
-        &self,
-        job_id: &str,
-        error: &str,
-        max_attempts: u32,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    async fn fail_job(&self, job_id: &str, error: &str, max_attempts: u32, now_ms: i64) -> Result<bool, StoreError> {
         let _w = self.lock();
         let Some(mut state) = self
             .jobs
@@ -345,11 +310,7 @@ impl ActivityStore for EmbeddedActivityStore {
         let dead = state.attempts >= max_attempts;
         if dead {
             batch.remove(&self.jobs, job_id.as_bytes());
-            batch.insert(
-                &self.dead,
-                job_id.as_bytes(),
-                dead_value(&state, error, now_ms),
-            );
+            batch.insert(&self.dead, job_id.as_bytes(), dead_value(&state, error, now_ms));
         } else {
             batch.insert(
                 &self.jobs,
@@ -440,11 +401,7 @@ impl ActivityStore for EmbeddedActivityStore {
         let actor = item.activity.as_ref().map(|a| a.actor).unwrap_or(0);
         let _w = self.lock();
         let mut batch = self.db.batch();
-        batch.insert(
-            &self.scheduled,
-            item.schedule_id.as_bytes(),
-            item.encode_to_vec(),
-        );
+        batch.insert(&self.scheduled, item.schedule_id.as_bytes(), item.encode_to_vec());
         let mut tk = (item.publish_at_ms as u64).to_be_bytes().to_vec();
         tk.extend_from_slice(item.schedule_id.as_bytes());
         batch.insert(&self.scheduled_by_time, tk, []);
@@ -503,11 +460,7 @@ impl ActivityStore for EmbeddedActivityStore {
         Ok(true)
     }
 
-    async fn due_scheduled(
-        &self,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<ScheduledActivity>, StoreError> {
+    async fn due_scheduled(&self, now_ms: i64, limit: usize) -> Result<Vec<ScheduledActivity>, StoreError> {
         let end = ((now_ms.max(0) as u64) + 1).to_be_bytes();
         let mut out = Vec::new();
         for item in self.scheduled_by_time.range(..end.to_vec()) {
@@ -520,6 +473,23 @@ impl ActivityStore for EmbeddedActivityStore {
             }
         }
         Ok(out)
+    }
+
+    async fn edge_cursor(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .meta
+            .get("edge_cursor")
+            .map_err(be)?
+            .map(|v| u64_at(&v, 0))
+            .unwrap_or(0))
+    }
+
+    async fn record_edge_jobs(&self, jobs: &[Job], cursor: u64) -> Result<(), StoreError> {
+        let _w = self.lock();
+        let mut batch = self.db.batch();
+        self.put_jobs_in(&mut batch, jobs);
+        batch.insert(&self.meta, "edge_cursor", cursor.to_be_bytes());
+        self.commit(batch, true)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

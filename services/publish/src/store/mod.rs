@@ -96,36 +96,18 @@ pub trait ActivityStore: Send + Sync + 'static {
     ) -> Result<Claim, StoreError>;
     /// Writes the activity, its outbox entries and its jobs in one step.
     /// Idempotent: a retry with the same rows changes nothing.
-    async fn commit_publish(
-        &self,
-        activity: &Activity,
-        outbox: &[OutboxEntry],
-        jobs: &[Job],
-    ) -> Result<(), StoreError>;
+    async fn commit_publish(&self, activity: &Activity, outbox: &[OutboxEntry], jobs: &[Job])
+    -> Result<(), StoreError>;
     /// Activities by id, in order; None for unknown ids.
     async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Activity>>, StoreError>;
     /// The id held by (actor, foreign_id).
-    async fn find_foreign(
-        &self,
-        actor: UserId,
-        foreign_id: &str,
-    ) -> Result<Option<u64>, StoreError>;
+    async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<u64>, StoreError>;
     /// Replaces an existing activity row (update, soft delete) and records jobs, in one step.
     async fn replace(&self, activity: &Activity, jobs: &[Job]) -> Result<(), StoreError>;
     /// A feed's outbox below `before`, newest first.
-    async fn outbox(
-        &self,
-        feed: &FeedRef,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<OutboxEntry>, StoreError>;
+    async fn outbox(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
     /// A feed's pull-mode entries below `before`, newest first.
-    async fn pulled(
-        &self,
-        feed: &FeedRef,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<u64>, StoreError>;
+    async fn pulled(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<u64>, StoreError>;
 
     /// Records jobs (pending).
     async fn put_jobs(&self, jobs: &[Job]) -> Result<(), StoreError>;
@@ -134,13 +116,7 @@ pub trait ActivityStore: Send + Sync + 'static {
     /// Marks a job done and records the jobs it spawned, in one step.
     async fn complete_job(&self, job_id: &str, spawned: &[Job]) -> Result<(), StoreError>;
     /// Records a failure; dead-letters the job at `max_attempts`. True when dead.
-    async fn fail_job(
-        &self,
-        job_id: &str,
-        error: &str,
-        max_attempts: u32,
-        now_ms: i64,
-    ) -> Result<bool, StoreError>;
+    async fn fail_job(&self, job_id: &str, error: &str, max_attempts: u32, now_ms: i64) -> Result<bool, StoreError>;
     /// Pending jobs not updated since `stale_before_ms` (for the sweeper).
     async fn stale_jobs(&self, stale_before_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError>;
     /// Dead-lettered jobs after `after` (job id order).
@@ -162,11 +138,12 @@ pub trait ActivityStore: Send + Sync + 'static {
     /// Removes a scheduled item; false when there was none.
     async fn remove_scheduled(&self, actor: UserId, schedule_id: &str) -> Result<bool, StoreError>;
     /// Items due at `now_ms`, oldest first.
-    async fn due_scheduled(
-        &self,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<ScheduledActivity>, StoreError>;
+    async fn due_scheduled(&self, now_ms: i64, limit: usize) -> Result<Vec<ScheduledActivity>, StoreError>;
+
+    /// How far the follow-graph change log has been turned into jobs.
+    async fn edge_cursor(&self) -> Result<u64, StoreError>;
+    /// Records edge jobs and advances the cursor, in one step.
+    async fn record_edge_jobs(&self, jobs: &[Job], cursor: u64) -> Result<(), StoreError>;
 
     /// Answers when usable.
     async fn ping(&self) -> Result<(), StoreError>;
