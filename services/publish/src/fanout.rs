@@ -35,6 +35,8 @@ pub trait JobLedger: Send + Sync + 'static {
     async fn fail(&self, job_id: &str, error: &str) -> Result<bool, ApiError>;
     /// A feed's newest outbox entries, for backfill and purge.
     async fn outbox(&self, feed: &FeedRef, limit: usize) -> Result<Vec<OutboxItem>, ApiError>;
+    /// Activities by id, as outbox items (sources and flags), for purges.
+    async fn items(&self, ids: &[u64]) -> Result<Vec<OutboxItem>, ApiError>;
 }
 
 #[async_trait]
@@ -50,6 +52,9 @@ impl JobLedger for Publisher {
     }
     async fn outbox(&self, feed: &FeedRef, limit: usize) -> Result<Vec<OutboxItem>, ApiError> {
         self.outbox_items(feed, limit).await
+    }
+    async fn items(&self, ids: &[u64]) -> Result<Vec<OutboxItem>, ApiError> {
+        Publisher::items(self, ids).await
     }
 }
 
@@ -134,6 +139,24 @@ impl JobLedger for GrpcLedger {
             .list_outbox(self.req(pb::ListOutboxRequest {
                 feed: feed.to_string(),
                 limit: limit.min(10_000) as u32,
+                ids: vec![],
+            }))
+            .await
+            .map_err(unavailable)?;
+        Ok(r.into_inner().items)
+    }
+
+    async fn items(&self, ids: &[u64]) -> Result<Vec<OutboxItem>, ApiError> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let r = self
+            .client
+            .clone()
+            .list_outbox(self.req(pb::ListOutboxRequest {
+                feed: String::new(),
+                limit: 0,
+                ids: ids.to_vec(),
             }))
             .await
             .map_err(unavailable)?;
@@ -358,10 +381,10 @@ impl FanoutWorker {
             // Superseded: the job of the newer version decides.
             return self.ledger.complete(job_id, &[]).await;
         }
-        let cap = self.cfg.inbox_cap.max(1);
-        let items = self.ledger.outbox(&feed, cap).await?;
         match EdgeJobKind::try_from(e.kind).unwrap_or(EdgeJobKind::Unspecified) {
             EdgeJobKind::Backfill if following => {
+                let cap = self.cfg.inbox_cap.max(1);
+                let items = self.ledger.outbox(&feed, cap).await?;
                 let ids: Vec<u64> = items
                     .iter()
                     .filter(|i| {
@@ -389,32 +412,49 @@ impl FanoutWorker {
                     .copied()
                     .unwrap_or((0, false));
                 if now_version != version && !now_following {
-                    self.purge_items(e.follower_id, &items).await?;
+                    self.purge(e.follower_id).await?;
                 }
             }
-            EdgeJobKind::Purge if !following => self.purge_items(e.follower_id, &items).await?,
+            EdgeJobKind::Purge if !following => self.purge(e.follower_id).await?,
             _ => {}
         }
         self.ledger.complete(job_id, &[]).await
     }
 
-    /// Removes from `user`'s inbox the items no followed feed brings any more:
-    /// an item's sources are `user:<actor>` and its `to` feeds (Invariant 5).
-    async fn purge_items(&self, user: u64, items: &[OutboxItem]) -> Result<(), ApiError> {
-        let sources_of = |i: &OutboxItem| {
-            let mut v = vec![FeedRef::user(i.actor)];
-            v.extend(i.to.iter().filter_map(|t| FeedRef::parse(t).ok()));
-            v
+    /// Removes from `user`'s inbox the items no followed feed pushes any
+    /// more (and deleted ones). Driven by the inbox's own content, not by
+    /// one feed's outbox, so nothing older than that feed's newest page is
+    /// missed; an item's sources are `user:<actor>` and its `to` feeds (Invariant 5).
+    async fn purge(&self, user: u64) -> Result<(), ApiError> {
+        let cap = self.cfg.inbox_cap.max(1);
+        let Some(page) = self
+            .inbox
+            .page(user, None, cap)
+            .await
+            .map_err(|err| ApiError::Unavailable(err.to_string()))?
+        else {
+            return Ok(());
         };
-        let mut all: Vec<FeedRef> = items.iter().flat_map(sources_of).collect();
-        all.sort();
-        all.dedup();
-        let follows = self.graph.follows(user, &all).await?;
-        let followed: HashSet<&FeedRef> = all.iter().zip(follows).filter(|(_, f)| *f).map(|(s, _)| s).collect();
+        let items = self.ledger.items(&page.ids).await?;
+        let mut sources: Vec<FeedRef> = items
+            .iter()
+            .flat_map(|i| i.push_sources.iter().filter_map(|s| FeedRef::parse(s).ok()))
+            .collect();
+        sources.sort();
+        sources.dedup();
+        let follows = self.graph.follows(user, &sources).await?;
+        let followed: HashSet<String> = sources
+            .iter()
+            .zip(follows)
+            .filter(|(_, f)| *f)
+            .map(|(s, _)| s.to_string())
+            .collect();
+        let known: HashSet<u64> = items.iter().map(|i| i.id).collect();
         let remove: Vec<u64> = items
             .iter()
-            .filter(|i| !sources_of(i).iter().any(|s| followed.contains(s)))
+            .filter(|i| i.deleted || !i.push_sources.iter().any(|s| followed.contains(s)))
             .map(|i| i.id)
+            .chain(page.ids.iter().copied().filter(|id| !known.contains(id)))
             .collect();
         self.inbox
             .remove(user, &remove)

@@ -305,9 +305,14 @@ impl PublishService for PublishGrpc {
     ) -> Result<Response<pb::ListOutboxResponse>, Status> {
         Caller::of(&req)?.require_internal()?;
         let r = req.get_ref();
-        let feed = FeedRef::parse_field("feed", &r.feed)?;
-        let limit = validate::page_size("limit", r.limit, 800, 10_000)?;
-        let items = self.publisher.outbox_items(&feed, limit).await?;
+        let items = if r.ids.is_empty() {
+            let feed = FeedRef::parse_field("feed", &r.feed)?;
+            let limit = validate::page_size("limit", r.limit, 800, 10_000)?;
+            self.publisher.outbox_items(&feed, limit).await?
+        } else {
+            validate::batch_len("ids", &r.ids, 10_000)?;
+            self.publisher.items(&r.ids).await?
+        };
         Ok(Response::new(pb::ListOutboxResponse { items }))
     }
 

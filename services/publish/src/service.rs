@@ -609,8 +609,11 @@ impl Publisher {
             .into_iter()
             .zip(activities)
             .filter(|(_, a)| {
-                a.as_ref()
-                    .is_some_and(|a| a.visibility != Visibility::Private as i32 && a.actor != user)
+                a.as_ref().is_some_and(|a| {
+                    a.visibility != Visibility::Private as i32
+                        && a.status != ActivityStatus::Deleted as i32
+                        && a.actor != user
+                })
             })
             .map(|(id, _)| id)
             .filter(|id| *id >= floor)
@@ -682,21 +685,37 @@ impl Publisher {
     pub async fn outbox_items(&self, feed: &FeedRef, limit: usize) -> Result<Vec<OutboxItem>, ApiError> {
         let entries = self.store.outbox(feed, None, limit).await?;
         let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
-        let activities = self.store.get(&ids).await?;
-        Ok(entries
-            .into_iter()
-            .zip(activities)
-            .filter_map(|(e, a)| {
-                a.map(|a| OutboxItem {
-                    id: e.id,
-                    actor: a.actor,
-                    to: a.to,
-                    mode: e.mode as i32,
-                    private: a.visibility == Visibility::Private as i32,
-                    deleted: a.status == ActivityStatus::Deleted as i32,
-                })
-            })
-            .collect())
+        let mut items = self.items(&ids).await?;
+        for (item, e) in items.iter_mut().zip(&entries) {
+            item.mode = e.mode as i32;
+        }
+        Ok(items)
+    }
+
+    /// Activities by id with their push-mode sources; unknown ids left out.
+    pub async fn items(&self, ids: &[u64]) -> Result<Vec<OutboxItem>, ApiError> {
+        let activities = self.store.get(ids).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for a in activities.into_iter().flatten() {
+            let mut push_sources = Vec::new();
+            let mut sources = vec![FeedRef::user(a.actor)];
+            sources.extend(a.to.iter().filter_map(|t| FeedRef::parse(t).ok()));
+            for s in sources {
+                if self.store.outbox_mode(&s, a.id).await? == Some(DeliveryMode::Push) {
+                    push_sources.push(s.to_string());
+                }
+            }
+            out.push(OutboxItem {
+                id: a.id,
+                actor: a.actor,
+                to: a.to,
+                mode: a.delivery_mode,
+                private: a.visibility == Visibility::Private as i32,
+                deleted: a.status == ActivityStatus::Deleted as i32,
+                push_sources,
+            });
+        }
+        Ok(out)
     }
 
     /// The inbox cap (backfills read this many entries per feed).

@@ -122,6 +122,9 @@ async fn outboxes_page_newest_first_and_separate_pull_entries(s: &dyn ActivitySt
         .collect();
     assert_eq!(page, vec![303, 302]);
     assert_eq!(s.pulled(&f, None, 10).await.expect("pulled"), vec![304, 302]);
+    assert_eq!(s.outbox_mode(&f, 304).await.expect("mode"), Some(DeliveryMode::Pull));
+    assert_eq!(s.outbox_mode(&f, 303).await.expect("mode"), Some(DeliveryMode::Push));
+    assert_eq!(s.outbox_mode(&f, 305).await.expect("mode"), None);
     assert_eq!(s.pulled(&f, Some(304), 10).await.expect("pulled"), vec![302]);
     assert!(
         s.outbox(&feed("tag:contrac"), None, 10)

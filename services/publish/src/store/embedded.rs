@@ -263,6 +263,14 @@ impl ActivityStore for EmbeddedActivityStore {
             .collect())
     }
 
+    async fn outbox_mode(&self, feed: &FeedRef, id: u64) -> Result<Option<DeliveryMode>, StoreError> {
+        Ok(self
+            .outbox
+            .get(feed_key(feed, id))
+            .map_err(be)?
+            .map(|v| DeliveryMode::try_from(i32::from(v.first().copied().unwrap_or(0))).unwrap_or(DeliveryMode::Push)))
+    }
+
     async fn pulled(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<u64>, StoreError> {
         Ok(Self::scan_desc(&self.pulled, feed, before, limit)?
             .into_iter()

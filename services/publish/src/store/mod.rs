@@ -106,6 +106,8 @@ pub trait ActivityStore: Send + Sync + 'static {
     async fn replace(&self, activity: &Activity, jobs: &[Job]) -> Result<(), StoreError>;
     /// A feed's outbox below `before`, newest first.
     async fn outbox(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// The delivery mode of one outbox entry, if it exists.
+    async fn outbox_mode(&self, feed: &FeedRef, id: u64) -> Result<Option<DeliveryMode>, StoreError>;
     /// A feed's pull-mode entries below `before`, newest first.
     async fn pulled(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<u64>, StoreError>;
 
