@@ -332,16 +332,24 @@ impl FanoutWorker {
     /// A root job becomes one sub-job per follower shard; the sub-jobs are
     /// recorded with the root's completion, then enqueued.
     async fn split(&self, job_id: &str, feed: &str, sub: impl Fn(u64) -> Job) -> Result<(), ApiError> {
+        let started = std::time::Instant::now();
         let shards = self.graph.shards(&feed_of(feed)?).await?;
         let spawned: Vec<Job> = shards.into_iter().map(sub).collect();
         self.ledger.complete(job_id, &spawned).await?;
         if let Err(e) = self.queue.enqueue(&spawned).await {
             tracing::warn!(error = %e, "sub-job enqueue failed; the sweeper will re-drive");
         }
+        tracing::debug!(
+            job_id,
+            sub_jobs = spawned.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "job split"
+        );
         Ok(())
     }
 
     async fn push_shard(&self, job_id: &str, f: &FanoutJob, shard: u64) -> Result<(), ApiError> {
+        let started = std::time::Instant::now();
         let feed = feed_of(&f.feed)?;
         let mut after = 0;
         let mut delivered = 0usize;
@@ -362,12 +370,27 @@ impl FanoutWorker {
             }
         }
         metrics::counter!("feed_fanout_deliveries_total").increment(delivered as u64);
+        tracing::debug!(
+            job_id,
+            delivered,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "shard pushed"
+        );
         self.ledger.complete(job_id, &[]).await
     }
 
     /// Backfill or purge one follower's inbox after an edge change; applies
     /// only while the job's edge version is still current (Invariant 4).
     async fn edge(&self, job_id: &str, e: &EdgeJob) -> Result<(), ApiError> {
+        // A cold user has no inbox to fix: it is rebuilt when they return.
+        if !self
+            .inbox
+            .is_live(e.follower_id)
+            .await
+            .map_err(|err| ApiError::Unavailable(err.to_string()))?
+        {
+            return self.ledger.complete(job_id, &[]).await;
+        }
         let feed = feed_of(&e.feed)?;
         let edge = [(e.follower_id, feed.clone())];
         let (version, following) = self

@@ -31,6 +31,7 @@ pub fn inbox_config(cfg: &FeedConfig) -> feed_inbox::InboxConfig {
     feed_inbox::InboxConfig {
         cap: cfg.inbox.cap.max(1),
         ttl_ms: cfg.inbox.ttl_secs.max(1) * 1000,
+        cluster: cfg.redis.cluster,
     }
 }
 

@@ -5,7 +5,11 @@ use crate::{InboxConfig, InboxStore};
 
 /// Sizing the contract assumes: cap 5.
 pub fn contract_config() -> InboxConfig {
-    InboxConfig { cap: 5, ttl_ms: 60_000 }
+    InboxConfig {
+        cap: 5,
+        ttl_ms: 60_000,
+        cluster: false,
+    }
 }
 
 /// Ids above 2^53 that differ only in their lowest bits (one millisecond,

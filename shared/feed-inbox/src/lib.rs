@@ -31,6 +31,9 @@ pub struct InboxConfig {
     pub cap: usize,
     /// An inbox unused this long expires (its user turns cold).
     pub ttl_ms: u64,
+    /// Redis Cluster: a script may only touch keys of one slot, so fanout
+    /// sends one call per user instead of one per batch of users.
+    pub cluster: bool,
 }
 
 impl Default for InboxConfig {
@@ -38,6 +41,7 @@ impl Default for InboxConfig {
         Self {
             cap: 800,
             ttl_ms: 7 * 24 * 3600 * 1000,
+            cluster: false,
         }
     }
 }

@@ -56,3 +56,14 @@ async fn memory_inbox_expires_unused_inboxes() {
     clock.advance(contract_config().ttl_ms);
     assert!(!inbox.is_live(1).await.expect("live"));
 }
+
+#[tokio::test]
+async fn redis_inbox_passes_the_contract_with_per_slot_calls() {
+    // The cluster-safe path (one script call per user) on a single server.
+    let redis = RedisServer::start().expect("redis");
+    let cfg = feed_inbox::InboxConfig {
+        cluster: true,
+        ..contract_config()
+    };
+    run_all(&RedisInbox::connect(&redis.url(), cfg).await.expect("connect")).await;
+}

@@ -206,6 +206,7 @@ impl Harness {
             InboxConfig {
                 cap: CAP,
                 ttl_ms: 3_600_000,
+                cluster: false,
             },
             clock.clone(),
         ));
