@@ -37,8 +37,8 @@ fn spawn_worker(redis: &str, addr: std::net::SocketAddr) -> Child {
         .env("FEED__CLIENTS__TOKEN", INTERNAL_TOKEN)
         // Small pages make the fanout long enough to interrupt.
         .env("FEED__FANOUT__PAGE_SIZE", "100")
-        .env("FEED__FANOUT__WORKERS", "1")
-        .env("FEED__FANOUT__CONCURRENCY", "1")
+        .env("FEED__FANOUT__WORKERS", "2")
+        .env("FEED__FANOUT__CONCURRENCY", "4")
         .env("FEED__FANOUT__RECLAIM_IDLE_MS", "500")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -68,9 +68,14 @@ async fn killing_a_worker_mid_fanout_loses_and_duplicates_nothing() {
         cfg.redis.url = url.clone();
         cfg.fanout.workers = 0;
         cfg.follow_graph.celebrity_threshold = 1_000_000;
+        // Set-up speed: this test is about workers dying, not about fsync.
+        cfg.storage.sync_writes = false;
     })
     .await
     .expect("platform");
+    // The first worker also drains the follows' own (edge) jobs before the publish.
+    let mut first = spawn_worker(&url, platform.addr);
+    let mut publish = PublishServiceClient::new(platform.channel.clone());
     // Followers spread over three shards (ids up to 140,000).
     let users: Vec<u64> = (1..=FOLLOWERS).map(|i| i * 7 + 1).collect();
     let graph = FollowGraphServiceClient::new(platform.channel.clone());
@@ -87,6 +92,28 @@ async fn killing_a_worker_mid_fanout_loses_and_duplicates_nothing() {
             }
         })
         .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        // Edge jobs are ingested every 200 ms; wait until none is pending twice in a row.
+        let idle = || async {
+            publish
+                .clone()
+                .get_fanout_lag(internal(pb::GetFanoutLagRequest {}))
+                .await
+                .expect("lag")
+                .into_inner()
+                .pending_jobs
+                == 0
+        };
+        if idle().await {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if idle().await {
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "set-up jobs never drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut conn = redis::Client::open(url.as_str())
         .expect("client")
         .get_multiplexed_async_connection()
@@ -100,8 +127,7 @@ async fn killing_a_worker_mid_fanout_loses_and_duplicates_nothing() {
         let _: () = pipe.query_async(&mut conn).await.expect("live inboxes");
     }
 
-    let mut first = spawn_worker(&url, platform.addr);
-    let id = PublishServiceClient::new(platform.channel.clone())
+    let id = publish
         .publish(internal(pb::PublishRequest {
             activity: Some(pb::NewActivity {
                 actor: 1,
