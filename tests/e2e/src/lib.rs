@@ -1,6 +1,8 @@
 //! A running platform for end-to-end tests: feedd's services on
 //! `127.0.0.1:0`, real gRPC, tokens of both roles.
 
+pub mod inproc;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

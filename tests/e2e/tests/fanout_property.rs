@@ -7,121 +7,23 @@
 //! deleted, not private, not u's own, and were pushed through a feed u
 //! follows (an outbox entry in push mode; celebrity feeds are pulled).
 
-use std::collections::{BTreeSet, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use async_trait::async_trait;
-use feed_core::{ApiError, FeedRef, IdGenerator, NodeLease, SystemClock, UserId};
+use feed_core::{FeedRef, IdGenerator, NodeLease, SystemClock};
+use feed_e2e::inproc::{LocalGraph, TestQueue};
 use feed_inbox::{InboxConfig, InboxStore, MemoryInbox};
 use feed_proto::common::v1::{ActivityStatus, DeliveryMode, Visibility};
-use feed_proto::events::v1::{EdgeChange, Job};
 use feed_proto::publish::v1::NewActivity;
 use follow_graph::FollowGraph;
 use follow_graph::store::GraphPolicy;
 use follow_graph::store::embedded::EmbeddedGraphStore;
 use proptest::prelude::*;
-use publish::graph::Follower;
-use publish::queue::{Delivery, QueueError};
 use publish::store::embedded::EmbeddedActivityStore;
-use publish::{FanoutWorker, Graph, JobQueue, PublishConfig, Publisher, WorkerConfig};
+use publish::{FanoutWorker, Graph, PublishConfig, Publisher, WorkerConfig};
 
 const CAP: usize = 6;
 const USERS: u64 = 6;
-
-/// follow-graph in process: the same domain service the gRPC adapter calls.
-struct LocalGraph(FollowGraph);
-
-#[async_trait]
-impl Graph for LocalGraph {
-    async fn celebrity(&self, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
-        Ok(self
-            .0
-            .counts(feeds, &[])
-            .await?
-            .0
-            .into_iter()
-            .map(|c| c.celebrity)
-            .collect())
-    }
-    async fn follows(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
-        Ok(self.0.relationships(user, &[], feeds).await?.1)
-    }
-    async fn edge_changes(&self, after_seq: u64, limit: u32) -> Result<Vec<EdgeChange>, ApiError> {
-        self.0.edge_changes(after_seq, limit as usize).await
-    }
-    async fn edge_states(&self, edges: &[(UserId, FeedRef)]) -> Result<Vec<(u64, bool)>, ApiError> {
-        Ok(self
-            .0
-            .edge_states(edges)
-            .await?
-            .into_iter()
-            .map(|e| (e.version, e.following))
-            .collect())
-    }
-    async fn following(&self, user: UserId) -> Result<Vec<FeedRef>, ApiError> {
-        Ok(self.0.list_following(user, None, 1000).await?.0)
-    }
-    async fn shards(&self, feed: &FeedRef) -> Result<Vec<u64>, ApiError> {
-        Ok(self.0.follower_shards(feed).await?.0)
-    }
-    async fn page(
-        &self,
-        feed: &FeedRef,
-        shard: u64,
-        after: UserId,
-        limit: u32,
-    ) -> Result<(Vec<Follower>, bool), ApiError> {
-        let (page, done) = self.0.page_shard(feed, shard, after, limit as usize).await?;
-        Ok((
-            page.into_iter()
-                .map(|f| Follower {
-                    user: f.user,
-                    muted: f.muted,
-                })
-                .collect(),
-            done,
-        ))
-    }
-}
-
-/// A queue the test drains in the order it chooses.
-#[derive(Default)]
-struct TestQueue(Mutex<VecDeque<Job>>);
-
-impl TestQueue {
-    fn take(&self, pick: usize) -> Option<Job> {
-        let mut q = self.0.lock().expect("lock");
-        if q.is_empty() {
-            return None;
-        }
-        let i = pick % q.len();
-        q.remove(i)
-    }
-    fn is_empty(&self) -> bool {
-        self.0.lock().expect("lock").is_empty()
-    }
-}
-
-#[async_trait]
-impl JobQueue for TestQueue {
-    async fn enqueue(&self, jobs: &[Job]) -> Result<(), QueueError> {
-        self.0.lock().expect("lock").extend(jobs.iter().cloned());
-        Ok(())
-    }
-    async fn receive(&self, _: &str, _: usize, _: Duration) -> Result<Vec<Delivery>, QueueError> {
-        Ok(vec![])
-    }
-    async fn ack(&self, _: &Delivery) -> Result<(), QueueError> {
-        Ok(())
-    }
-    async fn reclaim(&self, _: &str, _: Duration, _: usize) -> Result<Vec<Delivery>, QueueError> {
-        Ok(vec![])
-    }
-    async fn trim(&self) -> Result<(), QueueError> {
-        Ok(())
-    }
-}
 
 #[derive(Debug, Clone)]
 enum Op {

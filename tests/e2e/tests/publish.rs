@@ -503,3 +503,57 @@ async fn follow_backfills_and_unfollow_or_block_purges_live_inboxes() {
     e.settled().await;
     e.platform.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn admin_rpcs_rebuild_rerun_and_report_and_refuse_bff_tokens() {
+    let mut e = env().await;
+    e.follow(2, "user:1").await;
+    let a = e.publish(1, "a").await.activity_id;
+    let b = e.publish(1, "b").await.activity_id;
+    e.settled().await;
+    assert!(!e.inbox.is_live(2).await.expect("live"), "cold before the rebuild");
+    let rebuilt = e
+        .publish
+        .rebuild_inbox(internal(pb::RebuildInboxRequest { user_id: 2 }))
+        .await
+        .expect("rebuild")
+        .into_inner();
+    assert_eq!(rebuilt.entries, 2);
+    e.inbox_becomes(2, &[b, a]).await;
+
+    e.inbox.remove(2, &[a]).await.expect("lose one");
+    let rerun = e
+        .publish
+        .rerun_fanout(internal(pb::RerunFanoutRequest { activity_id: a }))
+        .await
+        .expect("rerun")
+        .into_inner();
+    assert!(rerun.job_id.contains(&a.to_string()));
+    e.inbox_becomes(2, &[b, a]).await;
+
+    let dead = e
+        .publish
+        .list_dead_letters(internal(pb::ListDeadLettersRequest {
+            page_size: 10,
+            page_token: String::new(),
+        }))
+        .await
+        .expect("dead letters")
+        .into_inner();
+    assert!(dead.dead_letters.is_empty());
+    e.settled().await;
+
+    let err = e
+        .publish
+        .rebuild_inbox(bff(pb::RebuildInboxRequest { user_id: 2 }, 2))
+        .await
+        .expect_err("admin only");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = e
+        .publish
+        .get_fanout_lag(bff(pb::GetFanoutLagRequest {}, 2))
+        .await
+        .expect_err("admin only");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    e.platform.stop().await.expect("stop");
+}

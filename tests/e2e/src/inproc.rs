@@ -1,0 +1,111 @@
+//! In-process stand-ins for tests that must control what the network hides:
+//! follow-graph's domain service behind publish's `Graph` trait, and a job
+//! queue the test drains in the order it chooses.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use feed_core::{ApiError, FeedRef, UserId};
+use feed_proto::events::v1::{EdgeChange, Job};
+use follow_graph::FollowGraph;
+use publish::graph::Follower;
+use publish::queue::{Delivery, QueueError};
+use publish::{Graph, JobQueue};
+
+/// follow-graph in process: the same domain service the gRPC adapter calls.
+pub struct LocalGraph(pub FollowGraph);
+
+#[async_trait]
+impl Graph for LocalGraph {
+    async fn celebrity(&self, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
+        Ok(self
+            .0
+            .counts(feeds, &[])
+            .await?
+            .0
+            .into_iter()
+            .map(|c| c.celebrity)
+            .collect())
+    }
+    async fn follows(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
+        Ok(self.0.relationships(user, &[], feeds).await?.1)
+    }
+    async fn edge_changes(&self, after_seq: u64, limit: u32) -> Result<Vec<EdgeChange>, ApiError> {
+        self.0.edge_changes(after_seq, limit as usize).await
+    }
+    async fn edge_states(&self, edges: &[(UserId, FeedRef)]) -> Result<Vec<(u64, bool)>, ApiError> {
+        Ok(self
+            .0
+            .edge_states(edges)
+            .await?
+            .into_iter()
+            .map(|e| (e.version, e.following))
+            .collect())
+    }
+    async fn following(&self, user: UserId) -> Result<Vec<FeedRef>, ApiError> {
+        Ok(self.0.list_following(user, None, 1000).await?.0)
+    }
+    async fn shards(&self, feed: &FeedRef) -> Result<Vec<u64>, ApiError> {
+        Ok(self.0.follower_shards(feed).await?.0)
+    }
+    async fn page(
+        &self,
+        feed: &FeedRef,
+        shard: u64,
+        after: UserId,
+        limit: u32,
+    ) -> Result<(Vec<Follower>, bool), ApiError> {
+        let (page, done) = self.0.page_shard(feed, shard, after, limit as usize).await?;
+        Ok((
+            page.into_iter()
+                .map(|f| Follower {
+                    user: f.user,
+                    muted: f.muted,
+                })
+                .collect(),
+            done,
+        ))
+    }
+}
+
+/// A queue the test drains in the order it chooses.
+#[derive(Default)]
+pub struct TestQueue(Mutex<VecDeque<Job>>);
+
+impl TestQueue {
+    /// Removes the job at `pick` (modulo the length), if any.
+    pub fn take(&self, pick: usize) -> Option<Job> {
+        let mut q = self.0.lock().expect("lock");
+        if q.is_empty() {
+            return None;
+        }
+        let i = pick % q.len();
+        q.remove(i)
+    }
+    /// Whether no job waits.
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().expect("lock").is_empty()
+    }
+}
+
+#[async_trait]
+impl JobQueue for TestQueue {
+    async fn enqueue(&self, jobs: &[Job]) -> Result<(), QueueError> {
+        self.0.lock().expect("lock").extend(jobs.iter().cloned());
+        Ok(())
+    }
+    async fn receive(&self, _: &str, _: usize, _: Duration) -> Result<Vec<Delivery>, QueueError> {
+        Ok(vec![])
+    }
+    async fn ack(&self, _: &Delivery) -> Result<(), QueueError> {
+        Ok(())
+    }
+    async fn reclaim(&self, _: &str, _: Duration, _: usize) -> Result<Vec<Delivery>, QueueError> {
+        Ok(vec![])
+    }
+    async fn trim(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,137 @@
+//! A job that keeps failing is dead-lettered after the attempt limit, is
+//! listed for operators, and runs to completion once replayed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use feed_core::{ApiError, FeedRef, IdGenerator, NodeLease, SystemClock, UserId};
+use feed_e2e::inproc::{LocalGraph, TestQueue};
+use feed_inbox::{InboxConfig, InboxStore, MemoryInbox};
+use feed_proto::events::v1::EdgeChange;
+use feed_proto::publish::v1::NewActivity;
+use follow_graph::FollowGraph;
+use follow_graph::store::GraphPolicy;
+use follow_graph::store::embedded::EmbeddedGraphStore;
+use publish::graph::Follower;
+use publish::queue::Delivery;
+use publish::store::embedded::EmbeddedActivityStore;
+use publish::{FanoutWorker, Graph, PublishConfig, Publisher, WorkerConfig};
+
+/// follow-graph whose shard listing fails while `down` is set.
+struct FlakyGraph {
+    inner: LocalGraph,
+    down: AtomicBool,
+}
+
+#[async_trait]
+impl Graph for FlakyGraph {
+    async fn celebrity(&self, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
+        self.inner.celebrity(feeds).await
+    }
+    async fn follows(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
+        self.inner.follows(user, feeds).await
+    }
+    async fn edge_changes(&self, after_seq: u64, limit: u32) -> Result<Vec<EdgeChange>, ApiError> {
+        self.inner.edge_changes(after_seq, limit).await
+    }
+    async fn edge_states(&self, edges: &[(UserId, FeedRef)]) -> Result<Vec<(u64, bool)>, ApiError> {
+        self.inner.edge_states(edges).await
+    }
+    async fn following(&self, user: UserId) -> Result<Vec<FeedRef>, ApiError> {
+        self.inner.following(user).await
+    }
+    async fn shards(&self, feed: &FeedRef) -> Result<Vec<u64>, ApiError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(ApiError::Unavailable("follow-graph down".into()));
+        }
+        self.inner.shards(feed).await
+    }
+    async fn page(
+        &self,
+        feed: &FeedRef,
+        shard: u64,
+        after: UserId,
+        limit: u32,
+    ) -> Result<(Vec<Follower>, bool), ApiError> {
+        self.inner.page(feed, shard, after, limit).await
+    }
+}
+
+#[tokio::test]
+async fn failing_jobs_are_dead_lettered_listed_and_replayed() {
+    let gdir = tempfile::tempdir().expect("dir");
+    let pdir = tempfile::tempdir().expect("dir");
+    let graph = FollowGraph::new(Arc::new(
+        EmbeddedGraphStore::open(gdir.path(), GraphPolicy::new(100, 0.1, 100)).expect("graph store"),
+    ));
+    graph.follow(2, &FeedRef::user(1)).await.expect("follow");
+    let flaky = Arc::new(FlakyGraph {
+        inner: LocalGraph(graph),
+        down: AtomicBool::new(true),
+    });
+    let queue = Arc::new(TestQueue::default());
+    let clock = Arc::new(SystemClock);
+    let inbox = Arc::new(MemoryInbox::new(InboxConfig::default(), clock.clone()));
+    let publisher = Publisher::new(
+        Arc::new(EmbeddedActivityStore::open(pdir.path()).expect("store")),
+        flaky.clone(),
+        queue.clone(),
+        IdGenerator::new(NodeLease::exclusive(0), clock.clone()),
+        clock,
+        PublishConfig {
+            max_attempts: 2,
+            ..PublishConfig::default()
+        },
+    );
+    let worker = FanoutWorker::new(
+        Arc::new(publisher.clone()),
+        queue.clone(),
+        flaky.clone(),
+        inbox.clone(),
+        WorkerConfig::default(),
+    );
+    publisher
+        .rebuild_inbox(inbox.as_ref(), 2, &[FeedRef::user(1)])
+        .await
+        .expect("live");
+    let id = publisher
+        .publish(
+            NewActivity {
+                actor: 1,
+                verb: "post".into(),
+                object: "o".into(),
+                foreign_id: "f".into(),
+                ..NewActivity::default()
+            },
+            0,
+        )
+        .await
+        .expect("publish")
+        .id;
+    let job = queue.take(0).expect("root job");
+    let delivery = Delivery { job, tag: "1".into() };
+    worker.handle(&delivery).await;
+    assert!(
+        publisher.dead_letters("", 10).await.expect("dead").is_empty(),
+        "one failure is retried"
+    );
+    worker.handle(&delivery).await;
+    let dead = publisher.dead_letters("", 10).await.expect("dead");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 2);
+    assert!(dead[0].error.contains("follow-graph down"), "{}", dead[0].error);
+    assert_eq!(publisher.lag().await.expect("lag").dead, 1);
+
+    flaky.down.store(false, Ordering::SeqCst);
+    assert_eq!(publisher.replay_dead(&[]).await.expect("replay"), 1);
+    while let Some(job) = queue.take(0) {
+        worker.process(&job.job_id).await.expect("job");
+    }
+    assert_eq!(
+        inbox.page(2, None, 10).await.expect("page").expect("live").ids,
+        vec![id]
+    );
+    let lag = publisher.lag().await.expect("lag");
+    assert_eq!((lag.pending, lag.dead), (0, 0));
+}
