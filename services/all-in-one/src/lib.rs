@@ -90,7 +90,7 @@ pub async fn services(
     let queue = publish::open_queue(cfg).await?;
     let inbox = publish::open_inbox(cfg, clock.clone()).await?;
     let publisher = publish::Publisher::new(
-        publish::open_store(cfg)?,
+        publish::open_store(cfg).await?,
         graph.clone(),
         queue.clone(),
         publish::id_generator(cfg, clock.clone(), shutdown).await?,

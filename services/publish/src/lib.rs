@@ -57,18 +57,31 @@ pub fn worker_config(cfg: &FeedConfig) -> WorkerConfig {
     }
 }
 
-/// The embedded activity store under `storage.data_dir/publish`.
-/// (A ScyllaDB backend for activities is not written yet.)
-pub fn open_store(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn ActivityStore>> {
-    anyhow::ensure!(
-        cfg.scylla.node_list().is_empty(),
-        "scylla.nodes is set, but publish has no ScyllaDB backend yet; unset it to use the embedded store"
-    );
+/// The configured activity store: ScyllaDB when `scylla.nodes` is set (its
+/// schema applied by `publish --migrate`), else the embedded store under
+/// `storage.data_dir/publish`.
+pub async fn open_store(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn ActivityStore>> {
+    if !cfg.scylla.node_list().is_empty() {
+        return Ok(Arc::new(
+            store::scylla::ScyllaActivityStore::connect(&cfg.scylla).await?,
+        ));
+    }
     let dir = cfg.storage.data_dir.join("publish");
     std::fs::create_dir_all(&dir)?;
     Ok(Arc::new(
         store::embedded::EmbeddedActivityStore::open(&dir)?.with_sync(cfg.storage.sync_writes),
     ))
+}
+
+/// The `--migrate` step: applies the ScyllaDB schema when configured.
+pub async fn migrate(cfg: &FeedConfig) -> anyhow::Result<()> {
+    if cfg.scylla.node_list().is_empty() {
+        tracing::info!("publish: embedded store, nothing to migrate");
+        return Ok(());
+    }
+    store::scylla::migrate(&cfg.scylla).await?;
+    tracing::info!(keyspace = %cfg.scylla.keyspace, "publish schema applied");
+    Ok(())
 }
 
 /// Inboxes on Redis when `redis.url` is set, else in memory.

@@ -16,7 +16,7 @@ struct Args {
     /// TOML configuration file (FEED__SECTION__KEY variables override it).
     #[arg(long, env = "FEED_CONFIG")]
     config: Option<PathBuf>,
-    /// Apply the storage schema and exit (embedded: nothing to do).
+    /// Apply the storage schema and exit (a Kubernetes Job runs this first).
     #[arg(long)]
     migrate: bool,
 }
@@ -27,8 +27,7 @@ async fn main() -> anyhow::Result<()> {
     let cfg = FeedConfig::load(args.config.as_deref())?;
     telemetry::init(&cfg.telemetry);
     if args.migrate {
-        tracing::info!("publish: embedded store, nothing to migrate");
-        return Ok(());
+        return publish::migrate(&cfg).await;
     }
     let auth = Authenticator::from_config(&cfg.auth)?;
     anyhow::ensure!(
@@ -45,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let channel = Channel::from_shared(cfg.clients.follow_graph_url.clone())?.connect_lazy();
     let graph: Arc<dyn publish::Graph> = Arc::new(GrpcGraph::new(channel, &cfg.clients.token)?);
     let publisher = Publisher::new(
-        publish::open_store(&cfg)?,
+        publish::open_store(&cfg).await?,
         graph.clone(),
         publish::open_queue(&cfg).await?,
         publish::id_generator(&cfg, clock.clone(), &shutdown).await?,
