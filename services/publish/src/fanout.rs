@@ -279,6 +279,9 @@ impl FanoutWorker {
                 tracing::warn!(error = %e, job_id = %d.job.job_id, "job failed");
                 metrics::counter!("feed_fanout_job_failures_total").increment(1);
                 if let Ok(true) = self.ledger.fail(&d.job.job_id, &e.to_string()).await {
+                    if let Err(err) = self.queue.dead_letter(&d.job, &e.to_string()).await {
+                        tracing::warn!(error = %err, "dead-letter stream write failed; the durable record stands");
+                    }
                     let _ = self.queue.ack(d).await;
                 }
             }

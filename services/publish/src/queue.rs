@@ -47,6 +47,9 @@ pub trait JobQueue: Send + Sync + 'static {
     async fn reclaim(&self, consumer: &str, min_idle: Duration, max: usize) -> Result<Vec<Delivery>, QueueError>;
     /// Trims what every consumer has acknowledged (never a pending entry).
     async fn trim(&self) -> Result<(), QueueError>;
+    /// Publishes a job that kept failing on the dead-letter stream (for
+    /// operators' tooling; the durable record is what ReplayDeadLetters uses).
+    async fn dead_letter(&self, job: &Job, error: &str) -> Result<(), QueueError>;
 }
 
 #[derive(Default)]
@@ -137,6 +140,12 @@ impl JobQueue for MemoryQueue {
     }
 
     async fn trim(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+
+    async fn dead_letter(&self, job: &Job, error: &str) -> Result<(), QueueError> {
+        // In process, the durable dead-letter record is the only one needed.
+        tracing::debug!(job_id = %job.job_id, error, "dead-lettered");
         Ok(())
     }
 }
@@ -279,6 +288,24 @@ impl JobQueue for RedisQueue {
             .into_iter()
             .filter_map(|e| Self::decode(e.id, &e.map))
             .collect())
+    }
+
+    async fn dead_letter(&self, job: &Job, error: &str) -> Result<(), QueueError> {
+        let mut c = self.conn.clone();
+        // Capped: the durable store keeps every dead job; the stream is a feed for tooling.
+        let _: String = redis::cmd("XADD")
+            .arg(format!("{}:dead", self.stream))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(10_000)
+            .arg("*")
+            .arg(FIELD)
+            .arg(job.encode_to_vec())
+            .arg("error")
+            .arg(error)
+            .query_async(&mut c)
+            .await?;
+        Ok(())
     }
 
     async fn trim(&self) -> Result<(), QueueError> {

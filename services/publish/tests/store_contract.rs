@@ -32,3 +32,57 @@ async fn scylla_activity_store_passes_the_contract() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn redis_queue_delivers_reclaims_acks_dead_letters_and_trims() {
+    use feed_proto::events::v1::Job;
+    use publish::{JobQueue, RedisQueue};
+    use std::time::Duration;
+
+    let redis = feed_testkit::RedisServer::start().expect("redis");
+    let q = RedisQueue::connect(&redis.url(), "t:jobs", "g").await.expect("queue");
+    let job = |id: &str| Job {
+        job_id: id.into(),
+        ..Job::default()
+    };
+    q.enqueue(&[job("a"), job("b")]).await.expect("enqueue");
+    let got = q.receive("w1", 10, Duration::from_millis(100)).await.expect("receive");
+    assert_eq!(
+        got.iter().map(|d| d.job.job_id.as_str()).collect::<Vec<_>>(),
+        vec!["a", "b"]
+    );
+    q.ack(&got[0]).await.expect("ack");
+    assert!(
+        q.receive("w2", 10, Duration::from_millis(50))
+            .await
+            .expect("receive")
+            .is_empty()
+    );
+    // w1 died holding "b": another consumer takes it over once idle.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let taken = q.reclaim("w2", Duration::from_millis(20), 10).await.expect("reclaim");
+    assert_eq!(
+        taken.iter().map(|d| d.job.job_id.as_str()).collect::<Vec<_>>(),
+        vec!["b"]
+    );
+    q.dead_letter(&taken[0].job, "boom").await.expect("dead letter");
+    q.trim().await.expect("trim keeps pending entries");
+    let mut c = redis::Client::open(redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let len: i64 = redis::cmd("XLEN")
+        .arg("t:jobs")
+        .query_async(&mut c)
+        .await
+        .expect("xlen");
+    assert_eq!(len, 1, "the acknowledged entry is trimmed, the pending one kept");
+    let dead: i64 = redis::cmd("XLEN")
+        .arg("t:jobs:dead")
+        .query_async(&mut c)
+        .await
+        .expect("xlen");
+    assert_eq!(dead, 1);
+    q.ack(&taken[0]).await.expect("ack");
+}

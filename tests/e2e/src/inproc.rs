@@ -108,4 +108,7 @@ impl JobQueue for TestQueue {
     async fn trim(&self) -> Result<(), QueueError> {
         Ok(())
     }
+    async fn dead_letter(&self, _: &Job, _: &str) -> Result<(), QueueError> {
+        Ok(())
+    }
 }

@@ -557,3 +557,50 @@ async fn admin_rpcs_rebuild_rerun_and_report_and_refuse_bff_tokens() {
     assert_eq!(err.code(), Code::PermissionDenied);
     e.platform.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn a_cancelled_scheduled_item_is_never_released() {
+    let mut e = env().await;
+    e.follow(2, "user:1").await;
+    e.inbox.rebuild(2, &[], 0, None).await.expect("live");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_millis() as i64;
+    let s = e
+        .publish
+        .publish(internal(pb::PublishRequest {
+            activity: Some(post(1, "never")),
+            publish_at_ms: now + 300,
+        }))
+        .await
+        .expect("schedule")
+        .into_inner();
+    let err = e
+        .publish
+        .cancel_scheduled(bff(
+            pb::CancelScheduledRequest {
+                actor: 1,
+                schedule_id: s.schedule_id.clone(),
+            },
+            2,
+        ))
+        .await
+        .expect_err("another user's schedule");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let cancelled = e
+        .publish
+        .cancel_scheduled(internal(pb::CancelScheduledRequest {
+            actor: 1,
+            schedule_id: s.schedule_id,
+        }))
+        .await
+        .expect("cancel")
+        .into_inner();
+    assert!(cancelled.changed);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    e.settled().await;
+    e.inbox_becomes(2, &[]).await;
+    assert!(!e.publish(1, "never").await.duplicate, "it was never published");
+    e.platform.stop().await.expect("stop");
+}
