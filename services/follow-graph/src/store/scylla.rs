@@ -27,11 +27,9 @@ use feed_core::{FeedRef, UserId};
 use feed_server::config::ScyllaConfig;
 use futures::TryStreamExt;
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
 use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
 
 use super::{
@@ -49,12 +47,9 @@ fn log_bucket(seq: u64) -> u64 {
 }
 const COMPONENT: &str = "follow-graph";
 
-fn schema(keyspace: &str, rf: u32) -> Vec<String> {
+fn schema(keyspace: &str) -> Vec<String> {
     let k = keyspace;
     vec![
-        format!(
-            "CREATE KEYSPACE IF NOT EXISTS {k} WITH replication = {{'class': 'NetworkTopologyStrategy', 'replication_factor': {rf}}}"
-        ),
         format!("CREATE TABLE IF NOT EXISTS {k}.fg_following (user_id bigint, feed text, PRIMARY KEY (user_id, feed))"),
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.fg_followers (feed text, shard bigint, follower_id bigint, muted boolean, PRIMARY KEY ((feed, shard), follower_id))"
@@ -75,8 +70,16 @@ fn schema(keyspace: &str, rf: u32) -> Vec<String> {
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.fg_mutes (user_id bigint, target_id bigint, PRIMARY KEY (user_id, target_id))"
         ),
-        format!("CREATE TABLE IF NOT EXISTS {k}.schema_migrations (component text PRIMARY KEY, version int)"),
     ]
+}
+
+impl From<feed_server::scylla::ScyllaError> for StoreError {
+    fn from(e: feed_server::scylla::ScyllaError) -> Self {
+        match e {
+            feed_server::scylla::ScyllaError::Unavailable(m) => StoreError::Unavailable(m),
+            feed_server::scylla::ScyllaError::Backend(m) => StoreError::Backend(m),
+        }
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -92,39 +95,9 @@ fn u(v: i64) -> u64 {
     v as u64
 }
 
-fn valid_keyspace(k: &str) -> Result<(), StoreError> {
-    if k.is_empty() || k.len() > 48 || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(StoreError::Backend(format!("invalid keyspace name {k:?}")));
-    }
-    Ok(())
-}
-
-async fn session(cfg: &ScyllaConfig) -> Result<Session, StoreError> {
-    SessionBuilder::new()
-        .known_nodes(cfg.node_list())
-        .build()
-        .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))
-}
-
 /// Applies the schema (the `--migrate` step); safe to run again.
 pub async fn migrate(cfg: &ScyllaConfig) -> Result<(), StoreError> {
-    valid_keyspace(&cfg.keyspace)?;
-    let s = session(cfg).await?;
-    for stmt in schema(&cfg.keyspace, cfg.replication_factor.max(1)) {
-        s.query_unpaged(stmt, ()).await.map_err(err)?;
-    }
-    s.await_schema_agreement().await.map_err(err)?;
-    s.query_unpaged(
-        format!(
-            "INSERT INTO {}.schema_migrations (component, version) VALUES (?, ?)",
-            cfg.keyspace
-        ),
-        (COMPONENT, SCHEMA_VERSION),
-    )
-    .await
-    .map_err(err)?;
-    Ok(())
+    Ok(feed_server::scylla::migrate(cfg, COMPONENT, SCHEMA_VERSION, &schema(&cfg.keyspace)).await?)
 }
 
 struct Statements {
@@ -167,37 +140,11 @@ pub struct ScyllaGraphStore {
 impl ScyllaGraphStore {
     /// Connects, verifies the schema version and prepares every statement once.
     pub async fn connect(cfg: &ScyllaConfig, policy: GraphPolicy) -> Result<Self, StoreError> {
-        valid_keyspace(&cfg.keyspace)?;
-        let session = session(cfg).await?;
+        let session = feed_server::scylla::connect_verified(cfg, COMPONENT, SCHEMA_VERSION).await?;
         let k = &cfg.keyspace;
-        let found = session
-            .query_unpaged(
-                format!("SELECT version FROM {k}.schema_migrations WHERE component = ?"),
-                (COMPONENT,),
-            )
-            .await
-            .map_err(|e| StoreError::Backend(format!("schema missing (run --migrate): {e}")))?
-            .into_rows_result()
-            .map_err(err)?
-            .maybe_first_row::<(i32,)>()
-            .map_err(err)?;
-        match found {
-            Some((v,)) if v >= SCHEMA_VERSION => {}
-            other => {
-                return Err(StoreError::Backend(format!(
-                    "schema version {other:?} < {SCHEMA_VERSION}: run --migrate"
-                )));
-            }
-        }
         let prep = |q: String| {
             let session = &session;
-            async move {
-                let mut p = session.prepare(q).await.map_err(err)?;
-                p.set_consistency(Consistency::LocalQuorum);
-                p.set_serial_consistency(Some(SerialConsistency::LocalSerial));
-                p.set_page_size(1000);
-                Ok::<_, StoreError>(p)
-            }
+            async move { Ok::<_, StoreError>(feed_server::scylla::prepare(session, q).await?) }
         };
         let st = Statements {
             following_insert: prep(format!("INSERT INTO {k}.fg_following (user_id, feed) VALUES (?, ?) IF NOT EXISTS")).await?,

@@ -27,12 +27,11 @@ use feed_server::config::ScyllaConfig;
 use futures::TryStreamExt;
 use prost::Message;
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
 use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
+use scylla::statement::Consistency;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
 
 use super::{ActivityStore, Claim, DeadJob, JobState, JobStats, OutboxEntry, StoreError};
@@ -44,6 +43,15 @@ const DAY_MS: u64 = 86_400_000;
 const HOUR_MS: i64 = 3_600_000;
 /// Scheduled items are looked for this many hours back (a long outage).
 const DUE_LOOKBACK_HOURS: i64 = 24 * 7;
+
+impl From<feed_server::scylla::ScyllaError> for StoreError {
+    fn from(e: feed_server::scylla::ScyllaError) -> Self {
+        match e {
+            feed_server::scylla::ScyllaError::Unavailable(m) => StoreError::Unavailable(m),
+            feed_server::scylla::ScyllaError::Backend(m) => StoreError::Backend(m),
+        }
+    }
+}
 
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -61,18 +69,8 @@ fn day_of(id: u64) -> i64 {
     (id_time_ms(id) / DAY_MS) as i64
 }
 
-fn valid_keyspace(k: &str) -> Result<(), StoreError> {
-    if k.is_empty() || k.len() > 48 || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(StoreError::Backend(format!("invalid keyspace name {k:?}")));
-    }
-    Ok(())
-}
-
-fn schema(k: &str, rf: u32) -> Vec<String> {
+fn schema(k: &str) -> Vec<String> {
     vec![
-        format!(
-            "CREATE KEYSPACE IF NOT EXISTS {k} WITH replication = {{'class': 'NetworkTopologyStrategy', 'replication_factor': {rf}}}"
-        ),
         format!("CREATE TABLE IF NOT EXISTS {k}.pub_activities (id bigint PRIMARY KEY, body blob)"),
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.pub_foreign (actor bigint, foreign_id text, id bigint, fingerprint bigint, PRIMARY KEY ((actor, foreign_id)))"
@@ -102,36 +100,12 @@ fn schema(k: &str, rf: u32) -> Vec<String> {
             "CREATE TABLE IF NOT EXISTS {k}.pub_scheduled_due (hour bigint, publish_at bigint, schedule_id text, PRIMARY KEY (hour, publish_at, schedule_id))"
         ),
         format!("CREATE TABLE IF NOT EXISTS {k}.pub_meta (name text PRIMARY KEY, value bigint)"),
-        format!("CREATE TABLE IF NOT EXISTS {k}.schema_migrations (component text PRIMARY KEY, version int)"),
     ]
-}
-
-async fn session(cfg: &ScyllaConfig) -> Result<Session, StoreError> {
-    SessionBuilder::new()
-        .known_nodes(cfg.node_list())
-        .build()
-        .await
-        .map_err(unavailable)
 }
 
 /// Applies the schema (the `--migrate` step); safe to run again.
 pub async fn migrate(cfg: &ScyllaConfig) -> Result<(), StoreError> {
-    valid_keyspace(&cfg.keyspace)?;
-    let s = session(cfg).await?;
-    for stmt in schema(&cfg.keyspace, cfg.replication_factor.max(1)) {
-        s.query_unpaged(stmt, ()).await.map_err(err)?;
-    }
-    s.await_schema_agreement().await.map_err(err)?;
-    s.query_unpaged(
-        format!(
-            "INSERT INTO {}.schema_migrations (component, version) VALUES (?, ?)",
-            cfg.keyspace
-        ),
-        (COMPONENT, SCHEMA_VERSION),
-    )
-    .await
-    .map_err(err)?;
-    Ok(())
+    Ok(feed_server::scylla::migrate(cfg, COMPONENT, SCHEMA_VERSION, &schema(&cfg.keyspace)).await?)
 }
 
 struct Statements {
@@ -188,34 +162,11 @@ fn text(v: impl Into<String>) -> CqlValue {
 impl ScyllaActivityStore {
     /// Connects, verifies the schema version and prepares every statement once.
     pub async fn connect(cfg: &ScyllaConfig) -> Result<Self, StoreError> {
-        valid_keyspace(&cfg.keyspace)?;
-        let session = session(cfg).await?;
+        let session = feed_server::scylla::connect_verified(cfg, COMPONENT, SCHEMA_VERSION).await?;
         let k = &cfg.keyspace;
-        let found = session
-            .query_unpaged(
-                format!("SELECT version FROM {k}.schema_migrations WHERE component = ?"),
-                (COMPONENT,),
-            )
-            .await
-            .map_err(|e| StoreError::Backend(format!("schema missing (run publish --migrate): {e}")))?
-            .into_rows_result()
-            .map_err(err)?
-            .maybe_first_row::<(i32,)>()
-            .map_err(err)?;
-        if !matches!(found, Some((v,)) if v >= SCHEMA_VERSION) {
-            return Err(StoreError::Backend(format!(
-                "publish schema version {found:?} < {SCHEMA_VERSION}: run publish --migrate"
-            )));
-        }
         let prep = |q: String| {
             let session = &session;
-            async move {
-                let mut p = session.prepare(q).await.map_err(err)?;
-                p.set_consistency(Consistency::LocalQuorum);
-                p.set_serial_consistency(Some(SerialConsistency::LocalSerial));
-                p.set_page_size(1000);
-                Ok::<_, StoreError>(p)
-            }
+            async move { Ok::<_, StoreError>(feed_server::scylla::prepare(session, q).await?) }
         };
         let st = Statements {
             activity_put: prep(format!("INSERT INTO {k}.pub_activities (id, body) VALUES (?, ?)")).await?,

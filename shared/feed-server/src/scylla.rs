@@ -1,0 +1,122 @@
+//! ScyllaDB plumbing shared by every store: connecting, applying and
+//! verifying a component's schema, and preparing statements once with
+//! explicit consistency (LOCAL_QUORUM, LOCAL_SERIAL for lightweight
+//! transactions) and a page size.
+
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency};
+
+use crate::config::ScyllaConfig;
+
+/// A ScyllaDB failure, split by whether retrying later may help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScyllaError {
+    /// The cluster did not answer.
+    #[error("scylla unavailable: {0}")]
+    Unavailable(String),
+    /// A refused statement, a missing schema, a bad name.
+    #[error("scylla: {0}")]
+    Backend(String),
+}
+
+/// Rows per page of every multi-row read.
+pub const PAGE_SIZE: i32 = 1000;
+
+fn check_keyspace(k: &str) -> Result<(), ScyllaError> {
+    // The keyspace is spliced into statements: allow only a plain identifier.
+    if k.is_empty() || k.len() > 48 || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(ScyllaError::Backend(format!("invalid scylla.keyspace {k:?}")));
+    }
+    Ok(())
+}
+
+/// Connects to the configured contact points.
+pub async fn connect(cfg: &ScyllaConfig) -> Result<Session, ScyllaError> {
+    check_keyspace(&cfg.keyspace)?;
+    SessionBuilder::new()
+        .known_nodes(cfg.node_list())
+        .build()
+        .await
+        .map_err(|e| ScyllaError::Unavailable(e.to_string()))
+}
+
+/// The keyspace and migration-record statements every component's schema starts with.
+pub fn base_schema(cfg: &ScyllaConfig) -> Vec<String> {
+    let k = &cfg.keyspace;
+    let rf = cfg.replication_factor.max(1);
+    vec![
+        format!(
+            "CREATE KEYSPACE IF NOT EXISTS {k} WITH replication = {{'class': 'NetworkTopologyStrategy', 'replication_factor': {rf}}}"
+        ),
+        format!("CREATE TABLE IF NOT EXISTS {k}.schema_migrations (component text PRIMARY KEY, version int)"),
+    ]
+}
+
+/// Applies `statements` (idempotent DDL) and records `component` at `version`:
+/// the `--migrate` step, run once per deployment before the services start.
+pub async fn migrate(
+    cfg: &ScyllaConfig,
+    component: &str,
+    version: i32,
+    statements: &[String],
+) -> Result<(), ScyllaError> {
+    let s = connect(cfg).await?;
+    for stmt in base_schema(cfg).iter().chain(statements) {
+        s.query_unpaged(stmt.as_str(), ())
+            .await
+            .map_err(|e| ScyllaError::Backend(e.to_string()))?;
+    }
+    s.await_schema_agreement()
+        .await
+        .map_err(|e| ScyllaError::Unavailable(e.to_string()))?;
+    s.query_unpaged(
+        format!(
+            "INSERT INTO {}.schema_migrations (component, version) VALUES (?, ?)",
+            cfg.keyspace
+        ),
+        (component, version),
+    )
+    .await
+    .map_err(|e| ScyllaError::Backend(e.to_string()))?;
+    Ok(())
+}
+
+/// Connects and checks that `component`'s schema is at least `version`;
+/// services only verify, they never migrate.
+pub async fn connect_verified(cfg: &ScyllaConfig, component: &str, version: i32) -> Result<Session, ScyllaError> {
+    let session = connect(cfg).await?;
+    let found = session
+        .query_unpaged(
+            format!(
+                "SELECT version FROM {}.schema_migrations WHERE component = ?",
+                cfg.keyspace
+            ),
+            (component,),
+        )
+        .await
+        .map_err(|e| ScyllaError::Backend(format!("schema missing (run {component} --migrate): {e}")))?
+        .into_rows_result()
+        .map_err(|e| ScyllaError::Backend(e.to_string()))?
+        .maybe_first_row::<(i32,)>()
+        .map_err(|e| ScyllaError::Backend(e.to_string()))?;
+    match found {
+        Some((v,)) if v >= version => Ok(session),
+        other => Err(ScyllaError::Backend(format!(
+            "{component} schema version {other:?} < {version}: run {component} --migrate"
+        ))),
+    }
+}
+
+/// Prepares a statement once, with explicit consistency and page size.
+pub async fn prepare(session: &Session, query: String) -> Result<PreparedStatement, ScyllaError> {
+    let mut p = session
+        .prepare(query)
+        .await
+        .map_err(|e| ScyllaError::Backend(e.to_string()))?;
+    p.set_consistency(Consistency::LocalQuorum);
+    p.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+    p.set_page_size(PAGE_SIZE);
+    Ok(p)
+}
