@@ -109,7 +109,15 @@ pub async fn services(
     }
     publish::spawn_sweeper(publisher.clone(), cfg, shutdown.clone());
     publish::spawn_edge_tail(publisher.clone(), shutdown.clone());
-    publish::register(&mut set, publisher, graph, inbox, auth);
+    publish::register(&mut set, publisher, graph, inbox.clone(), auth);
+
+    let sources = timeline::GrpcSources::new(
+        tonic::transport::Channel::from_shared(url(&cfg.clients.follow_graph_url))?.connect_lazy(),
+        tonic::transport::Channel::from_shared(url(&cfg.clients.publish_url))?.connect_lazy(),
+        token,
+    )?;
+    let tl = timeline::Timeline::new(Arc::new(sources), inbox.clone(), timeline::TimelineConfig::default());
+    timeline::register(&mut set, tl, inbox, auth);
     Ok(set)
 }
 

@@ -316,6 +316,35 @@ impl PublishService for PublishGrpc {
         Ok(Response::new(pb::ListOutboxResponse { items }))
     }
 
+    async fn read_outboxes(
+        &self,
+        req: Request<pb::ReadOutboxesRequest>,
+    ) -> Result<Response<pb::ReadOutboxesResponse>, Status> {
+        Caller::of(&req)?.require_internal()?;
+        let r = req.get_ref();
+        validate::batch_len("feeds", &r.feeds, 1000)?;
+        let feeds = r
+            .feeds
+            .iter()
+            .enumerate()
+            .map(|(i, f)| FeedRef::parse_field(&format!("feeds[{i}]"), f))
+            .collect::<Result<Vec<_>, _>>()?;
+        let limit = validate::page_size("limit", r.limit, 100, 1000)?;
+        let before = (r.before_id != 0).then_some(r.before_id);
+        let (entries, has_more) = self.publisher.read_outboxes(&feeds, before, limit, r.pull_only).await?;
+        Ok(Response::new(pb::ReadOutboxesResponse {
+            entries: entries
+                .into_iter()
+                .map(|e| pb::OutboxEntry {
+                    id: e.id,
+                    feed: e.feed.to_string(),
+                    mode: e.mode as i32,
+                })
+                .collect(),
+            has_more,
+        }))
+    }
+
     async fn fail_job(&self, req: Request<pb::FailJobRequest>) -> Result<Response<pb::FailJobResponse>, Status> {
         Caller::of(&req)?.require_internal()?;
         let r = req.get_ref();

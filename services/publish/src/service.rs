@@ -723,3 +723,53 @@ impl Publisher {
         self.cfg.inbox_cap
     }
 }
+
+impl Publisher {
+    /// The newest entries below `before` across `feeds`, merged newest
+    /// first, at most `limit` distinct ids; true when a feed may hold more.
+    pub async fn read_outboxes(
+        &self,
+        feeds: &[FeedRef],
+        before: Option<u64>,
+        limit: usize,
+        pull_only: bool,
+    ) -> Result<(Vec<OutboxEntry>, bool), ApiError> {
+        let mut all = Vec::new();
+        let mut more = false;
+        for feed in feeds {
+            let entries: Vec<OutboxEntry> = if pull_only {
+                self.store
+                    .pulled(feed, before, limit)
+                    .await?
+                    .into_iter()
+                    .map(|id| OutboxEntry {
+                        feed: feed.clone(),
+                        id,
+                        mode: DeliveryMode::Pull,
+                    })
+                    .collect()
+            } else {
+                self.store.outbox(feed, before, limit).await?
+            };
+            more |= entries.len() >= limit;
+            all.extend(entries);
+        }
+        all.sort_by_key(|e| std::cmp::Reverse(e.id));
+        let mut distinct = 0;
+        let mut last = None;
+        let mut cut = all.len();
+        for (i, e) in all.iter().enumerate() {
+            if last != Some(e.id) {
+                if distinct == limit {
+                    cut = i;
+                    more = true;
+                    break;
+                }
+                distinct += 1;
+                last = Some(e.id);
+            }
+        }
+        all.truncate(cut);
+        Ok((all, more))
+    }
+}

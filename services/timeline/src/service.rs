@@ -1,0 +1,393 @@
+//! Home timelines: the inbox above its completeness floor, the followed
+//! feeds' outboxes below it, the pull-mode items of followed feeds and the
+//! reader's own outbox head, merged by id with one cursor; filtered at read
+//! (DESIGN Invariants 1, 5, 9, 10).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use feed_core::{ApiError, FeedRef, UserId, visibility};
+use feed_inbox::InboxStore;
+use feed_proto::common::v1::{Activity, DeliveryMode};
+use tokio::sync::Semaphore;
+
+use crate::sources::{Entry, Sources};
+
+/// Timeline settings.
+#[derive(Debug, Clone)]
+pub struct TimelineConfig {
+    /// Most items per page.
+    pub max_limit: usize,
+    /// A read scans at most this many candidate ids per returned item before
+    /// answering with `has_more` (bounded reads, Invariant 9).
+    pub scan_factor: usize,
+    /// Most followed feeds read per page for pull-mode items and history.
+    pub max_feeds_per_read: usize,
+    /// Inbox rebuilds running at once across all users (a Redis loss must not stampede the store).
+    pub rebuild_budget: usize,
+}
+
+impl Default for TimelineConfig {
+    fn default() -> Self {
+        Self {
+            max_limit: 100,
+            scan_factor: 10,
+            max_feeds_per_read: 1000,
+            rebuild_budget: 8,
+        }
+    }
+}
+
+/// One timeline item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    /// The hydrated activity.
+    pub activity: Activity,
+    /// The followed feed that brought it (`user:<me>` for the reader's own).
+    pub source: FeedRef,
+    /// Pushed into the inbox or pulled at read.
+    pub mode: DeliveryMode,
+}
+
+/// One page.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Page {
+    /// Newest first.
+    pub items: Vec<Item>,
+    /// Exclusive upper bound of the next page; None at the end.
+    pub next_before: Option<u64>,
+    /// The scan stopped at its bound, not at the end.
+    pub has_more: bool,
+    /// This read rebuilt the inbox.
+    pub rebuilt: bool,
+}
+
+/// The timeline service.
+#[derive(Clone)]
+pub struct Timeline {
+    sources: Arc<dyn Sources>,
+    inbox: Arc<dyn InboxStore>,
+    cfg: Arc<TimelineConfig>,
+    budget: Arc<Semaphore>,
+    rebuilding: Arc<Mutex<HashMap<UserId, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// A candidate id and how it can reach the reader.
+#[derive(Debug, Default, Clone)]
+struct Candidate {
+    feeds: Vec<(FeedRef, DeliveryMode)>,
+    from_inbox: bool,
+}
+
+fn inbox_err(e: feed_inbox::InboxError) -> ApiError {
+    ApiError::Unavailable(e.to_string())
+}
+
+impl Timeline {
+    /// A timeline over its sources and the inbox store.
+    pub fn new(sources: Arc<dyn Sources>, inbox: Arc<dyn InboxStore>, cfg: TimelineConfig) -> Self {
+        Self {
+            budget: Arc::new(Semaphore::new(cfg.rebuild_budget.max(1))),
+            sources,
+            inbox,
+            cfg: Arc::new(cfg),
+            rebuilding: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The most items a page may ask for.
+    pub fn max_limit(&self) -> usize {
+        self.cfg.max_limit
+    }
+
+    /// Rebuilds a missing inbox once, however many reads ask at the same
+    /// time (single flight per user), within the global budget.
+    async fn ensure_inbox(&self, user: UserId) -> Result<bool, ApiError> {
+        if self.inbox.is_live(user).await.map_err(inbox_err)? {
+            return Ok(false);
+        }
+        let lock = {
+            let mut map = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(user).or_default().clone()
+        };
+        let _flight = lock.lock().await;
+        if self.inbox.is_live(user).await.map_err(inbox_err)? {
+            return Ok(false);
+        }
+        let _permit = tokio::time::timeout(Duration::from_secs(5), self.budget.acquire())
+            .await
+            .map_err(|_| ApiError::Unavailable("inbox rebuild budget exhausted; retry".into()))?
+            .map_err(|_| ApiError::Internal("rebuild budget closed".into()))?;
+        self.sources.rebuild(user).await?;
+        metrics::counter!("feed_timeline_rebuilds_total").increment(1);
+        self.rebuilding.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
+        Ok(true)
+    }
+
+    /// One page of `user`'s home timeline below `before`.
+    pub async fn home(&self, user: UserId, limit: usize, before: Option<u64>) -> Result<Page, ApiError> {
+        let rebuilt = self.ensure_inbox(user).await?;
+        let following = self.sources.following(user).await?;
+        let followed: HashSet<FeedRef> = following.iter().cloned().collect();
+        let mut read_feeds = following.clone();
+        read_feeds.truncate(self.cfg.max_feeds_per_read);
+        let me = FeedRef::user(user);
+        let batch = (limit * 2).clamp(10, 1000);
+        let budget = limit * self.cfg.scan_factor.max(1);
+
+        let mut page = Page {
+            rebuilt,
+            ..Page::default()
+        };
+        let mut upper = before;
+        let mut scanned = 0usize;
+        loop {
+            let mut cands: BTreeMap<u64, Candidate> = BTreeMap::new();
+            // Each source is exact only down to its last id when it was cut
+            // short; the merge is trusted down to the highest such bound.
+            let mut bound: Option<u64> = None;
+            let mut cut = |last: Option<u64>, truncated: bool| {
+                if truncated && let Some(l) = last {
+                    bound = Some(bound.map_or(l, |b: u64| b.max(l)));
+                }
+            };
+
+            let inbox =
+                self.inbox
+                    .page(user, upper, batch)
+                    .await
+                    .map_err(inbox_err)?
+                    .unwrap_or(feed_inbox::InboxPage {
+                        ids: vec![],
+                        floor: u64::MAX,
+                    });
+            let inbox_cut = inbox.ids.len() >= batch;
+            cut(inbox.ids.last().copied(), inbox_cut);
+            for id in &inbox.ids {
+                cands.entry(*id).or_default().from_inbox = true;
+            }
+            let mut add = |entries: Vec<Entry>| {
+                for e in entries {
+                    cands.entry(e.id).or_default().feeds.push((e.feed, e.mode));
+                }
+            };
+            // Pull-mode items of followed feeds (celebrities), and the reader's own head.
+            let (pulled, more) = self.sources.read_outboxes(&read_feeds, upper, batch, true).await?;
+            cut(pulled.last().map(|e| e.id), more);
+            add(pulled);
+            let (own, more) = self
+                .sources
+                .read_outboxes(std::slice::from_ref(&me), upper, batch, false)
+                .await?;
+            cut(own.last().map(|e| e.id), more);
+            add(own);
+            // Below the floor the inbox promises nothing: history comes from the outboxes.
+            if !inbox_cut {
+                let below = Some(upper.map_or(inbox.floor, |u| u.min(inbox.floor)));
+                if below != Some(0) {
+                    let (history, more) = self.sources.read_outboxes(&read_feeds, below, batch, false).await?;
+                    cut(history.last().map(|e| e.id), more);
+                    add(history);
+                }
+            }
+
+            let ids: Vec<u64> = cands
+                .keys()
+                .rev()
+                .copied()
+                .filter(|id| bound.is_none_or(|b| *id >= b))
+                .collect();
+            scanned += ids.len();
+            let kept = self.filter(user, &me, &followed, &ids, &cands).await?;
+            for item in kept {
+                if page.items.len() == limit {
+                    break;
+                }
+                page.items.push(item);
+            }
+            if page.items.len() == limit {
+                page.next_before = page.items.last().map(|i| i.activity.id);
+                return Ok(page);
+            }
+            match bound {
+                None => return Ok(page),
+                Some(b) => {
+                    upper = Some(b);
+                    if scanned >= budget {
+                        page.has_more = true;
+                        page.next_before = Some(b);
+                        return Ok(page);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hydrates and applies the read-time rules; removes from the inbox the
+    /// ids that can never show again (deleted, unfollowed, blocked).
+    async fn filter(
+        &self,
+        user: UserId,
+        me: &FeedRef,
+        followed: &HashSet<FeedRef>,
+        ids: &[u64],
+        cands: &BTreeMap<u64, Candidate>,
+    ) -> Result<Vec<Item>, ApiError> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let activities: HashMap<u64, Activity> = self
+            .sources
+            .hydrate(ids)
+            .await?
+            .into_iter()
+            .map(|a| (a.id, a))
+            .collect();
+        let mut actors: Vec<UserId> = activities.values().map(|a| a.actor).filter(|a| *a != user).collect();
+        actors.sort_unstable();
+        actors.dedup();
+        let relations: HashMap<UserId, crate::sources::Relation> = actors
+            .iter()
+            .copied()
+            .zip(self.sources.relations(user, &actors).await?)
+            .collect();
+        let mut out = Vec::new();
+        let mut stale = Vec::new();
+        for id in ids {
+            let cand = &cands[id];
+            let Some(a) = activities.get(id) else {
+                if cand.from_inbox {
+                    stale.push(*id);
+                }
+                continue;
+            };
+            if a.actor == user {
+                let mode = cand.feeds.first().map(|f| f.1).unwrap_or(DeliveryMode::Push);
+                out.push(Item {
+                    activity: a.clone(),
+                    source: me.clone(),
+                    mode,
+                });
+                continue;
+            }
+            let rel = relations.get(&a.actor).copied().unwrap_or_default();
+            // The source is derived at read: ({user:actor} ∪ to) ∩ following.
+            let mut sources = vec![FeedRef::user(a.actor)];
+            sources.extend(a.to.iter().filter_map(|t| FeedRef::parse(t).ok()));
+            let Some(source) = sources.into_iter().find(|s| followed.contains(s)) else {
+                if cand.from_inbox {
+                    stale.push(*id);
+                }
+                continue;
+            };
+            if rel.blocked {
+                if cand.from_inbox {
+                    stale.push(*id);
+                }
+                continue;
+            }
+            let follows_actor = followed.contains(&FeedRef::user(a.actor));
+            if rel.muted || !visibility::can_see(a, Some(user), || follows_actor) {
+                continue;
+            }
+            let mode = if cand.from_inbox {
+                DeliveryMode::Push
+            } else {
+                cand.feeds
+                    .iter()
+                    .find(|(f, _)| *f == source)
+                    .map(|f| f.1)
+                    .unwrap_or(DeliveryMode::Pull)
+            };
+            out.push(Item {
+                activity: a.clone(),
+                source,
+                mode,
+            });
+        }
+        if !stale.is_empty()
+            && let Err(e) = self.inbox.remove(user, &stale).await
+        {
+            tracing::debug!(error = %e, "lazy inbox cleanup failed");
+        }
+        Ok(out)
+    }
+
+    /// One page of a single feed (a profile, a tag, a group) as `viewer` may see it.
+    pub async fn feed(
+        &self,
+        feed: &FeedRef,
+        viewer: Option<UserId>,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Page, ApiError> {
+        let mut page = Page::default();
+        let mut upper = before;
+        let mut scanned = 0usize;
+        let batch = (limit * 2).clamp(10, 1000);
+        let viewer_following: HashSet<FeedRef> = match viewer {
+            Some(v) => self.sources.following(v).await?.into_iter().collect(),
+            None => HashSet::new(),
+        };
+        loop {
+            let (entries, more) = self
+                .sources
+                .read_outboxes(std::slice::from_ref(feed), upper, batch, false)
+                .await?;
+            let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
+            scanned += ids.len();
+            let activities = self.sources.hydrate(&ids).await?;
+            let blocked: HashSet<UserId> = match viewer {
+                Some(v) => {
+                    let mut actors: Vec<UserId> = activities.iter().map(|a| a.actor).filter(|a| *a != v).collect();
+                    actors.sort_unstable();
+                    actors.dedup();
+                    let rel = self.sources.relations(v, &actors).await?;
+                    actors
+                        .into_iter()
+                        .zip(rel)
+                        .filter(|(_, r)| r.blocked)
+                        .map(|(a, _)| a)
+                        .collect()
+                }
+                None => HashSet::new(),
+            };
+            for a in activities {
+                if page.items.len() == limit {
+                    break;
+                }
+                let follows = viewer_following.contains(&FeedRef::user(a.actor));
+                if blocked.contains(&a.actor) || !visibility::can_see(&a, viewer, || follows) {
+                    continue;
+                }
+                let mode = entries
+                    .iter()
+                    .find(|e| e.id == a.id)
+                    .map(|e| e.mode)
+                    .unwrap_or(DeliveryMode::Push);
+                page.items.push(Item {
+                    activity: a,
+                    source: feed.clone(),
+                    mode,
+                });
+            }
+            if page.items.len() == limit {
+                page.next_before = page.items.last().map(|i| i.activity.id);
+                return Ok(page);
+            }
+            let Some(last) = entries.last().map(|e| e.id) else {
+                return Ok(page);
+            };
+            if !more {
+                return Ok(page);
+            }
+            upper = Some(last);
+            if scanned >= limit * self.cfg.scan_factor.max(1) {
+                page.has_more = true;
+                page.next_before = Some(last);
+                return Ok(page);
+            }
+        }
+    }
+}

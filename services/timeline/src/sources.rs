@@ -1,0 +1,193 @@
+//! What the timeline reads from the other services, and the gRPC clients.
+
+use async_trait::async_trait;
+use feed_core::{ApiError, FeedRef, UserId};
+use feed_proto::common::v1::{Activity, DeliveryMode};
+use feed_proto::followgraph::v1 as fg;
+use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
+use feed_proto::publish::v1 as pb;
+use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+
+/// One outbox entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Activity id.
+    pub id: u64,
+    /// The feed whose outbox holds it.
+    pub feed: FeedRef,
+    /// How it reached that feed's followers.
+    pub mode: DeliveryMode,
+}
+
+/// How a reader relates to an actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Relation {
+    /// Either blocks the other.
+    pub blocked: bool,
+    /// The reader mutes the actor.
+    pub muted: bool,
+}
+
+/// Everything the timeline reads from follow-graph and publish.
+#[async_trait]
+pub trait Sources: Send + Sync + 'static {
+    /// Every feed the user follows.
+    async fn following(&self, user: UserId) -> Result<Vec<FeedRef>, ApiError>;
+    /// How `user` relates to each actor, in order.
+    async fn relations(&self, user: UserId, actors: &[UserId]) -> Result<Vec<Relation>, ApiError>;
+    /// Outbox entries below `before` across feeds, newest first, at most
+    /// `limit` distinct ids; true when a feed may hold more.
+    async fn read_outboxes(
+        &self,
+        feeds: &[FeedRef],
+        before: Option<u64>,
+        limit: usize,
+        pull_only: bool,
+    ) -> Result<(Vec<Entry>, bool), ApiError>;
+    /// Active activities by id (deleted and unknown ones left out).
+    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Activity>, ApiError>;
+    /// Rebuilds the user's inbox from the followed feeds' outboxes.
+    async fn rebuild(&self, user: UserId) -> Result<(), ApiError>;
+}
+
+/// The gRPC clients, with an internal token.
+#[derive(Clone)]
+pub struct GrpcSources {
+    graph: FollowGraphServiceClient<Channel>,
+    publish: PublishServiceClient<Channel>,
+    auth: MetadataValue<Ascii>,
+}
+
+fn unavailable(service: &str) -> impl Fn(tonic::Status) -> ApiError + '_ {
+    move |s| ApiError::Unavailable(format!("{service}: {}: {}", s.code(), s.message()))
+}
+
+impl GrpcSources {
+    /// Clients on the two channels.
+    pub fn new(follow_graph: Channel, publish: Channel, token: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            graph: FollowGraphServiceClient::new(follow_graph),
+            publish: PublishServiceClient::new(publish),
+            auth: MetadataValue::try_from(format!("Bearer {token}"))?,
+        })
+    }
+
+    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert("authorization", self.auth.clone());
+        r
+    }
+}
+
+#[async_trait]
+impl Sources for GrpcSources {
+    async fn following(&self, user: UserId) -> Result<Vec<FeedRef>, ApiError> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self
+                .graph
+                .clone()
+                .list_following(self.req(fg::ListFollowingRequest {
+                    user_id: user,
+                    page_size: 1000,
+                    page_token: token,
+                }))
+                .await
+                .map_err(unavailable("follow-graph"))?
+                .into_inner();
+            out.extend(page.feeds.iter().filter_map(|f| FeedRef::parse(f).ok()));
+            if page.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    async fn relations(&self, user: UserId, actors: &[UserId]) -> Result<Vec<Relation>, ApiError> {
+        let mut out = Vec::with_capacity(actors.len());
+        for chunk in actors.chunks(100) {
+            let r = self
+                .graph
+                .clone()
+                .get_relationships(self.req(fg::GetRelationshipsRequest {
+                    user_id: user,
+                    target_user_ids: chunk.to_vec(),
+                    feeds: vec![],
+                }))
+                .await
+                .map_err(unavailable("follow-graph"))?
+                .into_inner();
+            out.extend(r.relationships.into_iter().map(|r| Relation {
+                blocked: r.blocking || r.blocked_by,
+                muted: r.muting,
+            }));
+        }
+        Ok(out)
+    }
+
+    async fn read_outboxes(
+        &self,
+        feeds: &[FeedRef],
+        before: Option<u64>,
+        limit: usize,
+        pull_only: bool,
+    ) -> Result<(Vec<Entry>, bool), ApiError> {
+        if feeds.is_empty() {
+            return Ok((vec![], false));
+        }
+        let r = self
+            .publish
+            .clone()
+            .read_outboxes(self.req(pb::ReadOutboxesRequest {
+                feeds: feeds.iter().map(|f| f.to_string()).collect(),
+                before_id: before.unwrap_or(0),
+                limit: limit.min(1000) as u32,
+                pull_only,
+            }))
+            .await
+            .map_err(unavailable("publish"))?
+            .into_inner();
+        let entries = r
+            .entries
+            .into_iter()
+            .filter_map(|e| {
+                Some(Entry {
+                    id: e.id,
+                    feed: FeedRef::parse(&e.feed).ok()?,
+                    mode: DeliveryMode::try_from(e.mode).unwrap_or(DeliveryMode::Push),
+                })
+            })
+            .collect();
+        Ok((entries, r.has_more))
+    }
+
+    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Activity>, ApiError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let r = self
+                .publish
+                .clone()
+                .get_activities(self.req(pb::GetActivitiesRequest {
+                    ids: chunk.to_vec(),
+                    include_deleted: false,
+                }))
+                .await
+                .map_err(unavailable("publish"))?
+                .into_inner();
+            out.extend(r.activities);
+        }
+        Ok(out)
+    }
+
+    async fn rebuild(&self, user: UserId) -> Result<(), ApiError> {
+        self.publish
+            .clone()
+            .rebuild_inbox(self.req(pb::RebuildInboxRequest { user_id: user }))
+            .await
+            .map_err(unavailable("publish"))?;
+        Ok(())
+    }
+}

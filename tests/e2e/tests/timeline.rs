@@ -1,0 +1,329 @@
+//! Home timelines end to end: real gRPC, a real redis-server for inboxes.
+
+use std::time::Duration;
+
+use feed_e2e::{Platform, bff, internal};
+use feed_proto::common::v1::DeliveryMode;
+use feed_proto::followgraph::v1 as fg;
+use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
+use feed_proto::publish::v1 as pb;
+use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
+use feed_proto::timeline::v1 as tl;
+use feed_proto::timeline::v1::timeline_service_client::TimelineServiceClient;
+use feed_testkit::RedisServer;
+use tonic::Code;
+use tonic::transport::Channel;
+
+struct Env {
+    platform: Platform,
+    _redis: RedisServer,
+    graph: FollowGraphServiceClient<Channel>,
+    publish: PublishServiceClient<Channel>,
+    timeline: TimelineServiceClient<Channel>,
+}
+
+async fn env_with(tune: impl FnOnce(&mut feed_server::FeedConfig)) -> Env {
+    let redis = RedisServer::start().expect("redis");
+    let url = redis.url();
+    let platform = Platform::start_with(|cfg| {
+        cfg.redis.url = url;
+        tune(cfg);
+    })
+    .await
+    .expect("platform");
+    Env {
+        graph: FollowGraphServiceClient::new(platform.channel.clone()),
+        publish: PublishServiceClient::new(platform.channel.clone()),
+        timeline: TimelineServiceClient::new(platform.channel.clone()),
+        platform,
+        _redis: redis,
+    }
+}
+
+impl Env {
+    async fn follow(&mut self, follower: u64, feed: &str) {
+        self.graph
+            .follow(internal(fg::FollowRequest {
+                follower_id: follower,
+                feed: feed.into(),
+            }))
+            .await
+            .expect("follow");
+    }
+
+    async fn post(&mut self, actor: u64, fid: &str, to: &[&str]) -> u64 {
+        self.publish
+            .publish(internal(pb::PublishRequest {
+                activity: Some(pb::NewActivity {
+                    actor,
+                    verb: "post".into(),
+                    object: format!("post:{fid}"),
+                    foreign_id: fid.into(),
+                    to: to.iter().map(|s| s.to_string()).collect(),
+                    ..pb::NewActivity::default()
+                }),
+                publish_at_ms: 0,
+            }))
+            .await
+            .expect("publish")
+            .into_inner()
+            .activity_id
+    }
+
+    async fn page(&mut self, user: u64, limit: u32, cursor: &str) -> tl::GetTimelineResponse {
+        self.timeline
+            .get_timeline(bff(
+                tl::GetTimelineRequest {
+                    user_id: user,
+                    limit,
+                    cursor: cursor.into(),
+                },
+                user,
+            ))
+            .await
+            .expect("timeline")
+            .into_inner()
+    }
+
+    async fn ids(&mut self, user: u64) -> Vec<u64> {
+        self.page(user, 100, "")
+            .await
+            .items
+            .iter()
+            .map(|i| i.activity.as_ref().expect("a").id)
+            .collect()
+    }
+
+    /// Waits for the fanout and edge jobs to finish.
+    async fn settled(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let lag = self
+                .publish
+                .get_fanout_lag(internal(pb::GetFanoutLagRequest {}))
+                .await
+                .expect("lag")
+                .into_inner();
+            if lag.pending_jobs == 0 {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "jobs pending: {lag:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_post_shows_in_its_authors_timeline_right_after_publish() {
+    let mut e = env_with(|_| {}).await;
+    let id = e.post(1, "mine", &[]).await;
+    let page = e.page(1, 10, "").await;
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].activity.as_ref().expect("a").id, id);
+    assert_eq!(page.items[0].source_feed, "user:1");
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_cold_users_first_read_rebuilds_and_is_complete() {
+    let mut e = env_with(|_| {}).await;
+    e.follow(2, "user:1").await;
+    e.follow(2, "tag:rust").await;
+    let a = e.post(1, "a", &[]).await;
+    let b = e.post(3, "b", &["tag:rust"]).await;
+    e.settled().await;
+    let page = e.page(2, 10, "").await;
+    assert!(page.rebuilt, "the first read says it rebuilt");
+    let got: Vec<(u64, String)> = page
+        .items
+        .iter()
+        .map(|i| (i.activity.as_ref().expect("a").id, i.source_feed.clone()))
+        .collect();
+    assert_eq!(got, vec![(b, "tag:rust".to_owned()), (a, "user:1".to_owned())]);
+    assert!(!e.page(2, 10, "").await.rebuilt);
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_celebrity_post_reaches_hot_and_cold_followers_exactly_once() {
+    let mut e = env_with(|cfg| cfg.follow_graph.celebrity_threshold = 2).await;
+    e.follow(2, "user:1").await;
+    e.follow(3, "user:1").await;
+    // User 2 is hot (has read before), user 3 is cold.
+    e.page(2, 10, "").await;
+    let id = e.post(1, "celeb", &[]).await;
+    e.settled().await;
+    for user in [2, 3] {
+        let page = e.page(user, 10, "").await;
+        let ids: Vec<u64> = page.items.iter().map(|i| i.activity.as_ref().expect("a").id).collect();
+        assert_eq!(ids, vec![id], "user {user}");
+        assert_eq!(page.items[0].delivery_mode, DeliveryMode::Pull as i32);
+    }
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn unfollow_hides_items_before_the_purge_job_runs() {
+    // No workers: the purge job never runs, only read-time filtering acts.
+    let mut e = env_with(|cfg| cfg.fanout.workers = 0).await;
+    e.follow(2, "user:1").await;
+    e.page(2, 10, "").await;
+    let id = e.post(1, "p", &[]).await;
+    // Without workers nothing is pushed; an admin rebuild unions the item in.
+    e.publish
+        .rebuild_inbox(internal(pb::RebuildInboxRequest { user_id: 2 }))
+        .await
+        .expect("rebuild");
+    assert_eq!(e.ids(2).await, vec![id]);
+    e.graph
+        .unfollow(internal(fg::UnfollowRequest {
+            follower_id: 2,
+            feed: "user:1".into(),
+        }))
+        .await
+        .expect("unfollow");
+    assert!(e.ids(2).await.is_empty());
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn blocked_and_muted_authors_are_hidden_and_deleted_items_vanish() {
+    let mut e = env_with(|_| {}).await;
+    for feed in ["user:1", "user:3", "user:4"] {
+        e.follow(2, feed).await;
+    }
+    e.page(2, 10, "").await;
+    let a = e.post(1, "a", &[]).await;
+    let b = e.post(3, "b", &[]).await;
+    let c = e.post(4, "c", &[]).await;
+    e.settled().await;
+    assert_eq!(e.ids(2).await, vec![c, b, a]);
+    e.graph
+        .mute(internal(fg::MuteRequest {
+            user_id: 2,
+            target_user_id: 3,
+        }))
+        .await
+        .expect("mute");
+    e.graph
+        .block(internal(fg::BlockRequest {
+            user_id: 4,
+            target_user_id: 2,
+        }))
+        .await
+        .expect("block");
+    e.publish
+        .delete_activity(internal(pb::DeleteActivityRequest {
+            r#ref: Some(pb::ActivityRef {
+                r#ref: Some(pb::activity_ref::Ref::Id(a)),
+            }),
+        }))
+        .await
+        .expect("delete");
+    assert!(
+        e.ids(2).await.is_empty(),
+        "muted, blocked and deleted are all hidden at once"
+    );
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn paging_past_the_inbox_cap_continues_from_the_outboxes_without_repeats() {
+    let mut e = env_with(|cfg| cfg.inbox.cap = 5).await;
+    e.follow(2, "user:1").await;
+    e.follow(2, "user:3").await;
+    e.page(2, 10, "").await;
+    let mut posted = Vec::new();
+    for n in 0..13 {
+        let actor = if n % 3 == 0 { 3 } else { 1 };
+        posted.push(e.post(actor, &format!("p{n}"), &[]).await);
+    }
+    e.settled().await;
+    posted.reverse();
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = e.page(2, 4, &cursor).await;
+        seen.extend(page.items.iter().map(|i| i.activity.as_ref().expect("a").id));
+        // New items arriving at the head never shift the pages below.
+        if seen.len() == 4 {
+            e.post(1, "late", &[]).await;
+        }
+        if page.next_cursor.is_empty() {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    assert_eq!(seen, posted);
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn reading_another_users_timeline_with_a_bff_token_is_denied() {
+    let mut e = env_with(|_| {}).await;
+    let err = e
+        .timeline
+        .get_timeline(bff(
+            tl::GetTimelineRequest {
+                user_id: 2,
+                limit: 10,
+                cursor: String::new(),
+            },
+            3,
+        ))
+        .await
+        .expect_err("denied");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = e
+        .timeline
+        .get_timeline(bff(
+            tl::GetTimelineRequest {
+                user_id: 3,
+                limit: 1000,
+                cursor: "garbage!".into(),
+            },
+            3,
+        ))
+        .await
+        .expect_err("bad input");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_feed_page_shows_what_its_viewer_may_see() {
+    let mut e = env_with(|_| {}).await;
+    let public = e.post(1, "pub", &["tag:rust"]).await;
+    e.publish
+        .publish(internal(pb::PublishRequest {
+            activity: Some(pb::NewActivity {
+                actor: 1,
+                verb: "post".into(),
+                object: "post:f".into(),
+                foreign_id: "followers-only".into(),
+                to: vec!["tag:rust".into()],
+                visibility: feed_proto::common::v1::Visibility::Followers as i32,
+                ..pb::NewActivity::default()
+            }),
+            publish_at_ms: 0,
+        }))
+        .await
+        .expect("publish");
+    let page = e
+        .timeline
+        .get_feed(bff(
+            tl::GetFeedRequest {
+                feed: "tag:rust".into(),
+                viewer_id: 5,
+                limit: 10,
+                cursor: String::new(),
+            },
+            5,
+        ))
+        .await
+        .expect("feed")
+        .into_inner();
+    let ids: Vec<u64> = page.activities.iter().map(|a| a.id).collect();
+    assert_eq!(ids, vec![public], "a non-follower does not see followers-only items");
+    e.platform.stop().await.expect("stop");
+}
