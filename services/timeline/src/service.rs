@@ -26,6 +26,9 @@ pub struct TimelineConfig {
     pub max_feeds_per_read: usize,
     /// Inbox rebuilds running at once across all users (a Redis loss must not stampede the store).
     pub rebuild_budget: usize,
+    /// A user's activity is recorded (the inbox expiry restarted) at most
+    /// this often: reads are not writes.
+    pub active_debounce: Duration,
 }
 
 impl Default for TimelineConfig {
@@ -35,6 +38,7 @@ impl Default for TimelineConfig {
             scan_factor: 10,
             max_feeds_per_read: 1000,
             rebuild_budget: 8,
+            active_debounce: Duration::from_secs(60),
         }
     }
 }
@@ -71,6 +75,7 @@ pub struct Timeline {
     cfg: Arc<TimelineConfig>,
     budget: Arc<Semaphore>,
     rebuilding: Arc<Mutex<HashMap<UserId, Arc<tokio::sync::Mutex<()>>>>>,
+    last_active: Arc<Mutex<HashMap<UserId, std::time::Instant>>>,
 }
 
 /// A candidate id and how it can reach the reader.
@@ -93,7 +98,27 @@ impl Timeline {
             inbox,
             cfg: Arc::new(cfg),
             rebuilding: Arc::new(Mutex::new(HashMap::new())),
+            last_active: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Records that `user` is active, at most once per debounce window.
+    async fn mark_active(&self, user: UserId) -> Result<(), ApiError> {
+        let now = std::time::Instant::now();
+        let debounce = self.cfg.active_debounce;
+        {
+            let mut map = self.last_active.lock().unwrap_or_else(|p| p.into_inner());
+            if map.get(&user).is_some_and(|t| now.duration_since(*t) < debounce) {
+                return Ok(());
+            }
+            if map.len() > 100_000 {
+                map.retain(|_, t| now.duration_since(*t) < debounce);
+            }
+            map.insert(user, now);
+        }
+        self.inbox.touch(user).await.map_err(inbox_err)?;
+        metrics::counter!("feed_timeline_active_marks_total").increment(1);
+        Ok(())
     }
 
     /// The most items a page may ask for.
@@ -128,6 +153,7 @@ impl Timeline {
     /// One page of `user`'s home timeline below `before`.
     pub async fn home(&self, user: UserId, limit: usize, before: Option<u64>) -> Result<Page, ApiError> {
         let rebuilt = self.ensure_inbox(user).await?;
+        self.mark_active(user).await?;
         let following = self.sources.following(user).await?;
         let followed: HashSet<FeedRef> = following.iter().cloned().collect();
         let mut read_feeds = following.clone();

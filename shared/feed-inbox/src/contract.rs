@@ -27,6 +27,7 @@ pub async fn run_all(s: &dyn InboxStore) {
     ids_below_the_floor_are_not_added(s).await;
     removal_and_eviction(s).await;
     replayed_push_changes_nothing(s).await;
+    touch_reports_liveness(s).await;
     marker_first_rebuild_keeps_pushes_made_while_it_ran(s).await;
 }
 
@@ -136,4 +137,14 @@ async fn replayed_push_changes_nothing(s: &dyn InboxStore) {
         s.page(60, None, 10).await.expect("page").expect("live").ids,
         vec![id(9)]
     );
+}
+
+async fn touch_reports_liveness(s: &dyn InboxStore) {
+    assert!(
+        !s.touch(80).await.expect("touch"),
+        "touching a cold user's inbox does not create it"
+    );
+    assert!(!s.is_live(80).await.expect("live"));
+    s.rebuild(80, &[], 0, None).await.expect("rebuild");
+    assert!(s.touch(80).await.expect("touch"));
 }

@@ -90,12 +90,15 @@ pub trait InboxStore: Send + Sync + 'static {
     /// inboxes is complete down to the lower of their floors.
     async fn rebuild(&self, user: UserId, ids: &[u64], floor: u64, provisional: Option<u64>) -> Result<(), InboxError>;
     /// Newest ids below `before` (all when None), at most `limit`, and the
-    /// floor; None when the inbox is not live. Refreshes the expiry.
+    /// floor; None when the inbox is not live. Reading does not refresh the
+    /// expiry: that is [`InboxStore::touch`], which readers debounce.
     async fn page(&self, user: UserId, before: Option<u64>, limit: usize) -> Result<Option<InboxPage>, InboxError>;
     /// Removes `ids` from one inbox (purge after unfollow or block).
     async fn remove(&self, user: UserId, ids: &[u64]) -> Result<(), InboxError>;
     /// Removes `id` from many inboxes (purge after delete).
     async fn remove_from(&self, users: &[UserId], id: u64) -> Result<(), InboxError>;
+    /// Marks the user active: the inbox's expiry starts again. False when not live.
+    async fn touch(&self, user: UserId) -> Result<bool, InboxError>;
     /// Whether the inbox is live.
     async fn is_live(&self, user: UserId) -> Result<bool, InboxError>;
     /// Drops the inbox (the user turned cold).

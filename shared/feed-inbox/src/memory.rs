@@ -126,10 +126,8 @@ impl InboxStore for MemoryInbox {
     }
 
     async fn page(&self, user: UserId, before: Option<u64>, limit: usize) -> Result<Option<InboxPage>, InboxError> {
-        let ttl = self.cfg.ttl_ms;
-        Ok(self.with(|map, now| {
+        Ok(self.with(|map, _| {
             map.get_mut(&user).map(|inbox| {
-                inbox.expires_at = now + ttl;
                 let upper = before.unwrap_or(u64::MAX);
                 InboxPage {
                     ids: inbox.ids.range(..upper).rev().take(limit).copied().collect(),
@@ -159,6 +157,17 @@ impl InboxStore for MemoryInbox {
             }
         });
         Ok(())
+    }
+
+    async fn touch(&self, user: UserId) -> Result<bool, InboxError> {
+        let ttl = self.cfg.ttl_ms;
+        Ok(self.with(|map, now| match map.get_mut(&user) {
+            Some(inbox) => {
+                inbox.expires_at = now + ttl;
+                true
+            }
+            None => false,
+        }))
     }
 
     async fn is_live(&self, user: UserId) -> Result<bool, InboxError> {

@@ -83,12 +83,10 @@ trim(tonumber(ARGV[1]))
 return 1
 ";
 
-/// KEYS: inbox, floor. ARGV: max (lex bound), limit, ttl_ms. Nil when not live.
+/// KEYS: inbox, floor. ARGV: max (lex bound), limit. Nil when not live.
 const PAGE: &str = r"
 local floor = redis.call('GET', KEYS[2])
 if not floor then return false end
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
 local ids = redis.call('ZRANGE', KEYS[1], ARGV[1], '-', 'BYLEX', 'REV', 'LIMIT', 0, ARGV[2])
 return {floor, ids}
 ";
@@ -277,7 +275,6 @@ impl InboxStore for RedisInbox {
             .key(floor_key(user))
             .arg(max)
             .arg(limit)
-            .arg(self.cfg.ttl_ms)
             .invoke_async(&mut conn)
             .await?;
         Ok(reply.map(|(floor, ids)| {
@@ -314,6 +311,21 @@ impl InboxStore for RedisInbox {
             let _: () = pipe.query_async(&mut conn).await?;
         }
         Ok(())
+    }
+
+    async fn touch(&self, user: UserId) -> Result<bool, InboxError> {
+        let mut conn = self.conn.clone();
+        let (live, _): (i64, i64) = redis::pipe()
+            .atomic()
+            .cmd("PEXPIRE")
+            .arg(floor_key(user))
+            .arg(self.cfg.ttl_ms)
+            .cmd("PEXPIRE")
+            .arg(inbox_key(user))
+            .arg(self.cfg.ttl_ms)
+            .query_async(&mut conn)
+            .await?;
+        Ok(live == 1)
     }
 
     async fn is_live(&self, user: UserId) -> Result<bool, InboxError> {

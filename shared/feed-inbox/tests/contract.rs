@@ -53,8 +53,12 @@ async fn memory_inbox_expires_unused_inboxes() {
         inbox.page(1, None, 1).await.expect("page").is_some(),
         "a read refreshes"
     );
+    inbox.page(1, None, 1).await.expect("page");
     clock.advance(contract_config().ttl_ms);
-    assert!(!inbox.is_live(1).await.expect("live"));
+    assert!(
+        !inbox.is_live(1).await.expect("live"),
+        "a read alone does not keep it alive"
+    );
 }
 
 #[tokio::test]
