@@ -2,6 +2,7 @@
 //! `127.0.0.1:0`, real gRPC, tokens of both roles.
 
 pub mod inproc;
+pub mod model;
 
 use std::net::SocketAddr;
 use std::time::Duration;
