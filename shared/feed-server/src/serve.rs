@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::RoutesBuilder;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
@@ -141,7 +140,9 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
     });
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let incoming = TcpListenerStream::new(listener);
+    // Set TCP_NODELAY on accepted sockets: a listener handed in bypasses the
+    // builder's setting, and Nagle's algorithm would hold small responses ~40 ms.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stop_rx.await;
     }));

@@ -18,6 +18,8 @@ use futures::StreamExt;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
+mod timeline_bench;
+
 const TOKEN: &str = "bench-token";
 
 #[derive(Parser)]
@@ -43,9 +45,21 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         prefill: u64,
     },
+    /// GetTimeline throughput and latency against a minimal gRPC + Redis server.
+    Timeline {
+        /// Users on the power-law follow graph.
+        #[arg(long, default_value_t = 10_000)]
+        users: u64,
+        /// Requests per concurrency level.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Concurrency levels.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        concurrency: Vec<usize>,
+    },
 }
 
-fn req<T>(msg: T) -> tonic::Request<T> {
+pub(crate) fn req<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut().insert(
         "authorization",
@@ -54,14 +68,19 @@ fn req<T>(msg: T) -> tonic::Request<T> {
     r
 }
 
-struct Platform {
-    addr: SocketAddr,
-    shutdown: Shutdown,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+pub(crate) struct Platform {
+    pub(crate) addr: SocketAddr,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) task: tokio::task::JoinHandle<anyhow::Result<()>>,
     _dir: tempfile::TempDir,
 }
 
-async fn start_platform(redis: &str, workers: usize, concurrency: usize) -> anyhow::Result<Platform> {
+pub(crate) async fn start_platform(
+    redis: &str,
+    workers: usize,
+    concurrency: usize,
+    tune: impl FnOnce(&mut FeedConfig),
+) -> anyhow::Result<Platform> {
     let dir = tempfile::tempdir()?;
     let mut cfg = FeedConfig::default();
     cfg.storage.data_dir = dir.path().to_path_buf();
@@ -74,6 +93,7 @@ async fn start_platform(redis: &str, workers: usize, concurrency: usize) -> anyh
     cfg.follow_graph.celebrity_threshold = u64::MAX;
     cfg.follow_graph.max_following = 10;
     cfg.telemetry.log_filter = "warn".into();
+    tune(&mut cfg);
     feed_server::telemetry::init(&cfg.telemetry);
     let auth = Authenticator::new([(TOKEN.to_owned(), Role::Internal)]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -95,7 +115,7 @@ async fn start_platform(redis: &str, workers: usize, concurrency: usize) -> anyh
 }
 
 /// Waits until no fanout job is pending.
-async fn wait_idle(publish: &mut PublishServiceClient<Channel>) -> anyhow::Result<()> {
+pub(crate) async fn wait_idle(publish: &mut PublishServiceClient<Channel>) -> anyhow::Result<()> {
     loop {
         let lag = publish
             .get_fanout_lag(req(pb::GetFanoutLagRequest {}))
@@ -157,7 +177,7 @@ async fn raw_zadd(
 async fn fanout(followers: Vec<u64>, workers: usize, concurrency: usize, prefill: u64) -> anyhow::Result<()> {
     let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/redis.conf");
     let redis = RedisServer::start_with_config(&conf, &[])?;
-    let platform = start_platform(&redis.url(), workers, concurrency).await?;
+    let platform = start_platform(&redis.url(), workers, concurrency, |_| {}).await?;
     let channel = Channel::from_shared(format!("http://{}", platform.addr))?
         .connect()
         .await?;
@@ -281,5 +301,10 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             prefill,
         } => fanout(followers, workers, concurrency, prefill).await,
+        Cmd::Timeline {
+            users,
+            requests,
+            concurrency,
+        } => timeline_bench::run(users, requests, concurrency).await,
     }
 }

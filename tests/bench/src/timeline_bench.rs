@@ -1,0 +1,232 @@
+//! `feed-bench timeline`: GetTimeline (limit 20) over gRPC at several
+//! concurrency levels, against the raw limit measured in the same run: a
+//! minimal tonic server answering each request with one Redis
+//! `ZRANGE ... BYLEX REV LIMIT 0 20` from the same redis-server, driven by
+//! the same client.
+
+use std::time::{Duration, Instant};
+
+use feed_inbox::redis_store::{floor_key, inbox_key};
+use feed_proto::followgraph::v1 as fg;
+use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
+use feed_proto::publish::v1 as pb;
+use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
+use feed_proto::timeline::v1 as tl;
+use feed_proto::timeline::v1::timeline_service_client::TimelineServiceClient;
+use feed_proto::timeline::v1::timeline_service_server::{TimelineService, TimelineServiceServer};
+use feed_testkit::RedisServer;
+use futures::StreamExt;
+use tonic::transport::Channel;
+
+use crate::{req, start_platform, wait_idle};
+
+/// A deterministic generator (xorshift), so runs are comparable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// A power-law pick in 1..=n: low ids are the celebrities.
+    fn zipf(&mut self, n: u64) -> u64 {
+        let u = (self.next() % 1_000_000) as f64 / 1_000_000.0;
+        ((n as f64).powf(u)).floor().max(1.0) as u64
+    }
+}
+
+/// The raw limit: one Redis read per request, nothing else.
+struct Raw {
+    conn: redis::aio::MultiplexedConnection,
+}
+
+#[tonic::async_trait]
+impl TimelineService for Raw {
+    async fn get_timeline(
+        &self,
+        req: tonic::Request<tl::GetTimelineRequest>,
+    ) -> Result<tonic::Response<tl::GetTimelineResponse>, tonic::Status> {
+        let mut c = self.conn.clone();
+        let ids: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+            .arg(inbox_key(req.get_ref().user_id))
+            .arg("+")
+            .arg("-")
+            .arg("BYLEX")
+            .arg("REV")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(20)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        Ok(tonic::Response::new(tl::GetTimelineResponse {
+            items: ids
+                .iter()
+                .map(|m| tl::TimelineItem {
+                    activity: Some(feed_proto::common::v1::Activity {
+                        id: m.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b)),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_feed(
+        &self,
+        _: tonic::Request<tl::GetFeedRequest>,
+    ) -> Result<tonic::Response<tl::GetFeedResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("raw limit serves timelines only"))
+    }
+}
+
+/// Runs `requests` GetTimeline calls at concurrency `c`; returns (req/s, p50 ms, p99 ms).
+async fn drive(channel: Channel, users: u64, requests: usize, c: usize) -> anyhow::Result<(f64, f64, f64)> {
+    let start = Instant::now();
+    let per = requests / c;
+    let tasks: Vec<_> = (0..c)
+        .map(|w| {
+            let mut client = TimelineServiceClient::new(channel.clone());
+            tokio::spawn(async move {
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1));
+                let mut lat = Vec::with_capacity(per);
+                for _ in 0..per {
+                    let user = 1 + rng.next() % users;
+                    let t = Instant::now();
+                    client
+                        .get_timeline(req(tl::GetTimelineRequest {
+                            user_id: user,
+                            limit: 20,
+                            cursor: String::new(),
+                        }))
+                        .await?;
+                    lat.push(t.elapsed());
+                }
+                Ok::<_, anyhow::Error>(lat)
+            })
+        })
+        .collect();
+    let mut all: Vec<Duration> = Vec::with_capacity(requests);
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
+    Ok((all.len() as f64 / elapsed, pct(0.50), pct(0.99)))
+}
+
+/// The benchmark.
+pub async fn run(users: u64, requests: usize, levels: Vec<usize>) -> anyhow::Result<()> {
+    let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/redis.conf");
+    let redis = RedisServer::start_with_config(&conf, &[])?;
+    let platform = start_platform(&redis.url(), 4, 4, |cfg| {
+        cfg.follow_graph.celebrity_threshold = users / 20;
+        cfg.follow_graph.max_following = 100;
+    })
+    .await?;
+    let channel = Channel::from_shared(format!("http://{}", platform.addr))?
+        .connect()
+        .await?;
+    let mut conn = redis::Client::open(redis.url())?
+        .get_multiplexed_async_connection()
+        .await?;
+
+    // Every user is active: a live inbox before anything is posted.
+    for chunk in (1..=users).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for u in chunk {
+            pipe.cmd("SET").arg(floor_key(*u)).arg(&0u64.to_be_bytes()[..]).ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await?;
+    }
+    // Power-law follow graph: each user follows 20 authors, low ids far more often.
+    let t = Instant::now();
+    let mut rng = Rng(42);
+    let mut follows = Vec::new();
+    for u in 1..=users {
+        for _ in 0..20 {
+            let target = rng.zipf(users);
+            if target != u {
+                follows.push((u, target));
+            }
+        }
+    }
+    let graph = FollowGraphServiceClient::new(channel.clone());
+    futures::stream::iter(follows)
+        .for_each_concurrent(64, |(u, t)| {
+            let mut g = graph.clone();
+            async move {
+                let _ = g
+                    .follow(req(fg::FollowRequest {
+                        follower_id: u,
+                        feed: format!("user:{t}"),
+                    }))
+                    .await;
+            }
+        })
+        .await;
+    let mut publish = PublishServiceClient::new(channel.clone());
+    wait_idle(&mut publish).await?;
+    // Posts from power-law authors fill the inboxes through fanout (celebrities are pulled).
+    let posts = 2_000;
+    futures::stream::iter(0..posts)
+        .for_each_concurrent(16, |n| {
+            let mut p = publish.clone();
+            let actor = Rng(7 + n).zipf(users);
+            async move {
+                let _ = p
+                    .publish(req(pb::PublishRequest {
+                        activity: Some(pb::NewActivity {
+                            actor,
+                            verb: "post".into(),
+                            object: format!("post:{n}"),
+                            foreign_id: format!("b{n}"),
+                            ..pb::NewActivity::default()
+                        }),
+                        publish_at_ms: 0,
+                    }))
+                    .await;
+            }
+        })
+        .await;
+    wait_idle(&mut publish).await?;
+    println!(
+        "set-up: {users} users, {posts} posts in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let raw_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let raw_addr = raw_listener.local_addr()?;
+    let raw = Raw { conn: conn.clone() };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TimelineServiceServer::new(raw))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(raw_listener).with_nodelay(Some(true))),
+    );
+    let raw_channel = Channel::from_shared(format!("http://{raw_addr}"))?.connect().await?;
+
+    let mut last = String::new();
+    for c in levels {
+        // Warm both paths, then measure.
+        drive(channel.clone(), users, 200, c.min(200)).await?;
+        let (rate, p50, p99) = drive(channel.clone(), users, requests, c).await?;
+        drive(raw_channel.clone(), users, 200, c.min(200)).await?;
+        let (raw_rate, raw_p50, raw_p99) = drive(raw_channel.clone(), users, requests, c).await?;
+        println!(
+            "c={c}: {rate:.0} req/s p50 {p50:.2} ms p99 {p99:.2} ms; raw gRPC+Redis {raw_rate:.0} req/s p50 {raw_p50:.2} ms p99 {raw_p99:.2} ms"
+        );
+        last = format!(
+            "timeline: {rate:.0} req/s p50 {p50:.2} ms p99 {p99:.2} ms at c={c} = {:.0}% of raw gRPC+Redis ({raw_rate:.0} req/s)",
+            100.0 * rate / raw_rate
+        );
+    }
+    platform.shutdown.trigger();
+    let _ = platform.task.await;
+    println!("{last}");
+    Ok(())
+}
