@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use feed_proto::followgraph::v1 as fg;
 use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
+use feed_proto::publish::v1 as pb;
+use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
+use feed_proto::timeline::v1 as tl;
+use feed_proto::timeline::v1::timeline_service_client::TimelineServiceClient;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -75,6 +79,33 @@ enum Cmd {
     },
     /// How USER relates to TARGETS.
     Relationships { user: u64, targets: Vec<u64> },
+    /// ACTOR posts OBJECT (foreign id defaults to the object), optionally to more feeds.
+    Post {
+        actor: u64,
+        object: String,
+        #[arg(long, default_value = "post")]
+        verb: String,
+        #[arg(long)]
+        foreign_id: Option<String>,
+        #[arg(long = "to")]
+        to: Vec<String>,
+    },
+    /// USER's home timeline, one page.
+    Timeline {
+        user: u64,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long, default_value = "")]
+        cursor: String,
+    },
+    /// One feed's page (user:2, tag:rust), as VIEWER sees it (0 = anonymous).
+    Feed {
+        feed: String,
+        #[arg(long, default_value_t = 0)]
+        viewer: u64,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
 }
 
 struct Ctx {
@@ -137,6 +168,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         token,
         as_user: args.as_user,
     };
+    let mut publish = PublishServiceClient::new(channel.clone());
+    let mut timeline = TimelineServiceClient::new(channel.clone());
     let mut c = FollowGraphServiceClient::new(channel);
     match args.cmd {
         Cmd::Health { .. } => {}
@@ -234,6 +267,49 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     user_id: user,
                     target_user_ids: targets,
                     feeds: vec![],
+                })?)
+                .await?;
+            println!("{:#?}", r.into_inner());
+        }
+        Cmd::Post {
+            actor,
+            object,
+            verb,
+            foreign_id,
+            to,
+        } => {
+            let r = publish
+                .publish(ctx.req(pb::PublishRequest {
+                    activity: Some(pb::NewActivity {
+                        actor,
+                        verb,
+                        foreign_id: foreign_id.unwrap_or_else(|| object.clone()),
+                        object,
+                        to,
+                        ..pb::NewActivity::default()
+                    }),
+                    publish_at_ms: 0,
+                })?)
+                .await?;
+            println!("{:#?}", r.into_inner());
+        }
+        Cmd::Timeline { user, limit, cursor } => {
+            let r = timeline
+                .get_timeline(ctx.req(tl::GetTimelineRequest {
+                    user_id: user,
+                    limit,
+                    cursor,
+                })?)
+                .await?;
+            println!("{:#?}", r.into_inner());
+        }
+        Cmd::Feed { feed, viewer, limit } => {
+            let r = timeline
+                .get_feed(ctx.req(tl::GetFeedRequest {
+                    feed,
+                    viewer_id: viewer,
+                    limit,
+                    cursor: String::new(),
                 })?)
                 .await?;
             println!("{:#?}", r.into_inner());
