@@ -17,7 +17,6 @@ use feed_proto::publish::v1 as pb;
 use feed_proto::publish::v1::OutboxItem;
 use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
 use feed_server::Shutdown;
-use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 use crate::graph::Graph;
@@ -62,7 +61,7 @@ impl JobLedger for Publisher {
 #[derive(Clone)]
 pub struct GrpcLedger {
     client: PublishServiceClient<Channel>,
-    auth: MetadataValue<tonic::metadata::Ascii>,
+    auth: feed_server::auth::ServiceToken,
 }
 
 impl GrpcLedger {
@@ -70,14 +69,12 @@ impl GrpcLedger {
     pub fn new(channel: Channel, token: &str) -> anyhow::Result<Self> {
         Ok(Self {
             client: PublishServiceClient::new(channel),
-            auth: MetadataValue::try_from(format!("Bearer {token}"))?,
+            auth: feed_server::auth::ServiceToken::new(token)?,
         })
     }
 
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        r.metadata_mut().insert("authorization", self.auth.clone());
-        r
+        self.auth.request(msg)
     }
 }
 

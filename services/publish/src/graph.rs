@@ -5,7 +5,6 @@ use feed_core::{ApiError, FeedRef, UserId};
 use feed_proto::events::v1::EdgeChange;
 use feed_proto::followgraph::v1 as fg;
 use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
-use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 /// A follower as fanout sees it.
@@ -46,7 +45,7 @@ pub trait Graph: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct GrpcGraph {
     client: FollowGraphServiceClient<Channel>,
-    auth: MetadataValue<tonic::metadata::Ascii>,
+    auth: feed_server::auth::ServiceToken,
 }
 
 fn unavailable(s: tonic::Status) -> ApiError {
@@ -58,14 +57,12 @@ impl GrpcGraph {
     pub fn new(channel: Channel, token: &str) -> anyhow::Result<Self> {
         Ok(Self {
             client: FollowGraphServiceClient::new(channel),
-            auth: MetadataValue::try_from(format!("Bearer {token}"))?,
+            auth: feed_server::auth::ServiceToken::new(token)?,
         })
     }
 
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        r.metadata_mut().insert("authorization", self.auth.clone());
-        r
+        self.auth.request(msg)
     }
 }
 

@@ -7,7 +7,6 @@ use feed_proto::followgraph::v1 as fg;
 use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
 use feed_proto::publish::v1 as pb;
 use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 /// One outbox entry.
@@ -57,7 +56,7 @@ pub trait Sources: Send + Sync + 'static {
 pub struct GrpcSources {
     graph: FollowGraphServiceClient<Channel>,
     publish: PublishServiceClient<Channel>,
-    auth: MetadataValue<Ascii>,
+    auth: feed_server::auth::ServiceToken,
 }
 
 fn unavailable(service: &str) -> impl Fn(tonic::Status) -> ApiError + '_ {
@@ -70,14 +69,12 @@ impl GrpcSources {
         Ok(Self {
             graph: FollowGraphServiceClient::new(follow_graph),
             publish: PublishServiceClient::new(publish),
-            auth: MetadataValue::try_from(format!("Bearer {token}"))?,
+            auth: feed_server::auth::ServiceToken::new(token)?,
         })
     }
 
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        r.metadata_mut().insert("authorization", self.auth.clone());
-        r
+        self.auth.request(msg)
     }
 }
 

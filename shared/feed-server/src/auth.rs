@@ -240,3 +240,27 @@ mod tests {
         );
     }
 }
+
+/// The bearer token one service presents to another.
+#[derive(Clone)]
+pub struct ServiceToken(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl std::fmt::Debug for ServiceToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServiceToken(..)")
+    }
+}
+
+impl ServiceToken {
+    /// From the raw token.
+    pub fn new(token: &str) -> anyhow::Result<Self> {
+        Ok(Self(format!("Bearer {token}").parse()?))
+    }
+
+    /// A request carrying the token.
+    pub fn request<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.metadata_mut().insert("authorization", self.0.clone());
+        r
+    }
+}
