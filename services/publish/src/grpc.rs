@@ -345,6 +345,19 @@ impl PublishService for PublishGrpc {
         }))
     }
 
+    async fn get_pending_work(
+        &self,
+        req: Request<pb::GetPendingWorkRequest>,
+    ) -> Result<Response<pb::GetPendingWorkResponse>, Status> {
+        Caller::of(&req)?.require_internal()?;
+        let user = validate::user_id("user_id", req.get_ref().user_id)?;
+        let w = self.publisher.pending_work(user).await?;
+        Ok(Response::new(pb::GetPendingWorkResponse {
+            fanout_from_id: w.fanout_from.unwrap_or(0),
+            backfill_feeds: w.backfill_feeds.iter().map(|f| f.to_string()).collect(),
+        }))
+    }
+
     async fn fail_job(&self, req: Request<pb::FailJobRequest>) -> Result<Response<pb::FailJobResponse>, Status> {
         Caller::of(&req)?.require_internal()?;
         let r = req.get_ref();

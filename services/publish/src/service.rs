@@ -773,3 +773,10 @@ impl Publisher {
         Ok((all, more))
     }
 }
+
+impl Publisher {
+    /// Work not yet reflected in `user`'s inbox (see [`crate::store::PendingWork`]).
+    pub async fn pending_work(&self, user: UserId) -> Result<crate::store::PendingWork, ApiError> {
+        Ok(self.store.pending_work(user).await?)
+    }
+}

@@ -156,6 +156,8 @@ impl Timeline {
         self.mark_active(user).await?;
         let following = self.sources.following(user).await?;
         let followed: HashSet<FeedRef> = following.iter().cloned().collect();
+        let (fanout_from, mut backfill_feeds) = self.sources.pending(user).await?;
+        backfill_feeds.retain(|f| followed.contains(f));
         let mut read_feeds = following.clone();
         read_feeds.truncate(self.cfg.max_feeds_per_read);
         let me = FeedRef::user(user);
@@ -208,6 +210,23 @@ impl Timeline {
                 .await?;
             cut(own.last().map(|e| e.id), more);
             add(own);
+            // Work the inbox does not hold yet: unfinished fanout (every
+            // followed feed's entries at or above the lowest pending id) and
+            // unfinished backfills (those feeds' entries above the floor).
+            if let Some(w) = fanout_from
+                && upper.is_none_or(|u| u > w)
+            {
+                let (recent, more) = self.sources.read_outboxes(&read_feeds, upper, batch, false).await?;
+                let last = recent.last().map(|e| e.id);
+                cut(last, more && last.is_some_and(|l| l >= w));
+                add(recent.into_iter().filter(|e| e.id >= w).collect());
+            }
+            if !backfill_feeds.is_empty() {
+                let (pending, more) = self.sources.read_outboxes(&backfill_feeds, upper, batch, false).await?;
+                let last = pending.last().map(|e| e.id);
+                cut(last, more && last.is_some_and(|l| l >= inbox.floor));
+                add(pending.into_iter().filter(|e| e.id >= inbox.floor).collect());
+            }
             // Below the floor the inbox promises nothing: history comes from the outboxes.
             if !inbox_cut {
                 let below = Some(upper.map_or(inbox.floor, |u| u.min(inbox.floor)));

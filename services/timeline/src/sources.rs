@@ -49,6 +49,9 @@ pub trait Sources: Send + Sync + 'static {
     async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Activity>, ApiError>;
     /// Rebuilds the user's inbox from the followed feeds' outboxes.
     async fn rebuild(&self, user: UserId) -> Result<(), ApiError>;
+    /// Work not yet in the user's inbox: the lowest id whose fanout is
+    /// unfinished, and feeds whose backfill is unfinished.
+    async fn pending(&self, user: UserId) -> Result<(Option<u64>, Vec<FeedRef>), ApiError>;
 }
 
 /// The gRPC clients, with an internal token.
@@ -177,6 +180,20 @@ impl Sources for GrpcSources {
             out.extend(r.activities);
         }
         Ok(out)
+    }
+
+    async fn pending(&self, user: UserId) -> Result<(Option<u64>, Vec<FeedRef>), ApiError> {
+        let r = self
+            .publish
+            .clone()
+            .get_pending_work(self.req(pb::GetPendingWorkRequest { user_id: user }))
+            .await
+            .map_err(unavailable("publish"))?
+            .into_inner();
+        Ok((
+            (r.fanout_from_id != 0).then_some(r.fanout_from_id),
+            r.backfill_feeds.iter().filter_map(|f| FeedRef::parse(f).ok()).collect(),
+        ))
     }
 
     async fn rebuild(&self, user: UserId) -> Result<(), ApiError> {

@@ -358,6 +358,10 @@ impl timeline::Sources for LocalSources {
     async fn hydrate(&self, ids: &[u64]) -> Result<Vec<feed_proto::common::v1::Activity>, feed_core::ApiError> {
         Ok(self.publisher.get(ids, false).await?.0)
     }
+    async fn pending(&self, user: u64) -> Result<(Option<u64>, Vec<FeedRef>), feed_core::ApiError> {
+        let w = self.publisher.pending_work(user).await?;
+        Ok((w.fanout_from, w.backfill_feeds))
+    }
     async fn rebuild(&self, user: u64) -> Result<(), feed_core::ApiError> {
         let following = self.graph.list_following(user, None, 1000).await?.0;
         self.publisher

@@ -43,6 +43,7 @@ pub async fn run_all(s: &dyn ActivityStore) {
     jobs_complete_fail_and_revive(s).await;
     scheduled_items_are_listed_due_and_removed(s).await;
     edge_jobs_advance_the_cursor_with_them(s).await;
+    pending_work_tracks_unfinished_fanout_and_backfill(s).await;
     s.ping().await.expect("ping");
 }
 
@@ -203,4 +204,45 @@ async fn edge_jobs_advance_the_cursor_with_them(s: &dyn ActivityStore) {
         .expect("record");
     assert_eq!(s.edge_cursor().await.expect("cursor"), 17);
     assert!(s.job("edge/1/user:2/3").await.expect("job").is_some());
+}
+
+async fn pending_work_tracks_unfinished_fanout_and_backfill(s: &dyn ActivityStore) {
+    use feed_proto::events::v1::{EdgeJob, EdgeJobKind};
+    // Finish whatever earlier checks left pending.
+    for j in s.stale_jobs(i64::MAX, 10_000).await.expect("stale") {
+        s.complete_job(&j.job_id, &[]).await.expect("complete");
+    }
+    assert_eq!(s.pending_work(90).await.expect("pending").fanout_from, None);
+    let fan = |activity: u64| Job {
+        job_id: format!("fan/{activity}/user:1"),
+        created_at_ms: 1,
+        kind: Some(job::Kind::Fanout(FanoutJob {
+            activity_id: activity,
+            feed: "user:1".into(),
+            shard: None,
+            actor: 1,
+        })),
+    };
+    let backfill = Job {
+        job_id: "edge/90/tag:x/1".into(),
+        created_at_ms: 1,
+        kind: Some(job::Kind::Edge(EdgeJob {
+            kind: EdgeJobKind::Backfill as i32,
+            follower_id: 90,
+            feed: "tag:x".into(),
+            edge_version: 1,
+        })),
+    };
+    s.put_jobs(&[fan(700), fan(500), backfill.clone()]).await.expect("put");
+    let p = s.pending_work(90).await.expect("pending");
+    assert_eq!(p.fanout_from, Some(500));
+    assert_eq!(p.backfill_feeds, vec![feed("tag:x")]);
+    assert!(s.pending_work(91).await.expect("pending").backfill_feeds.is_empty());
+    s.complete_job("fan/500/user:1", &[]).await.expect("complete");
+    s.complete_job(&backfill.job_id, &[]).await.expect("complete");
+    let p = s.pending_work(90).await.expect("pending");
+    assert_eq!(p.fanout_from, Some(700));
+    assert!(p.backfill_feeds.is_empty());
+    s.complete_job("fan/700/user:1", &[]).await.expect("complete");
+    assert_eq!(s.pending_work(90).await.expect("pending").fanout_from, None);
 }

@@ -9,12 +9,12 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use feed_core::{FeedRef, UserId};
 use feed_proto::common::v1::{Activity, DeliveryMode};
-use feed_proto::events::v1::Job;
+use feed_proto::events::v1::{EdgeJobKind, Job, job};
 use feed_proto::publish::v1::ScheduledActivity;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use prost::Message;
 
-use super::{ActivityStore, Claim, DeadJob, JobState, JobStats, OutboxEntry, StoreError};
+use super::{ActivityStore, Claim, DeadJob, JobState, JobStats, OutboxEntry, PendingWork, StoreError};
 
 /// The embedded activity store.
 pub struct EmbeddedActivityStore {
@@ -30,6 +30,10 @@ pub struct EmbeddedActivityStore {
     scheduled_by_actor: Keyspace,
     /// name → value (the edge-log cursor)
     meta: Keyspace,
+    /// activity ‖ job id → () for unfinished fanout jobs
+    pending_fanout: Keyspace,
+    /// follower ‖ job id → feed for unfinished backfill jobs
+    pending_backfill: Keyspace,
     writer: Mutex<()>,
     sync: bool,
 }
@@ -125,6 +129,8 @@ impl EmbeddedActivityStore {
             scheduled_by_time: ks("pub_scheduled_by_time")?,
             scheduled_by_actor: ks("pub_scheduled_by_actor")?,
             meta: ks("pub_meta")?,
+            pending_fanout: ks("pub_pending_fanout")?,
+            pending_backfill: ks("pub_pending_backfill")?,
             db,
             writer: Mutex::new(()),
             sync: true,
@@ -152,6 +158,26 @@ impl EmbeddedActivityStore {
     fn put_jobs_in(&self, batch: &mut OwnedWriteBatch, jobs: &[Job]) {
         for job in jobs {
             batch.insert(&self.jobs, job.job_id.as_bytes(), job_value(job, 0, job.created_at_ms));
+            if let Some((ks, key, value)) = self.pending_index(job) {
+                batch.insert(ks, key, value);
+            }
+        }
+    }
+
+    /// The pending-work index entry of a job, if it has one.
+    fn pending_index(&self, job: &Job) -> Option<(&Keyspace, Vec<u8>, Vec<u8>)> {
+        match &job.kind {
+            Some(job::Kind::Fanout(f)) => {
+                let mut k = f.activity_id.to_be_bytes().to_vec();
+                k.extend_from_slice(job.job_id.as_bytes());
+                Some((&self.pending_fanout, k, vec![]))
+            }
+            Some(job::Kind::Edge(e)) if e.kind == EdgeJobKind::Backfill as i32 => {
+                let mut k = e.follower_id.to_be_bytes().to_vec();
+                k.extend_from_slice(job.job_id.as_bytes());
+                Some((&self.pending_backfill, k, e.feed.as_bytes().to_vec()))
+            }
+            _ => None,
         }
     }
 
@@ -298,6 +324,16 @@ impl ActivityStore for EmbeddedActivityStore {
         let mut batch = self.db.batch();
         // Sub-jobs are recorded durably before their parent is done.
         self.put_jobs_in(&mut batch, spawned);
+        if let Some(state) = self
+            .jobs
+            .get(job_id.as_bytes())
+            .map_err(be)?
+            .map(|v| decode_job(&v))
+            .transpose()?
+            && let Some((ks, key, _)) = self.pending_index(&state.job)
+        {
+            batch.remove(ks, key);
+        }
         batch.remove(&self.jobs, job_id.as_bytes());
         self.commit(batch, !spawned.is_empty())
     }
@@ -403,6 +439,28 @@ impl ActivityStore for EmbeddedActivityStore {
         }
         stats.dead = self.dead.len().map_err(be)? as u64;
         Ok(stats)
+    }
+
+    async fn pending_work(&self, user: UserId) -> Result<PendingWork, StoreError> {
+        let fanout_from = self
+            .pending_fanout
+            .first_key_value()
+            .map(|g| g.key().map(|k| u64_at(&k, 0)))
+            .transpose()
+            .map_err(be)?;
+        let mut backfill_feeds = Vec::new();
+        for item in self.pending_backfill.prefix(user.to_be_bytes()) {
+            let (_, v) = item.into_inner().map_err(be)?;
+            if let Ok(f) = FeedRef::parse(&String::from_utf8_lossy(&v))
+                && !backfill_feeds.contains(&f)
+            {
+                backfill_feeds.push(f);
+            }
+        }
+        Ok(PendingWork {
+            fanout_from,
+            backfill_feeds,
+        })
     }
 
     async fn schedule(&self, item: &ScheduledActivity) -> Result<(), StoreError> {

@@ -60,6 +60,16 @@ pub struct DeadJob {
     pub failed_ms: i64,
 }
 
+/// Work not yet reflected in inboxes, as one reader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PendingWork {
+    /// The lowest activity id with an unfinished fanout job: inboxes may
+    /// lack ids at or above it.
+    pub fanout_from: Option<u64>,
+    /// Feeds whose backfill into this user's inbox has not finished.
+    pub backfill_feeds: Vec<FeedRef>,
+}
+
 /// Pending and dead job counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct JobStats {
@@ -128,6 +138,9 @@ pub trait ActivityStore: Send + Sync + 'static {
     async fn revive_jobs(&self, ids: &[String], now_ms: i64) -> Result<Vec<Job>, StoreError>;
     /// Job counts.
     async fn job_stats(&self) -> Result<JobStats, StoreError>;
+    /// Unfinished fanout (any user) and backfill (this user) work. Dead jobs
+    /// count as unfinished: their items are still missing from inboxes.
+    async fn pending_work(&self, user: UserId) -> Result<PendingWork, StoreError>;
 
     /// Holds an item for later release.
     async fn schedule(&self, item: &ScheduledActivity) -> Result<(), StoreError>;

@@ -21,7 +21,7 @@
 use async_trait::async_trait;
 use feed_core::{FeedRef, UserId, id::id_time_ms};
 use feed_proto::common::v1::{Activity, DeliveryMode};
-use feed_proto::events::v1::Job;
+use feed_proto::events::v1::{EdgeJobKind, Job, job};
 use feed_proto::publish::v1::ScheduledActivity;
 use feed_server::config::ScyllaConfig;
 use futures::TryStreamExt;
@@ -34,10 +34,10 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
-use super::{ActivityStore, Claim, DeadJob, JobState, JobStats, OutboxEntry, StoreError};
+use super::{ActivityStore, Claim, DeadJob, JobState, JobStats, OutboxEntry, PendingWork, StoreError};
 
 /// Bumped when the schema changes; services refuse an older one.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 const COMPONENT: &str = "publish";
 const DAY_MS: u64 = 86_400_000;
 const HOUR_MS: i64 = 3_600_000;
@@ -100,6 +100,13 @@ fn schema(k: &str) -> Vec<String> {
             "CREATE TABLE IF NOT EXISTS {k}.pub_scheduled_due (hour bigint, publish_at bigint, schedule_id text, PRIMARY KEY (hour, publish_at, schedule_id))"
         ),
         format!("CREATE TABLE IF NOT EXISTS {k}.pub_meta (name text PRIMARY KEY, value bigint)"),
+        // One partition: it holds only unfinished fanout jobs, and its first row is the watermark.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {k}.pub_pending_fanout (p int, activity_id bigint, job_id text, PRIMARY KEY (p, activity_id, job_id))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {k}.pub_pending_backfill (follower bigint, job_id text, feed text, PRIMARY KEY (follower, job_id))"
+        ),
     ]
 }
 
@@ -141,6 +148,12 @@ struct Statements {
     sched_due_delete: PreparedStatement,
     meta_get: PreparedStatement,
     meta_put: PreparedStatement,
+    pf_put: PreparedStatement,
+    pf_delete: PreparedStatement,
+    pf_first: PreparedStatement,
+    pb_put: PreparedStatement,
+    pb_delete: PreparedStatement,
+    pb_list: PreparedStatement,
 }
 
 /// The ScyllaDB activity store.
@@ -267,6 +280,27 @@ impl ScyllaActivityStore {
             .await?,
             meta_get: prep(format!("SELECT value FROM {k}.pub_meta WHERE name = ?")).await?,
             meta_put: prep(format!("INSERT INTO {k}.pub_meta (name, value) VALUES (?, ?)")).await?,
+            pf_put: prep(format!(
+                "INSERT INTO {k}.pub_pending_fanout (p, activity_id, job_id) VALUES (0, ?, ?)"
+            ))
+            .await?,
+            pf_delete: prep(format!(
+                "DELETE FROM {k}.pub_pending_fanout WHERE p = 0 AND activity_id = ? AND job_id = ?"
+            ))
+            .await?,
+            pf_first: prep(format!(
+                "SELECT activity_id FROM {k}.pub_pending_fanout WHERE p = 0 LIMIT 1"
+            ))
+            .await?,
+            pb_put: prep(format!(
+                "INSERT INTO {k}.pub_pending_backfill (follower, job_id, feed) VALUES (?, ?, ?)"
+            ))
+            .await?,
+            pb_delete: prep(format!(
+                "DELETE FROM {k}.pub_pending_backfill WHERE follower = ? AND job_id = ?"
+            ))
+            .await?,
+            pb_list: prep(format!("SELECT feed FROM {k}.pub_pending_backfill WHERE follower = ?")).await?,
         };
         Ok(Self { session, st })
     }
@@ -309,6 +343,28 @@ impl ScyllaActivityStore {
         ]
     }
 
+    /// The pending-work index row of a job (insert, delete), if it has one.
+    fn pending_index(
+        &self,
+        job: &Job,
+    ) -> Option<(&PreparedStatement, &PreparedStatement, Vec<CqlValue>, Vec<CqlValue>)> {
+        match &job.kind {
+            Some(job::Kind::Fanout(f)) => Some((
+                &self.st.pf_put,
+                &self.st.pf_delete,
+                vec![big(f.activity_id), text(job.job_id.clone())],
+                vec![big(f.activity_id), text(job.job_id.clone())],
+            )),
+            Some(job::Kind::Edge(e)) if e.kind == EdgeJobKind::Backfill as i32 => Some((
+                &self.st.pb_put,
+                &self.st.pb_delete,
+                vec![big(e.follower_id), text(job.job_id.clone()), text(e.feed.clone())],
+                vec![big(e.follower_id), text(job.job_id.clone())],
+            )),
+            _ => None,
+        }
+    }
+
     fn dead(row: (i32, i64, String, Vec<u8>)) -> Result<DeadJob, StoreError> {
         Ok(DeadJob {
             attempts: row.0 as u32,
@@ -335,6 +391,10 @@ impl ScyllaActivityStore {
         for job in jobs {
             batch.append_statement(self.st.job_put.clone());
             values.push(Self::job_row(job, 0, job.created_at_ms));
+            if let Some((put, _, row, _)) = self.pending_index(job) {
+                batch.append_statement(put.clone());
+                values.push(row);
+            }
         }
         for (st, v) in extra {
             batch.append_statement(st.clone());
@@ -606,6 +666,26 @@ impl ActivityStore for ScyllaActivityStore {
             pending: pending.len() as u64,
             oldest_created_ms: pending.iter().map(|r| r.2).min().unwrap_or(0),
             dead: dead.len() as u64,
+        })
+    }
+
+    async fn pending_work(&self, user: UserId) -> Result<PendingWork, StoreError> {
+        let fanout_from = self
+            .rows::<(i64,)>(&self.st.pf_first, ())
+            .await?
+            .first()
+            .map(|(id,)| *id as u64);
+        let mut backfill_feeds = Vec::new();
+        for (feed,) in self.rows::<(String,)>(&self.st.pb_list, (i(user),)).await? {
+            if let Ok(f) = FeedRef::parse(&feed)
+                && !backfill_feeds.contains(&f)
+            {
+                backfill_feeds.push(f);
+            }
+        }
+        Ok(PendingWork {
+            fanout_from,
+            backfill_feeds,
         })
     }
 
