@@ -6,7 +6,6 @@ use std::sync::Arc;
 use feed_core::{ApiError, Clock, FeedRef, IdGenerator, UserId, id::min_id_at};
 use feed_inbox::InboxStore;
 use feed_proto::common::v1::{Activity, ActivityStatus, DeliveryMode, Visibility};
-use feed_proto::events::v1::edge_change::Cause;
 use feed_proto::events::v1::{EdgeJob, EdgeJobKind, FanoutJob, Job, PurgeJob, job};
 use feed_proto::publish::v1::{NewActivity, OutboxItem, ScheduledActivity};
 use prost::Message;
@@ -640,9 +639,9 @@ pub fn edge_job_id(follower: UserId, feed: &str, version: u64) -> String {
 
 impl Publisher {
     /// Turns new entries of follow-graph's edge change log into durable
-    /// edge jobs (the cursor advances in the same write), then enqueues them.
-    /// Follow and unmute backfill; unfollow and block purge; mute needs
-    /// nothing (hidden at read). Returns the number of changes consumed.
+    /// edge jobs (the cursor advances in the same write), then enqueues them:
+    /// a backfill when the edge now exists, a purge when it does not.
+    /// Returns the number of changes consumed.
     pub async fn ingest_edges(&self) -> Result<usize, ApiError> {
         let mut consumed = 0;
         loop {
@@ -655,10 +654,13 @@ impl Publisher {
             let jobs: Vec<Job> = changes
                 .iter()
                 .filter_map(|c| {
-                    let kind = match Cause::try_from(c.cause).unwrap_or(Cause::Unspecified) {
-                        Cause::Follow | Cause::Unmute if c.following => EdgeJobKind::Backfill,
-                        Cause::Unfollow | Cause::Block => EdgeJobKind::Purge,
-                        _ => return None,
+                    // Every change gets a job for the edge's new state: a job of
+                    // an older version is skipped (Invariant 4), so a change
+                    // without one (a mute after an unfollow) would strand its purge.
+                    let kind = if c.following {
+                        EdgeJobKind::Backfill
+                    } else {
+                        EdgeJobKind::Purge
                     };
                     Some(Job {
                         job_id: edge_job_id(c.follower_id, &c.feed, c.edge_version),

@@ -26,3 +26,42 @@ proptest! {
         });
     }
 }
+
+/// Found by the property above: the purge of an unfollow was skipped as
+/// superseded by a later mute of the same edge, which made no job of its own.
+#[tokio::test]
+async fn a_mute_after_an_unfollow_does_not_strand_the_purge() {
+    use feed_e2e::model::{Feed, Op};
+    let ops = [
+        Op::Follow {
+            user: 4,
+            feed: Feed::User(1),
+        },
+        Op::Publish {
+            actor: 1,
+            tag: None,
+            private: false,
+        },
+        Op::Ingest,
+        Op::RunJobs {
+            count: 100,
+            replay: false,
+            seed: 1,
+        },
+        Op::Unfollow {
+            user: 4,
+            feed: Feed::User(1),
+        },
+        Op::Mute {
+            user: 4,
+            target: 1,
+            on: true,
+        },
+    ];
+    let mut h = Harness::new().await;
+    for op in &ops {
+        h.apply(op).await;
+    }
+    h.drain().await;
+    h.check_inboxes(&ops).await;
+}
