@@ -653,7 +653,7 @@ impl Publisher {
             let now = self.now();
             let jobs: Vec<Job> = changes
                 .iter()
-                .filter_map(|c| {
+                .map(|c| {
                     // Every change gets a job for the edge's new state: a job of
                     // an older version is skipped (Invariant 4), so a change
                     // without one (a mute after an unfollow) would strand its purge.
@@ -662,7 +662,7 @@ impl Publisher {
                     } else {
                         EdgeJobKind::Purge
                     };
-                    Some(Job {
+                    Job {
                         job_id: edge_job_id(c.follower_id, &c.feed, c.edge_version),
                         created_at_ms: now,
                         kind: Some(job::Kind::Edge(EdgeJob {
@@ -671,7 +671,7 @@ impl Publisher {
                             feed: c.feed.clone(),
                             edge_version: c.edge_version,
                         })),
-                    })
+                    }
                 })
                 .collect();
             self.store.record_edge_jobs(&jobs, last).await?;
