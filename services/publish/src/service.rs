@@ -390,7 +390,7 @@ impl Publisher {
         a.updated_at_ms = self.now();
         let jobs = if was_private && a.visibility != Visibility::Private as i32 {
             // Nothing was pushed while private: push now, as a follow backfills.
-            let outbox = self.outbox_entries(&a);
+            let outbox = self.outbox_entries(&a).await?;
             self.fanout_jobs(&a, &outbox)
         } else {
             vec![]
@@ -400,16 +400,18 @@ impl Publisher {
         Ok(a)
     }
 
-    fn outbox_entries(&self, a: &Activity) -> Vec<OutboxEntry> {
+    /// The activity's outbox entries with the mode each was published in:
+    /// a later fanout must not push through a feed whose followers pull it.
+    async fn outbox_entries(&self, a: &Activity) -> Result<Vec<OutboxEntry>, ApiError> {
         let mut feeds = vec![FeedRef::user(a.actor)];
         feeds.extend(a.to.iter().filter_map(|t| FeedRef::parse(t).ok()));
-        // The mode of `to` feeds is not kept on the row; the actor's is, and
-        // re-pushing into a pull feed's followers is harmless (idempotent, filtered at read).
-        let mode = DeliveryMode::try_from(a.delivery_mode).unwrap_or(DeliveryMode::Push);
-        feeds
-            .into_iter()
-            .map(|feed| OutboxEntry { feed, id: a.id, mode })
-            .collect()
+        let mut out = Vec::with_capacity(feeds.len());
+        for feed in feeds {
+            if let Some(mode) = self.store.outbox_mode(&feed, a.id).await? {
+                out.push(OutboxEntry { feed, id: a.id, mode });
+            }
+        }
+        Ok(out)
     }
 
     /// Soft-deletes; an async purge removes the id from inboxes. False when already deleted.
@@ -421,6 +423,7 @@ impl Publisher {
         a.updated_at_ms = self.now();
         let jobs: Vec<Job> = self
             .outbox_entries(&a)
+            .await?
             .into_iter()
             .map(|e| Job {
                 job_id: purge_job_id(a.id, &e.feed.to_string(), None),
@@ -510,7 +513,7 @@ impl Publisher {
     /// Runs the fanout of an activity again (admin). Returns the job ids.
     pub async fn rerun_fanout(&self, id: u64) -> Result<Vec<String>, ApiError> {
         let a = self.resolve(Some(id), None).await?;
-        let jobs = self.fanout_jobs(&a, &self.outbox_entries(&a));
+        let jobs = self.fanout_jobs(&a, &self.outbox_entries(&a).await?);
         self.store.put_jobs(&jobs).await?;
         self.enqueue(&jobs).await;
         Ok(jobs.into_iter().map(|j| j.job_id).collect())

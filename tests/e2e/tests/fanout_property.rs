@@ -65,3 +65,29 @@ async fn a_mute_after_an_unfollow_does_not_strand_the_purge() {
     h.drain().await;
     h.check_inboxes(&ops).await;
 }
+
+/// Found by the property above: widening a private item fanned it out through
+/// every feed it was sent to, including a celebrity tag its followers pull.
+#[tokio::test]
+async fn widening_an_item_never_pushes_through_a_pulled_feed() {
+    use feed_e2e::model::{Feed, Op};
+    let mut ops = vec![];
+    for user in [1, 4, 2] {
+        ops.push(Op::Follow {
+            user,
+            feed: Feed::Tag(1),
+        });
+    }
+    ops.push(Op::Publish {
+        actor: 1,
+        tag: Some(1),
+        private: true,
+    });
+    ops.push(Op::Widen { nth: 0 });
+    let mut h = Harness::new().await;
+    for op in &ops {
+        h.apply(op).await;
+    }
+    h.drain().await;
+    h.check_inboxes(&ops).await;
+}
