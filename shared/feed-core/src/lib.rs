@@ -6,6 +6,7 @@ pub mod cursor;
 pub mod error;
 pub mod feed_ref;
 pub mod id;
+pub mod keys;
 pub mod validate;
 pub mod visibility;
 

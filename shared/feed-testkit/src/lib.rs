@@ -134,11 +134,6 @@ impl Drop for RedisServer {
     }
 }
 
-/// A fresh temporary directory for a test's embedded storage.
-pub fn temp_dir() -> anyhow::Result<tempfile::TempDir> {
-    Ok(tempfile::tempdir()?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

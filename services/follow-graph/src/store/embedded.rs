@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use feed_core::keys::{feed_key, feed_prefix, u64_at};
 use feed_core::{FeedRef, UserId};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use prost::Message;
@@ -51,22 +52,6 @@ fn be(e: fjall::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-fn feed_prefix(feed: &FeedRef) -> Vec<u8> {
-    let s = feed.to_string();
-    let mut k = Vec::with_capacity(s.len() + 9);
-    // Feed names are at most 161 bytes (validated), so one length byte suffices;
-    // the length keeps `tag:a` from being a prefix of `tag:ab`.
-    k.push(s.len() as u8);
-    k.extend_from_slice(s.as_bytes());
-    k
-}
-
-fn feed_key(feed: &FeedRef, id: u64) -> Vec<u8> {
-    let mut k = feed_prefix(feed);
-    k.extend_from_slice(&id.to_be_bytes());
-    k
-}
-
 fn user_feed_key(user: UserId, feed: &FeedRef) -> Vec<u8> {
     let mut k = user.to_be_bytes().to_vec();
     k.extend_from_slice(feed.to_string().as_bytes());
@@ -80,13 +65,6 @@ fn pair_key(a: UserId, b: UserId) -> [u8; 16] {
     k
 }
 
-fn read_u64(v: &[u8], at: usize) -> u64 {
-    v.get(at..at + 8)
-        .and_then(|s| <[u8; 8]>::try_from(s).ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0)
-}
-
 impl EmbeddedGraphStore {
     /// Opens (or creates) the store under `dir`.
     pub fn open(dir: &Path, policy: GraphPolicy) -> Result<Self, StoreError> {
@@ -97,7 +75,7 @@ impl EmbeddedGraphStore {
         let last = edge_log
             .last_key_value()
             .and_then(|g| g.key().ok())
-            .map(|k| read_u64(&k, 0))
+            .map(|k| u64_at(&k, 0))
             .unwrap_or(0);
         Ok(Self {
             following: ks("fg_following")?,
@@ -165,14 +143,14 @@ impl EmbeddedGraphStore {
             .edge_versions
             .get(user_feed_key(user, feed))
             .map_err(be)?
-            .map(|v| read_u64(&v, 0))
+            .map(|v| u64_at(&v, 0))
             .unwrap_or(0))
     }
 
     fn feed_counts_one(&self, feed: &FeedRef) -> Result<FeedCounts, StoreError> {
         Ok(match self.feed_stats.get(feed.to_string()).map_err(be)? {
             Some(v) => FeedCounts {
-                followers: read_u64(&v, 0),
+                followers: u64_at(&v, 0),
                 celebrity: v.get(8) == Some(&1),
             },
             None => FeedCounts::default(),
@@ -181,7 +159,7 @@ impl EmbeddedGraphStore {
 
     fn user_stats_one(&self, user: UserId) -> Result<(u64, u64), StoreError> {
         Ok(match self.user_stats.get(user.to_be_bytes()).map_err(be)? {
-            Some(v) => (read_u64(&v, 0), read_u64(&v, 8)),
+            Some(v) => (u64_at(&v, 0), u64_at(&v, 8)),
             None => (0, 0),
         })
     }
@@ -237,7 +215,7 @@ impl EmbeddedGraphStore {
             .shards
             .get(&shard_key)
             .map_err(be)?
-            .map(|v| read_u64(&v, 0))
+            .map(|v| u64_at(&v, 0))
             .unwrap_or(0);
         match in_shard.saturating_add_signed(delta) {
             0 => batch.remove(&self.shards, shard_key),
@@ -292,7 +270,7 @@ impl EmbeddedGraphStore {
             }
             let (k, v) = item.into_inner().map_err(be)?;
             out.push(Follower {
-                user: read_u64(&k, prefix_len),
+                user: u64_at(&k, prefix_len),
                 muted: v.first() == Some(&1),
             });
         }
@@ -505,7 +483,7 @@ impl GraphStore for EmbeddedGraphStore {
         let len = prefix.len();
         self.shards
             .prefix(prefix)
-            .map(|item| item.key().map(|k| read_u64(&k, len)).map_err(be))
+            .map(|item| item.key().map(|k| u64_at(&k, len)).map_err(be))
             .collect()
     }
 

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use feed_core::keys::{feed_key, feed_prefix, u64_at};
 use feed_core::{FeedRef, UserId};
 use feed_proto::common::v1::{Activity, DeliveryMode};
 use feed_proto::events::v1::{EdgeJobKind, Job, job};
@@ -40,27 +41,6 @@ pub struct EmbeddedActivityStore {
 
 fn be(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
-}
-
-fn feed_prefix(feed: &FeedRef) -> Vec<u8> {
-    let s = feed.to_string();
-    let mut k = Vec::with_capacity(s.len() + 9);
-    k.push(s.len() as u8);
-    k.extend_from_slice(s.as_bytes());
-    k
-}
-
-fn feed_key(feed: &FeedRef, id: u64) -> Vec<u8> {
-    let mut k = feed_prefix(feed);
-    k.extend_from_slice(&id.to_be_bytes());
-    k
-}
-
-fn u64_at(v: &[u8], at: usize) -> u64 {
-    v.get(at..at + 8)
-        .and_then(|s| <[u8; 8]>::try_from(s).ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0)
 }
 
 fn u32_at(v: &[u8], at: usize) -> u32 {
