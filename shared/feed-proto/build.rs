@@ -11,6 +11,7 @@ const FILES: &[&str] = &[
     "feed/publish/v1/publish.proto",
     "feed/timeline/v1/timeline.proto",
     "feed/notify/v1/notify.proto",
+    "feed/notify/v1/storage.proto",
     "feed/events/v1/events.proto",
 ];
 

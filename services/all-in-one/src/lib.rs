@@ -88,6 +88,7 @@ pub async fn services(
     let graph: Arc<dyn publish::Graph> = Arc::new(publish::GrpcGraph::new(channel, token)?);
     let clock = publish::system_clock();
     let queue = publish::open_queue(cfg).await?;
+    let events = publish::open_event_queue(cfg).await?;
     let inbox = publish::open_inbox(cfg, clock.clone()).await?;
     let publisher = publish::Publisher::new(
         publish::open_store(cfg).await?,
@@ -101,6 +102,7 @@ pub async fn services(
         let worker = publish::FanoutWorker::new(
             Arc::new(publisher.clone()),
             queue.clone(),
+            events.clone(),
             graph.clone(),
             inbox.clone(),
             publish::worker_config(cfg),

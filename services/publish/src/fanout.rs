@@ -20,7 +20,7 @@ use feed_server::Shutdown;
 use tonic::transport::Channel;
 
 use crate::graph::Graph;
-use crate::queue::{Delivery, JobQueue};
+use crate::queue::{Delivery, EventQueue, JobQueue};
 use crate::service::{LoadedJob, Publisher, fanout_job_id};
 
 /// Where workers read and settle job records.
@@ -196,6 +196,7 @@ impl Default for WorkerConfig {
 pub struct FanoutWorker {
     ledger: Arc<dyn JobLedger>,
     queue: Arc<dyn JobQueue>,
+    events: Arc<EventQueue>,
     graph: Arc<dyn Graph>,
     inbox: Arc<dyn InboxStore>,
     cfg: WorkerConfig,
@@ -210,6 +211,7 @@ impl FanoutWorker {
     pub fn new(
         ledger: Arc<dyn JobLedger>,
         queue: Arc<dyn JobQueue>,
+        events: Arc<EventQueue>,
         graph: Arc<dyn Graph>,
         inbox: Arc<dyn InboxStore>,
         cfg: WorkerConfig,
@@ -217,6 +219,7 @@ impl FanoutWorker {
         Self {
             ledger,
             queue,
+            events,
             graph,
             inbox,
             cfg,
@@ -325,6 +328,15 @@ impl FanoutWorker {
                 Some(shard) => self.purge_shard(job_id, &p, shard).await,
             },
             Some(job::Kind::Edge(e)) => self.edge(job_id, &e).await,
+            Some(job::Kind::Event(e)) => {
+                // Done only once the event is on notify's queue: until then the
+                // durable job is the event's record and the sweeper re-drives it.
+                self.events
+                    .enqueue(std::slice::from_ref(&e))
+                    .await
+                    .map_err(|err| ApiError::Unavailable(err.to_string()))?;
+                self.ledger.complete(job_id, &[]).await
+            }
             None => self.ledger.complete(job_id, &[]).await,
         }
     }

@@ -231,6 +231,7 @@ impl PublishService for PublishGrpc {
                         Some(feed_proto::events::v1::job::Kind::Fanout(_)) => "fanout",
                         Some(feed_proto::events::v1::job::Kind::Purge(_)) => "purge",
                         Some(feed_proto::events::v1::job::Kind::Edge(_)) => "edge",
+                        Some(feed_proto::events::v1::job::Kind::Event(_)) => "event",
                         None => "unknown",
                     }
                     .into(),

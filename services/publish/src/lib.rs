@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use feed_core::{Clock, IdGenerator, NodeLease, SystemClock};
 use feed_inbox::{InboxStore, MemoryInbox, RedisInbox};
+use feed_proto::events::v1::ActivityEvent;
 use feed_proto::publish::v1::publish_service_server::PublishServiceServer;
 use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown};
 
 pub use fanout::{FanoutWorker, JobLedger, WorkerConfig};
 pub use graph::{Graph, GrpcGraph};
-pub use queue::{JobQueue, MemoryQueue, RedisQueue};
+pub use queue::{EventQueue, JobQueue, MemoryQueue, RedisQueue};
 pub use service::{PublishConfig, Publisher};
 use store::ActivityStore;
 
@@ -100,6 +101,29 @@ pub async fn open_queue(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn JobQueue>> {
     } else {
         Arc::new(RedisQueue::connect(&cfg.redis.url, &cfg.fanout.stream, &cfg.fanout.group).await?)
     })
+}
+
+/// The queue activity events travel on to notify: a Redis Stream when
+/// `redis.url` is set (notify's consumer group reads it), else in process
+/// (feedd hands the same queue to notify).
+pub async fn open_event_queue(cfg: &FeedConfig) -> anyhow::Result<Arc<EventQueue>> {
+    Ok(if cfg.redis.url.is_empty() {
+        memory_event_queue()
+    } else {
+        Arc::new(
+            feed_server::queue::RedisQueue::<ActivityEvent>::connect(
+                &cfg.redis.url,
+                &cfg.notify.events_stream,
+                &cfg.notify.events_group,
+            )
+            .await?,
+        )
+    })
+}
+
+/// An in-process event queue.
+pub fn memory_event_queue() -> Arc<EventQueue> {
+    Arc::new(feed_server::queue::MemoryQueue::<ActivityEvent>::default())
 }
 
 /// An id generator: on a leased node id with Redis, on node 0 for a

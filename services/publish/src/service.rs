@@ -6,7 +6,7 @@ use std::sync::Arc;
 use feed_core::{ApiError, Clock, FeedRef, IdGenerator, UserId, id::min_id_at};
 use feed_inbox::InboxStore;
 use feed_proto::common::v1::{Activity, ActivityStatus, DeliveryMode, Visibility};
-use feed_proto::events::v1::{EdgeJob, EdgeJobKind, FanoutJob, Job, PurgeJob, job};
+use feed_proto::events::v1::{ActivityEvent, EdgeJob, EdgeJobKind, FanoutJob, Job, PurgeJob, activity_event, job};
 use feed_proto::publish::v1::{NewActivity, OutboxItem, ScheduledActivity};
 use prost::Message;
 
@@ -97,6 +97,21 @@ pub fn fanout_job_id(activity: u64, feed: &str, shard: Option<u64>) -> String {
     match shard {
         None => format!("fan/{activity}/{feed}"),
         Some(s) => format!("fan/{activity}/{feed}/{s}"),
+    }
+}
+
+/// The job (and event id) that hands an activity change to notify: one per
+/// change, so a retried publish or re-driven job emits the same event id.
+fn event_job(a: &Activity, change: activity_event::Change, now: i64) -> Job {
+    let job_id = format!("event/{}/{}/{}", a.id, change as i32, a.updated_at_ms);
+    Job {
+        job_id: job_id.clone(),
+        created_at_ms: now,
+        kind: Some(job::Kind::Event(ActivityEvent {
+            event_id: job_id,
+            activity: Some(a.clone()),
+            change: change as i32,
+        })),
     }
 }
 
@@ -257,7 +272,8 @@ impl Publisher {
                 mode: *m,
             })
             .collect();
-        let jobs = self.fanout_jobs(&activity, &outbox);
+        let mut jobs = self.fanout_jobs(&activity, &outbox);
+        jobs.push(event_job(&activity, activity_event::Change::Created, now));
         self.store.commit_publish(&activity, &outbox, &jobs).await?;
         self.enqueue(&jobs).await;
         metrics::counter!("feed_publish_activities_total", "mode" => modes[0].as_str_name()).increment(1);
@@ -388,13 +404,14 @@ impl Publisher {
             feed_core::validate::batch_len(field, ids, self.cfg.limits.max_list)?;
         }
         a.updated_at_ms = self.now();
-        let jobs = if was_private && a.visibility != Visibility::Private as i32 {
+        let mut jobs = if was_private && a.visibility != Visibility::Private as i32 {
             // Nothing was pushed while private: push now, as a follow backfills.
             let outbox = self.outbox_entries(&a).await?;
             self.fanout_jobs(&a, &outbox)
         } else {
             vec![]
         };
+        jobs.push(event_job(&a, activity_event::Change::Updated, self.now()));
         self.store.replace(&a, &jobs).await?;
         self.enqueue(&jobs).await;
         Ok(a)
@@ -421,7 +438,7 @@ impl Publisher {
         }
         a.status = ActivityStatus::Deleted as i32;
         a.updated_at_ms = self.now();
-        let jobs: Vec<Job> = self
+        let mut jobs: Vec<Job> = self
             .outbox_entries(&a)
             .await?
             .into_iter()
@@ -435,6 +452,7 @@ impl Publisher {
                 })),
             })
             .collect();
+        jobs.push(event_job(&a, activity_event::Change::Deleted, self.now()));
         self.store.replace(&a, &jobs).await?;
         self.enqueue(&jobs).await;
         Ok(true)

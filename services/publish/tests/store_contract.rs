@@ -36,7 +36,8 @@ async fn scylla_activity_store_passes_the_contract() {
 #[tokio::test]
 async fn redis_queue_delivers_reclaims_acks_dead_letters_and_trims() {
     use feed_proto::events::v1::Job;
-    use publish::{JobQueue, RedisQueue};
+    use feed_server::queue::JobQueue as _;
+    use publish::RedisQueue;
     use std::time::Duration;
 
     let redis = feed_testkit::RedisServer::start().expect("redis");

@@ -36,6 +36,74 @@ pub struct FeedConfig {
     pub inbox: InboxConfig,
     /// How services reach each other.
     pub clients: ClientsConfig,
+    /// notify service settings.
+    pub notify: NotifyConfig,
+}
+
+/// notify settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Reminds on one (object, action) within a window of this many seconds form one group.
+    pub group_window_secs: u64,
+    /// Subscription reason → the actions it delivers.
+    pub reasons: std::collections::BTreeMap<String, Vec<String>>,
+    /// Per-action defaults of a user's subscription config (unlisted actions are on).
+    pub default_actions: std::collections::BTreeMap<String, bool>,
+    /// Default recipient policy for strangers: `accept`, `filter` or `drop`.
+    pub strangers: String,
+    /// Default recipient policy for new accounts.
+    pub new_accounts: String,
+    /// Default recipient policy for mentions from strangers.
+    pub unsolicited_mentions: String,
+    /// Accounts younger than this are "new".
+    pub new_account_age_secs: u64,
+    /// Live events kept per user for resuming Watch streams.
+    pub watch_backlog: usize,
+    /// Heartbeat period of Watch streams.
+    pub heartbeat_ms: u64,
+    /// Events buffered per Watch stream; a client that falls this far behind is dropped and resumes.
+    pub watch_buffer: usize,
+    /// Subscribers per remind delivery job page.
+    pub remind_page: usize,
+    /// Redis Stream of publish's activity events.
+    pub events_stream: String,
+    /// Consumer group of notify on the events stream.
+    pub events_group: String,
+    /// Redis Stream of remind delivery jobs.
+    pub jobs_stream: String,
+    /// Most notifications kept and scanned per user (older ones are trimmed).
+    pub max_per_user: usize,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        let reasons = [
+            ("create_post", vec!["comment", "like", "share", "mention"]),
+            ("follow_object", vec!["update", "comment"]),
+            ("mentioned", vec!["comment", "update"]),
+        ]
+        .into_iter()
+        .map(|(r, a)| (r.to_owned(), a.into_iter().map(str::to_owned).collect()))
+        .collect();
+        Self {
+            group_window_secs: 6 * 3600,
+            reasons,
+            default_actions: Default::default(),
+            strangers: "accept".into(),
+            new_accounts: "accept".into(),
+            unsolicited_mentions: "accept".into(),
+            new_account_age_secs: 7 * 24 * 3600,
+            watch_backlog: 1000,
+            heartbeat_ms: 15_000,
+            watch_buffer: 256,
+            remind_page: 500,
+            events_stream: "feed:activity-events".into(),
+            events_group: "notify".into(),
+            jobs_stream: "feed:notify-jobs".into(),
+            max_per_user: 1000,
+        }
+    }
 }
 
 /// publish settings.

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod lease;
 pub mod observe;
+pub mod queue;
 pub mod scylla;
 pub mod serve;
 pub mod shutdown;

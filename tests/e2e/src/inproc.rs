@@ -12,7 +12,7 @@ use feed_proto::events::v1::{EdgeChange, Job};
 use follow_graph::FollowGraph;
 use publish::graph::Follower;
 use publish::queue::{Delivery, QueueError};
-use publish::{Graph, JobQueue};
+use publish::Graph;
 
 /// follow-graph in process: the same domain service the gRPC adapter calls.
 pub struct LocalGraph(pub FollowGraph);
@@ -91,7 +91,7 @@ impl TestQueue {
 }
 
 #[async_trait]
-impl JobQueue for TestQueue {
+impl feed_server::queue::JobQueue<Job> for TestQueue {
     async fn enqueue(&self, jobs: &[Job]) -> Result<(), QueueError> {
         self.0.lock().expect("lock").extend(jobs.iter().cloned());
         Ok(())

@@ -138,6 +138,7 @@ impl Harness {
         let worker = FanoutWorker::new(
             Arc::new(publisher.clone()),
             queue.clone(),
+            publish::memory_event_queue(),
             local,
             inbox.clone(),
             WorkerConfig {

@@ -87,6 +87,7 @@ async fn failing_jobs_are_dead_lettered_listed_and_replayed() {
     let worker = FanoutWorker::new(
         Arc::new(publisher.clone()),
         queue.clone(),
+        publish::memory_event_queue(),
         flaky.clone(),
         inbox.clone(),
         WorkerConfig::default(),

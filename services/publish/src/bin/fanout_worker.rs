@@ -38,12 +38,14 @@ async fn main() -> anyhow::Result<()> {
     let graph = Arc::new(GrpcGraph::new(graph_channel, &cfg.clients.token)?);
     let queue = Arc::new(RedisQueue::connect(&cfg.redis.url, &cfg.fanout.stream, &cfg.fanout.group).await?);
     let inbox = publish::open_inbox(&cfg, publish::system_clock()).await?;
+    let events = publish::open_event_queue(&cfg).await?;
     let stop = Shutdown::new();
     let mut tasks = Vec::new();
     for _ in 0..cfg.fanout.workers.max(1) {
         let worker = FanoutWorker::new(
             ledger.clone(),
             queue.clone(),
+            events.clone(),
             graph.clone(),
             inbox.clone(),
             publish::worker_config(&cfg),

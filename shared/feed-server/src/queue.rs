@@ -1,0 +1,384 @@
+//! Carries protobuf messages (fanout jobs, activity events, remind jobs) to
+//! workers: Redis Streams with a consumer group in production, an
+//! in-process queue in feedd. Neither is a job's only record: each user of
+//! a queue keeps the durable record and re-drives from it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
+use tokio::sync::Notify;
+
+/// A message handed to one consumer, to be acknowledged when done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery<M> {
+    /// The message.
+    pub job: M,
+    /// The queue's handle for acknowledging (a stream entry id).
+    pub tag: String,
+}
+
+/// Queue failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("queue unavailable: {0}")]
+pub struct QueueError(pub String);
+
+impl From<redis::RedisError> for QueueError {
+    fn from(e: redis::RedisError) -> Self {
+        QueueError(e.to_string())
+    }
+}
+
+/// What a queue carries.
+pub trait QueueMessage: prost::Message + Default + Clone + Send + Sync + 'static {}
+impl<T: prost::Message + Default + Clone + Send + Sync + 'static> QueueMessage for T {}
+
+/// A work queue with consumer-group semantics.
+#[async_trait]
+pub trait JobQueue<Job: QueueMessage>: Send + Sync + 'static {
+    /// Adds jobs.
+    async fn enqueue(&self, jobs: &[Job]) -> Result<(), QueueError>;
+    /// Up to `max` new jobs for `consumer`, waiting up to `wait` for one.
+    async fn receive(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Delivery<Job>>, QueueError>;
+    /// Acknowledges a finished job.
+    async fn ack(&self, delivery: &Delivery<Job>) -> Result<(), QueueError>;
+    /// Takes over jobs delivered to any consumer and unacknowledged for
+    /// `min_idle` (their worker died or stalled).
+    async fn reclaim(&self, consumer: &str, min_idle: Duration, max: usize) -> Result<Vec<Delivery<Job>>, QueueError>;
+    /// Trims what every consumer has acknowledged (never a pending entry).
+    async fn trim(&self) -> Result<(), QueueError>;
+    /// Publishes a job that kept failing on the dead-letter stream (for
+    /// operators' tooling; the durable record is what ReplayDeadLetters uses).
+    async fn dead_letter(&self, job: &Job, error: &str) -> Result<(), QueueError>;
+}
+
+struct MemState<Job> {
+    ready: VecDeque<(u64, Job)>,
+    inflight: HashMap<u64, (Job, Instant)>,
+    next: u64,
+}
+
+/// The in-process queue of feedd.
+pub struct MemoryQueue<Job> {
+    state: Mutex<MemState<Job>>,
+    notify: Notify,
+}
+
+impl<Job> Default for MemoryQueue<Job> {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(MemState {
+                ready: VecDeque::new(),
+                inflight: HashMap::new(),
+                next: 0,
+            }),
+            notify: Notify::new(),
+        }
+    }
+}
+
+impl<Job: QueueMessage> MemoryQueue<Job> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemState<Job>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self, max: usize) -> Vec<Delivery<Job>> {
+        let mut st = self.lock();
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some((tag, job)) = st.ready.pop_front() else {
+                break;
+            };
+            st.inflight.insert(tag, (job.clone(), Instant::now()));
+            out.push(Delivery {
+                job,
+                tag: tag.to_string(),
+            });
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl<Job: QueueMessage> JobQueue<Job> for MemoryQueue<Job> {
+    async fn enqueue(&self, jobs: &[Job]) -> Result<(), QueueError> {
+        {
+            let mut st = self.lock();
+            for job in jobs {
+                let tag = st.next;
+                st.next += 1;
+                st.ready.push_back((tag, job.clone()));
+            }
+        }
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn receive(&self, _consumer: &str, max: usize, wait: Duration) -> Result<Vec<Delivery<Job>>, QueueError> {
+        let notified = self.notify.notified();
+        let got = self.take(max);
+        if !got.is_empty() {
+            return Ok(got);
+        }
+        let _ = tokio::time::timeout(wait, notified).await;
+        Ok(self.take(max))
+    }
+
+    async fn ack(&self, delivery: &Delivery<Job>) -> Result<(), QueueError> {
+        if let Ok(tag) = delivery.tag.parse::<u64>() {
+            self.lock().inflight.remove(&tag);
+        }
+        Ok(())
+    }
+
+    async fn reclaim(&self, _consumer: &str, min_idle: Duration, max: usize) -> Result<Vec<Delivery<Job>>, QueueError> {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (tag, (job, since)) in st.inflight.iter_mut() {
+            if out.len() >= max {
+                break;
+            }
+            if now.duration_since(*since) >= min_idle {
+                *since = now;
+                out.push(Delivery {
+                    job: job.clone(),
+                    tag: tag.to_string(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn trim(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+
+    async fn dead_letter(&self, job: &Job, error: &str) -> Result<(), QueueError> {
+        // In process, the durable dead-letter record is the only one needed.
+        let _ = job;
+        tracing::debug!(error, "dead-lettered");
+        Ok(())
+    }
+}
+
+/// Messages on a Redis Stream read by one consumer group.
+pub struct RedisQueue<Job> {
+    conn: ConnectionManager,
+    /// Blocking reads get their own connection: on a shared multiplexed
+    /// connection they would hold up every other command.
+    blocking: ConnectionManager,
+    stream: String,
+    group: String,
+    _message: std::marker::PhantomData<fn() -> Job>,
+}
+
+impl<Job> Clone for RedisQueue<Job> {
+    fn clone(&self) -> Self {
+        Self {
+            conn: self.conn.clone(),
+            blocking: self.blocking.clone(),
+            stream: self.stream.clone(),
+            group: self.group.clone(),
+            _message: std::marker::PhantomData,
+        }
+    }
+}
+
+const FIELD: &str = "job";
+
+impl<Job: QueueMessage> RedisQueue<Job> {
+    /// Connects and creates the stream and group if missing.
+    pub async fn connect(url: &str, stream: &str, group: &str) -> Result<Self, QueueError> {
+        let client = redis::Client::open(url)?;
+        let conn = client.get_connection_manager().await?;
+        let cfg = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+        let blocking = redis::aio::ConnectionManager::new_with_config(client, cfg).await?;
+        let q = Self {
+            conn,
+            blocking,
+            stream: stream.to_owned(),
+            group: group.to_owned(),
+            _message: std::marker::PhantomData,
+        };
+        q.ensure_group().await?;
+        Ok(q)
+    }
+
+    /// Creates the group from the stream's start ("0"), so entries added
+    /// before any worker existed are still delivered.
+    async fn ensure_group(&self) -> Result<(), QueueError> {
+        let mut c = self.conn.clone();
+        let r: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut c)
+            .await;
+        match r {
+            Err(e) if e.to_string().contains("BUSYGROUP") => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    fn decode(id: String, map: &HashMap<String, redis::Value>) -> Option<Delivery<Job>> {
+        let bytes: Vec<u8> = map.get(FIELD).and_then(|v| redis::from_redis_value_ref(v).ok())?;
+        Job::decode(bytes.as_slice()).ok().map(|job| Delivery { job, tag: id })
+    }
+
+    fn is_nogroup(e: &redis::RedisError) -> bool {
+        e.to_string().contains("NOGROUP")
+    }
+}
+
+#[async_trait]
+impl<Job: QueueMessage> JobQueue<Job> for RedisQueue<Job> {
+    async fn enqueue(&self, jobs: &[Job]) -> Result<(), QueueError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for job in jobs {
+            pipe.cmd("XADD")
+                .arg(&self.stream)
+                .arg("*")
+                .arg(FIELD)
+                .arg(job.encode_to_vec())
+                .ignore();
+        }
+        let mut c = self.conn.clone();
+        let _: () = pipe.query_async(&mut c).await?;
+        Ok(())
+    }
+
+    async fn receive(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Delivery<Job>>, QueueError> {
+        let opts = StreamReadOptions::default()
+            .group(&self.group, consumer)
+            .count(max)
+            .block(wait.as_millis() as usize);
+        let mut c = self.blocking.clone();
+        let reply: Result<StreamReadReply, redis::RedisError> =
+            redis::AsyncCommands::xread_options(&mut c, &[&self.stream], &[">"], &opts).await;
+        let reply = match reply {
+            // A flushed Redis lost the group: recreate it; the sweeper re-drives lost jobs.
+            Err(e) if Self::is_nogroup(&e) => {
+                self.ensure_group().await?;
+                return Ok(vec![]);
+            }
+            other => other?,
+        };
+        Ok(reply
+            .keys
+            .into_iter()
+            .flat_map(|k| k.ids)
+            .filter_map(|e| Self::decode(e.id, &e.map))
+            .collect())
+    }
+
+    async fn ack(&self, delivery: &Delivery<Job>) -> Result<(), QueueError> {
+        let mut c = self.conn.clone();
+        let _: i64 = redis::cmd("XACK")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .arg(&delivery.tag)
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    async fn reclaim(&self, consumer: &str, min_idle: Duration, max: usize) -> Result<Vec<Delivery<Job>>, QueueError> {
+        let mut c = self.conn.clone();
+        let opts = StreamAutoClaimOptions::default().count(max);
+        let reply: Result<StreamAutoClaimReply, redis::RedisError> = redis::AsyncCommands::xautoclaim_options(
+            &mut c,
+            &self.stream,
+            &self.group,
+            consumer,
+            min_idle.as_millis() as usize,
+            "0-0",
+            opts,
+        )
+        .await;
+        let reply = match reply {
+            Err(e) if Self::is_nogroup(&e) => {
+                self.ensure_group().await?;
+                return Ok(vec![]);
+            }
+            other => other?,
+        };
+        Ok(reply
+            .claimed
+            .into_iter()
+            .filter_map(|e| Self::decode(e.id, &e.map))
+            .collect())
+    }
+
+    async fn dead_letter(&self, job: &Job, error: &str) -> Result<(), QueueError> {
+        let mut c = self.conn.clone();
+        // Capped: the durable store keeps every dead job; the stream is a feed for tooling.
+        let _: String = redis::cmd("XADD")
+            .arg(format!("{}:dead", self.stream))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(10_000)
+            .arg("*")
+            .arg(FIELD)
+            .arg(job.encode_to_vec())
+            .arg("error")
+            .arg(error)
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    async fn trim(&self) -> Result<(), QueueError> {
+        let mut c = self.conn.clone();
+        // XPENDING summary: [count, min id, max id, consumers].
+        let summary: redis::Value = redis::cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(&self.group)
+            .query_async(&mut c)
+            .await?;
+        let oldest_pending: Option<String> = match &summary {
+            redis::Value::Array(v) if v.len() >= 2 => redis::from_redis_value_ref(&v[1]).ok(),
+            _ => None,
+        };
+        // With nothing pending, everything delivered can go: trim below the group's last delivered id.
+        let bound = match oldest_pending {
+            Some(id) => id,
+            None => {
+                let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&self.stream)
+                    .query_async(&mut c)
+                    .await?;
+                match groups
+                    .iter()
+                    .find(|g| {
+                        g.get("name")
+                            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                            .as_deref()
+                            == Some(&self.group)
+                    })
+                    .and_then(|g| g.get("last-delivered-id"))
+                    .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                {
+                    Some(id) => id,
+                    None => return Ok(()),
+                }
+            }
+        };
+        let _: i64 = redis::cmd("XTRIM")
+            .arg(&self.stream)
+            .arg("MINID")
+            .arg(bound)
+            .query_async(&mut c)
+            .await?;
+        Ok(())
+    }
+}
