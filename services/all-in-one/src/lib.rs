@@ -120,6 +120,23 @@ pub async fn services(
     )?;
     let tl = timeline::Timeline::new(Arc::new(sources), inbox.clone(), timeline::TimelineConfig::default());
     timeline::register(&mut set, tl, inbox, auth);
+
+    let notify_graph = Arc::new(notify::GrpcGraph::new(
+        tonic::transport::Channel::from_shared(url(&cfg.clients.follow_graph_url))?.connect_lazy(),
+        token,
+    )?);
+    let remind_jobs = notify::open_jobs(cfg).await?;
+    let notifier = notify::notifier(
+        cfg,
+        notify::open_store(cfg).await?,
+        notify::open_live(cfg).await?,
+        notify_graph,
+        remind_jobs.clone(),
+        shutdown.clone(),
+    )?;
+    // The events publish emits reach notify on the same queue (in process, or the Redis Stream).
+    notify::start_background(&notifier, events, remind_jobs, shutdown);
+    notify::register(&mut set, notifier, auth);
     Ok(set)
 }
 

@@ -62,8 +62,10 @@ pub struct NotifyConfig {
     pub watch_backlog: usize,
     /// Heartbeat period of Watch streams.
     pub heartbeat_ms: u64,
-    /// Events buffered per Watch stream; a client that falls this far behind is dropped and resumes.
+    /// Events buffered per Watch stream.
     pub watch_buffer: usize,
+    /// A Watch client whose buffer stays full this long is dropped (it resumes from its last event id).
+    pub slow_client_ms: u64,
     /// Subscribers per remind delivery job page.
     pub remind_page: usize,
     /// Redis Stream of publish's activity events.
@@ -97,6 +99,7 @@ impl Default for NotifyConfig {
             watch_backlog: 1000,
             heartbeat_ms: 15_000,
             watch_buffer: 256,
+            slow_client_ms: 5_000,
             remind_page: 500,
             events_stream: "feed:activity-events".into(),
             events_group: "notify".into(),

@@ -14,5 +14,5 @@ pub mod telemetry;
 
 pub use auth::{Authenticator, Caller, Role};
 pub use config::FeedConfig;
-pub use serve::{Readiness, ServeOptions, ServiceSet, run_with_signal, serve};
+pub use serve::{Readiness, ServeOptions, ServiceSet, run_until_signal, run_with_signal, serve};
 pub use shutdown::Shutdown;

@@ -176,10 +176,15 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
 /// Binds the configured gRPC and admin listeners, serves until SIGTERM or
 /// Ctrl-C, then drains. What every service binary's `main` calls.
 pub async fn run_with_signal(set: ServiceSet, config: &ServerConfig) -> anyhow::Result<()> {
+    run_until_signal(set, config, Shutdown::new()).await
+}
+
+/// [`run_with_signal`] with the caller's shutdown signal, which SIGTERM
+/// triggers: long-lived work the services hold (streams, workers) ends on it.
+pub async fn run_until_signal(set: ServiceSet, config: &ServerConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("server.listen {}: {e}", config.listen))?;
-    let shutdown = Shutdown::new();
     if !config.admin_listen.is_empty() {
         let admin = TcpListener::bind(&config.admin_listen)
             .await

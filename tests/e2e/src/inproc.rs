@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use feed_core::{ApiError, FeedRef, UserId};
 use feed_proto::events::v1::{EdgeChange, Job};
 use follow_graph::FollowGraph;
+use publish::Graph;
 use publish::graph::Follower;
 use publish::queue::{Delivery, QueueError};
-use publish::Graph;
 
 /// follow-graph in process: the same domain service the gRPC adapter calls.
 pub struct LocalGraph(pub FollowGraph);

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use feed_proto::followgraph::v1 as fg;
 use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
+use feed_proto::notify::v1 as nt;
+use feed_proto::notify::v1::notify_service_client::NotifyServiceClient;
 use feed_proto::publish::v1 as pb;
 use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
 use feed_proto::timeline::v1 as tl;
@@ -106,6 +108,30 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// USER's notifications, one page, and the unread counts.
+    Notifications {
+        user: u64,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// SENDER sends RECIPIENT a private message.
+    Message {
+        sender: u64,
+        recipient: u64,
+        content: String,
+    },
+    /// A broadcast to every user.
+    Announce {
+        title: String,
+        #[arg(long, default_value = "")]
+        content: String,
+    },
+    /// Streams USER's live notifications until interrupted.
+    Watch {
+        user: u64,
+        #[arg(long, default_value = "")]
+        resume_after: String,
+    },
 }
 
 struct Ctx {
@@ -170,6 +196,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut publish = PublishServiceClient::new(channel.clone());
     let mut timeline = TimelineServiceClient::new(channel.clone());
+    let mut notify = NotifyServiceClient::new(channel.clone());
     let mut c = FollowGraphServiceClient::new(channel);
     match args.cmd {
         Cmd::Health { .. } => {}
@@ -313,6 +340,58 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 })?)
                 .await?;
             println!("{:#?}", r.into_inner());
+        }
+        Cmd::Notifications { user, limit } => {
+            let list = notify
+                .list_notifications(ctx.req(nt::ListNotificationsRequest {
+                    user_id: user,
+                    limit,
+                    ..Default::default()
+                })?)
+                .await?;
+            println!("{:#?}", list.into_inner());
+            let counts = notify
+                .get_unread_counts(ctx.req(nt::GetUnreadCountsRequest { user_id: user })?)
+                .await?;
+            println!("{:#?}", counts.into_inner());
+        }
+        Cmd::Message {
+            sender,
+            recipient,
+            content,
+        } => {
+            let r = notify
+                .send_message(ctx.req(nt::SendMessageRequest {
+                    event_id: uuid::Uuid::now_v7().to_string(),
+                    sender,
+                    recipient,
+                    content,
+                })?)
+                .await?;
+            println!("{:#?}", r.into_inner());
+        }
+        Cmd::Announce { title, content } => {
+            let r = notify
+                .create_announce(ctx.req(nt::CreateAnnounceRequest {
+                    event_id: uuid::Uuid::now_v7().to_string(),
+                    title,
+                    content,
+                    ..Default::default()
+                })?)
+                .await?;
+            println!("{:#?}", r.into_inner());
+        }
+        Cmd::Watch { user, resume_after } => {
+            let mut stream = notify
+                .watch(ctx.req(nt::WatchRequest {
+                    user_id: user,
+                    resume_after,
+                })?)
+                .await?
+                .into_inner();
+            while let Some(ev) = stream.message().await? {
+                println!("{ev:?}");
+            }
         }
     }
     Ok(())

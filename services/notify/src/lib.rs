@@ -1,0 +1,146 @@
+//! notify: announces, reminds and private messages, with subscriptions,
+//! per-user configuration, aggregation, read state and a resumable live
+//! stream (Watch).
+
+pub mod graph;
+pub mod grpc;
+pub mod live;
+pub mod service;
+pub mod store;
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use feed_core::SystemClock;
+use feed_proto::events::v1::ActivityEvent;
+use feed_proto::notify::v1::RemindJob;
+use feed_proto::notify::v1::notify_service_server::NotifyServiceServer;
+use feed_server::queue::{JobQueue, MemoryQueue, RedisQueue};
+use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown};
+
+pub use graph::{Graph, GrpcGraph};
+pub use live::{LiveLog, MemoryLive, RedisLive};
+pub use service::{Notifier, NotifyConfig};
+pub use store::NotifyStore;
+
+/// The gRPC name of this service.
+pub const SERVICE_NAME: &str = "feed.notify.v1.NotifyService";
+
+/// Live logs of idle users expire after this long.
+const LIVE_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// The store: ScyllaDB when `scylla.nodes` is set, else embedded under `data_dir/notify`.
+pub async fn open_store(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn NotifyStore>> {
+    if !cfg.scylla.node_list().is_empty() {
+        return Ok(Arc::new(store::scylla::ScyllaNotifyStore::connect(&cfg.scylla).await?));
+    }
+    let dir = cfg.storage.data_dir.join("notify");
+    std::fs::create_dir_all(&dir)?;
+    Ok(Arc::new(
+        store::embedded::EmbeddedNotifyStore::open(&dir)?.with_sync(cfg.storage.sync_writes),
+    ))
+}
+
+/// The `--migrate` step: applies the ScyllaDB schema when configured.
+pub async fn migrate(cfg: &FeedConfig) -> anyhow::Result<()> {
+    if cfg.scylla.node_list().is_empty() {
+        tracing::info!("notify: embedded store, nothing to migrate");
+        return Ok(());
+    }
+    store::scylla::migrate(&cfg.scylla).await?;
+    tracing::info!(keyspace = %cfg.scylla.keyspace, "notify schema applied");
+    Ok(())
+}
+
+/// The live log: Redis when `redis.url` is set (shared by replicas), else in process.
+pub async fn open_live(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn LiveLog>> {
+    Ok(if cfg.redis.url.is_empty() {
+        Arc::new(MemoryLive::new(cfg.notify.watch_backlog))
+    } else {
+        Arc::new(RedisLive::connect(&cfg.redis.url, cfg.notify.watch_backlog, LIVE_TTL_SECS).await?)
+    })
+}
+
+/// The remind job queue: a Redis Stream shared by replicas, else in process.
+pub async fn open_jobs(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn JobQueue<RemindJob>>> {
+    Ok(if cfg.redis.url.is_empty() {
+        Arc::new(MemoryQueue::<RemindJob>::default())
+    } else {
+        Arc::new(
+            RedisQueue::<RemindJob>::connect(&cfg.redis.url, &cfg.notify.jobs_stream, &cfg.notify.events_group).await?,
+        )
+    })
+}
+
+/// The activity events publish emits, read by notify's consumer group (Redis only;
+/// feedd hands over its in-process queue instead).
+pub async fn open_events(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn JobQueue<ActivityEvent>>> {
+    anyhow::ensure!(
+        !cfg.redis.url.is_empty(),
+        "redis.url is required for the activity event stream"
+    );
+    Ok(Arc::new(
+        RedisQueue::<ActivityEvent>::connect(&cfg.redis.url, &cfg.notify.events_stream, &cfg.notify.events_group)
+            .await?,
+    ))
+}
+
+/// A notifier from configuration.
+pub fn notifier(
+    cfg: &FeedConfig,
+    store: Arc<dyn NotifyStore>,
+    live: Arc<dyn LiveLog>,
+    graph: Arc<dyn Graph>,
+    jobs: Arc<dyn JobQueue<RemindJob>>,
+    shutdown: Shutdown,
+) -> anyhow::Result<Notifier> {
+    Ok(Notifier::new(
+        store,
+        live,
+        graph,
+        jobs,
+        Arc::new(SystemClock),
+        NotifyConfig::from_config(&cfg.notify)?,
+        shutdown,
+    ))
+}
+
+/// A consumer name unique to this process (the pod name on Kubernetes).
+pub fn consumer_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "notify".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Starts the background work: the activity event consumer, the remind
+/// job worker and the sweeper.
+pub fn start_background(
+    notifier: &Notifier,
+    events: Arc<dyn JobQueue<ActivityEvent>>,
+    jobs: Arc<dyn JobQueue<RemindJob>>,
+    shutdown: &Shutdown,
+) {
+    let name = consumer_name();
+    worker::spawn_event_consumer(notifier.clone(), events, format!("{name}-events"), shutdown.clone());
+    worker::spawn_remind_worker(notifier.clone(), jobs, format!("{name}-reminds"), shutdown.clone());
+    worker::spawn_sweeper(
+        notifier.clone(),
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+        shutdown.clone(),
+    );
+}
+
+/// Adds NotifyService, its health name and readiness check to `set`.
+pub fn register(set: &mut ServiceSet, notifier: Notifier, auth: &Authenticator) {
+    let store = notifier.store().clone();
+    set.routes.add_service(NotifyServiceServer::with_interceptor(
+        grpc::NotifyGrpc::new(notifier),
+        auth.interceptor(),
+    ));
+    set.names.push(SERVICE_NAME);
+    set.readiness.push(Arc::new(move || {
+        let store = store.clone();
+        Box::pin(async move { store.ping().await.is_ok() })
+    }));
+}

@@ -1,0 +1,59 @@
+//! The notify server binary.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Parser;
+use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown, run_until_signal, telemetry};
+use tonic::transport::Channel;
+
+/// Serves feed.notify.v1.NotifyService.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file (FEED__SECTION__KEY variables override it).
+    #[arg(long, env = "FEED_CONFIG")]
+    config: Option<PathBuf>,
+    /// Apply the ScyllaDB schema and exit.
+    #[arg(long)]
+    migrate: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cfg = FeedConfig::load(args.config.as_deref())?;
+    telemetry::init(&cfg.telemetry);
+    if args.migrate {
+        return notify::migrate(&cfg).await;
+    }
+    let auth = Authenticator::from_config(&cfg.auth)?;
+    anyhow::ensure!(
+        !auth.is_empty(),
+        "no service tokens: set auth.internal_tokens or auth.tokens_file"
+    );
+    anyhow::ensure!(!cfg.redis.url.is_empty(), "redis.url is required (live log, events)");
+    anyhow::ensure!(
+        !cfg.clients.follow_graph_url.is_empty(),
+        "clients.follow_graph_url is required"
+    );
+    anyhow::ensure!(!cfg.clients.token.is_empty(), "clients.token is required");
+    let shutdown = Shutdown::new();
+    let graph = Arc::new(notify::GrpcGraph::new(
+        Channel::from_shared(cfg.clients.follow_graph_url.clone())?.connect_lazy(),
+        &cfg.clients.token,
+    )?);
+    let jobs = notify::open_jobs(&cfg).await?;
+    let notifier = notify::notifier(
+        &cfg,
+        notify::open_store(&cfg).await?,
+        notify::open_live(&cfg).await?,
+        graph,
+        jobs.clone(),
+        shutdown.clone(),
+    )?;
+    notify::start_background(&notifier, notify::open_events(&cfg).await?, jobs, &shutdown);
+    let mut set = ServiceSet::default();
+    notify::register(&mut set, notifier, &auth);
+    run_until_signal(set, &cfg.server, shutdown).await
+}

@@ -1,0 +1,191 @@
+//! The contract every [`NotifyStore`] backend passes. Backends' tests call
+//! [`run_all`] on a fresh, empty store.
+
+use feed_proto::notify::v1::{NoteRecord, Notification, NotificationKind, RemindJob, Subscription, UserState};
+
+use super::{Claim, GroupChange, NotifyStore};
+
+fn note(id: u64, kind: NotificationKind, group: &str, seq: u64) -> NoteRecord {
+    NoteRecord {
+        note: Some(Notification {
+            id,
+            kind: kind as i32,
+            updated_at_ms: seq as i64,
+            ..Default::default()
+        }),
+        group_key: group.into(),
+        seq,
+        ..Default::default()
+    }
+}
+
+fn sub(user: u64, object_id: &str, reason: &str) -> Subscription {
+    Subscription {
+        user_id: user,
+        object_id: object_id.into(),
+        object_type: "activity".into(),
+        reason: reason.into(),
+        created_at_ms: 5,
+    }
+}
+
+fn ids(v: &[NoteRecord]) -> Vec<u64> {
+    v.iter().map(|r| r.note.as_ref().map(|n| n.id).unwrap_or(0)).collect()
+}
+
+/// Runs every contract check against `store` (which must start empty).
+pub async fn run_all(store: &dyn NotifyStore) {
+    an_event_id_is_claimed_once(store).await;
+    announces_list_newest_first_below_the_cursor(store).await;
+    notes_insert_once_and_page_newest_first(store).await;
+    a_group_counts_each_actor_once(store).await;
+    read_marks_only_rise(store).await;
+    user_state_round_trips(store).await;
+    subscriptions_list_both_ways_and_unsubscribe_by_reason(store).await;
+    remind_jobs_are_kept_until_deleted(store).await;
+    store.ping().await.expect("ping");
+}
+
+async fn an_event_id_is_claimed_once(s: &dyn NotifyStore) {
+    assert_eq!(s.claim_event("ev-1", 10).await.expect("claim"), Claim::Claimed);
+    assert_eq!(s.claim_event("ev-1", 11).await.expect("claim"), Claim::Held(10));
+    assert_eq!(s.claim_event("ev-2", 12).await.expect("claim"), Claim::Claimed);
+}
+
+async fn announces_list_newest_first_below_the_cursor(s: &dyn NotifyStore) {
+    for id in [3, 1, 2] {
+        s.put_announce(&note(id, NotificationKind::Announce, "", id))
+            .await
+            .expect("put");
+    }
+    s.put_announce(&note(2, NotificationKind::Announce, "", 2))
+        .await
+        .expect("idempotent");
+    assert_eq!(ids(&s.announces(u64::MAX, 10).await.expect("list")), vec![3, 2, 1]);
+    assert_eq!(ids(&s.announces(3, 1).await.expect("list")), vec![2]);
+}
+
+async fn notes_insert_once_and_page_newest_first(s: &dyn NotifyStore) {
+    let user = 7;
+    for id in [100, 300, 200] {
+        assert!(
+            s.insert_note(user, &note(id, NotificationKind::Message, "", id))
+                .await
+                .expect("insert")
+        );
+    }
+    assert!(
+        !s.insert_note(user, &note(200, NotificationKind::Message, "", 999))
+            .await
+            .expect("again")
+    );
+    assert_eq!(s.note(user, 200).await.expect("get").map(|r| r.seq), Some(200));
+    assert_eq!(ids(&s.notes(user, u64::MAX, 2).await.expect("page")), vec![300, 200]);
+    assert_eq!(ids(&s.notes(user, 200, 10).await.expect("page")), vec![100]);
+    assert!(s.notes(8, u64::MAX, 10).await.expect("other user").is_empty());
+}
+
+async fn a_group_counts_each_actor_once(s: &dyn NotifyStore) {
+    let user = 9;
+    let first = note(500, NotificationKind::Remind, "activity/1/like/0", 10);
+    let GroupChange::Changed(r) = s.add_to_group(user, 21, &first, 2).await.expect("add") else {
+        panic!("a new group changes");
+    };
+    assert_eq!(r.note.as_ref().map(|n| n.actor_count), Some(1));
+    // A later event for the same group carries another id: the group keeps its first.
+    let later = |seq| note(600, NotificationKind::Remind, "activity/1/like/0", seq);
+    assert_eq!(
+        s.add_to_group(user, 21, &later(11), 2).await.expect("replay"),
+        GroupChange::Unchanged
+    );
+    s.add_to_group(user, 22, &later(12), 2).await.expect("add");
+    let GroupChange::Changed(r) = s.add_to_group(user, 23, &later(13), 2).await.expect("add") else {
+        panic!("a new actor changes the group");
+    };
+    let n = r.note.expect("note");
+    assert_eq!((n.id, n.actor_count, n.latest_actors.clone()), (500, 3, vec![23, 22]));
+    assert_eq!(r.seq, 13);
+    assert_eq!(ids(&s.notes(user, u64::MAX, 10).await.expect("list")), vec![500]);
+    // Another user's group with the same key is separate.
+    s.add_to_group(10, 21, &first, 2).await.expect("other user");
+    let other = s.note(10, 500).await.expect("get").expect("note");
+    assert_eq!(other.note.map(|n| n.actor_count), Some(1));
+}
+
+async fn read_marks_only_rise(s: &dyn NotifyStore) {
+    let user = 11;
+    s.insert_note(user, &note(1, NotificationKind::Message, "", 50))
+        .await
+        .expect("insert");
+    s.mark_notes_read(user, &[(1, 50), (2, 60)]).await.expect("mark");
+    assert_eq!(s.note(user, 1).await.expect("get").map(|r| r.read_seq), Some(50));
+    s.mark_notes_read(user, &[(1, 40)]).await.expect("mark lower");
+    assert_eq!(s.note(user, 1).await.expect("get").map(|r| r.read_seq), Some(50));
+    assert!(s.note(user, 2).await.expect("get").is_none(), "marking never creates");
+}
+
+async fn user_state_round_trips(s: &dyn NotifyStore) {
+    assert!(s.user_state(12).await.expect("get").is_none());
+    let mut st = UserState {
+        read_watermark: 5,
+        created_at_ms: 77,
+        ..Default::default()
+    };
+    st.actions.insert("like".into(), false);
+    s.put_user_state(12, &st).await.expect("put");
+    assert_eq!(s.user_state(12).await.expect("get"), Some(st));
+}
+
+async fn subscriptions_list_both_ways_and_unsubscribe_by_reason(s: &dyn NotifyStore) {
+    assert!(s.subscribe(&sub(30, "a1", "create_post")).await.expect("sub"));
+    assert!(!s.subscribe(&sub(30, "a1", "create_post")).await.expect("again"));
+    assert!(s.subscribe(&sub(30, "a1", "follow_object")).await.expect("sub"));
+    assert!(s.subscribe(&sub(31, "a1", "follow_object")).await.expect("sub"));
+    assert!(s.subscribe(&sub(30, "a10", "follow_object")).await.expect("sub"));
+    // Pages stop at a user boundary: one subscriber's reasons come together.
+    let first = s.subscribers("activity", "a1", 0, 1).await.expect("page");
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].user, 30);
+    assert_eq!(first[0].reasons.len(), 2);
+    let rest = s.subscribers("activity", "a1", 30, 10).await.expect("page");
+    assert_eq!(rest.iter().map(|x| x.user).collect::<Vec<_>>(), vec![31]);
+    let mine = s.subscriptions(30, None, 2).await.expect("list");
+    assert_eq!(mine.len(), 2);
+    let more = s.subscriptions(30, mine.last(), 10).await.expect("list");
+    assert_eq!(more.len(), 1);
+    assert_eq!(more[0].object_id, "a10");
+    assert_eq!(more[0].created_at_ms, 5);
+    assert!(
+        s.unsubscribe(30, "activity", "a1", Some("create_post"))
+            .await
+            .expect("unsub")
+    );
+    assert!(
+        !s.unsubscribe(30, "activity", "a1", Some("create_post"))
+            .await
+            .expect("again")
+    );
+    let left = s.subscribers("activity", "a1", 0, 10).await.expect("page");
+    assert_eq!(left[0].reasons, vec!["follow_object".to_string()]);
+    assert!(s.unsubscribe(30, "activity", "a1", None).await.expect("all"));
+    assert_eq!(s.subscribers("activity", "a1", 0, 10).await.expect("page").len(), 1);
+}
+
+async fn remind_jobs_are_kept_until_deleted(s: &dyn NotifyStore) {
+    let job = RemindJob {
+        job_id: "r1".into(),
+        after_user: 0,
+        ..Default::default()
+    };
+    s.put_job_if_absent(&job).await.expect("put");
+    let advanced = RemindJob {
+        after_user: 40,
+        ..job.clone()
+    };
+    s.put_job(&advanced).await.expect("advance");
+    s.put_job_if_absent(&job).await.expect("no reset");
+    assert_eq!(s.job("r1").await.expect("get"), Some(advanced));
+    assert_eq!(s.jobs(10).await.expect("list").len(), 1);
+    s.delete_job("r1").await.expect("delete");
+    assert!(s.job("r1").await.expect("get").is_none());
+}

@@ -1,0 +1,155 @@
+//! The notify store: the trait the service speaks, its backends, and the
+//! contract suite every backend must pass.
+
+use async_trait::async_trait;
+use feed_core::UserId;
+use feed_proto::notify::v1::{NoteRecord, RemindJob, Subscription, UserState};
+
+pub mod contract;
+pub mod embedded;
+pub mod scylla;
+
+/// Who holds an event id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This call claimed it.
+    Claimed,
+    /// An earlier call holds it, for this notification id.
+    Held(u64),
+}
+
+/// A subscriber of an object with the reasons it subscribed for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscriber {
+    /// The user.
+    pub user: UserId,
+    /// Its reasons (e.g. `create_post`).
+    pub reasons: Vec<String>,
+}
+
+/// What adding an actor to a remind group did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GroupChange {
+    /// The actor was already in the group: nothing changed (a replay).
+    Unchanged,
+    /// The group was created or gained the actor; the note as it now stands.
+    Changed(Box<NoteRecord>),
+}
+
+/// Store failures, in the store's terms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The backend did not answer.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The backend failed or holds data this code cannot read.
+    #[error("storage error: {0}")]
+    Backend(String),
+}
+
+impl From<StoreError> for feed_core::ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => feed_core::ApiError::Unavailable(m),
+            StoreError::Backend(m) => feed_core::ApiError::Internal(m),
+        }
+    }
+}
+
+/// Storage of notifications, subscriptions and per-user state.
+#[async_trait]
+pub trait NotifyStore: Send + Sync + 'static {
+    /// Claims `event_id` for notification `id` unless an earlier call holds it.
+    async fn claim_event(&self, event_id: &str, id: u64) -> Result<Claim, StoreError>;
+    /// Stores an announce (idempotent by its id).
+    async fn put_announce(&self, rec: &NoteRecord) -> Result<(), StoreError>;
+    /// Announces with id < `before`, newest first, at most `limit`.
+    async fn announces(&self, before: u64, limit: usize) -> Result<Vec<NoteRecord>, StoreError>;
+    /// Adds a note to `user`'s list unless one with its id exists; true when added.
+    async fn insert_note(&self, user: UserId, rec: &NoteRecord) -> Result<bool, StoreError>;
+    /// Adds `actor` to `user`'s remind group `rec.group_key`, creating the
+    /// group from `rec` when absent. A new actor bumps the count, becomes the
+    /// newest of at most `keep_latest` latest actors, and sets the note's
+    /// `seq` and `updated_at_ms` from `rec`. An actor already in the group
+    /// changes nothing, so a replayed event never counts twice.
+    async fn add_to_group(
+        &self,
+        user: UserId,
+        actor: UserId,
+        rec: &NoteRecord,
+        keep_latest: usize,
+    ) -> Result<GroupChange, StoreError>;
+    /// One note of `user`.
+    async fn note(&self, user: UserId, id: u64) -> Result<Option<NoteRecord>, StoreError>;
+    /// `user`'s notes with id < `before`, newest first, at most `limit`.
+    async fn notes(&self, user: UserId, before: u64, limit: usize) -> Result<Vec<NoteRecord>, StoreError>;
+    /// Sets each listed note's read mark (note id, read_seq).
+    async fn mark_notes_read(&self, user: UserId, marks: &[(u64, u64)]) -> Result<(), StoreError>;
+    /// `user`'s state, if notify has seen the user.
+    async fn user_state(&self, user: UserId) -> Result<Option<UserState>, StoreError>;
+    /// Replaces `user`'s state.
+    async fn put_user_state(&self, user: UserId, state: &UserState) -> Result<(), StoreError>;
+    /// Adds a subscription; false when it already stood.
+    async fn subscribe(&self, s: &Subscription) -> Result<bool, StoreError>;
+    /// Removes `user`'s subscriptions to the object (one reason, or all when
+    /// `reason` is None); false when none stood.
+    async fn unsubscribe(
+        &self,
+        user: UserId,
+        object_type: &str,
+        object_id: &str,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError>;
+    /// `user`'s subscriptions after `after` (object type, object id, reason
+    /// order), at most `limit`.
+    async fn subscriptions(
+        &self,
+        user: UserId,
+        after: Option<&Subscription>,
+        limit: usize,
+    ) -> Result<Vec<Subscription>, StoreError>;
+    /// Subscribers of an object with id > `after`, ascending, at most `limit`.
+    async fn subscribers(
+        &self,
+        object_type: &str,
+        object_id: &str,
+        after: UserId,
+        limit: usize,
+    ) -> Result<Vec<Subscriber>, StoreError>;
+    /// Creates or replaces a remind job.
+    async fn put_job(&self, job: &RemindJob) -> Result<(), StoreError>;
+    /// Creates a remind job unless one with its id exists.
+    async fn put_job_if_absent(&self, job: &RemindJob) -> Result<(), StoreError>;
+    /// A remind job by id.
+    async fn job(&self, job_id: &str) -> Result<Option<RemindJob>, StoreError>;
+    /// Removes a finished job.
+    async fn delete_job(&self, job_id: &str) -> Result<(), StoreError>;
+    /// Unfinished jobs, at most `limit` (the sweeper re-drives them).
+    async fn jobs(&self, limit: usize) -> Result<Vec<RemindJob>, StoreError>;
+    /// Answers when the backend is usable.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The group note after `actor` joins it: `rec` when the group is new, else
+/// the existing note with the count bumped, the actor first among the
+/// latest, and the change time and sequence of `rec`. Shared by backends.
+pub fn merge_actor(existing: Option<NoteRecord>, rec: &NoteRecord, actor: UserId, keep_latest: usize) -> NoteRecord {
+    let Some(mut cur) = existing else {
+        let mut fresh = rec.clone();
+        if let Some(n) = fresh.note.as_mut() {
+            n.actor_count = 1;
+            n.latest_actors = vec![actor];
+        }
+        return fresh;
+    };
+    if let (Some(n), Some(new)) = (cur.note.as_mut(), rec.note.as_ref()) {
+        n.actor_count += 1;
+        n.latest_actors.retain(|a| *a != actor);
+        n.latest_actors.insert(0, actor);
+        n.latest_actors.truncate(keep_latest.max(1));
+        n.updated_at_ms = n.updated_at_ms.max(new.updated_at_ms);
+        n.filtered = n.filtered && new.filtered;
+    }
+    cur.seq = cur.seq.max(rec.seq);
+    cur
+}

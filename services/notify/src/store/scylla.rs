@@ -1,0 +1,616 @@
+//! ScyllaDB backend.
+//!
+//! Tables (created by `--migrate`, verified at start):
+//! - `nt_events (event_id)`: the event-id ledger, claimed with
+//!   `INSERT ... IF NOT EXISTS`.
+//! - `nt_announces ((bucket), id)`: announces, newest first, one partition
+//!   per 30-day bucket (announces are rare; a listing walks back buckets).
+//! - `nt_notes ((user_id), id)`: a user's notifications, newest first.
+//! - `nt_groups ((user_id), group_key)`: the note id of each remind group.
+//! - `nt_group_actors ((user_id, group_key), actor)`: a group's actor set;
+//!   an actor joins with `IF NOT EXISTS`, so only the first delivery of a
+//!   (group, actor) changes the note, across replicas and replays.
+//! - `nt_users (user_id)`: per-user state (configuration, watermarks).
+//! - `nt_subs_by_object ((object_type, object_id), user_id, reason)` and
+//!   `nt_subs_by_user ((user_id), object_type, object_id, reason)`.
+//! - `nt_jobs ((bucket), job_id)`: unfinished remind jobs (one small
+//!   partition: rows live only while a job runs).
+//!
+//! Statements are prepared once with LOCAL_QUORUM / LOCAL_SERIAL; every
+//! multi-row read is paged. The group note itself is rewritten by the
+//! replica whose actor insert applied; two replicas adding different actors
+//! to one group at the same instant serialise on a lightweight transaction
+//! over the note's `seq`.
+
+use async_trait::async_trait;
+use feed_core::UserId;
+use feed_proto::notify::v1::{NoteRecord, RemindJob, Subscription, UserState};
+use feed_server::config::ScyllaConfig;
+use futures::TryStreamExt;
+use prost::Message;
+use scylla::client::session::Session;
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlValue, Row};
+
+use super::{Claim, GroupChange, NotifyStore, StoreError, Subscriber, merge_actor};
+
+/// Bumped when the schema below changes; services refuse an older schema.
+pub const SCHEMA_VERSION: i32 = 1;
+const COMPONENT: &str = "notify";
+/// Announce partitions span this many ms of announce ids' time.
+const ANNOUNCE_BUCKET_MS: u64 = 30 * 24 * 3600 * 1000;
+/// Buckets a listing walks back before it stops (about ten years).
+const ANNOUNCE_BUCKETS: u64 = 122;
+
+fn schema(k: &str) -> Vec<String> {
+    vec![
+        format!("CREATE TABLE IF NOT EXISTS {k}.nt_events (event_id text PRIMARY KEY, id bigint)"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {k}.nt_announces (bucket bigint, id bigint, rec blob, PRIMARY KEY (bucket, id)) WITH CLUSTERING ORDER BY (id DESC)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {k}.nt_notes (user_id bigint, id bigint, rec blob, seq bigint, PRIMARY KEY (user_id, id)) WITH CLUSTERING ORDER BY (id DESC)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {k}.nt_groups (user_id bigint, group_key text, id bigint, PRIMARY KEY (user_id, group_key))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {k}.nt_group_actors (user_id bigint, group_key text, actor bigint, PRIMARY KEY ((user_id, group_key), actor))"
+        ),
+        format!("CREATE TABLE IF NOT EXISTS {k}.nt_users (user_id bigint PRIMARY KEY, state blob)"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {k}.nt_subs_by_object (object_type text, object_id text, user_id bigint, reason text, PRIMARY KEY ((object_type, object_id), user_id, reason))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {k}.nt_subs_by_user (user_id bigint, object_type text, object_id text, reason text, created_at_ms bigint, PRIMARY KEY (user_id, object_type, object_id, reason))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {k}.nt_jobs (bucket int, job_id text, job blob, PRIMARY KEY (bucket, job_id))"
+        ),
+    ]
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl From<feed_server::scylla::ScyllaError> for StoreError {
+    fn from(e: feed_server::scylla::ScyllaError) -> Self {
+        match e {
+            feed_server::scylla::ScyllaError::Unavailable(m) => StoreError::Unavailable(m),
+            feed_server::scylla::ScyllaError::Backend(m) => StoreError::Backend(m),
+        }
+    }
+}
+
+// Ids and user ids are below 2^63, so the cast keeps bigint order.
+fn i(v: u64) -> i64 {
+    v as i64
+}
+
+fn u(v: i64) -> u64 {
+    v as u64
+}
+
+fn announce_bucket(id: u64) -> i64 {
+    i(feed_core::id::id_time_ms(id) / ANNOUNCE_BUCKET_MS)
+}
+
+fn id_of(rec: &NoteRecord) -> u64 {
+    rec.note.as_ref().map(|n| n.id).unwrap_or(0)
+}
+
+/// Applies the schema (the `--migrate` step); safe to run again.
+pub async fn migrate(cfg: &ScyllaConfig) -> Result<(), StoreError> {
+    Ok(feed_server::scylla::migrate(cfg, COMPONENT, SCHEMA_VERSION, &schema(&cfg.keyspace)).await?)
+}
+
+struct Statements {
+    event_claim: PreparedStatement,
+    event_get: PreparedStatement,
+    announce_put: PreparedStatement,
+    announce_page: PreparedStatement,
+    note_insert: PreparedStatement,
+    note_put: PreparedStatement,
+    note_cas: PreparedStatement,
+    note_get: PreparedStatement,
+    note_page: PreparedStatement,
+    group_claim: PreparedStatement,
+    group_get: PreparedStatement,
+    actor_claim: PreparedStatement,
+    user_get: PreparedStatement,
+    user_put: PreparedStatement,
+    sub_by_user_claim: PreparedStatement,
+    sub_by_object_put: PreparedStatement,
+    sub_by_user_list_object: PreparedStatement,
+    sub_by_user_delete: PreparedStatement,
+    sub_by_object_delete: PreparedStatement,
+    subs_of_user: PreparedStatement,
+    subs_of_user_after_type: PreparedStatement,
+    subs_of_user_after_object: PreparedStatement,
+    subs_of_user_after_reason: PreparedStatement,
+    subscribers_page: PreparedStatement,
+    job_put: PreparedStatement,
+    job_claim: PreparedStatement,
+    job_get: PreparedStatement,
+    job_delete: PreparedStatement,
+    job_list: PreparedStatement,
+}
+
+/// The ScyllaDB notify store.
+pub struct ScyllaNotifyStore {
+    session: Session,
+    st: Statements,
+}
+
+impl ScyllaNotifyStore {
+    /// Connects, verifies the schema version and prepares every statement once.
+    pub async fn connect(cfg: &ScyllaConfig) -> Result<Self, StoreError> {
+        let session = feed_server::scylla::connect_verified(cfg, COMPONENT, SCHEMA_VERSION).await?;
+        let k = &cfg.keyspace;
+        let prep = |q: String| {
+            let session = &session;
+            async move { Ok::<_, StoreError>(feed_server::scylla::prepare(session, q).await?) }
+        };
+        let st = Statements {
+            event_claim: prep(format!("INSERT INTO {k}.nt_events (event_id, id) VALUES (?, ?) IF NOT EXISTS")).await?,
+            event_get: prep(format!("SELECT id FROM {k}.nt_events WHERE event_id = ?")).await?,
+            announce_put: prep(format!("INSERT INTO {k}.nt_announces (bucket, id, rec) VALUES (?, ?, ?)")).await?,
+            announce_page: prep(format!(
+                "SELECT rec FROM {k}.nt_announces WHERE bucket = ? AND id < ? LIMIT ?"
+            ))
+            .await?,
+            note_insert: prep(format!(
+                "INSERT INTO {k}.nt_notes (user_id, id, rec, seq) VALUES (?, ?, ?, ?) IF NOT EXISTS"
+            ))
+            .await?,
+            note_put: prep(format!("INSERT INTO {k}.nt_notes (user_id, id, rec, seq) VALUES (?, ?, ?, ?)")).await?,
+            note_cas: prep(format!(
+                "UPDATE {k}.nt_notes SET rec = ?, seq = ? WHERE user_id = ? AND id = ? IF seq = ?"
+            ))
+            .await?,
+            note_get: prep(format!("SELECT rec FROM {k}.nt_notes WHERE user_id = ? AND id = ?")).await?,
+            note_page: prep(format!("SELECT rec FROM {k}.nt_notes WHERE user_id = ? AND id < ? LIMIT ?")).await?,
+            group_claim: prep(format!(
+                "INSERT INTO {k}.nt_groups (user_id, group_key, id) VALUES (?, ?, ?) IF NOT EXISTS"
+            ))
+            .await?,
+            group_get: prep(format!("SELECT id FROM {k}.nt_groups WHERE user_id = ? AND group_key = ?")).await?,
+            actor_claim: prep(format!(
+                "INSERT INTO {k}.nt_group_actors (user_id, group_key, actor) VALUES (?, ?, ?) IF NOT EXISTS"
+            ))
+            .await?,
+            user_get: prep(format!("SELECT state FROM {k}.nt_users WHERE user_id = ?")).await?,
+            user_put: prep(format!("INSERT INTO {k}.nt_users (user_id, state) VALUES (?, ?)")).await?,
+            sub_by_user_claim: prep(format!(
+                "INSERT INTO {k}.nt_subs_by_user (user_id, object_type, object_id, reason, created_at_ms) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"
+            ))
+            .await?,
+            sub_by_object_put: prep(format!(
+                "INSERT INTO {k}.nt_subs_by_object (object_type, object_id, user_id, reason) VALUES (?, ?, ?, ?)"
+            ))
+            .await?,
+            sub_by_user_list_object: prep(format!(
+                "SELECT reason FROM {k}.nt_subs_by_user WHERE user_id = ? AND object_type = ? AND object_id = ?"
+            ))
+            .await?,
+            sub_by_user_delete: prep(format!(
+                "DELETE FROM {k}.nt_subs_by_user WHERE user_id = ? AND object_type = ? AND object_id = ? AND reason = ?"
+            ))
+            .await?,
+            sub_by_object_delete: prep(format!(
+                "DELETE FROM {k}.nt_subs_by_object WHERE object_type = ? AND object_id = ? AND user_id = ? AND reason = ?"
+            ))
+            .await?,
+            subs_of_user: prep(format!(
+                "SELECT object_type, object_id, reason, created_at_ms FROM {k}.nt_subs_by_user WHERE user_id = ? LIMIT ?"
+            ))
+            .await?,
+            subs_of_user_after_type: prep(format!(
+                "SELECT object_type, object_id, reason, created_at_ms FROM {k}.nt_subs_by_user WHERE user_id = ? AND object_type > ? LIMIT ?"
+            ))
+            .await?,
+            subs_of_user_after_object: prep(format!(
+                "SELECT object_type, object_id, reason, created_at_ms FROM {k}.nt_subs_by_user WHERE user_id = ? AND object_type = ? AND object_id > ? LIMIT ?"
+            ))
+            .await?,
+            subs_of_user_after_reason: prep(format!(
+                "SELECT object_type, object_id, reason, created_at_ms FROM {k}.nt_subs_by_user WHERE user_id = ? AND object_type = ? AND object_id = ? AND reason > ? LIMIT ?"
+            ))
+            .await?,
+            subscribers_page: prep(format!(
+                "SELECT user_id, reason FROM {k}.nt_subs_by_object WHERE object_type = ? AND object_id = ? AND user_id > ?"
+            ))
+            .await?,
+            job_put: prep(format!("INSERT INTO {k}.nt_jobs (bucket, job_id, job) VALUES (0, ?, ?)")).await?,
+            job_claim: prep(format!(
+                "INSERT INTO {k}.nt_jobs (bucket, job_id, job) VALUES (0, ?, ?) IF NOT EXISTS"
+            ))
+            .await?,
+            job_get: prep(format!("SELECT job FROM {k}.nt_jobs WHERE bucket = 0 AND job_id = ?")).await?,
+            job_delete: prep(format!("DELETE FROM {k}.nt_jobs WHERE bucket = 0 AND job_id = ?")).await?,
+            job_list: prep(format!("SELECT job FROM {k}.nt_jobs WHERE bucket = 0 LIMIT ?")).await?,
+        };
+        Ok(Self { session, st })
+    }
+
+    async fn exec(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<QueryResult, StoreError> {
+        self.session
+            .execute_unpaged(p, v)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// Runs a lightweight transaction; true when it applied.
+    async fn lwt(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<bool, StoreError> {
+        let rows = self.exec(p, v).await?.into_rows_result().map_err(err)?;
+        let row = rows.maybe_first_row::<Row>().map_err(err)?;
+        Ok(matches!(
+            row.and_then(|r| r.columns.into_iter().next().flatten()),
+            Some(CqlValue::Boolean(true))
+        ))
+    }
+
+    async fn one<T>(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<Option<T>, StoreError>
+    where
+        T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        self.exec(p, v)
+            .await?
+            .into_rows_result()
+            .map_err(err)?
+            .maybe_first_row::<T>()
+            .map_err(err)
+    }
+
+    /// Every row of a paged read.
+    async fn all<T>(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<Vec<T>, StoreError>
+    where
+        T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm> + 'static,
+    {
+        let pager = self
+            .session
+            .execute_iter(p.clone(), v)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        pager.rows_stream::<T>().map_err(err)?.try_collect().await.map_err(err)
+    }
+
+    fn records(rows: Vec<(Vec<u8>,)>) -> Result<Vec<NoteRecord>, StoreError> {
+        rows.into_iter()
+            .map(|(b,)| NoteRecord::decode(b.as_slice()).map_err(err))
+            .collect()
+    }
+
+    fn subscriptions_of(user: UserId, rows: Vec<(String, String, String, Option<i64>)>) -> Vec<Subscription> {
+        rows.into_iter()
+            .map(|(object_type, object_id, reason, created)| Subscription {
+                user_id: user,
+                object_type,
+                object_id,
+                reason,
+                created_at_ms: created.unwrap_or(0),
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl NotifyStore for ScyllaNotifyStore {
+    async fn claim_event(&self, event_id: &str, id: u64) -> Result<Claim, StoreError> {
+        if self.lwt(&self.st.event_claim, (event_id, i(id))).await? {
+            return Ok(Claim::Claimed);
+        }
+        let held = self.one::<(i64,)>(&self.st.event_get, (event_id,)).await?;
+        Ok(Claim::Held(held.map(|(v,)| u(v)).unwrap_or(0)))
+    }
+
+    async fn put_announce(&self, rec: &NoteRecord) -> Result<(), StoreError> {
+        let id = id_of(rec);
+        self.exec(&self.st.announce_put, (announce_bucket(id), i(id), rec.encode_to_vec()))
+            .await?;
+        Ok(())
+    }
+
+    async fn announces(&self, before: u64, limit: usize) -> Result<Vec<NoteRecord>, StoreError> {
+        let mut out = Vec::new();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        // Ids minted from now on: no bucket after the current one holds any.
+        let top = announce_bucket(before.min(i64::MAX as u64)).min(i(now / ANNOUNCE_BUCKET_MS));
+        for b in (0..ANNOUNCE_BUCKETS as i64).map(|d| top - d).take_while(|b| *b >= 0) {
+            if out.len() >= limit {
+                break;
+            }
+            let rows: Vec<(Vec<u8>,)> = self
+                .all(
+                    &self.st.announce_page,
+                    (b, i(before.min(i64::MAX as u64)), (limit - out.len()) as i32),
+                )
+                .await?;
+            out.extend(Self::records(rows)?);
+        }
+        Ok(out)
+    }
+
+    async fn insert_note(&self, user: UserId, rec: &NoteRecord) -> Result<bool, StoreError> {
+        self.lwt(
+            &self.st.note_insert,
+            (i(user), i(id_of(rec)), rec.encode_to_vec(), i(rec.seq)),
+        )
+        .await
+    }
+
+    async fn add_to_group(
+        &self,
+        user: UserId,
+        actor: UserId,
+        rec: &NoteRecord,
+        keep_latest: usize,
+    ) -> Result<GroupChange, StoreError> {
+        if !self
+            .lwt(&self.st.actor_claim, (i(user), rec.group_key.as_str(), i(actor)))
+            .await?
+        {
+            return Ok(GroupChange::Unchanged);
+        }
+        // The group's note id: the first delivery's, whoever made it.
+        let id = if self
+            .lwt(&self.st.group_claim, (i(user), rec.group_key.as_str(), i(id_of(rec))))
+            .await?
+        {
+            id_of(rec)
+        } else {
+            self.one::<(i64,)>(&self.st.group_get, (i(user), rec.group_key.as_str()))
+                .await?
+                .map(|(v,)| u(v))
+                .unwrap_or(id_of(rec))
+        };
+        loop {
+            let existing = self.note(user, id).await?;
+            let old_seq = existing.as_ref().map(|r| r.seq);
+            let mut after = merge_actor(existing, rec, actor, keep_latest);
+            if let Some(n) = after.note.as_mut() {
+                n.id = id;
+            }
+            let applied = match old_seq {
+                None => {
+                    self.lwt(
+                        &self.st.note_insert,
+                        (i(user), i(id), after.encode_to_vec(), i(after.seq)),
+                    )
+                    .await?
+                }
+                Some(seq) => {
+                    self.lwt(
+                        &self.st.note_cas,
+                        (after.encode_to_vec(), i(after.seq), i(user), i(id), i(seq)),
+                    )
+                    .await?
+                }
+            };
+            if applied {
+                return Ok(GroupChange::Changed(Box::new(after)));
+            }
+        }
+    }
+
+    async fn note(&self, user: UserId, id: u64) -> Result<Option<NoteRecord>, StoreError> {
+        self.one::<(Vec<u8>,)>(&self.st.note_get, (i(user), i(id)))
+            .await?
+            .map(|(b,)| NoteRecord::decode(b.as_slice()).map_err(err))
+            .transpose()
+    }
+
+    async fn notes(&self, user: UserId, before: u64, limit: usize) -> Result<Vec<NoteRecord>, StoreError> {
+        let rows: Vec<(Vec<u8>,)> = self
+            .all(
+                &self.st.note_page,
+                (i(user), i(before.min(i64::MAX as u64)), limit as i32),
+            )
+            .await?;
+        Self::records(rows)
+    }
+
+    async fn mark_notes_read(&self, user: UserId, marks: &[(u64, u64)]) -> Result<(), StoreError> {
+        for (id, seq) in marks {
+            if let Some(mut rec) = self.note(user, *id).await?
+                && rec.read_seq < *seq
+            {
+                rec.read_seq = *seq;
+                self.exec(&self.st.note_put, (i(user), i(*id), rec.encode_to_vec(), i(rec.seq)))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn user_state(&self, user: UserId) -> Result<Option<UserState>, StoreError> {
+        self.one::<(Vec<u8>,)>(&self.st.user_get, (i(user),))
+            .await?
+            .map(|(b,)| UserState::decode(b.as_slice()).map_err(err))
+            .transpose()
+    }
+
+    async fn put_user_state(&self, user: UserId, state: &UserState) -> Result<(), StoreError> {
+        self.exec(&self.st.user_put, (i(user), state.encode_to_vec())).await?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, s: &Subscription) -> Result<bool, StoreError> {
+        let applied = self
+            .lwt(
+                &self.st.sub_by_user_claim,
+                (
+                    i(s.user_id),
+                    s.object_type.as_str(),
+                    s.object_id.as_str(),
+                    s.reason.as_str(),
+                    s.created_at_ms,
+                ),
+            )
+            .await?;
+        // Re-asserted on a retry too, so a crash between the two writes heals.
+        self.exec(
+            &self.st.sub_by_object_put,
+            (
+                s.object_type.as_str(),
+                s.object_id.as_str(),
+                i(s.user_id),
+                s.reason.as_str(),
+            ),
+        )
+        .await?;
+        Ok(applied)
+    }
+
+    async fn unsubscribe(
+        &self,
+        user: UserId,
+        object_type: &str,
+        object_id: &str,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let reasons: Vec<(String,)> = self
+            .all(&self.st.sub_by_user_list_object, (i(user), object_type, object_id))
+            .await?;
+        let mut any = false;
+        for (r,) in reasons {
+            if reason.is_some_and(|want| want != r) {
+                continue;
+            }
+            // The object-side row first: a crash in between leaves a row the user still lists.
+            self.exec(
+                &self.st.sub_by_object_delete,
+                (object_type, object_id, i(user), r.as_str()),
+            )
+            .await?;
+            self.exec(
+                &self.st.sub_by_user_delete,
+                (i(user), object_type, object_id, r.as_str()),
+            )
+            .await?;
+            any = true;
+        }
+        Ok(any)
+    }
+
+    async fn subscriptions(
+        &self,
+        user: UserId,
+        after: Option<&Subscription>,
+        limit: usize,
+    ) -> Result<Vec<Subscription>, StoreError> {
+        let n = limit as i32;
+        let Some(a) = after else {
+            let rows = self.all(&self.st.subs_of_user, (i(user), n)).await?;
+            return Ok(Self::subscriptions_of(user, rows));
+        };
+        // Clustering order (type, object, reason): continue within the object,
+        // then the type, then the following types.
+        let t = a.object_type.as_str();
+        let o = a.object_id.as_str();
+        let mut out = Self::subscriptions_of(
+            user,
+            self.all(
+                &self.st.subs_of_user_after_reason,
+                (i(user), t, o, a.reason.as_str(), n),
+            )
+            .await?,
+        );
+        if out.len() < limit {
+            let rows = self
+                .all(
+                    &self.st.subs_of_user_after_object,
+                    (i(user), t, o, (limit - out.len()) as i32),
+                )
+                .await?;
+            out.extend(Self::subscriptions_of(user, rows));
+        }
+        if out.len() < limit {
+            let rows = self
+                .all(
+                    &self.st.subs_of_user_after_type,
+                    (i(user), t, (limit - out.len()) as i32),
+                )
+                .await?;
+            out.extend(Self::subscriptions_of(user, rows));
+        }
+        Ok(out)
+    }
+
+    async fn subscribers(
+        &self,
+        object_type: &str,
+        object_id: &str,
+        after: UserId,
+        limit: usize,
+    ) -> Result<Vec<Subscriber>, StoreError> {
+        let pager = self
+            .session
+            .execute_iter(self.st.subscribers_page.clone(), (object_type, object_id, i(after)))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let mut rows = pager.rows_stream::<(i64, String)>().map_err(err)?;
+        let mut out: Vec<Subscriber> = Vec::new();
+        while let Some((user, reason)) = rows.try_next().await.map_err(err)? {
+            let user = u(user);
+            if let Some(last) = out.last_mut().filter(|l| l.user == user) {
+                last.reasons.push(reason);
+                continue;
+            }
+            // A user's reasons are adjacent: stop only at a user boundary.
+            if out.len() >= limit {
+                break;
+            }
+            out.push(Subscriber {
+                user,
+                reasons: vec![reason],
+            });
+        }
+        Ok(out)
+    }
+
+    async fn put_job(&self, job: &RemindJob) -> Result<(), StoreError> {
+        self.exec(&self.st.job_put, (job.job_id.as_str(), job.encode_to_vec()))
+            .await?;
+        Ok(())
+    }
+
+    async fn put_job_if_absent(&self, job: &RemindJob) -> Result<(), StoreError> {
+        self.lwt(&self.st.job_claim, (job.job_id.as_str(), job.encode_to_vec()))
+            .await?;
+        Ok(())
+    }
+
+    async fn job(&self, job_id: &str) -> Result<Option<RemindJob>, StoreError> {
+        self.one::<(Vec<u8>,)>(&self.st.job_get, (job_id,))
+            .await?
+            .map(|(b,)| RemindJob::decode(b.as_slice()).map_err(err))
+            .transpose()
+    }
+
+    async fn delete_job(&self, job_id: &str) -> Result<(), StoreError> {
+        self.exec(&self.st.job_delete, (job_id,)).await?;
+        Ok(())
+    }
+
+    async fn jobs(&self, limit: usize) -> Result<Vec<RemindJob>, StoreError> {
+        let rows: Vec<(Vec<u8>,)> = self.all(&self.st.job_list, (limit as i32,)).await?;
+        rows.into_iter()
+            .map(|(b,)| RemindJob::decode(b.as_slice()).map_err(err))
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.session
+            .query_unpaged("SELECT now() FROM system.local", ())
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(())
+    }
+}

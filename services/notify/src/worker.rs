@@ -1,0 +1,114 @@
+//! notify's background work: consuming publish's activity events,
+//! delivering remind jobs, and re-driving jobs whose worker died.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use feed_core::ApiError;
+use feed_proto::events::v1::ActivityEvent;
+use feed_proto::notify::v1::RemindJob;
+use feed_server::Shutdown;
+use feed_server::queue::{Delivery, JobQueue, QueueMessage};
+
+use crate::service::Notifier;
+
+/// How long a delivery may stay unacknowledged before another consumer takes it.
+const RECLAIM_IDLE: Duration = Duration::from_secs(30);
+const BATCH: usize = 16;
+
+/// Reads `queue` as `consumer` until shutdown: stalled deliveries first,
+/// then new ones; acknowledges each one `handle` finished. A failure leaves
+/// the delivery pending, to be reclaimed and retried; a message that can
+/// never succeed (invalid) is logged and acknowledged.
+pub async fn consume<M, F, Fut>(queue: Arc<dyn JobQueue<M>>, consumer: String, shutdown: Shutdown, handle: F)
+where
+    M: QueueMessage,
+    F: Fn(M) -> Fut,
+    Fut: Future<Output = Result<(), ApiError>>,
+{
+    while !shutdown.is_triggered() {
+        let mut batch: Vec<Delivery<M>> = queue.reclaim(&consumer, RECLAIM_IDLE, BATCH).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reclaim failed");
+            vec![]
+        });
+        if batch.is_empty() {
+            batch = tokio::select! {
+                r = queue.receive(&consumer, BATCH, Duration::from_millis(500)) => match r {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "receive failed");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.wait() => break,
+            };
+        }
+        for d in batch {
+            match handle(d.job.clone()).await {
+                Ok(()) => {}
+                Err(e @ ApiError::InvalidArgument { .. }) => {
+                    tracing::error!(error = %e, "dropping a message that can never succeed");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "message failed; it will be retried");
+                    continue;
+                }
+            }
+            if let Err(e) = queue.ack(&d).await {
+                tracing::warn!(error = %e, "ack failed; the message will replay harmlessly");
+            }
+        }
+    }
+}
+
+/// Consumes publish's activity events.
+pub fn spawn_event_consumer(
+    notifier: Notifier,
+    events: Arc<dyn JobQueue<ActivityEvent>>,
+    consumer: String,
+    shutdown: Shutdown,
+) {
+    tokio::spawn(async move {
+        consume(events, consumer, shutdown, |ev: ActivityEvent| {
+            let n = notifier.clone();
+            async move { n.on_activity_event(&ev).await }
+        })
+        .await
+    });
+}
+
+/// Delivers remind jobs beyond their first page.
+pub fn spawn_remind_worker(
+    notifier: Notifier,
+    jobs: Arc<dyn JobQueue<RemindJob>>,
+    consumer: String,
+    shutdown: Shutdown,
+) {
+    tokio::spawn(async move {
+        consume(jobs, consumer, shutdown, |job: RemindJob| {
+            let n = notifier.clone();
+            async move { n.run_remind_job(&job.job_id).await.map(|_| ()) }
+        })
+        .await
+    });
+}
+
+/// Re-drives remind jobs idle for `stale` (their worker died, or the queue
+/// lost them): the durable record is the job, the queue only carries it.
+pub fn spawn_sweeper(notifier: Notifier, every: Duration, stale: Duration, shutdown: Shutdown) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.wait() => return,
+            }
+            match notifier.sweep(stale).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "re-drove stale remind jobs"),
+                Err(e) => tracing::warn!(error = %e, "remind sweep failed"),
+            }
+        }
+    });
+}

@@ -1,0 +1,733 @@
+//! Notifications end to end: real gRPC, a real redis-server for the live
+//! log and the activity event stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use feed_e2e::{Platform, bff, internal};
+use feed_proto::followgraph::v1 as fg;
+use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
+use feed_proto::notify::v1 as nt;
+use feed_proto::notify::v1::notify_service_client::NotifyServiceClient;
+use feed_proto::publish::v1 as pb;
+use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
+use feed_server::{Authenticator, Role, ServeOptions, ServiceSet, Shutdown};
+use feed_testkit::RedisServer;
+use notify::live::EventId;
+use tonic::Code;
+use tonic::transport::Channel;
+
+struct Env {
+    platform: Platform,
+    redis: RedisServer,
+    graph: FollowGraphServiceClient<Channel>,
+    publish: PublishServiceClient<Channel>,
+    notify: NotifyServiceClient<Channel>,
+}
+
+async fn env_with(tune: impl FnOnce(&mut feed_server::FeedConfig)) -> Env {
+    let redis = RedisServer::start().expect("redis");
+    let url = redis.url();
+    let platform = Platform::start_with(|cfg| {
+        cfg.redis.url = url;
+        tune(cfg);
+    })
+    .await
+    .expect("platform");
+    Env {
+        graph: FollowGraphServiceClient::new(platform.channel.clone()),
+        publish: PublishServiceClient::new(platform.channel.clone()),
+        notify: NotifyServiceClient::new(platform.channel.clone()),
+        platform,
+        redis,
+    }
+}
+
+async fn env() -> Env {
+    env_with(|_| {}).await
+}
+
+fn remind(event: &str, actor: u64, action: &str, object: &str) -> nt::CreateRemindRequest {
+    nt::CreateRemindRequest {
+        event_id: event.into(),
+        actor,
+        action: action.into(),
+        object_id: object.into(),
+        object_type: "activity".into(),
+        ..Default::default()
+    }
+}
+
+impl Env {
+    async fn subscribe(&mut self, user: u64, object: &str, reason: &str) {
+        self.notify
+            .subscribe(internal(nt::SubscribeRequest {
+                subscription: Some(nt::Subscription {
+                    user_id: user,
+                    object_id: object.into(),
+                    object_type: "activity".into(),
+                    reason: reason.into(),
+                    created_at_ms: 0,
+                }),
+            }))
+            .await
+            .expect("subscribe");
+    }
+
+    async fn list(&mut self, user: u64, filtered: bool) -> Vec<nt::Notification> {
+        self.notify
+            .list_notifications(internal(nt::ListNotificationsRequest {
+                user_id: user,
+                filtered,
+                limit: 100,
+                ..Default::default()
+            }))
+            .await
+            .expect("list")
+            .into_inner()
+            .notifications
+    }
+
+    async fn unread(&mut self, user: u64, kind: nt::NotificationKind) -> (u64, u64) {
+        let counts = self
+            .notify
+            .get_unread_counts(internal(nt::GetUnreadCountsRequest { user_id: user }))
+            .await
+            .expect("counts")
+            .into_inner()
+            .counts;
+        counts
+            .iter()
+            .find(|c| c.kind == kind as i32)
+            .map(|c| (c.unread, c.unseen))
+            .unwrap_or_default()
+    }
+
+    async fn message(&mut self, event: &str, sender: u64, recipient: u64, text: &str) -> Result<u64, tonic::Status> {
+        self.notify
+            .send_message(internal(nt::SendMessageRequest {
+                event_id: event.into(),
+                sender,
+                recipient,
+                content: text.into(),
+            }))
+            .await
+            .map(|r| r.into_inner().notification_id)
+    }
+
+    async fn follow(&mut self, follower: u64, feed: &str) {
+        self.graph
+            .follow(internal(fg::FollowRequest {
+                follower_id: follower,
+                feed: feed.into(),
+            }))
+            .await
+            .expect("follow");
+    }
+
+    async fn publish(&mut self, actor: u64, verb: &str, object: &str, mentions: Vec<u64>) -> u64 {
+        self.publish
+            .publish(internal(pb::PublishRequest {
+                activity: Some(pb::NewActivity {
+                    actor,
+                    verb: verb.into(),
+                    object: object.into(),
+                    foreign_id: format!("{actor}-{verb}-{object}"),
+                    mentions,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }))
+            .await
+            .expect("publish")
+            .into_inner()
+            .activity_id
+    }
+
+    /// Polls until `check` holds for `user`'s list (events are asynchronous).
+    async fn eventually(&mut self, user: u64, what: &str, check: impl Fn(&[nt::Notification]) -> bool) {
+        for _ in 0..200 {
+            if check(&self.list(user, false).await) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{what}: not reached; list is {:?}", self.list(user, false).await);
+    }
+}
+
+async fn next_notification(stream: &mut tonic::Streaming<nt::WatchEvent>) -> (String, nt::Notification) {
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("an event within the timeout")
+            .expect("stream ok")
+            .expect("stream open");
+        if let Some(nt::watch_event::Event::Notification(n)) = ev.event {
+            return (ev.event_id, n);
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_three_kinds_reach_their_recipients() {
+    let mut e = env().await;
+    let (id, dup) = {
+        let r = e
+            .notify
+            .create_announce(internal(nt::CreateAnnounceRequest {
+                event_id: "ann-1".into(),
+                title: "Maintenance".into(),
+                content: "Tonight 22:00 UTC".into(),
+                links: vec![nt::Link {
+                    title: "status".into(),
+                    url: "https://status.example/1".into(),
+                }],
+                for_all_time: false,
+            }))
+            .await
+            .expect("announce")
+            .into_inner();
+        (r.notification_id, r.duplicate)
+    };
+    assert!(id > 0 && !dup);
+    e.subscribe(1, "post-1", "create_post").await;
+    let r = e
+        .notify
+        .create_remind(internal(remind("like-1", 2, "like", "post-1")))
+        .await
+        .expect("remind")
+        .into_inner();
+    assert_eq!((r.recipients, r.duplicate, r.pending), (1, false, false));
+    let msg = e
+        .message("msg-1", 3, 1, "hi there\nsecond line")
+        .await
+        .expect("message");
+    let list = e.list(1, false).await;
+    let kinds: Vec<i32> = list.iter().map(|n| n.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            nt::NotificationKind::Message as i32,
+            nt::NotificationKind::Remind as i32,
+            nt::NotificationKind::Announce as i32
+        ],
+        "newest first, all three kinds"
+    );
+    assert_eq!(list[0].id, msg);
+    assert_eq!(list[0].sender, 3);
+    assert_eq!(list[1].latest_actors, vec![2]);
+    assert_eq!(list[2].title, "Maintenance");
+    // The actor never hears about their own action.
+    assert!(
+        e.list(2, false)
+            .await
+            .iter()
+            .all(|n| n.kind != nt::NotificationKind::Remind as i32)
+    );
+}
+
+#[tokio::test]
+async fn five_likes_form_one_entry_counted_once_per_actor() {
+    let mut e = env().await;
+    e.subscribe(1, "post-9", "create_post").await;
+    for actor in [10, 11, 12, 13, 14] {
+        e.notify
+            .create_remind(internal(remind(&format!("like-{actor}"), actor, "like", "post-9")))
+            .await
+            .expect("remind");
+    }
+    // A retried event and a second like by the same actor change nothing.
+    let again = e
+        .notify
+        .create_remind(internal(remind("like-12", 12, "like", "post-9")))
+        .await
+        .expect("replay")
+        .into_inner();
+    assert!(again.duplicate);
+    e.notify
+        .create_remind(internal(remind("like-12-b", 12, "like", "post-9")))
+        .await
+        .expect("same actor again");
+    let list = e.list(1, false).await;
+    assert_eq!(list.len(), 1, "one aggregated entry: {list:?}");
+    let n = &list[0];
+    assert_eq!(n.actor_count, 5);
+    assert_eq!(n.latest_actors, vec![14, 13, 12, 11, 10]);
+    assert!(!n.read);
+    assert_eq!(e.unread(1, nt::NotificationKind::Remind).await, (1, 1));
+    e.notify
+        .mark_read(internal(nt::MarkReadRequest {
+            user_id: 1,
+            ids: vec![n.id],
+            ..Default::default()
+        }))
+        .await
+        .expect("mark read");
+    assert_eq!(e.unread(1, nt::NotificationKind::Remind).await, (0, 1));
+    e.notify
+        .mark_seen(internal(nt::MarkSeenRequest { user_id: 1 }))
+        .await
+        .expect("mark seen");
+    assert_eq!(e.unread(1, nt::NotificationKind::Remind).await, (0, 0));
+    // A new actor changes the group after it was read: unread again.
+    e.notify
+        .create_remind(internal(remind("like-15", 15, "like", "post-9")))
+        .await
+        .expect("remind");
+    assert_eq!(e.unread(1, nt::NotificationKind::Remind).await, (1, 1));
+    let n = &e.list(1, false).await[0];
+    assert_eq!((n.actor_count, n.latest_actors[0]), (6, 15));
+}
+
+#[tokio::test]
+async fn likes_published_as_activities_notify_the_author_through_events() {
+    let mut e = env().await;
+    let post = e.publish(1, "post", "photo:1", vec![]).await;
+    let object = format!("activity:{post}");
+    for actor in [20, 21, 22] {
+        e.publish(actor, "like", &object, vec![]).await;
+    }
+    e.eventually(1, "three likes aggregated", |l| {
+        l.iter().any(|n| n.action == "like" && n.actor_count == 3)
+    })
+    .await;
+    // A mention in a public post reminds the mentioned user.
+    e.publish(23, "post", "note:5", vec![2]).await;
+    e.eventually(2, "mention", |l| l.iter().any(|n| n.action == "mention"))
+        .await;
+    // Publishing subscribed the author to their activity.
+    let subs = e
+        .notify
+        .list_subscriptions(internal(nt::ListSubscriptionsRequest {
+            user_id: 1,
+            ..Default::default()
+        }))
+        .await
+        .expect("subscriptions")
+        .into_inner()
+        .subscriptions;
+    assert!(
+        subs.iter()
+            .any(|s| s.object_id == post.to_string() && s.reason == "create_post")
+    );
+}
+
+#[tokio::test]
+async fn config_turning_like_off_stops_like_reminds() {
+    let mut e = env().await;
+    e.subscribe(1, "post-2", "create_post").await;
+    let cfg = e
+        .notify
+        .update_subscription_config(internal(nt::UpdateSubscriptionConfigRequest {
+            user_id: 1,
+            actions: [("like".to_string(), false)].into(),
+            policy: None,
+        }))
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(cfg.actions.get("like"), Some(&false));
+    assert_eq!(cfg.actions.get("comment"), Some(&true), "defaults fill in");
+    let r = e
+        .notify
+        .create_remind(internal(remind("like-a", 2, "like", "post-2")))
+        .await
+        .expect("remind")
+        .into_inner();
+    assert_eq!(r.recipients, 0);
+    e.notify
+        .create_remind(internal(remind("comment-a", 2, "comment", "post-2")))
+        .await
+        .expect("remind");
+    let list = e.list(1, false).await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].action, "comment");
+}
+
+#[tokio::test]
+async fn an_announce_is_seen_by_every_user_and_new_users_only_see_lasting_ones() {
+    let mut e = env().await;
+    // Users 1 and 2 exist before the announce.
+    for u in [1, 2] {
+        e.list(u, false).await;
+    }
+    for (event, for_all_time) in [("a-1", false), ("a-2", true)] {
+        e.notify
+            .create_announce(internal(nt::CreateAnnounceRequest {
+                event_id: event.into(),
+                title: event.into(),
+                for_all_time,
+                ..Default::default()
+            }))
+            .await
+            .expect("announce");
+    }
+    for u in [1, 2] {
+        assert_eq!(e.list(u, false).await.len(), 2);
+        assert_eq!(e.unread(u, nt::NotificationKind::Announce).await, (2, 2));
+    }
+    // An account created after the announces sees only the lasting one.
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+        + 60_000;
+    e.notify
+        .register_user(internal(nt::RegisterUserRequest {
+            user_id: 3,
+            created_at_ms: later,
+        }))
+        .await
+        .expect("register");
+    let titles: Vec<String> = e.list(3, false).await.into_iter().map(|n| n.title).collect();
+    assert_eq!(titles, vec!["a-2".to_string()]);
+    // Read state is per user.
+    e.notify
+        .mark_read(internal(nt::MarkReadRequest {
+            user_id: 1,
+            all: true,
+            ..Default::default()
+        }))
+        .await
+        .expect("mark all");
+    assert_eq!(e.unread(1, nt::NotificationKind::Announce).await.0, 0);
+    assert_eq!(e.unread(2, nt::NotificationKind::Announce).await.0, 2);
+    // A retried announce is not stored twice.
+    let dup = e
+        .notify
+        .create_announce(internal(nt::CreateAnnounceRequest {
+            event_id: "a-1".into(),
+            title: "a-1".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert!(dup.duplicate);
+    assert_eq!(e.list(2, false).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_filter_policy_keeps_a_strangers_message_out_of_the_unread_count() {
+    let mut e = env().await;
+    e.notify
+        .update_subscription_config(internal(nt::UpdateSubscriptionConfigRequest {
+            user_id: 1,
+            actions: Default::default(),
+            policy: Some(nt::RecipientPolicy {
+                strangers: nt::PolicyAction::Filter as i32,
+                ..Default::default()
+            }),
+        }))
+        .await
+        .expect("policy");
+    e.follow(1, "user:2").await;
+    e.message("m-friend", 2, 1, "from a friend").await.expect("friend");
+    e.message("m-stranger", 9, 1, "from a stranger")
+        .await
+        .expect("stranger");
+    assert_eq!(e.unread(1, nt::NotificationKind::Message).await.0, 1);
+    let main: Vec<u64> = e.list(1, false).await.iter().map(|n| n.sender).collect();
+    assert_eq!(main, vec![2]);
+    let filtered = e.list(1, true).await;
+    assert_eq!(filtered.len(), 1);
+    assert!(filtered[0].filtered && filtered[0].sender == 9);
+    // Drop: the sender hears nothing; the recipient gets nothing.
+    e.notify
+        .update_subscription_config(internal(nt::UpdateSubscriptionConfigRequest {
+            user_id: 1,
+            actions: Default::default(),
+            policy: Some(nt::RecipientPolicy {
+                strangers: nt::PolicyAction::Drop as i32,
+                ..Default::default()
+            }),
+        }))
+        .await
+        .expect("policy");
+    assert_eq!(e.message("m-dropped", 8, 1, "dropped").await.expect("accepted call"), 0);
+    assert_eq!(e.list(1, true).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_blocked_sender_is_refused() {
+    let mut e = env().await;
+    e.graph
+        .block(internal(fg::BlockRequest {
+            user_id: 1,
+            target_user_id: 2,
+        }))
+        .await
+        .expect("block");
+    let err = e.message("m-b", 2, 1, "hello").await.expect_err("blocked");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(e.list(1, false).await.is_empty());
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_naming_the_field() {
+    let mut e = env().await;
+    let empty = e.message("m-1", 2, 1, "   ").await.expect_err("empty");
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    assert!(empty.message().contains("content"), "{}", empty.message());
+    let long = e.message("m-2", 2, 1, &"x".repeat(4001)).await.expect_err("long");
+    assert_eq!(long.code(), Code::InvalidArgument);
+    assert!(long.message().contains("content"));
+    let kind = e
+        .notify
+        .list_notifications(internal(nt::ListNotificationsRequest {
+            user_id: 1,
+            kinds: vec![42],
+            ..Default::default()
+        }))
+        .await
+        .expect_err("unknown kind");
+    assert_eq!(kind.code(), Code::InvalidArgument);
+    assert!(kind.message().contains("kinds[0]"));
+    let no_event = e
+        .notify
+        .create_remind(internal(remind("", 2, "like", "post-1")))
+        .await
+        .expect_err("no event id");
+    assert!(no_event.message().contains("event_id"));
+    let bad_action = e
+        .notify
+        .create_remind(internal(remind("r-x", 2, "Like!", "post-1")))
+        .await
+        .expect_err("bad action");
+    assert!(bad_action.message().contains("action"));
+    let bad_reason = e
+        .notify
+        .subscribe(internal(nt::SubscribeRequest {
+            subscription: Some(nt::Subscription {
+                user_id: 1,
+                object_id: "x".into(),
+                object_type: "activity".into(),
+                reason: "because".into(),
+                created_at_ms: 0,
+            }),
+        }))
+        .await
+        .expect_err("unknown reason");
+    assert!(bad_reason.message().contains("subscription.reason"));
+    let nothing = e
+        .notify
+        .mark_read(internal(nt::MarkReadRequest {
+            user_id: 1,
+            ..Default::default()
+        }))
+        .await
+        .expect_err("nothing to mark");
+    assert!(nothing.message().contains("ids"));
+    let resume = e
+        .notify
+        .watch(internal(nt::WatchRequest {
+            user_id: 1,
+            resume_after: "yesterday".into(),
+        }))
+        .await
+        .expect_err("bad resume id");
+    assert!(resume.message().contains("resume_after"));
+}
+
+#[tokio::test]
+async fn a_bff_token_may_only_read_its_own_users_notifications() {
+    let mut e = env().await;
+    let err = e
+        .notify
+        .list_notifications(bff(
+            nt::ListNotificationsRequest {
+                user_id: 2,
+                ..Default::default()
+            },
+            1,
+        ))
+        .await
+        .expect_err("other user");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    e.notify
+        .list_notifications(bff(
+            nt::ListNotificationsRequest {
+                user_id: 1,
+                ..Default::default()
+            },
+            1,
+        ))
+        .await
+        .expect("own");
+    let watch = e
+        .notify
+        .watch(bff(
+            nt::WatchRequest {
+                user_id: 2,
+                resume_after: String::new(),
+            },
+            1,
+        ))
+        .await
+        .expect_err("other user's stream");
+    assert_eq!(watch.code(), Code::PermissionDenied);
+    let announce = e
+        .notify
+        .create_announce(bff(
+            nt::CreateAnnounceRequest {
+                event_id: "x".into(),
+                title: "x".into(),
+                ..Default::default()
+            },
+            1,
+        ))
+        .await
+        .expect_err("announces are internal");
+    assert_eq!(announce.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn a_large_subscriber_set_is_delivered_by_jobs() {
+    let mut e = env_with(|cfg| cfg.notify.remind_page = 2).await;
+    for u in 1..=7 {
+        e.subscribe(u, "post-big", "create_post").await;
+    }
+    let r = e
+        .notify
+        .create_remind(internal(remind("big-1", 100, "comment", "post-big")))
+        .await
+        .expect("remind")
+        .into_inner();
+    assert_eq!(r.recipients, 2, "the first page in the call");
+    assert!(r.pending);
+    for u in 1..=7 {
+        e.eventually(u, "every subscriber reached", |l| l.len() == 1).await;
+    }
+}
+
+/// A notify replica outside feedd: its own server and live log
+/// connection, sharing the store and the redis-server with the others.
+async fn replica(
+    store: Arc<dyn notify::NotifyStore>,
+    redis_url: &str,
+    graph_channel: Channel,
+    shutdown: &Shutdown,
+) -> NotifyServiceClient<Channel> {
+    let mut cfg = feed_server::FeedConfig::default();
+    cfg.redis.url = redis_url.into();
+    let live = notify::open_live(&cfg).await.expect("live");
+    let jobs = notify::open_jobs(&cfg).await.expect("jobs");
+    let graph = Arc::new(notify::GrpcGraph::new(graph_channel, feed_e2e::INTERNAL_TOKEN).expect("graph"));
+    let notifier = notify::notifier(&cfg, store, live, graph, jobs, shutdown.clone()).expect("notifier");
+    let auth = Authenticator::new([(feed_e2e::INTERNAL_TOKEN.to_owned(), Role::Internal)]);
+    let mut set = ServiceSet::default();
+    notify::register(&mut set, notifier, &auth);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    cfg.server.admin_listen = String::new();
+    tokio::spawn(feed_server::serve(
+        set,
+        ServeOptions {
+            config: cfg.server.clone(),
+            listener,
+            shutdown: shutdown.clone(),
+        },
+    ));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    feed_e2e::wait_serving(channel.clone(), notify::SERVICE_NAME, Duration::from_secs(10))
+        .await
+        .expect("serving");
+    NotifyServiceClient::new(channel)
+}
+
+#[tokio::test]
+async fn watch_receives_a_message_sent_through_another_replica_and_resumes_exactly() {
+    let e = env().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn notify::NotifyStore> =
+        Arc::new(notify::store::embedded::EmbeddedNotifyStore::open(dir.path()).expect("store"));
+    let shutdown = Shutdown::new();
+    let url = e.redis.url();
+    let mut a = replica(store.clone(), &url, e.platform.channel.clone(), &shutdown).await;
+    let mut b = replica(store, &url, e.platform.channel.clone(), &shutdown).await;
+    let watch = |c: &mut NotifyServiceClient<Channel>, resume: String| {
+        let mut c = c.clone();
+        async move {
+            c.watch(internal(nt::WatchRequest {
+                user_id: 1,
+                resume_after: resume,
+            }))
+            .await
+            .expect("watch")
+            .into_inner()
+        }
+    };
+    let send = |c: &mut NotifyServiceClient<Channel>, event: &str| {
+        let mut c = c.clone();
+        let event = event.to_owned();
+        async move {
+            c.send_message(internal(nt::SendMessageRequest {
+                event_id: event.clone(),
+                sender: 2,
+                recipient: 1,
+                content: event,
+            }))
+            .await
+            .expect("send")
+        }
+    };
+    let mut stream = watch(&mut a, String::new()).await;
+    send(&mut b, "first").await;
+    let (first_id, n) = next_notification(&mut stream).await;
+    assert_eq!(
+        n.content, "first",
+        "a message sent through replica b reaches a watcher on a"
+    );
+    // Disconnect; two messages arrive meanwhile; resume on the other replica.
+    drop(stream);
+    send(&mut a, "second").await;
+    send(&mut b, "third").await;
+    let mut resumed = watch(&mut b, first_id).await;
+    let (_, n2) = next_notification(&mut resumed).await;
+    let (third_id, n3) = next_notification(&mut resumed).await;
+    assert_eq!((n2.content.as_str(), n3.content.as_str()), ("second", "third"));
+    // Exactly the missed ones: nothing else is pending, the next live one follows.
+    send(&mut a, "fourth").await;
+    let (fourth_id, n4) = next_notification(&mut resumed).await;
+    assert_eq!(n4.content, "fourth");
+    assert!(EventId::parse(&fourth_id) > EventId::parse(&third_id));
+    shutdown.trigger();
+}
+
+#[tokio::test]
+async fn watch_sends_heartbeats_and_ends_with_unavailable_on_shutdown() {
+    let mut e = env_with(|cfg| cfg.notify.heartbeat_ms = 100).await;
+    let mut stream = e
+        .notify
+        .watch(internal(nt::WatchRequest {
+            user_id: 1,
+            resume_after: String::new(),
+        }))
+        .await
+        .expect("watch")
+        .into_inner();
+    let ev = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("heartbeat in time")
+        .expect("ok")
+        .expect("open");
+    assert!(matches!(ev.event, Some(nt::watch_event::Event::Heartbeat(_))));
+    let stop = tokio::spawn(e.platform.stop());
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("the stream ends on shutdown")
+        {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    let status = end.expect_err("ends with a status");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    stop.await.expect("join").expect("drained");
+}
