@@ -433,6 +433,32 @@ async fn a_filter_policy_keeps_a_strangers_message_out_of_the_unread_count() {
     let filtered = e.list(1, true).await;
     assert_eq!(filtered.len(), 1);
     assert!(filtered[0].filtered && filtered[0].sender == 9);
+    // A new account (registered just now) is filtered when the policy says so, even when followed.
+    e.notify
+        .register_user(internal(nt::RegisterUserRequest {
+            user_id: 5,
+            created_at_ms: 0,
+        }))
+        .await
+        .expect("register");
+    e.follow(1, "user:5").await;
+    e.notify
+        .update_subscription_config(internal(nt::UpdateSubscriptionConfigRequest {
+            user_id: 1,
+            actions: Default::default(),
+            policy: Some(nt::RecipientPolicy {
+                strangers: nt::PolicyAction::Filter as i32,
+                new_accounts: nt::PolicyAction::Filter as i32,
+                ..Default::default()
+            }),
+        }))
+        .await
+        .expect("policy");
+    e.message("m-new", 5, 1, "from a new account")
+        .await
+        .expect("new account");
+    assert_eq!(e.unread(1, nt::NotificationKind::Message).await.0, 1);
+    assert_eq!(e.list(1, true).await.len(), 2);
     // Drop: the sender hears nothing; the recipient gets nothing.
     e.notify
         .update_subscription_config(internal(nt::UpdateSubscriptionConfigRequest {
@@ -446,7 +472,7 @@ async fn a_filter_policy_keeps_a_strangers_message_out_of_the_unread_count() {
         .await
         .expect("policy");
     assert_eq!(e.message("m-dropped", 8, 1, "dropped").await.expect("accepted call"), 0);
-    assert_eq!(e.list(1, true).await.len(), 1);
+    assert_eq!(e.list(1, true).await.len(), 2);
 }
 
 #[tokio::test]

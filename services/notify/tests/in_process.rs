@@ -1,16 +1,20 @@
-//! Watch streams in process: a slow client is dropped without holding up
-//! anyone else, and resumes from its last event id.
+//! notify in process: Watch streams (a slow client is dropped without
+//! holding up anyone else and resumes from its last event id) and
+//! activity events redelivered by the queue.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use feed_core::{ApiError, ManualClock};
-use feed_proto::notify::v1::{Notification, RemindJob, watch_event};
+use feed_proto::common::v1::Activity;
+use feed_proto::events::v1::{ActivityEvent, activity_event};
+use feed_proto::notify::v1::{Notification, NotificationKind, RemindJob, watch_event};
 use feed_server::Shutdown;
 use feed_server::queue::MemoryQueue;
 use notify::graph::{Graph, Relation};
 use notify::live::{EventId, LiveLog, MemoryLive};
+use notify::service::ListQuery;
 use notify::store::embedded::EmbeddedNotifyStore;
 use notify::{Notifier, NotifyConfig};
 
@@ -100,4 +104,62 @@ async fn a_slow_client_is_dropped_while_others_keep_receiving_and_it_resumes() {
     let delivered_before = 20 - rest.len();
     let expected: Vec<String> = (delivered_before..20).map(|i| format!("n{i}")).collect();
     assert_eq!(rest, expected, "resuming delivers exactly what was missed");
+}
+
+fn like_event(event: &str, actor: u64, post: u64) -> ActivityEvent {
+    ActivityEvent {
+        event_id: event.into(),
+        activity: Some(Activity {
+            id: 1000 + actor,
+            actor,
+            verb: "like".into(),
+            object: format!("activity:{post}"),
+            created_at_ms: 1_750_000_000_000,
+            ..Default::default()
+        }),
+        change: activity_event::Change::Created as i32,
+    }
+}
+
+#[tokio::test]
+async fn redelivered_and_reordered_activity_events_count_each_liker_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = notifier(Arc::new(MemoryLive::new(10)), dir.path(), 16);
+    let post = ActivityEvent {
+        event_id: "event/7/1/0".into(),
+        activity: Some(Activity {
+            id: 7,
+            actor: 1,
+            verb: "post".into(),
+            object: "photo:3".into(),
+            ..Default::default()
+        }),
+        change: activity_event::Change::Created as i32,
+    };
+    n.on_activity_event(&post).await.expect("post");
+    // The queue delivers at least once, in any order.
+    let likes = [like_event("l2", 2, 7), like_event("l3", 3, 7)];
+    for ev in [&likes[1], &likes[0], &likes[1], &post, &likes[0]] {
+        n.on_activity_event(ev).await.expect("event");
+    }
+    let page = n
+        .list(
+            1,
+            ListQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(page.notes.len(), 1, "{:?}", page.notes);
+    let g = &page.notes[0];
+    assert_eq!(g.kind, NotificationKind::Remind as i32);
+    assert_eq!((g.action.as_str(), g.actor_count), ("like", 2));
+    let counts = n.counts(1).await.expect("counts");
+    let reminds = counts
+        .iter()
+        .find(|c| c.kind == NotificationKind::Remind as i32)
+        .expect("remind counts");
+    assert_eq!(reminds.unread, 1);
 }
