@@ -84,7 +84,7 @@ pub async fn services(
             configured.to_owned()
         }
     };
-    let channel = tonic::transport::Channel::from_shared(url(&cfg.clients.follow_graph_url))?.connect_lazy();
+    let channel = feed_server::client::balanced(&url(&cfg.clients.follow_graph_url))?;
     let graph: Arc<dyn publish::Graph> = Arc::new(publish::GrpcGraph::new(channel, token)?);
     let clock = publish::system_clock();
     let queue = publish::open_queue(cfg).await?;
@@ -114,15 +114,15 @@ pub async fn services(
     publish::register(&mut set, publisher, graph, inbox.clone(), auth);
 
     let sources = timeline::GrpcSources::new(
-        tonic::transport::Channel::from_shared(url(&cfg.clients.follow_graph_url))?.connect_lazy(),
-        tonic::transport::Channel::from_shared(url(&cfg.clients.publish_url))?.connect_lazy(),
+        feed_server::client::balanced(&url(&cfg.clients.follow_graph_url))?,
+        feed_server::client::balanced(&url(&cfg.clients.publish_url))?,
         token,
     )?;
     let tl = timeline::Timeline::new(Arc::new(sources), inbox.clone(), timeline::TimelineConfig::default());
     timeline::register(&mut set, tl, inbox, auth);
 
     let notify_graph = Arc::new(notify::GrpcGraph::new(
-        tonic::transport::Channel::from_shared(url(&cfg.clients.follow_graph_url))?.connect_lazy(),
+        feed_server::client::balanced(&url(&cfg.clients.follow_graph_url))?,
         token,
     )?);
     let remind_jobs = notify::open_jobs(cfg).await?;

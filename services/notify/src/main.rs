@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use clap::Parser;
 use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown, run_until_signal, telemetry};
-use tonic::transport::Channel;
 
 /// Serves feed.notify.v1.NotifyService.
 #[derive(Parser)]
@@ -40,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(!cfg.clients.token.is_empty(), "clients.token is required");
     let shutdown = Shutdown::new();
     let graph = Arc::new(notify::GrpcGraph::new(
-        Channel::from_shared(cfg.clients.follow_graph_url.clone())?.connect_lazy(),
+        feed_server::client::balanced(&cfg.clients.follow_graph_url)?,
         &cfg.clients.token,
     )?);
     let jobs = notify::open_jobs(&cfg).await?;

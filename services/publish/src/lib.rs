@@ -103,6 +103,9 @@ pub async fn open_queue(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn JobQueue>> {
     })
 }
 
+/// The health service name the fanout-worker binary reports (its probes ask for it).
+pub const FANOUT_WORKER_HEALTH: &str = "feed.publish.v1.FanoutWorker";
+
 /// The queue activity events travel on to notify: a Redis Stream when
 /// `redis.url` is set (notify's consumer group reads it), else in process
 /// (feedd hands the same queue to notify).

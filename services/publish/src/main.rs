@@ -7,7 +7,6 @@ use std::sync::Arc;
 use clap::Parser;
 use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown, run_with_signal, telemetry};
 use publish::{GrpcGraph, Publisher};
-use tonic::transport::Channel;
 
 /// Serves feed.publish.v1.PublishService.
 #[derive(Parser)]
@@ -41,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(!cfg.clients.token.is_empty(), "clients.token is required");
     let clock = publish::system_clock();
     let shutdown = Shutdown::new();
-    let channel = Channel::from_shared(cfg.clients.follow_graph_url.clone())?.connect_lazy();
+    let channel = feed_server::client::balanced(&cfg.clients.follow_graph_url)?;
     let graph: Arc<dyn publish::Graph> = Arc::new(GrpcGraph::new(channel, &cfg.clients.token)?);
     let publisher = Publisher::new(
         publish::open_store(&cfg).await?,

@@ -47,12 +47,15 @@ async fn redis_queue_delivers_reclaims_acks_dead_letters_and_trims() {
         ..Job::default()
     };
     q.enqueue(&[job("a"), job("b")]).await.expect("enqueue");
+    assert_eq!(q.lag().await.expect("lag"), (2, 0), "two waiting, none delivered");
     let got = q.receive("w1", 10, Duration::from_millis(100)).await.expect("receive");
+    assert_eq!(q.lag().await.expect("lag"), (0, 2), "both delivered, unacknowledged");
     assert_eq!(
         got.iter().map(|d| d.job.job_id.as_str()).collect::<Vec<_>>(),
         vec!["a", "b"]
     );
     q.ack(&got[0]).await.expect("ack");
+    assert_eq!(q.lag().await.expect("lag"), (0, 1));
     assert!(
         q.receive("w2", 10, Duration::from_millis(50))
             .await

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use clap::Parser;
 use feed_server::{Authenticator, FeedConfig, ServiceSet, run_with_signal, telemetry};
 use timeline::{GrpcSources, Timeline, TimelineConfig};
-use tonic::transport::Channel;
 
 /// Serves feed.timeline.v1.TimelineService.
 #[derive(Parser)]
@@ -35,8 +34,8 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(!cfg.clients.publish_url.is_empty(), "clients.publish_url is required");
     anyhow::ensure!(!cfg.clients.token.is_empty(), "clients.token is required");
     let sources = GrpcSources::new(
-        Channel::from_shared(cfg.clients.follow_graph_url.clone())?.connect_lazy(),
-        Channel::from_shared(cfg.clients.publish_url.clone())?.connect_lazy(),
+        feed_server::client::balanced(&cfg.clients.follow_graph_url)?,
+        feed_server::client::balanced(&cfg.clients.publish_url)?,
         &cfg.clients.token,
     )?;
     let inbox: Arc<dyn feed_inbox::InboxStore> = Arc::new(

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod lease;
 pub mod observe;

@@ -231,6 +231,32 @@ impl<Job: QueueMessage> RedisQueue<Job> {
         Job::decode(bytes.as_slice()).ok().map(|job| Delivery { job, tag: id })
     }
 
+    /// The group's lag (entries added but not yet delivered) and pending
+    /// count (delivered, not acknowledged).
+    pub async fn lag(&self) -> Result<(u64, u64), QueueError> {
+        let mut c = self.conn.clone();
+        let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.stream)
+            .query_async(&mut c)
+            .await?;
+        let field = |g: &HashMap<String, redis::Value>, k: &str| -> u64 {
+            g.get(k)
+                .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
+                .unwrap_or(0)
+        };
+        Ok(groups
+            .iter()
+            .find(|g| {
+                g.get("name")
+                    .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                    .as_deref()
+                    == Some(&self.group)
+            })
+            .map(|g| (field(g, "lag"), field(g, "pending")))
+            .unwrap_or((0, 0)))
+    }
+
     fn is_nogroup(e: &redis::RedisError) -> bool {
         e.to_string().contains("NOGROUP")
     }

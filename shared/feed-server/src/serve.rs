@@ -44,6 +44,10 @@ pub struct ServeOptions {
 }
 
 /// How often readiness is re-checked once serving.
+/// The health service name a liveness probe asks for: SERVING as long as
+/// the server runs (readiness probes ask for the service's own name).
+pub const LIVENESS: &str = "liveness";
+
 const READINESS_PERIOD: Duration = Duration::from_secs(5);
 
 /// Serves until `opts.shutdown` triggers, then drains. Health is NOT_SERVING
@@ -62,6 +66,9 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
     for name in &all_names {
         health.set_service_status(*name, ServingStatus::NotServing).await;
     }
+    // Liveness answers SERVING while the process serves, whatever its
+    // dependencies do: a Redis outage must not restart every pod.
+    health.set_service_status(LIVENESS, ServingStatus::Serving).await;
 
     // Reflection lists only what this server hosts, not every service in the contract.
     let reflection = || {

@@ -16,7 +16,13 @@ const FOLLOW_GRAPH: &str = "feed.followgraph.v1.FollowGraphService";
 async fn health_reports_each_service_without_a_token() {
     let p = Platform::start().await.expect("platform");
     let mut health = HealthClient::new(p.channel.clone());
-    for service in ["", FOLLOW_GRAPH] {
+    for service in [
+        "",
+        FOLLOW_GRAPH,
+        feed_server::serve::LIVENESS,
+        notify::SERVICE_NAME,
+        timeline::SERVICE_NAME,
+    ] {
         let status = health
             .check(HealthCheckRequest {
                 service: service.into(),
