@@ -135,7 +135,11 @@ pub async fn services(
         shutdown.clone(),
     )?;
     // The events publish emits reach notify on the same queue (in process, or the Redis Stream).
-    notify::start_background(&notifier, events, remind_jobs, shutdown);
+    let ledger = Arc::new(notify::GrpcEventLedger::new(
+        feed_server::client::balanced(&url(&cfg.clients.publish_url))?,
+        token,
+    )?);
+    notify::start_background(&notifier, events, ledger, remind_jobs, shutdown);
     notify::register(&mut set, notifier, auth);
     Ok(set)
 }

@@ -4,6 +4,7 @@
 
 pub mod graph;
 pub mod grpc;
+pub mod ledger;
 pub mod live;
 pub mod service;
 pub mod store;
@@ -20,6 +21,7 @@ use feed_server::queue::{JobQueue, MemoryQueue, RedisQueue};
 use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown};
 
 pub use graph::{Graph, GrpcGraph};
+pub use ledger::{EventLedger, GrpcEventLedger};
 pub use live::{LiveLog, MemoryLive, RedisLive};
 pub use service::{Notifier, NotifyConfig};
 pub use store::NotifyStore;
@@ -117,18 +119,38 @@ pub fn consumer_name() -> String {
 pub fn start_background(
     notifier: &Notifier,
     events: Arc<dyn JobQueue<ActivityEvent>>,
+    ledger: Arc<dyn EventLedger>,
     jobs: Arc<dyn JobQueue<RemindJob>>,
     shutdown: &Shutdown,
 ) {
     let name = consumer_name();
-    worker::spawn_event_consumer(notifier.clone(), events, format!("{name}-events"), shutdown.clone());
-    worker::spawn_remind_worker(notifier.clone(), jobs, format!("{name}-reminds"), shutdown.clone());
+    worker::spawn_event_consumer(
+        notifier.clone(),
+        events.clone(),
+        ledger,
+        format!("{name}-events"),
+        shutdown.clone(),
+    );
+    worker::spawn_remind_worker(
+        notifier.clone(),
+        jobs.clone(),
+        format!("{name}-reminds"),
+        shutdown.clone(),
+    );
     worker::spawn_sweeper(
         notifier.clone(),
+        vec![
+            Box::new(move || trim(events.clone())),
+            Box::new(move || trim(jobs.clone())),
+        ],
         Duration::from_secs(5),
         Duration::from_secs(60),
         shutdown.clone(),
     );
+}
+
+fn trim<M: feed_server::queue::QueueMessage>(q: Arc<dyn JobQueue<M>>) -> worker::Trim {
+    Box::pin(async move { q.trim().await.map_err(|e| e.to_string()) })
 }
 
 /// Adds NotifyService, its health name and readiness check to `set`.

@@ -36,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
         !cfg.clients.follow_graph_url.is_empty(),
         "clients.follow_graph_url is required"
     );
+    anyhow::ensure!(!cfg.clients.publish_url.is_empty(), "clients.publish_url is required");
     anyhow::ensure!(!cfg.clients.token.is_empty(), "clients.token is required");
     let shutdown = Shutdown::new();
     let graph = Arc::new(notify::GrpcGraph::new(
@@ -51,7 +52,11 @@ async fn main() -> anyhow::Result<()> {
         jobs.clone(),
         shutdown.clone(),
     )?;
-    notify::start_background(&notifier, notify::open_events(&cfg).await?, jobs, &shutdown);
+    let ledger = Arc::new(notify::GrpcEventLedger::new(
+        feed_server::client::balanced(&cfg.clients.publish_url)?,
+        &cfg.clients.token,
+    )?);
+    notify::start_background(&notifier, notify::open_events(&cfg).await?, ledger, jobs, &shutdown);
     let mut set = ServiceSet::default();
     notify::register(&mut set, notifier, &auth);
     run_until_signal(set, &cfg.server, shutdown).await

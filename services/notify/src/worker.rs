@@ -11,6 +11,7 @@ use feed_proto::notify::v1::RemindJob;
 use feed_server::Shutdown;
 use feed_server::queue::{Delivery, JobQueue, QueueMessage};
 
+use crate::ledger::EventLedger;
 use crate::service::Notifier;
 
 /// How long a delivery may stay unacknowledged before another consumer takes it.
@@ -63,17 +64,23 @@ where
     }
 }
 
-/// Consumes publish's activity events.
+/// Consumes publish's activity events, settling each one's job in publish
+/// once processed (a redelivered event is harmless: its reminds dedup).
 pub fn spawn_event_consumer(
     notifier: Notifier,
     events: Arc<dyn JobQueue<ActivityEvent>>,
+    ledger: Arc<dyn EventLedger>,
     consumer: String,
     shutdown: Shutdown,
 ) {
     tokio::spawn(async move {
         consume(events, consumer, shutdown, |ev: ActivityEvent| {
             let n = notifier.clone();
-            async move { n.on_activity_event(&ev).await }
+            let ledger = ledger.clone();
+            async move {
+                n.on_activity_event(&ev).await?;
+                ledger.done(&ev.event_id).await
+            }
         })
         .await
     });
@@ -95,9 +102,19 @@ pub fn spawn_remind_worker(
     });
 }
 
+/// Trims a queue's stream below its oldest pending entry.
+pub type Trim = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
 /// Re-drives remind jobs idle for `stale` (their worker died, or the queue
 /// lost them): the durable record is the job, the queue only carries it.
-pub fn spawn_sweeper(notifier: Notifier, every: Duration, stale: Duration, shutdown: Shutdown) {
+/// Also trims the queues notify reads, which nobody else trims.
+pub fn spawn_sweeper(
+    notifier: Notifier,
+    trims: Vec<Box<dyn Fn() -> Trim + Send + Sync>>,
+    every: Duration,
+    stale: Duration,
+    shutdown: Shutdown,
+) {
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -108,6 +125,11 @@ pub fn spawn_sweeper(notifier: Notifier, every: Duration, stale: Duration, shutd
                 Ok(0) => {}
                 Ok(n) => tracing::info!(jobs = n, "re-drove stale remind jobs"),
                 Err(e) => tracing::warn!(error = %e, "remind sweep failed"),
+            }
+            for trim in &trims {
+                if let Err(e) = trim().await {
+                    tracing::warn!(error = %e, "stream trim failed");
+                }
             }
         }
     });

@@ -329,13 +329,14 @@ impl FanoutWorker {
             },
             Some(job::Kind::Edge(e)) => self.edge(job_id, &e).await,
             Some(job::Kind::Event(e)) => {
-                // Done only once the event is on notify's queue: until then the
-                // durable job is the event's record and the sweeper re-drives it.
+                // Handed to notify's queue, but not done: notify completes the
+                // job once it has processed the event (CompleteJob). Until then
+                // the durable job is the event's record, and the sweeper hands it
+                // over again if the queue lost it (a Redis flush).
                 self.events
                     .enqueue(std::slice::from_ref(&e))
                     .await
-                    .map_err(|err| ApiError::Unavailable(err.to_string()))?;
-                self.ledger.complete(job_id, &[]).await
+                    .map_err(|err| ApiError::Unavailable(err.to_string()))
             }
             None => self.ledger.complete(job_id, &[]).await,
         }

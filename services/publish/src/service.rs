@@ -520,7 +520,8 @@ impl Publisher {
     /// Re-drives jobs not changed for `stale_after_ms` (lost from the queue,
     /// or their worker died). Returns how many were re-enqueued.
     pub async fn sweep(&self, stale_after_ms: i64) -> Result<usize, ApiError> {
-        let stale = self.store.stale_jobs(self.now() - stale_after_ms, 10_000).await?;
+        let now = self.now();
+        let stale = self.store.stale_jobs(now - stale_after_ms, now, 10_000).await?;
         self.enqueue(&stale).await;
         if let Err(e) = self.queue.trim().await {
             tracing::warn!(error = %e, "stream trim failed");

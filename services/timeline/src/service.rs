@@ -153,6 +153,9 @@ impl Timeline {
     /// One page of `user`'s home timeline below `before`.
     pub async fn home(&self, user: UserId, limit: usize, before: Option<u64>) -> Result<Page, ApiError> {
         let rebuilt = self.ensure_inbox(user).await?;
+        // The inbox hit rate: reads served by a live inbox vs reads that rebuilt one.
+        metrics::counter!("feed_timeline_inbox_reads_total", "result" => if rebuilt { "rebuilt" } else { "hit" })
+            .increment(1);
         self.mark_active(user).await?;
         let following = self.sources.following(user).await?;
         let followed: HashSet<FeedRef> = following.iter().cloned().collect();

@@ -234,27 +234,44 @@ impl<Job: QueueMessage> RedisQueue<Job> {
     /// The group's lag (entries added but not yet delivered) and pending
     /// count (delivered, not acknowledged).
     pub async fn lag(&self) -> Result<(u64, u64), QueueError> {
+        let field = |g: &HashMap<String, redis::Value>, k: &str| -> u64 {
+            g.get(k)
+                .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
+                .unwrap_or(0)
+        };
+        Ok(self
+            .group_info()
+            .await?
+            .map(|g| (field(&g, "lag"), field(&g, "pending")))
+            .unwrap_or((0, 0)))
+    }
+
+    /// A flushed Redis lost the group: recreate it and report nothing (the
+    /// durable records re-drive what the stream lost).
+    async fn or_regroup<T>(&self, r: Result<T, redis::RedisError>) -> Result<Option<T>, QueueError> {
+        match r {
+            Err(e) if Self::is_nogroup(&e) => {
+                self.ensure_group().await?;
+                Ok(None)
+            }
+            other => Ok(Some(other?)),
+        }
+    }
+
+    /// This queue's group as `XINFO GROUPS` describes it.
+    async fn group_info(&self) -> Result<Option<HashMap<String, redis::Value>>, QueueError> {
         let mut c = self.conn.clone();
         let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
             .arg("GROUPS")
             .arg(&self.stream)
             .query_async(&mut c)
             .await?;
-        let field = |g: &HashMap<String, redis::Value>, k: &str| -> u64 {
-            g.get(k)
-                .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
-                .unwrap_or(0)
-        };
-        Ok(groups
-            .iter()
-            .find(|g| {
-                g.get("name")
-                    .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-                    .as_deref()
-                    == Some(&self.group)
-            })
-            .map(|g| (field(g, "lag"), field(g, "pending")))
-            .unwrap_or((0, 0)))
+        Ok(groups.into_iter().find(|g| {
+            g.get("name")
+                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                .as_deref()
+                == Some(&self.group)
+        }))
     }
 
     fn is_nogroup(e: &redis::RedisError) -> bool {
@@ -290,13 +307,8 @@ impl<Job: QueueMessage> JobQueue<Job> for RedisQueue<Job> {
         let mut c = self.blocking.clone();
         let reply: Result<StreamReadReply, redis::RedisError> =
             redis::AsyncCommands::xread_options(&mut c, &[&self.stream], &[">"], &opts).await;
-        let reply = match reply {
-            // A flushed Redis lost the group: recreate it; the sweeper re-drives lost jobs.
-            Err(e) if Self::is_nogroup(&e) => {
-                self.ensure_group().await?;
-                return Ok(vec![]);
-            }
-            other => other?,
+        let Some(reply) = self.or_regroup(reply).await? else {
+            return Ok(vec![]);
         };
         Ok(reply
             .keys
@@ -330,12 +342,8 @@ impl<Job: QueueMessage> JobQueue<Job> for RedisQueue<Job> {
             opts,
         )
         .await;
-        let reply = match reply {
-            Err(e) if Self::is_nogroup(&e) => {
-                self.ensure_group().await?;
-                return Ok(vec![]);
-            }
-            other => other?,
+        let Some(reply) = self.or_regroup(reply).await? else {
+            return Ok(vec![]);
         };
         Ok(reply
             .claimed
@@ -377,27 +385,15 @@ impl<Job: QueueMessage> JobQueue<Job> for RedisQueue<Job> {
         // With nothing pending, everything delivered can go: trim below the group's last delivered id.
         let bound = match oldest_pending {
             Some(id) => id,
-            None => {
-                let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
-                    .arg("GROUPS")
-                    .arg(&self.stream)
-                    .query_async(&mut c)
-                    .await?;
-                match groups
-                    .iter()
-                    .find(|g| {
-                        g.get("name")
-                            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-                            .as_deref()
-                            == Some(&self.group)
-                    })
-                    .and_then(|g| g.get("last-delivered-id"))
-                    .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-                {
-                    Some(id) => id,
-                    None => return Ok(()),
-                }
-            }
+            None => match self
+                .group_info()
+                .await?
+                .and_then(|g| g.get("last-delivered-id").cloned())
+                .and_then(|v| redis::from_redis_value_ref::<String>(&v).ok())
+            {
+                Some(id) => id,
+                None => return Ok(()),
+            },
         };
         let _: i64 = redis::cmd("XTRIM")
             .arg(&self.stream)

@@ -5,8 +5,12 @@
 
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::deserialize::row::DeserializeRow;
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
+use scylla::value::{CqlValue, Row};
 
 use crate::config::ScyllaConfig;
 
@@ -119,4 +123,61 @@ pub async fn prepare(session: &Session, query: String) -> Result<PreparedStateme
     p.set_serial_consistency(Some(SerialConsistency::LocalSerial));
     p.set_page_size(PAGE_SIZE);
     Ok(p)
+}
+
+/// Executes a prepared statement (one page: writes and bounded reads).
+pub async fn execute(
+    session: &Session,
+    p: &PreparedStatement,
+    v: impl SerializeRow,
+) -> Result<QueryResult, ScyllaError> {
+    session
+        .execute_unpaged(p, v)
+        .await
+        .map_err(|e| ScyllaError::Unavailable(e.to_string()))
+}
+
+/// Runs a lightweight transaction; true when it applied (its `[applied]` column).
+pub async fn applied(session: &Session, p: &PreparedStatement, v: impl SerializeRow) -> Result<bool, ScyllaError> {
+    let rows = execute(session, p, v).await?.into_rows_result().map_err(backend)?;
+    let row = rows.maybe_first_row::<Row>().map_err(backend)?;
+    Ok(matches!(
+        row.and_then(|r| r.columns.into_iter().next().flatten()),
+        Some(CqlValue::Boolean(true))
+    ))
+}
+
+/// The first row of a read, if any.
+pub async fn first_row<T>(
+    session: &Session,
+    p: &PreparedStatement,
+    v: impl SerializeRow,
+) -> Result<Option<T>, ScyllaError>
+where
+    T: for<'f, 'm> DeserializeRow<'f, 'm>,
+{
+    execute(session, p, v)
+        .await?
+        .into_rows_result()
+        .map_err(backend)?
+        .maybe_first_row::<T>()
+        .map_err(backend)
+}
+
+/// Every row of a read, fetched page by page.
+pub async fn all_rows<T>(session: &Session, p: &PreparedStatement, v: impl SerializeRow) -> Result<Vec<T>, ScyllaError>
+where
+    T: for<'f, 'm> DeserializeRow<'f, 'm> + 'static,
+{
+    let pager = session
+        .execute_iter(p.clone(), v)
+        .await
+        .map_err(|e| ScyllaError::Unavailable(e.to_string()))?;
+    futures::TryStreamExt::try_collect(pager.rows_stream::<T>().map_err(backend)?)
+        .await
+        .map_err(backend)
+}
+
+fn backend(e: impl std::fmt::Display) -> ScyllaError {
+    ScyllaError::Backend(e.to_string())
 }

@@ -84,10 +84,11 @@ async fn failing_jobs_are_dead_lettered_listed_and_replayed() {
             ..PublishConfig::default()
         },
     );
+    let events = publish::memory_event_queue();
     let worker = FanoutWorker::new(
         Arc::new(publisher.clone()),
         queue.clone(),
-        publish::memory_event_queue(),
+        events.clone(),
         flaky.clone(),
         inbox.clone(),
         WorkerConfig::default(),
@@ -133,6 +134,7 @@ async fn failing_jobs_are_dead_lettered_listed_and_replayed() {
         inbox.page(2, None, 10).await.expect("page").expect("live").ids,
         vec![id]
     );
+    feed_e2e::inproc::settle_events(events.as_ref(), &publisher).await;
     let lag = publisher.lag().await.expect("lag");
     assert_eq!((lag.pending, lag.dead), (0, 0));
 }

@@ -427,7 +427,14 @@ async fn jobs_lost_in_a_redis_flush_are_redriven_by_the_sweeper() {
                 .await
                 .expect("queue"),
         ),
-        publish::memory_event_queue(),
+        // Activity events go where the platform's notify reads them.
+        publish::open_event_queue(&{
+            let mut cfg = feed_server::FeedConfig::default();
+            cfg.redis.url = e.redis.url();
+            cfg
+        })
+        .await
+        .expect("event queue"),
         std::sync::Arc::new(publish::GrpcGraph::new(e.platform.channel.clone(), token).expect("graph")),
         std::sync::Arc::new(
             RedisInbox::connect(&e.redis.url(), InboxConfig::default())

@@ -30,7 +30,6 @@ use scylla::client::session::Session;
 use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlValue, Row};
 
 use super::{
     BlockChange, Cause, EdgeChange, EdgeLogEntry, EdgeState, FeedCounts, Follower, GraphPolicy, GraphStore,
@@ -206,20 +205,12 @@ impl ScyllaGraphStore {
     }
 
     async fn exec(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<QueryResult, StoreError> {
-        self.session
-            .execute_unpaged(p, v)
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
+        Ok(feed_server::scylla::execute(&self.session, p, v).await?)
     }
 
     /// Runs a lightweight transaction; true when it applied.
     async fn lwt(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<bool, StoreError> {
-        let rows = self.exec(p, v).await?.into_rows_result().map_err(err)?;
-        let row = rows.maybe_first_row::<Row>().map_err(err)?;
-        Ok(matches!(
-            row.and_then(|r| r.columns.into_iter().next().flatten()),
-            Some(CqlValue::Boolean(true))
-        ))
+        Ok(feed_server::scylla::applied(&self.session, p, v).await?)
     }
 
     async fn exists(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<bool, StoreError> {

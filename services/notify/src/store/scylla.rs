@@ -29,10 +29,8 @@ use feed_server::config::ScyllaConfig;
 use futures::TryStreamExt;
 use prost::Message;
 use scylla::client::session::Session;
-use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlValue, Row};
 
 use super::{Claim, GroupChange, NotifyStore, StoreError, Subscriber, merge_actor};
 
@@ -236,46 +234,27 @@ impl ScyllaNotifyStore {
         Ok(Self { session, st })
     }
 
-    async fn exec(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<QueryResult, StoreError> {
-        self.session
-            .execute_unpaged(p, v)
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    async fn exec(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<(), StoreError> {
+        feed_server::scylla::execute(&self.session, p, v).await?;
+        Ok(())
     }
 
-    /// Runs a lightweight transaction; true when it applied.
     async fn lwt(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<bool, StoreError> {
-        let rows = self.exec(p, v).await?.into_rows_result().map_err(err)?;
-        let row = rows.maybe_first_row::<Row>().map_err(err)?;
-        Ok(matches!(
-            row.and_then(|r| r.columns.into_iter().next().flatten()),
-            Some(CqlValue::Boolean(true))
-        ))
+        Ok(feed_server::scylla::applied(&self.session, p, v).await?)
     }
 
     async fn one<T>(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<Option<T>, StoreError>
     where
         T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
     {
-        self.exec(p, v)
-            .await?
-            .into_rows_result()
-            .map_err(err)?
-            .maybe_first_row::<T>()
-            .map_err(err)
+        Ok(feed_server::scylla::first_row(&self.session, p, v).await?)
     }
 
-    /// Every row of a paged read.
     async fn all<T>(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<Vec<T>, StoreError>
     where
         T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm> + 'static,
     {
-        let pager = self
-            .session
-            .execute_iter(p.clone(), v)
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        pager.rows_stream::<T>().map_err(err)?.try_collect().await.map_err(err)
+        Ok(feed_server::scylla::all_rows(&self.session, p, v).await?)
     }
 
     fn records(rows: Vec<(Vec<u8>,)>) -> Result<Vec<NoteRecord>, StoreError> {

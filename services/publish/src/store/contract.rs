@@ -151,14 +151,31 @@ async fn jobs_complete_fail_and_revive(s: &dyn ActivityStore) {
     let dead = s.dead_jobs("", 10).await.expect("dead");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].error, "boom again");
-    let stale = s.stale_jobs(12, 100).await.expect("stale");
-    assert!(stale.iter().any(|j| j.job_id == "j/a/0"), "created at 11");
     assert!(
-        !s.stale_jobs(11, 100)
+        !s.stale_jobs(11, 11, 100)
             .await
             .expect("stale")
             .iter()
-            .any(|j| j.job_id == "j/a/0")
+            .any(|j| j.job_id == "j/a/0"),
+        "not stale before its creation"
+    );
+    let stale = s.stale_jobs(12, 40, 100).await.expect("stale");
+    assert!(stale.iter().any(|j| j.job_id == "j/a/0"), "created at 11");
+    assert!(
+        !s.stale_jobs(12, 41, 100)
+            .await
+            .expect("stale")
+            .iter()
+            .any(|j| j.job_id == "j/a/0"),
+        "handed out once per staleness period"
+    );
+    assert!(
+        s.stale_jobs(41, 41, 100)
+            .await
+            .expect("stale")
+            .iter()
+            .any(|j| j.job_id == "j/a/0"),
+        "and again once stale again"
     );
     let revived = s.revive_jobs(&[], 40).await.expect("revive");
     assert_eq!(revived.len(), 1);
@@ -209,7 +226,7 @@ async fn edge_jobs_advance_the_cursor_with_them(s: &dyn ActivityStore) {
 async fn pending_work_tracks_unfinished_fanout_and_backfill(s: &dyn ActivityStore) {
     use feed_proto::events::v1::{EdgeJob, EdgeJobKind};
     // Finish whatever earlier checks left pending.
-    for j in s.stale_jobs(i64::MAX, 10_000).await.expect("stale") {
+    for j in s.stale_jobs(i64::MAX, 0, 10_000).await.expect("stale") {
         s.complete_job(&j.job_id, &[]).await.expect("complete");
     }
     assert_eq!(s.pending_work(90).await.expect("pending").fanout_from, None);

@@ -346,17 +346,24 @@ impl ActivityStore for EmbeddedActivityStore {
         Ok(dead)
     }
 
-    async fn stale_jobs(&self, stale_before_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
+    async fn stale_jobs(&self, stale_before_ms: i64, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let _w = self.lock();
         let mut out = Vec::new();
+        let mut batch = self.db.batch();
         for item in self.jobs.iter() {
             if out.len() >= limit {
                 break;
             }
-            let (_, v) = item.into_inner().map_err(be)?;
+            let (k, v) = item.into_inner().map_err(be)?;
             let state = decode_job(&v)?;
             if state.updated_ms < stale_before_ms {
+                batch.insert(&self.jobs, k.to_vec(), job_value(&state.job, state.attempts, now_ms));
                 out.push(state.job);
             }
+        }
+        if !out.is_empty() {
+            // A lost touch only means one more re-drive: no fsync needed.
+            self.commit(batch, false)?;
         }
         Ok(out)
     }

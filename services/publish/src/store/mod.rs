@@ -130,8 +130,11 @@ pub trait ActivityStore: Send + Sync + 'static {
     async fn complete_job(&self, job_id: &str, spawned: &[Job]) -> Result<(), StoreError>;
     /// Records a failure; dead-letters the job at `max_attempts`. True when dead.
     async fn fail_job(&self, job_id: &str, error: &str, max_attempts: u32, now_ms: i64) -> Result<bool, StoreError>;
-    /// Pending jobs not updated since `stale_before_ms` (for the sweeper).
-    async fn stale_jobs(&self, stale_before_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError>;
+    /// Pending jobs not updated since `stale_before_ms`, for the sweeper to
+    /// re-drive; each is marked updated at `now_ms`, so one that stays
+    /// pending (a consumer is down) is handed out once per staleness period,
+    /// not at every sweep.
+    async fn stale_jobs(&self, stale_before_ms: i64, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError>;
     /// Dead-lettered jobs after `after` (job id order).
     async fn dead_jobs(&self, after: &str, limit: usize) -> Result<Vec<DeadJob>, StoreError>;
     /// Moves dead jobs back to pending (all when `ids` is empty); returns them.

@@ -132,6 +132,7 @@ struct Statements {
     job_delete: PreparedStatement,
     job_fail: PreparedStatement,
     jobs_all: PreparedStatement,
+    job_touch: PreparedStatement,
     dead_put: PreparedStatement,
     dead_get: PreparedStatement,
     dead_delete: PreparedStatement,
@@ -225,6 +226,10 @@ impl ScyllaActivityStore {
             job_delete: prep(format!("DELETE FROM {k}.pub_jobs WHERE job_id = ?")).await?,
             job_fail: prep(format!(
                 "UPDATE {k}.pub_jobs SET attempts = ?, updated_ms = ? WHERE job_id = ?"
+            ))
+            .await?,
+            job_touch: prep(format!(
+                "UPDATE {k}.pub_jobs SET updated_ms = ? WHERE job_id = ? IF EXISTS"
             ))
             .await?,
             jobs_all: prep(format!(
@@ -604,13 +609,26 @@ impl ActivityStore for ScyllaActivityStore {
         Ok(true)
     }
 
-    async fn stale_jobs(&self, stale_before_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
+    async fn stale_jobs(&self, stale_before_ms: i64, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
         let rows = self.scan::<(i32, i64, i64, Vec<u8>)>(&self.st.jobs_all).await?;
-        rows.into_iter()
-            .filter(|r| r.1 < stale_before_ms)
-            .take(limit)
-            .map(|r| Job::decode(r.3.as_slice()).map_err(err))
-            .collect()
+        let mut out = Vec::new();
+        for r in rows.into_iter().filter(|r| r.1 < stale_before_ms).take(limit) {
+            let job = Job::decode(r.3.as_slice()).map_err(err)?;
+            // IF EXISTS: a job completed meanwhile must not come back.
+            let rows = self
+                .exec(&self.st.job_touch, (now_ms, job.job_id.as_str()))
+                .await?
+                .into_rows_result()
+                .map_err(err)?;
+            let applied = rows
+                .maybe_first_row::<Row>()
+                .map_err(err)?
+                .and_then(|r| r.columns.into_iter().next().flatten());
+            if matches!(applied, Some(CqlValue::Boolean(true))) {
+                out.push(job);
+            }
+        }
+        Ok(out)
     }
 
     async fn dead_jobs(&self, after: &str, limit: usize) -> Result<Vec<DeadJob>, StoreError> {

@@ -1,0 +1,49 @@
+//! Settling publish's event jobs: an activity event stays a pending job in
+//! publish's durable store until notify has processed it, so losing the
+//! event stream (a Redis flush) loses no event — publish's sweeper hands it
+//! over again.
+
+use async_trait::async_trait;
+use feed_core::ApiError;
+use feed_proto::publish::v1 as pb;
+use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
+use tonic::transport::Channel;
+
+/// Where notify reports an activity event as processed.
+#[async_trait]
+pub trait EventLedger: Send + Sync + 'static {
+    /// Marks the event's job done (its event id is the job id).
+    async fn done(&self, event_id: &str) -> Result<(), ApiError>;
+}
+
+/// publish's internal CompleteJob over gRPC.
+#[derive(Clone)]
+pub struct GrpcEventLedger {
+    client: PublishServiceClient<Channel>,
+    auth: feed_server::auth::ServiceToken,
+}
+
+impl GrpcEventLedger {
+    /// A client on `channel` sending `token`.
+    pub fn new(channel: Channel, token: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: PublishServiceClient::new(channel),
+            auth: feed_server::auth::ServiceToken::new(token)?,
+        })
+    }
+}
+
+#[async_trait]
+impl EventLedger for GrpcEventLedger {
+    async fn done(&self, event_id: &str) -> Result<(), ApiError> {
+        self.client
+            .clone()
+            .complete_job(self.auth.request(pb::CompleteJobRequest {
+                job_id: event_id.to_owned(),
+                spawned: vec![],
+            }))
+            .await
+            .map_err(|s| ApiError::Unavailable(format!("publish: {}: {}", s.code(), s.message())))?;
+        Ok(())
+    }
+}
