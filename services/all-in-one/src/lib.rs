@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use feed_server::{Authenticator, FeedConfig, ServeOptions, ServiceSet, Shutdown, serve};
 use follow_graph::FollowGraph;
+
+pub mod sources;
+pub use sources::InProcessSources;
 use tokio::net::TcpListener;
 
 /// Name of the file in the data directory that holds the dev token.
@@ -75,7 +78,8 @@ pub async fn services(
 ) -> anyhow::Result<ServiceSet> {
     let mut set = ServiceSet::default();
     let graph_store = follow_graph::open_store(cfg).await?;
-    follow_graph::register(&mut set, FollowGraph::new(graph_store), auth);
+    let follow_graph = FollowGraph::new(graph_store);
+    follow_graph::register(&mut set, follow_graph.clone(), auth);
 
     let url = |configured: &str| {
         if configured.is_empty() {
@@ -111,13 +115,10 @@ pub async fn services(
     }
     publish::spawn_sweeper(publisher.clone(), cfg, shutdown.clone());
     publish::spawn_edge_tail(publisher.clone(), shutdown.clone());
-    publish::register(&mut set, publisher, graph, inbox.clone(), auth);
+    publish::register(&mut set, publisher.clone(), graph, inbox.clone(), auth);
 
-    let sources = timeline::GrpcSources::new(
-        feed_server::client::balanced(&url(&cfg.clients.follow_graph_url))?,
-        feed_server::client::balanced(&url(&cfg.clients.publish_url))?,
-        token,
-    )?;
+    // In one process the timeline calls the services directly, not over loopback gRPC.
+    let sources = InProcessSources::new(follow_graph, publisher, inbox.clone());
     let tl = timeline::Timeline::new(Arc::new(sources), inbox.clone(), timeline::TimelineConfig::default());
     timeline::register(&mut set, tl, inbox, auth);
 

@@ -307,80 +307,15 @@ impl Harness {
     }
 }
 
-/// timeline's sources in process: the same domain services its gRPC clients reach.
-pub struct LocalSources {
-    graph: FollowGraph,
-    publisher: Publisher,
-    inbox: Arc<MemoryInbox>,
-}
-
-#[async_trait::async_trait]
-impl timeline::Sources for LocalSources {
-    async fn following(&self, user: u64) -> Result<Vec<FeedRef>, feed_core::ApiError> {
-        Ok(self.graph.list_following(user, None, 1000).await?.0)
-    }
-    async fn relations(
-        &self,
-        user: u64,
-        actors: &[u64],
-    ) -> Result<Vec<timeline::sources::Relation>, feed_core::ApiError> {
-        Ok(self
-            .graph
-            .relationships(user, actors, &[])
-            .await?
-            .0
-            .into_iter()
-            .map(|r| timeline::sources::Relation {
-                blocked: r.blocking || r.blocked_by,
-                muted: r.muting,
-            })
-            .collect())
-    }
-    async fn read_outboxes(
-        &self,
-        feeds: &[FeedRef],
-        before: Option<u64>,
-        limit: usize,
-        pull_only: bool,
-    ) -> Result<(Vec<timeline::sources::Entry>, bool), feed_core::ApiError> {
-        let (entries, more) = self.publisher.read_outboxes(feeds, before, limit, pull_only).await?;
-        Ok((
-            entries
-                .into_iter()
-                .map(|e| timeline::sources::Entry {
-                    id: e.id,
-                    feed: e.feed,
-                    mode: e.mode,
-                })
-                .collect(),
-            more,
-        ))
-    }
-    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<feed_proto::common::v1::Activity>, feed_core::ApiError> {
-        Ok(self.publisher.get(ids, false).await?.0)
-    }
-    async fn pending(&self, user: u64) -> Result<(Option<u64>, Vec<FeedRef>), feed_core::ApiError> {
-        let w = self.publisher.pending_work(user).await?;
-        Ok((w.fanout_from, w.backfill_feeds))
-    }
-    async fn rebuild(&self, user: u64) -> Result<(), feed_core::ApiError> {
-        let following = self.graph.list_following(user, None, 1000).await?.0;
-        self.publisher
-            .rebuild_inbox(self.inbox.as_ref(), user, &following)
-            .await?;
-        Ok(())
-    }
-}
-
 impl Harness {
     /// A timeline service over this model.
     pub fn timeline(&self) -> timeline::Timeline {
         timeline::Timeline::new(
-            Arc::new(LocalSources {
-                graph: self.graph.clone(),
-                publisher: self.publisher.clone(),
-                inbox: self.inbox.clone(),
-            }),
+            Arc::new(feed_all_in_one::InProcessSources::new(
+                self.graph.clone(),
+                self.publisher.clone(),
+                self.inbox.clone(),
+            )),
             self.inbox.clone(),
             timeline::TimelineConfig::default(),
         )

@@ -1,0 +1,100 @@
+//! timeline's sources in process: feedd hands the timeline the domain
+//! services themselves, so a home read makes no loopback gRPC calls (the
+//! split deployment reaches the same services through `timeline::GrpcSources`).
+
+use std::sync::Arc;
+
+use feed_core::{ApiError, FeedRef, UserId};
+use feed_inbox::InboxStore;
+use feed_proto::common::v1::Activity;
+use follow_graph::FollowGraph;
+use publish::Publisher;
+use timeline::sources::{Entry, Relation};
+
+/// follow-graph and publish called directly.
+#[derive(Clone)]
+pub struct InProcessSources {
+    graph: FollowGraph,
+    publisher: Publisher,
+    inbox: Arc<dyn InboxStore>,
+}
+
+/// Follows listed per call; follow-graph caps a user's follows anyway.
+const PAGE: usize = 1000;
+
+impl InProcessSources {
+    /// Sources over the services of this process; `inbox` is where rebuilds write.
+    pub fn new(graph: FollowGraph, publisher: Publisher, inbox: Arc<dyn InboxStore>) -> Self {
+        Self {
+            graph,
+            publisher,
+            inbox,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl timeline::Sources for InProcessSources {
+    async fn following(&self, user: UserId) -> Result<Vec<FeedRef>, ApiError> {
+        let mut out: Vec<FeedRef> = Vec::new();
+        loop {
+            let (page, more) = self.graph.list_following(user, out.last(), PAGE).await?;
+            out.extend(page);
+            if !more {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn relations(&self, user: UserId, actors: &[UserId]) -> Result<Vec<Relation>, ApiError> {
+        Ok(self
+            .graph
+            .relationships(user, actors, &[])
+            .await?
+            .0
+            .into_iter()
+            .map(|r| Relation {
+                blocked: r.blocking || r.blocked_by,
+                muted: r.muting,
+            })
+            .collect())
+    }
+
+    async fn read_outboxes(
+        &self,
+        feeds: &[FeedRef],
+        before: Option<u64>,
+        limit: usize,
+        pull_only: bool,
+    ) -> Result<(Vec<Entry>, bool), ApiError> {
+        let (entries, more) = self.publisher.read_outboxes(feeds, before, limit, pull_only).await?;
+        Ok((
+            entries
+                .into_iter()
+                .map(|e| Entry {
+                    id: e.id,
+                    feed: e.feed,
+                    mode: e.mode,
+                })
+                .collect(),
+            more,
+        ))
+    }
+
+    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Activity>, ApiError> {
+        Ok(self.publisher.get(ids, false).await?.0)
+    }
+
+    async fn pending(&self, user: UserId) -> Result<(Option<u64>, Vec<FeedRef>), ApiError> {
+        let w = self.publisher.pending_work(user).await?;
+        Ok((w.fanout_from, w.backfill_feeds))
+    }
+
+    async fn rebuild(&self, user: UserId) -> Result<(), ApiError> {
+        let following = self.following(user).await?;
+        self.publisher
+            .rebuild_inbox(self.inbox.as_ref(), user, &following)
+            .await?;
+        Ok(())
+    }
+}
