@@ -9,6 +9,46 @@ async fn embedded_activity_store_passes_the_contract() {
     run_all(&EmbeddedActivityStore::open(dir.path()).expect("open")).await;
 }
 
+#[tokio::test]
+async fn embedded_pending_work_survives_a_restart_and_forgets_finished_jobs() {
+    use feed_proto::events::v1::{EdgeJob, EdgeJobKind, FanoutJob, Job, job};
+    use publish::store::ActivityStore;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fan = |activity: u64| Job {
+        job_id: format!("fan/{activity}/user:1"),
+        kind: Some(job::Kind::Fanout(FanoutJob {
+            activity_id: activity,
+            feed: "user:1".into(),
+            shard: None,
+            actor: 1,
+        })),
+        ..Job::default()
+    };
+    let backfill = Job {
+        job_id: "edge/9/user:1/1".into(),
+        kind: Some(job::Kind::Edge(EdgeJob {
+            kind: EdgeJobKind::Backfill as i32,
+            follower_id: 9,
+            feed: "user:1".into(),
+            edge_version: 1,
+        })),
+        ..Job::default()
+    };
+    {
+        let s = EmbeddedActivityStore::open(dir.path()).expect("open");
+        s.put_jobs(&[fan(5), fan(7), backfill]).await.expect("put");
+        s.complete_job("fan/5/user:1", &[]).await.expect("complete");
+    }
+    let s = EmbeddedActivityStore::open(dir.path()).expect("reopen");
+    let w = s.pending_work(9).await.expect("pending");
+    assert_eq!(w.fanout_from, Some(7), "the finished job is gone, the other kept");
+    assert_eq!(w.backfill_feeds.len(), 1);
+    s.complete_job("fan/7/user:1", &[]).await.expect("complete");
+    s.complete_job("edge/9/user:1/1", &[]).await.expect("complete");
+    let w = s.pending_work(9).await.expect("pending");
+    assert_eq!((w.fanout_from, w.backfill_feeds.len()), (None, 0));
+}
+
 /// Runs only against a real cluster: no ScyllaDB can be installed on the
 /// build machines, so without `FEED__SCYLLA__NODES` this says so and passes.
 #[tokio::test]

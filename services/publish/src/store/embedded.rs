@@ -35,8 +35,42 @@ pub struct EmbeddedActivityStore {
     pending_fanout: Keyspace,
     /// follower ‖ job id → feed for unfinished backfill jobs
     pending_backfill: Keyspace,
+    /// The two pending indexes in memory, changed after each commit: every
+    /// timeline read asks for them, and the keyspaces' fronts fill with
+    /// tombstones of finished jobs that a scan would wade through.
+    pending_mem: Mutex<PendingMirror>,
     writer: Mutex<()>,
     sync: bool,
+}
+
+/// A change to a pending index: (fanout index?, key[, value]).
+enum PendingOp {
+    Add(bool, Vec<u8>, Vec<u8>),
+    Remove(bool, Vec<u8>),
+}
+
+/// The pending indexes in memory.
+#[derive(Default)]
+struct PendingMirror {
+    /// activity id ‖ job id
+    fanout: std::collections::BTreeSet<Vec<u8>>,
+    /// follower ‖ job id → feed
+    backfill: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl PendingMirror {
+    fn load(fanout: &Keyspace, backfill: &Keyspace) -> Result<Self, StoreError> {
+        let mut m = Self::default();
+        for item in fanout.iter() {
+            let (k, _) = item.into_inner().map_err(be)?;
+            m.fanout.insert(k.to_vec());
+        }
+        for item in backfill.iter() {
+            let (k, v) = item.into_inner().map_err(be)?;
+            m.backfill.insert(k.to_vec(), v.to_vec());
+        }
+        Ok(m)
+    }
 }
 
 fn be(e: impl std::fmt::Display) -> StoreError {
@@ -98,6 +132,8 @@ impl EmbeddedActivityStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = Database::builder(dir).open().map_err(be)?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(be);
+        let pending_fanout = ks("pub_pending_fanout")?;
+        let pending_backfill = ks("pub_pending_backfill")?;
         Ok(Self {
             activities: ks("pub_activities")?,
             foreign: ks("pub_foreign")?,
@@ -109,8 +145,9 @@ impl EmbeddedActivityStore {
             scheduled_by_time: ks("pub_scheduled_by_time")?,
             scheduled_by_actor: ks("pub_scheduled_by_actor")?,
             meta: ks("pub_meta")?,
-            pending_fanout: ks("pub_pending_fanout")?,
-            pending_backfill: ks("pub_pending_backfill")?,
+            pending_mem: Mutex::new(PendingMirror::load(&pending_fanout, &pending_backfill)?),
+            pending_fanout,
+            pending_backfill,
             db,
             writer: Mutex::new(()),
             sync: true,
@@ -135,11 +172,40 @@ impl EmbeddedActivityStore {
         Ok(())
     }
 
-    fn put_jobs_in(&self, batch: &mut OwnedWriteBatch, jobs: &[Job]) {
+    /// Adds jobs to `batch`; returns the pending-index changes to apply once it commits.
+    fn put_jobs_in(&self, batch: &mut OwnedWriteBatch, jobs: &[Job]) -> Vec<PendingOp> {
+        let mut ops = Vec::new();
         for job in jobs {
             batch.insert(&self.jobs, job.job_id.as_bytes(), job_value(job, 0, job.created_at_ms));
             if let Some((ks, key, value)) = self.pending_index(job) {
-                batch.insert(ks, key, value);
+                batch.insert(ks, key.clone(), value.clone());
+                ops.push(PendingOp::Add(self.is_fanout(ks), key, value));
+            }
+        }
+        ops
+    }
+
+    fn is_fanout(&self, ks: &Keyspace) -> bool {
+        std::ptr::eq(ks, &self.pending_fanout)
+    }
+
+    /// Applies committed pending-index changes to the in-memory mirror.
+    fn apply_pending(&self, ops: Vec<PendingOp>) {
+        let mut m = self.pending_mem.lock().unwrap_or_else(|p| p.into_inner());
+        for op in ops {
+            match op {
+                PendingOp::Add(true, k, _) => {
+                    m.fanout.insert(k);
+                }
+                PendingOp::Add(false, k, v) => {
+                    m.backfill.insert(k, v);
+                }
+                PendingOp::Remove(true, k) => {
+                    m.fanout.remove(&k);
+                }
+                PendingOp::Remove(false, k) => {
+                    m.backfill.remove(&k);
+                }
             }
         }
     }
@@ -229,8 +295,10 @@ impl ActivityStore for EmbeddedActivityStore {
                 batch.insert(&self.pulled, feed_key(&e.feed, e.id), []);
             }
         }
-        self.put_jobs_in(&mut batch, jobs);
-        self.commit(batch, true)
+        let ops = self.put_jobs_in(&mut batch, jobs);
+        self.commit(batch, true)?;
+        self.apply_pending(ops);
+        Ok(())
     }
 
     async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Activity>>, StoreError> {
@@ -254,8 +322,10 @@ impl ActivityStore for EmbeddedActivityStore {
         let _w = self.lock();
         let mut batch = self.db.batch();
         batch.insert(&self.activities, activity.id.to_be_bytes(), activity.encode_to_vec());
-        self.put_jobs_in(&mut batch, jobs);
-        self.commit(batch, true)
+        let ops = self.put_jobs_in(&mut batch, jobs);
+        self.commit(batch, true)?;
+        self.apply_pending(ops);
+        Ok(())
     }
 
     async fn outbox(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
@@ -287,8 +357,10 @@ impl ActivityStore for EmbeddedActivityStore {
     async fn put_jobs(&self, jobs: &[Job]) -> Result<(), StoreError> {
         let _w = self.lock();
         let mut batch = self.db.batch();
-        self.put_jobs_in(&mut batch, jobs);
-        self.commit(batch, true)
+        let ops = self.put_jobs_in(&mut batch, jobs);
+        self.commit(batch, true)?;
+        self.apply_pending(ops);
+        Ok(())
     }
 
     async fn job(&self, job_id: &str) -> Result<Option<JobState>, StoreError> {
@@ -303,7 +375,7 @@ impl ActivityStore for EmbeddedActivityStore {
         let _w = self.lock();
         let mut batch = self.db.batch();
         // Sub-jobs are recorded durably before their parent is done.
-        self.put_jobs_in(&mut batch, spawned);
+        let mut ops = self.put_jobs_in(&mut batch, spawned);
         if let Some(state) = self
             .jobs
             .get(job_id.as_bytes())
@@ -312,10 +384,13 @@ impl ActivityStore for EmbeddedActivityStore {
             .transpose()?
             && let Some((ks, key, _)) = self.pending_index(&state.job)
         {
-            batch.remove(ks, key);
+            batch.remove(ks, key.clone());
+            ops.push(PendingOp::Remove(self.is_fanout(ks), key));
         }
         batch.remove(&self.jobs, job_id.as_bytes());
-        self.commit(batch, !spawned.is_empty())
+        self.commit(batch, !spawned.is_empty())?;
+        self.apply_pending(ops);
+        Ok(())
     }
 
     async fn fail_job(&self, job_id: &str, error: &str, max_attempts: u32, now_ms: i64) -> Result<bool, StoreError> {
@@ -429,16 +504,16 @@ impl ActivityStore for EmbeddedActivityStore {
     }
 
     async fn pending_work(&self, user: UserId) -> Result<PendingWork, StoreError> {
-        let fanout_from = self
-            .pending_fanout
-            .first_key_value()
-            .map(|g| g.key().map(|k| u64_at(&k, 0)))
-            .transpose()
-            .map_err(be)?;
+        let m = self.pending_mem.lock().unwrap_or_else(|p| p.into_inner());
+        let fanout_from = m.fanout.first().map(|k| u64_at(k, 0));
         let mut backfill_feeds = Vec::new();
-        for item in self.pending_backfill.prefix(user.to_be_bytes()) {
-            let (_, v) = item.into_inner().map_err(be)?;
-            if let Ok(f) = FeedRef::parse(&String::from_utf8_lossy(&v))
+        let prefix = user.to_be_bytes();
+        for (_, v) in m
+            .backfill
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+        {
+            if let Ok(f) = FeedRef::parse(&String::from_utf8_lossy(v))
                 && !backfill_feeds.contains(&f)
             {
                 backfill_feeds.push(f);
@@ -540,9 +615,11 @@ impl ActivityStore for EmbeddedActivityStore {
     async fn record_edge_jobs(&self, jobs: &[Job], cursor: u64) -> Result<(), StoreError> {
         let _w = self.lock();
         let mut batch = self.db.batch();
-        self.put_jobs_in(&mut batch, jobs);
+        let ops = self.put_jobs_in(&mut batch, jobs);
         batch.insert(&self.meta, "edge_cursor", cursor.to_be_bytes());
-        self.commit(batch, true)
+        self.commit(batch, true)?;
+        self.apply_pending(ops);
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
