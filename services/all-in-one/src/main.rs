@@ -1,5 +1,8 @@
 //! `feedd`: the whole platform in one process, no server to install.
 
+#[global_allocator]
+static ALLOC: feed_server::Allocator = feed_server::Allocator;
+
 use std::path::PathBuf;
 
 use clap::Parser;

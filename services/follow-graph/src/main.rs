@@ -1,5 +1,8 @@
 //! The follow-graph server binary.
 
+#[global_allocator]
+static ALLOC: feed_server::Allocator = feed_server::Allocator;
+
 use std::path::PathBuf;
 
 use clap::Parser;

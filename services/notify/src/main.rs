@@ -1,5 +1,8 @@
 //! The notify server binary.
 
+#[global_allocator]
+static ALLOC: feed_server::Allocator = feed_server::Allocator;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 

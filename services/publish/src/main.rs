@@ -1,6 +1,9 @@
 //! The publish server binary: PublishService, the sweeper and the
 //! scheduled-item releaser. Fanout runs in `fanout-worker` processes.
 
+#[global_allocator]
+static ALLOC: feed_server::Allocator = feed_server::Allocator;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 

