@@ -49,6 +49,40 @@ async fn embedded_pending_work_survives_a_restart_and_forgets_finished_jobs() {
     assert_eq!((w.fanout_from, w.backfill_feeds.len()), (None, 0));
 }
 
+#[tokio::test]
+async fn embedded_store_finds_pulled_items_of_every_feed_after_a_restart() {
+    use feed_core::FeedRef;
+    use feed_proto::common::v1::{Activity, DeliveryMode};
+    use publish::store::{ActivityStore, OutboxEntry};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed = |s: &str| FeedRef::parse(s).expect("feed");
+    async fn publish(s: &EmbeddedActivityStore, id: u64, f: &str, mode: DeliveryMode) {
+        let a = Activity {
+            id,
+            actor: 1,
+            ..Activity::default()
+        };
+        let e = OutboxEntry {
+            feed: FeedRef::parse(f).expect("feed"),
+            id,
+            mode,
+        };
+        s.commit_publish(&a, &[e], &[]).await.expect("publish")
+    }
+    {
+        let s = EmbeddedActivityStore::open(dir.path()).expect("open");
+        publish(&s, 10, "user:1", DeliveryMode::Pull).await;
+        publish(&s, 11, "tag:a", DeliveryMode::Pull).await;
+        publish(&s, 12, "tag:ab", DeliveryMode::Push).await;
+    }
+    let s = EmbeddedActivityStore::open(dir.path()).expect("reopen");
+    assert_eq!(s.pulled(&feed("user:1"), None, 10).await.expect("pulled"), vec![10]);
+    assert_eq!(s.pulled(&feed("tag:a"), None, 10).await.expect("pulled"), vec![11]);
+    assert!(s.pulled(&feed("tag:ab"), None, 10).await.expect("pulled").is_empty());
+    publish(&s, 13, "tag:ab", DeliveryMode::Pull).await;
+    assert_eq!(s.pulled(&feed("tag:ab"), None, 10).await.expect("pulled"), vec![13]);
+}
+
 /// Runs only against a real cluster: no ScyllaDB can be installed on the
 /// build machines, so without `FEED__SCYLLA__NODES` this says so and passes.
 #[tokio::test]

@@ -24,6 +24,9 @@ pub struct EmbeddedActivityStore {
     foreign: Keyspace,
     outbox: Keyspace,
     pulled: Keyspace,
+    /// `feed_prefix` of every feed with pull-mode entries: a home read asks
+    /// each followed feed for them, and most feeds never have any.
+    pulled_feeds: Mutex<std::collections::HashSet<Vec<u8>>>,
     jobs: Keyspace,
     dead: Keyspace,
     scheduled: Keyspace,
@@ -71,6 +74,22 @@ impl PendingMirror {
         }
         Ok(m)
     }
+}
+
+/// The distinct feeds of a `len ‖ feed ‖ id` keyspace: one seek per feed.
+fn feeds_in(ks: &Keyspace) -> Result<std::collections::HashSet<Vec<u8>>, StoreError> {
+    let mut out = std::collections::HashSet::new();
+    let mut start: Vec<u8> = Vec::new();
+    while let Some(item) = ks.range(start.clone()..).next() {
+        let (k, _) = item.into_inner().map_err(be)?;
+        let plen = 1 + usize::from(k.first().copied().unwrap_or(0));
+        let prefix = k.get(..plen).ok_or_else(|| be("short key"))?.to_vec();
+        // Past every id of this feed.
+        start = prefix.clone();
+        start.extend_from_slice(&[0xFF; 9]);
+        out.insert(prefix);
+    }
+    Ok(out)
 }
 
 fn be(e: impl std::fmt::Display) -> StoreError {
@@ -133,12 +152,14 @@ impl EmbeddedActivityStore {
         let db = Database::builder(dir).open().map_err(be)?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(be);
         let pending_fanout = ks("pub_pending_fanout")?;
+        let pulled = ks("pub_pulled")?;
         let pending_backfill = ks("pub_pending_backfill")?;
         Ok(Self {
             activities: ks("pub_activities")?,
             foreign: ks("pub_foreign")?,
             outbox: ks("pub_outbox")?,
-            pulled: ks("pub_pulled")?,
+            pulled_feeds: Mutex::new(feeds_in(&pulled)?),
+            pulled,
             jobs: ks("pub_jobs")?,
             dead: ks("pub_dead")?,
             scheduled: ks("pub_scheduled")?,
@@ -293,6 +314,11 @@ impl ActivityStore for EmbeddedActivityStore {
             batch.insert(&self.outbox, feed_key(&e.feed, e.id), [mode_byte(e.mode)]);
             if e.mode == DeliveryMode::Pull {
                 batch.insert(&self.pulled, feed_key(&e.feed, e.id), []);
+                // Before the commit: a reader may scan a feed with nothing yet, never skip one.
+                self.pulled_feeds
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(feed_prefix(&e.feed));
             }
         }
         let ops = self.put_jobs_in(&mut batch, jobs);
@@ -348,6 +374,14 @@ impl ActivityStore for EmbeddedActivityStore {
     }
 
     async fn pulled(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<u64>, StoreError> {
+        if !self
+            .pulled_feeds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&feed_prefix(feed))
+        {
+            return Ok(vec![]);
+        }
         Ok(Self::scan_desc(&self.pulled, feed, before, limit)?
             .into_iter()
             .map(|(id, _)| id)
