@@ -40,12 +40,33 @@ pub struct EmbeddedGraphStore {
     blocks: Keyspace,
     /// user ‖ target → ()
     mutes: Keyspace,
+    /// Blocks and mutes in memory (few, and asked on every timeline read for
+    /// each author on the page); changed after each commit.
+    pairs: std::sync::RwLock<Pairs>,
     /// seq → EdgeLogEntry (the change log, written in each change's batch)
     edge_log: Keyspace,
     next_seq: AtomicU64,
     policy: GraphPolicy,
     writer: Mutex<()>,
     sync: bool,
+}
+
+/// Blocks and mutes, as `user ‖ target` keys.
+struct Pairs {
+    blocks: std::collections::HashSet<[u8; 16]>,
+    mutes: std::collections::HashSet<[u8; 16]>,
+}
+
+/// Every 16-byte key of a keyspace.
+fn keys_of(ks: &Keyspace) -> Result<std::collections::HashSet<[u8; 16]>, StoreError> {
+    let mut out = std::collections::HashSet::new();
+    for item in ks.iter() {
+        let (k, _) = item.into_inner().map_err(be)?;
+        if let Ok(key) = <[u8; 16]>::try_from(&k[..]) {
+            out.insert(key);
+        }
+    }
+    Ok(out)
 }
 
 fn be(e: fjall::Error) -> StoreError {
@@ -71,6 +92,8 @@ impl EmbeddedGraphStore {
         let db = Database::builder(dir).open().map_err(be)?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(be);
         let edge_log = ks("fg_edge_log")?;
+        let blocks = ks("fg_blocks")?;
+        let mutes = ks("fg_mutes")?;
         // The log resumes after its last entry: positions never repeat across restarts.
         let last = edge_log
             .last_key_value()
@@ -84,8 +107,12 @@ impl EmbeddedGraphStore {
             feed_stats: ks("fg_feed_stats")?,
             user_stats: ks("fg_user_stats")?,
             edge_versions: ks("fg_edge_versions")?,
-            blocks: ks("fg_blocks")?,
-            mutes: ks("fg_mutes")?,
+            pairs: std::sync::RwLock::new(Pairs {
+                blocks: keys_of(&blocks)?,
+                mutes: keys_of(&mutes)?,
+            }),
+            blocks,
+            mutes,
             next_seq: AtomicU64::new(last + 1),
             edge_log,
             db,
@@ -164,12 +191,28 @@ impl EmbeddedGraphStore {
         })
     }
 
+    fn pairs(&self) -> std::sync::RwLockReadGuard<'_, Pairs> {
+        self.pairs.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the in-memory pairs after a commit.
+    fn set_pair(&self, mutes: bool, key: [u8; 16], present: bool) {
+        let mut p = self.pairs.write().unwrap_or_else(|p| p.into_inner());
+        let set = if mutes { &mut p.mutes } else { &mut p.blocks };
+        if present {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+    }
+
     fn is_muting(&self, user: UserId, target: UserId) -> Result<bool, StoreError> {
-        Self::exists(&self.mutes, &pair_key(user, target))
+        Ok(self.pairs().mutes.contains(&pair_key(user, target)))
     }
 
     fn either_blocks(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
-        Ok(Self::exists(&self.blocks, &pair_key(a, b))? || Self::exists(&self.blocks, &pair_key(b, a))?)
+        let p = self.pairs();
+        Ok(p.blocks.contains(&pair_key(a, b)) || p.blocks.contains(&pair_key(b, a)))
     }
 
     /// Writes user stats with a following-count delta and a graph-version bump.
@@ -366,6 +409,7 @@ impl GraphStore for EmbeddedGraphStore {
             }
         }
         self.commit(batch)?;
+        self.set_pair(false, pair_key(user, target), true);
         Ok(BlockChange { changed: true, removed })
     }
 
@@ -379,6 +423,7 @@ impl GraphStore for EmbeddedGraphStore {
         self.put_user_stats(&mut batch, user, 0)?;
         self.put_user_stats(&mut batch, target, 0)?;
         self.commit(batch)?;
+        self.set_pair(false, pair_key(user, target), false);
         Ok(true)
     }
 
@@ -414,6 +459,7 @@ impl GraphStore for EmbeddedGraphStore {
         };
         self.log(&mut batch, &edge, if muted { Cause::Mute } else { Cause::Unmute });
         self.commit(batch)?;
+        self.set_pair(true, pair_key(user, target), muted);
         Ok(EdgeChange { changed: true, edge })
     }
 
@@ -426,8 +472,8 @@ impl GraphStore for EmbeddedGraphStore {
                     target: t,
                     following: Self::exists(&self.following, &user_feed_key(user, &FeedRef::user(t)))?,
                     followed_by: Self::exists(&self.following, &user_feed_key(t, &me))?,
-                    blocking: Self::exists(&self.blocks, &pair_key(user, t))?,
-                    blocked_by: Self::exists(&self.blocks, &pair_key(t, user))?,
+                    blocking: self.pairs().blocks.contains(&pair_key(user, t)),
+                    blocked_by: self.pairs().blocks.contains(&pair_key(t, user)),
                     muting: self.is_muting(user, t)?,
                 })
             })
