@@ -247,12 +247,19 @@ impl Timeline {
                 .filter(|id| bound.is_none_or(|b| *id >= b))
                 .collect();
             scanned += ids.len();
-            let kept = self.filter(user, &me, &followed, &ids, &cands).await?;
-            for item in kept {
-                if page.items.len() == limit {
-                    break;
+            // Hydrate about what the page still needs (newest first), not
+            // every candidate: the rest is below the page and read next time.
+            let mut at = 0;
+            while at < ids.len() && page.items.len() < limit {
+                let want = limit - page.items.len();
+                let end = (at + want + want / 4 + 2).min(ids.len());
+                for item in self.filter(user, &me, &followed, &ids[at..end], &cands).await? {
+                    if page.items.len() == limit {
+                        break;
+                    }
+                    page.items.push(item);
                 }
-                page.items.push(item);
+                at = end;
             }
             if page.items.len() == limit {
                 page.next_before = page.items.last().map(|i| i.activity.id);
