@@ -152,19 +152,30 @@ impl Timeline {
 
     /// One page of `user`'s home timeline below `before`.
     pub async fn home(&self, user: UserId, limit: usize, before: Option<u64>) -> Result<Page, ApiError> {
-        let rebuilt = self.ensure_inbox(user).await?;
+        let batch = (limit * 2).clamp(10, 1000);
+        let following = self.sources.following(user).await?;
+        let (mut fanout_from, mut backfill_feeds) = self.sources.pending(user).await?;
+        // The first page also says whether the inbox is live (one Redis call,
+        // not two). Like every page it is read after the pending work: an item
+        // whose job finishes in between is in one or the other.
+        let mut first = self.inbox.page(user, before, batch).await.map_err(inbox_err)?;
+        let rebuilt = if first.is_none() {
+            let rebuilt = self.ensure_inbox(user).await?;
+            // What the rebuilt inbox may lack is the work pending after it.
+            (fanout_from, backfill_feeds) = self.sources.pending(user).await?;
+            rebuilt
+        } else {
+            false
+        };
         // The inbox hit rate: reads served by a live inbox vs reads that rebuilt one.
         metrics::counter!("feed_timeline_inbox_reads_total", "result" => if rebuilt { "rebuilt" } else { "hit" })
             .increment(1);
         self.mark_active(user).await?;
-        let following = self.sources.following(user).await?;
         let followed: HashSet<FeedRef> = following.iter().cloned().collect();
-        let (fanout_from, mut backfill_feeds) = self.sources.pending(user).await?;
         backfill_feeds.retain(|f| followed.contains(f));
         let mut read_feeds = following.clone();
         read_feeds.truncate(self.cfg.max_feeds_per_read);
         let me = FeedRef::user(user);
-        let batch = (limit * 2).clamp(10, 1000);
         let budget = limit * self.cfg.scan_factor.max(1);
 
         let mut page = Page {
@@ -184,15 +195,19 @@ impl Timeline {
                 }
             };
 
-            let inbox =
-                self.inbox
-                    .page(user, upper, batch)
-                    .await
-                    .map_err(inbox_err)?
-                    .unwrap_or(feed_inbox::InboxPage {
-                        ids: vec![],
-                        floor: u64::MAX,
-                    });
+            let inbox = match first.take() {
+                Some(p) => p,
+                None => {
+                    self.inbox
+                        .page(user, upper, batch)
+                        .await
+                        .map_err(inbox_err)?
+                        .unwrap_or(feed_inbox::InboxPage {
+                            ids: vec![],
+                            floor: u64::MAX,
+                        })
+                }
+            };
             let inbox_cut = inbox.ids.len() >= batch;
             cut(inbox.ids.last().copied(), inbox_cut);
             for id in &inbox.ids {
