@@ -476,6 +476,52 @@ async fn a_filter_policy_keeps_a_strangers_message_out_of_the_unread_count() {
 }
 
 #[tokio::test]
+async fn unsolicited_mentions_follow_their_own_policy() {
+    let mut e = env().await;
+    e.notify
+        .update_subscription_config(internal(nt::UpdateSubscriptionConfigRequest {
+            user_id: 1,
+            actions: Default::default(),
+            policy: Some(nt::RecipientPolicy {
+                unsolicited_mentions: nt::PolicyAction::Drop as i32,
+                ..Default::default()
+            }),
+        }))
+        .await
+        .expect("policy");
+    e.follow(1, "user:2").await;
+    let mention = |event: &str, actor: u64| nt::CreateRemindRequest {
+        recipients: vec![1],
+        ..remind(event, actor, "mention", &format!("post-{event}"))
+    };
+    let stranger = e
+        .notify
+        .create_remind(internal(mention("m-stranger", 9)))
+        .await
+        .expect("remind")
+        .into_inner();
+    assert_eq!(stranger.recipients, 0, "a stranger's mention is dropped");
+    let friend = e
+        .notify
+        .create_remind(internal(mention("m-friend", 2)))
+        .await
+        .expect("remind")
+        .into_inner();
+    assert_eq!(friend.recipients, 1, "a followed user's mention is delivered");
+    // Other reminds from the stranger are not mentions: the strangers rule (accept) applies.
+    e.subscribe(1, "post-x", "create_post").await;
+    let like = e
+        .notify
+        .create_remind(internal(remind("l-stranger", 9, "like", "post-x")))
+        .await
+        .expect("remind")
+        .into_inner();
+    assert_eq!(like.recipients, 1);
+    let actions: Vec<String> = e.list(1, false).await.into_iter().map(|n| n.action).collect();
+    assert_eq!(actions.len(), 2, "{actions:?}");
+}
+
+#[tokio::test]
 async fn a_blocked_sender_is_refused() {
     let mut e = env().await;
     e.graph
