@@ -74,6 +74,17 @@ impl Env {
             .expect("subscribe");
     }
 
+    async fn set_policy(&mut self, user: u64, policy: nt::RecipientPolicy) {
+        self.notify
+            .update_subscription_config(internal(nt::UpdateSubscriptionConfigRequest {
+                user_id: user,
+                actions: Default::default(),
+                policy: Some(policy),
+            }))
+            .await
+            .expect("policy");
+    }
+
     async fn list(&mut self, user: u64, filtered: bool) -> Vec<nt::Notification> {
         self.notify
             .list_notifications(internal(nt::ListNotificationsRequest {
@@ -411,17 +422,14 @@ async fn an_announce_is_seen_by_every_user_and_new_users_only_see_lasting_ones()
 #[tokio::test]
 async fn a_filter_policy_keeps_a_strangers_message_out_of_the_unread_count() {
     let mut e = env().await;
-    e.notify
-        .update_subscription_config(internal(nt::UpdateSubscriptionConfigRequest {
-            user_id: 1,
-            actions: Default::default(),
-            policy: Some(nt::RecipientPolicy {
-                strangers: nt::PolicyAction::Filter as i32,
-                ..Default::default()
-            }),
-        }))
-        .await
-        .expect("policy");
+    e.set_policy(
+        1,
+        nt::RecipientPolicy {
+            strangers: nt::PolicyAction::Filter as i32,
+            ..Default::default()
+        },
+    )
+    .await;
     e.follow(1, "user:2").await;
     e.message("m-friend", 2, 1, "from a friend").await.expect("friend");
     e.message("m-stranger", 9, 1, "from a stranger")
@@ -442,35 +450,29 @@ async fn a_filter_policy_keeps_a_strangers_message_out_of_the_unread_count() {
         .await
         .expect("register");
     e.follow(1, "user:5").await;
-    e.notify
-        .update_subscription_config(internal(nt::UpdateSubscriptionConfigRequest {
-            user_id: 1,
-            actions: Default::default(),
-            policy: Some(nt::RecipientPolicy {
-                strangers: nt::PolicyAction::Filter as i32,
-                new_accounts: nt::PolicyAction::Filter as i32,
-                ..Default::default()
-            }),
-        }))
-        .await
-        .expect("policy");
+    e.set_policy(
+        1,
+        nt::RecipientPolicy {
+            strangers: nt::PolicyAction::Filter as i32,
+            new_accounts: nt::PolicyAction::Filter as i32,
+            ..Default::default()
+        },
+    )
+    .await;
     e.message("m-new", 5, 1, "from a new account")
         .await
         .expect("new account");
     assert_eq!(e.unread(1, nt::NotificationKind::Message).await.0, 1);
     assert_eq!(e.list(1, true).await.len(), 2);
     // Drop: the sender hears nothing; the recipient gets nothing.
-    e.notify
-        .update_subscription_config(internal(nt::UpdateSubscriptionConfigRequest {
-            user_id: 1,
-            actions: Default::default(),
-            policy: Some(nt::RecipientPolicy {
-                strangers: nt::PolicyAction::Drop as i32,
-                ..Default::default()
-            }),
-        }))
-        .await
-        .expect("policy");
+    e.set_policy(
+        1,
+        nt::RecipientPolicy {
+            strangers: nt::PolicyAction::Drop as i32,
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(e.message("m-dropped", 8, 1, "dropped").await.expect("accepted call"), 0);
     assert_eq!(e.list(1, true).await.len(), 2);
 }
@@ -478,17 +480,14 @@ async fn a_filter_policy_keeps_a_strangers_message_out_of_the_unread_count() {
 #[tokio::test]
 async fn unsolicited_mentions_follow_their_own_policy() {
     let mut e = env().await;
-    e.notify
-        .update_subscription_config(internal(nt::UpdateSubscriptionConfigRequest {
-            user_id: 1,
-            actions: Default::default(),
-            policy: Some(nt::RecipientPolicy {
-                unsolicited_mentions: nt::PolicyAction::Drop as i32,
-                ..Default::default()
-            }),
-        }))
-        .await
-        .expect("policy");
+    e.set_policy(
+        1,
+        nt::RecipientPolicy {
+            unsolicited_mentions: nt::PolicyAction::Drop as i32,
+            ..Default::default()
+        },
+    )
+    .await;
     e.follow(1, "user:2").await;
     let mention = |event: &str, actor: u64| nt::CreateRemindRequest {
         recipients: vec![1],

@@ -14,7 +14,7 @@ use feed_proto::notify::v1::{NoteRecord, RemindJob, Subscription, UserState};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use prost::Message;
 
-use super::{Claim, GroupChange, NotifyStore, StoreError, Subscriber, merge_actor};
+use super::{Claim, GroupChange, NotifyStore, StoreError, Subscriber, add_subscriber_row, merge_actor};
 
 /// The embedded notify store.
 pub struct EmbeddedNotifyStore {
@@ -364,18 +364,9 @@ impl NotifyStore for EmbeddedNotifyStore {
             let user = u64_at(&k, prefix.len());
             let mut at = prefix.len() + 8;
             let reason = read_str(&k, &mut at)?;
-            if let Some(last) = out.last_mut().filter(|l| l.user == user) {
-                last.reasons.push(reason);
-                continue;
-            }
-            // A user's reasons are adjacent: stop only at a user boundary.
-            if out.len() >= limit {
+            if !add_subscriber_row(&mut out, user, reason, limit) {
                 break;
             }
-            out.push(Subscriber {
-                user,
-                reasons: vec![reason],
-            });
         }
         Ok(out)
     }

@@ -27,6 +27,24 @@ pub struct Subscriber {
     pub reasons: Vec<String>,
 }
 
+/// Adds one (user, reason) row of an object's subscriber listing, which
+/// comes in user order, to `out`; false once `limit` users are complete (a
+/// user's reasons are adjacent, so a page stops only at a user boundary).
+pub fn add_subscriber_row(out: &mut Vec<Subscriber>, user: UserId, reason: String, limit: usize) -> bool {
+    if let Some(last) = out.last_mut().filter(|l| l.user == user) {
+        last.reasons.push(reason);
+        return true;
+    }
+    if out.len() >= limit {
+        return false;
+    }
+    out.push(Subscriber {
+        user,
+        reasons: vec![reason],
+    });
+    true
+}
+
 /// What adding an actor to a remind group did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GroupChange {

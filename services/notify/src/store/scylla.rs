@@ -32,7 +32,7 @@ use scylla::client::session::Session;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::{Claim, GroupChange, NotifyStore, StoreError, Subscriber, merge_actor};
+use super::{Claim, GroupChange, NotifyStore, StoreError, Subscriber, add_subscriber_row, merge_actor};
 
 /// Bumped when the schema below changes; services refuse an older schema.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -537,19 +537,9 @@ impl NotifyStore for ScyllaNotifyStore {
         let mut rows = pager.rows_stream::<(i64, String)>().map_err(err)?;
         let mut out: Vec<Subscriber> = Vec::new();
         while let Some((user, reason)) = rows.try_next().await.map_err(err)? {
-            let user = u(user);
-            if let Some(last) = out.last_mut().filter(|l| l.user == user) {
-                last.reasons.push(reason);
-                continue;
-            }
-            // A user's reasons are adjacent: stop only at a user boundary.
-            if out.len() >= limit {
+            if !add_subscriber_row(&mut out, u(user), reason, limit) {
                 break;
             }
-            out.push(Subscriber {
-                user,
-                reasons: vec![reason],
-            });
         }
         Ok(out)
     }
