@@ -49,14 +49,10 @@ impl timeline::Sources for InProcessSources {
     async fn relations(&self, user: UserId, actors: &[UserId]) -> Result<Vec<Relation>, ApiError> {
         Ok(self
             .graph
-            .relationships(user, actors, &[])
+            .blocks_and_mutes(user, actors)
             .await?
-            .0
             .into_iter()
-            .map(|r| Relation {
-                blocked: r.blocking || r.blocked_by,
-                muted: r.muting,
-            })
+            .map(|(blocked, muted)| Relation { blocked, muted })
             .collect())
     }
 

@@ -85,6 +85,11 @@ impl FollowGraph {
         Ok(change)
     }
 
+    /// For each target: a block either way, and whether `user` mutes it.
+    pub async fn blocks_and_mutes(&self, user: UserId, targets: &[UserId]) -> Result<Vec<(bool, bool)>, ApiError> {
+        Ok(self.store.blocks_and_mutes(user, targets).await?)
+    }
+
     /// Relationships of user to targets, and whether user follows feeds.
     pub async fn relationships(
         &self,

@@ -79,6 +79,15 @@ async fn block_removes_follows_both_ways_and_prevents_new_ones(s: &dyn GraphStor
     let rel = s.relationships(a, &[b]).await.expect("rel")[0];
     assert!(rel.blocking && !rel.following && !rel.followed_by);
     assert!(s.relationships(b, &[a]).await.expect("rel")[0].blocked_by);
+    assert_eq!(
+        s.blocks_and_mutes(a, &[b, 12]).await.expect("blocks"),
+        vec![(true, false), (false, false)]
+    );
+    assert_eq!(
+        s.blocks_and_mutes(b, &[a]).await.expect("blocks"),
+        vec![(true, false)],
+        "either way"
+    );
     for (x, y) in [(a, b), (b, a)] {
         let err = s.follow(x, &FeedRef::user(y)).await.expect_err("blocked follow");
         assert!(matches!(err, StoreError::Blocked { .. }), "{err:?}");
@@ -111,6 +120,8 @@ async fn mute_keeps_the_follow_and_marks_the_follower(s: &dyn GraphStore) {
     assert_eq!(followers.len(), 1);
     assert!(followers[0].muted);
     assert!(s.relationships(u, &[t]).await.expect("rel")[0].muting);
+    assert_eq!(s.blocks_and_mutes(u, &[t]).await.expect("mutes"), vec![(false, true)]);
+    assert_eq!(s.blocks_and_mutes(t, &[u]).await.expect("mutes"), vec![(false, false)]);
     let un = s.set_mute(u, t, false).await.expect("unmute");
     assert!(un.changed && !un.edge.muted && un.edge.version > m.edge.version);
     assert!(!s.list_followers(&f, 0, 10).await.expect("followers")[0].muted);

@@ -480,6 +480,17 @@ impl GraphStore for EmbeddedGraphStore {
             .collect()
     }
 
+    async fn blocks_and_mutes(&self, user: UserId, targets: &[UserId]) -> Result<Vec<(bool, bool)>, StoreError> {
+        let p = self.pairs();
+        Ok(targets
+            .iter()
+            .map(|&t| {
+                let blocked = p.blocks.contains(&pair_key(user, t)) || p.blocks.contains(&pair_key(t, user));
+                (blocked, p.mutes.contains(&pair_key(user, t)))
+            })
+            .collect())
+    }
+
     async fn is_following(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, StoreError> {
         feeds
             .iter()

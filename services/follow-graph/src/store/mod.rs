@@ -159,6 +159,9 @@ pub trait GraphStore: Send + Sync + 'static {
     async fn set_mute(&self, user: UserId, target: UserId, muted: bool) -> Result<EdgeChange, StoreError>;
     /// Batch relationships of `user` to `targets`, in order.
     async fn relationships(&self, user: UserId, targets: &[UserId]) -> Result<Vec<Relationship>, StoreError>;
+    /// For each target, in order: whether a block stands either way, and
+    /// whether `user` mutes it (what a reader's filter needs, and no more).
+    async fn blocks_and_mutes(&self, user: UserId, targets: &[UserId]) -> Result<Vec<(bool, bool)>, StoreError>;
     /// Whether `user` follows each of `feeds`, in order.
     async fn is_following(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, StoreError>;
     /// Followers of `feed` with id > `after`, ascending, at most `limit`.

@@ -548,6 +548,15 @@ impl GraphStore for ScyllaGraphStore {
         Ok(EdgeChange { changed, edge })
     }
 
+    async fn blocks_and_mutes(&self, user: UserId, targets: &[UserId]) -> Result<Vec<(bool, bool)>, StoreError> {
+        let mut out = Vec::with_capacity(targets.len());
+        for &t in targets {
+            let blocked = self.blocks(user, t).await? || self.blocks(t, user).await?;
+            out.push((blocked, self.muting(user, t).await?));
+        }
+        Ok(out)
+    }
+
     async fn relationships(&self, user: UserId, targets: &[UserId]) -> Result<Vec<Relationship>, StoreError> {
         let me = FeedRef::user(user).to_string();
         let mut out = Vec::with_capacity(targets.len());
