@@ -167,17 +167,10 @@ struct Inner {
     shutdown: Shutdown,
 }
 
-/// FNV-1a of a string: a stable hash on every replica and release.
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 /// A notification id from event data: time-ordered like activity ids, the
 /// low bits a hash of `key`, so a replay computes the same id.
 fn note_id(ms: u64, key: &str) -> u64 {
-    feed_core::id::min_id_at(ms) | (fnv(key) & 0x3F_FFFF)
+    feed_core::id::min_id_at(ms) | (feed_core::keys::stable_hash(key.as_bytes()) & 0x3F_FFFF)
 }
 
 fn id_of(rec: &NoteRecord) -> u64 {

@@ -87,9 +87,7 @@ pub struct Publisher {
 /// FNV-1a: a stable fingerprint of a payload (same bytes, same value, on
 /// every replica and release), to tell a retry from a conflicting reuse.
 fn fingerprint(a: &NewActivity) -> u64 {
-    a.encode_to_vec().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    feed_core::keys::stable_hash(&a.encode_to_vec())
 }
 
 /// Deterministic job ids: a replay or a re-drive finds the same record.

@@ -20,6 +20,22 @@ pub fn feed_key(feed: &FeedRef, id: u64) -> Vec<u8> {
     k
 }
 
+/// `a ‖ b`, both big-endian: a key ordered by `a`, then `b`.
+pub fn u64_pair(a: u64, b: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&a.to_be_bytes());
+    k[8..].copy_from_slice(&b.to_be_bytes());
+    k
+}
+
+/// FNV-1a of `bytes`: a hash that is the same on every replica and release
+/// (std's hashers are seeded per process), for fingerprints and ids.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// The big-endian u64 at `at`, or 0 when the bytes are short.
 pub fn u64_at(v: &[u8], at: usize) -> u64 {
     v.get(at..at + 8)
@@ -40,5 +56,14 @@ mod tests {
         assert!(feed_key(&a, 255) < feed_key(&a, 256));
         assert_eq!(u64_at(&feed_key(&a, 7), feed_prefix(&a).len()), 7);
         assert_eq!(u64_at(&[1, 2], 0), 0);
+    }
+
+    #[test]
+    fn pairs_sort_by_their_first_then_second_number_and_hashes_are_fixed() {
+        assert!(u64_pair(1, u64::MAX) < u64_pair(2, 0));
+        assert_eq!(u64_at(&u64_pair(3, 4), 8), 4);
+        // FNV-1a's published test vectors: the value must never change (stored ids use it).
+        assert_eq!(stable_hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use feed_core::keys::{feed_key, feed_prefix, u64_at};
+use feed_core::keys::{feed_key, feed_prefix, u64_at, u64_pair};
 use feed_core::{FeedRef, UserId};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use prost::Message;
@@ -76,13 +76,6 @@ fn be(e: fjall::Error) -> StoreError {
 fn user_feed_key(user: UserId, feed: &FeedRef) -> Vec<u8> {
     let mut k = user.to_be_bytes().to_vec();
     k.extend_from_slice(feed.to_string().as_bytes());
-    k
-}
-
-fn pair_key(a: UserId, b: UserId) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&a.to_be_bytes());
-    k[8..].copy_from_slice(&b.to_be_bytes());
     k
 }
 
@@ -207,12 +200,12 @@ impl EmbeddedGraphStore {
     }
 
     fn is_muting(&self, user: UserId, target: UserId) -> Result<bool, StoreError> {
-        Ok(self.pairs().mutes.contains(&pair_key(user, target)))
+        Ok(self.pairs().mutes.contains(&u64_pair(user, target)))
     }
 
     fn either_blocks(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
         let p = self.pairs();
-        Ok(p.blocks.contains(&pair_key(a, b)) || p.blocks.contains(&pair_key(b, a)))
+        Ok(p.blocks.contains(&u64_pair(a, b)) || p.blocks.contains(&u64_pair(b, a)))
     }
 
     /// Writes user stats with a following-count delta and a graph-version bump.
@@ -382,14 +375,14 @@ impl GraphStore for EmbeddedGraphStore {
 
     async fn block(&self, user: UserId, target: UserId) -> Result<BlockChange, StoreError> {
         let _w = self.lock();
-        if Self::exists(&self.blocks, &pair_key(user, target))? {
+        if Self::exists(&self.blocks, &u64_pair(user, target))? {
             return Ok(BlockChange {
                 changed: false,
                 removed: vec![],
             });
         }
         let mut batch = self.db.batch();
-        batch.insert(&self.blocks, pair_key(user, target), []);
+        batch.insert(&self.blocks, u64_pair(user, target), []);
         let mut removed = Vec::new();
         for (a, b) in [(user, target), (target, user)] {
             let feed = FeedRef::user(b);
@@ -409,21 +402,21 @@ impl GraphStore for EmbeddedGraphStore {
             }
         }
         self.commit(batch)?;
-        self.set_pair(false, pair_key(user, target), true);
+        self.set_pair(false, u64_pair(user, target), true);
         Ok(BlockChange { changed: true, removed })
     }
 
     async fn unblock(&self, user: UserId, target: UserId) -> Result<bool, StoreError> {
         let _w = self.lock();
-        if !Self::exists(&self.blocks, &pair_key(user, target))? {
+        if !Self::exists(&self.blocks, &u64_pair(user, target))? {
             return Ok(false);
         }
         let mut batch = self.db.batch();
-        batch.remove(&self.blocks, pair_key(user, target));
+        batch.remove(&self.blocks, u64_pair(user, target));
         self.put_user_stats(&mut batch, user, 0)?;
         self.put_user_stats(&mut batch, target, 0)?;
         self.commit(batch)?;
-        self.set_pair(false, pair_key(user, target), false);
+        self.set_pair(false, u64_pair(user, target), false);
         Ok(true)
     }
 
@@ -438,9 +431,9 @@ impl GraphStore for EmbeddedGraphStore {
         }
         let mut batch = self.db.batch();
         if muted {
-            batch.insert(&self.mutes, pair_key(user, target), []);
+            batch.insert(&self.mutes, u64_pair(user, target), []);
         } else {
-            batch.remove(&self.mutes, pair_key(user, target));
+            batch.remove(&self.mutes, u64_pair(user, target));
         }
         let following = Self::exists(&self.following, &user_feed_key(user, &feed))?;
         if following {
@@ -459,7 +452,7 @@ impl GraphStore for EmbeddedGraphStore {
         };
         self.log(&mut batch, &edge, if muted { Cause::Mute } else { Cause::Unmute });
         self.commit(batch)?;
-        self.set_pair(true, pair_key(user, target), muted);
+        self.set_pair(true, u64_pair(user, target), muted);
         Ok(EdgeChange { changed: true, edge })
     }
 
@@ -472,8 +465,8 @@ impl GraphStore for EmbeddedGraphStore {
                     target: t,
                     following: Self::exists(&self.following, &user_feed_key(user, &FeedRef::user(t)))?,
                     followed_by: Self::exists(&self.following, &user_feed_key(t, &me))?,
-                    blocking: self.pairs().blocks.contains(&pair_key(user, t)),
-                    blocked_by: self.pairs().blocks.contains(&pair_key(t, user)),
+                    blocking: self.pairs().blocks.contains(&u64_pair(user, t)),
+                    blocked_by: self.pairs().blocks.contains(&u64_pair(t, user)),
                     muting: self.is_muting(user, t)?,
                 })
             })
@@ -485,8 +478,8 @@ impl GraphStore for EmbeddedGraphStore {
         Ok(targets
             .iter()
             .map(|&t| {
-                let blocked = p.blocks.contains(&pair_key(user, t)) || p.blocks.contains(&pair_key(t, user));
-                (blocked, p.mutes.contains(&pair_key(user, t)))
+                let blocked = p.blocks.contains(&u64_pair(user, t)) || p.blocks.contains(&u64_pair(t, user));
+                (blocked, p.mutes.contains(&u64_pair(user, t)))
             })
             .collect())
     }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use feed_core::UserId;
-use feed_core::keys::u64_at;
+use feed_core::keys::{u64_at, u64_pair};
 use feed_proto::notify::v1::{NoteRecord, RemindJob, Subscription, UserState};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use prost::Message;
@@ -62,13 +62,6 @@ fn read_str(k: &[u8], at: &mut usize) -> Result<String, StoreError> {
     String::from_utf8(s.to_vec()).map_err(be)
 }
 
-fn user_key(user: UserId, id: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&user.to_be_bytes());
-    k[8..].copy_from_slice(&id.to_be_bytes());
-    k
-}
-
 fn group_key(user: UserId, group: &str) -> Vec<u8> {
     let mut k = user.to_be_bytes().to_vec();
     push_str(&mut k, group);
@@ -82,7 +75,7 @@ fn object_prefix(object_type: &str, object_id: &str) -> Vec<u8> {
     k
 }
 
-fn by_user_key(user: UserId, object_type: &str, object_id: &str, reason: &str) -> Vec<u8> {
+fn by_u64_pair(user: UserId, object_type: &str, object_id: &str, reason: &str) -> Vec<u8> {
     let mut k = user.to_be_bytes().to_vec();
     push_str(&mut k, object_type);
     push_str(&mut k, object_id);
@@ -190,7 +183,7 @@ impl NotifyStore for EmbeddedNotifyStore {
 
     async fn insert_note(&self, user: UserId, rec: &NoteRecord) -> Result<bool, StoreError> {
         let id = rec.note.as_ref().map(|n| n.id).unwrap_or(0);
-        let key = user_key(user, id);
+        let key = u64_pair(user, id);
         let _w = self.lock();
         if self.notes.contains_key(key).map_err(be)? {
             return Ok(false);
@@ -216,7 +209,7 @@ impl NotifyStore for EmbeddedNotifyStore {
             return Ok(GroupChange::Unchanged);
         }
         let existing: Option<NoteRecord> = match self.groups.get(&gkey).map_err(be)? {
-            Some(id) => Self::get(&self.notes, &user_key(user, u64_at(&id, 0)))?,
+            Some(id) => Self::get(&self.notes, &u64_pair(user, u64_at(&id, 0)))?,
             None => None,
         };
         let after = merge_actor(existing, rec, actor, keep_latest);
@@ -224,13 +217,13 @@ impl NotifyStore for EmbeddedNotifyStore {
         let mut batch = self.db.batch();
         batch.insert(&self.actors, akey, []);
         batch.insert(&self.groups, gkey, id.to_be_bytes());
-        batch.insert(&self.notes, user_key(user, id), after.encode_to_vec());
+        batch.insert(&self.notes, u64_pair(user, id), after.encode_to_vec());
         self.commit(batch)?;
         Ok(GroupChange::Changed(Box::new(after)))
     }
 
     async fn note(&self, user: UserId, id: u64) -> Result<Option<NoteRecord>, StoreError> {
-        Self::get(&self.notes, &user_key(user, id))
+        Self::get(&self.notes, &u64_pair(user, id))
     }
 
     async fn notes(&self, user: UserId, before: u64, limit: usize) -> Result<Vec<NoteRecord>, StoreError> {
@@ -241,7 +234,7 @@ impl NotifyStore for EmbeddedNotifyStore {
         let _w = self.lock();
         let mut batch = self.db.batch();
         for (id, seq) in marks {
-            let key = user_key(user, *id);
+            let key = u64_pair(user, *id);
             if let Some(mut rec) = Self::get::<NoteRecord>(&self.notes, &key)? {
                 rec.read_seq = rec.read_seq.max(*seq);
                 batch.insert(&self.notes, key, rec.encode_to_vec());
@@ -261,7 +254,7 @@ impl NotifyStore for EmbeddedNotifyStore {
     }
 
     async fn subscribe(&self, s: &Subscription) -> Result<bool, StoreError> {
-        let ukey = by_user_key(s.user_id, &s.object_type, &s.object_id, &s.reason);
+        let ukey = by_u64_pair(s.user_id, &s.object_type, &s.object_id, &s.reason);
         let _w = self.lock();
         if self.subs_by_user.contains_key(&ukey).map_err(be)? {
             return Ok(false);
@@ -318,7 +311,7 @@ impl NotifyStore for EmbeddedNotifyStore {
         let start = match after {
             // Just after the last key listed.
             Some(a) => {
-                let mut k = by_user_key(user, &a.object_type, &a.object_id, &a.reason);
+                let mut k = by_u64_pair(user, &a.object_type, &a.object_id, &a.reason);
                 k.push(0);
                 k
             }
