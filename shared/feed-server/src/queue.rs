@@ -157,9 +157,8 @@ impl<Job: QueueMessage> JobQueue<Job> for MemoryQueue<Job> {
         Ok(())
     }
 
-    async fn dead_letter(&self, job: &Job, error: &str) -> Result<(), QueueError> {
+    async fn dead_letter(&self, _job: &Job, error: &str) -> Result<(), QueueError> {
         // In process, the durable dead-letter record is the only one needed.
-        let _ = job;
         tracing::debug!(error, "dead-lettered");
         Ok(())
     }

@@ -46,10 +46,36 @@ pub struct EmbeddedActivityStore {
     sync: bool,
 }
 
-/// A change to a pending index: (fanout index?, key[, value]).
+/// The two pending-work indexes.
+#[derive(Debug, Clone, Copy)]
+enum PendingIndex {
+    /// activity id ‖ job id → ()
+    Fanout,
+    /// follower ‖ job id → feed
+    Backfill,
+}
+
+/// The pending-work index entry of a job, if it has one.
+fn pending_index(job: &Job) -> Option<(PendingIndex, Vec<u8>, Vec<u8>)> {
+    match &job.kind {
+        Some(job::Kind::Fanout(f)) => {
+            let mut k = f.activity_id.to_be_bytes().to_vec();
+            k.extend_from_slice(job.job_id.as_bytes());
+            Some((PendingIndex::Fanout, k, vec![]))
+        }
+        Some(job::Kind::Edge(e)) if e.kind == EdgeJobKind::Backfill as i32 => {
+            let mut k = e.follower_id.to_be_bytes().to_vec();
+            k.extend_from_slice(job.job_id.as_bytes());
+            Some((PendingIndex::Backfill, k, e.feed.as_bytes().to_vec()))
+        }
+        _ => None,
+    }
+}
+
+/// A committed change to a pending index, for the in-memory mirror.
 enum PendingOp {
-    Add(bool, Vec<u8>, Vec<u8>),
-    Remove(bool, Vec<u8>),
+    Add(PendingIndex, Vec<u8>, Vec<u8>),
+    Remove(PendingIndex, Vec<u8>),
 }
 
 /// The pending indexes in memory.
@@ -198,16 +224,19 @@ impl EmbeddedActivityStore {
         let mut ops = Vec::new();
         for job in jobs {
             batch.insert(&self.jobs, job.job_id.as_bytes(), job_value(job, 0, job.created_at_ms));
-            if let Some((ks, key, value)) = self.pending_index(job) {
-                batch.insert(ks, key.clone(), value.clone());
-                ops.push(PendingOp::Add(self.is_fanout(ks), key, value));
+            if let Some((index, key, value)) = pending_index(job) {
+                batch.insert(self.index_keyspace(index), key.clone(), value.clone());
+                ops.push(PendingOp::Add(index, key, value));
             }
         }
         ops
     }
 
-    fn is_fanout(&self, ks: &Keyspace) -> bool {
-        std::ptr::eq(ks, &self.pending_fanout)
+    fn index_keyspace(&self, index: PendingIndex) -> &Keyspace {
+        match index {
+            PendingIndex::Fanout => &self.pending_fanout,
+            PendingIndex::Backfill => &self.pending_backfill,
+        }
     }
 
     /// Applies committed pending-index changes to the in-memory mirror.
@@ -215,36 +244,19 @@ impl EmbeddedActivityStore {
         let mut m = self.pending_mem.lock().unwrap_or_else(|p| p.into_inner());
         for op in ops {
             match op {
-                PendingOp::Add(true, k, _) => {
+                PendingOp::Add(PendingIndex::Fanout, k, _) => {
                     m.fanout.insert(k);
                 }
-                PendingOp::Add(false, k, v) => {
+                PendingOp::Add(PendingIndex::Backfill, k, v) => {
                     m.backfill.insert(k, v);
                 }
-                PendingOp::Remove(true, k) => {
+                PendingOp::Remove(PendingIndex::Fanout, k) => {
                     m.fanout.remove(&k);
                 }
-                PendingOp::Remove(false, k) => {
+                PendingOp::Remove(PendingIndex::Backfill, k) => {
                     m.backfill.remove(&k);
                 }
             }
-        }
-    }
-
-    /// The pending-work index entry of a job, if it has one.
-    fn pending_index(&self, job: &Job) -> Option<(&Keyspace, Vec<u8>, Vec<u8>)> {
-        match &job.kind {
-            Some(job::Kind::Fanout(f)) => {
-                let mut k = f.activity_id.to_be_bytes().to_vec();
-                k.extend_from_slice(job.job_id.as_bytes());
-                Some((&self.pending_fanout, k, vec![]))
-            }
-            Some(job::Kind::Edge(e)) if e.kind == EdgeJobKind::Backfill as i32 => {
-                let mut k = e.follower_id.to_be_bytes().to_vec();
-                k.extend_from_slice(job.job_id.as_bytes());
-                Some((&self.pending_backfill, k, e.feed.as_bytes().to_vec()))
-            }
-            _ => None,
         }
     }
 
@@ -416,10 +428,10 @@ impl ActivityStore for EmbeddedActivityStore {
             .map_err(be)?
             .map(|v| decode_job(&v))
             .transpose()?
-            && let Some((ks, key, _)) = self.pending_index(&state.job)
+            && let Some((index, key, _)) = pending_index(&state.job)
         {
-            batch.remove(ks, key.clone());
-            ops.push(PendingOp::Remove(self.is_fanout(ks), key));
+            batch.remove(self.index_keyspace(index), key.clone());
+            ops.push(PendingOp::Remove(index, key));
         }
         batch.remove(&self.jobs, job_id.as_bytes());
         self.commit(batch, !spawned.is_empty())?;
