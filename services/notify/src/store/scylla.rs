@@ -3,8 +3,9 @@
 //! Tables (created by `--migrate`, verified at start):
 //! - `nt_events (event_id)`: the event-id ledger, claimed with
 //!   `INSERT ... IF NOT EXISTS`.
-//! - `nt_announces ((bucket), id)`: announces, newest first, one partition
-//!   per 30-day bucket (announces are rare; a listing walks back buckets).
+//! - `nt_announces ((k), id)`: announces, newest first, in one partition
+//!   (`k = 0`): they are rare (one a day is 3,650 rows in ten years), and
+//!   every listing and count reads their head.
 //! - `nt_notes ((user_id), id)`: a user's notifications, newest first.
 //! - `nt_groups ((user_id), group_key)`: the note id of each remind group.
 //! - `nt_group_actors ((user_id, group_key), actor)`: a group's actor set;
@@ -37,16 +38,12 @@ use super::{Claim, GroupChange, NotifyStore, StoreError, Subscriber, add_subscri
 /// Bumped when the schema below changes; services refuse an older schema.
 pub const SCHEMA_VERSION: i32 = 1;
 const COMPONENT: &str = "notify";
-/// Announce partitions span this many ms of announce ids' time.
-const ANNOUNCE_BUCKET_MS: u64 = 30 * 24 * 3600 * 1000;
-/// Buckets a listing walks back before it stops (about ten years).
-const ANNOUNCE_BUCKETS: u64 = 122;
 
 fn schema(k: &str) -> Vec<String> {
     vec![
         format!("CREATE TABLE IF NOT EXISTS {k}.nt_events (event_id text PRIMARY KEY, id bigint)"),
         format!(
-            "CREATE TABLE IF NOT EXISTS {k}.nt_announces (bucket bigint, id bigint, rec blob, PRIMARY KEY (bucket, id)) WITH CLUSTERING ORDER BY (id DESC)"
+            "CREATE TABLE IF NOT EXISTS {k}.nt_announces (k int, id bigint, rec blob, PRIMARY KEY (k, id)) WITH CLUSTERING ORDER BY (id DESC)"
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.nt_notes (user_id bigint, id bigint, rec blob, seq bigint, PRIMARY KEY (user_id, id)) WITH CLUSTERING ORDER BY (id DESC)"
@@ -90,10 +87,6 @@ fn i(v: u64) -> i64 {
 
 fn u(v: i64) -> u64 {
     v as u64
-}
-
-fn announce_bucket(id: u64) -> i64 {
-    i(feed_core::id::id_time_ms(id) / ANNOUNCE_BUCKET_MS)
 }
 
 fn id_of(rec: &NoteRecord) -> u64 {
@@ -155,11 +148,8 @@ impl ScyllaNotifyStore {
         let st = Statements {
             event_claim: prep(format!("INSERT INTO {k}.nt_events (event_id, id) VALUES (?, ?) IF NOT EXISTS")).await?,
             event_get: prep(format!("SELECT id FROM {k}.nt_events WHERE event_id = ?")).await?,
-            announce_put: prep(format!("INSERT INTO {k}.nt_announces (bucket, id, rec) VALUES (?, ?, ?)")).await?,
-            announce_page: prep(format!(
-                "SELECT rec FROM {k}.nt_announces WHERE bucket = ? AND id < ? LIMIT ?"
-            ))
-            .await?,
+            announce_put: prep(format!("INSERT INTO {k}.nt_announces (k, id, rec) VALUES (0, ?, ?)")).await?,
+            announce_page: prep(format!("SELECT rec FROM {k}.nt_announces WHERE k = 0 AND id < ? LIMIT ?")).await?,
             note_insert: prep(format!(
                 "INSERT INTO {k}.nt_notes (user_id, id, rec, seq) VALUES (?, ?, ?, ?) IF NOT EXISTS"
             ))
@@ -287,33 +277,16 @@ impl NotifyStore for ScyllaNotifyStore {
     }
 
     async fn put_announce(&self, rec: &NoteRecord) -> Result<(), StoreError> {
-        let id = id_of(rec);
-        self.exec(&self.st.announce_put, (announce_bucket(id), i(id), rec.encode_to_vec()))
+        self.exec(&self.st.announce_put, (i(id_of(rec)), rec.encode_to_vec()))
             .await?;
         Ok(())
     }
 
     async fn announces(&self, before: u64, limit: usize) -> Result<Vec<NoteRecord>, StoreError> {
-        let mut out = Vec::new();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        // Ids minted from now on: no bucket after the current one holds any.
-        let top = announce_bucket(before.min(i64::MAX as u64)).min(i(now / ANNOUNCE_BUCKET_MS));
-        for b in (0..ANNOUNCE_BUCKETS as i64).map(|d| top - d).take_while(|b| *b >= 0) {
-            if out.len() >= limit {
-                break;
-            }
-            let rows: Vec<(Vec<u8>,)> = self
-                .all(
-                    &self.st.announce_page,
-                    (b, i(before.min(i64::MAX as u64)), (limit - out.len()) as i32),
-                )
-                .await?;
-            out.extend(Self::records(rows)?);
-        }
-        Ok(out)
+        let rows: Vec<(Vec<u8>,)> = self
+            .all(&self.st.announce_page, (i(before.min(i64::MAX as u64)), limit as i32))
+            .await?;
+        Self::records(rows)
     }
 
     async fn insert_note(&self, user: UserId, rec: &NoteRecord) -> Result<bool, StoreError> {
