@@ -69,6 +69,21 @@ impl Platform {
         })
     }
 
+    /// Starts on its own redis-server (inboxes, streams, live logs, leases),
+    /// then applies `tune`; the server lives as long as the returned handle.
+    pub async fn start_on_redis(
+        tune: impl FnOnce(&mut FeedConfig),
+    ) -> anyhow::Result<(Self, feed_testkit::RedisServer)> {
+        let redis = feed_testkit::RedisServer::start()?;
+        let url = redis.url();
+        let platform = Self::start_with(|cfg| {
+            cfg.redis.url = url;
+            tune(cfg);
+        })
+        .await?;
+        Ok((platform, redis))
+    }
+
     /// Triggers shutdown and waits for the drain to finish.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.trigger();

@@ -137,10 +137,7 @@ impl Env {
 
 #[tokio::test]
 async fn flushing_redis_mid_run_loses_no_item_and_no_notification() {
-    let redis = RedisServer::start().expect("redis");
-    let url = redis.url();
-    let platform = Platform::start_with(|cfg| {
-        cfg.redis.url = url;
+    let (platform, redis) = Platform::start_on_redis(|cfg| {
         // The sweeper re-drives jobs the flush took off the streams.
         cfg.publish.sweep_interval_ms = 200;
         cfg.publish.stale_after_ms = 500;

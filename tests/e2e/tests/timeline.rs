@@ -23,10 +23,7 @@ struct Env {
 }
 
 async fn env_with(tune: impl FnOnce(&mut feed_server::FeedConfig)) -> Env {
-    let redis = RedisServer::start().expect("redis");
-    let url = redis.url();
-    let platform = Platform::start_with(|cfg| {
-        cfg.redis.url = url;
+    let (platform, redis) = Platform::start_on_redis(|cfg| {
         tune(cfg);
     })
     .await
