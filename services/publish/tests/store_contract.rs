@@ -10,6 +10,29 @@ async fn embedded_activity_store_passes_the_contract() {
 }
 
 #[tokio::test]
+async fn embedded_pull_entries_page_through_every_id_after_a_restart() {
+    use feed_core::FeedRef;
+    use publish::store::ActivityStore;
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let s = EmbeddedActivityStore::open(dir.path()).expect("open");
+        publish::store::contract::pull_entries_page_through_every_id_of_a_long_feed(&s).await;
+    }
+    let s = EmbeddedActivityStore::open(dir.path()).expect("reopen");
+    let f = FeedRef::parse("user:777").expect("feed");
+    assert_eq!(
+        publish::store::contract::every_pulled(&s, &f, 200).await,
+        (10_000..11_500).rev().collect::<Vec<u64>>()
+    );
+    assert!(
+        s.pulled(&FeedRef::parse("user:778").expect("feed"), None, 10)
+            .await
+            .expect("pulled")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
 async fn embedded_pending_work_survives_a_restart_and_forgets_finished_jobs() {
     use feed_proto::events::v1::{EdgeJob, EdgeJobKind, FanoutJob, Job, job};
     use publish::store::ActivityStore;

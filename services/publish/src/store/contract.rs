@@ -40,6 +40,7 @@ pub async fn run_all(s: &dyn ActivityStore) {
     foreign_ids_are_claimed_once(s).await;
     publish_writes_activity_outbox_and_jobs_together(s).await;
     outboxes_page_newest_first_and_separate_pull_entries(s).await;
+    pull_entries_page_through_every_id_of_a_long_feed(s).await;
     jobs_complete_fail_and_revive(s).await;
     scheduled_items_are_listed_due_and_removed(s).await;
     edge_jobs_advance_the_cursor_with_them(s).await;
@@ -134,6 +135,55 @@ async fn outboxes_page_newest_first_and_separate_pull_entries(s: &dyn ActivitySt
             .is_empty(),
         "feeds do not prefix-match"
     );
+}
+
+/// A feed's pull-mode ids, read `page` at a time.
+pub async fn every_pulled(s: &dyn ActivityStore, f: &FeedRef, page: usize) -> Vec<u64> {
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let ids = s.pulled(f, before, page).await.expect("pulled");
+        let Some(last) = ids.last() else { return seen };
+        before = Some(*last);
+        seen.extend(ids);
+    }
+}
+
+/// Past any in-memory head a backend keeps: every id, in order, whatever
+/// the order of the writes.
+pub async fn pull_entries_page_through_every_id_of_a_long_feed(s: &dyn ActivityStore) {
+    let f = feed("user:777");
+    // 1,500 ids written out of order, most in one commit and some alone.
+    let ids: Vec<u64> = (0..1_500u64).map(|i| 10_000 + (i * 7_919) % 1_500).collect();
+    let entry = |id| OutboxEntry {
+        feed: f.clone(),
+        id,
+        mode: DeliveryMode::Pull,
+    };
+    let (bulk, single) = ids.split_at(1_490);
+    s.commit_publish(
+        &activity(9_999, 5),
+        &bulk.iter().map(|id| entry(*id)).collect::<Vec<_>>(),
+        &[],
+    )
+    .await
+    .expect("commit");
+    for id in single {
+        s.commit_publish(&activity(*id, 5), &[entry(*id)], &[])
+            .await
+            .expect("commit");
+    }
+    let want: Vec<u64> = (10_000..11_500).rev().collect();
+    assert_eq!(
+        every_pulled(s, &f, 97).await,
+        want,
+        "every pulled id once, newest first"
+    );
+    assert_eq!(
+        s.pulled(&f, Some(10_005), 3).await.expect("pulled"),
+        vec![10_004, 10_003, 10_002]
+    );
+    assert_eq!(s.pulled(&f, Some(10_000), 3).await.expect("pulled"), Vec::<u64>::new());
 }
 
 async fn jobs_complete_fail_and_revive(s: &dyn ActivityStore) {

@@ -3,6 +3,7 @@
 //! synced before returning. Job completions and heartbeats are not synced:
 //! losing one in a crash only re-runs an idempotent job.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -24,9 +25,10 @@ pub struct EmbeddedActivityStore {
     foreign: Keyspace,
     outbox: Keyspace,
     pulled: Keyspace,
-    /// `feed_prefix` of every feed with pull-mode entries: a home read asks
-    /// each followed feed for them, and most feeds never have any.
-    pulled_feeds: Mutex<std::collections::HashSet<Vec<u8>>>,
+    /// The newest pull-mode ids of every feed that has any, by `feed_prefix`:
+    /// a home read asks each followed feed for them, most feeds never have
+    /// any, and a reverse LSM scan pays a skiplist search per step.
+    pulled_heads: Mutex<HashMap<Vec<u8>, PulledHead>>,
     jobs: Keyspace,
     dead: Keyspace,
     scheduled: Keyspace,
@@ -102,9 +104,41 @@ impl PendingMirror {
     }
 }
 
+/// Pull-mode ids a feed's head keeps in memory; a read below them goes to the keyspace.
+const PULLED_HEAD: usize = 512;
+
+/// One feed's newest pull-mode ids.
+#[derive(Default)]
+struct PulledHead {
+    /// Ascending, at most [`PULLED_HEAD`].
+    ids: Vec<u64>,
+    /// Older ids were dropped: below `ids[0]` only the keyspace knows.
+    partial: bool,
+}
+
+impl PulledHead {
+    fn insert(&mut self, id: u64) {
+        if let Err(at) = self.ids.binary_search(&id) {
+            self.ids.insert(at, id);
+        }
+        if self.ids.len() > PULLED_HEAD {
+            self.ids.remove(0);
+            self.partial = true;
+        }
+    }
+
+    /// Up to `limit` ids below `before`, newest first; None when the answer
+    /// may reach below what the head holds.
+    fn below(&self, before: Option<u64>, limit: usize) -> Option<Vec<u64>> {
+        let end = before.map_or(self.ids.len(), |b| self.ids.partition_point(|id| *id < b));
+        let start = end.saturating_sub(limit);
+        (end - start == limit || !self.partial).then(|| self.ids[start..end].iter().rev().copied().collect())
+    }
+}
+
 /// The distinct feeds of a `len ‖ feed ‖ id` keyspace: one seek per feed.
-fn feeds_in(ks: &Keyspace) -> Result<std::collections::HashSet<Vec<u8>>, StoreError> {
-    let mut out = std::collections::HashSet::new();
+fn feeds_in(ks: &Keyspace) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut out = Vec::new();
     let mut start: Vec<u8> = Vec::new();
     while let Some(item) = ks.range(start.clone()..).next() {
         let (k, _) = item.into_inner().map_err(be)?;
@@ -113,9 +147,30 @@ fn feeds_in(ks: &Keyspace) -> Result<std::collections::HashSet<Vec<u8>>, StoreEr
         // Past every id of this feed.
         start = prefix.clone();
         start.extend_from_slice(&[0xFF; 9]);
-        out.insert(prefix);
+        out.push(prefix);
     }
     Ok(out)
+}
+
+/// The heads of every feed in the pulled keyspace.
+fn load_pulled_heads(ks: &Keyspace) -> Result<HashMap<Vec<u8>, PulledHead>, StoreError> {
+    let mut heads = HashMap::new();
+    for prefix in feeds_in(ks)? {
+        let mut end = prefix.clone();
+        end.extend_from_slice(&u64::MAX.to_be_bytes());
+        let mut head = PulledHead::default();
+        for item in ks.range(prefix.clone()..end).rev() {
+            if head.ids.len() == PULLED_HEAD {
+                head.partial = true;
+                break;
+            }
+            let (k, _) = item.into_inner().map_err(be)?;
+            head.ids.push(u64_at(&k, prefix.len()));
+        }
+        head.ids.reverse();
+        heads.insert(prefix, head);
+    }
+    Ok(heads)
 }
 
 fn be(e: impl std::fmt::Display) -> StoreError {
@@ -184,7 +239,7 @@ impl EmbeddedActivityStore {
             activities: ks("pub_activities")?,
             foreign: ks("pub_foreign")?,
             outbox: ks("pub_outbox")?,
-            pulled_feeds: Mutex::new(feeds_in(&pulled)?),
+            pulled_heads: Mutex::new(load_pulled_heads(&pulled)?),
             pulled,
             jobs: ks("pub_jobs")?,
             dead: ks("pub_dead")?,
@@ -326,15 +381,17 @@ impl ActivityStore for EmbeddedActivityStore {
             batch.insert(&self.outbox, feed_key(&e.feed, e.id), [mode_byte(e.mode)]);
             if e.mode == DeliveryMode::Pull {
                 batch.insert(&self.pulled, feed_key(&e.feed, e.id), []);
-                // Before the commit: a reader may scan a feed with nothing yet, never skip one.
-                self.pulled_feeds
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(feed_prefix(&e.feed));
             }
         }
         let ops = self.put_jobs_in(&mut batch, jobs);
         self.commit(batch, true)?;
+        // After the commit, under the writer lock: a reader never sees an id
+        // that may not exist, and Publish has not returned yet.
+        let mut heads = self.pulled_heads.lock().unwrap_or_else(|p| p.into_inner());
+        for e in outbox.iter().filter(|e| e.mode == DeliveryMode::Pull) {
+            heads.entry(feed_prefix(&e.feed)).or_default().insert(e.id);
+        }
+        drop(heads);
         self.apply_pending(ops);
         Ok(())
     }
@@ -386,13 +443,17 @@ impl ActivityStore for EmbeddedActivityStore {
     }
 
     async fn pulled(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<u64>, StoreError> {
-        if !self
-            .pulled_feeds
+        let cached = match self
+            .pulled_heads
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&feed_prefix(feed))
+            .get(&feed_prefix(feed))
         {
-            return Ok(vec![]);
+            None => return Ok(vec![]),
+            Some(head) => head.below(before, limit),
+        };
+        if let Some(ids) = cached {
+            return Ok(ids);
         }
         Ok(Self::scan_desc(&self.pulled, feed, before, limit)?
             .into_iter()
