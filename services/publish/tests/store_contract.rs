@@ -22,7 +22,11 @@ async fn embedded_pull_entries_page_through_every_id_after_a_restart() {
     let f = FeedRef::parse("user:777").expect("feed");
     assert_eq!(
         publish::store::contract::every_pulled(&s, &f, 200).await,
-        (10_000..11_500).rev().collect::<Vec<u64>>()
+        [11_600].into_iter().chain((10_000..11_500).rev()).collect::<Vec<u64>>()
+    );
+    assert_eq!(
+        publish::store::contract::every_outbox_id(&s, &f, 200).await,
+        [11_600].into_iter().chain((10_000..11_500).rev()).collect::<Vec<u64>>()
     );
     assert!(
         s.pulled(&FeedRef::parse("user:778").expect("feed"), None, 10)

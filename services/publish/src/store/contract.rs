@@ -149,6 +149,24 @@ pub async fn every_pulled(s: &dyn ActivityStore, f: &FeedRef, page: usize) -> Ve
     }
 }
 
+/// A feed's outbox ids, read `page` at a time.
+pub async fn every_outbox_id(s: &dyn ActivityStore, f: &FeedRef, page: usize) -> Vec<u64> {
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let ids: Vec<u64> = s
+            .outbox(f, before, page)
+            .await
+            .expect("outbox")
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        let Some(last) = ids.last() else { return seen };
+        before = Some(*last);
+        seen.extend(ids);
+    }
+}
+
 /// Past any in-memory head a backend keeps: every id, in order, whatever
 /// the order of the writes.
 pub async fn pull_entries_page_through_every_id_of_a_long_feed(s: &dyn ActivityStore) {
@@ -184,6 +202,20 @@ pub async fn pull_entries_page_through_every_id_of_a_long_feed(s: &dyn ActivityS
         vec![10_004, 10_003, 10_002]
     );
     assert_eq!(s.pulled(&f, Some(10_000), 3).await.expect("pulled"), Vec::<u64>::new());
+    // A write after the feed was read shows on the next read.
+    s.commit_publish(&activity(11_600, 5), &[entry(11_600)], &[])
+        .await
+        .expect("commit");
+    assert_eq!(s.pulled(&f, None, 2).await.expect("pulled"), vec![11_600, 11_499]);
+    assert_eq!(
+        s.outbox(&f, Some(11_601), 2)
+            .await
+            .expect("outbox")
+            .iter()
+            .map(|e| e.id)
+            .collect::<Vec<_>>(),
+        vec![11_600, 11_499]
+    );
 }
 
 async fn jobs_complete_fail_and_revive(s: &dyn ActivityStore) {

@@ -3,7 +3,7 @@
 //! synced before returning. Job completions and heartbeats are not synced:
 //! losing one in a crash only re-runs an idempotent job.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -16,6 +16,7 @@ use feed_proto::publish::v1::ScheduledActivity;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use prost::Message;
 
+use super::heads::FeedHeads;
 use super::{ActivityStore, Claim, DeadJob, JobState, JobStats, OutboxEntry, PendingWork, StoreError};
 
 /// The embedded activity store.
@@ -25,10 +26,13 @@ pub struct EmbeddedActivityStore {
     foreign: Keyspace,
     outbox: Keyspace,
     pulled: Keyspace,
-    /// The newest pull-mode ids of every feed that has any, by `feed_prefix`:
-    /// a home read asks each followed feed for them, most feeds never have
-    /// any, and a reverse LSM scan pays a skiplist search per step.
-    pulled_heads: Mutex<HashMap<Vec<u8>, PulledHead>>,
+    /// The newest entries of recently read outboxes.
+    outbox_heads: FeedHeads,
+    /// `feed_prefix` of every feed with pull-mode entries (the celebrities):
+    /// a home read asks each followed feed for them, and most never have any.
+    pulled_feeds: Mutex<HashSet<Vec<u8>>>,
+    /// The newest pull-mode ids of those feeds.
+    pulled_heads: FeedHeads,
     jobs: Keyspace,
     dead: Keyspace,
     scheduled: Keyspace,
@@ -104,41 +108,16 @@ impl PendingMirror {
     }
 }
 
-/// Pull-mode ids a feed's head keeps in memory; a read below them goes to the keyspace.
+/// Entries an outbox head keeps: a page of 20 reads 40.
+const OUTBOX_HEAD: usize = 64;
+/// Entries a pull-mode head keeps: celebrities are few and read by many.
 const PULLED_HEAD: usize = 512;
-
-/// One feed's newest pull-mode ids.
-#[derive(Default)]
-struct PulledHead {
-    /// Ascending, at most [`PULLED_HEAD`].
-    ids: Vec<u64>,
-    /// Older ids were dropped: below `ids[0]` only the keyspace knows.
-    partial: bool,
-}
-
-impl PulledHead {
-    fn insert(&mut self, id: u64) {
-        if let Err(at) = self.ids.binary_search(&id) {
-            self.ids.insert(at, id);
-        }
-        if self.ids.len() > PULLED_HEAD {
-            self.ids.remove(0);
-            self.partial = true;
-        }
-    }
-
-    /// Up to `limit` ids below `before`, newest first; None when the answer
-    /// may reach below what the head holds.
-    fn below(&self, before: Option<u64>, limit: usize) -> Option<Vec<u64>> {
-        let end = before.map_or(self.ids.len(), |b| self.ids.partition_point(|id| *id < b));
-        let start = end.saturating_sub(limit);
-        (end - start == limit || !self.partial).then(|| self.ids[start..end].iter().rev().copied().collect())
-    }
-}
+/// Feeds whose heads are kept, per keyspace.
+const HEAD_FEEDS: usize = 100_000;
 
 /// The distinct feeds of a `len ‖ feed ‖ id` keyspace: one seek per feed.
-fn feeds_in(ks: &Keyspace) -> Result<Vec<Vec<u8>>, StoreError> {
-    let mut out = Vec::new();
+fn feeds_in(ks: &Keyspace) -> Result<HashSet<Vec<u8>>, StoreError> {
+    let mut out = HashSet::new();
     let mut start: Vec<u8> = Vec::new();
     while let Some(item) = ks.range(start.clone()..).next() {
         let (k, _) = item.into_inner().map_err(be)?;
@@ -147,30 +126,9 @@ fn feeds_in(ks: &Keyspace) -> Result<Vec<Vec<u8>>, StoreError> {
         // Past every id of this feed.
         start = prefix.clone();
         start.extend_from_slice(&[0xFF; 9]);
-        out.push(prefix);
+        out.insert(prefix);
     }
     Ok(out)
-}
-
-/// The heads of every feed in the pulled keyspace.
-fn load_pulled_heads(ks: &Keyspace) -> Result<HashMap<Vec<u8>, PulledHead>, StoreError> {
-    let mut heads = HashMap::new();
-    for prefix in feeds_in(ks)? {
-        let mut end = prefix.clone();
-        end.extend_from_slice(&u64::MAX.to_be_bytes());
-        let mut head = PulledHead::default();
-        for item in ks.range(prefix.clone()..end).rev() {
-            if head.ids.len() == PULLED_HEAD {
-                head.partial = true;
-                break;
-            }
-            let (k, _) = item.into_inner().map_err(be)?;
-            head.ids.push(u64_at(&k, prefix.len()));
-        }
-        head.ids.reverse();
-        heads.insert(prefix, head);
-    }
-    Ok(heads)
 }
 
 fn be(e: impl std::fmt::Display) -> StoreError {
@@ -239,7 +197,9 @@ impl EmbeddedActivityStore {
             activities: ks("pub_activities")?,
             foreign: ks("pub_foreign")?,
             outbox: ks("pub_outbox")?,
-            pulled_heads: Mutex::new(load_pulled_heads(&pulled)?),
+            outbox_heads: FeedHeads::new(OUTBOX_HEAD, HEAD_FEEDS),
+            pulled_feeds: Mutex::new(feeds_in(&pulled)?),
+            pulled_heads: FeedHeads::new(PULLED_HEAD, HEAD_FEEDS),
             pulled,
             jobs: ks("pub_jobs")?,
             dead: ks("pub_dead")?,
@@ -320,27 +280,6 @@ impl EmbeddedActivityStore {
         k.extend_from_slice(foreign_id.as_bytes());
         k
     }
-
-    fn scan_desc(
-        ks: &Keyspace,
-        feed: &FeedRef,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let start = feed_key(feed, 0);
-        let end = feed_key(feed, before.unwrap_or(u64::MAX));
-        let plen = feed_prefix(feed).len();
-        let mut out = Vec::with_capacity(limit.min(1024));
-        // `before: None` must include u64::MAX itself; ids never reach it (the top bit is 0).
-        for item in ks.range(start..end).rev() {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item.into_inner().map_err(be)?;
-            out.push((u64_at(&k, plen), v.to_vec()));
-        }
-        Ok(out)
-    }
 }
 
 #[async_trait]
@@ -387,11 +326,27 @@ impl ActivityStore for EmbeddedActivityStore {
         self.commit(batch, true)?;
         // After the commit, under the writer lock: a reader never sees an id
         // that may not exist, and Publish has not returned yet.
-        let mut heads = self.pulled_heads.lock().unwrap_or_else(|p| p.into_inner());
-        for e in outbox.iter().filter(|e| e.mode == DeliveryMode::Pull) {
-            heads.entry(feed_prefix(&e.feed)).or_default().insert(e.id);
+        let prefixes: Vec<Vec<u8>> = outbox.iter().map(|e| feed_prefix(&e.feed)).collect();
+        self.outbox_heads.committed(
+            outbox
+                .iter()
+                .zip(&prefixes)
+                .map(|(e, p)| (p.as_slice(), e.id, mode_byte(e.mode))),
+        );
+        let mut pulled_feeds = self.pulled_feeds.lock().unwrap_or_else(|p| p.into_inner());
+        for (e, p) in outbox.iter().zip(&prefixes) {
+            if e.mode == DeliveryMode::Pull {
+                pulled_feeds.insert(p.clone());
+            }
         }
-        drop(heads);
+        drop(pulled_feeds);
+        self.pulled_heads.committed(
+            outbox
+                .iter()
+                .zip(&prefixes)
+                .filter(|(e, _)| e.mode == DeliveryMode::Pull)
+                .map(|(e, p)| (p.as_slice(), e.id, 0)),
+        );
         self.apply_pending(ops);
         Ok(())
     }
@@ -424,12 +379,14 @@ impl ActivityStore for EmbeddedActivityStore {
     }
 
     async fn outbox(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        Ok(Self::scan_desc(&self.outbox, feed, before, limit)?
+        Ok(self
+            .outbox_heads
+            .below(&self.outbox, &feed_prefix(feed), before, limit)?
             .into_iter()
-            .map(|(id, v)| OutboxEntry {
+            .map(|(id, mode)| OutboxEntry {
                 feed: feed.clone(),
                 id,
-                mode: DeliveryMode::try_from(i32::from(v.first().copied().unwrap_or(0))).unwrap_or(DeliveryMode::Push),
+                mode: DeliveryMode::try_from(i32::from(mode)).unwrap_or(DeliveryMode::Push),
             })
             .collect())
     }
@@ -443,19 +400,18 @@ impl ActivityStore for EmbeddedActivityStore {
     }
 
     async fn pulled(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<u64>, StoreError> {
-        let cached = match self
-            .pulled_heads
+        let prefix = feed_prefix(feed);
+        if !self
+            .pulled_feeds
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&feed_prefix(feed))
+            .contains(&prefix)
         {
-            None => return Ok(vec![]),
-            Some(head) => head.below(before, limit),
-        };
-        if let Some(ids) = cached {
-            return Ok(ids);
+            return Ok(vec![]);
         }
-        Ok(Self::scan_desc(&self.pulled, feed, before, limit)?
+        Ok(self
+            .pulled_heads
+            .below(&self.pulled, &prefix, before, limit)?
             .into_iter()
             .map(|(id, _)| id)
             .collect())

@@ -9,6 +9,7 @@ use feed_proto::publish::v1::ScheduledActivity;
 
 pub mod contract;
 pub mod embedded;
+mod heads;
 pub mod scylla;
 
 /// One entry of a feed's outbox.
