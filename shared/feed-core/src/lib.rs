@@ -1,6 +1,7 @@
 //! Domain primitives shared by every feed service: ids, cursors, feed
 //! references, validation and the single error → gRPC status mapping.
 
+pub mod cache;
 pub mod clock;
 pub mod cursor;
 pub mod error;

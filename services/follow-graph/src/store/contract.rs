@@ -22,6 +22,7 @@ pub async fn run_all(store: &dyn GraphStore) {
     mute_keeps_the_follow_and_marks_the_follower(store).await;
     followers_page_in_id_order_without_skips_or_repeats(store).await;
     following_pages_in_feed_order(store).await;
+    whole_follow_lists_show_every_change_at_once(store).await;
     shards_address_follower_ranges(store).await;
     celebrity_flag_has_hysteresis(store).await;
     follow_limit_is_enforced(store).await;
@@ -174,6 +175,33 @@ async fn following_pages_in_feed_order(s: &dyn GraphStore) {
     let mut sorted: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     sorted.sort();
     assert_eq!(all, sorted);
+}
+
+/// A backend that keeps whole lists must drop them on every edge change,
+/// including the follows a block removes on the other side.
+async fn whole_follow_lists_show_every_change_at_once(s: &dyn GraphStore) {
+    let all = async |user| -> Vec<String> {
+        let list = s.list_following(user, None, 100).await.expect("list");
+        list.iter().map(|f| f.to_string()).collect()
+    };
+    assert!(all(40).await.is_empty());
+    s.follow(40, &feed("user:41")).await.expect("follow");
+    assert_eq!(all(40).await, ["user:41"]);
+    s.follow(40, &feed("tag:lists")).await.expect("follow");
+    assert_eq!(all(40).await, ["tag:lists", "user:41"]);
+    s.unfollow(40, &feed("tag:lists")).await.expect("unfollow");
+    assert_eq!(all(40).await, ["user:41"]);
+    // 41 blocks 40: 40's follow of 41 goes, though 40 wrote nothing.
+    s.block(41, 40).await.expect("block");
+    assert!(all(40).await.is_empty());
+    s.unblock(41, 40).await.expect("unblock");
+    s.follow(40, &feed("user:41")).await.expect("follow again");
+    assert_eq!(all(40).await, ["user:41"]);
+    assert_eq!(
+        s.list_following(40, None, 1).await.expect("short page").len(),
+        1,
+        "a page shorter than the list"
+    );
 }
 
 async fn shards_address_follower_ranges(s: &dyn GraphStore) {

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use feed_core::cache::ReadCache;
 use feed_core::keys::{feed_key, feed_prefix, u64_at, u64_pair};
 use feed_core::{FeedRef, UserId};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
@@ -43,6 +44,12 @@ pub struct EmbeddedGraphStore {
     /// Blocks and mutes in memory (few, and asked on every timeline read for
     /// each author on the page); changed after each commit.
     pairs: std::sync::RwLock<Pairs>,
+    /// Whole follow lists of recently read users: every home read lists the
+    /// reader's follows. Exact: an edge write drops its follower's list
+    /// after the commit.
+    lists: ReadCache<UserId, std::sync::Arc<[FeedRef]>>,
+    /// Followers whose edges changed in the batch being written (writer lock held).
+    changed: Mutex<Vec<UserId>>,
     /// seq → EdgeLogEntry (the change log, written in each change's batch)
     edge_log: Keyspace,
     next_seq: AtomicU64,
@@ -56,6 +63,9 @@ struct Pairs {
     blocks: std::collections::HashSet<[u8; 16]>,
     mutes: std::collections::HashSet<[u8; 16]>,
 }
+
+/// Users whose lists are kept.
+const LISTS_KEPT: usize = 100_000;
 
 /// Every 16-byte key of a keyspace.
 fn keys_of(ks: &Keyspace) -> Result<std::collections::HashSet<[u8; 16]>, StoreError> {
@@ -110,6 +120,8 @@ impl EmbeddedGraphStore {
             edge_log,
             db,
             policy,
+            lists: ReadCache::new(LISTS_KEPT),
+            changed: Mutex::new(Vec::new()),
             writer: Mutex::new(()),
             sync: true,
         })
@@ -146,12 +158,23 @@ impl EmbeddedGraphStore {
     }
 
     fn commit(&self, batch: OwnedWriteBatch) -> Result<(), StoreError> {
-        batch.commit().map_err(be)?;
-        // Durable before the caller hears "done".
-        if self.sync {
-            self.db.persist(PersistMode::SyncAll).map_err(be)?;
+        let done = batch.commit().map_err(be).and_then(|()| {
+            // Durable before the caller hears "done".
+            if self.sync {
+                self.db.persist(PersistMode::SyncAll).map_err(be)?;
+            }
+            Ok(())
+        });
+        // After the commit (or its failure), before the caller hears of it.
+        let changed = std::mem::take(&mut *self.changed.lock().unwrap_or_else(|p| p.into_inner()));
+        if !changed.is_empty() {
+            self.lists.write(|lists| {
+                for user in changed {
+                    lists.remove(&user);
+                }
+            });
         }
-        Ok(())
+        done
     }
 
     fn exists(ks: &Keyspace, key: &[u8]) -> Result<bool, StoreError> {
@@ -239,6 +262,7 @@ impl EmbeddedGraphStore {
             version.to_be_bytes(),
         );
         let delta: i64 = if add { 1 } else { -1 };
+        self.changed.lock().unwrap_or_else(|p| p.into_inner()).push(follower);
         if add {
             batch.insert(&self.following, user_feed_key(follower, feed), []);
             batch.insert(&self.followers, feed_key(feed, follower), [u8::from(muted)]);
@@ -504,6 +528,18 @@ impl GraphStore for EmbeddedGraphStore {
         after: Option<&FeedRef>,
         limit: usize,
     ) -> Result<Vec<FeedRef>, StoreError> {
+        // Whole lists are kept: a first page that holds one is answered from memory.
+        let ticket = match after {
+            Some(_) => None,
+            None => match self
+                .lists
+                .get(&user, |list| (list.len() <= limit).then(|| list.to_vec()))
+            {
+                Ok(Some(list)) => return Ok(list),
+                Ok(None) => None,
+                Err(ticket) => Some(ticket),
+            },
+        };
         let prefix = user.to_be_bytes();
         let start = match after {
             // Appending a zero byte makes the bound exclusive of `after` itself.
@@ -524,6 +560,11 @@ impl GraphStore for EmbeddedGraphStore {
             let key = item.key().map_err(be)?;
             let name = std::str::from_utf8(&key[8..]).map_err(|e| StoreError::Backend(e.to_string()))?;
             out.push(FeedRef::parse(name).map_err(|e| StoreError::Backend(e.to_string()))?);
+        }
+        if let Some(ticket) = ticket
+            && out.len() < limit
+        {
+            self.lists.fill(ticket, user, out.clone().into());
         }
         Ok(out)
     }

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use feed_core::cache::ReadCache;
 use feed_core::keys::{feed_key, feed_prefix, u64_at};
 use feed_core::{FeedRef, UserId};
 use feed_proto::common::v1::{Activity, DeliveryMode};
@@ -26,6 +27,8 @@ pub struct EmbeddedActivityStore {
     foreign: Keyspace,
     outbox: Keyspace,
     pulled: Keyspace,
+    /// Recently read or written activities: every home read hydrates a page.
+    activity_cache: ReadCache<u64, Activity>,
     /// The newest entries of recently read outboxes.
     outbox_heads: FeedHeads,
     /// `feed_prefix` of every feed with pull-mode entries (the celebrities):
@@ -108,6 +111,8 @@ impl PendingMirror {
     }
 }
 
+/// Activities kept in memory.
+const ACTIVITIES_KEPT: usize = 100_000;
 /// Entries an outbox head keeps: a page of 20 reads 40.
 const OUTBOX_HEAD: usize = 64;
 /// Entries a pull-mode head keeps: celebrities are few and read by many.
@@ -197,6 +202,7 @@ impl EmbeddedActivityStore {
             activities: ks("pub_activities")?,
             foreign: ks("pub_foreign")?,
             outbox: ks("pub_outbox")?,
+            activity_cache: ReadCache::new(ACTIVITIES_KEPT),
             outbox_heads: FeedHeads::new(OUTBOX_HEAD, HEAD_FEEDS),
             pulled_feeds: Mutex::new(feeds_in(&pulled)?),
             pulled_heads: FeedHeads::new(PULLED_HEAD, HEAD_FEEDS),
@@ -326,6 +332,9 @@ impl ActivityStore for EmbeddedActivityStore {
         self.commit(batch, true)?;
         // After the commit, under the writer lock: a reader never sees an id
         // that may not exist, and Publish has not returned yet.
+        self.activity_cache.write(|m| {
+            m.insert(activity.id, activity.clone());
+        });
         let prefixes: Vec<Vec<u8>> = outbox.iter().map(|e| feed_prefix(&e.feed)).collect();
         self.outbox_heads.committed(
             outbox
@@ -352,12 +361,21 @@ impl ActivityStore for EmbeddedActivityStore {
     }
 
     async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Activity>>, StoreError> {
-        ids.iter()
-            .map(|id| match self.activities.get(id.to_be_bytes()).map_err(be)? {
-                Some(v) => Activity::decode(&*v).map(Some).map_err(be),
-                None => Ok(None),
-            })
-            .collect()
+        let (mut found, ticket) = self.activity_cache.get_many(ids, Activity::clone);
+        let mut filled = Vec::new();
+        for (id, slot) in ids.iter().zip(found.iter_mut()) {
+            if slot.is_none()
+                && let Some(v) = self.activities.get(id.to_be_bytes()).map_err(be)?
+            {
+                let a = Activity::decode(&*v).map_err(be)?;
+                filled.push((*id, a.clone()));
+                *slot = Some(a);
+            }
+        }
+        if !filled.is_empty() {
+            self.activity_cache.fill_many(ticket, filled);
+        }
+        Ok(found)
     }
 
     async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<u64>, StoreError> {
@@ -374,10 +392,12 @@ impl ActivityStore for EmbeddedActivityStore {
         batch.insert(&self.activities, activity.id.to_be_bytes(), activity.encode_to_vec());
         let ops = self.put_jobs_in(&mut batch, jobs);
         self.commit(batch, true)?;
+        self.activity_cache.write(|m| {
+            m.insert(activity.id, activity.clone());
+        });
         self.apply_pending(ops);
         Ok(())
     }
-
     async fn outbox(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
         Ok(self
             .outbox_heads

@@ -7,9 +7,7 @@
 //! returns (read-your-writes), and a read that fills a head from the
 //! keyspace keeps it only when no write landed meanwhile.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
+use feed_core::cache::ReadCache;
 use feed_core::keys::u64_at;
 use fjall::Keyspace;
 
@@ -45,32 +43,18 @@ impl Head {
     }
 }
 
-#[derive(Default)]
-struct Heads {
-    feeds: HashMap<Vec<u8>, Head>,
-    /// Bumped by every write: a fill read from the keyspace before a write
-    /// may miss it, so it is not kept.
-    generation: u64,
-}
-
 /// Heads of at most `max_feeds` feeds, `keep` entries each.
 pub(crate) struct FeedHeads {
-    heads: Mutex<Heads>,
+    heads: ReadCache<Vec<u8>, Head>,
     keep: usize,
-    max_feeds: usize,
 }
 
 impl FeedHeads {
     pub(crate) fn new(keep: usize, max_feeds: usize) -> Self {
         Self {
-            heads: Mutex::new(Heads::default()),
+            heads: ReadCache::new(max_feeds),
             keep: keep.max(1),
-            max_feeds: max_feeds.max(1),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Heads> {
-        self.heads.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Up to `limit` entries of the feed with key prefix `prefix` below
@@ -82,50 +66,35 @@ impl FeedHeads {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(u64, u8)>, StoreError> {
-        let generation = {
-            let heads = self.lock();
-            if let Some(head) = heads.feeds.get(prefix) {
-                if let Some(hit) = head.below(before, limit) {
-                    return Ok(hit);
-                }
-                // Deeper than the head: the keyspace answers, the head stays.
-                drop(heads);
-                return scan_desc(ks, prefix, before, limit);
+        let answer = match self.heads.get(&prefix.to_vec(), |head| head.below(before, limit)) {
+            Ok(answer) => answer,
+            Err(ticket) => {
+                let newest = scan_desc(ks, prefix, None, self.keep + 1)?;
+                let head = Head {
+                    partial: newest.len() > self.keep,
+                    entries: newest.into_iter().take(self.keep).rev().collect(),
+                };
+                let answer = head.below(before, limit);
+                self.heads.fill(ticket, prefix.to_vec(), head);
+                answer
             }
-            heads.generation
         };
-        let newest = scan_desc(ks, prefix, None, self.keep + 1)?;
-        let head = Head {
-            partial: newest.len() > self.keep,
-            entries: newest.into_iter().take(self.keep).rev().collect(),
-        };
-        let answer = head.below(before, limit);
-        {
-            let mut heads = self.lock();
-            if heads.generation == generation {
-                if heads.feeds.len() >= self.max_feeds
-                    && let Some(victim) = heads.feeds.keys().next().cloned()
-                {
-                    heads.feeds.remove(&victim);
-                }
-                heads.feeds.insert(prefix.to_vec(), head);
-            }
-        }
         match answer {
             Some(hit) => Ok(hit),
+            // Deeper than the head: the keyspace answers.
             None => scan_desc(ks, prefix, before, limit),
         }
     }
 
     /// Records committed entries; the caller holds the store's writer lock.
     pub(crate) fn committed<'a>(&self, entries: impl IntoIterator<Item = (&'a [u8], u64, u8)>) {
-        let mut heads = self.lock();
-        heads.generation += 1;
-        for (prefix, id, value) in entries {
-            if let Some(head) = heads.feeds.get_mut(prefix) {
-                head.insert(id, value, self.keep);
+        self.heads.write(|heads| {
+            for (prefix, id, value) in entries {
+                if let Some(head) = heads.get_mut(prefix) {
+                    head.insert(id, value, self.keep);
+                }
             }
-        }
+        });
     }
 }
 
