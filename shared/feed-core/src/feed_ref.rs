@@ -11,11 +11,15 @@ pub const KNOWN_KINDS: &[&str] = &["user", "tag", "group", "company", "object", 
 
 const MAX_KEY: usize = 128;
 
-/// A validated feed reference.
+/// A validated feed reference. Cloning is a reference count: every home
+/// read copies the reader's followed feeds around.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FeedRef {
-    kind: String,
-    key: String,
+    /// `kind:key`. No kind is a prefix of another, so the text orders as
+    /// (kind, key) does.
+    text: std::sync::Arc<str>,
+    /// Where the `:` is.
+    colon: usize,
 }
 
 /// Why a feed reference was refused.
@@ -39,8 +43,8 @@ impl FeedRef {
     /// The personal feed of a user: `user:<id>`.
     pub fn user(id: UserId) -> Self {
         Self {
-            kind: "user".into(),
-            key: id.to_string(),
+            text: format!("user:{id}").into(),
+            colon: 4,
         }
     }
 
@@ -66,8 +70,8 @@ impl FeedRef {
             }
         }
         Ok(Self {
-            kind: kind.to_owned(),
-            key: key.to_owned(),
+            text: s.into(),
+            colon: kind.len(),
         })
     }
 
@@ -78,18 +82,23 @@ impl FeedRef {
 
     /// The kind (`user`, `tag`...).
     pub fn kind(&self) -> &str {
-        &self.kind
+        &self.text[..self.colon]
     }
 
     /// The key within the kind.
     pub fn key(&self) -> &str {
-        &self.key
+        &self.text[self.colon + 1..]
+    }
+
+    /// `kind:key`, as [`Display`](fmt::Display) writes it, without allocating.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 
     /// The owner, when this is a user's personal feed.
     pub fn user_id(&self) -> Option<UserId> {
-        if self.kind == "user" {
-            self.key.parse().ok()
+        if self.kind() == "user" {
+            self.key().parse().ok()
         } else {
             None
         }
@@ -98,7 +107,7 @@ impl FeedRef {
 
 impl fmt::Display for FeedRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.kind, self.key)
+        f.write_str(&self.text)
     }
 }
 
@@ -119,6 +128,20 @@ mod tests {
         assert_eq!(FeedRef::parse("user:42").unwrap().user_id(), Some(42));
         assert_eq!(FeedRef::parse("tag:rust").unwrap().to_string(), "tag:rust");
         assert_eq!(FeedRef::parse("object:book-9").unwrap().key(), "book-9");
+    }
+
+    #[test]
+    fn feeds_order_by_kind_then_key_and_show_as_parsed() {
+        let names = ["user:5", "tag:b", "tag:ab", "company:x", "user:10", "group:a"];
+        let mut refs: Vec<FeedRef> = names.iter().map(|n| FeedRef::parse(n).unwrap()).collect();
+        refs.sort();
+        let mut pairs: Vec<(&str, &str)> = names.iter().map(|n| n.split_once(':').unwrap()).collect();
+        pairs.sort();
+        let back: Vec<(&str, &str)> = refs.iter().map(|r| (r.kind(), r.key())).collect();
+        assert_eq!(back, pairs);
+        assert_eq!(FeedRef::user(7), FeedRef::parse("user:7").unwrap());
+        assert_eq!(FeedRef::user(7).as_str(), "user:7");
+        assert_eq!(FeedRef::parse("tag:rust").unwrap().to_string(), "tag:rust");
     }
 
     #[test]

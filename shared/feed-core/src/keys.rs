@@ -6,7 +6,7 @@ use crate::FeedRef;
 /// `len ‖ feed`: feed names are at most 161 bytes (validated), so one length
 /// byte suffices, and the length keeps `tag:a` from prefixing `tag:ab`.
 pub fn feed_prefix(feed: &FeedRef) -> Vec<u8> {
-    let s = feed.to_string();
+    let s = feed.as_str();
     let mut k = Vec::with_capacity(s.len() + 9);
     k.push(s.len() as u8);
     k.extend_from_slice(s.as_bytes());
