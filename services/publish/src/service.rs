@@ -776,7 +776,7 @@ impl Publisher {
             more |= entries.len() >= limit;
             all.extend(entries);
         }
-        all.sort_by_key(|e| std::cmp::Reverse(e.id));
+        all.sort_unstable_by_key(|e| std::cmp::Reverse(e.id));
         let mut distinct = 0;
         let mut last = None;
         let mut cut = all.len();

@@ -85,6 +85,21 @@ struct Candidate {
     from_inbox: bool,
 }
 
+/// The reader's followed feeds, and the users among them (looked up per item).
+struct Followed {
+    feeds: HashSet<FeedRef>,
+    users: HashSet<UserId>,
+}
+
+impl Followed {
+    fn new(following: &[FeedRef]) -> Self {
+        Self {
+            feeds: following.iter().cloned().collect(),
+            users: following.iter().filter_map(FeedRef::user_id).collect(),
+        }
+    }
+}
+
 fn inbox_err(e: feed_inbox::InboxError) -> ApiError {
     ApiError::Unavailable(e.to_string())
 }
@@ -171,8 +186,8 @@ impl Timeline {
         metrics::counter!("feed_timeline_inbox_reads_total", "result" => if rebuilt { "rebuilt" } else { "hit" })
             .increment(1);
         self.mark_active(user).await?;
-        let followed: HashSet<FeedRef> = following.iter().cloned().collect();
-        backfill_feeds.retain(|f| followed.contains(f));
+        let followed = Followed::new(&following);
+        backfill_feeds.retain(|f| followed.feeds.contains(f));
         let mut read_feeds = following.clone();
         read_feeds.truncate(self.cfg.max_feeds_per_read);
         let me = FeedRef::user(user);
@@ -300,14 +315,14 @@ impl Timeline {
         &self,
         user: UserId,
         me: &FeedRef,
-        followed: &HashSet<FeedRef>,
+        followed: &Followed,
         ids: &[u64],
         cands: &BTreeMap<u64, Candidate>,
     ) -> Result<Vec<Item>, ApiError> {
         if ids.is_empty() {
             return Ok(vec![]);
         }
-        let activities: HashMap<u64, Activity> = self
+        let mut activities: HashMap<u64, Activity> = self
             .sources
             .hydrate(ids)
             .await?
@@ -326,7 +341,8 @@ impl Timeline {
         let mut stale = Vec::new();
         for id in ids {
             let cand = &cands[id];
-            let Some(a) = activities.get(id) else {
+            // Each id once: the activity moves into its item.
+            let Some(a) = activities.remove(id) else {
                 if cand.from_inbox {
                     stale.push(*id);
                 }
@@ -335,7 +351,7 @@ impl Timeline {
             if a.actor == user {
                 let mode = cand.feeds.first().map(|f| f.1).unwrap_or(DeliveryMode::Push);
                 out.push(Item {
-                    activity: a.clone(),
+                    activity: a,
                     source: me.clone(),
                     mode,
                 });
@@ -343,9 +359,15 @@ impl Timeline {
             }
             let rel = relations.get(&a.actor).copied().unwrap_or_default();
             // The source is derived at read: ({user:actor} ∪ to) ∩ following.
-            let mut sources = vec![FeedRef::user(a.actor)];
-            sources.extend(a.to.iter().filter_map(|t| FeedRef::parse(t).ok()));
-            let Some(source) = sources.into_iter().find(|s| followed.contains(s)) else {
+            let follows_actor = followed.users.contains(&a.actor);
+            let source = if follows_actor {
+                Some(FeedRef::user(a.actor))
+            } else {
+                a.to.iter()
+                    .filter_map(|t| FeedRef::parse(t).ok())
+                    .find(|s| followed.feeds.contains(s))
+            };
+            let Some(source) = source else {
                 if cand.from_inbox {
                     stale.push(*id);
                 }
@@ -357,8 +379,7 @@ impl Timeline {
                 }
                 continue;
             }
-            let follows_actor = followed.contains(&FeedRef::user(a.actor));
-            if rel.muted || !visibility::can_see(a, Some(user), || follows_actor) {
+            if rel.muted || !visibility::can_see(&a, Some(user), || follows_actor) {
                 continue;
             }
             let mode = if cand.from_inbox {
@@ -371,7 +392,7 @@ impl Timeline {
                     .unwrap_or(DeliveryMode::Pull)
             };
             out.push(Item {
-                activity: a.clone(),
+                activity: a,
                 source,
                 mode,
             });
