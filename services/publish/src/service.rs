@@ -756,7 +756,7 @@ impl Publisher {
         limit: usize,
         pull_only: bool,
     ) -> Result<(Vec<OutboxEntry>, bool), ApiError> {
-        let mut all = Vec::new();
+        let mut lists = Vec::new();
         let mut more = false;
         for feed in feeds {
             let entries: Vec<OutboxEntry> = if pull_only {
@@ -774,25 +774,40 @@ impl Publisher {
                 self.store.outbox(feed, before, limit).await?
             };
             more |= entries.len() >= limit;
-            all.extend(entries);
-        }
-        all.sort_unstable_by_key(|e| std::cmp::Reverse(e.id));
-        let mut distinct = 0;
-        let mut last = None;
-        let mut cut = all.len();
-        for (i, e) in all.iter().enumerate() {
-            if last != Some(e.id) {
-                if distinct == limit {
-                    cut = i;
-                    more = true;
-                    break;
-                }
-                distinct += 1;
-                last = Some(e.id);
+            if !entries.is_empty() {
+                lists.push(entries);
             }
         }
-        all.truncate(cut);
-        Ok((all, more))
+        let (merged, cut) = merge_newest(lists, limit);
+        Ok((merged, more || cut))
+    }
+}
+
+/// Merges lists that are each newest first into one, newest first, keeping
+/// every entry of the first `limit` distinct ids (an id may come from several
+/// feeds); true when entries were left out.
+fn merge_newest(lists: Vec<Vec<OutboxEntry>>, limit: usize) -> (Vec<OutboxEntry>, bool) {
+    let mut lists: Vec<_> = lists.into_iter().map(|l| l.into_iter().peekable()).collect();
+    let mut merged = Vec::new();
+    let mut distinct = 0;
+    let mut last = None;
+    loop {
+        let Some(next) = lists
+            .iter_mut()
+            .filter_map(|l| l.peek().map(|e| e.id).zip(Some(l)))
+            .max_by_key(|(id, _)| *id)
+            .and_then(|(_, l)| l.next())
+        else {
+            return (merged, false);
+        };
+        if last != Some(next.id) {
+            if distinct == limit {
+                return (merged, true);
+            }
+            distinct += 1;
+            last = Some(next.id);
+        }
+        merged.push(next);
     }
 }
 
@@ -800,5 +815,52 @@ impl Publisher {
     /// Work not yet reflected in `user`'s inbox (see [`crate::store::PendingWork`]).
     pub async fn pending_work(&self, user: UserId) -> Result<crate::store::PendingWork, ApiError> {
         Ok(self.store.pending_work(user).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(feed: &str, ids: &[u64]) -> Vec<OutboxEntry> {
+        let feed = FeedRef::parse(feed).expect("feed");
+        ids.iter()
+            .map(|id| OutboxEntry {
+                feed: feed.clone(),
+                id: *id,
+                mode: DeliveryMode::Pull,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn merged_outboxes_keep_the_newest_distinct_ids_with_every_feed_of_each() {
+        let (merged, cut) = merge_newest(
+            vec![
+                list("user:1", &[90, 50, 10]),
+                list("user:2", &[95, 50, 40]),
+                list("tag:a", &[60]),
+            ],
+            4,
+        );
+        let got: Vec<(u64, String)> = merged.iter().map(|e| (e.id, e.feed.to_string())).collect();
+        let want = [
+            (95, "user:2"),
+            (90, "user:1"),
+            (60, "tag:a"),
+            (50, "user:1"),
+            (50, "user:2"),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for ((id, feed), (wid, wfeed)) in got.iter().zip(want) {
+            assert_eq!(*id, wid);
+            if *id != 50 {
+                assert_eq!(feed, wfeed);
+            }
+        }
+        assert!(cut, "ids 40 and 10 were left out");
+        let (all, cut) = merge_newest(vec![list("user:1", &[3, 1]), list("user:2", &[2])], 10);
+        assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 2, 1]);
+        assert!(!cut);
     }
 }

@@ -3,7 +3,10 @@
 //! reader's own outbox head, merged by id with one cursor; filtered at read
 //! (DESIGN Invariants 1, 5, 9, 10).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+// Hashed per item of every read: a fast hasher with a per-process seed.
+use foldhash::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -112,8 +115,8 @@ impl Timeline {
             sources,
             inbox,
             cfg: Arc::new(cfg),
-            rebuilding: Arc::new(Mutex::new(HashMap::new())),
-            last_active: Arc::new(Mutex::new(HashMap::new())),
+            rebuilding: Arc::new(Mutex::new(HashMap::default())),
+            last_active: Arc::new(Mutex::new(HashMap::default())),
         }
     }
 
@@ -419,7 +422,7 @@ impl Timeline {
         let batch = (limit * 2).clamp(10, 1000);
         let viewer_following: HashSet<FeedRef> = match viewer {
             Some(v) => self.sources.following(v).await?.into_iter().collect(),
-            None => HashSet::new(),
+            None => HashSet::default(),
         };
         loop {
             let (entries, more) = self
@@ -442,7 +445,7 @@ impl Timeline {
                         .map(|(a, _)| a)
                         .collect()
                 }
-                None => HashSet::new(),
+                None => HashSet::default(),
             };
             for a in activities {
                 if page.items.len() == limit {

@@ -5,13 +5,15 @@
 //! store keeps it only when no write landed since it looked, so a fill can
 //! never bring back what a write replaced.
 
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Mutex, MutexGuard};
 
 /// Proof of when a reader missed: fills with an older ticket are dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket(u64);
+
+/// A fast hasher: every home read makes dozens of lookups; the seed is random per process.
+type HashMap<K, V> = foldhash::HashMap<K, V>;
 
 struct Inner<K, V> {
     map: HashMap<K, V>,
@@ -30,7 +32,7 @@ impl<K: Hash + Eq + Clone, V> ReadCache<K, V> {
     pub fn new(capacity: usize) -> Self {
         Self {
             inner: Mutex::new(Inner {
-                map: HashMap::new(),
+                map: HashMap::default(),
                 generation: 0,
             }),
             capacity: capacity.max(1),
