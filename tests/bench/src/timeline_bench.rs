@@ -2,7 +2,7 @@
 //! concurrency levels, against the raw limit measured in the same run: a
 //! minimal tonic server answering each request with one Redis
 //! `ZRANGE ... BYLEX REV LIMIT 0 20` from the same redis-server, driven by
-//! the same client.
+//! the same client, the two measured in alternating rounds.
 
 use std::time::{Duration, Instant};
 
@@ -84,15 +84,41 @@ impl TimelineService for Raw {
     }
 }
 
-/// Runs `requests` GetTimeline calls at concurrency `c`; returns (req/s, p50 ms, p99 ms).
-async fn drive(channel: Channel, users: u64, requests: usize, c: usize) -> anyhow::Result<(f64, f64, f64)> {
+/// Latencies of one drive and how long it took.
+#[derive(Default)]
+struct Samples {
+    latencies: Vec<Duration>,
+    elapsed: f64,
+}
+
+impl Samples {
+    fn add(&mut self, other: Samples) {
+        self.latencies.extend(other.latencies);
+        self.elapsed += other.elapsed;
+    }
+
+    /// (req/s, p50 ms, p99 ms).
+    fn summary(mut self) -> (f64, f64, f64) {
+        self.latencies.sort();
+        let all = &self.latencies;
+        let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
+        (all.len() as f64 / self.elapsed, pct(0.50), pct(0.99))
+    }
+}
+
+/// Timeline and raw limit run in alternating rounds, so a change in the
+/// machine's state during a level weighs on both sides alike.
+const ROUNDS: usize = 4;
+
+/// Runs `requests` GetTimeline calls at concurrency `c`; round `round` picks its own users.
+async fn drive(channel: Channel, users: u64, requests: usize, c: usize, round: usize) -> anyhow::Result<Samples> {
     let start = Instant::now();
     let per = requests / c;
     let tasks: Vec<_> = (0..c)
         .map(|w| {
             let mut client = TimelineServiceClient::new(channel.clone());
             tokio::spawn(async move {
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1));
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1) ^ ((round as u64) << 32));
                 let mut lat = Vec::with_capacity(per);
                 for _ in 0..per {
                     let user = 1 + rng.next() % users;
@@ -110,14 +136,14 @@ async fn drive(channel: Channel, users: u64, requests: usize, c: usize) -> anyho
             })
         })
         .collect();
-    let mut all: Vec<Duration> = Vec::with_capacity(requests);
+    let mut latencies: Vec<Duration> = Vec::with_capacity(requests);
     for t in tasks {
-        all.extend(t.await??);
+        latencies.extend(t.await??);
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    all.sort();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
-    Ok((all.len() as f64 / elapsed, pct(0.50), pct(0.99)))
+    Ok(Samples {
+        latencies,
+        elapsed: start.elapsed().as_secs_f64(),
+    })
 }
 
 /// The benchmark.
@@ -212,11 +238,16 @@ pub async fn run(users: u64, requests: usize, levels: Vec<usize>) -> anyhow::Res
 
     let mut last = String::new();
     for c in levels {
-        // Warm both paths, then measure.
-        drive(channel.clone(), users, 200, c.min(200)).await?;
-        let (rate, p50, p99) = drive(channel.clone(), users, requests, c).await?;
-        drive(raw_channel.clone(), users, 200, c.min(200)).await?;
-        let (raw_rate, raw_p50, raw_p99) = drive(raw_channel.clone(), users, requests, c).await?;
+        // Warm both paths, then measure them in alternating rounds.
+        drive(channel.clone(), users, 200, c.min(200), 0).await?;
+        drive(raw_channel.clone(), users, 200, c.min(200), 0).await?;
+        let (mut ours, mut raw) = (Samples::default(), Samples::default());
+        for round in 0..ROUNDS {
+            ours.add(drive(channel.clone(), users, requests / ROUNDS, c, round).await?);
+            raw.add(drive(raw_channel.clone(), users, requests / ROUNDS, c, round).await?);
+        }
+        let (rate, p50, p99) = ours.summary();
+        let (raw_rate, raw_p50, raw_p99) = raw.summary();
         println!(
             "c={c}: {rate:.0} req/s p50 {p50:.2} ms p99 {p99:.2} ms; raw gRPC+Redis {raw_rate:.0} req/s p50 {raw_p50:.2} ms p99 {raw_p99:.2} ms"
         );
