@@ -5,6 +5,7 @@
 //! store keeps it only when no write landed since it looked, so a fill can
 //! never bring back what a write replaced.
 
+use std::borrow::Borrow;
 use std::hash::Hash;
 use std::sync::{Mutex, MutexGuard};
 
@@ -43,8 +44,24 @@ impl<K: Hash + Eq + Clone, V> ReadCache<K, V> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `read` of the entry, or the ticket to fill it with after reading the store.
-    pub fn get<R>(&self, key: &K, read: impl FnOnce(&V) -> R) -> Result<R, Ticket> {
+    /// Evicts arbitrary entries down to the capacity.
+    fn shrink(&self, inner: &mut Inner<K, V>) {
+        while inner.map.len() > self.capacity {
+            let Some(victim) = inner.map.keys().next().cloned() else {
+                break;
+            };
+            inner.map.remove(&victim);
+        }
+    }
+
+    /// `read` of the entry, or the ticket to fill it with after reading the
+    /// store. The key may be borrowed (`&[u8]` for a `Vec<u8>` key): a hit
+    /// allocates nothing.
+    pub fn get<Q, R>(&self, key: &Q, read: impl FnOnce(&V) -> R) -> Result<R, Ticket>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let inner = self.lock();
         match inner.map.get(key) {
             Some(v) => Ok(read(v)),
@@ -73,14 +90,9 @@ impl<K: Hash + Eq + Clone, V> ReadCache<K, V> {
             return;
         }
         for (key, value) in entries {
-            if inner.map.len() >= self.capacity
-                && !inner.map.contains_key(&key)
-                && let Some(victim) = inner.map.keys().next().cloned()
-            {
-                inner.map.remove(&victim);
-            }
             inner.map.entry(key).or_insert(value);
         }
+        self.shrink(&mut inner);
     }
 
     /// A committed write: `apply` brings the entries up to date (update,
@@ -89,12 +101,7 @@ impl<K: Hash + Eq + Clone, V> ReadCache<K, V> {
         let mut inner = self.lock();
         inner.generation += 1;
         apply(&mut inner.map);
-        while inner.map.len() > self.capacity {
-            let Some(victim) = inner.map.keys().next().cloned() else {
-                break;
-            };
-            inner.map.remove(&victim);
-        }
+        self.shrink(&mut inner);
     }
 }
 

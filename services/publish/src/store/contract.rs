@@ -137,34 +137,30 @@ async fn outboxes_page_newest_first_and_separate_pull_entries(s: &dyn ActivitySt
     );
 }
 
-/// A feed's pull-mode ids, read `page` at a time.
-pub async fn every_pulled(s: &dyn ActivityStore, f: &FeedRef, page: usize) -> Vec<u64> {
+/// Every id `read` yields, each call asking for the ids below the last one seen.
+async fn page_through(mut read: impl AsyncFnMut(Option<u64>) -> Vec<u64>) -> Vec<u64> {
     let mut seen = Vec::new();
-    let mut before = None;
     loop {
-        let ids = s.pulled(f, before, page).await.expect("pulled");
-        let Some(last) = ids.last() else { return seen };
-        before = Some(*last);
+        let ids = read(seen.last().copied()).await;
+        if ids.is_empty() {
+            return seen;
+        }
         seen.extend(ids);
     }
 }
 
+/// A feed's pull-mode ids, read `page` at a time.
+pub async fn every_pulled(s: &dyn ActivityStore, f: &FeedRef, page: usize) -> Vec<u64> {
+    page_through(async |before| s.pulled(f, before, page).await.expect("pulled")).await
+}
+
 /// A feed's outbox ids, read `page` at a time.
 pub async fn every_outbox_id(s: &dyn ActivityStore, f: &FeedRef, page: usize) -> Vec<u64> {
-    let mut seen = Vec::new();
-    let mut before = None;
-    loop {
-        let ids: Vec<u64> = s
-            .outbox(f, before, page)
-            .await
-            .expect("outbox")
-            .iter()
-            .map(|e| e.id)
-            .collect();
-        let Some(last) = ids.last() else { return seen };
-        before = Some(*last);
-        seen.extend(ids);
-    }
+    page_through(async |before| {
+        let entries = s.outbox(f, before, page).await.expect("outbox");
+        entries.iter().map(|e| e.id).collect()
+    })
+    .await
 }
 
 /// Past any in-memory head a backend keeps: every id, in order, whatever

@@ -335,27 +335,21 @@ impl ActivityStore for EmbeddedActivityStore {
         self.activity_cache.write(|m| {
             m.insert(activity.id, activity.clone());
         });
-        let prefixes: Vec<Vec<u8>> = outbox.iter().map(|e| feed_prefix(&e.feed)).collect();
-        self.outbox_heads.committed(
-            outbox
-                .iter()
-                .zip(&prefixes)
-                .map(|(e, p)| (p.as_slice(), e.id, mode_byte(e.mode))),
-        );
-        let mut pulled_feeds = self.pulled_feeds.lock().unwrap_or_else(|p| p.into_inner());
-        for (e, p) in outbox.iter().zip(&prefixes) {
-            if e.mode == DeliveryMode::Pull {
-                pulled_feeds.insert(p.clone());
-            }
+        let committed: Vec<(Vec<u8>, &OutboxEntry)> = outbox.iter().map(|e| (feed_prefix(&e.feed), e)).collect();
+        self.outbox_heads
+            .committed(committed.iter().map(|(p, e)| (p.as_slice(), e.id, mode_byte(e.mode))));
+        let pulled: Vec<(&[u8], u64, u8)> = committed
+            .iter()
+            .filter(|(_, e)| e.mode == DeliveryMode::Pull)
+            .map(|(p, e)| (p.as_slice(), e.id, 0))
+            .collect();
+        if !pulled.is_empty() {
+            self.pulled_feeds
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(pulled.iter().map(|(p, _, _)| p.to_vec()));
+            self.pulled_heads.committed(pulled);
         }
-        drop(pulled_feeds);
-        self.pulled_heads.committed(
-            outbox
-                .iter()
-                .zip(&prefixes)
-                .filter(|(e, _)| e.mode == DeliveryMode::Pull)
-                .map(|(e, p)| (p.as_slice(), e.id, 0)),
-        );
         self.apply_pending(ops);
         Ok(())
     }
@@ -398,6 +392,7 @@ impl ActivityStore for EmbeddedActivityStore {
         self.apply_pending(ops);
         Ok(())
     }
+
     async fn outbox(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
         Ok(self
             .outbox_heads

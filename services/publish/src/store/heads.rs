@@ -66,7 +66,7 @@ impl FeedHeads {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(u64, u8)>, StoreError> {
-        let answer = match self.heads.get(&prefix.to_vec(), |head| head.below(before, limit)) {
+        let answer = match self.heads.get(prefix, |head| head.below(before, limit)) {
             Ok(answer) => answer,
             Err(ticket) => {
                 let newest = scan_desc(ks, prefix, None, self.keep + 1)?;
