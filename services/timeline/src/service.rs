@@ -3,8 +3,6 @@
 //! reader's own outbox head, merged by id with one cursor; filtered at read
 //! (DESIGN Invariants 1, 5, 9, 10).
 
-use std::collections::BTreeMap;
-
 // Hashed per item of every read: a fast hasher with a per-process seed.
 use foldhash::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -81,25 +79,60 @@ pub struct Timeline {
     last_active: Arc<Mutex<HashMap<UserId, std::time::Instant>>>,
 }
 
-/// A candidate id and how it can reach the reader.
-#[derive(Debug, Default, Clone)]
-struct Candidate {
-    feeds: Vec<(FeedRef, DeliveryMode)>,
-    from_inbox: bool,
+/// One way a candidate id reaches the reader: its inbox (`feed` None) or a
+/// followed feed's outbox. A page's hits are sorted newest first and grouped
+/// by id: a flat vector, not a map of vectors, because every read builds one.
+#[derive(Debug)]
+struct Hit {
+    id: u64,
+    feed: Option<(FeedRef, DeliveryMode)>,
 }
 
-/// The reader's followed feeds, and the users among them (looked up per item).
+/// The hits of one candidate id.
+type Candidate<'a> = &'a [Hit];
+
+fn from_inbox(cand: Candidate<'_>) -> bool {
+    cand.iter().any(|h| h.feed.is_none())
+}
+
+/// How the candidate came through `feed`, if it did.
+fn mode_via(cand: Candidate<'_>, feed: &FeedRef) -> Option<DeliveryMode> {
+    cand.iter()
+        .find_map(|h| h.feed.as_ref().filter(|(f, _)| f == feed).map(|(_, m)| *m))
+}
+
+/// The reader's followed feeds, sorted (looked up per item by binary search:
+/// a page checks a few dozen items against a few dozen feeds), and the users
+/// among them with their feeds.
 struct Followed {
-    feeds: HashSet<FeedRef>,
-    users: HashSet<UserId>,
+    feeds: Vec<FeedRef>,
+    users: Vec<(UserId, FeedRef)>,
 }
 
 impl Followed {
-    fn new(following: &[FeedRef]) -> Self {
-        Self {
-            feeds: following.iter().cloned().collect(),
-            users: following.iter().filter_map(FeedRef::user_id).collect(),
+    fn new(mut feeds: Vec<FeedRef>) -> Self {
+        if !feeds.is_sorted() {
+            feeds.sort_unstable();
         }
+        feeds.dedup();
+        let mut users: Vec<(UserId, FeedRef)> = feeds
+            .iter()
+            .filter_map(|f| f.user_id().map(|u| (u, f.clone())))
+            .collect();
+        users.sort_unstable_by_key(|(u, _)| *u);
+        Self { feeds, users }
+    }
+
+    fn contains(&self, feed: &str) -> bool {
+        self.feeds.binary_search_by(|f| f.as_str().cmp(feed)).is_ok()
+    }
+
+    /// `user:<id>` when the reader follows that user.
+    fn user(&self, id: UserId) -> Option<&FeedRef> {
+        self.users
+            .binary_search_by_key(&id, |(u, _)| *u)
+            .ok()
+            .map(|i| &self.users[i].1)
     }
 }
 
@@ -189,10 +222,9 @@ impl Timeline {
         metrics::counter!("feed_timeline_inbox_reads_total", "result" => if rebuilt { "rebuilt" } else { "hit" })
             .increment(1);
         self.mark_active(user).await?;
-        let followed = Followed::new(&following);
-        backfill_feeds.retain(|f| followed.feeds.contains(f));
-        let mut read_feeds = following.clone();
-        read_feeds.truncate(self.cfg.max_feeds_per_read);
+        let followed = Followed::new(following);
+        backfill_feeds.retain(|f| followed.contains(f.as_str()));
+        let read_feeds = &followed.feeds[..followed.feeds.len().min(self.cfg.max_feeds_per_read)];
         let me = FeedRef::user(user);
         let budget = limit * self.cfg.scan_factor.max(1);
 
@@ -203,7 +235,7 @@ impl Timeline {
         let mut upper = before;
         let mut scanned = 0usize;
         loop {
-            let mut cands: BTreeMap<u64, Candidate> = BTreeMap::new();
+            let mut hits: Vec<Hit> = Vec::with_capacity(batch * 3);
             // Each source is exact only down to its last id when it was cut
             // short; the merge is trusted down to the highest such bound.
             let mut bound: Option<u64> = None;
@@ -228,16 +260,15 @@ impl Timeline {
             };
             let inbox_cut = inbox.ids.len() >= batch;
             cut(inbox.ids.last().copied(), inbox_cut);
-            for id in &inbox.ids {
-                cands.entry(*id).or_default().from_inbox = true;
-            }
+            hits.extend(inbox.ids.iter().map(|id| Hit { id: *id, feed: None }));
             let mut add = |entries: Vec<Entry>| {
-                for e in entries {
-                    cands.entry(e.id).or_default().feeds.push((e.feed, e.mode));
-                }
+                hits.extend(entries.into_iter().map(|e| Hit {
+                    id: e.id,
+                    feed: Some((e.feed, e.mode)),
+                }));
             };
             // Pull-mode items of followed feeds (celebrities), and the reader's own head.
-            let (pulled, more) = self.sources.read_outboxes(&read_feeds, upper, batch, true).await?;
+            let (pulled, more) = self.sources.read_outboxes(read_feeds, upper, batch, true).await?;
             cut(pulled.last().map(|e| e.id), more);
             add(pulled);
             let (own, more) = self
@@ -252,7 +283,7 @@ impl Timeline {
             if let Some(w) = fanout_from
                 && upper.is_none_or(|u| u > w)
             {
-                let (recent, more) = self.sources.read_outboxes(&read_feeds, upper, batch, false).await?;
+                let (recent, more) = self.sources.read_outboxes(read_feeds, upper, batch, false).await?;
                 let last = recent.last().map(|e| e.id);
                 cut(last, more && last.is_some_and(|l| l >= w));
                 add(recent.into_iter().filter(|e| e.id >= w).collect());
@@ -267,26 +298,25 @@ impl Timeline {
             if !inbox_cut {
                 let below = Some(upper.map_or(inbox.floor, |u| u.min(inbox.floor)));
                 if below != Some(0) {
-                    let (history, more) = self.sources.read_outboxes(&read_feeds, below, batch, false).await?;
+                    let (history, more) = self.sources.read_outboxes(read_feeds, below, batch, false).await?;
                     cut(history.last().map(|e| e.id), more);
                     add(history);
                 }
             }
 
-            let ids: Vec<u64> = cands
-                .keys()
-                .rev()
-                .copied()
-                .filter(|id| bound.is_none_or(|b| *id >= b))
-                .collect();
-            scanned += ids.len();
+            hits.sort_unstable_by_key(|h| std::cmp::Reverse(h.id));
+            if let Some(b) = bound {
+                hits.truncate(hits.partition_point(|h| h.id >= b));
+            }
+            let cands: Vec<Candidate<'_>> = hits.chunk_by(|a, b| a.id == b.id).collect();
+            scanned += cands.len();
             // Hydrate about what the page still needs (newest first), not
             // every candidate: the rest is below the page and read next time.
             let mut at = 0;
-            while at < ids.len() && page.items.len() < limit {
+            while at < cands.len() && page.items.len() < limit {
                 let want = limit - page.items.len();
-                let end = (at + want + want / 4 + 2).min(ids.len());
-                for item in self.filter(user, &me, &followed, &ids[at..end], &cands).await? {
+                let end = (at + want + want / 4 + 2).min(cands.len());
+                for item in self.filter(user, &me, &followed, &cands[at..end]).await? {
                     if page.items.len() == limit {
                         break;
                     }
@@ -319,40 +349,44 @@ impl Timeline {
         user: UserId,
         me: &FeedRef,
         followed: &Followed,
-        ids: &[u64],
-        cands: &BTreeMap<u64, Candidate>,
+        cands: &[Candidate<'_>],
     ) -> Result<Vec<Item>, ApiError> {
-        if ids.is_empty() {
+        if cands.is_empty() {
             return Ok(vec![]);
         }
-        let mut activities: HashMap<u64, Activity> = self
-            .sources
-            .hydrate(ids)
-            .await?
-            .into_iter()
-            .map(|a| (a.id, a))
-            .collect();
-        let mut actors: Vec<UserId> = activities.values().map(|a| a.actor).filter(|a| *a != user).collect();
+        let ids: Vec<u64> = cands.iter().map(|c| c[0].id).collect();
+        let mut activities = self.sources.hydrate(&ids).await?;
+        // Newest first like `ids` (already so from the stores: a linear check).
+        activities.sort_unstable_by_key(|a| std::cmp::Reverse(a.id));
+        let mut actors: Vec<UserId> = activities.iter().map(|a| a.actor).filter(|a| *a != user).collect();
         actors.sort_unstable();
         actors.dedup();
-        let relations: HashMap<UserId, crate::sources::Relation> = actors
-            .iter()
-            .copied()
-            .zip(self.sources.relations(user, &actors).await?)
-            .collect();
+        let relations = self.sources.relations(user, &actors).await?;
+        let relation = |actor: UserId| {
+            actors
+                .binary_search(&actor)
+                .ok()
+                .and_then(|i| relations.get(i).copied())
+                .unwrap_or_default()
+        };
         let mut out = Vec::new();
         let mut stale = Vec::new();
-        for id in ids {
-            let cand = &cands[id];
-            // Each id once: the activity moves into its item.
-            let Some(a) = activities.remove(id) else {
-                if cand.from_inbox {
-                    stale.push(*id);
+        let mut activities = activities.into_iter().peekable();
+        for cand in cands {
+            let id = cand[0].id;
+            // Each id once: the activity moves into its item (anything above
+            // it was not asked for).
+            while activities.next_if(|a| a.id > id).is_some() {}
+            let Some(a) = activities.next_if(|a| a.id == id) else {
+                if from_inbox(cand) {
+                    stale.push(id);
                 }
                 continue;
             };
             if a.actor == user {
-                let mode = cand.feeds.first().map(|f| f.1).unwrap_or(DeliveryMode::Push);
+                let mode = mode_via(cand, me)
+                    .or_else(|| cand.iter().find_map(|h| h.feed.as_ref().map(|(_, m)| *m)))
+                    .unwrap_or(DeliveryMode::Push);
                 out.push(Item {
                     activity: a,
                     source: me.clone(),
@@ -360,39 +394,37 @@ impl Timeline {
                 });
                 continue;
             }
-            let rel = relations.get(&a.actor).copied().unwrap_or_default();
+            let rel = relation(a.actor);
             // The source is derived at read: ({user:actor} ∪ to) ∩ following.
-            let follows_actor = followed.users.contains(&a.actor);
-            let source = if follows_actor {
-                Some(FeedRef::user(a.actor))
-            } else {
-                a.to.iter()
-                    .filter_map(|t| FeedRef::parse(t).ok())
-                    .find(|s| followed.feeds.contains(s))
+            let actor_feed = followed.user(a.actor);
+            let follows_actor = actor_feed.is_some();
+            let source = match actor_feed {
+                Some(f) => Some(f.clone()),
+                None => {
+                    a.to.iter()
+                        .find(|t| followed.contains(t))
+                        .and_then(|t| FeedRef::parse(t).ok())
+                }
             };
             let Some(source) = source else {
-                if cand.from_inbox {
-                    stale.push(*id);
+                if from_inbox(cand) {
+                    stale.push(id);
                 }
                 continue;
             };
             if rel.blocked {
-                if cand.from_inbox {
-                    stale.push(*id);
+                if from_inbox(cand) {
+                    stale.push(id);
                 }
                 continue;
             }
             if rel.muted || !visibility::can_see(&a, Some(user), || follows_actor) {
                 continue;
             }
-            let mode = if cand.from_inbox {
+            let mode = if from_inbox(cand) {
                 DeliveryMode::Push
             } else {
-                cand.feeds
-                    .iter()
-                    .find(|(f, _)| *f == source)
-                    .map(|f| f.1)
-                    .unwrap_or(DeliveryMode::Pull)
+                mode_via(cand, &source).unwrap_or(DeliveryMode::Pull)
             };
             out.push(Item {
                 activity: a,
