@@ -757,27 +757,28 @@ impl Publisher {
         pull_only: bool,
     ) -> Result<(Vec<OutboxEntry>, bool), ApiError> {
         let mut lists = Vec::new();
-        let mut more = false;
-        for feed in feeds {
-            let entries: Vec<OutboxEntry> = if pull_only {
-                self.store
-                    .pulled(feed, before, limit)
-                    .await?
-                    .into_iter()
-                    .map(|id| OutboxEntry {
-                        feed: feed.clone(),
-                        id,
-                        mode: DeliveryMode::Pull,
-                    })
-                    .collect()
-            } else {
-                self.store.outbox(feed, before, limit).await?
-            };
-            more |= entries.len() >= limit;
-            if !entries.is_empty() {
-                lists.push(entries);
+        if pull_only {
+            for (i, ids) in self.store.pulled_many(feeds, before, limit).await? {
+                let feed = &feeds[i];
+                lists.push(
+                    ids.into_iter()
+                        .map(|id| OutboxEntry {
+                            feed: feed.clone(),
+                            id,
+                            mode: DeliveryMode::Pull,
+                        })
+                        .collect::<Vec<_>>(),
+                );
+            }
+        } else {
+            for feed in feeds {
+                let entries = self.store.outbox(feed, before, limit).await?;
+                if !entries.is_empty() {
+                    lists.push(entries);
+                }
             }
         }
+        let more = lists.iter().any(|l| l.len() >= limit);
         let (merged, cut) = merge_newest(lists, limit);
         Ok((merged, more || cut))
     }

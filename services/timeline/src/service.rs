@@ -101,12 +101,10 @@ fn mode_via(cand: Candidate<'_>, feed: &FeedRef) -> Option<DeliveryMode> {
         .find_map(|h| h.feed.as_ref().filter(|(f, _)| f == feed).map(|(_, m)| *m))
 }
 
-/// The reader's followed feeds, sorted (looked up per item by binary search:
-/// a page checks a few dozen items against a few dozen feeds), and the users
-/// among them with their feeds.
+/// The reader's followed feeds, sorted: a page checks a few dozen items
+/// against a few dozen feeds by binary search, with nothing to build per read.
 struct Followed {
     feeds: Vec<FeedRef>,
-    users: Vec<(UserId, FeedRef)>,
 }
 
 impl Followed {
@@ -115,24 +113,29 @@ impl Followed {
             feeds.sort_unstable();
         }
         feeds.dedup();
-        let mut users: Vec<(UserId, FeedRef)> = feeds
-            .iter()
-            .filter_map(|f| f.user_id().map(|u| (u, f.clone())))
-            .collect();
-        users.sort_unstable_by_key(|(u, _)| *u);
-        Self { feeds, users }
+        Self { feeds }
+    }
+
+    fn find(&self, feed: &str) -> Option<&FeedRef> {
+        self.feeds
+            .binary_search_by(|f| f.as_str().cmp(feed))
+            .ok()
+            .map(|i| &self.feeds[i])
     }
 
     fn contains(&self, feed: &str) -> bool {
-        self.feeds.binary_search_by(|f| f.as_str().cmp(feed)).is_ok()
+        self.find(feed).is_some()
     }
 
-    /// `user:<id>` when the reader follows that user.
+    /// `user:<id>` when the reader follows that user (the text is built on
+    /// the stack: this runs for every item).
     fn user(&self, id: UserId) -> Option<&FeedRef> {
-        self.users
-            .binary_search_by_key(&id, |(u, _)| *u)
-            .ok()
-            .map(|i| &self.users[i].1)
+        use std::io::Write;
+        let mut buf = [0u8; 32];
+        let mut w = &mut buf[..];
+        write!(w, "user:{id}").ok()?;
+        let len = 32 - w.len();
+        self.find(std::str::from_utf8(&buf[..len]).ok()?)
     }
 }
 
@@ -316,12 +319,9 @@ impl Timeline {
             while at < cands.len() && page.items.len() < limit {
                 let want = limit - page.items.len();
                 let end = (at + want + want / 4 + 2).min(cands.len());
-                for item in self.filter(user, &me, &followed, &cands[at..end]).await? {
-                    if page.items.len() == limit {
-                        break;
-                    }
-                    page.items.push(item);
-                }
+                self.filter(user, &me, &followed, &cands[at..end], &mut page.items)
+                    .await?;
+                page.items.truncate(limit);
                 at = end;
             }
             if page.items.len() == limit {
@@ -342,17 +342,19 @@ impl Timeline {
         }
     }
 
-    /// Hydrates and applies the read-time rules; removes from the inbox the
-    /// ids that can never show again (deleted, unfollowed, blocked).
+    /// Hydrates and applies the read-time rules, appending the items that
+    /// pass to `out`; removes from the inbox the ids that can never show
+    /// again (deleted, unfollowed, blocked).
     async fn filter(
         &self,
         user: UserId,
         me: &FeedRef,
         followed: &Followed,
         cands: &[Candidate<'_>],
-    ) -> Result<Vec<Item>, ApiError> {
+        out: &mut Vec<Item>,
+    ) -> Result<(), ApiError> {
         if cands.is_empty() {
-            return Ok(vec![]);
+            return Ok(());
         }
         let ids: Vec<u64> = cands.iter().map(|c| c[0].id).collect();
         let mut activities = self.sources.hydrate(&ids).await?;
@@ -369,7 +371,6 @@ impl Timeline {
                 .and_then(|i| relations.get(i).copied())
                 .unwrap_or_default()
         };
-        let mut out = Vec::new();
         let mut stale = Vec::new();
         let mut activities = activities.into_iter().peekable();
         for cand in cands {
@@ -437,7 +438,7 @@ impl Timeline {
         {
             tracing::debug!(error = %e, "lazy inbox cleanup failed");
         }
-        Ok(out)
+        Ok(())
     }
 
     /// One page of a single feed (a profile, a tag, a group) as `viewer` may see it.

@@ -6,11 +6,16 @@ use crate::FeedRef;
 /// `len ‖ feed`: feed names are at most 161 bytes (validated), so one length
 /// byte suffices, and the length keeps `tag:a` from prefixing `tag:ab`.
 pub fn feed_prefix(feed: &FeedRef) -> Vec<u8> {
-    let s = feed.as_str();
-    let mut k = Vec::with_capacity(s.len() + 9);
-    k.push(s.len() as u8);
-    k.extend_from_slice(s.as_bytes());
+    let mut k = Vec::with_capacity(feed.as_str().len() + 9);
+    push_feed_prefix(&mut k, feed);
     k
+}
+
+/// Appends [`feed_prefix`] to `out`: a caller checking many feeds reuses one buffer.
+pub fn push_feed_prefix(out: &mut Vec<u8>, feed: &FeedRef) {
+    let s = feed.as_str();
+    out.push(s.len() as u8);
+    out.extend_from_slice(s.as_bytes());
 }
 
 /// `len ‖ feed ‖ id` (big-endian).

@@ -84,17 +84,27 @@ impl TimelineService for Raw {
     }
 }
 
-/// Latencies of one drive and how long it took.
+/// Latencies of one drive, how long it took and the CPU it used.
 #[derive(Default)]
 struct Samples {
     latencies: Vec<Duration>,
     elapsed: f64,
+    /// CPU seconds of this process (client and server) and the redis-server.
+    cpu: f64,
 }
 
 impl Samples {
     fn add(&mut self, other: Samples) {
         self.latencies.extend(other.latencies);
         self.elapsed += other.elapsed;
+        self.cpu += other.cpu;
+    }
+
+    /// CPU microseconds per request: steadier than req/s when client,
+    /// server and Redis share two cores and the scheduler's interleaving
+    /// moves throughput from round to round.
+    fn cpu_per_request(&self) -> f64 {
+        self.cpu * 1e6 / self.latencies.len().max(1) as f64
     }
 
     /// (req/s, p50 ms, p99 ms).
@@ -110,8 +120,36 @@ impl Samples {
 /// machine's state during a level weighs on both sides alike.
 const ROUNDS: usize = 4;
 
+/// CPU seconds used so far by this process and by the redis-server.
+async fn cpu_seconds(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name: state is the first, utime the 12th, stime the 13th (in 1/100 s).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let process = (ticks(11) + ticks(12)) / 100.0;
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(redis).await?;
+    let server: f64 = info
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| matches!(*k, "used_cpu_sys" | "used_cpu_user"))
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum();
+    Ok(process + server)
+}
+
 /// Runs `requests` GetTimeline calls at concurrency `c`; round `round` picks its own users.
-async fn drive(channel: Channel, users: u64, requests: usize, c: usize, round: usize) -> anyhow::Result<Samples> {
+async fn drive(
+    channel: Channel,
+    redis: &mut redis::aio::MultiplexedConnection,
+    users: u64,
+    requests: usize,
+    c: usize,
+    round: usize,
+) -> anyhow::Result<Samples> {
+    let cpu = cpu_seconds(redis).await?;
     let start = Instant::now();
     let per = requests / c;
     let tasks: Vec<_> = (0..c)
@@ -140,9 +178,11 @@ async fn drive(channel: Channel, users: u64, requests: usize, c: usize, round: u
     for t in tasks {
         latencies.extend(t.await??);
     }
+    let elapsed = start.elapsed().as_secs_f64();
     Ok(Samples {
         latencies,
-        elapsed: start.elapsed().as_secs_f64(),
+        elapsed,
+        cpu: cpu_seconds(redis).await? - cpu,
     })
 }
 
@@ -239,17 +279,20 @@ pub async fn run(users: u64, requests: usize, levels: Vec<usize>) -> anyhow::Res
     let mut last = String::new();
     for c in levels {
         // Warm both paths, then measure them in alternating rounds.
-        drive(channel.clone(), users, 200, c.min(200), 0).await?;
-        drive(raw_channel.clone(), users, 200, c.min(200), 0).await?;
+        drive(channel.clone(), &mut conn, users, 200, c.min(200), 0).await?;
+        drive(raw_channel.clone(), &mut conn, users, 200, c.min(200), 0).await?;
         let (mut ours, mut raw) = (Samples::default(), Samples::default());
         for round in 0..ROUNDS {
-            ours.add(drive(channel.clone(), users, requests / ROUNDS, c, round).await?);
-            raw.add(drive(raw_channel.clone(), users, requests / ROUNDS, c, round).await?);
+            ours.add(drive(channel.clone(), &mut conn, users, requests / ROUNDS, c, round).await?);
+            raw.add(drive(raw_channel.clone(), &mut conn, users, requests / ROUNDS, c, round).await?);
         }
+        let (cpu, raw_cpu) = (ours.cpu_per_request(), raw.cpu_per_request());
         let (rate, p50, p99) = ours.summary();
         let (raw_rate, raw_p50, raw_p99) = raw.summary();
         println!(
-            "c={c}: {rate:.0} req/s p50 {p50:.2} ms p99 {p99:.2} ms; raw gRPC+Redis {raw_rate:.0} req/s p50 {raw_p50:.2} ms p99 {raw_p99:.2} ms"
+            "c={c}: {rate:.0} req/s p50 {p50:.2} ms p99 {p99:.2} ms; raw gRPC+Redis {raw_rate:.0} req/s p50 {raw_p50:.2} ms p99 {raw_p99:.2} ms; \
+             CPU per request (client, server, Redis) {cpu:.0} us vs raw {raw_cpu:.0} us ({:.0}%)",
+            100.0 * raw_cpu / cpu
         );
         last = format!(
             "timeline: {rate:.0} req/s p50 {p50:.2} ms p99 {p99:.2} ms at c={c} = {:.0}% of raw gRPC+Redis ({raw_rate:.0} req/s)",

@@ -128,6 +128,16 @@ async fn outboxes_page_newest_first_and_separate_pull_entries(s: &dyn ActivitySt
     assert_eq!(s.outbox_mode(&f, 303).await.expect("mode"), Some(DeliveryMode::Push));
     assert_eq!(s.outbox_mode(&f, 305).await.expect("mode"), None);
     assert_eq!(s.pulled(&f, Some(304), 10).await.expect("pulled"), vec![302]);
+    // Many feeds at once: only those with pull-mode entries, by index.
+    let many = [feed("tag:contrac"), f.clone(), feed("group:never-written")];
+    assert_eq!(
+        s.pulled_many(&many, None, 10).await.expect("pulled_many"),
+        vec![(1, vec![304, 302])]
+    );
+    assert_eq!(
+        s.pulled_many(&many, Some(304), 1).await.expect("pulled_many"),
+        vec![(1, vec![302])]
+    );
     assert!(
         s.outbox(&feed("tag:contrac"), None, 10)
             .await

@@ -5,11 +5,11 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use feed_core::cache::ReadCache;
-use feed_core::keys::{feed_key, feed_prefix, u64_at};
+use feed_core::keys::{feed_key, feed_prefix, push_feed_prefix, u64_at};
 use feed_core::{FeedRef, UserId};
 use feed_proto::common::v1::{Activity, DeliveryMode};
 use feed_proto::events::v1::{EdgeJobKind, Job, job};
@@ -28,7 +28,9 @@ pub struct EmbeddedActivityStore {
     outbox: Keyspace,
     pulled: Keyspace,
     /// Recently read or written activities: every home read hydrates a page.
-    activity_cache: ReadCache<u64, Activity>,
+    /// Shared, so a hit holds the cache's lock for a reference count, not a
+    /// deep copy (the copy is made after the lock is released).
+    activity_cache: ReadCache<u64, Arc<Activity>>,
     /// The newest entries of recently read outboxes.
     outbox_heads: FeedHeads,
     /// `feed_prefix` of every feed with pull-mode entries (the celebrities):
@@ -333,7 +335,7 @@ impl ActivityStore for EmbeddedActivityStore {
         // After the commit, under the writer lock: a reader never sees an id
         // that may not exist, and Publish has not returned yet.
         self.activity_cache.write(|m| {
-            m.insert(activity.id, activity.clone());
+            m.insert(activity.id, Arc::new(activity.clone()));
         });
         let committed: Vec<(Vec<u8>, &OutboxEntry)> = outbox.iter().map(|e| (feed_prefix(&e.feed), e)).collect();
         self.outbox_heads
@@ -355,13 +357,13 @@ impl ActivityStore for EmbeddedActivityStore {
     }
 
     async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Activity>>, StoreError> {
-        let (mut found, ticket) = self.activity_cache.get_many(ids, Activity::clone);
+        let (mut found, ticket) = self.activity_cache.get_many(ids, Arc::clone);
         let mut filled = Vec::new();
         for (id, slot) in ids.iter().zip(found.iter_mut()) {
             if slot.is_none()
                 && let Some(v) = self.activities.get(id.to_be_bytes()).map_err(be)?
             {
-                let a = Activity::decode(&*v).map_err(be)?;
+                let a = Arc::new(Activity::decode(&*v).map_err(be)?);
                 filled.push((*id, a.clone()));
                 *slot = Some(a);
             }
@@ -369,7 +371,7 @@ impl ActivityStore for EmbeddedActivityStore {
         if !filled.is_empty() {
             self.activity_cache.fill_many(ticket, filled);
         }
-        Ok(found)
+        Ok(found.into_iter().map(|a| a.map(Arc::unwrap_or_clone)).collect())
     }
 
     async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<u64>, StoreError> {
@@ -387,7 +389,7 @@ impl ActivityStore for EmbeddedActivityStore {
         let ops = self.put_jobs_in(&mut batch, jobs);
         self.commit(batch, true)?;
         self.activity_cache.write(|m| {
-            m.insert(activity.id, activity.clone());
+            m.insert(activity.id, Arc::new(activity.clone()));
         });
         self.apply_pending(ops);
         Ok(())
@@ -430,6 +432,41 @@ impl ActivityStore for EmbeddedActivityStore {
             .into_iter()
             .map(|(id, _)| id)
             .collect())
+    }
+
+    async fn pulled_many(
+        &self,
+        feeds: &[FeedRef],
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(usize, Vec<u64>)>, StoreError> {
+        // One lock and one key buffer for all the feeds, not one each.
+        let mut key = Vec::with_capacity(64);
+        let pulled: Vec<(usize, Vec<u8>)> = {
+            let set = self.pulled_feeds.lock().unwrap_or_else(|p| p.into_inner());
+            feeds
+                .iter()
+                .enumerate()
+                .filter_map(|(i, feed)| {
+                    key.clear();
+                    push_feed_prefix(&mut key, feed);
+                    set.contains(key.as_slice()).then(|| (i, key.clone()))
+                })
+                .collect()
+        };
+        let mut out = Vec::with_capacity(pulled.len());
+        for (i, prefix) in pulled {
+            let ids: Vec<u64> = self
+                .pulled_heads
+                .below(&self.pulled, &prefix, before, limit)?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            if !ids.is_empty() {
+                out.push((i, ids));
+            }
+        }
+        Ok(out)
     }
 
     async fn put_jobs(&self, jobs: &[Job]) -> Result<(), StoreError> {

@@ -122,6 +122,23 @@ pub trait ActivityStore: Send + Sync + 'static {
     async fn outbox_mode(&self, feed: &FeedRef, id: u64) -> Result<Option<DeliveryMode>, StoreError>;
     /// A feed's pull-mode entries below `before`, newest first.
     async fn pulled(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<u64>, StoreError>;
+    /// [`Self::pulled`] of many feeds (a home read asks every followed
+    /// feed; most have none): (index in `feeds`, entries) of those that have some.
+    async fn pulled_many(
+        &self,
+        feeds: &[FeedRef],
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(usize, Vec<u64>)>, StoreError> {
+        let mut out = Vec::new();
+        for (i, feed) in feeds.iter().enumerate() {
+            let ids = self.pulled(feed, before, limit).await?;
+            if !ids.is_empty() {
+                out.push((i, ids));
+            }
+        }
+        Ok(out)
+    }
 
     /// Records jobs (pending).
     async fn put_jobs(&self, jobs: &[Job]) -> Result<(), StoreError>;
