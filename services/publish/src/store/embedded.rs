@@ -417,21 +417,8 @@ impl ActivityStore for EmbeddedActivityStore {
     }
 
     async fn pulled(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<u64>, StoreError> {
-        let prefix = feed_prefix(feed);
-        if !self
-            .pulled_feeds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&prefix)
-        {
-            return Ok(vec![]);
-        }
-        Ok(self
-            .pulled_heads
-            .below(&self.pulled, &prefix, before, limit)?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect())
+        let mut found = self.pulled_many(std::slice::from_ref(feed), before, limit).await?;
+        Ok(found.pop().map(|(_, ids)| ids).unwrap_or_default())
     }
 
     async fn pulled_many(
