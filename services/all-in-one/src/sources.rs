@@ -77,7 +77,7 @@ impl timeline::Sources for InProcessSources {
         ))
     }
 
-    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Activity>, ApiError> {
+    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Arc<Activity>>, ApiError> {
         Ok(self.publisher.get(ids, false).await?.0)
     }
 

@@ -110,7 +110,7 @@ impl PublishService for PublishGrpc {
         }
         let (found, mut missing) = self.publisher.get(&r.ids, r.include_deleted).await?;
         let activities = if caller.role == Role::Internal {
-            found
+            found.into_iter().map(Arc::unwrap_or_clone).collect()
         } else {
             // A bff reader sees only what the visibility rules let its user see.
             let viewer = caller.user_id;
@@ -127,7 +127,7 @@ impl PublishService for PublishGrpc {
                     _ => false,
                 };
                 if visibility::can_see(&a, viewer, || follows) {
-                    visible.push(a);
+                    visible.push(Arc::unwrap_or_clone(a));
                 } else {
                     missing.push(a.id);
                 }

@@ -334,6 +334,7 @@ impl Publisher {
             .await?
             .pop()
             .flatten()
+            .map(Arc::unwrap_or_clone)
             .ok_or_else(|| ApiError::NotFound(format!("activity {id}")))
     }
 
@@ -456,8 +457,9 @@ impl Publisher {
         Ok(true)
     }
 
-    /// Activities by id in request order, and the ids not found.
-    pub async fn get(&self, ids: &[u64], include_deleted: bool) -> Result<(Vec<Activity>, Vec<u64>), ApiError> {
+    /// Activities by id in request order, and the ids not found; shared
+    /// with the store's cache, so a reader copies only what it keeps.
+    pub async fn get(&self, ids: &[u64], include_deleted: bool) -> Result<(Vec<Arc<Activity>>, Vec<u64>), ApiError> {
         let found = self.store.get(ids).await?;
         let mut out = Vec::with_capacity(ids.len());
         let mut missing = Vec::new();
@@ -730,7 +732,7 @@ impl Publisher {
             out.push(OutboxItem {
                 id: a.id,
                 actor: a.actor,
-                to: a.to,
+                to: a.to.clone(),
                 mode: a.delivery_mode,
                 private: a.visibility == Visibility::Private as i32,
                 deleted: a.status == ActivityStatus::Deleted as i32,
@@ -787,9 +789,17 @@ impl Publisher {
 /// Merges lists that are each newest first into one, newest first, keeping
 /// every entry of the first `limit` distinct ids (an id may come from several
 /// feeds); true when entries were left out.
-fn merge_newest(lists: Vec<Vec<OutboxEntry>>, limit: usize) -> (Vec<OutboxEntry>, bool) {
+fn merge_newest(mut lists: Vec<Vec<OutboxEntry>>, limit: usize) -> (Vec<OutboxEntry>, bool) {
+    // One feed's ids are distinct: its first `limit` entries are the answer
+    // (the common read: the reader's own outbox, a single celebrity).
+    if lists.len() <= 1 {
+        let mut list = lists.pop().unwrap_or_default();
+        let cut = list.len() > limit;
+        list.truncate(limit);
+        return (list, cut);
+    }
     let mut lists: Vec<_> = lists.into_iter().map(|l| l.into_iter().peekable()).collect();
-    let mut merged = Vec::new();
+    let mut merged = Vec::with_capacity(limit + lists.len());
     let mut distinct = 0;
     let mut last = None;
     loop {
@@ -863,5 +873,11 @@ mod tests {
         let (all, cut) = merge_newest(vec![list("user:1", &[3, 1]), list("user:2", &[2])], 10);
         assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 2, 1]);
         assert!(!cut);
+        let (one, cut) = merge_newest(vec![list("user:1", &[9, 7, 5])], 2);
+        assert_eq!(one.iter().map(|e| e.id).collect::<Vec<_>>(), vec![9, 7]);
+        assert!(cut, "id 5 was left out");
+        let (one, cut) = merge_newest(vec![list("user:1", &[9, 7])], 2);
+        assert_eq!((one.len(), cut), (2, false));
+        assert_eq!(merge_newest(vec![], 2), (vec![], false));
     }
 }

@@ -77,6 +77,45 @@ async fn embedded_pending_work_survives_a_restart_and_forgets_finished_jobs() {
 }
 
 #[tokio::test]
+async fn embedded_stale_jobs_and_stats_see_only_live_jobs_after_a_restart() {
+    use feed_proto::events::v1::Job;
+    use publish::store::ActivityStore;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = |n: i64| Job {
+        job_id: format!("j/{n:04}"),
+        created_at_ms: n,
+        ..Job::default()
+    };
+    {
+        let s = EmbeddedActivityStore::open(dir.path()).expect("open");
+        s.put_jobs(&(1..=500).map(job).collect::<Vec<_>>()).await.expect("put");
+        // Finished jobs leave tombstones behind: neither the sweep nor the stats may count them.
+        for n in (1..=500).filter(|n| n % 100 != 0) {
+            s.complete_job(&format!("j/{n:04}"), &[]).await.expect("complete");
+        }
+        assert!(!s.fail_job("j/0300", "boom", 5, 1_000).await.expect("fail"));
+    }
+    let s = EmbeddedActivityStore::open(dir.path()).expect("reopen");
+    let stats = s.job_stats().await.expect("stats");
+    assert_eq!((stats.pending, stats.oldest_created_ms), (5, 100));
+    let ids = |jobs: Vec<Job>| jobs.into_iter().map(|j| j.job_id).collect::<Vec<_>>();
+    // j/0300 failed at 1,000: it is not stale at 600, the others are, oldest first.
+    assert_eq!(
+        ids(s.stale_jobs(600, 2_000, 2).await.expect("stale")),
+        ["j/0100", "j/0200"]
+    );
+    assert_eq!(
+        ids(s.stale_jobs(600, 2_000, 10).await.expect("stale")),
+        ["j/0400", "j/0500"],
+        "those handed out are touched at 2,000"
+    );
+    assert_eq!(ids(s.stale_jobs(1_500, 2_000, 10).await.expect("stale")), ["j/0300"]);
+    s.complete_job("j/0100", &[]).await.expect("complete");
+    let stats = s.job_stats().await.expect("stats");
+    assert_eq!((stats.pending, stats.oldest_created_ms), (4, 200));
+}
+
+#[tokio::test]
 async fn embedded_store_finds_pulled_items_of_every_feed_after_a_restart() {
     use feed_core::FeedRef;
     use feed_proto::common::v1::{Activity, DeliveryMode};

@@ -1,5 +1,7 @@
 //! The gRPC adapter of TimelineService.
 
+use std::sync::Arc;
+
 use feed_core::{ApiError, Cursor, FeedRef, validate};
 use feed_proto::timeline::v1 as pb;
 use feed_proto::timeline::v1::timeline_service_server::TimelineService;
@@ -48,7 +50,7 @@ impl TimelineService for TimelineGrpc {
                 .items
                 .into_iter()
                 .map(|i| pb::TimelineItem {
-                    activity: Some(i.activity),
+                    activity: Some(Arc::unwrap_or_clone(i.activity)),
                     source_feed: i.source.to_string(),
                     delivery_mode: i.mode as i32,
                 })
@@ -77,7 +79,11 @@ impl TimelineService for TimelineGrpc {
         Ok(Response::new(pb::GetFeedResponse {
             next_cursor: cursor(&page),
             has_more: page.has_more,
-            activities: page.items.into_iter().map(|i| i.activity).collect(),
+            activities: page
+                .items
+                .into_iter()
+                .map(|i| Arc::unwrap_or_clone(i.activity))
+                .collect(),
         }))
     }
 }

@@ -47,8 +47,9 @@ impl Default for TimelineConfig {
 /// One timeline item.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {
-    /// The hydrated activity.
-    pub activity: Activity,
+    /// The hydrated activity, shared with the store's cache until the
+    /// response takes its copy.
+    pub activity: Arc<Activity>,
     /// The followed feed that brought it (`user:<me>` for the reader's own).
     pub source: FeedRef,
     /// Pushed into the inbox or pulled at read.
@@ -102,9 +103,12 @@ fn mode_via(cand: Candidate<'_>, feed: &FeedRef) -> Option<DeliveryMode> {
 }
 
 /// The reader's followed feeds, sorted: a page checks a few dozen items
-/// against a few dozen feeds by binary search, with nothing to build per read.
+/// against a few dozen feeds by binary search, with nothing to build per item.
 struct Followed {
     feeds: Vec<FeedRef>,
+    /// The followed users' ids, sorted, with their feed's index in `feeds`:
+    /// every item asks whether its actor is followed.
+    users: Vec<(UserId, usize)>,
 }
 
 impl Followed {
@@ -113,7 +117,13 @@ impl Followed {
             feeds.sort_unstable();
         }
         feeds.dedup();
-        Self { feeds }
+        let mut users: Vec<(UserId, usize)> = feeds
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| f.user_id().map(|u| (u, i)))
+            .collect();
+        users.sort_unstable();
+        Self { feeds, users }
     }
 
     fn find(&self, feed: &str) -> Option<&FeedRef> {
@@ -127,15 +137,10 @@ impl Followed {
         self.find(feed).is_some()
     }
 
-    /// `user:<id>` when the reader follows that user (the text is built on
-    /// the stack: this runs for every item).
+    /// `user:<id>` when the reader follows that user.
     fn user(&self, id: UserId) -> Option<&FeedRef> {
-        use std::io::Write;
-        let mut buf = [0u8; 32];
-        let mut w = &mut buf[..];
-        write!(w, "user:{id}").ok()?;
-        let len = 32 - w.len();
-        self.find(std::str::from_utf8(&buf[..len]).ok()?)
+        let at = self.users.binary_search_by_key(&id, |(u, _)| *u).ok()?;
+        self.feeds.get(self.users[at].1)
     }
 }
 
@@ -313,12 +318,17 @@ impl Timeline {
             }
             let cands: Vec<Candidate<'_>> = hits.chunk_by(|a, b| a.id == b.id).collect();
             scanned += cands.len();
-            // Hydrate about what the page still needs (newest first), not
-            // every candidate: the rest is below the page and read next time.
+            // Hydrate what the page still needs (newest first), not every
+            // candidate: the rest is below the page and read next time. Most
+            // candidates pass, so the first round asks for exactly what is
+            // missing (every activity hydrated is a deep copy); once some
+            // were filtered out, twice that.
             let mut at = 0;
+            let mut spare = 1;
             while at < cands.len() && page.items.len() < limit {
                 let want = limit - page.items.len();
-                let end = (at + want + want / 4 + 2).min(cands.len());
+                let end = (at + want * spare).min(cands.len());
+                spare = 2;
                 self.filter(user, &me, &followed, &cands[at..end], &mut page.items)
                     .await?;
                 page.items.truncate(limit);
@@ -419,7 +429,7 @@ impl Timeline {
                 }
                 continue;
             }
-            if rel.muted || !visibility::can_see(&a, Some(user), || follows_actor) {
+            if rel.muted || !visibility::can_see(a.as_ref(), Some(user), || follows_actor) {
                 continue;
             }
             let mode = if from_inbox(cand) {
@@ -485,7 +495,7 @@ impl Timeline {
                     break;
                 }
                 let follows = viewer_following.contains(&FeedRef::user(a.actor));
-                if blocked.contains(&a.actor) || !visibility::can_see(&a, viewer, || follows) {
+                if blocked.contains(&a.actor) || !visibility::can_see(a.as_ref(), viewer, || follows) {
                     continue;
                 }
                 let mode = entries

@@ -1,5 +1,7 @@
 //! What the timeline reads from the other services, and the gRPC clients.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use feed_core::{ApiError, FeedRef, UserId};
 use feed_proto::common::v1::{Activity, DeliveryMode};
@@ -45,8 +47,9 @@ pub trait Sources: Send + Sync + 'static {
         limit: usize,
         pull_only: bool,
     ) -> Result<(Vec<Entry>, bool), ApiError>;
-    /// Active activities by id (deleted and unknown ones left out).
-    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Activity>, ApiError>;
+    /// Active activities by id (deleted and unknown ones left out), shared:
+    /// only those that make the page are copied into the response.
+    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Arc<Activity>>, ApiError>;
     /// Rebuilds the user's inbox from the followed feeds' outboxes.
     async fn rebuild(&self, user: UserId) -> Result<(), ApiError>;
     /// Work not yet in the user's inbox: the lowest id whose fanout is
@@ -164,7 +167,7 @@ impl Sources for GrpcSources {
         Ok((entries, r.has_more))
     }
 
-    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Activity>, ApiError> {
+    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Arc<Activity>>, ApiError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
             let r = self
@@ -177,7 +180,7 @@ impl Sources for GrpcSources {
                 .await
                 .map_err(unavailable("publish"))?
                 .into_inner();
-            out.extend(r.activities);
+            out.extend(r.activities.into_iter().map(Arc::new));
         }
         Ok(out)
     }

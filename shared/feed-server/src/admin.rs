@@ -37,9 +37,17 @@ pub fn spawn_admin(listener: TcpListener, shutdown: Shutdown) -> std::io::Result
     let addr = listener.local_addr()?;
     let handle = metrics_handle();
     tokio::spawn(async move {
+        // A recorder built, not installed by the exporter, has no upkeep
+        // task: histogram samples would pile up between scrapes (for ever
+        // when nothing scrapes), one per request.
+        let mut upkeep = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {
             let (mut sock, _) = tokio::select! {
                 r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+                _ = upkeep.tick() => {
+                    handle.run_upkeep();
+                    continue;
+                }
                 _ = shutdown.wait() => return,
             };
             let handle = handle.clone();

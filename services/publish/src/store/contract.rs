@@ -75,7 +75,10 @@ async fn publish_writes_activity_outbox_and_jobs_together(s: &dyn ActivityStore)
     let jobs = [job("fan/200/user:1", 5)];
     s.commit_publish(&a, &entries, &jobs).await.expect("commit");
     s.commit_publish(&a, &entries, &jobs).await.expect("idempotent retry");
-    assert_eq!(s.get(&[200, 999]).await.expect("get"), vec![Some(a.clone()), None]);
+    assert_eq!(
+        s.get(&[200, 999]).await.expect("get"),
+        vec![Some(std::sync::Arc::new(a.clone())), None]
+    );
     assert_eq!(
         s.outbox(&feed("user:1"), None, 10).await.expect("outbox"),
         entries.to_vec()

@@ -3,7 +3,7 @@
 //! synced before returning. Job completions and heartbeats are not synced:
 //! losing one in a crash only re-runs an idempotent job.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -53,6 +53,11 @@ pub struct EmbeddedActivityStore {
     /// timeline read asks for them, and the keyspaces' fronts fill with
     /// tombstones of finished jobs that a scan would wade through.
     pending_mem: Mutex<PendingMirror>,
+    /// The jobs keyspace's live records by time, in memory, for the same
+    /// reason: the sweeper looks for stale jobs every few seconds and job
+    /// stats are polled, while the keyspace holds a tombstone for every job
+    /// ever finished.
+    jobs_mem: Mutex<JobMirror>,
     writer: Mutex<()>,
     sync: bool,
 }
@@ -83,10 +88,59 @@ fn pending_index(job: &Job) -> Option<(PendingIndex, Vec<u8>, Vec<u8>)> {
     }
 }
 
-/// A committed change to a pending index, for the in-memory mirror.
+/// A committed change to a pending index or to a job record, for the in-memory mirrors.
 enum PendingOp {
     Add(PendingIndex, Vec<u8>, Vec<u8>),
     Remove(PendingIndex, Vec<u8>),
+    /// job id, updated ms, created ms
+    JobPut(Vec<u8>, i64, i64),
+    JobGone(Vec<u8>),
+}
+
+/// Live job records: when each was last changed (for the sweeper) and
+/// created (for the stats), without their bodies.
+#[derive(Default)]
+struct JobMirror {
+    /// job id → (updated ms, created ms)
+    times: HashMap<Vec<u8>, (i64, i64)>,
+    by_updated: BTreeSet<(i64, Vec<u8>)>,
+    by_created: BTreeSet<(i64, Vec<u8>)>,
+}
+
+impl JobMirror {
+    fn load(jobs: &Keyspace) -> Result<Self, StoreError> {
+        let mut m = Self::default();
+        for item in jobs.iter() {
+            let (k, v) = item.into_inner().map_err(be)?;
+            let state = decode_job(&v)?;
+            m.put(k.to_vec(), state.updated_ms, state.job.created_at_ms);
+        }
+        Ok(m)
+    }
+
+    fn put(&mut self, id: Vec<u8>, updated_ms: i64, created_ms: i64) {
+        self.remove(&id);
+        self.by_updated.insert((updated_ms, id.clone()));
+        self.by_created.insert((created_ms, id.clone()));
+        self.times.insert(id, (updated_ms, created_ms));
+    }
+
+    fn remove(&mut self, id: &[u8]) {
+        if let Some((updated, created)) = self.times.remove(id) {
+            self.by_updated.remove(&(updated, id.to_vec()));
+            self.by_created.remove(&(created, id.to_vec()));
+        }
+    }
+
+    /// Up to `limit` job ids last changed before `before_ms`, oldest first.
+    fn stale(&self, before_ms: i64, limit: usize) -> Vec<Vec<u8>> {
+        self.by_updated
+            .iter()
+            .take_while(|(t, _)| *t < before_ms)
+            .take(limit)
+            .map(|(_, id)| id.clone())
+            .collect()
+    }
 }
 
 /// The pending indexes in memory.
@@ -200,6 +254,8 @@ impl EmbeddedActivityStore {
         let pending_fanout = ks("pub_pending_fanout")?;
         let pulled = ks("pub_pulled")?;
         let pending_backfill = ks("pub_pending_backfill")?;
+        let jobs = ks("pub_jobs")?;
+        let jobs_mem = Mutex::new(JobMirror::load(&jobs)?);
         Ok(Self {
             activities: ks("pub_activities")?,
             foreign: ks("pub_foreign")?,
@@ -209,13 +265,14 @@ impl EmbeddedActivityStore {
             pulled_feeds: Mutex::new(feeds_in(&pulled)?),
             pulled_heads: FeedHeads::new(PULLED_HEAD, HEAD_FEEDS),
             pulled,
-            jobs: ks("pub_jobs")?,
+            jobs,
             dead: ks("pub_dead")?,
             scheduled: ks("pub_scheduled")?,
             scheduled_by_time: ks("pub_scheduled_by_time")?,
             scheduled_by_actor: ks("pub_scheduled_by_actor")?,
             meta: ks("pub_meta")?,
             pending_mem: Mutex::new(PendingMirror::load(&pending_fanout, &pending_backfill)?),
+            jobs_mem,
             pending_fanout,
             pending_backfill,
             db,
@@ -247,6 +304,11 @@ impl EmbeddedActivityStore {
         let mut ops = Vec::new();
         for job in jobs {
             batch.insert(&self.jobs, job.job_id.as_bytes(), job_value(job, 0, job.created_at_ms));
+            ops.push(PendingOp::JobPut(
+                job.job_id.as_bytes().to_vec(),
+                job.created_at_ms,
+                job.created_at_ms,
+            ));
             if let Some((index, key, value)) = pending_index(job) {
                 batch.insert(self.index_keyspace(index), key.clone(), value.clone());
                 ops.push(PendingOp::Add(index, key, value));
@@ -262,9 +324,10 @@ impl EmbeddedActivityStore {
         }
     }
 
-    /// Applies committed pending-index changes to the in-memory mirror.
+    /// Applies committed pending-index and job changes to the in-memory mirrors.
     fn apply_pending(&self, ops: Vec<PendingOp>) {
         let mut m = self.pending_mem.lock().unwrap_or_else(|p| p.into_inner());
+        let mut jobs = self.jobs_mem.lock().unwrap_or_else(|p| p.into_inner());
         for op in ops {
             match op {
                 PendingOp::Add(PendingIndex::Fanout, k, _) => {
@@ -279,6 +342,8 @@ impl EmbeddedActivityStore {
                 PendingOp::Remove(PendingIndex::Backfill, k) => {
                     m.backfill.remove(&k);
                 }
+                PendingOp::JobPut(id, updated, created) => jobs.put(id, updated, created),
+                PendingOp::JobGone(id) => jobs.remove(&id),
             }
         }
     }
@@ -356,7 +421,7 @@ impl ActivityStore for EmbeddedActivityStore {
         Ok(())
     }
 
-    async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Activity>>, StoreError> {
+    async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Arc<Activity>>>, StoreError> {
         let (mut found, ticket) = self.activity_cache.get_many(ids, Arc::clone);
         let mut filled = Vec::new();
         for (id, slot) in ids.iter().zip(found.iter_mut()) {
@@ -371,7 +436,7 @@ impl ActivityStore for EmbeddedActivityStore {
         if !filled.is_empty() {
             self.activity_cache.fill_many(ticket, filled);
         }
-        Ok(found.into_iter().map(|a| a.map(Arc::unwrap_or_clone)).collect())
+        Ok(found)
     }
 
     async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<u64>, StoreError> {
@@ -490,6 +555,7 @@ impl ActivityStore for EmbeddedActivityStore {
             ops.push(PendingOp::Remove(index, key));
         }
         batch.remove(&self.jobs, job_id.as_bytes());
+        ops.push(PendingOp::JobGone(job_id.as_bytes().to_vec()));
         self.commit(batch, !spawned.is_empty())?;
         self.apply_pending(ops);
         Ok(())
@@ -509,38 +575,46 @@ impl ActivityStore for EmbeddedActivityStore {
         state.attempts += 1;
         let mut batch = self.db.batch();
         let dead = state.attempts >= max_attempts;
-        if dead {
+        let op = if dead {
             batch.remove(&self.jobs, job_id.as_bytes());
             batch.insert(&self.dead, job_id.as_bytes(), dead_value(&state, error, now_ms));
+            PendingOp::JobGone(job_id.as_bytes().to_vec())
         } else {
             batch.insert(
                 &self.jobs,
                 job_id.as_bytes(),
                 job_value(&state.job, state.attempts, now_ms),
             );
-        }
+            PendingOp::JobPut(job_id.as_bytes().to_vec(), now_ms, state.job.created_at_ms)
+        };
         self.commit(batch, dead)?;
+        self.apply_pending(vec![op]);
         Ok(dead)
     }
 
     async fn stale_jobs(&self, stale_before_ms: i64, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
         let _w = self.lock();
+        let stale = self
+            .jobs_mem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stale(stale_before_ms, limit);
         let mut out = Vec::new();
+        let mut ops = Vec::new();
         let mut batch = self.db.batch();
-        for item in self.jobs.iter() {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item.into_inner().map_err(be)?;
+        for id in stale {
+            let Some(v) = self.jobs.get(&id).map_err(be)? else {
+                continue;
+            };
             let state = decode_job(&v)?;
-            if state.updated_ms < stale_before_ms {
-                batch.insert(&self.jobs, k.to_vec(), job_value(&state.job, state.attempts, now_ms));
-                out.push(state.job);
-            }
+            batch.insert(&self.jobs, id.clone(), job_value(&state.job, state.attempts, now_ms));
+            ops.push(PendingOp::JobPut(id, now_ms, state.job.created_at_ms));
+            out.push(state.job);
         }
         if !out.is_empty() {
             // A lost touch only means one more re-drive: no fsync needed.
             self.commit(batch, false)?;
+            self.apply_pending(ops);
         }
         Ok(out)
     }
@@ -582,24 +656,24 @@ impl ActivityStore for EmbeddedActivityStore {
             }
             v
         };
+        let mut ops = Vec::new();
         for (key, dead) in records {
             batch.remove(&self.dead, key.clone());
-            batch.insert(&self.jobs, key, job_value(&dead.job, 0, now_ms));
+            batch.insert(&self.jobs, key.clone(), job_value(&dead.job, 0, now_ms));
+            ops.push(PendingOp::JobPut(key, now_ms, dead.job.created_at_ms));
             revived.push(dead.job);
         }
         self.commit(batch, true)?;
+        self.apply_pending(ops);
         Ok(revived)
     }
 
     async fn job_stats(&self) -> Result<JobStats, StoreError> {
         let mut stats = JobStats::default();
-        for item in self.jobs.iter() {
-            let (_, v) = item.into_inner().map_err(be)?;
-            let state = decode_job(&v)?;
-            stats.pending += 1;
-            if stats.oldest_created_ms == 0 || state.job.created_at_ms < stats.oldest_created_ms {
-                stats.oldest_created_ms = state.job.created_at_ms;
-            }
+        {
+            let jobs = self.jobs_mem.lock().unwrap_or_else(|p| p.into_inner());
+            stats.pending = jobs.times.len() as u64;
+            stats.oldest_created_ms = jobs.by_created.first().map_or(0, |(t, _)| *t);
         }
         stats.dead = self.dead.len().map_err(be)? as u64;
         Ok(stats)

@@ -1,6 +1,8 @@
 //! The activity store: activities, feed outboxes, the (actor, foreign_id)
 //! index, durable job records and scheduled items.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use feed_core::{FeedRef, UserId};
 use feed_proto::common::v1::{Activity, DeliveryMode};
@@ -110,8 +112,10 @@ pub trait ActivityStore: Send + Sync + 'static {
     /// Idempotent: a retry with the same rows changes nothing.
     async fn commit_publish(&self, activity: &Activity, outbox: &[OutboxEntry], jobs: &[Job])
     -> Result<(), StoreError>;
-    /// Activities by id, in order; None for unknown ids.
-    async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Activity>>, StoreError>;
+    /// Activities by id, in order; None for unknown ids. Shared: a store
+    /// that keeps activities in memory hands them out without a deep copy
+    /// (a home read hydrates a page of them).
+    async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Arc<Activity>>>, StoreError>;
     /// The id held by (actor, foreign_id).
     async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<u64>, StoreError>;
     /// Replaces an existing activity row (update, soft delete) and records jobs, in one step.

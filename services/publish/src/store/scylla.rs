@@ -18,6 +18,8 @@
 //! without an activity row are invisible (hydration drops them). Statements
 //! are prepared once with LOCAL_QUORUM / LOCAL_SERIAL.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use feed_core::{FeedRef, UserId, id::id_time_ms};
 use feed_proto::common::v1::{Activity, DeliveryMode};
@@ -475,7 +477,7 @@ impl ActivityStore for ScyllaActivityStore {
         self.job_batch(jobs, extra).await
     }
 
-    async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Activity>>, StoreError> {
+    async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Arc<Activity>>>, StoreError> {
         let reads = ids
             .iter()
             .map(|id| self.rows::<(Vec<u8>,)>(&self.st.activity_get, (i(*id),)));
@@ -483,7 +485,9 @@ impl ActivityStore for ScyllaActivityStore {
         results
             .into_iter()
             .map(|rows| match rows.into_iter().next() {
-                Some((body,)) => Activity::decode(body.as_slice()).map(Some).map_err(err),
+                Some((body,)) => Activity::decode(body.as_slice())
+                    .map(|a| Some(Arc::new(a)))
+                    .map_err(err),
                 None => Ok(None),
             })
             .collect()
