@@ -758,40 +758,49 @@ impl Publisher {
         limit: usize,
         pull_only: bool,
     ) -> Result<(Vec<OutboxEntry>, bool), ApiError> {
-        let mut lists = Vec::new();
         if pull_only {
-            for (i, ids) in self.store.pulled_many(feeds, before, limit).await? {
-                let feed = &feeds[i];
-                lists.push(
-                    ids.into_iter()
-                        .map(|id| OutboxEntry {
-                            feed: feed.clone(),
-                            id,
-                            mode: DeliveryMode::Pull,
-                        })
-                        .collect::<Vec<_>>(),
-                );
-            }
-        } else {
-            for feed in feeds {
-                let entries = self.store.outbox(feed, before, limit).await?;
-                if !entries.is_empty() {
-                    lists.push(entries);
-                }
+            // Ids with their feed's index: most of them fall below the page,
+            // and only those kept become entries (a feed clone each).
+            let lists: Vec<Vec<(u64, usize)>> = self
+                .store
+                .pulled_many(feeds, before, limit)
+                .await?
+                .into_iter()
+                .map(|(i, ids)| ids.into_iter().map(|id| (id, i)).collect())
+                .collect();
+            let more = lists.iter().any(|l| l.len() >= limit);
+            let (merged, cut) = merge_newest(lists, |e| e.0, limit);
+            let entries = merged
+                .into_iter()
+                .map(|(id, i)| OutboxEntry {
+                    feed: feeds[i].clone(),
+                    id,
+                    mode: DeliveryMode::Pull,
+                })
+                .collect();
+            return Ok((entries, more || cut));
+        }
+        let mut lists = Vec::new();
+        for feed in feeds {
+            let entries = self.store.outbox(feed, before, limit).await?;
+            if !entries.is_empty() {
+                lists.push(entries);
             }
         }
         let more = lists.iter().any(|l| l.len() >= limit);
-        let (merged, cut) = merge_newest(lists, limit);
+        let (merged, cut) = merge_newest(lists, |e| e.id, limit);
         Ok((merged, more || cut))
     }
 }
 
-/// Merges lists that are each newest first into one, newest first, keeping
-/// every entry of the first `limit` distinct ids (an id may come from several
-/// feeds); true when entries were left out.
-fn merge_newest(mut lists: Vec<Vec<OutboxEntry>>, limit: usize) -> (Vec<OutboxEntry>, bool) {
-    // One feed's ids are distinct: its first `limit` entries are the answer
-    // (the common read: the reader's own outbox, a single celebrity).
+/// Merges lists that are each newest first, with distinct ids, into one,
+/// newest first, keeping every entry of the first `limit` distinct ids (an
+/// id may come from several feeds); true when entries were left out. A heap
+/// of the lists' heads: a page takes `limit` ids from dozens of lists of
+/// `limit` each, and looks at little more than what it keeps.
+fn merge_newest<T>(mut lists: Vec<Vec<T>>, id_of: impl Fn(&T) -> u64, limit: usize) -> (Vec<T>, bool) {
+    // One list: its first `limit` entries are the answer (the common read:
+    // the reader's own outbox, a single celebrity).
     if lists.len() <= 1 {
         let mut list = lists.pop().unwrap_or_default();
         let cut = list.len() > limit;
@@ -799,27 +808,28 @@ fn merge_newest(mut lists: Vec<Vec<OutboxEntry>>, limit: usize) -> (Vec<OutboxEn
         return (list, cut);
     }
     let mut lists: Vec<_> = lists.into_iter().map(|l| l.into_iter().peekable()).collect();
+    let mut heads: std::collections::BinaryHeap<(u64, usize)> = lists
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, l)| l.peek().map(|e| (id_of(e), i)))
+        .collect();
     let mut merged = Vec::with_capacity(limit + lists.len());
     let mut distinct = 0;
     let mut last = None;
-    loop {
-        let Some(next) = lists
-            .iter_mut()
-            .filter_map(|l| l.peek().map(|e| e.id).zip(Some(l)))
-            .max_by_key(|(id, _)| *id)
-            .and_then(|(_, l)| l.next())
-        else {
-            return (merged, false);
-        };
-        if last != Some(next.id) {
+    while let Some((id, i)) = heads.pop() {
+        if last != Some(id) {
             if distinct == limit {
                 return (merged, true);
             }
             distinct += 1;
-            last = Some(next.id);
+            last = Some(id);
         }
-        merged.push(next);
+        merged.extend(lists[i].next());
+        if let Some(next) = lists[i].peek() {
+            heads.push((id_of(next), i));
+        }
     }
+    (merged, false)
 }
 
 impl Publisher {
@@ -852,6 +862,7 @@ mod tests {
                 list("user:2", &[95, 50, 40]),
                 list("tag:a", &[60]),
             ],
+            |e| e.id,
             4,
         );
         let got: Vec<(u64, String)> = merged.iter().map(|e| (e.id, e.feed.to_string())).collect();
@@ -870,14 +881,40 @@ mod tests {
             }
         }
         assert!(cut, "ids 40 and 10 were left out");
-        let (all, cut) = merge_newest(vec![list("user:1", &[3, 1]), list("user:2", &[2])], 10);
+        let (all, cut) = merge_newest(vec![list("user:1", &[3, 1]), list("user:2", &[2])], |e| e.id, 10);
         assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 2, 1]);
         assert!(!cut);
-        let (one, cut) = merge_newest(vec![list("user:1", &[9, 7, 5])], 2);
+        let (one, cut) = merge_newest(vec![list("user:1", &[9, 7, 5])], |e| e.id, 2);
         assert_eq!(one.iter().map(|e| e.id).collect::<Vec<_>>(), vec![9, 7]);
         assert!(cut, "id 5 was left out");
-        let (one, cut) = merge_newest(vec![list("user:1", &[9, 7])], 2);
+        let (one, cut) = merge_newest(vec![list("user:1", &[9, 7])], |e| e.id, 2);
         assert_eq!((one.len(), cut), (2, false));
-        assert_eq!(merge_newest(vec![], 2), (vec![], false));
+        assert_eq!(merge_newest(Vec::<Vec<u64>>::new(), |e| *e, 2), (vec![], false));
+    }
+
+    #[test]
+    fn merging_many_lists_keeps_what_sorting_them_all_keeps() {
+        // 30 lists of overlapping ids: the heap merge against a full sort.
+        let lists: Vec<Vec<(u64, usize)>> = (0..30)
+            .map(|l| {
+                let mut ids: Vec<u64> = (0..50u64).map(|k| (k * 7919 + l as u64 * 104_729) % 400).collect();
+                ids.sort_unstable_by(|a, b| b.cmp(a));
+                ids.dedup();
+                ids.into_iter().map(|id| (id, l)).collect()
+            })
+            .collect();
+        for limit in [1, 5, 40, 1000] {
+            let mut all: Vec<(u64, usize)> = lists.iter().flatten().copied().collect();
+            all.sort_unstable_by(|a, b| b.cmp(a));
+            let mut distinct: Vec<u64> = all.iter().map(|e| e.0).collect();
+            distinct.dedup();
+            let cut = distinct.len() > limit;
+            let floor = distinct[limit.min(distinct.len()) - 1];
+            all.retain(|e| e.0 >= floor);
+            let (mut got, got_cut) = merge_newest(lists.clone(), |e| e.0, limit);
+            assert!(got.is_sorted_by(|a, b| a.0 >= b.0), "newest first");
+            got.sort_unstable_by(|a, b| b.cmp(a));
+            assert_eq!((got, got_cut), (all, cut), "limit {limit}");
+        }
     }
 }
