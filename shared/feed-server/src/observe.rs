@@ -4,15 +4,30 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::{HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
 /// Header carrying the request id, in and out.
 pub const REQUEST_ID: &str = "x-request-id";
+
+/// [`REQUEST_ID`], parsed once instead of at each insert.
+static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID);
+
+/// A gRPC status code as a metric label without an allocation per request.
+fn code_label(code: &str) -> metrics::SharedString {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    match CODES.iter().find(|c| **c == code) {
+        Some(c) => metrics::SharedString::const_str(c),
+        None => metrics::SharedString::from(code.to_owned()),
+    }
+}
 
 /// Adds [`Observe`] around a service.
 #[derive(Debug, Clone, Default)]
@@ -46,17 +61,23 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let request_id = req
+        let header = match req
             .headers()
-            .get(REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 128)
-            .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        let header = HeaderValue::from_str(&request_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-        req.headers_mut().insert(REQUEST_ID, header.clone());
-        let method = req.uri().path().to_owned();
-        let span = tracing::info_span!("rpc", method = %method, request_id = %request_id);
+            .get(&REQUEST_ID_HEADER)
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok())
+        {
+            Some(given) => given.clone(),
+            None => {
+                // Formatted on the stack: every request without an id mints one.
+                let mut buf = uuid::Uuid::encode_buffer();
+                let minted = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+                HeaderValue::from_str(minted).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+            }
+        };
+        req.headers_mut().insert(REQUEST_ID_HEADER.clone(), header.clone());
+        // Shared by the span and both metrics: one copy of the path per request.
+        let method: Arc<str> = Arc::from(req.uri().path());
+        let span = tracing::info_span!("rpc", method = %method, request_id = header.to_str().unwrap_or_default());
         // The ready service is the one to call; keep a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -72,17 +93,18 @@ where
                         .headers()
                         .get("grpc-status")
                         .and_then(|v| v.to_str().ok())
-                        .unwrap_or("0")
-                        .to_owned(),
-                    Err(_) => "transport".to_owned(),
+                        .unwrap_or("0"),
+                    Err(_) => "transport",
                 };
                 if code != "0" {
                     tracing::debug!(code = %code, elapsed_ms = elapsed * 1000.0, "rpc failed");
                 }
+                let code = code_label(code);
+                let method = metrics::SharedString::from_shared(method);
                 metrics::counter!("feed_rpc_requests_total", "method" => method.clone(), "code" => code).increment(1);
                 metrics::histogram!("feed_rpc_duration_seconds", "method" => method).record(elapsed);
                 result.map(|mut resp| {
-                    resp.headers_mut().insert(REQUEST_ID, header);
+                    resp.headers_mut().insert(REQUEST_ID_HEADER.clone(), header);
                     resp
                 })
             }

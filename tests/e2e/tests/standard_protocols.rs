@@ -44,6 +44,41 @@ async fn health_reports_each_service_without_a_token() {
 }
 
 #[tokio::test]
+async fn every_answer_carries_a_request_id_kept_from_the_caller_or_minted() {
+    let p = Platform::start().await.expect("platform");
+    let mut health = HealthClient::new(p.channel.clone());
+    let check = || HealthCheckRequest { service: "".into() };
+    let minted = |r: &tonic::metadata::MetadataMap| {
+        r.get(feed_server::observe::REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .expect("a request id")
+    };
+    let first = minted(health.check(check()).await.expect("check").metadata());
+    let second = minted(health.check(check()).await.expect("check").metadata());
+    let uuid = uuid::Uuid::parse_str(&first).expect("a minted id is a UUID");
+    assert_eq!(uuid.get_version_num(), 7, "time-ordered");
+    assert_ne!(first, second, "one per request");
+    let mut req = tonic::Request::new(check());
+    req.metadata_mut()
+        .insert(feed_server::observe::REQUEST_ID, "trace-42".parse().expect("value"));
+    assert_eq!(
+        minted(health.check(req).await.expect("check").metadata()),
+        "trace-42",
+        "the caller's id is kept"
+    );
+    // An error answer carries it too.
+    let err = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .expect_err("unknown service");
+    uuid::Uuid::parse_str(&minted(err.metadata())).expect("minted on errors too");
+    p.stop().await.expect("stop");
+}
+
+#[tokio::test]
 async fn health_turns_not_serving_when_draining_starts() {
     let p = Platform::start().await.expect("platform");
     let mut health = HealthClient::new(p.channel.clone());
