@@ -759,21 +759,16 @@ impl Publisher {
         pull_only: bool,
     ) -> Result<(Vec<OutboxEntry>, bool), ApiError> {
         if pull_only {
-            // Ids with their feed's index: most of them fall below the page,
-            // and only those kept become entries (a feed clone each).
-            let lists: Vec<Vec<(u64, usize)>> = self
-                .store
-                .pulled_many(feeds, before, limit)
-                .await?
-                .into_iter()
-                .map(|(i, ids)| ids.into_iter().map(|id| (id, i)).collect())
-                .collect();
+            // Bare ids: most of them fall below the page, and only those
+            // kept become entries (a feed clone each).
+            let (which, lists): (Vec<usize>, Vec<Vec<u64>>) =
+                self.store.pulled_many(feeds, before, limit).await?.into_iter().unzip();
             let more = lists.iter().any(|l| l.len() >= limit);
-            let (merged, cut) = merge_newest(lists, |e| e.0, limit);
+            let (merged, cut) = merge_newest(lists, |id| *id, limit);
             let entries = merged
                 .into_iter()
-                .map(|(id, i)| OutboxEntry {
-                    feed: feeds[i].clone(),
+                .map(|(list, id)| OutboxEntry {
+                    feed: feeds[which[list]].clone(),
                     id,
                     mode: DeliveryMode::Pull,
                 })
@@ -789,23 +784,23 @@ impl Publisher {
         }
         let more = lists.iter().any(|l| l.len() >= limit);
         let (merged, cut) = merge_newest(lists, |e| e.id, limit);
-        Ok((merged, more || cut))
+        Ok((merged.into_iter().map(|(_, e)| e).collect(), more || cut))
     }
 }
 
 /// Merges lists that are each newest first, with distinct ids, into one,
 /// newest first, keeping every entry of the first `limit` distinct ids (an
-/// id may come from several feeds); true when entries were left out. A heap
+/// id may come from several feeds), each with its list's index; true when
+/// entries were left out. A heap
 /// of the lists' heads: a page takes `limit` ids from dozens of lists of
 /// `limit` each, and looks at little more than what it keeps.
-fn merge_newest<T>(mut lists: Vec<Vec<T>>, id_of: impl Fn(&T) -> u64, limit: usize) -> (Vec<T>, bool) {
+fn merge_newest<T>(mut lists: Vec<Vec<T>>, id_of: impl Fn(&T) -> u64, limit: usize) -> (Vec<(usize, T)>, bool) {
     // One list: its first `limit` entries are the answer (the common read:
     // the reader's own outbox, a single celebrity).
     if lists.len() <= 1 {
-        let mut list = lists.pop().unwrap_or_default();
+        let list = lists.pop().unwrap_or_default();
         let cut = list.len() > limit;
-        list.truncate(limit);
-        return (list, cut);
+        return (list.into_iter().take(limit).map(|e| (0, e)).collect(), cut);
     }
     let mut lists: Vec<_> = lists.into_iter().map(|l| l.into_iter().peekable()).collect();
     let mut heads: std::collections::BinaryHeap<(u64, usize)> = lists
@@ -824,7 +819,7 @@ fn merge_newest<T>(mut lists: Vec<Vec<T>>, id_of: impl Fn(&T) -> u64, limit: usi
             distinct += 1;
             last = Some(id);
         }
-        merged.extend(lists[i].next());
+        merged.extend(lists[i].next().map(|e| (i, e)));
         if let Some(next) = lists[i].peek() {
             heads.push((id_of(next), i));
         }
@@ -865,7 +860,7 @@ mod tests {
             |e| e.id,
             4,
         );
-        let got: Vec<(u64, String)> = merged.iter().map(|e| (e.id, e.feed.to_string())).collect();
+        let got: Vec<(u64, String)> = merged.iter().map(|(_, e)| (e.id, e.feed.to_string())).collect();
         let want = [
             (95, "user:2"),
             (90, "user:1"),
@@ -882,10 +877,10 @@ mod tests {
         }
         assert!(cut, "ids 40 and 10 were left out");
         let (all, cut) = merge_newest(vec![list("user:1", &[3, 1]), list("user:2", &[2])], |e| e.id, 10);
-        assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 2, 1]);
+        assert_eq!(all.iter().map(|(_, e)| e.id).collect::<Vec<_>>(), vec![3, 2, 1]);
         assert!(!cut);
         let (one, cut) = merge_newest(vec![list("user:1", &[9, 7, 5])], |e| e.id, 2);
-        assert_eq!(one.iter().map(|e| e.id).collect::<Vec<_>>(), vec![9, 7]);
+        assert_eq!(one.iter().map(|(_, e)| e.id).collect::<Vec<_>>(), vec![9, 7]);
         assert!(cut, "id 5 was left out");
         let (one, cut) = merge_newest(vec![list("user:1", &[9, 7])], |e| e.id, 2);
         assert_eq!((one.len(), cut), (2, false));
@@ -911,7 +906,9 @@ mod tests {
             let cut = distinct.len() > limit;
             let floor = distinct[limit.min(distinct.len()) - 1];
             all.retain(|e| e.0 >= floor);
-            let (mut got, got_cut) = merge_newest(lists.clone(), |e| e.0, limit);
+            let (got, got_cut) = merge_newest(lists.clone(), |e| e.0, limit);
+            assert!(got.iter().all(|(list, e)| *list == e.1), "each entry names its list");
+            let mut got: Vec<(u64, usize)> = got.into_iter().map(|(_, e)| e).collect();
             assert!(got.is_sorted_by(|a, b| a.0 >= b.0), "newest first");
             got.sort_unstable_by(|a, b| b.cmp(a));
             assert_eq!((got, got_cut), (all, cut), "limit {limit}");

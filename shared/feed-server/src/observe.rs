@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -17,6 +18,30 @@ pub const REQUEST_ID: &str = "x-request-id";
 
 /// [`REQUEST_ID`], parsed once instead of at each insert.
 static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID);
+
+/// A UUIDv7 for a request that came without an id. `Uuid::now_v7` asks
+/// the OS for random bits each time; here they are a random per-process
+/// seed mixed with a counter (splitmix64 is a bijection, so ids never repeat
+/// within a process, and the seed keeps processes apart).
+fn mint_request_id() -> uuid::Uuid {
+    static SEED: std::sync::OnceLock<(u16, u64)> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let (high, seed) = *SEED.get_or_init(|| {
+        let r = uuid::Uuid::new_v4().as_u128();
+        (r as u16, (r >> 64) as u64)
+    });
+    let mut z = seed.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let mut random = [0u8; 10];
+    random[..2].copy_from_slice(&high.to_be_bytes());
+    random[2..].copy_from_slice(&z.to_be_bytes());
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    uuid::Builder::from_unix_timestamp_millis(ms, &random).into_uuid()
+}
 
 /// A gRPC status code as a metric label without an allocation per request.
 fn code_label(code: &str) -> metrics::SharedString {
@@ -70,7 +95,7 @@ where
             None => {
                 // Formatted on the stack: every request without an id mints one.
                 let mut buf = uuid::Uuid::encode_buffer();
-                let minted = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+                let minted = mint_request_id().hyphenated().encode_lower(&mut buf);
                 HeaderValue::from_str(minted).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
             }
         };
@@ -110,5 +135,24 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_request_ids_are_distinct_time_ordered_uuids() {
+        let ids: Vec<uuid::Uuid> = (0..10_000).map(|_| mint_request_id()).collect();
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        assert!(ids.iter().all(|u| u.get_version_num() == 7));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let (secs, _) = ids[0].get_timestamp().expect("v7 has a time").to_unix();
+        assert!(now.abs_diff(secs) < 60, "stamped with the current time");
     }
 }

@@ -506,19 +506,13 @@ impl ActivityStore for EmbeddedActivityStore {
                 })
                 .collect()
         };
-        let mut out = Vec::with_capacity(pulled.len());
-        for (i, prefix) in pulled {
-            let ids: Vec<u64> = self
-                .pulled_heads
-                .below(&self.pulled, &prefix, before, limit)?
-                .into_iter()
-                .map(|(id, _)| id)
-                .collect();
-            if !ids.is_empty() {
-                out.push((i, ids));
-            }
-        }
-        Ok(out)
+        let (indexes, prefixes): (Vec<usize>, Vec<Vec<u8>>) = pulled.into_iter().unzip();
+        let lists = self.pulled_heads.below_many(&self.pulled, &prefixes, before, limit)?;
+        Ok(indexes
+            .into_iter()
+            .zip(lists)
+            .filter(|(_, ids)| !ids.is_empty())
+            .collect())
     }
 
     async fn put_jobs(&self, jobs: &[Job]) -> Result<(), StoreError> {

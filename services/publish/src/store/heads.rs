@@ -36,10 +36,10 @@ impl Head {
 
     /// Up to `limit` entries below `before`, newest first; None when the
     /// answer may reach below what the head holds.
-    fn below(&self, before: Option<u64>, limit: usize) -> Option<Vec<(u64, u8)>> {
+    fn below<T>(&self, before: Option<u64>, limit: usize, map: impl Fn(&(u64, u8)) -> T) -> Option<Vec<T>> {
         let end = before.map_or(self.entries.len(), |b| self.entries.partition_point(|e| e.0 < b));
         let start = end.saturating_sub(limit);
-        (end - start == limit || !self.partial).then(|| self.entries[start..end].iter().rev().copied().collect())
+        (end - start == limit || !self.partial).then(|| self.entries[start..end].iter().rev().map(map).collect())
     }
 }
 
@@ -66,7 +66,7 @@ impl FeedHeads {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(u64, u8)>, StoreError> {
-        let answer = match self.heads.get(prefix, |head| head.below(before, limit)) {
+        let answer = match self.heads.get(prefix, |head| head.below(before, limit, |e| *e)) {
             Ok(answer) => answer,
             Err(ticket) => {
                 let newest = scan_desc(ks, prefix, None, self.keep + 1)?;
@@ -74,7 +74,7 @@ impl FeedHeads {
                     partial: newest.len() > self.keep,
                     entries: newest.into_iter().take(self.keep).rev().collect(),
                 };
-                let answer = head.below(before, limit);
+                let answer = head.below(before, limit, |e| *e);
                 self.heads.fill(ticket, prefix.to_vec(), head);
                 answer
             }
@@ -84,6 +84,30 @@ impl FeedHeads {
             // Deeper than the head: the keyspace answers.
             None => scan_desc(ks, prefix, before, limit),
         }
+    }
+
+    /// [`Self::below`]'s ids for many feeds, the heads held read under one
+    /// lock (a home read asks every followed celebrity).
+    pub(crate) fn below_many(
+        &self,
+        ks: &Keyspace,
+        prefixes: &[Vec<u8>],
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u64>>, StoreError> {
+        let (hits, _) = self.heads.get_many(prefixes, |head| head.below(before, limit, |e| e.0));
+        prefixes
+            .iter()
+            .zip(hits)
+            .map(|(prefix, hit)| match hit.flatten() {
+                Some(ids) => Ok(ids),
+                None => Ok(self
+                    .below(ks, prefix, before, limit)?
+                    .into_iter()
+                    .map(|e| e.0)
+                    .collect()),
+            })
+            .collect()
     }
 
     /// Records committed entries; the caller holds the store's writer lock.
