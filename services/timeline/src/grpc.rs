@@ -51,7 +51,7 @@ impl TimelineService for TimelineGrpc {
                 .into_iter()
                 .map(|i| pb::TimelineItem {
                     activity: Some(Arc::unwrap_or_clone(i.activity)),
-                    source_feed: i.source.to_string(),
+                    source_feed: i.source.as_str().to_owned(),
                     delivery_mode: i.mode as i32,
                 })
                 .collect(),
