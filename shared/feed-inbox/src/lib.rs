@@ -8,8 +8,10 @@
 //!   fixed-width big-endian ids is numeric order, so pages are exact
 //!   `ZRANGE ... BYLEX REV` reads with no f64 precision loss (ids exceed 2^53).
 //! - `inbox-floor:{<user>}`: the 8-byte id down to which the inbox is
-//!   complete. Its presence is what makes the inbox *live*: fanout writes only
-//!   to live inboxes and never creates a one-item inbox.
+//!   complete. Its presence, with the one-byte member `\xff` (the live mark,
+//!   above every id) in the set, is what makes the inbox *live*: fanout
+//!   writes only to live inboxes and never creates a one-item inbox, and a
+//!   floor whose set Redis evicted counts for nothing.
 //!
 //! Ids below the floor are not served from the inbox; readers take them from
 //! the followees' outboxes with the same cursor.

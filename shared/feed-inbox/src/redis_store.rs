@@ -1,6 +1,14 @@
 //! Inboxes on Redis (or Redis Cluster): one Lua script per write, so an
 //! inbox's entries and its floor always change together; a page reads
 //! both in one transaction.
+//!
+//! A live inbox also holds [`LIVE_MARK`], a member above every id. The
+//! floor and the set are two keys, and under `maxmemory-policy
+//! volatile-lru` Redis may evict one without the other: a floor whose set
+//! was evicted would claim an empty inbox complete, and the reader would
+//! miss every pushed item until the floor expired (never, for an active
+//! user). So a floor counts only with the mark beside it; without it the
+//! inbox is dead and the next read rebuilds it.
 
 use async_trait::async_trait;
 use feed_core::UserId;
@@ -17,15 +25,19 @@ local function lt(x, y)
   if xh ~= yh then return xh < yh end
   return xl < yl
 end
+local MARK = '\255'
 local function trim_key(inbox, floorkey, cap)
-  local n = redis.call('ZCARD', inbox)
+  -- The live mark is one of the members (the highest: trimming from the
+  -- low end never removes it).
+  local n = redis.call('ZCARD', inbox) - 1
   if n > cap then
     redis.call('ZREMRANGEBYRANK', inbox, 0, n - cap - 1)
     local min = redis.call('ZRANGE', inbox, 0, 0)[1]
     local floor = redis.call('GET', floorkey)
     if lt(floor, min) then redis.call('SET', floorkey, min, 'KEEPTTL') end
-  elseif n == 1 then
-    -- The set was just created: it expires with its floor key.
+  elseif n == 0 then
+    -- The set was just created (by a push after it was evicted, so without
+    -- the mark; the inbox reads as dead): it expires with its floor key.
     local ttl = redis.call('PTTL', floorkey)
     if ttl > 0 then redis.call('PEXPIRE', inbox, ttl) end
   end
@@ -74,15 +86,34 @@ return n
 /// KEYS: inbox, floor. ARGV: cap, ttl_ms, floor, provisional ("" = none), ids...
 const REBUILD: &str = r"
 local cur = redis.call('GET', KEYS[2])
+-- A floor without the mark lost its set: it guarantees nothing.
+if cur and not redis.call('ZSCORE', KEYS[1], MARK) then cur = false end
 local floor = ARGV[3]
 if cur and cur ~= ARGV[4] and lt(cur, floor) then floor = cur end
 redis.call('SET', KEYS[2], floor, 'PX', ARGV[2])
+redis.call('ZADD', KEYS[1], 0, MARK)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 for i = 5, #ARGV do
   if not lt(ARGV[i], floor) then redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
 end
 trim(tonumber(ARGV[1]))
 return 1
 ";
+
+/// KEYS: inbox, floor. ARGV: provisional floor, ttl_ms. Makes the inbox live
+/// unless it is (floor and mark); 1 when this call did.
+const MARK_LIVE: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 and redis.call('ZSCORE', KEYS[1], MARK) then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[1], 0, MARK)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+";
+
+/// The member that marks a live inbox: one byte above the first byte of
+/// every id (ids keep their top bit 0), so it sorts after all of them and
+/// pages below `(\xff` never see it.
+pub const LIVE_MARK: &[u8] = &[0xFF];
 
 /// Redis key of a user's inbox.
 pub fn inbox_key(user: UserId) -> String {
@@ -114,6 +145,7 @@ pub struct RedisInbox {
     add: redis::Script,
     push_many: redis::Script,
     rebuild: redis::Script,
+    mark_live: redis::Script,
 }
 
 impl RedisInbox {
@@ -125,6 +157,7 @@ impl RedisInbox {
             add: redis::Script::new(&format!("{LT}{ADD}")),
             push_many: redis::Script::new(&format!("{LT}{PUSH_MANY}")),
             rebuild: redis::Script::new(&format!("{LT}{REBUILD}")),
+            mark_live: redis::Script::new(&format!("{LT}{MARK_LIVE}")),
         }
     }
 
@@ -138,7 +171,7 @@ impl RedisInbox {
     /// Redis restart, which forgets scripts).
     async fn load_scripts(&self) -> Result<(), InboxError> {
         let mut conn = self.conn.clone();
-        for s in [&self.add, &self.push_many, &self.rebuild] {
+        for s in [&self.add, &self.push_many, &self.rebuild, &self.mark_live] {
             let _: String = s.prepare_invoke().load_async(&mut conn).await?;
         }
         Ok(())
@@ -223,15 +256,15 @@ impl InboxStore for RedisInbox {
 
     async fn mark_live(&self, user: UserId, provisional_floor: u64) -> Result<bool, InboxError> {
         let mut conn = self.conn.clone();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(floor_key(user))
+        let created: i64 = self
+            .mark_live
+            .key(inbox_key(user))
+            .key(floor_key(user))
             .arg(&member(provisional_floor)[..])
-            .arg("NX")
-            .arg("PX")
             .arg(self.cfg.ttl_ms)
-            .query_async(&mut conn)
+            .invoke_async(&mut conn)
             .await?;
-        Ok(set.is_some())
+        Ok(created == 1)
     }
 
     async fn rebuild(&self, user: UserId, ids: &[u64], floor: u64, provisional: Option<u64>) -> Result<(), InboxError> {
@@ -257,17 +290,22 @@ impl InboxStore for RedisInbox {
                 v.extend_from_slice(&member(b));
                 v
             }
-            None => b"+".to_vec(),
+            // Every id, not the live mark above them.
+            None => vec![b'(', LIVE_MARK[0]],
         };
+        let inbox = inbox_key(user);
         let mut conn = self.conn.clone();
         // One transaction, not a script: the floor and the page stay
         // consistent, and Redis spends a third of a script call on it.
-        let (floor, ids): (Option<Vec<u8>>, Vec<Vec<u8>>) = redis::pipe()
+        let (floor, mark, ids): (Option<Vec<u8>>, Option<f64>, Vec<Vec<u8>>) = redis::pipe()
             .atomic()
             .cmd("GET")
             .arg(floor_key(user))
+            .cmd("ZSCORE")
+            .arg(&inbox)
+            .arg(LIVE_MARK)
             .cmd("ZRANGE")
-            .arg(inbox_key(user))
+            .arg(&inbox)
             .arg(max)
             .arg("-")
             .arg("BYLEX")
@@ -277,7 +315,7 @@ impl InboxStore for RedisInbox {
             .arg(limit)
             .query_async(&mut conn)
             .await?;
-        Ok(floor.map(|floor| {
+        Ok(floor.filter(|_| mark.is_some()).map(|floor| {
             let floor = id_of(&floor).unwrap_or(0);
             InboxPage {
                 floor,
@@ -330,8 +368,16 @@ impl InboxStore for RedisInbox {
 
     async fn is_live(&self, user: UserId) -> Result<bool, InboxError> {
         let mut conn = self.conn.clone();
-        let n: i64 = redis::cmd("EXISTS").arg(floor_key(user)).query_async(&mut conn).await?;
-        Ok(n == 1)
+        let (floor, mark): (i64, Option<f64>) = redis::pipe()
+            .atomic()
+            .cmd("EXISTS")
+            .arg(floor_key(user))
+            .cmd("ZSCORE")
+            .arg(inbox_key(user))
+            .arg(LIVE_MARK)
+            .query_async(&mut conn)
+            .await?;
+        Ok(floor == 1 && mark.is_some())
     }
 
     async fn evict(&self, user: UserId) -> Result<(), InboxError> {

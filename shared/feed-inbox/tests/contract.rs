@@ -23,6 +23,70 @@ async fn redis_inbox_passes_the_contract() {
     .await;
 }
 
+/// `maxmemory-policy volatile-lru` evicts keys one at a time: an inbox may
+/// lose its set and keep its floor, or the other way round.
+#[tokio::test]
+async fn an_inbox_that_lost_either_key_to_eviction_reads_as_dead_and_rebuilds_exactly() {
+    use feed_inbox::redis_store::{floor_key, inbox_key};
+    let redis = RedisServer::start().expect("redis");
+    let inbox = RedisInbox::connect(&redis.url(), contract_config())
+        .await
+        .expect("connect");
+    let mut conn = redis::Client::open(redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let id = |n: u64| (1u64 << 40) + n;
+    for (user, evicted) in [(1, inbox_key(1)), (2, floor_key(2))] {
+        inbox
+            .rebuild(user, &[id(10), id(20)], id(5), None)
+            .await
+            .expect("rebuild");
+        assert!(inbox.is_live(user).await.expect("live"));
+        let _: i64 = redis::cmd("DEL")
+            .arg(&evicted)
+            .query_async(&mut conn)
+            .await
+            .expect("evict");
+        assert!(!inbox.is_live(user).await.expect("live"), "{evicted} evicted");
+        assert!(
+            inbox.page(user, None, 10).await.expect("page").is_none(),
+            "{evicted} evicted: the page must not claim an inbox"
+        );
+        // A push meanwhile does not revive it.
+        inbox.push(&[user], id(30)).await.expect("push");
+        assert!(inbox.page(user, None, 10).await.expect("page").is_none());
+        // The rebuild (which reads 30 from the outboxes) starts over: the
+        // floor left behind guarantees nothing.
+        assert!(inbox.mark_live(user, id(25)).await.expect("mark"), "{evicted} evicted");
+        inbox
+            .rebuild(user, &[id(12), id(20), id(30)], id(12), Some(id(25)))
+            .await
+            .expect("rebuild");
+        let page = inbox.page(user, None, 10).await.expect("page").expect("live again");
+        assert_eq!(
+            page.floor,
+            id(12),
+            "{evicted} evicted: the rebuild's floor, not the stale one"
+        );
+        assert_eq!(page.ids, vec![id(30), id(20), id(12)], "{evicted} evicted");
+    }
+    // The mark is a member, not an id: pages and trims never show or count it.
+    inbox.rebuild(3, &[], 0, None).await.expect("rebuild");
+    for n in 1..=7 {
+        inbox.push(&[3], id(n)).await.expect("push");
+    }
+    let page = inbox.page(3, None, 10).await.expect("page").expect("live");
+    assert_eq!(page.ids, (3..=7).rev().map(id).collect::<Vec<_>>());
+    let expiry: i64 = redis::cmd("PTTL")
+        .arg(inbox_key(3))
+        .query_async(&mut conn)
+        .await
+        .expect("pttl");
+    assert!(expiry > 0, "the set expires with its floor");
+}
+
 #[tokio::test]
 async fn redis_inbox_reloads_scripts_after_a_restart_forgets_them() {
     let redis = RedisServer::start().expect("redis");

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use feed_inbox::redis_store::{floor_key, inbox_key};
+use feed_inbox::redis_store::{LIVE_MARK, floor_key, inbox_key};
 use feed_proto::followgraph::v1 as fg;
 use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
 use feed_proto::publish::v1 as pb;
@@ -51,7 +51,8 @@ impl TimelineService for Raw {
         let mut c = self.conn.clone();
         let ids: Vec<Vec<u8>> = redis::cmd("ZRANGE")
             .arg(inbox_key(req.get_ref().user_id))
-            .arg("+")
+            // Ids only, below the live mark.
+            .arg(&[b'(', LIVE_MARK[0]][..])
             .arg("-")
             .arg("BYLEX")
             .arg("REV")
@@ -207,6 +208,7 @@ pub async fn run(users: u64, requests: usize, levels: Vec<usize>) -> anyhow::Res
         let mut pipe = redis::pipe();
         for u in chunk {
             pipe.cmd("SET").arg(floor_key(*u)).arg(&0u64.to_be_bytes()[..]).ignore();
+            pipe.cmd("ZADD").arg(inbox_key(*u)).arg(0).arg(LIVE_MARK).ignore();
         }
         let _: () = pipe.query_async(&mut conn).await?;
     }
