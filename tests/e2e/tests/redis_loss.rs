@@ -181,6 +181,27 @@ async fn flushing_redis_mid_run_loses_no_item_and_no_notification() {
     })
     .await;
 
+    // Under memory pressure Redis evicts keys one by one: user 2's inbox set
+    // goes while its floor stays, user 3's floor goes while its set stays.
+    {
+        use feed_inbox::redis_store::{floor_key, inbox_key};
+        let mut conn = redis::Client::open(e.redis.url())
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("conn");
+        for key in [inbox_key(2), floor_key(3)] {
+            let n: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.expect("evict");
+            assert_eq!(n, 1, "{key} existed");
+        }
+    }
+    assert_eq!(e.timeline(2).await, vec![second, first], "after its set was evicted");
+    assert_eq!(
+        e.timeline(3).await,
+        vec![like3, second, first],
+        "after its floor was evicted"
+    );
+
     e.flush().await;
 
     // Inboxes are gone: the next read rebuilds them from the durable outboxes.
