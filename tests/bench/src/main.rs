@@ -300,17 +300,25 @@ async fn fanout(followers: Vec<u64>, workers: usize, concurrency: usize, prefill
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Args::parse().cmd {
-        Cmd::Fanout {
-            followers,
-            workers,
-            concurrency,
-            prefill,
-        } => fanout(followers, workers, concurrency, prefill).await,
-        Cmd::Timeline {
-            users,
-            requests,
-            concurrency,
-        } => timeline_bench::run(users, requests, concurrency).await,
+    let bench = async {
+        match Args::parse().cmd {
+            Cmd::Fanout {
+                followers,
+                workers,
+                concurrency,
+                prefill,
+            } => fanout(followers, workers, concurrency, prefill).await,
+            Cmd::Timeline {
+                users,
+                requests,
+                concurrency,
+            } => timeline_bench::run(users, requests, concurrency).await,
+        }
+    };
+    // Interrupted (Ctrl-C, a timeout's SIGTERM), the bench is dropped, and
+    // with it its redis-server: an exit from a signal would leave it running.
+    tokio::select! {
+        result = bench => result,
+        _ = feed_server::shutdown::terminate_signal() => anyhow::bail!("interrupted"),
     }
 }
