@@ -63,8 +63,13 @@ pub fn worker_config(cfg: &FeedConfig) -> WorkerConfig {
 /// `storage.data_dir/publish`.
 pub async fn open_store(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn ActivityStore>> {
     if !cfg.scylla.node_list().is_empty() {
+        let scylla = store::scylla::ScyllaActivityStore::connect(&cfg.scylla).await?;
+        if cfg.redis.url.is_empty() {
+            return Ok(Arc::new(scylla));
+        }
+        // Replicas share the store: celebrity heads live in Redis for all of them.
         return Ok(Arc::new(
-            store::scylla::ScyllaActivityStore::connect(&cfg.scylla).await?,
+            store::shared_heads::SharedHeads::connect(scylla, &cfg.redis.url, cfg.redis.cluster).await?,
         ));
     }
     let dir = cfg.storage.data_dir.join("publish");

@@ -230,3 +230,133 @@ async fn redis_queue_delivers_reclaims_acks_dead_letters_and_trims() {
     assert_eq!(dead, 1);
     q.ack(&taken[0]).await.expect("ack");
 }
+
+#[tokio::test]
+async fn shared_heads_over_the_embedded_store_pass_the_contract() {
+    use publish::store::shared_heads::SharedHeads;
+    let redis = feed_testkit::RedisServer::start().expect("redis");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inner = EmbeddedActivityStore::open(dir.path()).expect("open");
+    run_all(&SharedHeads::connect(inner, &redis.url(), false).await.expect("connect")).await;
+}
+
+/// The heads in Redis are exact whatever happens to them: read before and
+/// after writes, evicted, flushed, left half-filled by a reader, trimmed
+/// past what they keep, or for a feed that only now gets its first
+/// pull-mode item (a new celebrity, whose head said "none").
+#[tokio::test]
+async fn shared_heads_stay_exact_through_eviction_flush_and_unfinished_fills() {
+    use feed_core::FeedRef;
+    use feed_proto::common::v1::{Activity, DeliveryMode};
+    use publish::store::contract::every_pulled;
+    use publish::store::shared_heads::SharedHeads;
+    use publish::store::{ActivityStore, OutboxEntry};
+    let redis = feed_testkit::RedisServer::start().expect("redis");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inner = EmbeddedActivityStore::open(dir.path()).expect("open");
+    let s = SharedHeads::connect(inner, &redis.url(), false).await.expect("connect");
+    let mut conn = redis::Client::open(redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let star = FeedRef::parse("user:1").expect("feed");
+    let newcomer = FeedRef::parse("user:2").expect("feed");
+    let publish = async |id: u64, feed: &FeedRef| {
+        let a = Activity {
+            id,
+            actor: 1,
+            ..Activity::default()
+        };
+        let e = OutboxEntry {
+            feed: feed.clone(),
+            id,
+            mode: DeliveryMode::Pull,
+        };
+        s.commit_publish(&a, &[e], &[]).await.expect("publish");
+    };
+    let mut want: Vec<u64> = Vec::new();
+    let check = async |want: &[u64], what: &str| {
+        assert_eq!(every_pulled(&s, &star, 25).await, want, "{what}");
+        let (_, first) = s
+            .pulled_many(&[newcomer.clone(), star.clone()], None, 10)
+            .await
+            .expect("pulled")
+            .into_iter()
+            .find(|(i, _)| *i == 1)
+            .expect("the star has pulled ids");
+        assert_eq!(first, want[..10.min(want.len())], "{what}: first page");
+    };
+    // More than a head keeps (256): the rest pages in from the store.
+    for id in 1_000..1_300 {
+        publish(id, &star).await;
+    }
+    want.extend((1_000..1_300).rev());
+    check(&want, "filled on the first read").await;
+    let head: Vec<u8> = redis::cmd("GET")
+        .arg("pulled-head:{user:1}")
+        .query_async(&mut conn)
+        .await
+        .expect("head");
+    assert_eq!((head[0], head.len()), (b'C', 9 + 256 * 8), "complete, 256 ids");
+    assert_eq!(&head[1..9], &1_044u64.to_be_bytes()[..], "the floor is the oldest kept");
+    assert!(s.pulled(&newcomer, None, 10).await.expect("pulled").is_empty());
+    let none: Vec<u8> = redis::cmd("GET")
+        .arg("pulled-head:{user:2}")
+        .query_async(&mut conn)
+        .await
+        .expect("head");
+    assert_eq!(none, [&b"C"[..], &[0u8; 8][..]].concat(), "a feed with none says so");
+    publish(2_000, &star).await;
+    publish(2_001, &newcomer).await;
+    want.insert(0, 2_000);
+    check(&want, "a publish after the fill").await;
+    assert_eq!(
+        s.pulled(&newcomer, None, 10).await.expect("pulled"),
+        vec![2_001],
+        "a feed whose head said none gets its first item"
+    );
+    // Reads are served from the head (a planted one is what they answer).
+    let planted = [&b"C"[..], &[0u8; 8][..], &7u64.to_be_bytes()[..]].concat();
+    let _: () = redis::cmd("SET")
+        .arg("pulled-head:{user:2}")
+        .arg(planted)
+        .query_async(&mut conn)
+        .await
+        .expect("plant");
+    assert_eq!(s.pulled(&newcomer, None, 10).await.expect("pulled"), vec![7]);
+    let _: i64 = redis::cmd("DEL")
+        .arg("pulled-head:{user:2}")
+        .query_async(&mut conn)
+        .await
+        .expect("unplant");
+    // Evicted, flushed: the store answers and the heads fill again.
+    let _: i64 = redis::cmd("DEL")
+        .arg("pulled-head:{user:1}")
+        .query_async(&mut conn)
+        .await
+        .expect("evict");
+    check(&want, "after eviction").await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.expect("flush");
+    check(&want, "after a flush").await;
+    // A reader that marked the head and died: reads go to the store, and
+    // publishes land in the marker, never lost; the marker expires.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.expect("flush");
+    let _: () = redis::cmd("SET")
+        .arg("pulled-head:{user:1}")
+        .arg(&b"Pdeadbeef"[..])
+        .query_async(&mut conn)
+        .await
+        .expect("marker");
+    publish(2_002, &star).await;
+    want.insert(0, 2_002);
+    check(&want, "while a fill is unfinished").await;
+    let _: () = redis::cmd("PEXPIRE")
+        .arg("pulled-head:{user:1}")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .expect("expire");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    check(&want, "after the marker expired").await;
+}

@@ -16,15 +16,20 @@ use redis::aio::ConnectionManager;
 
 use crate::{InboxConfig, InboxError, InboxPage, InboxStore};
 
-/// Compares two 8-byte big-endian ids. Lua's `<` on strings uses strcoll,
-/// which stops at NUL bytes and follows the locale, so unpack to integers.
-const LT: &str = r"
+/// `lt(x, y)` for two 8-byte big-endian ids, for scripts. Lua's `<` on
+/// strings uses strcoll, which stops at NUL bytes and follows the locale, so
+/// unpack to integers.
+pub const LUA_ID_LT: &str = r"
 local function lt(x, y)
   local xh, xl = struct.unpack('>I4>I4', x)
   local yh, yl = struct.unpack('>I4>I4', y)
   if xh ~= yh then return xh < yh end
   return xl < yl
 end
+";
+
+/// [`LUA_ID_LT`] and the trim every inbox write ends with.
+const LT: &str = r"
 local MARK = '\255'
 local function trim_key(inbox, floorkey, cap)
   -- The live mark is one of the members (the highest: trimming from the
@@ -154,10 +159,10 @@ impl RedisInbox {
         Self {
             conn,
             cfg,
-            add: redis::Script::new(&format!("{LT}{ADD}")),
-            push_many: redis::Script::new(&format!("{LT}{PUSH_MANY}")),
-            rebuild: redis::Script::new(&format!("{LT}{REBUILD}")),
-            mark_live: redis::Script::new(&format!("{LT}{MARK_LIVE}")),
+            add: redis::Script::new(&format!("{LUA_ID_LT}{LT}{ADD}")),
+            push_many: redis::Script::new(&format!("{LUA_ID_LT}{LT}{PUSH_MANY}")),
+            rebuild: redis::Script::new(&format!("{LUA_ID_LT}{LT}{REBUILD}")),
+            mark_live: redis::Script::new(&format!("{LUA_ID_LT}{LT}{MARK_LIVE}")),
         }
     }
 

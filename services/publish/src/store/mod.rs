@@ -13,6 +13,7 @@ pub mod contract;
 pub mod embedded;
 mod heads;
 pub mod scylla;
+pub mod shared_heads;
 
 /// One entry of a feed's outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
