@@ -349,6 +349,16 @@ async fn shared_heads_stay_exact_through_eviction_flush_and_unfinished_fills() {
         .await
         .expect("marker");
     publish(2_002, &star).await;
+    let marker: Vec<u8> = redis::cmd("GET")
+        .arg("pulled-head:{user:1}")
+        .query_async(&mut conn)
+        .await
+        .expect("marker");
+    assert_eq!(
+        marker,
+        [&b"Pdeadbeef"[..], &2_002u64.to_be_bytes()[..]].concat(),
+        "the publish landed in the marker, for the filler's union"
+    );
     want.insert(0, 2_002);
     check(&want, "while a fill is unfinished").await;
     let _: () = redis::cmd("PEXPIRE")
@@ -359,4 +369,14 @@ async fn shared_heads_stay_exact_through_eviction_flush_and_unfinished_fills() {
         .expect("expire");
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     check(&want, "after the marker expired").await;
+    // Without Redis, publishes still succeed and the store answers.
+    drop(redis);
+    let outage = async {
+        publish(2_003, &star).await;
+        want.insert(0, 2_003);
+        check(&want, "while Redis is gone").await;
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), outage)
+        .await
+        .expect("no hang without Redis");
 }

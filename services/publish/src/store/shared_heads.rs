@@ -11,13 +11,16 @@
 //!   in the list; floor 0 with no ids says the feed has none (most feeds).
 //! - `P` (provisional): a reader is filling it; the 8 bytes are its token.
 //!
-//! Exactness: a publish adds its pull-mode ids to existing heads *before*
-//! the store commit (a commit that then fails leaves an id without an
-//! activity row, which no read shows: Invariant 6; the retry re-adds it).
-//! A reader that misses writes its marker first, reads the store, then
-//! completes the head only if its marker (or a complete head) is still
-//! there, taking the union: an id published meanwhile is in the store read
-//! or was added to the marker. Fills expire after a TTL; adds keep it.
+//! Exactness: a publish adds its pull-mode ids to existing heads before the
+//! store commit (a commit that then fails leaves an id without an activity
+//! row, which no read shows: Invariant 6) and again after it (a reader may
+//! have begun filling in between). A reader that misses writes its marker
+//! first, reads the store, then completes the head only if its marker (or a
+//! complete head) is still there, taking the union: an id published
+//! meanwhile is in the store read or was added to the marker. Publish does
+//! not fail on Redis (it stays available without it, like the job queue):
+//! an add lost to an outage leaves a head short until it is read from the
+//! store again, at most `TTL_MS` later; adds keep the TTL.
 
 use std::sync::Arc;
 
@@ -86,8 +89,10 @@ return 1
 
 /// Ids a head keeps: a page of 20 reads 25 per round.
 const KEEP: usize = 256;
-/// A head is read from the store again this often, however it is used.
-const TTL_MS: u64 = 10 * 60 * 1000;
+/// A head is read from the store again this often, however it is used: one
+/// store read per celebrity per minute, and the bound on a head left short
+/// by an add lost to a Redis outage.
+const TTL_MS: u64 = 60 * 1000;
 
 fn key(feed: &FeedRef) -> String {
     format!("pulled-head:{{{feed}}}")
@@ -129,7 +134,16 @@ impl<S: ActivityStore> SharedHeads<S> {
     /// `inner`'s pull-mode heads kept in the Redis at `url`.
     pub async fn connect(inner: S, url: &str, cluster: bool) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(redis_err)?;
-        let conn = client.get_connection_manager().await.map_err(redis_err)?;
+        // The heads only spare the store work: give up on Redis quickly and
+        // let the store answer, rather than hold a timeline read.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_connection_timeout(Some(std::time::Duration::from_millis(250)))
+            .set_response_timeout(Some(std::time::Duration::from_millis(500)));
+        let conn = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(redis_err)?;
         let lt = feed_inbox::redis_store::LUA_ID_LT;
         Ok(Self {
             inner,
@@ -157,6 +171,24 @@ impl<S: ActivityStore> SharedHeads<S> {
             cmd.arg(key(f));
         }
         cmd.query_async(&mut conn).await.map_err(redis_err)
+    }
+
+    /// Adds the pull-mode entries to the heads that exist (see the module docs).
+    async fn add_pulled(&self, outbox: &[OutboxEntry]) {
+        let mut conn = self.conn.clone();
+        for e in outbox.iter().filter(|e| e.mode == DeliveryMode::Pull) {
+            let added: Result<i64, _> = self
+                .add
+                .key(key(&e.feed))
+                .arg(&e.id.to_be_bytes()[..])
+                .arg(KEEP)
+                .invoke_async(&mut conn)
+                .await;
+            if let Err(e) = added {
+                metrics::counter!("feed_pulled_head_add_failures_total").increment(1);
+                tracing::warn!(error = %e, "pulled head not updated; it is re-read within a minute");
+            }
+        }
     }
 
     /// Fills a missing head from the store: marker first, then the read, then the union.
@@ -218,20 +250,10 @@ impl<S: ActivityStore> ActivityStore for SharedHeads<S> {
         outbox: &[OutboxEntry],
         jobs: &[Job],
     ) -> Result<(), StoreError> {
-        // Before the commit: an add that fails fails the publish, which the
-        // caller retries; a commit that fails leaves an invisible id.
-        let mut conn = self.conn.clone();
-        for e in outbox.iter().filter(|e| e.mode == DeliveryMode::Pull) {
-            let _: i64 = self
-                .add
-                .key(key(&e.feed))
-                .arg(&e.id.to_be_bytes()[..])
-                .arg(KEEP)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(redis_err)?;
-        }
-        self.inner.commit_publish(activity, outbox, jobs).await
+        self.add_pulled(outbox).await;
+        self.inner.commit_publish(activity, outbox, jobs).await?;
+        self.add_pulled(outbox).await;
+        Ok(())
     }
 
     async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Arc<Activity>>>, StoreError> {
