@@ -96,6 +96,17 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// [`ActivityStore::pulled`] of a store whose own call is `pulled_many`.
+pub(crate) async fn pulled_via_many<S: ActivityStore + ?Sized>(
+    store: &S,
+    feed: &FeedRef,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<Vec<u64>, StoreError> {
+    let mut found = store.pulled_many(std::slice::from_ref(feed), before, limit).await?;
+    Ok(found.pop().map(|(_, ids)| ids).unwrap_or_default())
+}
+
 /// Storage of activities and everything written with them. Multi-row
 /// writes are atomic: readers never see an activity without its outbox
 /// entries or its jobs.

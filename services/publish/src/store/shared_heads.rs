@@ -277,8 +277,7 @@ impl<S: ActivityStore> ActivityStore for SharedHeads<S> {
     }
 
     async fn pulled(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<u64>, StoreError> {
-        let mut found = self.pulled_many(std::slice::from_ref(feed), before, limit).await?;
-        Ok(found.pop().map(|(_, ids)| ids).unwrap_or_default())
+        super::pulled_via_many(self, feed, before, limit).await
     }
 
     async fn pulled_many(
