@@ -295,21 +295,36 @@ impl<S: ActivityStore> ActivityStore for SharedHeads<S> {
             }
         };
         let mut out = Vec::new();
-        for (i, (feed, head)) in feeds.iter().zip(heads).enumerate() {
-            let ids = match head.as_deref().and_then(|v| answer(v, before, limit)) {
-                Some(ids) => ids,
+        // Feeds the heads cannot answer: by index, and those with no head to fill.
+        let mut deferred = Vec::new();
+        let mut missing = Vec::new();
+        for (i, head) in heads.iter().enumerate() {
+            match head.as_deref().and_then(|v| answer(v, before, limit)) {
+                Some(ids) if ids.is_empty() => {}
+                Some(ids) => out.push((i, ids)),
                 None => {
-                    if head.is_none()
-                        && let Err(e) = self.fill(feed).await
-                    {
-                        tracing::warn!(error = %e, %feed, "pulled head not filled");
+                    deferred.push(i);
+                    if head.is_none() {
+                        missing.push(&feeds[i]);
                     }
-                    self.inner.pulled(feed, before, limit).await?
                 }
-            };
-            if !ids.is_empty() {
-                out.push((i, ids));
             }
+        }
+        // After a flush a reader misses every followed feed: fill at once, not in turn.
+        for (feed, filled) in missing
+            .iter()
+            .zip(futures::future::join_all(missing.iter().map(|f| self.fill(f))).await)
+        {
+            if let Err(e) = filled {
+                tracing::warn!(error = %e, %feed, "pulled head not filled");
+            }
+        }
+        if !deferred.is_empty() {
+            let asked: Vec<FeedRef> = deferred.iter().map(|i| feeds[*i].clone()).collect();
+            for (j, ids) in self.inner.pulled_many(&asked, before, limit).await? {
+                out.push((deferred[j], ids));
+            }
+            out.sort_unstable_by_key(|(i, _)| *i);
         }
         Ok(out)
     }
