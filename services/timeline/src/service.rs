@@ -127,15 +127,8 @@ impl Followed {
         Self { feeds, users }
     }
 
-    fn find(&self, feed: &str) -> Option<&FeedRef> {
-        self.feeds
-            .binary_search_by(|f| f.as_str().cmp(feed))
-            .ok()
-            .map(|i| &self.feeds[i])
-    }
-
     fn contains(&self, feed: &str) -> bool {
-        self.find(feed).is_some()
+        self.feeds.binary_search_by(|f| f.as_str().cmp(feed)).is_ok()
     }
 
     /// `user:<id>` when the reader follows that user.

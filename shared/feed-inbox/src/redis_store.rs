@@ -28,8 +28,9 @@ local function lt(x, y)
 end
 ";
 
-/// [`LUA_ID_LT`] and the trim every inbox write ends with.
-const LT: &str = r"
+/// The live mark and the trim every inbox write ends with (scripts put
+/// [`LUA_ID_LT`] before it).
+const INBOX_LUA: &str = r"
 local MARK = '\255'
 local function trim_key(inbox, floorkey, cap)
   -- The live mark is one of the members (the highest: trimming from the
@@ -159,10 +160,10 @@ impl RedisInbox {
         Self {
             conn,
             cfg,
-            add: redis::Script::new(&format!("{LUA_ID_LT}{LT}{ADD}")),
-            push_many: redis::Script::new(&format!("{LUA_ID_LT}{LT}{PUSH_MANY}")),
-            rebuild: redis::Script::new(&format!("{LUA_ID_LT}{LT}{REBUILD}")),
-            mark_live: redis::Script::new(&format!("{LUA_ID_LT}{LT}{MARK_LIVE}")),
+            add: redis::Script::new(&format!("{LUA_ID_LT}{INBOX_LUA}{ADD}")),
+            push_many: redis::Script::new(&format!("{LUA_ID_LT}{INBOX_LUA}{PUSH_MANY}")),
+            rebuild: redis::Script::new(&format!("{LUA_ID_LT}{INBOX_LUA}{REBUILD}")),
+            mark_live: redis::Script::new(&format!("{LUA_ID_LT}{INBOX_LUA}{MARK_LIVE}")),
         }
     }
 
