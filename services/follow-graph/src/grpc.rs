@@ -153,6 +153,7 @@ impl FollowGraphService for FollowGraphGrpc {
                     blocking: r.blocking,
                     blocked_by: r.blocked_by,
                     muting: r.muting,
+                    muted_by: r.muted_by,
                 })
                 .collect(),
             feeds: feed_refs

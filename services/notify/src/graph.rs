@@ -14,6 +14,8 @@ pub struct Relation {
     pub recipient_follows: bool,
     /// A block stands either way.
     pub blocked: bool,
+    /// The recipient mutes the actor.
+    pub recipient_mutes: bool,
 }
 
 /// The follow graph, as notify uses it.
@@ -65,6 +67,7 @@ impl Graph for GrpcGraph {
                 out.push(rel.map_or(Relation::default(), |x| Relation {
                     recipient_follows: x.followed_by,
                     blocked: x.blocking || x.blocked_by,
+                    recipient_mutes: x.muted_by,
                 }));
             }
         }

@@ -90,6 +90,7 @@ impl NotifyConfig {
                 strangers: policy_action("strangers", &c.strangers)?,
                 new_accounts: policy_action("new_accounts", &c.new_accounts)?,
                 unsolicited_mentions: policy_action("unsolicited_mentions", &c.unsolicited_mentions)?,
+                muted_users: policy_action("muted_users", &c.muted_users)?,
             },
             new_account_age_ms: c.new_account_age_secs * 1000,
             heartbeat: Duration::from_millis(c.heartbeat_ms.max(10)),
@@ -166,6 +167,9 @@ struct Inner {
     locks: Vec<tokio::sync::Mutex<()>>,
     shutdown: Shutdown,
 }
+
+/// Most reminds per action a late subscription catches up on.
+const CATCH_UP_MAX: usize = 1000;
 
 /// A notification id from event data: time-ordered like activity ids, the
 /// low bits a hash of `key`, so a replay computes the same id.
@@ -323,6 +327,7 @@ impl Notifier {
             strangers: pick(p.strangers, d.strangers),
             new_accounts: pick(p.new_accounts, d.new_accounts),
             unsolicited_mentions: pick(p.unsolicited_mentions, d.unsolicited_mentions),
+            muted_users: pick(p.muted_users, d.muted_users),
         }
     }
 
@@ -335,6 +340,9 @@ impl Notifier {
             if mention {
                 act = strictest(act, p.unsolicited_mentions);
             }
+        }
+        if rel.recipient_mutes {
+            act = strictest(act, p.muted_users);
         }
         let age = (self.now() as i64).saturating_sub(actor.created_at_ms);
         if age < self.cfg().new_account_age_ms as i64 {
@@ -580,6 +588,12 @@ impl Notifier {
     async fn remind_page(&self, job: &mut RemindJob) -> Result<(u32, bool), ApiError> {
         let r = job.remind.clone().unwrap_or_default();
         let mut delivered = 0;
+        if job.after_user == 0 {
+            // Logged before the subscribers are read: a subscription that
+            // lands after this read finds the remind in the log instead
+            // (see `catch_up`), so one of the two always delivers it.
+            self.inner.store.log_remind(job).await?;
+        }
         if job.after_user == 0 && !r.recipients.is_empty() {
             let direct: Vec<(UserId, bool)> = r.recipients.iter().map(|u| (*u, true)).collect();
             delivered += self.deliver(&r, job.occurred_at_ms, &direct).await?;
@@ -683,14 +697,16 @@ impl Notifier {
         let private = a.visibility == Visibility::Private as i32;
         match change {
             activity_event::Change::Created => {
+                // Subscribed as of the event, not of its processing: see `catch_up`.
                 let own = Subscription {
                     user_id: a.actor,
                     object_type: "activity".into(),
                     object_id: a.id.to_string(),
                     reason: "create_post".into(),
-                    created_at_ms: self.now() as i64,
+                    created_at_ms: a.created_at_ms,
                 };
                 self.inner.store.subscribe(&own).await?;
+                self.catch_up(&own).await?;
                 let object = parse_object(&a.object);
                 let react = reaction(&a.verb);
                 if let Some((t, id)) = object {
@@ -700,15 +716,14 @@ impl Notifier {
                     } else {
                         "create_post"
                     };
-                    self.inner
-                        .store
-                        .subscribe(&Subscription {
-                            object_type: t.into(),
-                            object_id: id.into(),
-                            reason: reason.into(),
-                            ..own.clone()
-                        })
-                        .await?;
+                    let sub = Subscription {
+                        object_type: t.into(),
+                        object_id: id.into(),
+                        reason: reason.into(),
+                        ..own.clone()
+                    };
+                    self.inner.store.subscribe(&sub).await?;
+                    self.catch_up(&sub).await?;
                 }
                 if deleted || private {
                     return Ok(());
@@ -755,6 +770,36 @@ impl Notifier {
                 .await?;
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Delivers to a subscription made by an event the reminds on its
+    /// object that happened after it but were processed before it (the
+    /// event was re-driven late, after a restart or an outage): events take
+    /// effect in the order they happened, whatever order they are processed
+    /// in. Replays change nothing (a group counts each actor once).
+    async fn catch_up(&self, sub: &Subscription) -> Result<(), ApiError> {
+        let Some(actions) = self.cfg().reasons.get(&sub.reason) else {
+            return Ok(());
+        };
+        for action in actions {
+            let missed = self
+                .inner
+                .store
+                .reminds_after(
+                    &sub.object_type,
+                    &sub.object_id,
+                    action,
+                    sub.created_at_ms,
+                    CATCH_UP_MAX,
+                )
+                .await?;
+            for job in missed {
+                let r = job.remind.unwrap_or_default();
+                let direct = r.recipients.contains(&sub.user_id);
+                self.deliver(&r, job.occurred_at_ms, &[(sub.user_id, direct)]).await?;
+            }
         }
         Ok(())
     }
@@ -872,6 +917,7 @@ impl Notifier {
                 ("policy.strangers", p.strangers),
                 ("policy.new_accounts", p.new_accounts),
                 ("policy.unsolicited_mentions", p.unsolicited_mentions),
+                ("policy.muted_users", p.muted_users),
             ] {
                 if PolicyAction::try_from(v).is_err() {
                     return Err(ApiError::invalid(field, format!("unknown policy action {v}")));

@@ -163,3 +163,114 @@ async fn redelivered_and_reordered_activity_events_count_each_liker_once() {
         .expect("remind counts");
     assert_eq!(reminds.unread, 1);
 }
+
+fn event(
+    event: &str,
+    id: u64,
+    actor: u64,
+    verb: &str,
+    object: &str,
+    at: i64,
+    change: activity_event::Change,
+) -> ActivityEvent {
+    ActivityEvent {
+        event_id: event.into(),
+        activity: Some(Activity {
+            id,
+            actor,
+            verb: verb.into(),
+            object: object.into(),
+            created_at_ms: if change == activity_event::Change::Updated {
+                at - 500
+            } else {
+                at
+            },
+            updated_at_ms: at,
+            ..Default::default()
+        }),
+        change: change as i32,
+    }
+}
+
+/// What a user's list says, without delivery order (sequence numbers).
+async fn notes_of(n: &Notifier, user: u64) -> Vec<(u64, String, String, u64, Vec<u64>)> {
+    let page = n
+        .list(
+            user,
+            ListQuery {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+    let mut out: Vec<_> = page
+        .notes
+        .into_iter()
+        .map(|n| {
+            let mut actors = n.latest_actors.clone();
+            actors.sort_unstable();
+            (n.id, n.action, n.object_id, n.actor_count, actors)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Issue 14, bug 3: a like re-driven after the update it preceded (a
+/// restart left its event pending) never reminded the liker of the update.
+#[tokio::test]
+async fn events_take_effect_in_the_order_they_happened_whatever_order_they_are_processed_in() {
+    use activity_event::Change::{Created, Updated};
+    let t = 1_750_000_000_000;
+    // Post 100 by user 1; user 2 likes it, user 3 comments on it, then user 1 edits it.
+    let events = [
+        event("post", 100, 1, "post", "photo:9", t, Created),
+        event("like", 200, 2, "like", "activity:100", t + 1000, Created),
+        event("comment", 300, 3, "comment", "activity:100", t + 2000, Created),
+        event("update", 100, 1, "post", "photo:9", t + 3000, Updated),
+    ];
+    let mut orders: Vec<Vec<usize>> = vec![vec![]];
+    for _ in 0..events.len() {
+        orders = orders
+            .into_iter()
+            .flat_map(|o| {
+                (0..events.len())
+                    .filter(|i| !o.contains(i))
+                    .map(|i| [o.clone(), vec![i]].concat())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+    }
+    let mut want = None;
+    for order in orders {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let n = notifier(Arc::new(MemoryLive::new(100)), dir.path(), 16);
+        for &i in &order {
+            n.on_activity_event(&events[i]).await.expect("event");
+        }
+        let got = [notes_of(&n, 1).await, notes_of(&n, 2).await, notes_of(&n, 3).await];
+        let actions = |u: usize| got[u].iter().map(|x| x.1.clone()).collect::<Vec<_>>();
+        let want = want.get_or_insert_with(|| {
+            // The order they happened in: checked once, in full.
+            assert_eq!(order, vec![0, 1, 2, 3]);
+            let mut author = actions(0);
+            author.sort();
+            assert_eq!(
+                author,
+                ["comment", "like"],
+                "the author hears of the like and the comment"
+            );
+            let mut liker = actions(1);
+            liker.sort();
+            assert_eq!(
+                liker,
+                ["comment", "update"],
+                "the liker follows the post from the like on"
+            );
+            assert_eq!(actions(2), ["update"], "the commenter hears of the later edit");
+            got.clone()
+        });
+        assert_eq!(&got, want, "processed in order {order:?}");
+    }
+}

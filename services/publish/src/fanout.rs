@@ -451,6 +451,9 @@ impl FanoutWorker {
                     self.purge(e.follower_id).await?;
                 }
             }
+            // Whether or not user:<author> is followed: the items may come
+            // through a tag or a group.
+            EdgeJobKind::Relax => self.relax(e.follower_id, &feed).await?,
             EdgeJobKind::Purge if !following => self.purge(e.follower_id).await?,
             _ => {}
         }
@@ -472,19 +475,7 @@ impl FanoutWorker {
             return Ok(());
         };
         let items = self.ledger.items(&page.ids).await?;
-        let mut sources: Vec<FeedRef> = items
-            .iter()
-            .flat_map(|i| i.push_sources.iter().filter_map(|s| FeedRef::parse(s).ok()))
-            .collect();
-        sources.sort();
-        sources.dedup();
-        let follows = self.graph.follows(user, &sources).await?;
-        let followed: HashSet<String> = sources
-            .iter()
-            .zip(follows)
-            .filter(|(_, f)| *f)
-            .map(|(s, _)| s.to_string())
-            .collect();
+        let followed = self.followed_sources(user, &items).await?;
         let known: HashSet<u64> = items.iter().map(|i| i.id).collect();
         let remove: Vec<u64> = items
             .iter()
@@ -496,6 +487,52 @@ impl FanoutWorker {
             .remove(user, &remove)
             .await
             .map_err(|err| ApiError::Unavailable(err.to_string()))
+    }
+
+    /// The push sources of `items` that `user` follows.
+    async fn followed_sources(&self, user: u64, items: &[OutboxItem]) -> Result<HashSet<String>, ApiError> {
+        let mut sources: Vec<FeedRef> = items
+            .iter()
+            .flat_map(|i| i.push_sources.iter().filter_map(|s| FeedRef::parse(s).ok()))
+            .collect();
+        sources.sort();
+        sources.dedup();
+        let follows = self.graph.follows(user, &sources).await?;
+        Ok(sources
+            .iter()
+            .zip(follows)
+            .filter(|(_, f)| *f)
+            .map(|(s, _)| s.to_string())
+            .collect())
+    }
+
+    /// After a block or mute on an author is lifted: adds the author's
+    /// recent items (their `user:<author>` outbox holds every one) that
+    /// reach `user` pushed through a feed they follow. Reads dropped them
+    /// from the inbox while they were hidden, and a tag or a group may have
+    /// brought them, not only `user:<author>` (Invariant 5).
+    async fn relax(&self, user: u64, author: &FeedRef) -> Result<(), ApiError> {
+        let cap = self.cfg.inbox_cap.max(1);
+        let items = self.ledger.outbox(author, cap).await?;
+        let followed = self.followed_sources(user, &items).await?;
+        let ids: Vec<u64> = items
+            .iter()
+            .filter(|i| {
+                !i.private && !i.deleted && i.actor != user && i.push_sources.iter().any(|s| followed.contains(s))
+            })
+            .map(|i| i.id)
+            .collect();
+        // Read to depth `cap`, as a backfill: nothing below is guaranteed.
+        let floor = if items.len() >= cap {
+            items.last().map_or(0, |i| i.id)
+        } else {
+            0
+        };
+        self.inbox
+            .backfill(user, &ids, floor)
+            .await
+            .map_err(|err| ApiError::Unavailable(err.to_string()))?;
+        Ok(())
     }
 
     async fn purge_shard(&self, job_id: &str, p: &PurgeJob, shard: u64) -> Result<(), ApiError> {

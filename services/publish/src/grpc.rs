@@ -69,7 +69,14 @@ impl PublishService for PublishGrpc {
             activity_id: p.id,
             duplicate: p.duplicate,
             schedule_id: p.schedule_id.unwrap_or_default(),
-            delivery_mode: p.mode as i32,
+            deliveries: p
+                .deliveries
+                .into_iter()
+                .map(|(feed, mode)| pb::FeedDelivery {
+                    feed: feed.to_string(),
+                    mode: mode as i32,
+                })
+                .collect(),
         }))
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use feed_core::{ApiError, Clock, FeedRef, IdGenerator, UserId, id::min_id_at};
 use feed_inbox::InboxStore;
 use feed_proto::common::v1::{Activity, ActivityStatus, DeliveryMode, Visibility};
+use feed_proto::events::v1::edge_change::Cause;
 use feed_proto::events::v1::{ActivityEvent, EdgeJob, EdgeJobKind, FanoutJob, Job, PurgeJob, activity_event, job};
 use feed_proto::publish::v1::{NewActivity, OutboxItem, ScheduledActivity};
 use prost::Message;
@@ -58,8 +59,8 @@ pub struct Published {
     pub duplicate: bool,
     /// Set when the item was scheduled.
     pub schedule_id: Option<String>,
-    /// Mode for `user:<actor>`.
-    pub mode: DeliveryMode,
+    /// The mode of each feed written to, `user:<actor>` first (empty when scheduled).
+    pub deliveries: Vec<(FeedRef, DeliveryMode)>,
 }
 
 /// What a fanout worker needs about a pending job.
@@ -187,11 +188,49 @@ impl Publisher {
     /// Publishes now, or schedules when `publish_at_ms` is in the future.
     pub async fn publish(&self, new: NewActivity, publish_at_ms: i64) -> Result<Published, ApiError> {
         let to = validate::new_activity(&new, &self.cfg.limits)?;
+        let scheduled = publish_at_ms > self.now();
+        // An identical retry is answered from its dedup record before
+        // authorization (Invariant 14): it is not a new write, and the
+        // actor's rights may have changed since the first attempt.
+        if !scheduled && let Some(done) = self.identical_retry(&new).await? {
+            return Ok(done);
+        }
         self.authorize_to(new.actor, &to).await?;
-        if publish_at_ms > self.now() {
+        if scheduled {
             return self.schedule(new, publish_at_ms).await;
         }
         self.publish_now(new, to).await
+    }
+
+    /// The first publish of this exact payload under its (actor,
+    /// foreign_id), if it was written; None for anything else (a new id, a
+    /// different payload, a claim whose writer died before writing).
+    async fn identical_retry(&self, new: &NewActivity) -> Result<Option<Published>, ApiError> {
+        let Some(held) = self.store.find_foreign(new.actor, &new.foreign_id).await? else {
+            return Ok(None);
+        };
+        if held.fingerprint != fingerprint(new) {
+            return Ok(None);
+        }
+        let Some(a) = self.store.get(&[held.id]).await?.pop().flatten() else {
+            return Ok(None);
+        };
+        Ok(Some(Published {
+            id: held.id,
+            duplicate: true,
+            schedule_id: None,
+            deliveries: self.deliveries(&a).await?,
+        }))
+    }
+
+    /// The mode each of the activity's feeds was written in.
+    async fn deliveries(&self, a: &Activity) -> Result<Vec<(FeedRef, DeliveryMode)>, ApiError> {
+        Ok(self
+            .outbox_entries(a)
+            .await?
+            .into_iter()
+            .map(|e| (e.feed, e.mode))
+            .collect())
     }
 
     async fn schedule(&self, new: NewActivity, publish_at_ms: i64) -> Result<Published, ApiError> {
@@ -208,7 +247,7 @@ impl Publisher {
             id: 0,
             duplicate: false,
             schedule_id: Some(schedule_id),
-            mode: DeliveryMode::Unspecified,
+            deliveries: vec![],
         })
     }
 
@@ -230,7 +269,7 @@ impl Publisher {
                 id,
                 duplicate: true,
                 schedule_id: None,
-                mode: DeliveryMode::try_from(a.delivery_mode).unwrap_or(DeliveryMode::Push),
+                deliveries: self.deliveries(&a).await?,
             });
         }
         // Claimed now, or claimed by an attempt that died before writing: (re)write with this id.
@@ -279,7 +318,7 @@ impl Publisher {
             id,
             duplicate: false,
             schedule_id: None,
-            mode: modes[0],
+            deliveries: feeds.into_iter().zip(modes).collect(),
         })
     }
 
@@ -324,6 +363,7 @@ impl Publisher {
                 .store
                 .find_foreign(actor, fid)
                 .await?
+                .map(|held| held.id)
                 .ok_or_else(|| ApiError::NotFound(format!("activity ({actor}, {fid:?})")))?,
             _ => {
                 return Err(ApiError::invalid("ref", "set id or foreign (actor, foreign_id)"));
@@ -679,7 +719,16 @@ impl Publisher {
                     // Every change gets a job for the edge's new state: a job of
                     // an older version is skipped (Invariant 4), so a change
                     // without one (a mute after an unfollow) would strand its purge.
-                    let kind = if c.following {
+                    // A lifted block or mute brings back the author's items
+                    // through every followed feed (Invariant 5), which covers
+                    // the backfill of user:<author> itself.
+                    let relaxed = matches!(
+                        Cause::try_from(c.cause).unwrap_or(Cause::Unspecified),
+                        Cause::Unblock | Cause::Unmute
+                    );
+                    let kind = if relaxed {
+                        EdgeJobKind::Relax
+                    } else if c.following {
                         EdgeJobKind::Backfill
                     } else {
                         EdgeJobKind::Purge

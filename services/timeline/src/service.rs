@@ -228,7 +228,6 @@ impl Timeline {
             .increment(1);
         self.mark_active(user).await?;
         let followed = Followed::new(following);
-        backfill_feeds.retain(|f| followed.contains(f.as_str()));
         let read_feeds = &followed.feeds[..followed.feeds.len().min(self.cfg.max_feeds_per_read)];
         let me = FeedRef::user(user);
         let budget = limit * self.cfg.scan_factor.max(1);
@@ -284,7 +283,10 @@ impl Timeline {
             add(own);
             // Work the inbox does not hold yet: unfinished fanout (every
             // followed feed's entries at or above the lowest pending id) and
-            // unfinished backfills (those feeds' entries above the floor).
+            // unfinished backfills (those feeds' entries above the floor). A
+            // lifted block or mute pends on user:<author>, which the reader
+            // may not follow: its items count through the feeds they do
+            // follow, and the rules drop the rest.
             if let Some(w) = fanout_from
                 && upper.is_none_or(|u| u > w)
             {
@@ -472,7 +474,9 @@ impl Timeline {
             let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
             scanned += ids.len();
             let activities = self.sources.hydrate(&ids).await?;
-            let blocked: HashSet<UserId> = match viewer {
+            // Blocked authors are hidden everywhere; muted ones everywhere
+            // but their own profile feed, which stays readable.
+            let hidden: HashSet<UserId> = match viewer {
                 Some(v) => {
                     let mut actors: Vec<UserId> = activities.iter().map(|a| a.actor).filter(|a| *a != v).collect();
                     actors.sort_unstable();
@@ -481,7 +485,7 @@ impl Timeline {
                     actors
                         .into_iter()
                         .zip(rel)
-                        .filter(|(_, r)| r.blocked)
+                        .filter(|(a, r)| r.blocked || (r.muted && feed.user_id() != Some(*a)))
                         .map(|(a, _)| a)
                         .collect()
                 }
@@ -492,7 +496,7 @@ impl Timeline {
                     break;
                 }
                 let follows = viewer_following.contains(&FeedRef::user(a.actor));
-                if blocked.contains(&a.actor) || !visibility::can_see(a.as_ref(), viewer, || follows) {
+                if hidden.contains(&a.actor) || !visibility::can_see(a.as_ref(), viewer, || follows) {
                     continue;
                 }
                 let mode = entries

@@ -19,7 +19,9 @@ pub fn can_see(a: &Activity, viewer: Option<UserId>, viewer_follows_actor: impl 
         Visibility::Unspecified | Visibility::Public => true,
         Visibility::Followers => viewer.is_some() && viewer_follows_actor(),
         Visibility::AllowList => viewer.is_some_and(|v| a.allow_user_ids.contains(&v)),
-        Visibility::DenyList => viewer.is_none_or(|v| !a.deny_user_ids.contains(&v)),
+        // Anonymous readers see public items only: a denied user could
+        // otherwise read the item logged out.
+        Visibility::DenyList => viewer.is_some_and(|v| !a.deny_user_ids.contains(&v)),
         Visibility::Private => false,
     }
 }
@@ -54,6 +56,19 @@ mod tests {
             can_see(&act(Visibility::Private), Some(10), || false),
             "the actor sees their own"
         );
+    }
+
+    #[test]
+    fn anonymous_readers_see_public_items_only() {
+        assert!(can_see(&act(Visibility::Public), None, || true));
+        for v in [
+            Visibility::Followers,
+            Visibility::AllowList,
+            Visibility::DenyList,
+            Visibility::Private,
+        ] {
+            assert!(!can_see(&act(v), None, || true), "{v:?}");
+        }
     }
 
     #[test]

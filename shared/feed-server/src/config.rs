@@ -56,6 +56,8 @@ pub struct NotifyConfig {
     pub new_accounts: String,
     /// Default recipient policy for mentions from strangers.
     pub unsolicited_mentions: String,
+    /// Default recipient policy for reminds and messages from muted users.
+    pub muted_users: String,
     /// Accounts younger than this are "new".
     pub new_account_age_secs: u64,
     /// Live events kept per user for resuming Watch streams.
@@ -95,6 +97,7 @@ impl Default for NotifyConfig {
             strangers: "accept".into(),
             new_accounts: "accept".into(),
             unsolicited_mentions: "accept".into(),
+            muted_users: "filter".into(),
             new_account_age_secs: 7 * 24 * 3600,
             watch_backlog: 1000,
             heartbeat_ms: 15_000,

@@ -28,16 +28,55 @@ pub const USERS: u64 = 6;
 /// One step of a generated scenario.
 #[derive(Debug, Clone)]
 pub enum Op {
-    Publish { actor: u64, tag: Option<u8>, private: bool },
-    Delete { nth: usize },
-    Widen { nth: usize },
-    Follow { user: u64, feed: Feed },
-    Unfollow { user: u64, feed: Feed },
-    Mute { user: u64, target: u64, on: bool },
-    Block { user: u64, target: u64 },
-    Rebuild { user: u64 },
+    /// Into user:<actor>, and a tag and a group (refused unless a member) when set.
+    Publish {
+        actor: u64,
+        tag: Option<u8>,
+        group: Option<u8>,
+        private: bool,
+    },
+    /// The nth publish again, byte for byte: a retry.
+    Retry {
+        nth: usize,
+    },
+    Delete {
+        nth: usize,
+    },
+    Widen {
+        nth: usize,
+    },
+    Follow {
+        user: u64,
+        feed: Feed,
+    },
+    Unfollow {
+        user: u64,
+        feed: Feed,
+    },
+    Mute {
+        user: u64,
+        target: u64,
+        on: bool,
+    },
+    Block {
+        user: u64,
+        target: u64,
+    },
+    Unblock {
+        user: u64,
+        target: u64,
+    },
+    Rebuild {
+        user: u64,
+    },
     Ingest,
-    RunJobs { count: usize, replay: bool, seed: usize },
+    RunJobs {
+        count: usize,
+        replay: bool,
+        seed: usize,
+    },
+    /// Every job runs: the next check sees nothing pending.
+    Drain,
 }
 
 /// A followable feed of the model.
@@ -45,6 +84,8 @@ pub enum Op {
 pub enum Feed {
     User(u64),
     Tag(u8),
+    /// Following a group is membership: only members post into it.
+    Group(u8),
 }
 
 impl Feed {
@@ -52,6 +93,7 @@ impl Feed {
         match self {
             Feed::User(u) => FeedRef::user(u),
             Feed::Tag(t) => FeedRef::parse(&format!("tag:t{t}")).expect("tag"),
+            Feed::Group(g) => FeedRef::parse(&format!("group:g{g}")).expect("group"),
         }
     }
 }
@@ -61,7 +103,11 @@ fn user() -> impl Strategy<Value = u64> {
 }
 
 fn feed() -> impl Strategy<Value = Feed> {
-    prop_oneof![3 => user().prop_map(Feed::User), 1 => (0u8..2).prop_map(Feed::Tag)]
+    prop_oneof![
+        3 => user().prop_map(Feed::User),
+        1 => (0u8..2).prop_map(Feed::Tag),
+        1 => (0u8..2).prop_map(Feed::Group),
+    ]
 }
 
 /// Scenario steps, with skewed posting and every graph change.
@@ -69,14 +115,22 @@ pub fn op() -> impl Strategy<Value = Op> {
     // Skewed posting: users 1 and 2 post most.
     let actor = prop_oneof![4 => Just(1u64), 3 => Just(2u64), 2 => user()];
     prop_oneof![
-        5 => (actor, prop::option::weighted(0.3, 0u8..2), prop::bool::weighted(0.15))
-            .prop_map(|(actor, tag, private)| Op::Publish { actor, tag, private }),
+        5 => (
+            actor,
+            prop::option::weighted(0.3, 0u8..2),
+            prop::option::weighted(0.2, 0u8..2),
+            prop::bool::weighted(0.15),
+        )
+            .prop_map(|(actor, tag, group, private)| Op::Publish { actor, tag, group, private }),
+        1 => any::<usize>().prop_map(|nth| Op::Retry { nth }),
         1 => any::<usize>().prop_map(|nth| Op::Delete { nth }),
         1 => any::<usize>().prop_map(|nth| Op::Widen { nth }),
         6 => (user(), feed()).prop_map(|(user, feed)| Op::Follow { user, feed }),
         2 => (user(), feed()).prop_map(|(user, feed)| Op::Unfollow { user, feed }),
         1 => (user(), user(), any::<bool>()).prop_map(|(user, target, on)| Op::Mute { user, target, on }),
         1 => (user(), user()).prop_map(|(user, target)| Op::Block { user, target }),
+        1 => (user(), user()).prop_map(|(user, target)| Op::Unblock { user, target }),
+        1 => Just(Op::Drain),
         1 => user().prop_map(|user| Op::Rebuild { user }),
         3 => Just(Op::Ingest),
         4 => (1usize..6, prop::bool::weighted(0.3), any::<usize>())
@@ -96,6 +150,8 @@ pub struct Harness {
     pub inbox: Arc<MemoryInbox>,
     /// Every id published so far.
     pub published: Vec<u64>,
+    /// What each of them was published with (for retries).
+    sent: Vec<NewActivity>,
     foreign: u64,
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
@@ -154,6 +210,7 @@ impl Harness {
             queue,
             inbox,
             published: vec![],
+            sent: vec![],
             foreign: 0,
             _dirs: (gdir, pdir),
         };
@@ -183,14 +240,21 @@ impl Harness {
     /// Applies one step.
     pub async fn apply(&mut self, op: &Op) {
         match op {
-            Op::Publish { actor, tag, private } => {
+            Op::Publish {
+                actor,
+                tag,
+                group,
+                private,
+            } => {
                 self.foreign += 1;
+                let mut to: Vec<String> = tag.iter().map(|t| format!("tag:t{t}")).collect();
+                to.extend(group.iter().map(|g| format!("group:g{g}")));
                 let new = NewActivity {
                     actor: *actor,
                     verb: "post".into(),
                     object: format!("o{}", self.foreign),
                     foreign_id: format!("f{}", self.foreign),
-                    to: tag.map(|t| vec![format!("tag:t{t}")]).unwrap_or_default(),
+                    to,
                     visibility: if *private {
                         Visibility::Private
                     } else {
@@ -198,8 +262,41 @@ impl Harness {
                     } as i32,
                     ..NewActivity::default()
                 };
-                let p = self.publisher.publish(new, 0).await.expect("publish");
-                self.published.push(p.id);
+                let member = match group {
+                    Some(g) => {
+                        self.graph
+                            .relationships(*actor, &[], &[Feed::Group(*g).feed_ref()])
+                            .await
+                            .expect("membership")
+                            .1[0]
+                    }
+                    None => true,
+                };
+                match self.publisher.publish(new.clone(), 0).await {
+                    Ok(p) => {
+                        assert!(member, "a non-member posted into {group:?}");
+                        self.published.push(p.id);
+                        self.sent.push(new);
+                    }
+                    Err(e) => assert!(
+                        !member && matches!(e, feed_core::ApiError::PermissionDenied(_)),
+                        "publish refused: {e}"
+                    ),
+                }
+            }
+            Op::Retry { nth } => {
+                if self.sent.is_empty() {
+                    return;
+                }
+                let at = nth % self.sent.len();
+                // Whatever changed since (membership, deletes, updates), a
+                // retry is answered from its dedup record.
+                let p = self
+                    .publisher
+                    .publish(self.sent[at].clone(), 0)
+                    .await
+                    .expect("an identical retry is never refused");
+                assert_eq!((p.id, p.duplicate), (self.published[at], true));
             }
             Op::Delete { nth } | Op::Widen { nth } => {
                 if self.published.is_empty() {
@@ -233,6 +330,9 @@ impl Harness {
             Op::Block { user, target } => {
                 let _ = self.graph.block(*user, *target).await;
             }
+            Op::Unblock { user, target } => {
+                let _ = self.graph.unblock(*user, *target).await;
+            }
             Op::Rebuild { user } => {
                 // The user's inbox was lost (Redis flush, expiry) and is rebuilt on return.
                 self.inbox.evict(*user).await.expect("evict");
@@ -246,6 +346,7 @@ impl Harness {
                 self.publisher.ingest_edges().await.expect("ingest");
             }
             Op::RunJobs { count, replay, seed } => self.run_jobs(*count, *replay, *seed).await,
+            Op::Drain => self.drain().await,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Property: for random follow graphs and random publish / update / delete /
-//! follow / unfollow / refollow / mute / unmute / block / rebuild sequences,
+//! follow / unfollow / refollow / mute / unmute / block / unblock / rebuild
+//! / retry sequences,
 //! run through a job queue the test reorders, delays and duplicates, every
 //! live inbox holds exactly what the rules say once the jobs drain:
 //!
@@ -40,6 +41,7 @@ async fn a_mute_after_an_unfollow_does_not_strand_the_purge() {
         Op::Publish {
             actor: 1,
             tag: None,
+            group: None,
             private: false,
         },
         Op::Ingest,
@@ -81,6 +83,7 @@ async fn widening_an_item_never_pushes_through_a_pulled_feed() {
     ops.push(Op::Publish {
         actor: 1,
         tag: Some(1),
+        group: None,
         private: true,
     });
     ops.push(Op::Widen { nth: 0 });

@@ -799,3 +799,76 @@ async fn watch_sends_heartbeats_and_ends_with_unavailable_on_shutdown() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     stop.await.expect("join").expect("drained");
 }
+
+#[tokio::test]
+async fn reminds_caused_by_a_muted_user_are_kept_filtered_unless_the_user_says_otherwise() {
+    let mut e = env().await;
+    e.subscribe(1, "post-m", "create_post").await;
+    e.follow(1, "user:2").await;
+    e.graph
+        .mute(internal(fg::MuteRequest {
+            user_id: 1,
+            target_user_id: 2,
+        }))
+        .await
+        .expect("mute");
+    let outcome = e
+        .notify
+        .create_remind(internal(remind("m-like", 2, "like", "post-m")))
+        .await
+        .expect("remind")
+        .into_inner();
+    assert_eq!(outcome.recipients, 1, "kept, not dropped");
+    assert!(e.list(1, false).await.is_empty(), "not among the accepted ones");
+    let filtered = e.list(1, true).await;
+    assert_eq!(filtered.len(), 1);
+    assert!(filtered[0].filtered && filtered[0].latest_actors == [2]);
+    assert_eq!(e.unread(1, nt::NotificationKind::Remind).await.0, 0);
+    // A user who wants them anyway accepts them; one who does not, drops them.
+    e.set_policy(
+        1,
+        nt::RecipientPolicy {
+            muted_users: nt::PolicyAction::Accept as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    e.notify
+        .create_remind(internal(remind("m-comment", 2, "comment", "post-m")))
+        .await
+        .expect("remind");
+    let accepted = e.list(1, false).await;
+    assert_eq!(
+        accepted.iter().map(|n| n.action.as_str()).collect::<Vec<_>>(),
+        ["comment"]
+    );
+    e.set_policy(
+        1,
+        nt::RecipientPolicy {
+            muted_users: nt::PolicyAction::Drop as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    let dropped = e
+        .notify
+        .create_remind(internal(remind("m-share", 2, "share", "post-m")))
+        .await
+        .expect("remind")
+        .into_inner();
+    assert_eq!(dropped.recipients, 0);
+    // Someone else's reminds are untouched by the mute.
+    e.notify
+        .create_remind(internal(remind("o-share", 3, "share", "post-m")))
+        .await
+        .expect("remind");
+    let shares: Vec<Vec<u64>> = e
+        .list(1, false)
+        .await
+        .into_iter()
+        .filter(|n| n.action == "share")
+        .map(|n| n.latest_actors)
+        .collect();
+    assert_eq!(shares, [[3]]);
+    e.platform.stop().await.expect("stop");
+}

@@ -101,6 +101,14 @@ impl Env {
     }
 }
 
+/// The mode the response reports for each feed written to.
+fn modes(p: &pb::PublishResponse) -> Vec<(String, DeliveryMode)> {
+    p.deliveries
+        .iter()
+        .map(|d| (d.feed.clone(), DeliveryMode::try_from(d.mode).expect("mode")))
+        .collect()
+}
+
 fn post(actor: u64, foreign_id: &str) -> pb::NewActivity {
     pb::NewActivity {
         actor,
@@ -118,7 +126,7 @@ async fn publish_pushes_to_live_inboxes_and_never_creates_one() {
     e.follow(3, "user:1").await;
     e.inbox.rebuild(2, &[], 0, None).await.expect("user 2 is active");
     let p = e.publish(1, "a").await;
-    assert_eq!(p.delivery_mode, DeliveryMode::Push as i32);
+    assert_eq!(modes(&p), vec![("user:1".to_owned(), DeliveryMode::Push)]);
     e.inbox_becomes(2, &[p.activity_id]).await;
     e.settled().await;
     assert!(
@@ -253,7 +261,7 @@ async fn celebrity_items_are_pulled_not_pushed() {
         e.inbox.rebuild(u, &[], 0, None).await.expect("live");
     }
     let p = e.publish(1, "celeb").await;
-    assert_eq!(p.delivery_mode, DeliveryMode::Pull as i32);
+    assert_eq!(modes(&p), vec![("user:1".to_owned(), DeliveryMode::Pull)]);
     e.settled().await;
     for u in 2..5 {
         assert_eq!(
@@ -607,5 +615,153 @@ async fn a_cancelled_scheduled_item_is_never_released() {
     e.settled().await;
     e.inbox_becomes(2, &[]).await;
     assert!(!e.publish(1, "never").await.duplicate, "it was never published");
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn each_target_feed_reports_the_mode_its_followers_get() {
+    // tag:big is a celebrity feed; user:1 is an ordinary one.
+    let mut e = env_with(|cfg| cfg.follow_graph.celebrity_threshold = 2).await;
+    e.follow(2, "tag:big").await;
+    e.follow(3, "tag:big").await;
+    e.follow(2, "tag:small").await;
+    let to = |fid: &str| pb::PublishRequest {
+        activity: Some(pb::NewActivity {
+            to: vec!["tag:big".into(), "tag:small".into()],
+            ..post(1, fid)
+        }),
+        publish_at_ms: 0,
+    };
+    let p = e
+        .publish
+        .publish(internal(to("mixed")))
+        .await
+        .expect("publish")
+        .into_inner();
+    let want = vec![
+        ("user:1".to_owned(), DeliveryMode::Push),
+        ("tag:big".to_owned(), DeliveryMode::Pull),
+        ("tag:small".to_owned(), DeliveryMode::Push),
+    ];
+    assert_eq!(modes(&p), want);
+    // A retry reports the modes fixed at the first publish.
+    e.follow(4, "tag:small").await;
+    e.follow(5, "tag:small").await;
+    let again = e
+        .publish
+        .publish(internal(to("mixed")))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert!(again.duplicate);
+    assert_eq!(modes(&again), want);
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn an_identical_retry_returns_the_first_id_after_the_author_left_the_group() {
+    let mut e = env().await;
+    e.follow(7, "group:1").await;
+    let req = || pb::PublishRequest {
+        activity: Some(pb::NewActivity {
+            to: vec!["group:1".into()],
+            ..post(7, "retry-1")
+        }),
+        publish_at_ms: 0,
+    };
+    let first = e.publish.publish(internal(req())).await.expect("publish").into_inner();
+    let again = e.publish.publish(internal(req())).await.expect("retry").into_inner();
+    assert_eq!((again.activity_id, again.duplicate), (first.activity_id, true));
+    e.graph
+        .unfollow(internal(fg::UnfollowRequest {
+            follower_id: 7,
+            feed: "group:1".into(),
+        }))
+        .await
+        .expect("leave the group");
+    let retry = e
+        .publish
+        .publish(internal(req()))
+        .await
+        .expect("a retry is answered from its dedup record, not authorized again")
+        .into_inner();
+    assert_eq!((retry.activity_id, retry.duplicate), (first.activity_id, true));
+    // A new item into the group is a new write: it needs membership.
+    let mut other = req();
+    if let Some(a) = other.activity.as_mut() {
+        a.foreign_id = "retry-2".into();
+    }
+    let err = e
+        .publish
+        .publish(internal(other))
+        .await
+        .expect_err("not a member any more");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // So does a changed payload under the old foreign id: it is not a retry.
+    let mut changed = req();
+    if let Some(a) = changed.activity.as_mut() {
+        a.object = "post:changed".into();
+    }
+    let err = e.publish.publish(internal(changed)).await.expect_err("changed payload");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn an_identical_retry_after_update_or_delete_changes_nothing() {
+    let mut e = env().await;
+    let first = e.publish(1, "kept").await;
+    let by_id = |id: u64| {
+        Some(pb::ActivityRef {
+            r#ref: Some(pb::activity_ref::Ref::Id(id)),
+        })
+    };
+    e.publish
+        .update_activity(internal(pb::UpdateActivityRequest {
+            r#ref: by_id(first.activity_id),
+            set_fields: vec!["object".into()],
+            values: Some(pb::NewActivity {
+                object: "post:edited".into(),
+                ..pb::NewActivity::default()
+            }),
+            ..Default::default()
+        }))
+        .await
+        .expect("update");
+    let again = e.publish(1, "kept").await;
+    assert_eq!((again.activity_id, again.duplicate), (first.activity_id, true));
+    let get = |id: u64| pb::GetActivitiesRequest {
+        ids: vec![id],
+        include_deleted: true,
+    };
+    let stored = e
+        .publish
+        .get_activities(internal(get(first.activity_id)))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(
+        stored.activities[0].object, "post:edited",
+        "the retry did not undo the update"
+    );
+    e.publish
+        .delete_activity(internal(pb::DeleteActivityRequest {
+            r#ref: by_id(first.activity_id),
+        }))
+        .await
+        .expect("delete");
+    let again = e.publish(1, "kept").await;
+    assert_eq!((again.activity_id, again.duplicate), (first.activity_id, true));
+    let stored = e
+        .publish
+        .get_activities(internal(get(first.activity_id)))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(
+        stored.activities[0].status,
+        feed_proto::common::v1::ActivityStatus::Deleted as i32,
+        "a deleted post stays deleted"
+    );
     e.platform.stop().await.expect("stop");
 }

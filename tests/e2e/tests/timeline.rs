@@ -324,3 +324,136 @@ async fn a_feed_page_shows_what_its_viewer_may_see() {
     assert_eq!(ids, vec![public], "a non-follower does not see followers-only items");
     e.platform.stop().await.expect("stop");
 }
+
+impl Env {
+    async fn block(&mut self, user: u64, target: u64, on: bool) {
+        let req = fg::BlockRequest {
+            user_id: user,
+            target_user_id: target,
+        };
+        if on {
+            self.graph.block(internal(req)).await.expect("block");
+        } else {
+            let req = fg::UnblockRequest {
+                user_id: user,
+                target_user_id: target,
+            };
+            self.graph.unblock(internal(req)).await.expect("unblock");
+        }
+    }
+
+    async fn mute(&mut self, user: u64, target: u64, on: bool) {
+        if on {
+            let req = fg::MuteRequest {
+                user_id: user,
+                target_user_id: target,
+            };
+            self.graph.mute(internal(req)).await.expect("mute");
+        } else {
+            let req = fg::UnmuteRequest {
+                user_id: user,
+                target_user_id: target,
+            };
+            self.graph.unmute(internal(req)).await.expect("unmute");
+        }
+    }
+
+    /// Waits for the edge log to become jobs and every job to finish, then
+    /// reads: what a reader sees once nothing is pending.
+    async fn ids_when_idle(&mut self, user: u64) -> Vec<u64> {
+        // The edge log is turned into jobs every 200 ms.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.settled().await;
+        self.ids(user).await
+    }
+
+    async fn feed(&mut self, feed: &str, viewer: u64) -> Vec<u64> {
+        let req = tl::GetFeedRequest {
+            feed: feed.into(),
+            viewer_id: viewer,
+            limit: 50,
+            cursor: String::new(),
+        };
+        let req = if viewer == 0 { internal(req) } else { bff(req, viewer) };
+        let page = self.timeline.get_feed(req).await.expect("feed").into_inner();
+        page.activities.iter().map(|a| a.id).collect()
+    }
+}
+
+#[tokio::test]
+async fn lifting_a_block_either_way_brings_back_items_that_came_through_a_tag() {
+    let mut e = env_with(|_| {}).await;
+    e.follow(10, "tag:x").await;
+    e.page(10, 10, "").await;
+    let mut posts: Vec<u64> = Vec::new();
+    for n in 0..3 {
+        posts.push(e.post(11, &format!("x{n}"), &["tag:x"]).await);
+    }
+    posts.reverse();
+    assert_eq!(e.ids_when_idle(10).await, posts);
+    for (blocker, blocked) in [(10, 11), (11, 10)] {
+        e.block(blocker, blocked, true).await;
+        assert!(e.ids(10).await.is_empty(), "hidden while {blocker} blocks {blocked}");
+        e.block(blocker, blocked, false).await;
+        assert_eq!(
+            e.ids_when_idle(10).await,
+            posts,
+            "back once {blocker} unblocks {blocked}, with no job pending"
+        );
+    }
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn lifting_a_mute_brings_back_items_that_came_through_a_group() {
+    let mut e = env_with(|_| {}).await;
+    e.follow(10, "group:g").await;
+    e.follow(11, "group:g").await;
+    e.page(10, 10, "").await;
+    let a = e.post(11, "g0", &["group:g"]).await;
+    let b = e.post(11, "g1", &["group:g"]).await;
+    assert_eq!(e.ids_when_idle(10).await, vec![b, a]);
+    e.mute(10, 11, true).await;
+    assert!(e.ids_when_idle(10).await.is_empty(), "hidden while muted");
+    e.mute(10, 11, false).await;
+    assert_eq!(e.ids_when_idle(10).await, vec![b, a], "back once unmuted");
+    e.platform.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn feed_pages_hide_muted_authors_except_on_their_profile_and_deny_lists_from_anonymous_readers() {
+    let mut e = env_with(|_| {}).await;
+    let open = e.post(11, "open", &["tag:y"]).await;
+    let denied = e
+        .publish
+        .publish(internal(pb::PublishRequest {
+            activity: Some(pb::NewActivity {
+                actor: 12,
+                verb: "post".into(),
+                object: "post:deny".into(),
+                foreign_id: "deny".into(),
+                to: vec!["tag:y".into()],
+                visibility: feed_proto::common::v1::Visibility::DenyList as i32,
+                deny_user_ids: vec![13],
+                ..pb::NewActivity::default()
+            }),
+            publish_at_ms: 0,
+        }))
+        .await
+        .expect("publish")
+        .into_inner()
+        .activity_id;
+    assert_eq!(e.feed("tag:y", 10).await, vec![denied, open]);
+    assert_eq!(e.feed("tag:y", 13).await, vec![open], "the denied user");
+    assert_eq!(e.feed("tag:y", 0).await, vec![open], "anonymous: public items only");
+    e.mute(10, 11, true).await;
+    assert_eq!(e.feed("tag:y", 10).await, vec![denied], "muted in a tag feed");
+    assert_eq!(
+        e.feed("user:11", 10).await,
+        vec![open],
+        "the muted user's profile stays readable"
+    );
+    e.block(10, 12, true).await;
+    assert!(e.feed("user:12", 10).await.is_empty(), "a block hides even the profile");
+    e.platform.stop().await.expect("stop");
+}

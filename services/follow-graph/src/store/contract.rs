@@ -121,6 +121,10 @@ async fn mute_keeps_the_follow_and_marks_the_follower(s: &dyn GraphStore) {
     assert_eq!(followers.len(), 1);
     assert!(followers[0].muted);
     assert!(s.relationships(u, &[t]).await.expect("rel")[0].muting);
+    assert!(
+        s.relationships(t, &[u]).await.expect("rel")[0].muted_by,
+        "the muted side sees who mutes it"
+    );
     assert_eq!(s.blocks_and_mutes(u, &[t]).await.expect("mutes"), vec![(false, true)]);
     assert_eq!(s.blocks_and_mutes(t, &[u]).await.expect("mutes"), vec![(false, false)]);
     let un = s.set_mute(u, t, false).await.expect("unmute");
@@ -318,5 +322,35 @@ async fn every_edge_change_is_logged_in_order(s: &dyn GraphStore) {
         s.edge_changes(tail[3].seq, 100).await.expect("resume").len(),
         1,
         "resuming skips what was read"
+    );
+    // A lifted block is logged for both sides, on the edge to the other's
+    // user feed, with a version above every earlier change of that edge.
+    s.unblock(70, 72).await.expect("unblock");
+    let lifted = s.edge_changes(tail[4].seq, 100).await.expect("unblock tail");
+    let got: Vec<(u64, String, Cause, bool)> = lifted
+        .iter()
+        .map(|c| {
+            let cause = Cause::try_from(c.cause).expect("cause");
+            (c.follower_id, c.feed.clone(), cause, c.following)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (70, "user:72".to_string(), Cause::Unblock, false),
+            (72, "user:70".to_string(), Cause::Unblock, false),
+        ]
+    );
+    assert!(
+        lifted[1].edge_version > tail[4].edge_version,
+        "the block's edge moved on"
+    );
+    let states = s
+        .edge_states(&[(70, FeedRef::user(72)), (72, FeedRef::user(70))])
+        .await
+        .expect("states");
+    assert_eq!(
+        states.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![lifted[0].edge_version, lifted[1].edge_version]
     );
 }

@@ -437,8 +437,20 @@ impl GraphStore for EmbeddedGraphStore {
         }
         let mut batch = self.db.batch();
         batch.remove(&self.blocks, u64_pair(user, target));
-        self.put_user_stats(&mut batch, user, 0)?;
-        self.put_user_stats(&mut batch, target, 0)?;
+        for (a, b) in [(user, target), (target, user)] {
+            // Reads dropped b's items from a's inbox while the block stood,
+            // whichever followed feed brought them: the log turns this into
+            // a job that brings them back (a version bump, like a mute).
+            let feed = FeedRef::user(b);
+            let version = self.edge_version(a, &feed)? + 1;
+            batch.insert(&self.edge_versions, user_feed_key(a, &feed), version.to_be_bytes());
+            let edge = EdgeState {
+                version,
+                ..self.state(a, &feed)?
+            };
+            self.log(&mut batch, &edge, Cause::Unblock);
+            self.put_user_stats(&mut batch, a, 0)?;
+        }
         self.commit(batch)?;
         self.set_pair(false, u64_pair(user, target), false);
         Ok(true)
@@ -492,6 +504,7 @@ impl GraphStore for EmbeddedGraphStore {
                     blocking: self.pairs().blocks.contains(&u64_pair(user, t)),
                     blocked_by: self.pairs().blocks.contains(&u64_pair(t, user)),
                     muting: self.is_muting(user, t)?,
+                    muted_by: self.is_muting(t, user)?,
                 })
             })
             .collect()

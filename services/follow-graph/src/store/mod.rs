@@ -101,6 +101,8 @@ pub struct Relationship {
     pub blocked_by: bool,
     /// user mutes target.
     pub muting: bool,
+    /// target mutes user.
+    pub muted_by: bool,
 }
 
 /// A follower of a feed.

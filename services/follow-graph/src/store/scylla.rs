@@ -511,8 +511,18 @@ impl GraphStore for ScyllaGraphStore {
     async fn unblock(&self, user: UserId, target: UserId) -> Result<bool, StoreError> {
         let changed = self.lwt(&self.st.block_delete, (i(user), i(target))).await?;
         if changed {
-            self.touch_user(user, 0).await?;
-            self.touch_user(target, 0).await?;
+            for (a, b) in [(user, target), (target, user)] {
+                // Reads dropped b's items from a's inbox while the block
+                // stood: the logged change brings them back (see embedded).
+                let feed = FeedRef::user(b);
+                let version = self.bump_edge_version(a, &feed.to_string()).await?;
+                let edge = EdgeState {
+                    version,
+                    ..self.state(a, &feed).await?
+                };
+                self.log(&edge, Cause::Unblock).await?;
+                self.touch_user(a, 0).await?;
+            }
         }
         Ok(changed)
     }
@@ -568,6 +578,7 @@ impl GraphStore for ScyllaGraphStore {
                 blocking: self.blocks(user, t).await?,
                 blocked_by: self.blocks(t, user).await?,
                 muting: self.muting(user, t).await?,
+                muted_by: self.muting(t, user).await?,
             });
         }
         Ok(out)

@@ -1,9 +1,11 @@
 //! The contract every [`NotifyStore`] backend passes. Backends' tests call
 //! [`run_all`] on a fresh, empty store.
 
-use feed_proto::notify::v1::{NoteRecord, Notification, NotificationKind, RemindJob, Subscription, UserState};
+use feed_proto::notify::v1::{
+    CreateRemindRequest, NoteRecord, Notification, NotificationKind, RemindJob, Subscription, UserState,
+};
 
-use super::{Claim, GroupChange, NotifyStore};
+use super::{Claim, GroupChange, NotifyStore, REMIND_LOG_RETENTION_MS};
 
 fn note(id: u64, kind: NotificationKind, group: &str, seq: u64) -> NoteRecord {
     NoteRecord {
@@ -43,6 +45,7 @@ pub async fn run_all(store: &dyn NotifyStore) {
     user_state_round_trips(store).await;
     subscriptions_list_both_ways_and_unsubscribe_by_reason(store).await;
     remind_jobs_are_kept_until_deleted(store).await;
+    reminds_are_logged_per_object_and_action_in_time_order(store).await;
     store.ping().await.expect("ping");
 }
 
@@ -188,4 +191,63 @@ async fn remind_jobs_are_kept_until_deleted(s: &dyn NotifyStore) {
     assert_eq!(s.jobs(10).await.expect("list").len(), 1);
     s.delete_job("r1").await.expect("delete");
     assert!(s.job("r1").await.expect("get").is_none());
+}
+
+fn logged(job_id: &str, object_id: &str, action: &str, at: i64) -> RemindJob {
+    RemindJob {
+        job_id: job_id.into(),
+        remind: Some(CreateRemindRequest {
+            event_id: job_id.into(),
+            actor: 3,
+            action: action.into(),
+            object_type: "activity".into(),
+            object_id: object_id.into(),
+            ..Default::default()
+        }),
+        occurred_at_ms: at,
+        ..Default::default()
+    }
+}
+
+async fn reminds_are_logged_per_object_and_action_in_time_order(s: &dyn NotifyStore) {
+    let now = 1_800_000_000_000;
+    for (job, object, action, at) in [
+        ("r-3", "log-1", "update", now + 30),
+        ("r-1", "log-1", "update", now + 10),
+        ("r-2", "log-1", "update", now + 20),
+        ("r-2", "log-1", "update", now + 20),
+        ("r-x", "log-1", "comment", now + 15),
+        ("r-y", "log-10", "update", now + 15),
+    ] {
+        s.log_remind(&logged(job, object, action, at)).await.expect("log");
+    }
+    let got = |v: Vec<RemindJob>| v.into_iter().map(|j| j.job_id).collect::<Vec<_>>();
+    let after = |t: i64, limit: usize| s.reminds_after("activity", "log-1", "update", t, limit);
+    assert_eq!(got(after(now, 10).await.expect("all")), vec!["r-1", "r-2", "r-3"]);
+    assert_eq!(
+        got(after(now + 10, 10).await.expect("after")),
+        vec!["r-2", "r-3"],
+        "strictly after"
+    );
+    assert_eq!(got(after(now, 2).await.expect("limit")), vec!["r-1", "r-2"]);
+    assert_eq!(
+        got(s
+            .reminds_after("activity", "log-1", "comment", 0, 10)
+            .await
+            .expect("other action")),
+        vec!["r-x"]
+    );
+    assert!(
+        s.reminds_after("activity", "log-2", "update", 0, 10)
+            .await
+            .expect("other object")
+            .is_empty()
+    );
+    let whole = after(0, 1).await.expect("whole").pop().expect("one");
+    assert_eq!(whole, logged("r-1", "log-1", "update", now + 10), "the job round-trips");
+    // Kept for the retention period: an event re-driven days later still finds it.
+    s.log_remind(&logged("r-4", "log-1", "update", now + REMIND_LOG_RETENTION_MS / 2))
+        .await
+        .expect("log later");
+    assert_eq!(after(now, 10).await.expect("kept").len(), 4);
 }

@@ -14,7 +14,9 @@ use feed_proto::notify::v1::{NoteRecord, RemindJob, Subscription, UserState};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use prost::Message;
 
-use super::{Claim, GroupChange, NotifyStore, StoreError, Subscriber, add_subscriber_row, merge_actor};
+use super::{
+    Claim, GroupChange, NotifyStore, REMIND_LOG_RETENTION_MS, StoreError, Subscriber, add_subscriber_row, merge_actor,
+};
 
 /// The embedded notify store.
 pub struct EmbeddedNotifyStore {
@@ -37,6 +39,8 @@ pub struct EmbeddedNotifyStore {
     subs_by_object: Keyspace,
     /// job id → RemindJob
     jobs: Keyspace,
+    /// str(type) ‖ str(object) ‖ str(action) ‖ occurred ms ‖ job id → RemindJob
+    remind_log: Keyspace,
     writer: Mutex<()>,
     sync: bool,
 }
@@ -90,6 +94,17 @@ fn by_object_key(object_type: &str, object_id: &str, user: UserId, reason: &str)
     k
 }
 
+fn remind_log_prefix(object_type: &str, object_id: &str, action: &str) -> Vec<u8> {
+    let mut k = object_prefix(object_type, object_id);
+    push_str(&mut k, action);
+    k
+}
+
+/// Times are offset by 2^63 so that byte order is time order for every i64.
+fn time_key(ms: i64) -> [u8; 8] {
+    ((ms as u64) ^ (1 << 63)).to_be_bytes()
+}
+
 fn decode<M: Message + Default>(v: &[u8]) -> Result<M, StoreError> {
     M::decode(v).map_err(be)
 }
@@ -109,6 +124,7 @@ impl EmbeddedNotifyStore {
             subs_by_user: ks("nt_subs_by_user")?,
             subs_by_object: ks("nt_subs_by_object")?,
             jobs: ks("nt_jobs")?,
+            remind_log: ks("nt_remind_log")?,
             db,
             writer: Mutex::new(()),
             sync: true,
@@ -394,6 +410,50 @@ impl NotifyStore for EmbeddedNotifyStore {
         let mut out = Vec::new();
         for item in self.jobs.iter().take(limit) {
             let (_, v) = item.into_inner().map_err(be)?;
+            out.push(decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    async fn log_remind(&self, job: &RemindJob) -> Result<(), StoreError> {
+        let r = job.remind.clone().unwrap_or_default();
+        let prefix = remind_log_prefix(&r.object_type, &r.object_id, &r.action);
+        let mut key = prefix.clone();
+        key.extend_from_slice(&time_key(job.occurred_at_ms));
+        key.extend_from_slice(job.job_id.as_bytes());
+        let mut cutoff = prefix.clone();
+        cutoff.extend_from_slice(&time_key(job.occurred_at_ms.saturating_sub(REMIND_LOG_RETENTION_MS)));
+        let _w = self.lock();
+        let mut batch = self.db.batch();
+        // What has aged out of the log goes with each write to it.
+        for item in self.remind_log.range(prefix..cutoff) {
+            let (k, _) = item.into_inner().map_err(be)?;
+            batch.remove(&self.remind_log, k);
+        }
+        batch.insert(&self.remind_log, key, job.encode_to_vec());
+        self.commit(batch)
+    }
+
+    async fn reminds_after(
+        &self,
+        object_type: &str,
+        object_id: &str,
+        action: &str,
+        after_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RemindJob>, StoreError> {
+        let prefix = remind_log_prefix(object_type, object_id, action);
+        let mut from = prefix.clone();
+        from.extend_from_slice(&time_key(after_ms.saturating_add(1)));
+        let mut out = Vec::new();
+        for item in self.remind_log.range(from..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.into_inner().map_err(be)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
             out.push(decode(&v)?);
         }
         Ok(out)

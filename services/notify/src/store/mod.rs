@@ -45,6 +45,10 @@ pub fn add_subscriber_row(out: &mut Vec<Subscriber>, user: UserId, reason: Strin
     true
 }
 
+/// How long a remind stays in its object's log ([`NotifyStore::log_remind`]):
+/// far longer than an event waits to be re-driven, even across an outage.
+pub const REMIND_LOG_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+
 /// What adding an actor to a remind group did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GroupChange {
@@ -144,6 +148,20 @@ pub trait NotifyStore: Send + Sync + 'static {
     async fn delete_job(&self, job_id: &str) -> Result<(), StoreError>;
     /// Unfinished jobs, at most `limit` (the sweeper re-drives them).
     async fn jobs(&self, limit: usize) -> Result<Vec<RemindJob>, StoreError>;
+    /// Logs a remind under (object, action, time, job id), idempotently,
+    /// for [`REMIND_LOG_RETENTION_MS`]: a subscription made by an event
+    /// processed after the remind, but that happened before it, still gets it.
+    async fn log_remind(&self, job: &RemindJob) -> Result<(), StoreError>;
+    /// Reminds logged for (object, action) that occurred after `after_ms`,
+    /// oldest first, at most `limit`.
+    async fn reminds_after(
+        &self,
+        object_type: &str,
+        object_id: &str,
+        action: &str,
+        after_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RemindJob>, StoreError>;
     /// Answers when the backend is usable.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -16,6 +16,9 @@
 //!   `nt_subs_by_user ((user_id), object_type, object_id, reason)`.
 //! - `nt_jobs ((bucket), job_id)`: unfinished remind jobs (one small
 //!   partition: rows live only while a job runs).
+//! - `nt_remind_log ((object_type, object_id, action), occurred_at_ms,
+//!   job_id)`: recent reminds per object and action, expiring by the
+//!   table's `default_time_to_live` (same syntax on ScyllaDB and Cassandra).
 //!
 //! Statements are prepared once with LOCAL_QUORUM / LOCAL_SERIAL; every
 //! multi-row read is paged. The group note itself is rewritten by the
@@ -33,10 +36,12 @@ use scylla::client::session::Session;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::{Claim, GroupChange, NotifyStore, StoreError, Subscriber, add_subscriber_row, merge_actor};
+use super::{
+    Claim, GroupChange, NotifyStore, REMIND_LOG_RETENTION_MS, StoreError, Subscriber, add_subscriber_row, merge_actor,
+};
 
 /// Bumped when the schema below changes; services refuse an older schema.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 const COMPONENT: &str = "notify";
 
 fn schema(k: &str) -> Vec<String> {
@@ -63,6 +68,10 @@ fn schema(k: &str) -> Vec<String> {
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.nt_jobs (bucket int, job_id text, job blob, PRIMARY KEY (bucket, job_id))"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {k}.nt_remind_log (object_type text, object_id text, action text, occurred_at_ms bigint, job_id text, job blob, PRIMARY KEY ((object_type, object_id, action), occurred_at_ms, job_id)) WITH default_time_to_live = {}",
+            REMIND_LOG_RETENTION_MS / 1000
         ),
     ]
 }
@@ -128,6 +137,8 @@ struct Statements {
     job_get: PreparedStatement,
     job_delete: PreparedStatement,
     job_list: PreparedStatement,
+    remind_log_put: PreparedStatement,
+    remind_log_after: PreparedStatement,
 }
 
 /// The ScyllaDB notify store.
@@ -220,6 +231,14 @@ impl ScyllaNotifyStore {
             job_get: prep(format!("SELECT job FROM {k}.nt_jobs WHERE bucket = 0 AND job_id = ?")).await?,
             job_delete: prep(format!("DELETE FROM {k}.nt_jobs WHERE bucket = 0 AND job_id = ?")).await?,
             job_list: prep(format!("SELECT job FROM {k}.nt_jobs WHERE bucket = 0 LIMIT ?")).await?,
+            remind_log_put: prep(format!(
+                "INSERT INTO {k}.nt_remind_log (object_type, object_id, action, occurred_at_ms, job_id, job) VALUES (?, ?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            remind_log_after: prep(format!(
+                "SELECT job FROM {k}.nt_remind_log WHERE object_type = ? AND object_id = ? AND action = ? AND occurred_at_ms > ? LIMIT ?"
+            ))
+            .await?,
         };
         Ok(Self { session, st })
     }
@@ -543,6 +562,41 @@ impl NotifyStore for ScyllaNotifyStore {
 
     async fn jobs(&self, limit: usize) -> Result<Vec<RemindJob>, StoreError> {
         let rows: Vec<(Vec<u8>,)> = self.all(&self.st.job_list, (limit as i32,)).await?;
+        rows.into_iter()
+            .map(|(b,)| RemindJob::decode(b.as_slice()).map_err(err))
+            .collect()
+    }
+
+    async fn log_remind(&self, job: &RemindJob) -> Result<(), StoreError> {
+        let r = job.remind.clone().unwrap_or_default();
+        self.exec(
+            &self.st.remind_log_put,
+            (
+                r.object_type.as_str(),
+                r.object_id.as_str(),
+                r.action.as_str(),
+                job.occurred_at_ms,
+                job.job_id.as_str(),
+                job.encode_to_vec(),
+            ),
+        )
+        .await
+    }
+
+    async fn reminds_after(
+        &self,
+        object_type: &str,
+        object_id: &str,
+        action: &str,
+        after_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RemindJob>, StoreError> {
+        let rows: Vec<(Vec<u8>,)> = self
+            .all(
+                &self.st.remind_log_after,
+                (object_type, object_id, action, after_ms, limit as i32),
+            )
+            .await?;
         rows.into_iter()
             .map(|(b,)| RemindJob::decode(b.as_slice()).map_err(err))
             .collect()

@@ -5,7 +5,7 @@ use feed_proto::common::v1::{Activity, ActivityStatus, DeliveryMode};
 use feed_proto::events::v1::{FanoutJob, Job, job};
 use feed_proto::publish::v1::{NewActivity, ScheduledActivity};
 
-use super::{ActivityStore, Claim, OutboxEntry};
+use super::{ActivityStore, Claim, ForeignRecord, OutboxEntry};
 
 fn feed(s: &str) -> FeedRef {
     FeedRef::parse(s).expect("valid feed")
@@ -61,7 +61,14 @@ async fn foreign_ids_are_claimed_once(s: &dyn ActivityStore) {
         s.claim_foreign(2, "f-1", 102, 7).await.expect("other actor"),
         Claim::Claimed
     );
-    assert_eq!(s.find_foreign(1, "f-1").await.expect("find"), Some(100));
+    assert_eq!(
+        s.find_foreign(1, "f-1").await.expect("find"),
+        Some(ForeignRecord {
+            id: 100,
+            fingerprint: 7
+        }),
+        "the claim's id and payload fingerprint"
+    );
     assert_eq!(s.find_foreign(1, "f-2").await.expect("find"), None);
 }
 

@@ -12,13 +12,15 @@ use feed_core::cache::ReadCache;
 use feed_core::keys::{feed_key, feed_prefix, push_feed_prefix, u64_at};
 use feed_core::{FeedRef, UserId};
 use feed_proto::common::v1::{Activity, DeliveryMode};
-use feed_proto::events::v1::{EdgeJobKind, Job, job};
+use feed_proto::events::v1::{Job, job};
 use feed_proto::publish::v1::ScheduledActivity;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use prost::Message;
 
 use super::heads::FeedHeads;
-use super::{ActivityStore, Claim, DeadJob, JobState, JobStats, OutboxEntry, PendingWork, StoreError};
+use super::{
+    ActivityStore, Claim, DeadJob, ForeignRecord, JobState, JobStats, OutboxEntry, PendingWork, StoreError, adds_items,
+};
 
 /// The embedded activity store.
 pub struct EmbeddedActivityStore {
@@ -79,7 +81,7 @@ fn pending_index(job: &Job) -> Option<(PendingIndex, Vec<u8>, Vec<u8>)> {
             k.extend_from_slice(job.job_id.as_bytes());
             Some((PendingIndex::Fanout, k, vec![]))
         }
-        Some(job::Kind::Edge(e)) if e.kind == EdgeJobKind::Backfill as i32 => {
+        Some(job::Kind::Edge(e)) if adds_items(e) => {
             let mut k = e.follower_id.to_be_bytes().to_vec();
             k.extend_from_slice(job.job_id.as_bytes());
             Some((PendingIndex::Backfill, k, e.feed.as_bytes().to_vec()))
@@ -439,12 +441,15 @@ impl ActivityStore for EmbeddedActivityStore {
         Ok(found)
     }
 
-    async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<u64>, StoreError> {
+    async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<ForeignRecord>, StoreError> {
         Ok(self
             .foreign
             .get(Self::foreign_key(actor, foreign_id))
             .map_err(be)?
-            .map(|v| u64_at(&v, 0)))
+            .map(|v| ForeignRecord {
+                id: u64_at(&v, 0),
+                fingerprint: u64_at(&v, 8),
+            }))
     }
 
     async fn replace(&self, activity: &Activity, jobs: &[Job]) -> Result<(), StoreError> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use feed_core::{FeedRef, UserId};
 use feed_proto::common::v1::{Activity, DeliveryMode};
-use feed_proto::events::v1::Job;
+use feed_proto::events::v1::{EdgeJob, EdgeJobKind, Job};
 use feed_proto::publish::v1::ScheduledActivity;
 
 pub mod contract;
@@ -40,6 +40,25 @@ pub enum Claim {
     },
 }
 
+/// Whether an edge job adds items to its follower's inbox (a backfill, or
+/// a lifted block or mute): until it is done, reads merge its feed's
+/// outbox above the floor ([`PendingWork::backfill_feeds`]).
+pub fn adds_items(job: &EdgeJob) -> bool {
+    matches!(
+        EdgeJobKind::try_from(job.kind),
+        Ok(EdgeJobKind::Backfill | EdgeJobKind::Relax)
+    )
+}
+
+/// The record held by an (actor, foreign_id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForeignRecord {
+    /// The activity id it was claimed for.
+    pub id: u64,
+    /// Fingerprint of the payload that claimed it.
+    pub fingerprint: u64,
+}
+
 /// A pending job's durable record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobState {
@@ -70,7 +89,8 @@ pub struct PendingWork {
     /// The lowest activity id with an unfinished fanout job: inboxes may
     /// lack ids at or above it.
     pub fanout_from: Option<u64>,
-    /// Feeds whose backfill into this user's inbox has not finished.
+    /// Feeds whose backfill into this user's inbox has not finished (for a
+    /// lifted block or mute, `user:<author>`, which the user may not follow).
     pub backfill_feeds: Vec<FeedRef>,
 }
 
@@ -128,8 +148,8 @@ pub trait ActivityStore: Send + Sync + 'static {
     /// that keeps activities in memory hands them out without a deep copy
     /// (a home read hydrates a page of them).
     async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Arc<Activity>>>, StoreError>;
-    /// The id held by (actor, foreign_id).
-    async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<u64>, StoreError>;
+    /// The record held by (actor, foreign_id).
+    async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<ForeignRecord>, StoreError>;
     /// Replaces an existing activity row (update, soft delete) and records jobs, in one step.
     async fn replace(&self, activity: &Activity, jobs: &[Job]) -> Result<(), StoreError>;
     /// A feed's outbox below `before`, newest first.

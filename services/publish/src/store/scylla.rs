@@ -23,7 +23,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use feed_core::{FeedRef, UserId, id::id_time_ms};
 use feed_proto::common::v1::{Activity, DeliveryMode};
-use feed_proto::events::v1::{EdgeJobKind, Job, job};
+use feed_proto::events::v1::{Job, job};
 use feed_proto::publish::v1::ScheduledActivity;
 use feed_server::config::ScyllaConfig;
 use futures::TryStreamExt;
@@ -36,7 +36,9 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
-use super::{ActivityStore, Claim, DeadJob, JobState, JobStats, OutboxEntry, PendingWork, StoreError};
+use super::{
+    ActivityStore, Claim, DeadJob, ForeignRecord, JobState, JobStats, OutboxEntry, PendingWork, StoreError, adds_items,
+};
 
 /// Bumped when the schema changes; services refuse an older one.
 pub const SCHEMA_VERSION: i32 = 2;
@@ -192,7 +194,7 @@ impl ScyllaActivityStore {
             ))
             .await?,
             foreign_get: prep(format!(
-                "SELECT id FROM {k}.pub_foreign WHERE actor = ? AND foreign_id = ?"
+                "SELECT id, fingerprint FROM {k}.pub_foreign WHERE actor = ? AND foreign_id = ?"
             ))
             .await?,
             outbox_put: prep(format!(
@@ -362,7 +364,7 @@ impl ScyllaActivityStore {
                 vec![big(f.activity_id), text(job.job_id.clone())],
                 vec![big(f.activity_id), text(job.job_id.clone())],
             )),
-            Some(job::Kind::Edge(e)) if e.kind == EdgeJobKind::Backfill as i32 => Some((
+            Some(job::Kind::Edge(e)) if adds_items(e) => Some((
                 &self.st.pb_put,
                 &self.st.pb_delete,
                 vec![big(e.follower_id), text(job.job_id.clone()), text(e.feed.clone())],
@@ -493,12 +495,15 @@ impl ActivityStore for ScyllaActivityStore {
             .collect()
     }
 
-    async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<u64>, StoreError> {
+    async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<ForeignRecord>, StoreError> {
         Ok(self
-            .rows::<(i64,)>(&self.st.foreign_get, (i(actor), foreign_id))
+            .rows::<(i64, i64)>(&self.st.foreign_get, (i(actor), foreign_id))
             .await?
             .first()
-            .map(|(id,)| *id as u64))
+            .map(|(id, fingerprint)| ForeignRecord {
+                id: *id as u64,
+                fingerprint: *fingerprint as u64,
+            }))
     }
 
     async fn replace(&self, activity: &Activity, jobs: &[Job]) -> Result<(), StoreError> {

@@ -31,7 +31,7 @@ use feed_proto::events::v1::Job;
 use feed_proto::publish::v1::ScheduledActivity;
 use redis::aio::ConnectionManager;
 
-use super::{ActivityStore, Claim, DeadJob, JobState, JobStats, OutboxEntry, PendingWork, StoreError};
+use super::{ActivityStore, Claim, DeadJob, ForeignRecord, JobState, JobStats, OutboxEntry, PendingWork, StoreError};
 
 /// Inserts ARGV[1] into the head at KEYS[1] if there is one. ARGV: id, keep.
 const ADD: &str = r"
@@ -260,7 +260,7 @@ impl<S: ActivityStore> ActivityStore for SharedHeads<S> {
         self.inner.get(ids).await
     }
 
-    async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<u64>, StoreError> {
+    async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<ForeignRecord>, StoreError> {
         self.inner.find_foreign(actor, foreign_id).await
     }
 
