@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::graph::{Graph, Relation};
 use crate::live::{EventId, LiveLog};
-use crate::store::{Claim, GroupChange, NotifyStore, Subscriber};
+use crate::store::{ALWAYS, Claim, GroupChange, NotifyStore, Subscriber};
 
 /// Latest actors kept on a remind group.
 const LATEST_ACTORS: usize = 5;
@@ -604,12 +604,19 @@ impl Notifier {
             .store
             .subscribers(&r.object_type, &r.object_id, job.after_user, page)
             .await?;
+        // A subscription made by an event later than the remind is not for
+        // it, even when that event was processed first.
         let allowed: Vec<(UserId, bool)> = subs
             .iter()
             .filter(|s| {
-                s.reasons
-                    .iter()
-                    .any(|reason| self.cfg().reasons.get(reason).is_some_and(|a| a.contains(&r.action)))
+                s.reasons.iter().any(|reason| {
+                    reason.since_ms <= job.occurred_at_ms
+                        && self
+                            .cfg()
+                            .reasons
+                            .get(&reason.name)
+                            .is_some_and(|a| a.contains(&r.action))
+                })
             })
             .map(|s| (s.user, r.recipients.contains(&s.user)))
             .collect();
@@ -705,7 +712,7 @@ impl Notifier {
                     reason: "create_post".into(),
                     created_at_ms: a.created_at_ms,
                 };
-                self.inner.store.subscribe(&own).await?;
+                self.inner.store.subscribe(&own, own.created_at_ms).await?;
                 self.catch_up(&own).await?;
                 let object = parse_object(&a.object);
                 let react = reaction(&a.verb);
@@ -722,7 +729,7 @@ impl Notifier {
                         reason: reason.into(),
                         ..own.clone()
                     };
-                    self.inner.store.subscribe(&sub).await?;
+                    self.inner.store.subscribe(&sub, sub.created_at_ms).await?;
                     self.catch_up(&sub).await?;
                 }
                 if deleted || private {
@@ -787,11 +794,12 @@ impl Notifier {
             let missed = self
                 .inner
                 .store
+                // A remind at the subscription's own instant counts, as in `remind_page`.
                 .reminds_after(
                     &sub.object_type,
                     &sub.object_id,
                     action,
-                    sub.created_at_ms,
+                    sub.created_at_ms.saturating_sub(1),
                     CATCH_UP_MAX,
                 )
                 .await?;
@@ -844,7 +852,7 @@ impl Notifier {
             ));
         }
         s.created_at_ms = self.now() as i64;
-        Ok(self.inner.store.subscribe(&s).await?)
+        Ok(self.inner.store.subscribe(&s, ALWAYS).await?)
     }
 
     /// Unsubscribe from one reason, or every reason when `reason` is empty.

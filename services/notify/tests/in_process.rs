@@ -29,8 +29,12 @@ impl Graph for NoRelations {
 }
 
 fn notifier(live: Arc<MemoryLive>, dir: &std::path::Path, buffer: usize) -> Notifier {
+    notifier_on(EmbeddedNotifyStore::open(dir).expect("store"), live, buffer)
+}
+
+fn notifier_on(store: EmbeddedNotifyStore, live: Arc<MemoryLive>, buffer: usize) -> Notifier {
     Notifier::new(
-        Arc::new(EmbeddedNotifyStore::open(dir).expect("store")),
+        Arc::new(store),
         live,
         Arc::new(NoRelations),
         Arc::new(MemoryQueue::<RemindJob>::default()),
@@ -192,8 +196,9 @@ fn event(
     }
 }
 
-/// What a user's list says, without delivery order (sequence numbers).
-async fn notes_of(n: &Notifier, user: u64) -> Vec<(u64, String, String, u64, Vec<u64>)> {
+/// What a user's list says, without delivery order: a group's id (its
+/// place in the list) comes from the first event delivered into it.
+async fn notes_of(n: &Notifier, user: u64) -> Vec<(String, String, u64, Vec<u64>)> {
     let page = n
         .list(
             user,
@@ -210,7 +215,7 @@ async fn notes_of(n: &Notifier, user: u64) -> Vec<(u64, String, String, u64, Vec
         .map(|n| {
             let mut actors = n.latest_actors.clone();
             actors.sort_unstable();
-            (n.id, n.action, n.object_id, n.actor_count, actors)
+            (n.action, n.object_id, n.actor_count, actors)
         })
         .collect();
     out.sort();
@@ -223,12 +228,14 @@ async fn notes_of(n: &Notifier, user: u64) -> Vec<(u64, String, String, u64, Vec
 async fn events_take_effect_in_the_order_they_happened_whatever_order_they_are_processed_in() {
     use activity_event::Change::{Created, Updated};
     let t = 1_750_000_000_000;
-    // Post 100 by user 1; user 2 likes it, user 3 comments on it, then user 1 edits it.
+    // Post 100 by user 1; user 2 likes it, user 3 comments on it, user 1
+    // edits it, then user 4 likes it.
     let events = [
         event("post", 100, 1, "post", "photo:9", t, Created),
         event("like", 200, 2, "like", "activity:100", t + 1000, Created),
         event("comment", 300, 3, "comment", "activity:100", t + 2000, Created),
         event("update", 100, 1, "post", "photo:9", t + 3000, Updated),
+        event("late-like", 400, 4, "like", "activity:100", t + 4000, Created),
     ];
     let mut orders: Vec<Vec<usize>> = vec![vec![]];
     for _ in 0..events.len() {
@@ -245,21 +252,27 @@ async fn events_take_effect_in_the_order_they_happened_whatever_order_they_are_p
     let mut want = None;
     for order in orders {
         let dir = tempfile::tempdir().expect("tempdir");
-        let n = notifier(Arc::new(MemoryLive::new(100)), dir.path(), 16);
+        let store = EmbeddedNotifyStore::open(dir.path()).expect("store").with_sync(false);
+        let n = notifier_on(store, Arc::new(MemoryLive::new(100)), 16);
         for &i in &order {
             n.on_activity_event(&events[i]).await.expect("event");
         }
-        let got = [notes_of(&n, 1).await, notes_of(&n, 2).await, notes_of(&n, 3).await];
-        let actions = |u: usize| got[u].iter().map(|x| x.1.clone()).collect::<Vec<_>>();
+        let got = [
+            notes_of(&n, 1).await,
+            notes_of(&n, 2).await,
+            notes_of(&n, 3).await,
+            notes_of(&n, 4).await,
+        ];
+        let actions = |u: usize| got[u].iter().map(|x| x.0.clone()).collect::<Vec<_>>();
         let want = want.get_or_insert_with(|| {
             // The order they happened in: checked once, in full.
-            assert_eq!(order, vec![0, 1, 2, 3]);
+            assert_eq!(order, vec![0, 1, 2, 3, 4]);
             let mut author = actions(0);
             author.sort();
             assert_eq!(
                 author,
                 ["comment", "like"],
-                "the author hears of the like and the comment"
+                "the author hears of the likes and the comment"
             );
             let mut liker = actions(1);
             liker.sort();
@@ -269,6 +282,7 @@ async fn events_take_effect_in_the_order_they_happened_whatever_order_they_are_p
                 "the liker follows the post from the like on"
             );
             assert_eq!(actions(2), ["update"], "the commenter hears of the later edit");
+            assert!(actions(3).is_empty(), "a like after the edit is not told of it");
             got.clone()
         });
         assert_eq!(&got, want, "processed in order {order:?}");

@@ -5,7 +5,7 @@ use feed_proto::notify::v1::{
     CreateRemindRequest, NoteRecord, Notification, NotificationKind, RemindJob, Subscription, UserState,
 };
 
-use super::{Claim, GroupChange, NotifyStore, REMIND_LOG_RETENTION_MS};
+use super::{ALWAYS, Claim, GroupChange, NotifyStore, REMIND_LOG_RETENTION_MS};
 
 fn note(id: u64, kind: NotificationKind, group: &str, seq: u64) -> NoteRecord {
     NoteRecord {
@@ -140,16 +140,21 @@ async fn user_state_round_trips(s: &dyn NotifyStore) {
 }
 
 async fn subscriptions_list_both_ways_and_unsubscribe_by_reason(s: &dyn NotifyStore) {
-    assert!(s.subscribe(&sub(30, "a1", "create_post")).await.expect("sub"));
-    assert!(!s.subscribe(&sub(30, "a1", "create_post")).await.expect("again"));
-    assert!(s.subscribe(&sub(30, "a1", "follow_object")).await.expect("sub"));
-    assert!(s.subscribe(&sub(31, "a1", "follow_object")).await.expect("sub"));
-    assert!(s.subscribe(&sub(30, "a10", "follow_object")).await.expect("sub"));
+    assert!(s.subscribe(&sub(30, "a1", "create_post"), 40).await.expect("sub"));
+    assert!(!s.subscribe(&sub(30, "a1", "create_post"), 90).await.expect("again"));
+    assert!(s.subscribe(&sub(30, "a1", "follow_object"), ALWAYS).await.expect("sub"));
+    assert!(s.subscribe(&sub(31, "a1", "follow_object"), 50).await.expect("sub"));
+    assert!(s.subscribe(&sub(30, "a10", "follow_object"), 60).await.expect("sub"));
     // Pages stop at a user boundary: one subscriber's reasons come together.
     let first = s.subscribers("activity", "a1", 0, 1).await.expect("page");
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].user, 30);
-    assert_eq!(first[0].reasons.len(), 2);
+    let reasons: Vec<(&str, i64)> = first[0].reasons.iter().map(|r| (r.name.as_str(), r.since_ms)).collect();
+    assert_eq!(
+        reasons,
+        vec![("create_post", 40), ("follow_object", ALWAYS)],
+        "each reason with its start; a repeat keeps the first"
+    );
     let rest = s.subscribers("activity", "a1", 30, 10).await.expect("page");
     assert_eq!(rest.iter().map(|x| x.user).collect::<Vec<_>>(), vec![31]);
     let mine = s.subscriptions(30, None, 2).await.expect("list");
@@ -169,7 +174,8 @@ async fn subscriptions_list_both_ways_and_unsubscribe_by_reason(s: &dyn NotifySt
             .expect("again")
     );
     let left = s.subscribers("activity", "a1", 0, 10).await.expect("page");
-    assert_eq!(left[0].reasons, vec!["follow_object".to_string()]);
+    assert_eq!(left[0].reasons.len(), 1);
+    assert_eq!(left[0].reasons[0].name, "follow_object");
     assert!(s.unsubscribe(30, "activity", "a1", None).await.expect("all"));
     assert_eq!(s.subscribers("activity", "a1", 0, 10).await.expect("page").len(), 1);
 }

@@ -15,7 +15,8 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistM
 use prost::Message;
 
 use super::{
-    Claim, GroupChange, NotifyStore, REMIND_LOG_RETENTION_MS, StoreError, Subscriber, add_subscriber_row, merge_actor,
+    ALWAYS, Claim, GroupChange, NotifyStore, REMIND_LOG_RETENTION_MS, Reason, StoreError, Subscriber,
+    add_subscriber_row, merge_actor,
 };
 
 /// The embedded notify store.
@@ -269,7 +270,7 @@ impl NotifyStore for EmbeddedNotifyStore {
         self.commit(batch)
     }
 
-    async fn subscribe(&self, s: &Subscription) -> Result<bool, StoreError> {
+    async fn subscribe(&self, s: &Subscription, since_ms: i64) -> Result<bool, StoreError> {
         let ukey = by_u64_pair(s.user_id, &s.object_type, &s.object_id, &s.reason);
         let _w = self.lock();
         if self.subs_by_user.contains_key(&ukey).map_err(be)? {
@@ -280,7 +281,7 @@ impl NotifyStore for EmbeddedNotifyStore {
         batch.insert(
             &self.subs_by_object,
             by_object_key(&s.object_type, &s.object_id, s.user_id, &s.reason),
-            [],
+            since_ms.to_be_bytes(),
         );
         self.commit(batch)?;
         Ok(true)
@@ -369,10 +370,14 @@ impl NotifyStore for EmbeddedNotifyStore {
         end.extend_from_slice(&u64::MAX.to_be_bytes());
         let mut out: Vec<Subscriber> = Vec::new();
         for item in self.subs_by_object.range(start..end) {
-            let (k, _) = item.into_inner().map_err(be)?;
+            let (k, v) = item.into_inner().map_err(be)?;
             let user = u64_at(&k, prefix.len());
             let mut at = prefix.len() + 8;
-            let reason = read_str(&k, &mut at)?;
+            let reason = Reason {
+                name: read_str(&k, &mut at)?,
+                // Rows written before the start was kept count always.
+                since_ms: if v.len() == 8 { u64_at(&v, 0) as i64 } else { ALWAYS },
+            };
             if !add_subscriber_row(&mut out, user, reason, limit) {
                 break;
             }

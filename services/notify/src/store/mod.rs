@@ -24,13 +24,29 @@ pub struct Subscriber {
     /// The user.
     pub user: UserId,
     /// Its reasons (e.g. `create_post`).
-    pub reasons: Vec<String>,
+    pub reasons: Vec<Reason>,
 }
+
+/// One reason a user is subscribed to an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reason {
+    /// The reason (e.g. `create_post`).
+    pub name: String,
+    /// Reminds that occurred before this (ms since the epoch) are not for
+    /// it: a subscription made by an event counts from the event's time.
+    /// [`ALWAYS`] for subscriptions made by a call.
+    pub since_ms: i64,
+}
+
+/// [`Reason::since_ms`] of a subscription that counts for every remind
+/// processed after it, whatever the remind's time (a Subscribe call: the
+/// clocks of two replicas must not decide whether it counts).
+pub const ALWAYS: i64 = i64::MIN;
 
 /// Adds one (user, reason) row of an object's subscriber listing, which
 /// comes in user order, to `out`; false once `limit` users are complete (a
 /// user's reasons are adjacent, so a page stops only at a user boundary).
-pub fn add_subscriber_row(out: &mut Vec<Subscriber>, user: UserId, reason: String, limit: usize) -> bool {
+pub fn add_subscriber_row(out: &mut Vec<Subscriber>, user: UserId, reason: Reason, limit: usize) -> bool {
     if let Some(last) = out.last_mut().filter(|l| l.user == user) {
         last.reasons.push(reason);
         return true;
@@ -111,8 +127,9 @@ pub trait NotifyStore: Send + Sync + 'static {
     async fn user_state(&self, user: UserId) -> Result<Option<UserState>, StoreError>;
     /// Replaces `user`'s state.
     async fn put_user_state(&self, user: UserId, state: &UserState) -> Result<(), StoreError>;
-    /// Adds a subscription; false when it already stood.
-    async fn subscribe(&self, s: &Subscription) -> Result<bool, StoreError>;
+    /// Adds a subscription that counts for reminds from `since_ms` on (see
+    /// [`Reason::since_ms`]); false when it already stood (and keeps its own).
+    async fn subscribe(&self, s: &Subscription, since_ms: i64) -> Result<bool, StoreError>;
     /// Removes `user`'s subscriptions to the object (one reason, or all when
     /// `reason` is None); false when none stood.
     async fn unsubscribe(

@@ -37,7 +37,8 @@ use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 
 use super::{
-    Claim, GroupChange, NotifyStore, REMIND_LOG_RETENTION_MS, StoreError, Subscriber, add_subscriber_row, merge_actor,
+    ALWAYS, Claim, GroupChange, NotifyStore, REMIND_LOG_RETENTION_MS, Reason, StoreError, Subscriber,
+    add_subscriber_row, merge_actor,
 };
 
 /// Bumped when the schema below changes; services refuse an older schema.
@@ -61,7 +62,7 @@ fn schema(k: &str) -> Vec<String> {
         ),
         format!("CREATE TABLE IF NOT EXISTS {k}.nt_users (user_id bigint PRIMARY KEY, state blob)"),
         format!(
-            "CREATE TABLE IF NOT EXISTS {k}.nt_subs_by_object (object_type text, object_id text, user_id bigint, reason text, PRIMARY KEY ((object_type, object_id), user_id, reason))"
+            "CREATE TABLE IF NOT EXISTS {k}.nt_subs_by_object (object_type text, object_id text, user_id bigint, reason text, since_ms bigint, PRIMARY KEY ((object_type, object_id), user_id, reason))"
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.nt_subs_by_user (user_id bigint, object_type text, object_id text, reason text, created_at_ms bigint, PRIMARY KEY (user_id, object_type, object_id, reason))"
@@ -124,6 +125,7 @@ struct Statements {
     user_put: PreparedStatement,
     sub_by_user_claim: PreparedStatement,
     sub_by_object_put: PreparedStatement,
+    sub_by_object_get: PreparedStatement,
     sub_by_user_list_object: PreparedStatement,
     sub_by_user_delete: PreparedStatement,
     sub_by_object_delete: PreparedStatement,
@@ -188,7 +190,11 @@ impl ScyllaNotifyStore {
             ))
             .await?,
             sub_by_object_put: prep(format!(
-                "INSERT INTO {k}.nt_subs_by_object (object_type, object_id, user_id, reason) VALUES (?, ?, ?, ?)"
+                "INSERT INTO {k}.nt_subs_by_object (object_type, object_id, user_id, reason, since_ms) VALUES (?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            sub_by_object_get: prep(format!(
+                "SELECT since_ms FROM {k}.nt_subs_by_object WHERE object_type = ? AND object_id = ? AND user_id = ? AND reason = ?"
             ))
             .await?,
             sub_by_user_list_object: prep(format!(
@@ -220,7 +226,7 @@ impl ScyllaNotifyStore {
             ))
             .await?,
             subscribers_page: prep(format!(
-                "SELECT user_id, reason FROM {k}.nt_subs_by_object WHERE object_type = ? AND object_id = ? AND user_id > ?"
+                "SELECT user_id, reason, since_ms FROM {k}.nt_subs_by_object WHERE object_type = ? AND object_id = ? AND user_id > ?"
             ))
             .await?,
             job_put: prep(format!("INSERT INTO {k}.nt_jobs (bucket, job_id, job) VALUES (0, ?, ?)")).await?,
@@ -270,6 +276,21 @@ impl ScyllaNotifyStore {
         rows.into_iter()
             .map(|(b,)| NoteRecord::decode(b.as_slice()).map_err(err))
             .collect()
+    }
+
+    async fn object_row_missing(&self, s: &Subscription) -> Result<bool, StoreError> {
+        let row = self
+            .one::<(Option<i64>,)>(
+                &self.st.sub_by_object_get,
+                (
+                    s.object_type.as_str(),
+                    s.object_id.as_str(),
+                    i(s.user_id),
+                    s.reason.as_str(),
+                ),
+            )
+            .await?;
+        Ok(row.is_none())
     }
 
     fn subscriptions_of(user: UserId, rows: Vec<(String, String, String, Option<i64>)>) -> Vec<Subscription> {
@@ -412,7 +433,7 @@ impl NotifyStore for ScyllaNotifyStore {
         Ok(())
     }
 
-    async fn subscribe(&self, s: &Subscription) -> Result<bool, StoreError> {
+    async fn subscribe(&self, s: &Subscription, since_ms: i64) -> Result<bool, StoreError> {
         let applied = self
             .lwt(
                 &self.st.sub_by_user_claim,
@@ -425,17 +446,22 @@ impl NotifyStore for ScyllaNotifyStore {
                 ),
             )
             .await?;
-        // Re-asserted on a retry too, so a crash between the two writes heals.
-        self.exec(
-            &self.st.sub_by_object_put,
-            (
-                s.object_type.as_str(),
-                s.object_id.as_str(),
-                i(s.user_id),
-                s.reason.as_str(),
-            ),
-        )
-        .await?;
+        // Re-asserted when this call wrote the user row, so a crash between
+        // the two writes heals on a retry; a subscription that already stood
+        // keeps its own start.
+        if applied || self.object_row_missing(s).await? {
+            self.exec(
+                &self.st.sub_by_object_put,
+                (
+                    s.object_type.as_str(),
+                    s.object_id.as_str(),
+                    i(s.user_id),
+                    s.reason.as_str(),
+                    since_ms,
+                ),
+            )
+            .await?;
+        }
         Ok(applied)
     }
 
@@ -526,9 +552,13 @@ impl NotifyStore for ScyllaNotifyStore {
             .execute_iter(self.st.subscribers_page.clone(), (object_type, object_id, i(after)))
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let mut rows = pager.rows_stream::<(i64, String)>().map_err(err)?;
+        let mut rows = pager.rows_stream::<(i64, String, Option<i64>)>().map_err(err)?;
         let mut out: Vec<Subscriber> = Vec::new();
-        while let Some((user, reason)) = rows.try_next().await.map_err(err)? {
+        while let Some((user, name, since)) = rows.try_next().await.map_err(err)? {
+            let reason = Reason {
+                name,
+                since_ms: since.unwrap_or(ALWAYS),
+            };
             if !add_subscriber_row(&mut out, u(user), reason, limit) {
                 break;
             }
