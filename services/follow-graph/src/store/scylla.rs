@@ -11,6 +11,8 @@
 //!   lightweight-transaction compare-and-set, so a retried or concurrent
 //!   change is counted once.
 //! - `fg_blocks`, `fg_mutes ((user_id), target_id)`.
+//! - `fg_edge_log ((bucket), seq)`: the edge change log, one partition per
+//!   hour of positions.
 //!
 //! The edge row is claimed first with `INSERT ... IF NOT EXISTS`; only the
 //! writer whose claim applied bumps counts and versions. Its mirror row in
@@ -37,7 +39,7 @@ use super::{
 };
 
 /// Bumped when the schema below changes; services refuse an older schema.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 const LOG_SEQ_PER_MS: u64 = 1_000_000;
 const LOG_BUCKET_MS: u64 = 3_600_000;
 
@@ -68,6 +70,10 @@ fn schema(keyspace: &str) -> Vec<String> {
         ),
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.fg_mutes (user_id bigint, target_id bigint, PRIMARY KEY (user_id, target_id))"
+        ),
+        // One partition per hour of changes, in position order.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {k}.fg_edge_log (bucket bigint, seq bigint, entry blob, PRIMARY KEY (bucket, seq))"
         ),
     ]
 }

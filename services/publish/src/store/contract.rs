@@ -187,7 +187,8 @@ pub async fn every_outbox_id(s: &dyn ActivityStore, f: &FeedRef, page: usize) ->
 /// the order of the writes.
 pub async fn pull_entries_page_through_every_id_of_a_long_feed(s: &dyn ActivityStore) {
     let f = feed("user:777");
-    // 1,500 ids written out of order, most in one commit and some alone.
+    // 1,500 ids written out of order, most ten to a commit and some alone
+    // (a commit is one batch, and CQL nodes refuse very large ones).
     let ids: Vec<u64> = (0..1_500u64).map(|i| 10_000 + (i * 7_919) % 1_500).collect();
     let entry = |id| OutboxEntry {
         feed: f.clone(),
@@ -195,13 +196,15 @@ pub async fn pull_entries_page_through_every_id_of_a_long_feed(s: &dyn ActivityS
         mode: DeliveryMode::Pull,
     };
     let (bulk, single) = ids.split_at(1_490);
-    s.commit_publish(
-        &activity(9_999, 5),
-        &bulk.iter().map(|id| entry(*id)).collect::<Vec<_>>(),
-        &[],
-    )
-    .await
-    .expect("commit");
+    for (n, chunk) in bulk.chunks(10).enumerate() {
+        s.commit_publish(
+            &activity(9_000 + n as u64, 5),
+            &chunk.iter().map(|id| entry(*id)).collect::<Vec<_>>(),
+            &[],
+        )
+        .await
+        .expect("commit");
+    }
     for id in single {
         s.commit_publish(&activity(*id, 5), &[entry(*id)], &[])
             .await

@@ -586,8 +586,14 @@ impl ActivityStore for ScyllaActivityStore {
     }
 
     async fn complete_job(&self, job_id: &str, spawned: &[Job]) -> Result<(), StoreError> {
-        self.job_batch(spawned, vec![(&self.st.job_delete, vec![text(job_id)])])
-            .await
+        let mut done = vec![(&self.st.job_delete, vec![text(job_id)])];
+        // Its pending-work row goes with it, in the same batch: reads merge
+        // outboxes for as long as that row says the work is unfinished.
+        let state = self.job(job_id).await?;
+        if let Some((_, delete, _, row)) = state.as_ref().and_then(|s| self.pending_index(&s.job)) {
+            done.push((delete, row));
+        }
+        self.job_batch(spawned, done).await
     }
 
     async fn fail_job(&self, job_id: &str, error: &str, max_attempts: u32, now_ms: i64) -> Result<bool, StoreError> {
