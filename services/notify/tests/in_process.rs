@@ -15,6 +15,7 @@ use feed_server::queue::MemoryQueue;
 use notify::graph::{Graph, Relation};
 use notify::live::{EventId, LiveLog, MemoryLive};
 use notify::service::ListQuery;
+use notify::store::NotifyStore;
 use notify::store::embedded::EmbeddedNotifyStore;
 use notify::{Notifier, NotifyConfig};
 
@@ -29,12 +30,12 @@ impl Graph for NoRelations {
 }
 
 fn notifier(live: Arc<MemoryLive>, dir: &std::path::Path, buffer: usize) -> Notifier {
-    notifier_on(EmbeddedNotifyStore::open(dir).expect("store"), live, buffer)
+    notifier_on(Arc::new(EmbeddedNotifyStore::open(dir).expect("store")), live, buffer)
 }
 
-fn notifier_on(store: EmbeddedNotifyStore, live: Arc<MemoryLive>, buffer: usize) -> Notifier {
+fn notifier_on(store: Arc<dyn NotifyStore>, live: Arc<MemoryLive>, buffer: usize) -> Notifier {
     Notifier::new(
-        Arc::new(store),
+        store,
         live,
         Arc::new(NoRelations),
         Arc::new(MemoryQueue::<RemindJob>::default()),
@@ -253,7 +254,7 @@ async fn events_take_effect_in_the_order_they_happened_whatever_order_they_are_p
     for order in orders {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = EmbeddedNotifyStore::open(dir.path()).expect("store").with_sync(false);
-        let n = notifier_on(store, Arc::new(MemoryLive::new(100)), 16);
+        let n = notifier_on(Arc::new(store), Arc::new(MemoryLive::new(100)), 16);
         for &i in &order {
             n.on_activity_event(&events[i]).await.expect("event");
         }
@@ -287,4 +288,58 @@ async fn events_take_effect_in_the_order_they_happened_whatever_order_they_are_p
         });
         assert_eq!(&got, want, "processed in order {order:?}");
     }
+}
+
+/// Two replicas on one ScyllaDB keyspace (the CQL node the test script
+/// starts) handed the same activity events at the same instant: one note
+/// per recipient, each liker counted once.
+#[tokio::test]
+async fn replicas_delivering_the_same_events_make_one_note() {
+    let Some(nodes) = feed_testkit::cql_nodes() else { return };
+    let cfg = feed_server::config::ScyllaConfig {
+        nodes,
+        keyspace: feed_testkit::cql_keyspace("notifyrace"),
+        replication_factor: 1,
+        local_dc: String::new(),
+    };
+    notify::store::scylla::migrate(&cfg).await.expect("migrate");
+    let replica = async || {
+        let store = notify::store::scylla::ScyllaNotifyStore::connect(&cfg)
+            .await
+            .expect("connect");
+        notifier_on(Arc::new(store), Arc::new(MemoryLive::new(100)), 16)
+    };
+    let (a, b) = (replica().await, replica().await);
+    let post = ActivityEvent {
+        event_id: "event/7/1/0".into(),
+        activity: Some(Activity {
+            id: 7,
+            actor: 1,
+            verb: "post".into(),
+            object: "photo:3".into(),
+            ..Default::default()
+        }),
+        change: activity_event::Change::Created as i32,
+    };
+    let (x, y) = tokio::join!(a.on_activity_event(&post), b.on_activity_event(&post));
+    x.expect("post on a");
+    y.expect("post on b");
+    for liker in 2..6 {
+        let like = like_event(&format!("l{liker}"), liker, 7);
+        let (x, y) = tokio::join!(a.on_activity_event(&like), b.on_activity_event(&like));
+        x.expect("like on a");
+        y.expect("like on b");
+    }
+    let page = b
+        .list(
+            1,
+            ListQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(page.notes.len(), 1, "{:?}", page.notes);
+    assert_eq!((page.notes[0].action.as_str(), page.notes[0].actor_count), ("like", 4));
 }

@@ -196,16 +196,22 @@ pub fn spawn_sweeper(publisher: Publisher, cfg: &FeedConfig, shutdown: Shutdown)
     })
 }
 
-/// Tails follow-graph's edge change log into edge jobs until shutdown.
+/// Tails follow-graph's edge change log into edge jobs until shutdown:
+/// new changes every 200 ms, the trailing window for late ones every 5 s.
 pub fn spawn_edge_tail(publisher: Publisher, shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        loop {
+        for tick in 0u64.. {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 _ = shutdown.wait() => return,
             }
             if let Err(e) = publisher.ingest_edges().await {
                 tracing::debug!(error = %e, "edge log not read");
+            }
+            if tick % 25 == 24
+                && let Err(e) = publisher.ingest_late_edges().await
+            {
+                tracing::debug!(error = %e, "edge log window not read");
             }
         }
     })

@@ -7,7 +7,9 @@ use feed_core::{ApiError, Clock, FeedRef, IdGenerator, UserId, id::min_id_at};
 use feed_inbox::InboxStore;
 use feed_proto::common::v1::{Activity, ActivityStatus, DeliveryMode, Visibility};
 use feed_proto::events::v1::edge_change::Cause;
-use feed_proto::events::v1::{ActivityEvent, EdgeJob, EdgeJobKind, FanoutJob, Job, PurgeJob, activity_event, job};
+use feed_proto::events::v1::{
+    ActivityEvent, EdgeChange, EdgeJob, EdgeJobKind, FanoutJob, Job, PurgeJob, activity_event, job,
+};
 use feed_proto::publish::v1::{NewActivity, OutboxItem, ScheduledActivity};
 use prost::Message;
 
@@ -83,7 +85,14 @@ pub struct Publisher {
     ids: IdGenerator,
     clock: Arc<dyn Clock>,
     cfg: Arc<PublishConfig>,
+    /// Edge jobs made from the log's trailing window, by job id, with
+    /// their positions (see [`Publisher::ingest_late_edges`]).
+    ingested: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
 }
+
+/// Reads (50 ms apart) of an activity whose claim another call holds
+/// before this one writes it itself.
+const WRITER_WAIT_ROUNDS: usize = 10;
 
 /// FNV-1a: a stable fingerprint of a payload (same bytes, same value, on
 /// every replica and release), to tell a retry from a conflicting reuse.
@@ -138,6 +147,7 @@ impl Publisher {
             ids,
             clock,
             cfg: Arc::new(cfg),
+            ingested: Arc::default(),
         }
     }
 
@@ -223,6 +233,22 @@ impl Publisher {
         }))
     }
 
+    /// The activity `id` once its claim's writer has written it. A claim
+    /// held by another replica's call that is still writing is given a
+    /// moment (a commit is one batch); after that its writer is taken for
+    /// dead and this call writes the same rows.
+    async fn written(&self, id: u64) -> Result<Option<Arc<Activity>>, ApiError> {
+        for attempt in 0..WRITER_WAIT_ROUNDS {
+            if let Some(a) = self.store.get(&[id]).await?.pop().flatten() {
+                return Ok(Some(a));
+            }
+            if attempt + 1 < WRITER_WAIT_ROUNDS {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        Ok(None)
+    }
+
     /// The mode each of the activity's feeds was written in.
     async fn deliveries(&self, a: &Activity) -> Result<Vec<(FeedRef, DeliveryMode)>, ApiError> {
         Ok(self
@@ -264,7 +290,7 @@ impl Publisher {
             }
             Claim::Held { id, .. } => (id, true),
         };
-        if existed && let Some(a) = self.store.get(&[id]).await?.pop().flatten() {
+        if existed && let Some(a) = self.written(id).await? {
             return Ok(Published {
                 id,
                 duplicate: true,
@@ -272,7 +298,9 @@ impl Publisher {
                 deliveries: self.deliveries(&a).await?,
             });
         }
-        // Claimed now, or claimed by an attempt that died before writing: (re)write with this id.
+        // Claimed now, or claimed by an attempt that died before writing:
+        // (re)write with this id. Either way the first claim's call is the
+        // one that is not a duplicate.
         let mut feeds = vec![FeedRef::user(new.actor)];
         feeds.extend(to.into_iter().filter(|f| f.user_id() != Some(new.actor)));
         let celebrity = self.graph.celebrity(&feeds).await?;
@@ -316,7 +344,7 @@ impl Publisher {
         metrics::counter!("feed_publish_activities_total", "mode" => modes[0].as_str_name()).increment(1);
         Ok(Published {
             id,
-            duplicate: false,
+            duplicate: existed,
             schedule_id: None,
             deliveries: feeds.into_iter().zip(modes).collect(),
         })
@@ -699,6 +727,13 @@ pub fn edge_job_id(follower: UserId, feed: &str, version: u64) -> String {
     format!("edge/{follower}/{feed}/{version}")
 }
 
+fn edge_job_id_of(c: &EdgeChange) -> String {
+    edge_job_id(c.follower_id, &c.feed, c.edge_version)
+}
+
+/// Edge log entries read per call.
+const EDGE_PAGE: u32 = 1000;
+
 impl Publisher {
     /// Turns new entries of follow-graph's edge change log into durable
     /// edge jobs (the cursor advances in the same write), then enqueues them:
@@ -708,50 +743,108 @@ impl Publisher {
         let mut consumed = 0;
         loop {
             let cursor = self.store.edge_cursor().await?;
-            let changes = self.graph.edge_changes(cursor, 1000).await?;
+            let changes = self.graph.edge_changes(cursor, EDGE_PAGE).await?;
             let Some(last) = changes.last().map(|c| c.seq) else {
                 return Ok(consumed);
             };
-            let now = self.now();
-            let jobs: Vec<Job> = changes
-                .iter()
-                .map(|c| {
-                    // Every change gets a job for the edge's new state: a job of
-                    // an older version is skipped (Invariant 4), so a change
-                    // without one (a mute after an unfollow) would strand its purge.
-                    // A lifted block or mute brings back the author's items
-                    // through every followed feed (Invariant 5), which covers
-                    // the backfill of user:<author> itself.
-                    let relaxed = matches!(
-                        Cause::try_from(c.cause).unwrap_or(Cause::Unspecified),
-                        Cause::Unblock | Cause::Unmute
-                    );
-                    let kind = if relaxed {
-                        EdgeJobKind::Relax
-                    } else if c.following {
-                        EdgeJobKind::Backfill
-                    } else {
-                        EdgeJobKind::Purge
-                    };
-                    Job {
-                        job_id: edge_job_id(c.follower_id, &c.feed, c.edge_version),
-                        created_at_ms: now,
-                        kind: Some(job::Kind::Edge(EdgeJob {
-                            kind: kind as i32,
-                            follower_id: c.follower_id,
-                            feed: c.feed.clone(),
-                            edge_version: c.edge_version,
-                        })),
-                    }
-                })
-                .collect();
+            let jobs = self.edge_jobs(&changes);
             self.store.record_edge_jobs(&jobs, last).await?;
+            self.remember_ingested(&changes);
             self.enqueue(&jobs).await;
             consumed += changes.len();
-            if changes.len() < 1000 {
+            if changes.len() < EDGE_PAGE as usize {
                 return Ok(consumed);
             }
         }
+    }
+
+    /// Re-reads the log's trailing window behind the cursor
+    /// ([`feed_core::edge_log`]) and turns the changes committed there after
+    /// the cursor passed them into jobs; what was already turned into a job
+    /// is known by its deterministic job id. After a restart the window is
+    /// taken once more (its jobs are idempotent). Returns the late changes.
+    pub async fn ingest_late_edges(&self) -> Result<usize, ApiError> {
+        let cursor = self.store.edge_cursor().await?;
+        let mut after = feed_core::edge_log::window_start(cursor);
+        let mut late = 0;
+        loop {
+            let changes = self.graph.edge_changes(after, EDGE_PAGE).await?;
+            let Some(last) = changes.last().map(|c| c.seq) else {
+                break;
+            };
+            let missed: Vec<EdgeChange> = {
+                let seen = self.ingested.lock().unwrap_or_else(|p| p.into_inner());
+                changes
+                    .iter()
+                    .filter(|c| c.seq <= cursor && !seen.contains_key(&edge_job_id_of(c)))
+                    .cloned()
+                    .collect()
+            };
+            if !missed.is_empty() {
+                tracing::warn!(
+                    changes = missed.len(),
+                    "edge changes committed behind the cursor; ingesting them"
+                );
+                let jobs = self.edge_jobs(&missed);
+                // The cursor stays: it already passed these.
+                self.store.put_jobs(&jobs).await?;
+                self.remember_ingested(&missed);
+                self.enqueue(&jobs).await;
+                late += missed.len();
+            }
+            if changes.len() < EDGE_PAGE as usize || last >= cursor {
+                break;
+            }
+            after = last;
+        }
+        let floor = feed_core::edge_log::window_start(cursor);
+        self.ingested
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, seq| *seq >= floor);
+        Ok(late)
+    }
+
+    fn remember_ingested(&self, changes: &[EdgeChange]) {
+        let mut seen = self.ingested.lock().unwrap_or_else(|p| p.into_inner());
+        for c in changes {
+            seen.insert(edge_job_id_of(c), c.seq);
+        }
+    }
+
+    /// One job per change, for the edge's new state: a job of an older
+    /// version is skipped (Invariant 4), so a change without one (a mute
+    /// after an unfollow) would strand its purge. A lifted block or mute
+    /// brings back the author's items through every followed feed
+    /// (Invariant 5), which covers the backfill of user:<author> itself.
+    fn edge_jobs(&self, changes: &[EdgeChange]) -> Vec<Job> {
+        let now = self.now();
+        changes
+            .iter()
+            .map(|c| {
+                let relaxed = matches!(
+                    Cause::try_from(c.cause).unwrap_or(Cause::Unspecified),
+                    Cause::Unblock | Cause::Unmute
+                );
+                let kind = if relaxed {
+                    EdgeJobKind::Relax
+                } else if c.following {
+                    EdgeJobKind::Backfill
+                } else {
+                    EdgeJobKind::Purge
+                };
+                Job {
+                    job_id: edge_job_id_of(c),
+                    created_at_ms: now,
+                    kind: Some(job::Kind::Edge(EdgeJob {
+                        kind: kind as i32,
+                        follower_id: c.follower_id,
+                        feed: c.feed.clone(),
+                        edge_version: c.edge_version,
+                    })),
+                }
+            })
+            .collect()
     }
 
     /// A feed's newest outbox entries with what backfill and purge need.

@@ -149,21 +149,10 @@ async fn embedded_store_finds_pulled_items_of_every_feed_after_a_restart() {
     assert_eq!(s.pulled(&feed("tag:ab"), None, 10).await.expect("pulled"), vec![13]);
 }
 
-/// Runs only against a real cluster: no ScyllaDB can be installed on the
-/// build machines, so without `FEED__SCYLLA__NODES` this says so and passes.
+/// Runs on the CQL node the test script starts (see `scripts/cql-node.sh`).
 #[tokio::test]
 async fn scylla_activity_store_passes_the_contract() {
-    let nodes = std::env::var("FEED__SCYLLA__NODES").unwrap_or_default();
-    if nodes.trim().is_empty() {
-        println!("skipped: FEED__SCYLLA__NODES is not set (no ScyllaDB server on this machine)");
-        return;
-    }
-    let cfg = feed_server::config::ScyllaConfig {
-        nodes,
-        keyspace: format!("feed_pub_test_{}", std::process::id()),
-        replication_factor: 1,
-        local_dc: String::new(),
-    };
+    let Some(cfg) = cql_config("publish") else { return };
     publish::store::scylla::migrate(&cfg).await.expect("migrate");
     run_all(
         &publish::store::scylla::ScyllaActivityStore::connect(&cfg)
@@ -237,6 +226,20 @@ async fn shared_heads_over_the_embedded_store_pass_the_contract() {
     let redis = feed_testkit::RedisServer::start().expect("redis");
     let dir = tempfile::tempdir().expect("tempdir");
     let inner = EmbeddedActivityStore::open(dir.path()).expect("open");
+    run_all(&SharedHeads::connect(inner, &redis.url(), false).await.expect("connect")).await;
+}
+
+/// The shared heads over the store replicas really share: the ScyllaDB
+/// store on the CQL node, heads on a real redis-server.
+#[tokio::test]
+async fn shared_heads_over_the_scylla_store_pass_the_contract() {
+    use publish::store::shared_heads::SharedHeads;
+    let Some(cfg) = cql_config("heads") else { return };
+    publish::store::scylla::migrate(&cfg).await.expect("migrate");
+    let inner = publish::store::scylla::ScyllaActivityStore::connect(&cfg)
+        .await
+        .expect("connect");
+    let redis = feed_testkit::RedisServer::start().expect("redis");
     run_all(&SharedHeads::connect(inner, &redis.url(), false).await.expect("connect")).await;
 }
 
@@ -379,4 +382,13 @@ async fn shared_heads_stay_exact_through_eviction_flush_and_unfinished_fills() {
     tokio::time::timeout(std::time::Duration::from_secs(20), outage)
         .await
         .expect("no hang without Redis");
+}
+
+fn cql_config(what: &str) -> Option<feed_server::config::ScyllaConfig> {
+    Some(feed_server::config::ScyllaConfig {
+        nodes: feed_testkit::cql_nodes()?,
+        keyspace: feed_testkit::cql_keyspace(what),
+        replication_factor: 1,
+        local_dc: String::new(),
+    })
 }

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod clock;
 pub mod cursor;
+pub mod edge_log;
 pub mod error;
 pub mod feed_ref;
 pub mod id;

@@ -24,6 +24,35 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> 
     anyhow::bail!("{addr} did not accept connections within {timeout:?}")
 }
 
+/// The contact point of the CQL node the test script started
+/// (`FEED__SCYLLA__NODES`, see `scripts/cql-node.sh`). Without one the
+/// caller skips and says so, unless `FEED_REQUIRE_CQL` is set (the test
+/// script sets it once its node answers): then a missing node fails the
+/// test instead of skipping it.
+pub fn cql_nodes() -> Option<String> {
+    let nodes = std::env::var("FEED__SCYLLA__NODES").unwrap_or_default();
+    if !nodes.trim().is_empty() {
+        return Some(nodes);
+    }
+    assert!(
+        std::env::var_os("FEED_REQUIRE_CQL").is_none(),
+        "FEED_REQUIRE_CQL is set but FEED__SCYLLA__NODES is not: the CQL node is missing"
+    );
+    println!("skipped: FEED__SCYLLA__NODES is not set (start a node with scripts/cql-node.sh start)");
+    None
+}
+
+/// A keyspace name of its own for one test (`what`, this process, a clock
+/// reading), so tests sharing a CQL node never see each other's rows.
+pub fn cql_keyspace(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let what: String = what.chars().filter(|c| c.is_ascii_alphanumeric()).take(20).collect();
+    format!("t_{what}_{}_{nanos}", std::process::id())
+}
+
 /// The `redis-server` binary: `REDIS_SERVER` or the one on PATH.
 fn redis_binary() -> PathBuf {
     std::env::var_os("REDIS_SERVER")

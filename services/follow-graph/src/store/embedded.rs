@@ -129,7 +129,19 @@ impl EmbeddedGraphStore {
 
     /// Appends to the change log inside `batch`; caller holds the writer lock.
     fn log(&self, batch: &mut OwnedWriteBatch, edge: &EdgeState, cause: Cause) {
-        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        // Clock positions like the ScyllaDB log's, but one writer: each
+        // above the last, so none is ever committed behind another.
+        let floor = feed_core::edge_log::position_at(at_ms);
+        let seq = match self
+            .next_seq
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| Some(n.max(floor) + 1))
+        {
+            Ok(prev) | Err(prev) => prev.max(floor),
+        };
         let entry = EdgeLogEntry {
             seq,
             follower_id: edge.follower,
@@ -138,10 +150,7 @@ impl EmbeddedGraphStore {
             following: edge.following,
             muted: edge.muted,
             cause: cause as i32,
-            at_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0),
+            at_ms: at_ms as i64,
         };
         batch.insert(&self.edge_log, seq.to_be_bytes(), entry.encode_to_vec());
     }

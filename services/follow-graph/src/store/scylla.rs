@@ -40,11 +40,10 @@ use super::{
 
 /// Bumped when the schema below changes; services refuse an older schema.
 pub const SCHEMA_VERSION: i32 = 3;
-const LOG_SEQ_PER_MS: u64 = 1_000_000;
 const LOG_BUCKET_MS: u64 = 3_600_000;
 
 fn log_bucket(seq: u64) -> u64 {
-    seq / LOG_SEQ_PER_MS / LOG_BUCKET_MS
+    seq / feed_core::edge_log::POSITIONS_PER_MS / LOG_BUCKET_MS
 }
 const COMPONENT: &str = "follow-graph";
 
@@ -382,7 +381,11 @@ impl ScyllaGraphStore {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let seq = at_ms * LOG_SEQ_PER_MS + (uuid::Uuid::new_v4().as_u128() % u128::from(LOG_SEQ_PER_MS)) as u64;
+        // Replicas write the log: a random tie-breaker below the next
+        // millisecond keeps their positions apart.
+        let per_ms = feed_core::edge_log::POSITIONS_PER_MS;
+        let seq =
+            feed_core::edge_log::position_at(at_ms) + (uuid::Uuid::new_v4().as_u128() % u128::from(per_ms)) as u64;
         let entry = EdgeLogEntry {
             seq,
             follower_id: edge.follower,
@@ -698,11 +701,10 @@ impl GraphStore for ScyllaGraphStore {
         let now_bucket = log_bucket(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0)
-                * LOG_SEQ_PER_MS,
-        );
-        // Positions from the embedded store's counter (small numbers) start at the oldest bucket kept.
+                .map(|d| feed_core::edge_log::position_at(d.as_millis() as u64))
+                .unwrap_or(0),
+        ) + 1; // a writer whose clock runs ahead of this one's
+        // Positions older than a week are gone from the consumer's view.
         let mut bucket = log_bucket(after_seq).max(now_bucket.saturating_sub(24 * 7));
         let mut out = Vec::new();
         while bucket <= now_bucket && out.len() < limit {

@@ -1,0 +1,167 @@
+//! What replicas of publish do to each other on a shared ScyllaDB keyspace
+//! (the CQL node the test script starts), and how publish consumes
+//! follow-graph's edge log when a change is committed late.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use feed_core::{ApiError, FeedRef, IdGenerator, NodeLease, SystemClock, UserId};
+use feed_proto::events::v1::{EdgeChange, edge_change::Cause};
+use feed_proto::publish::v1::NewActivity;
+use publish::graph::{Follower, Graph};
+use publish::store::ActivityStore;
+use publish::store::embedded::EmbeddedActivityStore;
+use publish::{MemoryQueue, PublishConfig, Publisher};
+
+/// A graph with no follows and no celebrities, and an edge log the test writes.
+#[derive(Default)]
+struct ScriptedGraph {
+    log: Mutex<Vec<EdgeChange>>,
+}
+
+#[async_trait]
+impl Graph for ScriptedGraph {
+    async fn celebrity(&self, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
+        Ok(vec![false; feeds.len()])
+    }
+    async fn follows(&self, _: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
+        Ok(vec![false; feeds.len()])
+    }
+    async fn edge_changes(&self, after_seq: u64, limit: u32) -> Result<Vec<EdgeChange>, ApiError> {
+        let mut log: Vec<EdgeChange> = self
+            .log
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|c| c.seq > after_seq)
+            .cloned()
+            .collect();
+        log.sort_by_key(|c| c.seq);
+        log.truncate(limit as usize);
+        Ok(log)
+    }
+    async fn edge_states(&self, edges: &[(UserId, FeedRef)]) -> Result<Vec<(u64, bool)>, ApiError> {
+        Ok(vec![(0, false); edges.len()])
+    }
+    async fn following(&self, _: UserId) -> Result<Vec<FeedRef>, ApiError> {
+        Ok(vec![])
+    }
+    async fn shards(&self, _: &FeedRef) -> Result<Vec<u64>, ApiError> {
+        Ok(vec![])
+    }
+    async fn page(&self, _: &FeedRef, _: u64, _: UserId, _: u32) -> Result<(Vec<Follower>, bool), ApiError> {
+        Ok((vec![], true))
+    }
+}
+
+fn publisher(store: Arc<dyn ActivityStore>, graph: Arc<dyn Graph>, node: u16) -> Publisher {
+    let clock = Arc::new(SystemClock);
+    Publisher::new(
+        store,
+        graph,
+        Arc::new(MemoryQueue::default()),
+        IdGenerator::new(NodeLease::exclusive(node), clock.clone()),
+        clock,
+        PublishConfig::default(),
+    )
+}
+
+fn post(actor: u64, foreign_id: &str) -> NewActivity {
+    NewActivity {
+        actor,
+        verb: "post".into(),
+        object: format!("post:{foreign_id}"),
+        foreign_id: foreign_id.into(),
+        ..NewActivity::default()
+    }
+}
+
+/// Two replicas, each with its own node id and store connection, publish
+/// the same (actor, foreign_id) at the same instant: one id wins, and the
+/// call that lost the claim returns it as a duplicate.
+#[tokio::test]
+async fn replicas_racing_one_foreign_id_agree_on_one_id_and_one_duplicate() {
+    let Some(cfg) = feed_testkit::cql_nodes().map(|nodes| feed_server::config::ScyllaConfig {
+        nodes,
+        keyspace: feed_testkit::cql_keyspace("pubrace"),
+        replication_factor: 1,
+        local_dc: String::new(),
+    }) else {
+        return;
+    };
+    publish::store::scylla::migrate(&cfg).await.expect("migrate");
+    let graph: Arc<dyn Graph> = Arc::new(ScriptedGraph::default());
+    let connect = || publish::store::scylla::ScyllaActivityStore::connect(&cfg);
+    let a = publisher(Arc::new(connect().await.expect("connect")), graph.clone(), 1);
+    let b = publisher(Arc::new(connect().await.expect("connect")), graph, 2);
+    for n in 0..20 {
+        let fid = format!("race-{n}");
+        let (x, y) = tokio::join!(a.publish(post(7, &fid), 0), b.publish(post(7, &fid), 0));
+        let (x, y) = (x.expect("replica a"), y.expect("replica b"));
+        assert_eq!(x.id, y.id, "{fid}: one id");
+        assert!(x.duplicate != y.duplicate, "{fid}: exactly one duplicate: {x:?} {y:?}");
+        let stored = a.resolve(None, Some((7, &fid))).await.expect("stored");
+        assert_eq!(stored.id, x.id);
+    }
+}
+
+fn change(seq: u64, follower: u64, feed: &str, version: u64) -> EdgeChange {
+    EdgeChange {
+        seq,
+        follower_id: follower,
+        feed: feed.into(),
+        edge_version: version,
+        following: true,
+        muted: false,
+        cause: Cause::Follow as i32,
+        at_ms: 0,
+    }
+}
+
+/// follow-graph's positions on ScyllaDB come from the writer's clock: a
+/// change can be committed with a position the consumer has already passed
+/// (a slow write, a node whose clock lags). The consumer re-reads a
+/// trailing window and turns such a change into its job, once.
+#[tokio::test]
+async fn an_edge_change_committed_behind_the_cursor_still_becomes_a_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn ActivityStore> = Arc::new(EmbeddedActivityStore::open(dir.path()).expect("open"));
+    let graph = Arc::new(ScriptedGraph::default());
+    let p = publisher(store.clone(), graph.clone(), 1);
+    let ms = 1_000_000u64; // positions per millisecond
+    let now = 1_800_000_000_000 * ms;
+    graph.log.lock().expect("log").push(change(now, 1, "user:2", 1));
+    assert_eq!(p.ingest_edges().await.expect("ingest"), 1);
+    assert_eq!(store.edge_cursor().await.expect("cursor"), now);
+    // Committed after the cursor passed it, 2 s behind it.
+    graph
+        .log
+        .lock()
+        .expect("log")
+        .push(change(now - 2_000 * ms, 3, "user:4", 1));
+    assert_eq!(
+        p.ingest_edges().await.expect("ingest"),
+        0,
+        "the fast path reads after the cursor"
+    );
+    assert_eq!(
+        p.ingest_late_edges().await.expect("late"),
+        1,
+        "the trailing window finds it"
+    );
+    assert!(store.job("edge/3/user:4/1").await.expect("job").is_some());
+    assert_eq!(
+        store.edge_cursor().await.expect("cursor"),
+        now,
+        "the cursor never moves back"
+    );
+    // Read again, it is not turned into a job twice.
+    assert_eq!(p.ingest_late_edges().await.expect("late again"), 0);
+    // Older than the window: a change that late is beyond what is promised.
+    graph
+        .log
+        .lock()
+        .expect("log")
+        .push(change(now - 3_600_000 * ms, 5, "user:6", 1));
+    assert_eq!(p.ingest_late_edges().await.expect("late"), 0);
+}
