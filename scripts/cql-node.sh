@@ -86,6 +86,8 @@ commitlog_sync_period: 10000ms
 commitlog_segment_size: 8MiB
 memtable_heap_space: 64MiB
 memtable_offheap_space: 64MiB
+# Tests create hundreds of small tables: no slab per table.
+memtable_allocation_type: unslabbed_heap_buffers
 concurrent_reads: 8
 concurrent_writes: 8
 concurrent_counter_writes: 4
@@ -125,7 +127,7 @@ start() {
   log "starting Cassandra on 127.0.0.1:$native (log: $NODE/logs/system.log)"
   # Module flags: the JPMS section of Cassandra's jvm17-server.options.
   nohup "$java" \
-    -Xms512m -Xmx1g -Xss512k -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxTenuringThreshold=1 \
+    -Xms1g -Xmx3g -Xss512k -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxTenuringThreshold=1 \
     -XX:+ExitOnOutOfMemoryError \
     -Djava.net.preferIPv4Stack=true \
     -Djdk.attach.allowAttachSelf=true \

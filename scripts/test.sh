@@ -77,3 +77,8 @@ cat target/cql-start.log
 FEED__SCYLLA__NODES="$(cat target/cql-contact)"
 export FEED__SCYLLA__NODES FEED_REQUIRE_CQL=1
 cargo nextest run --workspace --no-fail-fast
+# The platform again, its services on the CQL node (each platform in a
+# keyspace of its own, migrated as the Kubernetes Job does): the publish,
+# notify and Redis-loss end-to-end tests and the timeline property.
+FEED_E2E_STORE=cql cargo nextest run -p feed-e2e --no-fail-fast \
+  -E 'binary(publish) | binary(notify) | binary(redis_loss) | binary(timeline_property)'

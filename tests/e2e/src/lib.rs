@@ -19,6 +19,46 @@ pub const INTERNAL_TOKEN: &str = "test-internal-token";
 /// The bff-role token of a test platform.
 pub const BFF_TOKEN: &str = "test-bff-token";
 
+/// The stores the platform under test runs on. With `FEED_E2E_STORE=cql`
+/// (the test script's second pass), follow-graph, publish and notify run on
+/// the CQL node of `FEED__SCYLLA__NODES`, each platform in a keyspace of its
+/// own; otherwise on the embedded stores.
+pub fn cql_store() -> Option<feed_server::config::ScyllaConfig> {
+    if !on_cql() {
+        return None;
+    }
+    let nodes = std::env::var("FEED__SCYLLA__NODES").unwrap_or_default();
+    assert!(
+        !nodes.trim().is_empty(),
+        "FEED_E2E_STORE=cql needs FEED__SCYLLA__NODES (scripts/cql-node.sh start)"
+    );
+    Some(feed_server::config::ScyllaConfig {
+        nodes,
+        keyspace: feed_testkit::cql_keyspace("e2e"),
+        replication_factor: 1,
+        local_dc: String::new(),
+    })
+}
+
+/// Whether this is the CQL pass (`FEED_E2E_STORE=cql`).
+pub fn on_cql() -> bool {
+    std::env::var("FEED_E2E_STORE").ok().as_deref() == Some("cql")
+}
+
+/// Generated cases for a property test: fewer on the CQL node, where every
+/// case migrates a keyspace of its own.
+pub fn property_cases(embedded: u32) -> u32 {
+    if on_cql() { (embedded / 8).max(2) } else { embedded }
+}
+
+/// Applies every service's schema, as the Kubernetes migration Job does
+/// with `--migrate` (nothing on the embedded stores).
+pub async fn migrate_all(cfg: &FeedConfig) -> anyhow::Result<()> {
+    follow_graph::migrate(cfg).await?;
+    publish::migrate(cfg).await?;
+    notify::migrate(cfg).await
+}
+
 /// feedd's services running in this process.
 pub struct Platform {
     /// The gRPC address.
@@ -27,6 +67,8 @@ pub struct Platform {
     pub channel: Channel,
     shutdown: Shutdown,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The keyspace of its own on the CQL node, dropped by [`Platform::stop`].
+    cql: Option<feed_server::config::ScyllaConfig>,
     _dir: tempfile::TempDir,
 }
 
@@ -43,7 +85,12 @@ impl Platform {
         cfg.storage.data_dir = dir.path().to_path_buf();
         cfg.server.admin_listen = String::new();
         cfg.server.drain_timeout_ms = 2_000;
+        if let Some(scylla) = cql_store() {
+            cfg.scylla = scylla;
+        }
         tune(&mut cfg);
+        migrate_all(&cfg).await?;
+        let cfg_scylla = cfg.scylla.clone();
         let auth = Authenticator::new([
             (INTERNAL_TOKEN.to_owned(), Role::Internal),
             (BFF_TOKEN.to_owned(), Role::Bff),
@@ -65,6 +112,7 @@ impl Platform {
             channel,
             shutdown,
             task,
+            cql: (!cfg_scylla.nodes.is_empty()).then_some(cfg_scylla),
             _dir: dir,
         })
     }
@@ -84,10 +132,19 @@ impl Platform {
         Ok((platform, redis))
     }
 
-    /// Triggers shutdown and waits for the drain to finish.
+    /// Triggers shutdown and waits for the drain to finish; on the CQL
+    /// node, drops the platform's keyspace (a node holding hundreds of
+    /// tables runs out of heap).
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.trigger();
-        self.task.await?
+        self.task.await??;
+        if let Some(cfg) = self.cql {
+            let session = feed_server::scylla::connect(&cfg).await?;
+            session
+                .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", cfg.keyspace), ())
+                .await?;
+        }
+        Ok(())
     }
 
     /// The shutdown signal (to test draining while requests run).

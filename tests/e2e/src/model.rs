@@ -162,10 +162,29 @@ impl Harness {
         let gdir = tempfile::tempdir().expect("dir");
         let pdir = tempfile::tempdir().expect("dir");
         // Celebrity at 3 followers, back to normal below 2: feeds cross both ways.
-        let gstore = EmbeddedGraphStore::open(gdir.path(), GraphPolicy::new(3, 0.34, 100))
-            .expect("graph store")
-            .with_sync(false);
-        let graph = FollowGraph::new(Arc::new(gstore));
+        let policy = GraphPolicy::new(3, 0.34, 100);
+        // On the CQL node too, when the test script's CQL pass asks (a
+        // keyspace per harness).
+        let cql = crate::cql_store();
+        if let Some(scylla) = &cql {
+            follow_graph::store::scylla::migrate(scylla)
+                .await
+                .expect("graph schema");
+            publish::store::scylla::migrate(scylla).await.expect("publish schema");
+        }
+        let gstore: Arc<dyn follow_graph::store::GraphStore> = match &cql {
+            Some(scylla) => Arc::new(
+                follow_graph::store::scylla::ScyllaGraphStore::connect(scylla, policy)
+                    .await
+                    .expect("graph store"),
+            ),
+            None => Arc::new(
+                EmbeddedGraphStore::open(gdir.path(), policy)
+                    .expect("graph store")
+                    .with_sync(false),
+            ),
+        };
+        let graph = FollowGraph::new(gstore);
         let local: Arc<dyn Graph> = Arc::new(LocalGraph(graph.clone()));
         let queue = Arc::new(TestQueue::default());
         let clock = Arc::new(SystemClock);
@@ -177,11 +196,20 @@ impl Harness {
             },
             clock.clone(),
         ));
-        let store = EmbeddedActivityStore::open(pdir.path())
-            .expect("activity store")
-            .with_sync(false);
+        let store: Arc<dyn publish::store::ActivityStore> = match &cql {
+            Some(scylla) => Arc::new(
+                publish::store::scylla::ScyllaActivityStore::connect(scylla)
+                    .await
+                    .expect("activity store"),
+            ),
+            None => Arc::new(
+                EmbeddedActivityStore::open(pdir.path())
+                    .expect("activity store")
+                    .with_sync(false),
+            ),
+        };
         let publisher = Publisher::new(
-            Arc::new(store),
+            store,
             local.clone(),
             queue.clone(),
             IdGenerator::new(NodeLease::exclusive(0), clock.clone()),

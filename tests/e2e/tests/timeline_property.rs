@@ -32,7 +32,7 @@ async fn check_timelines(h: &Harness, page_size: usize, after: &[Op]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: feed_e2e::property_cases(32), .. ProptestConfig::default() })]
 
     #[test]
     fn paged_timelines_equal_the_pull_model_after_every_step_with_jobs_pending_and_drained(
