@@ -9,6 +9,10 @@
 #                               as FEED__SCYLLA__NODES
 #   scripts/cql-node.sh stop    stops it
 #   scripts/cql-node.sh status  prints the contact point of a running node
+#   scripts/cql-node.sh resume  starts a stopped node again on its data
+#
+# CQL_NODE_DIR (default target/cassandra/node) and CQL_NODE_PORT (default: a
+# free port) let a fault test run a node of its own beside the shared one.
 #
 # Java 17 runs it, with the module flags Cassandra 5 needs on that JDK.
 set -euo pipefail
@@ -16,7 +20,7 @@ cd "$(dirname "$0")/.."
 
 ROOT="$PWD/target/cassandra"
 LIB="$ROOT/lib"
-NODE="$ROOT/node"
+NODE="${CQL_NODE_DIR:-$ROOT/node}"
 POM="deploy/cassandra/pom.xml"
 
 log() { echo "cql-node: $*" >&2; }
@@ -118,12 +122,23 @@ EOF
 start() {
   if running; then cat "$NODE/contact"; return; fi
   resolve
-  local java; java=$(java_bin)
   rm -rf "$NODE"
   local native storage
-  native=$(free_port); storage=$(free_port)
+  native=${CQL_NODE_PORT:-$(free_port)}; storage=$(free_port)
   while [ "$storage" = "$native" ]; do storage=$(free_port); done
   write_config "$native" "$storage"
+  launch "$native"
+}
+
+resume() {
+  if running; then cat "$NODE/contact"; return; fi
+  [ -f "$NODE/conf/cassandra.yaml" ] || { log "no node in $NODE to resume"; exit 1; }
+  launch "$(sed -n 's/^native_transport_port: //p' "$NODE/conf/cassandra.yaml")"
+}
+
+launch() {
+  local native=$1
+  local java; java=$(java_bin)
   log "starting Cassandra on 127.0.0.1:$native (log: $NODE/logs/system.log)"
   # Module flags: the JPMS section of Cassandra's jvm17-server.options.
   nohup "$java" \
@@ -164,7 +179,7 @@ start() {
     -Dcassandra.ring_delay_ms=100 \
     -Dcassandra-foreground=yes \
     -cp "$LIB/*" org.apache.cassandra.service.CassandraDaemon \
-    > "$NODE/logs/stdout.log" 2>&1 &
+    >> "$NODE/logs/stdout.log" 2>&1 &
   echo $! > "$NODE/pid"
   # CQL answers once the native transport listens: it starts last.
   local deadline=$((SECONDS + ${CQL_NODE_START_TIMEOUT:-180}))
@@ -202,7 +217,8 @@ stop() {
 
 case "${1:-}" in
   start) start ;;
+  resume) resume ;;
   stop) stop ;;
   status) if running; then cat "$NODE/contact"; else log "not running"; exit 1; fi ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status|resume" >&2; exit 2 ;;
 esac

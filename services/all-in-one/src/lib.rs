@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use feed_server::{Authenticator, FeedConfig, ServeOptions, ServiceSet, Shutdown, serve};
+use feed_server::{Authenticator, FeedConfig, ServeOptions, ServiceSet, Shutdown, retry_until, serve_after};
 use follow_graph::FollowGraph;
 
 pub mod sources;
@@ -66,19 +66,48 @@ pub fn internal_token(cfg: &FeedConfig, dev_token: Option<&str>) -> anyhow::Resu
         .ok_or_else(|| anyhow::anyhow!("no internal token for service-to-service calls: set clients.token"))
 }
 
-/// Builds every service on the configured (embedded by default) storage,
+/// The durable stores of every service.
+pub struct Stores {
+    /// follow-graph's.
+    pub graph: Arc<dyn follow_graph::store::GraphStore>,
+    /// publish's.
+    pub activities: Arc<dyn publish::store::ActivityStore>,
+    /// notify's.
+    pub notes: Arc<dyn notify::store::NotifyStore>,
+}
+
+impl Stores {
+    /// Opens the configured (embedded by default) stores.
+    pub async fn open(cfg: &FeedConfig) -> anyhow::Result<Self> {
+        Ok(Self {
+            graph: follow_graph::open_store(cfg).await?,
+            activities: publish::open_store(cfg).await?,
+            notes: notify::open_store(cfg).await?,
+        })
+    }
+}
+
+/// Every service feedd hosts, by gRPC name.
+pub const SERVICE_NAMES: [&str; 4] = [
+    follow_graph::SERVICE_NAME,
+    publish::SERVICE_NAME,
+    timeline::SERVICE_NAME,
+    notify::SERVICE_NAME,
+];
+
+/// Builds every service on `stores`,
 /// starting the fanout workers and the sweeper. Services call each other
 /// over gRPC on `self_addr` (this process's own listener).
 pub async fn services(
     cfg: &FeedConfig,
+    stores: Stores,
     auth: &Authenticator,
     token: &str,
     self_addr: std::net::SocketAddr,
     shutdown: &Shutdown,
 ) -> anyhow::Result<ServiceSet> {
     let mut set = ServiceSet::default();
-    let graph_store = follow_graph::open_store(cfg).await?;
-    let follow_graph = FollowGraph::new(graph_store);
+    let follow_graph = FollowGraph::new(stores.graph);
     follow_graph::register(&mut set, follow_graph.clone(), auth);
 
     let url = |configured: &str| {
@@ -95,7 +124,7 @@ pub async fn services(
     let events = publish::open_event_queue(cfg).await?;
     let inbox = publish::open_inbox(cfg, clock.clone()).await?;
     let publisher = publish::Publisher::new(
-        publish::open_store(cfg).await?,
+        stores.activities,
         graph.clone(),
         queue.clone(),
         publish::id_generator(cfg, clock.clone(), shutdown).await?,
@@ -129,7 +158,7 @@ pub async fn services(
     let remind_jobs = notify::open_jobs(cfg).await?;
     let notifier = notify::notifier(
         cfg,
-        notify::open_store(cfg).await?,
+        stores.notes,
         notify::open_live(cfg).await?,
         notify_graph,
         remind_jobs.clone(),
@@ -154,11 +183,22 @@ pub async fn run(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let set = services(&cfg, &auth, &token, listener.local_addr()?, &shutdown).await?;
-    serve(
-        set,
+    let self_addr = listener.local_addr()?;
+    let server = cfg.server.clone();
+    let stop = shutdown.clone();
+    // Health answers NOT_SERVING while the stores are unreachable (a CQL
+    // node down at start); the log says why.
+    let build = async move {
+        let Some(stores) = retry_until("storage", &stop, || Stores::open(&cfg)).await else {
+            return Ok(None);
+        };
+        services(&cfg, stores, &auth, &token, self_addr, &stop).await.map(Some)
+    };
+    serve_after(
+        &SERVICE_NAMES,
+        build,
         ServeOptions {
-            config: cfg.server.clone(),
+            config: server,
             listener,
             shutdown,
         },

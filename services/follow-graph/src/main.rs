@@ -6,7 +6,7 @@ static ALLOC: feed_server::Allocator = feed_server::Allocator;
 use std::path::PathBuf;
 
 use clap::Parser;
-use feed_server::{Authenticator, FeedConfig, ServiceSet, run_with_signal, telemetry};
+use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown, retry_until, run_after_signal, telemetry};
 use follow_graph::FollowGraph;
 
 /// Serves feed.followgraph.v1.FollowGraphService.
@@ -34,8 +34,16 @@ async fn main() -> anyhow::Result<()> {
         !auth.is_empty(),
         "no service tokens: set auth.internal_tokens, auth.bff_tokens or auth.tokens_file"
     );
-    let store = follow_graph::open_store(&cfg).await?;
-    let mut set = ServiceSet::default();
-    follow_graph::register(&mut set, FollowGraph::new(store), &auth);
-    run_with_signal(set, &cfg.server).await
+    let shutdown = Shutdown::new();
+    // Health answers NOT_SERVING while the store is unreachable (a CQL node down at start).
+    let build = async {
+        let Some(store) = retry_until("follow-graph storage", &shutdown, || follow_graph::open_store(&cfg)).await
+        else {
+            return Ok(None);
+        };
+        let mut set = ServiceSet::default();
+        follow_graph::register(&mut set, FollowGraph::new(store), &auth);
+        Ok(Some(set))
+    };
+    run_after_signal(&[follow_graph::SERVICE_NAME], build, &cfg.server, shutdown.clone()).await
 }

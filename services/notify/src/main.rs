@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
-use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown, run_until_signal, telemetry};
+use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown, retry_until, run_after_signal, telemetry};
 
 /// Serves feed.notify.v1.NotifyService.
 #[derive(Parser)]
@@ -42,25 +42,32 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(!cfg.clients.publish_url.is_empty(), "clients.publish_url is required");
     anyhow::ensure!(!cfg.clients.token.is_empty(), "clients.token is required");
     let shutdown = Shutdown::new();
-    let graph = Arc::new(notify::GrpcGraph::new(
-        feed_server::client::balanced(&cfg.clients.follow_graph_url)?,
-        &cfg.clients.token,
-    )?);
-    let jobs = notify::open_jobs(&cfg).await?;
-    let notifier = notify::notifier(
-        &cfg,
-        notify::open_store(&cfg).await?,
-        notify::open_live(&cfg).await?,
-        graph,
-        jobs.clone(),
-        shutdown.clone(),
-    )?;
-    let ledger = Arc::new(notify::GrpcEventLedger::new(
-        feed_server::client::balanced(&cfg.clients.publish_url)?,
-        &cfg.clients.token,
-    )?);
-    notify::start_background(&notifier, notify::open_events(&cfg).await?, ledger, jobs, &shutdown);
-    let mut set = ServiceSet::default();
-    notify::register(&mut set, notifier, &auth);
-    run_until_signal(set, &cfg.server, shutdown).await
+    // Health answers NOT_SERVING while the store is unreachable (a CQL node down at start).
+    let build = async {
+        let Some(store) = retry_until("notify storage", &shutdown, || notify::open_store(&cfg)).await else {
+            return Ok(None);
+        };
+        let graph = Arc::new(notify::GrpcGraph::new(
+            feed_server::client::balanced(&cfg.clients.follow_graph_url)?,
+            &cfg.clients.token,
+        )?);
+        let jobs = notify::open_jobs(&cfg).await?;
+        let notifier = notify::notifier(
+            &cfg,
+            store,
+            notify::open_live(&cfg).await?,
+            graph,
+            jobs.clone(),
+            shutdown.clone(),
+        )?;
+        let ledger = Arc::new(notify::GrpcEventLedger::new(
+            feed_server::client::balanced(&cfg.clients.publish_url)?,
+            &cfg.clients.token,
+        )?);
+        notify::start_background(&notifier, notify::open_events(&cfg).await?, ledger, jobs, &shutdown);
+        let mut set = ServiceSet::default();
+        notify::register(&mut set, notifier, &auth);
+        Ok(Some(set))
+    };
+    run_after_signal(&[notify::SERVICE_NAME], build, &cfg.server, shutdown.clone()).await
 }

@@ -300,7 +300,7 @@ async fn replicas_delivering_the_same_events_make_one_note() {
         nodes,
         keyspace: feed_testkit::cql_keyspace("notifyrace"),
         replication_factor: 1,
-        local_dc: String::new(),
+        ..Default::default()
     };
     notify::store::scylla::migrate(&cfg).await.expect("migrate");
     let replica = async || {

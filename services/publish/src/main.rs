@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
-use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown, run_with_signal, telemetry};
+use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown, retry_until, run_after_signal, telemetry};
 use publish::{GrpcGraph, Publisher};
 
 /// Serves feed.publish.v1.PublishService.
@@ -43,22 +43,29 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(!cfg.clients.token.is_empty(), "clients.token is required");
     let clock = publish::system_clock();
     let shutdown = Shutdown::new();
-    let channel = feed_server::client::balanced(&cfg.clients.follow_graph_url)?;
-    let graph: Arc<dyn publish::Graph> = Arc::new(GrpcGraph::new(channel, &cfg.clients.token)?);
-    let publisher = Publisher::new(
-        publish::open_store(&cfg).await?,
-        graph.clone(),
-        publish::open_queue(&cfg).await?,
-        publish::id_generator(&cfg, clock.clone(), &shutdown).await?,
-        clock.clone(),
-        publish::publish_config(&cfg),
-    );
-    let inbox = publish::open_inbox(&cfg, clock).await?;
-    publish::spawn_sweeper(publisher.clone(), &cfg, shutdown.clone());
-    publish::spawn_edge_tail(publisher.clone(), shutdown.clone());
-    let mut set = ServiceSet::default();
-    publish::register(&mut set, publisher, graph, inbox, &auth);
-    let result = run_with_signal(set, &cfg.server).await;
+    // Health answers NOT_SERVING while the store is unreachable (a CQL node down at start).
+    let build = async {
+        let Some(store) = retry_until("publish storage", &shutdown, || publish::open_store(&cfg)).await else {
+            return Ok(None);
+        };
+        let channel = feed_server::client::balanced(&cfg.clients.follow_graph_url)?;
+        let graph: Arc<dyn publish::Graph> = Arc::new(GrpcGraph::new(channel, &cfg.clients.token)?);
+        let publisher = Publisher::new(
+            store,
+            graph.clone(),
+            publish::open_queue(&cfg).await?,
+            publish::id_generator(&cfg, clock.clone(), &shutdown).await?,
+            clock.clone(),
+            publish::publish_config(&cfg),
+        );
+        let inbox = publish::open_inbox(&cfg, clock.clone()).await?;
+        publish::spawn_sweeper(publisher.clone(), &cfg, shutdown.clone());
+        publish::spawn_edge_tail(publisher.clone(), shutdown.clone());
+        let mut set = ServiceSet::default();
+        publish::register(&mut set, publisher, graph, inbox, &auth);
+        Ok(Some(set))
+    };
+    let result = run_after_signal(&[publish::SERVICE_NAME], build, &cfg.server, shutdown.clone()).await;
     shutdown.trigger();
     result
 }

@@ -85,7 +85,7 @@ async fn replicas_racing_one_foreign_id_agree_on_one_id_and_one_duplicate() {
         nodes,
         keyspace: feed_testkit::cql_keyspace("pubrace"),
         replication_factor: 1,
-        local_dc: String::new(),
+        ..Default::default()
     }) else {
         return;
     };

@@ -389,6 +389,6 @@ fn cql_config(what: &str) -> Option<feed_server::config::ScyllaConfig> {
         nodes: feed_testkit::cql_nodes()?,
         keyspace: feed_testkit::cql_keyspace(what),
         replication_factor: 1,
-        local_dc: String::new(),
+        ..Default::default()
     })
 }

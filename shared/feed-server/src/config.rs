@@ -317,6 +317,11 @@ pub struct ScyllaConfig {
     pub replication_factor: u32,
     /// Local datacenter for LOCAL_QUORUM routing.
     pub local_dc: String,
+    /// A statement not answered within this fails as unavailable (well
+    /// inside `server.request_timeout_ms`, so the caller hears UNAVAILABLE).
+    pub request_timeout_ms: u64,
+    /// Opening a connection to a node gives up after this.
+    pub connect_timeout_ms: u64,
 }
 
 impl Default for ScyllaConfig {
@@ -326,6 +331,8 @@ impl Default for ScyllaConfig {
             keyspace: "feed".into(),
             replication_factor: 3,
             local_dc: String::new(),
+            request_timeout_ms: 5_000,
+            connect_timeout_ms: 2_000,
         }
     }
 }

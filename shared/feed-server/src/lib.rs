@@ -19,5 +19,8 @@ pub use config::FeedConfig;
 /// glibc malloc's arena locks and consolidation took a quarter of a
 /// timeline read's CPU; mimalloc more than doubled reads per second.
 pub use mimalloc::MiMalloc as Allocator;
-pub use serve::{Readiness, ServeOptions, ServiceSet, run_until_signal, run_with_signal, serve};
+pub use serve::{
+    Readiness, ServeOptions, ServiceSet, retry_until, run_after_signal, run_until_signal, run_with_signal, serve,
+    serve_after,
+};
 pub use shutdown::Shutdown;

@@ -3,6 +3,9 @@
 //! explicit consistency (LOCAL_QUORUM, LOCAL_SERIAL for lightweight
 //! transactions) and a page size.
 
+use std::time::Duration;
+
+use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::deserialize::row::DeserializeRow;
@@ -39,8 +42,15 @@ fn check_keyspace(k: &str) -> Result<(), ScyllaError> {
 /// Connects to the configured contact points.
 pub async fn connect(cfg: &ScyllaConfig) -> Result<Session, ScyllaError> {
     check_keyspace(&cfg.keyspace)?;
+    // Explicit deadlines: a node that is down or stalled makes a call fail
+    // as unavailable inside the caller's deadline instead of hanging it.
+    let profile = ExecutionProfile::builder()
+        .request_timeout(Some(Duration::from_millis(cfg.request_timeout_ms.max(1))))
+        .build();
     SessionBuilder::new()
         .known_nodes(cfg.node_list())
+        .connection_timeout(Duration::from_millis(cfg.connect_timeout_ms.max(1)))
+        .default_execution_profile_handle(profile.into_handle())
         .build()
         .await
         .map_err(|e| ScyllaError::Unavailable(e.to_string()))

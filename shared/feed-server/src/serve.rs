@@ -180,6 +180,100 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serves what `build` makes (see [`serve`]). A build that takes longer
+/// than [`EARLY_HEALTH_AFTER`] (a dependency down at start: a CQL node)
+/// leaves the server up meanwhile, answering health — NOT_SERVING for
+/// `names` and "", SERVING for liveness — and UNAVAILABLE to every other
+/// call, while `build` retries and logs why (see [`retry_until`]). A quick
+/// build never shows that: connections wait in the listen backlog.
+/// Shutdown during the build ends it.
+pub async fn serve_after<F>(names: &[&'static str], build: F, opts: ServeOptions) -> anyhow::Result<()>
+where
+    F: Future<Output = anyhow::Result<Option<ServiceSet>>>,
+{
+    tokio::pin!(build);
+    let built = match tokio::time::timeout(EARLY_HEALTH_AFTER, &mut build).await {
+        Ok(built) => built,
+        Err(_) => serve_health_until(names, build, &opts).await,
+    };
+    match built? {
+        Some(set) => serve(set, opts).await,
+        None => Ok(()),
+    }
+}
+
+/// How long a build may take before the server answers health meanwhile.
+pub const EARLY_HEALTH_AFTER: Duration = Duration::from_secs(1);
+
+/// Health alone on `opts.listener` until `build` finishes (or shutdown).
+async fn serve_health_until<F>(
+    names: &[&'static str],
+    build: std::pin::Pin<&mut F>,
+    opts: &ServeOptions,
+) -> anyhow::Result<Option<ServiceSet>>
+where
+    F: Future<Output = anyhow::Result<Option<ServiceSet>>>,
+{
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in names.iter().chain(std::iter::once(&"")) {
+        health.set_service_status(*name, ServingStatus::NotServing).await;
+    }
+    health.set_service_status(LIVENESS, ServingStatus::Serving).await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let incoming = futures::stream::unfold(&opts.listener, |l| async move {
+        Some((l.accept().await.map(|(stream, _)| stream), l))
+    });
+    // Every call but health is UNAVAILABLE (retry), not UNIMPLEMENTED.
+    let routes = tonic::service::Routes::new(health_service)
+        .into_axum_router()
+        .fallback(|| async {
+            tonic::Status::unavailable("starting: storage not reachable yet").into_http::<tonic::body::Body>()
+        });
+    let early = Server::builder()
+        .add_routes(tonic::service::Routes::from(routes))
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(early);
+    let mut build = build;
+    let built = tokio::select! {
+        built = &mut build => built,
+        served = &mut early => {
+            served?;
+            anyhow::bail!("the start-up health server stopped");
+        }
+        _ = opts.shutdown.wait() => Ok(None),
+    };
+    let _ = stop_tx.send(());
+    // Its clients reconnect to the full server on the same port.
+    if tokio::time::timeout(Duration::from_secs(2), &mut early).await.is_err() {
+        tracing::debug!("start-up health connections closed by force");
+    }
+    built
+}
+
+/// Runs `attempt` until it succeeds, logging why each failure leaves the
+/// server unready and retrying with a growing pause (0.5 s up to 5 s); None
+/// when `shutdown` fires first.
+pub async fn retry_until<T, F, Fut>(what: &str, shutdown: &Shutdown, mut attempt: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match attempt().await {
+            Ok(v) => return Some(v),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "{what} not reachable; not ready, retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.wait() => return None,
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Binds the configured gRPC and admin listeners, serves until SIGTERM or
 /// Ctrl-C, then drains. What every service binary's `main` calls.
 pub async fn run_with_signal(set: ServiceSet, config: &ServerConfig) -> anyhow::Result<()> {
@@ -189,6 +283,20 @@ pub async fn run_with_signal(set: ServiceSet, config: &ServerConfig) -> anyhow::
 /// [`run_with_signal`] with the caller's shutdown signal, which SIGTERM
 /// triggers: long-lived work the services hold (streams, workers) ends on it.
 pub async fn run_until_signal(set: ServiceSet, config: &ServerConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    run_after_signal(&[], async { Ok(Some(set)) }, config, shutdown).await
+}
+
+/// [`run_until_signal`] for services made by `build` while the server
+/// already answers health (see [`serve_after`]).
+pub async fn run_after_signal<F>(
+    names: &[&'static str],
+    build: F,
+    config: &ServerConfig,
+    shutdown: Shutdown,
+) -> anyhow::Result<()>
+where
+    F: Future<Output = anyhow::Result<Option<ServiceSet>>>,
+{
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("server.listen {}: {e}", config.listen))?;
@@ -204,8 +312,9 @@ pub async fn run_until_signal(set: ServiceSet, config: &ServerConfig, shutdown: 
         crate::shutdown::terminate_signal().await;
         trigger.trigger();
     });
-    serve(
-        set,
+    serve_after(
+        names,
+        build,
         ServeOptions {
             config: config.clone(),
             listener,

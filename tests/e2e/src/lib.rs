@@ -36,7 +36,7 @@ pub fn cql_store() -> Option<feed_server::config::ScyllaConfig> {
         nodes,
         keyspace: feed_testkit::cql_keyspace("e2e"),
         replication_factor: 1,
-        local_dc: String::new(),
+        ..Default::default()
     })
 }
 

@@ -40,6 +40,10 @@ fn spawn_worker(redis: &str, addr: std::net::SocketAddr) -> Child {
         .env("FEED__FANOUT__WORKERS", "2")
         .env("FEED__FANOUT__CONCURRENCY", "4")
         .env("FEED__FANOUT__RECLAIM_IDLE_MS", "500")
+        // Its health and metrics on free ports: a worker left over from an
+        // interrupted run must not keep this one from starting.
+        .env("FEED__SERVER__LISTEN", "127.0.0.1:0")
+        .env("FEED__SERVER__ADMIN_LISTEN", "")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -47,11 +51,17 @@ fn spawn_worker(redis: &str, addr: std::net::SocketAddr) -> Child {
 }
 
 async fn holders(conn: &mut redis::aio::MultiplexedConnection, users: &[u64], id: u64) -> (usize, usize) {
-    let mut pipe = redis::pipe();
-    for u in users {
-        pipe.cmd("ZRANGE").arg(inbox_key(*u)).arg(0).arg(-1);
+    // In pipelines of a thousand: one of 20,000 outlasts the client's
+    // response timeout on a busy machine.
+    let mut all: Vec<Vec<Vec<u8>>> = Vec::with_capacity(users.len());
+    for chunk in users.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for u in chunk {
+            pipe.cmd("ZRANGE").arg(inbox_key(*u)).arg(0).arg(-1);
+        }
+        let part: Vec<Vec<Vec<u8>>> = pipe.query_async(conn).await.expect("zrange");
+        all.extend(part);
     }
-    let all: Vec<Vec<Vec<u8>>> = pipe.query_async(conn).await.expect("zrange");
     let with = all
         .iter()
         .filter(|m| m.iter().any(|x| x.as_slice() == id.to_be_bytes()))
