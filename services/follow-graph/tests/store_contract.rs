@@ -96,3 +96,26 @@ async fn scylla_replicas_racing_one_feed_keep_counts_and_versions_exact() {
         assert!(following.iter().all(|n| *n == u64::from(follow)), "{following:?}");
     }
 }
+
+/// `follow-graph --migrate` (the Kubernetes migration Job) applies the schema; until
+/// it ran, the store refuses the keyspace and says what to run.
+#[tokio::test]
+async fn the_migrate_step_applies_the_schema_the_store_checks() {
+    let Some(cfg) = cql_config("migrate") else { return };
+    let refused = scylla::ScyllaGraphStore::connect(&cfg, contract_policy())
+        .await
+        .err()
+        .expect("no schema yet");
+    assert!(refused.to_string().contains("--migrate"), "{refused}");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_follow-graph"))
+        .arg("--migrate")
+        .env("FEED__SCYLLA__NODES", &cfg.nodes)
+        .env("FEED__SCYLLA__KEYSPACE", &cfg.keyspace)
+        .env("FEED__SCYLLA__REPLICATION_FACTOR", "1")
+        .status()
+        .expect("the binary runs");
+    assert!(status.success(), "follow-graph --migrate: {status}");
+    scylla::ScyllaGraphStore::connect(&cfg, contract_policy())
+        .await
+        .expect("the schema is there");
+}

@@ -59,3 +59,26 @@ fn cql_config(what: &str) -> Option<ScyllaConfig> {
         ..Default::default()
     })
 }
+
+/// `notify --migrate` (the Kubernetes migration Job) applies the schema; until
+/// it ran, the store refuses the keyspace and says what to run.
+#[tokio::test]
+async fn the_migrate_step_applies_the_schema_the_store_checks() {
+    let Some(cfg) = cql_config("migrate") else { return };
+    let refused = scylla::ScyllaNotifyStore::connect(&cfg)
+        .await
+        .err()
+        .expect("no schema yet");
+    assert!(refused.to_string().contains("--migrate"), "{refused}");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_notify"))
+        .arg("--migrate")
+        .env("FEED__SCYLLA__NODES", &cfg.nodes)
+        .env("FEED__SCYLLA__KEYSPACE", &cfg.keyspace)
+        .env("FEED__SCYLLA__REPLICATION_FACTOR", "1")
+        .status()
+        .expect("the binary runs");
+    assert!(status.success(), "notify --migrate: {status}");
+    scylla::ScyllaNotifyStore::connect(&cfg)
+        .await
+        .expect("the schema is there");
+}

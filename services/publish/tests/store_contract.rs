@@ -392,3 +392,26 @@ fn cql_config(what: &str) -> Option<feed_server::config::ScyllaConfig> {
         ..Default::default()
     })
 }
+
+/// `publish --migrate` (the Kubernetes migration Job) applies the schema; until
+/// it ran, the store refuses the keyspace and says what to run.
+#[tokio::test]
+async fn the_migrate_step_applies_the_schema_the_store_checks() {
+    let Some(cfg) = cql_config("migrate") else { return };
+    let refused = publish::store::scylla::ScyllaActivityStore::connect(&cfg)
+        .await
+        .err()
+        .expect("no schema yet");
+    assert!(refused.to_string().contains("--migrate"), "{refused}");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_publish"))
+        .arg("--migrate")
+        .env("FEED__SCYLLA__NODES", &cfg.nodes)
+        .env("FEED__SCYLLA__KEYSPACE", &cfg.keyspace)
+        .env("FEED__SCYLLA__REPLICATION_FACTOR", "1")
+        .status()
+        .expect("the binary runs");
+    assert!(status.success(), "publish --migrate: {status}");
+    publish::store::scylla::ScyllaActivityStore::connect(&cfg)
+        .await
+        .expect("the schema is there");
+}
