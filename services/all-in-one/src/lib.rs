@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use feed_server::{Authenticator, FeedConfig, ServeOptions, ServiceSet, Shutdown, retry_until, serve_after};
+use feed_server::{Authenticator, FeedConfig, ServeOptions, ServiceSet, Shutdown, StartUp, serve_after};
 use follow_graph::FollowGraph;
 
 pub mod sources;
@@ -186,16 +186,19 @@ pub async fn run(
     let self_addr = listener.local_addr()?;
     let server = cfg.server.clone();
     let stop = shutdown.clone();
+    let start = StartUp::default();
     // Health answers NOT_SERVING while the stores are unreachable (a CQL
     // node down at start); the log says why.
+    let opening = start.clone();
     let build = async move {
-        let Some(stores) = retry_until("storage", &stop, || Stores::open(&cfg)).await else {
+        let Some(stores) = opening.retry_until("storage", &stop, || Stores::open(&cfg)).await else {
             return Ok(None);
         };
         services(&cfg, stores, &auth, &token, self_addr, &stop).await.map(Some)
     };
     serve_after(
         &SERVICE_NAMES,
+        &start,
         build,
         ServeOptions {
             config: server,

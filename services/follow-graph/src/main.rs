@@ -6,7 +6,7 @@ static ALLOC: feed_server::Allocator = feed_server::Allocator;
 use std::path::PathBuf;
 
 use clap::Parser;
-use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown, retry_until, run_after_signal, telemetry};
+use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown, StartUp, run_after_signal, telemetry};
 use follow_graph::FollowGraph;
 
 /// Serves feed.followgraph.v1.FollowGraphService.
@@ -36,8 +36,11 @@ async fn main() -> anyhow::Result<()> {
     );
     let shutdown = Shutdown::new();
     // Health answers NOT_SERVING while the store is unreachable (a CQL node down at start).
+    let start = StartUp::default();
     let build = async {
-        let Some(store) = retry_until("follow-graph storage", &shutdown, || follow_graph::open_store(&cfg)).await
+        let Some(store) = start
+            .retry_until("follow-graph storage", &shutdown, || follow_graph::open_store(&cfg))
+            .await
         else {
             return Ok(None);
         };
@@ -45,5 +48,12 @@ async fn main() -> anyhow::Result<()> {
         follow_graph::register(&mut set, FollowGraph::new(store), &auth);
         Ok(Some(set))
     };
-    run_after_signal(&[follow_graph::SERVICE_NAME], build, &cfg.server, shutdown.clone()).await
+    run_after_signal(
+        &[follow_graph::SERVICE_NAME],
+        &start,
+        build,
+        &cfg.server,
+        shutdown.clone(),
+    )
+    .await
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
-use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown, retry_until, run_after_signal, telemetry};
+use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown, StartUp, run_after_signal, telemetry};
 
 /// Serves feed.notify.v1.NotifyService.
 #[derive(Parser)]
@@ -43,8 +43,12 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(!cfg.clients.token.is_empty(), "clients.token is required");
     let shutdown = Shutdown::new();
     // Health answers NOT_SERVING while the store is unreachable (a CQL node down at start).
+    let start = StartUp::default();
     let build = async {
-        let Some(store) = retry_until("notify storage", &shutdown, || notify::open_store(&cfg)).await else {
+        let Some(store) = start
+            .retry_until("notify storage", &shutdown, || notify::open_store(&cfg))
+            .await
+        else {
             return Ok(None);
         };
         let graph = Arc::new(notify::GrpcGraph::new(
@@ -69,5 +73,5 @@ async fn main() -> anyhow::Result<()> {
         notify::register(&mut set, notifier, &auth);
         Ok(Some(set))
     };
-    run_after_signal(&[notify::SERVICE_NAME], build, &cfg.server, shutdown.clone()).await
+    run_after_signal(&[notify::SERVICE_NAME], &start, build, &cfg.server, shutdown.clone()).await
 }

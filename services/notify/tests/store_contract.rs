@@ -52,12 +52,10 @@ async fn scylla_store_passes_the_contract() {
 }
 
 fn cql_config(what: &str) -> Option<ScyllaConfig> {
-    Some(ScyllaConfig {
-        nodes: feed_testkit::cql_nodes()?,
-        keyspace: feed_testkit::cql_keyspace(what),
-        replication_factor: 1,
-        ..Default::default()
-    })
+    Some(ScyllaConfig::single_node(
+        feed_testkit::cql_nodes()?,
+        feed_testkit::cql_keyspace(what),
+    ))
 }
 
 /// `notify --migrate` (the Kubernetes migration Job) applies the schema; until

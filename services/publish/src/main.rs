@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
-use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown, retry_until, run_after_signal, telemetry};
+use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown, StartUp, run_after_signal, telemetry};
 use publish::{GrpcGraph, Publisher};
 
 /// Serves feed.publish.v1.PublishService.
@@ -44,8 +44,12 @@ async fn main() -> anyhow::Result<()> {
     let clock = publish::system_clock();
     let shutdown = Shutdown::new();
     // Health answers NOT_SERVING while the store is unreachable (a CQL node down at start).
+    let start = StartUp::default();
     let build = async {
-        let Some(store) = retry_until("publish storage", &shutdown, || publish::open_store(&cfg)).await else {
+        let Some(store) = start
+            .retry_until("publish storage", &shutdown, || publish::open_store(&cfg))
+            .await
+        else {
             return Ok(None);
         };
         let channel = feed_server::client::balanced(&cfg.clients.follow_graph_url)?;
@@ -65,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
         publish::register(&mut set, publisher, graph, inbox, &auth);
         Ok(Some(set))
     };
-    let result = run_after_signal(&[publish::SERVICE_NAME], build, &cfg.server, shutdown.clone()).await;
+    let result = run_after_signal(&[publish::SERVICE_NAME], &start, build, &cfg.server, shutdown.clone()).await;
     shutdown.trigger();
     result
 }

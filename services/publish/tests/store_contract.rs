@@ -385,12 +385,10 @@ async fn shared_heads_stay_exact_through_eviction_flush_and_unfinished_fills() {
 }
 
 fn cql_config(what: &str) -> Option<feed_server::config::ScyllaConfig> {
-    Some(feed_server::config::ScyllaConfig {
-        nodes: feed_testkit::cql_nodes()?,
-        keyspace: feed_testkit::cql_keyspace(what),
-        replication_factor: 1,
-        ..Default::default()
-    })
+    Some(feed_server::config::ScyllaConfig::single_node(
+        feed_testkit::cql_nodes()?,
+        feed_testkit::cql_keyspace(what),
+    ))
 }
 
 /// `publish --migrate` (the Kubernetes migration Job) applies the schema; until

@@ -338,6 +338,17 @@ impl Default for ScyllaConfig {
 }
 
 impl ScyllaConfig {
+    /// One node's contact point and a keyspace, replicated once (tests, a
+    /// single-node development cluster); the rest as by default.
+    pub fn single_node(nodes: String, keyspace: String) -> Self {
+        Self {
+            nodes,
+            keyspace,
+            replication_factor: 1,
+            ..Self::default()
+        }
+    }
+
     /// The contact points, or none when ScyllaDB is not configured.
     pub fn node_list(&self) -> Vec<String> {
         self.nodes

@@ -20,7 +20,7 @@ pub use config::FeedConfig;
 /// timeline read's CPU; mimalloc more than doubled reads per second.
 pub use mimalloc::MiMalloc as Allocator;
 pub use serve::{
-    Readiness, ServeOptions, ServiceSet, retry_until, run_after_signal, run_until_signal, run_with_signal, serve,
+    Readiness, ServeOptions, ServiceSet, StartUp, run_after_signal, run_until_signal, run_with_signal, serve,
     serve_after,
 };
 pub use shutdown::Shutdown;

@@ -180,30 +180,75 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves what `build` makes (see [`serve`]). A build that takes longer
-/// than [`EARLY_HEALTH_AFTER`] (a dependency down at start: a CQL node)
-/// leaves the server up meanwhile, answering health — NOT_SERVING for
-/// `names` and "", SERVING for liveness — and UNAVAILABLE to every other
-/// call, while `build` retries and logs why (see [`retry_until`]). A quick
-/// build never shows that: connections wait in the listen backlog.
+/// A server's start: its build reports here when a dependency it must open
+/// (a store) fails, and [`serve_after`] then answers health meanwhile.
+#[derive(Clone)]
+pub struct StartUp {
+    unready: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for StartUp {
+    fn default() -> Self {
+        Self {
+            unready: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+impl StartUp {
+    /// Runs `attempt` until it succeeds, logging why each failure leaves the
+    /// server unready and retrying with a growing pause (0.5 s up to 5 s);
+    /// None when `shutdown` fires first.
+    pub async fn retry_until<T, F, Fut>(&self, what: &str, shutdown: &Shutdown, mut attempt: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        let mut pause = Duration::from_millis(500);
+        loop {
+            match attempt().await {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "{what} not reachable; not ready, retrying");
+                    self.unready.send_replace(true);
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.wait() => return None,
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn failed(&self) {
+        let mut rx = self.unready.subscribe();
+        // The sender lives in self: this ends only once a failure is reported.
+        let _ = rx.wait_for(|unready| *unready).await;
+    }
+}
+
+/// Serves what `build` makes (see [`serve`]). While a dependency the build
+/// must open is down (a CQL node at start: `start` says so), the server is
+/// up meanwhile, answering health — NOT_SERVING for `names` and "",
+/// SERVING for liveness — and UNAVAILABLE to every other call, while the
+/// build retries and logs why ([`StartUp::retry_until`]). A build that is
+/// only slow never shows that: connections wait in the listen backlog.
 /// Shutdown during the build ends it.
-pub async fn serve_after<F>(names: &[&'static str], build: F, opts: ServeOptions) -> anyhow::Result<()>
+pub async fn serve_after<F>(names: &[&'static str], start: &StartUp, build: F, opts: ServeOptions) -> anyhow::Result<()>
 where
     F: Future<Output = anyhow::Result<Option<ServiceSet>>>,
 {
     tokio::pin!(build);
-    let built = match tokio::time::timeout(EARLY_HEALTH_AFTER, &mut build).await {
-        Ok(built) => built,
-        Err(_) => serve_health_until(names, build, &opts).await,
+    let built = tokio::select! {
+        built = &mut build => built,
+        _ = start.failed() => serve_health_until(names, build, &opts).await,
     };
     match built? {
         Some(set) => serve(set, opts).await,
         None => Ok(()),
     }
 }
-
-/// How long a build may take before the server answers health meanwhile.
-pub const EARLY_HEALTH_AFTER: Duration = Duration::from_secs(1);
 
 /// Health alone on `opts.listener` until `build` finishes (or shutdown).
 async fn serve_health_until<F>(
@@ -252,28 +297,6 @@ where
     built
 }
 
-/// Runs `attempt` until it succeeds, logging why each failure leaves the
-/// server unready and retrying with a growing pause (0.5 s up to 5 s); None
-/// when `shutdown` fires first.
-pub async fn retry_until<T, F, Fut>(what: &str, shutdown: &Shutdown, mut attempt: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<T>>,
-{
-    let mut pause = Duration::from_millis(500);
-    loop {
-        match attempt().await {
-            Ok(v) => return Some(v),
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "{what} not reachable; not ready, retrying"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.wait() => return None,
-        }
-        pause = (pause * 2).min(Duration::from_secs(5));
-    }
-}
-
 /// Binds the configured gRPC and admin listeners, serves until SIGTERM or
 /// Ctrl-C, then drains. What every service binary's `main` calls.
 pub async fn run_with_signal(set: ServiceSet, config: &ServerConfig) -> anyhow::Result<()> {
@@ -283,13 +306,14 @@ pub async fn run_with_signal(set: ServiceSet, config: &ServerConfig) -> anyhow::
 /// [`run_with_signal`] with the caller's shutdown signal, which SIGTERM
 /// triggers: long-lived work the services hold (streams, workers) ends on it.
 pub async fn run_until_signal(set: ServiceSet, config: &ServerConfig, shutdown: Shutdown) -> anyhow::Result<()> {
-    run_after_signal(&[], async { Ok(Some(set)) }, config, shutdown).await
+    run_after_signal(&[], &StartUp::default(), async { Ok(Some(set)) }, config, shutdown).await
 }
 
 /// [`run_until_signal`] for services made by `build` while the server
 /// already answers health (see [`serve_after`]).
 pub async fn run_after_signal<F>(
     names: &[&'static str],
+    start: &StartUp,
     build: F,
     config: &ServerConfig,
     shutdown: Shutdown,
@@ -314,6 +338,7 @@ where
     });
     serve_after(
         names,
+        start,
         build,
         ServeOptions {
             config: config.clone(),

@@ -32,12 +32,10 @@ pub fn cql_store() -> Option<feed_server::config::ScyllaConfig> {
         !nodes.trim().is_empty(),
         "FEED_E2E_STORE=cql needs FEED__SCYLLA__NODES (scripts/cql-node.sh start)"
     );
-    Some(feed_server::config::ScyllaConfig {
+    Some(feed_server::config::ScyllaConfig::single_node(
         nodes,
-        keyspace: feed_testkit::cql_keyspace("e2e"),
-        replication_factor: 1,
-        ..Default::default()
-    })
+        feed_testkit::cql_keyspace("e2e"),
+    ))
 }
 
 /// Whether this is the CQL pass (`FEED_E2E_STORE=cql`).
