@@ -222,15 +222,20 @@ impl Publisher {
         if held.fingerprint != fingerprint(new) {
             return Ok(None);
         }
-        let Some(a) = self.store.get(&[held.id]).await?.pop().flatten() else {
-            return Ok(None);
-        };
-        Ok(Some(Published {
-            id: held.id,
+        match self.store.get(&[held.id]).await?.pop().flatten() {
+            Some(a) => Ok(Some(self.duplicate_of(&a).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The answer to a publish that `a` already is.
+    async fn duplicate_of(&self, a: &Activity) -> Result<Published, ApiError> {
+        Ok(Published {
+            id: a.id,
             duplicate: true,
             schedule_id: None,
-            deliveries: self.deliveries(&a).await?,
-        }))
+            deliveries: self.deliveries(a).await?,
+        })
     }
 
     /// The activity `id` once its claim's writer has written it. A claim
@@ -291,16 +296,11 @@ impl Publisher {
             Claim::Held { id, .. } => (id, true),
         };
         if existed && let Some(a) = self.written(id).await? {
-            return Ok(Published {
-                id,
-                duplicate: true,
-                schedule_id: None,
-                deliveries: self.deliveries(&a).await?,
-            });
+            return self.duplicate_of(&a).await;
         }
         // Claimed now, or claimed by an attempt that died before writing:
-        // (re)write with this id. Either way the first claim's call is the
-        // one that is not a duplicate.
+        // (re)write with this id. Only the call that made the claim answers
+        // `duplicate: false`.
         let mut feeds = vec![FeedRef::user(new.actor)];
         feeds.extend(to.into_iter().filter(|f| f.user_id() != Some(new.actor)));
         let celebrity = self.graph.celebrity(&feeds).await?;
