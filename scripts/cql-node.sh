@@ -46,8 +46,9 @@ resolve() {
   fi
   log "resolving Cassandra and its dependencies with Maven"
   rm -rf "$LIB"
-  mvn -q -B -f "$POM" -Dmaven.repo.local="$ROOT/m2" \
-    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIB"
+  # Its output goes to stderr: stdout carries only the contact point.
+  mvn -q -B -Dstyle.color=never -f "$POM" -Dmaven.repo.local="$ROOT/m2" \
+    dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIB" >&2
   cp "$POM" "$LIB/.pom"
 }
 

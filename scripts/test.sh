@@ -74,7 +74,7 @@ fi
 cat target/cql-start.log
 # Every ScyllaDB leg runs against it; with FEED_REQUIRE_CQL a leg that finds
 # no node fails instead of skipping.
-FEED__SCYLLA__NODES="$(cat target/cql-contact)"
+FEED__SCYLLA__NODES="$(tail -n 1 target/cql-contact)"
 export FEED__SCYLLA__NODES FEED_REQUIRE_CQL=1
 cargo nextest run --workspace --no-fail-fast
 # The platform again, its services on the CQL node (each platform in a

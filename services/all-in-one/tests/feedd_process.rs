@@ -29,6 +29,8 @@ fn start(dir: &std::path::Path) -> Feedd {
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         .env_remove("FEED__AUTH__INTERNAL_TOKENS")
+        // The embedded stores, whatever CQL node the test run provides.
+        .env_remove("FEED__SCYLLA__NODES")
         .env_remove("FEED__AUTH__BFF_TOKENS")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
