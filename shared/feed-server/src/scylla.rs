@@ -41,11 +41,24 @@ fn check_keyspace(k: &str) -> Result<(), ScyllaError> {
 
 /// Connects to the configured contact points.
 pub async fn connect(cfg: &ScyllaConfig) -> Result<Session, ScyllaError> {
-    check_keyspace(&cfg.keyspace)?;
     // Explicit deadlines: a node that is down or stalled makes a call fail
     // as unavailable inside the caller's deadline instead of hanging it.
+    connect_with_timeout(cfg, Duration::from_millis(cfg.request_timeout_ms.max(1))).await
+}
+
+/// Schema changes wait for every node to agree, far longer than a request
+/// may take: the `--migrate` step (and tests dropping their keyspace) use this.
+pub const SCHEMA_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Connects for schema changes (see [`SCHEMA_TIMEOUT`]).
+pub async fn connect_for_schema(cfg: &ScyllaConfig) -> Result<Session, ScyllaError> {
+    connect_with_timeout(cfg, SCHEMA_TIMEOUT).await
+}
+
+async fn connect_with_timeout(cfg: &ScyllaConfig, request_timeout: Duration) -> Result<Session, ScyllaError> {
+    check_keyspace(&cfg.keyspace)?;
     let profile = ExecutionProfile::builder()
-        .request_timeout(Some(Duration::from_millis(cfg.request_timeout_ms.max(1))))
+        .request_timeout(Some(request_timeout))
         .build();
     SessionBuilder::new()
         .known_nodes(cfg.node_list())
@@ -76,7 +89,7 @@ pub async fn migrate(
     version: i32,
     statements: &[String],
 ) -> Result<(), ScyllaError> {
-    let s = connect(cfg).await?;
+    let s = connect_for_schema(cfg).await?;
     for stmt in base_schema(cfg).iter().chain(statements) {
         s.query_unpaged(stmt.as_str(), ())
             .await
