@@ -160,7 +160,11 @@ pub async fn execute(
         .map_err(|e| ScyllaError::Unavailable(e.to_string()))
 }
 
-/// Runs a lightweight transaction; true when it applied (its `[applied]` column).
+/// Runs a lightweight transaction; true when it applied (its `[applied]`
+/// column). Both engines run Paxos at the statement's serial consistency
+/// (LOCAL_SERIAL here), ScyllaDB more cheaply; when it did not apply,
+/// Cassandra returns the current row's columns after `[applied]` and
+/// callers read them by name, never by position.
 pub async fn applied(session: &Session, p: &PreparedStatement, v: impl SerializeRow) -> Result<bool, ScyllaError> {
     let rows = execute(session, p, v).await?.into_rows_result().map_err(backend)?;
     let row = rows.maybe_first_row::<Row>().map_err(backend)?;

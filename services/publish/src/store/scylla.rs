@@ -393,6 +393,11 @@ impl ScyllaActivityStore {
             .collect())
     }
 
+    /// One logged batch: the rows and the jobs land together or not at all.
+    /// Engines differ on size: Cassandra refuses a batch over
+    /// `batch_size_fail_threshold` (50 KiB by default), ScyllaDB over 1 MiB;
+    /// a publish writes one activity (`extra` capped at 8 KiB) twice, in its
+    /// row and its event job, plus an entry and a job per target feed.
     async fn job_batch(&self, jobs: &[Job], extra: Vec<(&PreparedStatement, Vec<CqlValue>)>) -> Result<(), StoreError> {
         let mut batch = Batch::new(BatchType::Logged);
         batch.set_consistency(Consistency::LocalQuorum);
