@@ -111,6 +111,21 @@ async fn a_slow_client_is_dropped_while_others_keep_receiving_and_it_resumes() {
     assert_eq!(rest, expected, "resuming delivers exactly what was missed");
 }
 
+/// User 1 posts activity 7 (a photo).
+fn post_event() -> ActivityEvent {
+    ActivityEvent {
+        event_id: "event/7/1/0".into(),
+        activity: Some(Activity {
+            id: 7,
+            actor: 1,
+            verb: "post".into(),
+            object: "photo:3".into(),
+            ..Default::default()
+        }),
+        change: activity_event::Change::Created as i32,
+    }
+}
+
 fn like_event(event: &str, actor: u64, post: u64) -> ActivityEvent {
     ActivityEvent {
         event_id: event.into(),
@@ -130,17 +145,7 @@ fn like_event(event: &str, actor: u64, post: u64) -> ActivityEvent {
 async fn redelivered_and_reordered_activity_events_count_each_liker_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let n = notifier(Arc::new(MemoryLive::new(10)), dir.path(), 16);
-    let post = ActivityEvent {
-        event_id: "event/7/1/0".into(),
-        activity: Some(Activity {
-            id: 7,
-            actor: 1,
-            verb: "post".into(),
-            object: "photo:3".into(),
-            ..Default::default()
-        }),
-        change: activity_event::Change::Created as i32,
-    };
+    let post = post_event();
     n.on_activity_event(&post).await.expect("post");
     // The queue delivers at least once, in any order.
     let likes = [like_event("l2", 2, 7), like_event("l3", 3, 7)];
@@ -305,17 +310,7 @@ async fn replicas_delivering_the_same_events_make_one_note() {
         notifier_on(Arc::new(store), Arc::new(MemoryLive::new(100)), 16)
     };
     let (a, b) = (replica().await, replica().await);
-    let post = ActivityEvent {
-        event_id: "event/7/1/0".into(),
-        activity: Some(Activity {
-            id: 7,
-            actor: 1,
-            verb: "post".into(),
-            object: "photo:3".into(),
-            ..Default::default()
-        }),
-        change: activity_event::Change::Created as i32,
-    };
+    let post = post_event();
     let (x, y) = tokio::join!(a.on_activity_event(&post), b.on_activity_event(&post));
     x.expect("post on a");
     y.expect("post on b");

@@ -68,14 +68,7 @@ async fn the_migrate_step_applies_the_schema_the_store_checks() {
         .err()
         .expect("no schema yet");
     assert!(refused.to_string().contains("--migrate"), "{refused}");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_notify"))
-        .arg("--migrate")
-        .env("FEED__SCYLLA__NODES", &cfg.nodes)
-        .env("FEED__SCYLLA__KEYSPACE", &cfg.keyspace)
-        .env("FEED__SCYLLA__REPLICATION_FACTOR", "1")
-        .status()
-        .expect("the binary runs");
-    assert!(status.success(), "notify --migrate: {status}");
+    feed_testkit::run_migrate(env!("CARGO_BIN_EXE_notify"), &cfg.nodes, &cfg.keyspace);
     scylla::ScyllaNotifyStore::connect(&cfg)
         .await
         .expect("the schema is there");

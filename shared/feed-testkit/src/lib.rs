@@ -53,6 +53,20 @@ pub fn cql_keyspace(what: &str) -> String {
     format!("t_{what}_{}_{nanos}", std::process::id())
 }
 
+/// Runs a service binary's `--migrate` step (what the Kubernetes migration
+/// Job runs) against `nodes` and `keyspace`, replicated once; panics with
+/// its exit status when it fails.
+pub fn run_migrate(binary: &str, nodes: &str, keyspace: &str) {
+    let status = Command::new(binary)
+        .arg("--migrate")
+        .env("FEED__SCYLLA__NODES", nodes)
+        .env("FEED__SCYLLA__KEYSPACE", keyspace)
+        .env("FEED__SCYLLA__REPLICATION_FACTOR", "1")
+        .status()
+        .expect("the binary runs");
+    assert!(status.success(), "{binary} --migrate: {status}");
+}
+
 /// The `redis-server` binary: `REDIS_SERVER` or the one on PATH.
 fn redis_binary() -> PathBuf {
     std::env::var_os("REDIS_SERVER")
