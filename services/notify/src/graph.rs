@@ -59,7 +59,7 @@ impl Graph for GrpcGraph {
                     feeds: vec![],
                 }))
                 .await
-                .map_err(|s| ApiError::Unavailable(format!("follow-graph: {}: {}", s.code(), s.message())))?
+                .map_err(|s| ApiError::from_peer("follow-graph", &s))?
                 .into_inner();
             // Answered in request order; looked up by id to be safe.
             for r in chunk {

@@ -43,7 +43,7 @@ impl EventLedger for GrpcEventLedger {
                 spawned: vec![],
             }))
             .await
-            .map_err(|s| ApiError::Unavailable(format!("publish: {}: {}", s.code(), s.message())))?;
+            .map_err(|s| ApiError::from_peer("publish", &s))?;
         Ok(())
     }
 }

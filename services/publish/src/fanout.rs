@@ -78,8 +78,8 @@ impl GrpcLedger {
     }
 }
 
-fn unavailable(s: tonic::Status) -> ApiError {
-    ApiError::Unavailable(format!("publish: {}: {}", s.code(), s.message()))
+fn from_publish(s: tonic::Status) -> ApiError {
+    ApiError::from_peer("publish", &s)
 }
 
 #[async_trait]
@@ -100,7 +100,7 @@ impl JobLedger for GrpcLedger {
                 }))
             }
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-            Err(s) => Err(unavailable(s)),
+            Err(s) => Err(from_publish(s)),
         }
     }
 
@@ -112,7 +112,7 @@ impl JobLedger for GrpcLedger {
                 spawned: spawned.to_vec(),
             }))
             .await
-            .map_err(unavailable)?;
+            .map_err(from_publish)?;
         Ok(())
     }
 
@@ -125,7 +125,7 @@ impl JobLedger for GrpcLedger {
                 error: error.into(),
             }))
             .await
-            .map_err(unavailable)?;
+            .map_err(from_publish)?;
         Ok(r.into_inner().dead_lettered)
     }
 
@@ -139,7 +139,7 @@ impl JobLedger for GrpcLedger {
                 ids: vec![],
             }))
             .await
-            .map_err(unavailable)?;
+            .map_err(from_publish)?;
         Ok(r.into_inner().items)
     }
 
@@ -156,7 +156,7 @@ impl JobLedger for GrpcLedger {
                 ids: ids.to_vec(),
             }))
             .await
-            .map_err(unavailable)?;
+            .map_err(from_publish)?;
         Ok(r.into_inner().items)
     }
 }

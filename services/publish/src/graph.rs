@@ -48,8 +48,8 @@ pub struct GrpcGraph {
     auth: feed_server::auth::ServiceToken,
 }
 
-fn unavailable(s: tonic::Status) -> ApiError {
-    ApiError::Unavailable(format!("follow-graph: {}: {}", s.code(), s.message()))
+fn from_graph(s: tonic::Status) -> ApiError {
+    ApiError::from_peer("follow-graph", &s)
 }
 
 impl GrpcGraph {
@@ -77,7 +77,7 @@ impl Graph for GrpcGraph {
                 user_ids: vec![],
             }))
             .await
-            .map_err(unavailable)?;
+            .map_err(from_graph)?;
         Ok(resp.into_inner().feeds.into_iter().map(|c| c.celebrity).collect())
     }
 
@@ -91,7 +91,7 @@ impl Graph for GrpcGraph {
                 feeds: feeds.iter().map(|f| f.to_string()).collect(),
             }))
             .await
-            .map_err(unavailable)?;
+            .map_err(from_graph)?;
         Ok(resp.into_inner().feeds.into_iter().map(|f| f.following).collect())
     }
 
@@ -101,7 +101,7 @@ impl Graph for GrpcGraph {
             .clone()
             .list_edge_changes(self.req(fg::ListEdgeChangesRequest { after_seq, limit }))
             .await
-            .map_err(unavailable)?;
+            .map_err(from_graph)?;
         Ok(resp.into_inner().changes)
     }
 
@@ -121,7 +121,7 @@ impl Graph for GrpcGraph {
                 }),
             )
             .await
-            .map_err(unavailable)?;
+            .map_err(from_graph)?;
         Ok(resp
             .into_inner()
             .edges
@@ -143,7 +143,7 @@ impl Graph for GrpcGraph {
                     page_token: token,
                 }))
                 .await
-                .map_err(unavailable)?
+                .map_err(from_graph)?
                 .into_inner();
             for f in page.feeds {
                 out.push(FeedRef::parse(&f).map_err(|e| ApiError::Internal(format!("follow-graph feed {f:?}: {e}")))?);
@@ -161,7 +161,7 @@ impl Graph for GrpcGraph {
             .clone()
             .list_follower_shards(self.req(fg::ListFollowerShardsRequest { feed: feed.to_string() }))
             .await
-            .map_err(unavailable)?;
+            .map_err(from_graph)?;
         Ok(resp.into_inner().shards.into_iter().map(|s| s.shard).collect())
     }
 
@@ -182,7 +182,7 @@ impl Graph for GrpcGraph {
                 limit,
             }))
             .await
-            .map_err(unavailable)?
+            .map_err(from_graph)?
             .into_inner();
         Ok((
             resp.followers

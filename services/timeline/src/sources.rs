@@ -65,8 +65,8 @@ pub struct GrpcSources {
     auth: feed_server::auth::ServiceToken,
 }
 
-fn unavailable(service: &str) -> impl Fn(tonic::Status) -> ApiError + '_ {
-    move |s| ApiError::Unavailable(format!("{service}: {}: {}", s.code(), s.message()))
+fn from_peer(service: &str) -> impl Fn(tonic::Status) -> ApiError + '_ {
+    move |s| ApiError::from_peer(service, &s)
 }
 
 impl GrpcSources {
@@ -99,7 +99,7 @@ impl Sources for GrpcSources {
                     page_token: token,
                 }))
                 .await
-                .map_err(unavailable("follow-graph"))?
+                .map_err(from_peer("follow-graph"))?
                 .into_inner();
             out.extend(page.feeds.iter().filter_map(|f| FeedRef::parse(f).ok()));
             if page.next_page_token.is_empty() {
@@ -121,7 +121,7 @@ impl Sources for GrpcSources {
                     feeds: vec![],
                 }))
                 .await
-                .map_err(unavailable("follow-graph"))?
+                .map_err(from_peer("follow-graph"))?
                 .into_inner();
             out.extend(r.relationships.into_iter().map(|r| Relation {
                 blocked: r.blocking || r.blocked_by,
@@ -151,7 +151,7 @@ impl Sources for GrpcSources {
                 pull_only,
             }))
             .await
-            .map_err(unavailable("publish"))?
+            .map_err(from_peer("publish"))?
             .into_inner();
         let entries = r
             .entries
@@ -178,7 +178,7 @@ impl Sources for GrpcSources {
                     include_deleted: false,
                 }))
                 .await
-                .map_err(unavailable("publish"))?
+                .map_err(from_peer("publish"))?
                 .into_inner();
             out.extend(r.activities.into_iter().map(Arc::new));
         }
@@ -191,7 +191,7 @@ impl Sources for GrpcSources {
             .clone()
             .get_pending_work(self.req(pb::GetPendingWorkRequest { user_id: user }))
             .await
-            .map_err(unavailable("publish"))?
+            .map_err(from_peer("publish"))?
             .into_inner();
         Ok((
             (r.fanout_from_id != 0).then_some(r.fanout_from_id),
@@ -204,7 +204,7 @@ impl Sources for GrpcSources {
             .clone()
             .rebuild_inbox(self.req(pb::RebuildInboxRequest { user_id: user }))
             .await
-            .map_err(unavailable("publish"))?;
+            .map_err(from_peer("publish"))?;
         Ok(())
     }
 }

@@ -38,6 +38,15 @@ pub enum ApiError {
     /// A bug or an unexpected storage failure. The detail is logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A peer service refused the caller's request for a reason that is the
+    /// caller's (see [`ApiError::from_peer`]): passed on with the peer's code.
+    #[error("{message}")]
+    Peer {
+        /// The peer's code: a client error (INVALID_ARGUMENT, NOT_FOUND...).
+        code: Code,
+        /// "<peer>: <its message>".
+        message: String,
+    },
 }
 
 impl ApiError {
@@ -46,6 +55,29 @@ impl ApiError {
         Self::InvalidArgument {
             field: field.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// A peer service's answer as this service's error, by its code (as
+    /// quickwit's `grpc_status_to_service_error`): an error that is the
+    /// request's (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS,
+    /// PERMISSION_DENIED, FAILED_PRECONDITION, OUT_OF_RANGE,
+    /// RESOURCE_EXHAUSTED) keeps its code, so a caller is not told to retry
+    /// what will never succeed; a peer that failed or did not answer is
+    /// UNAVAILABLE (retry); a peer refusing this service's own credentials,
+    /// or a bug between the two, is INTERNAL.
+    pub fn from_peer(peer: &str, status: &tonic::Status) -> Self {
+        let message = format!("{peer}: {}", status.message());
+        match status.code() {
+            code @ (Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::ResourceExhausted) => Self::Peer { code, message },
+            Code::Unauthenticated | Code::Unimplemented | Code::Internal | Code::DataLoss => Self::Internal(message),
+            code => Self::Unavailable(format!("{peer}: {code}: {}", status.message())),
         }
     }
 
@@ -61,6 +93,7 @@ impl ApiError {
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
+            Self::Peer { code, .. } => *code,
         }
     }
 }
@@ -91,6 +124,45 @@ mod tests {
         let status = Status::from(ApiError::invalid("feed", "must be kind:key"));
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(status.message().contains("feed"), "{}", status.message());
+    }
+
+    #[test]
+    fn a_peers_client_errors_keep_their_code_and_its_failures_become_retryable() {
+        for code in [
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::PermissionDenied,
+            Code::FailedPrecondition,
+            Code::OutOfRange,
+            Code::ResourceExhausted,
+        ] {
+            let status = Status::from(ApiError::from_peer(
+                "follow-graph",
+                &Status::new(code, "invalid feed: no colon"),
+            ));
+            assert_eq!(status.code(), code);
+            assert_eq!(status.message(), "follow-graph: invalid feed: no colon");
+        }
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Cancelled,
+            Code::Unknown,
+            Code::Aborted,
+        ] {
+            let err = ApiError::from_peer("publish", &Status::new(code, "down"));
+            assert_eq!(err.code(), Code::Unavailable, "{code:?}");
+        }
+        for code in [
+            Code::Unauthenticated,
+            Code::Unimplemented,
+            Code::Internal,
+            Code::DataLoss,
+        ] {
+            let err = ApiError::from_peer("publish", &Status::new(code, "token refused"));
+            assert_eq!(err.code(), Code::Internal, "{code:?}: not the caller's credentials");
+        }
     }
 
     #[test]
