@@ -21,7 +21,7 @@ use tonic::transport::Channel;
 
 use crate::graph::Graph;
 use crate::queue::{Delivery, EventQueue, JobQueue};
-use crate::service::{LoadedJob, Publisher, fanout_job_id};
+use crate::service::{LoadedJob, Publisher, fanout_job_id, purge_job_id};
 
 /// Where workers read and settle job records.
 #[async_trait]
@@ -316,7 +316,7 @@ impl FanoutWorker {
             Some(job::Kind::Purge(p)) => match p.shard {
                 None => {
                     self.split(job_id, &p.feed, |shard| Job {
-                        job_id: format!("purge/{}/{}/{shard}", p.activity_id, p.feed),
+                        job_id: purge_job_id(p.activity_id, &p.feed, Some(shard)),
                         created_at_ms: loaded.job.created_at_ms,
                         kind: Some(job::Kind::Purge(PurgeJob {
                             shard: Some(shard),

@@ -123,7 +123,8 @@ fn event_job(a: &Activity, change: activity_event::Change, now: i64) -> Job {
     }
 }
 
-fn purge_job_id(activity: u64, feed: &str, shard: Option<u64>) -> String {
+/// Deterministic purge job ids (root and per shard), like [`fanout_job_id`].
+pub fn purge_job_id(activity: u64, feed: &str, shard: Option<u64>) -> String {
     match shard {
         None => format!("purge/{activity}/{feed}"),
         Some(s) => format!("purge/{activity}/{feed}/{s}"),
