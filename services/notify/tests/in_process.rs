@@ -152,16 +152,7 @@ async fn redelivered_and_reordered_activity_events_count_each_liker_once() {
     for ev in [&likes[1], &likes[0], &likes[1], &post, &likes[0]] {
         n.on_activity_event(ev).await.expect("event");
     }
-    let page = n
-        .list(
-            1,
-            ListQuery {
-                limit: 10,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("list");
+    let page = listing(&n, 1, 10).await;
     assert_eq!(page.notes.len(), 1, "{:?}", page.notes);
     let g = &page.notes[0];
     assert_eq!(g.kind, NotificationKind::Remind as i32);
@@ -202,19 +193,23 @@ fn event(
     }
 }
 
+/// The newest `limit` notifications of `user`.
+async fn listing(n: &Notifier, user: u64, limit: usize) -> notify::service::NotePage {
+    n.list(
+        user,
+        ListQuery {
+            limit,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("list")
+}
+
 /// What a user's list says, without delivery order: a group's id (its
 /// place in the list) comes from the first event delivered into it.
 async fn notes_of(n: &Notifier, user: u64) -> Vec<(String, String, u64, Vec<u64>)> {
-    let page = n
-        .list(
-            user,
-            ListQuery {
-                limit: 100,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("list");
+    let page = listing(n, user, 100).await;
     let mut out: Vec<_> = page
         .notes
         .into_iter()
@@ -320,16 +315,7 @@ async fn replicas_delivering_the_same_events_make_one_note() {
         x.expect("like on a");
         y.expect("like on b");
     }
-    let page = b
-        .list(
-            1,
-            ListQuery {
-                limit: 10,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("list");
+    let page = listing(&b, 1, 10).await;
     assert_eq!(page.notes.len(), 1, "{:?}", page.notes);
     assert_eq!((page.notes[0].action.as_str(), page.notes[0].actor_count), ("like", 4));
 }

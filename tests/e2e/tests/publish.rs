@@ -56,6 +56,16 @@ impl Env {
             .expect("follow");
     }
 
+    async fn unfollow(&mut self, follower: u64, feed: &str) {
+        self.graph
+            .unfollow(internal(fg::UnfollowRequest {
+                follower_id: follower,
+                feed: feed.into(),
+            }))
+            .await
+            .expect("unfollow");
+    }
+
     async fn publish(&mut self, actor: u64, foreign_id: &str) -> pb::PublishResponse {
         self.publish
             .publish(internal(pb::PublishRequest {
@@ -485,26 +495,14 @@ async fn follow_backfills_and_unfollow_or_block_purges_live_inboxes() {
 
     // Unfollow purges; an item another followed feed brings stays.
     e.follow(2, "tag:rust").await;
-    e.graph
-        .unfollow(internal(fg::UnfollowRequest {
-            follower_id: 2,
-            feed: "user:1".into(),
-        }))
-        .await
-        .expect("unfollow");
+    e.unfollow(2, "user:1").await;
     e.inbox_becomes(2, &[tagged]).await;
 
     // A block removes the follow both ways and purges.
     e.inbox.rebuild(3, &[], 0, None).await.expect("live");
     e.follow(3, "user:1").await;
     e.inbox_becomes(3, &[tagged, a]).await;
-    e.graph
-        .unfollow(internal(fg::UnfollowRequest {
-            follower_id: 3,
-            feed: "tag:rust".into(),
-        }))
-        .await
-        .expect("unfollow tag");
+    e.unfollow(3, "tag:rust").await;
     e.graph
         .block(internal(fg::BlockRequest {
             user_id: 1,
@@ -672,13 +670,7 @@ async fn an_identical_retry_returns_the_first_id_after_the_author_left_the_group
     let first = e.publish.publish(internal(req())).await.expect("publish").into_inner();
     let again = e.publish.publish(internal(req())).await.expect("retry").into_inner();
     assert_eq!((again.activity_id, again.duplicate), (first.activity_id, true));
-    e.graph
-        .unfollow(internal(fg::UnfollowRequest {
-            follower_id: 7,
-            feed: "group:1".into(),
-        }))
-        .await
-        .expect("leave the group");
+    e.unfollow(7, "group:1").await;
     let retry = e
         .publish
         .publish(internal(req()))
