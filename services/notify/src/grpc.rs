@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::live::EventId;
-use crate::service::{ListQuery, Notifier};
+use crate::notifier::{ListQuery, Notifier};
 
 const SUBSCRIPTIONS_TOKEN: u8 = 0xA5;
 

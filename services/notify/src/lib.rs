@@ -6,7 +6,7 @@ pub mod graph;
 pub mod grpc;
 pub mod ledger;
 pub mod live;
-pub mod service;
+pub mod notifier;
 pub mod store;
 pub mod worker;
 
@@ -23,7 +23,7 @@ use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown};
 pub use graph::{Graph, GrpcGraph};
 pub use ledger::{EventLedger, GrpcEventLedger};
 pub use live::{LiveLog, MemoryLive, RedisLive};
-pub use service::{Notifier, NotifyConfig};
+pub use notifier::{Notifier, NotifyConfig};
 pub use store::NotifyStore;
 
 /// The gRPC name of this service.

@@ -12,7 +12,7 @@ use feed_server::Shutdown;
 use feed_server::queue::{Delivery, JobQueue, QueueMessage};
 
 use crate::ledger::EventLedger;
-use crate::service::Notifier;
+use crate::notifier::Notifier;
 
 /// How long a delivery may stay unacknowledged before another consumer takes it.
 const RECLAIM_IDLE: Duration = Duration::from_secs(30);

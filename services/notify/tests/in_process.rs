@@ -14,7 +14,7 @@ use feed_server::Shutdown;
 use feed_server::queue::MemoryQueue;
 use notify::graph::{Graph, Relation};
 use notify::live::{EventId, LiveLog, MemoryLive};
-use notify::service::ListQuery;
+use notify::notifier::ListQuery;
 use notify::store::NotifyStore;
 use notify::store::embedded::EmbeddedNotifyStore;
 use notify::{Notifier, NotifyConfig};
@@ -194,7 +194,7 @@ fn event(
 }
 
 /// The newest `limit` notifications of `user`.
-async fn listing(n: &Notifier, user: u64, limit: usize) -> notify::service::NotePage {
+async fn listing(n: &Notifier, user: u64, limit: usize) -> notify::notifier::NotePage {
     n.list(
         user,
         ListQuery {

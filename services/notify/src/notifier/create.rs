@@ -1,0 +1,148 @@
+//! Announces and private messages: created once per event id, pushed live.
+
+use feed_core::{ApiError, UserId, validate};
+use feed_proto::notify::v1::{Link, NoteRecord, Notification, NotificationKind, PolicyAction, UserState};
+
+use super::{Notifier, check_body, check_event_id, check_links, id_of, note_id};
+use crate::store::Claim;
+
+impl Notifier {
+    pub(super) fn view(rec: &NoteRecord, state: &UserState) -> Notification {
+        let mut n = rec.note.clone().unwrap_or_default();
+        let kind = NotificationKind::try_from(n.kind).unwrap_or(NotificationKind::Unspecified);
+        n.read = if kind == NotificationKind::Announce {
+            rec.seq <= state.read_watermark || state.read_announces.contains(&n.id)
+        } else {
+            rec.seq <= state.read_watermark.max(rec.read_seq)
+        };
+        n.seen = rec.seq <= state.seen_watermark;
+        n
+    }
+
+    /// Pushes a delivered notification to the user's live log. The note is
+    /// already durable: a failure here delays only the live copy (the
+    /// user's lists have it), so it is logged, not returned.
+    pub(super) async fn push_live(&self, user: UserId, rec: &NoteRecord) {
+        let n = Self::view(rec, &UserState::default());
+        if let Err(e) = self.inner.live.append(user, &n).await {
+            metrics::counter!("feed_notify_live_append_failures_total").increment(1);
+            tracing::warn!(error = %e, user, "live append failed; the notification is stored");
+        }
+    }
+
+    /// CreateAnnounce: stored once, pulled by every user.
+    pub async fn create_announce(
+        &self,
+        event_id: &str,
+        title: &str,
+        content: &str,
+        links: Vec<Link>,
+        for_all_time: bool,
+    ) -> Result<(u64, bool), ApiError> {
+        check_event_id(event_id)?;
+        validate::text("title", title, 200, false)?;
+        check_body("content", content, self.cfg().max_content_chars, true)?;
+        check_links(&links)?;
+        let now = self.now();
+        let fresh = note_id(now, event_id);
+        let id = match self.inner.store.claim_event(event_id, fresh).await? {
+            Claim::Claimed => fresh,
+            Claim::Held(prev) => {
+                if self.inner.store.announces(prev + 1, 1).await?.first().map(id_of) == Some(prev) {
+                    return Ok((prev, true));
+                }
+                // Claimed by a call that died before writing: finish it under the claimed id.
+                prev
+            }
+        };
+        let rec = NoteRecord {
+            note: Some(Notification {
+                id,
+                kind: NotificationKind::Announce as i32,
+                title: title.into(),
+                content: content.into(),
+                links,
+                created_at_ms: now as i64,
+                updated_at_ms: now as i64,
+                ..Default::default()
+            }),
+            seq: self.next_seq(),
+            for_all_time,
+            ..Default::default()
+        };
+        self.inner.store.put_announce(&rec).await?;
+        metrics::counter!("feed_notify_created_total", "kind" => "announce").increment(1);
+        Ok((id, false))
+    }
+
+    /// SendMessage: pushed to the recipient at once. Refused across a block;
+    /// the recipient's policy may filter or drop it (a dropped message gets id 0).
+    pub async fn send_message(
+        &self,
+        event_id: &str,
+        sender: UserId,
+        recipient: UserId,
+        content: &str,
+    ) -> Result<(u64, bool), ApiError> {
+        check_event_id(event_id)?;
+        let sender = validate::user_id("sender", sender)?;
+        let recipient = validate::user_id("recipient", recipient)?;
+        if sender == recipient {
+            return Err(ApiError::invalid("recipient", "must not be the sender"));
+        }
+        check_body("content", content, self.cfg().max_content_chars, false)?;
+        let rel = self
+            .inner
+            .graph
+            .relations(sender, &[recipient])
+            .await?
+            .pop()
+            .unwrap_or_default();
+        if rel.blocked {
+            return Err(ApiError::PermissionDenied(
+                "recipient: a block stands between sender and recipient".into(),
+            ));
+        }
+        let (to, from) = (self.state(recipient).await?, self.state(sender).await?);
+        let act = self.decide(&to, rel, &from, false);
+        let now = self.now();
+        let fresh = if act == PolicyAction::Drop {
+            0
+        } else {
+            note_id(now, event_id)
+        };
+        let id = match self.inner.store.claim_event(event_id, fresh).await? {
+            Claim::Claimed => fresh,
+            Claim::Held(0) => return Ok((0, true)),
+            Claim::Held(prev) => {
+                if self.inner.store.note(recipient, prev).await?.is_some() {
+                    return Ok((prev, true));
+                }
+                prev
+            }
+        };
+        if id == 0 {
+            metrics::counter!("feed_notify_dropped_total", "kind" => "message").increment(1);
+            return Ok((0, false));
+        }
+        let rec = NoteRecord {
+            note: Some(Notification {
+                id,
+                kind: NotificationKind::Message as i32,
+                content: content.into(),
+                sender,
+                created_at_ms: now as i64,
+                updated_at_ms: now as i64,
+                filtered: act == PolicyAction::Filter,
+                ..Default::default()
+            }),
+            seq: self.next_seq(),
+            ..Default::default()
+        };
+        if self.inner.store.insert_note(recipient, &rec).await? && act == PolicyAction::Accept {
+            self.push_live(recipient, &rec).await;
+        }
+        metrics::counter!("feed_notify_created_total", "kind" => "message").increment(1);
+        Ok((id, false))
+    }
+}

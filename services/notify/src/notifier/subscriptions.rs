@@ -1,0 +1,131 @@
+//! Subscriptions and per-user configuration.
+
+use feed_core::{ApiError, UserId, validate};
+use feed_proto::notify::v1::{PolicyAction, RecipientPolicy, Subscription, SubscriptionConfig, UserState};
+
+use super::{Notifier, check_name};
+use crate::store::ALWAYS;
+
+impl Notifier {
+    /// Subscribe: the reason must be one the configuration knows.
+    pub async fn subscribe(&self, mut s: Subscription) -> Result<bool, ApiError> {
+        validate::user_id("subscription.user_id", s.user_id)?;
+        check_name("subscription.object_type", &s.object_type, 64)?;
+        validate::text("subscription.object_id", &s.object_id, 256, false)?;
+        if !self.cfg().reasons.contains_key(&s.reason) {
+            return Err(ApiError::invalid(
+                "subscription.reason",
+                format!(
+                    "unknown reason {:?}; known: {:?}",
+                    s.reason,
+                    self.cfg().reasons.keys().collect::<Vec<_>>()
+                ),
+            ));
+        }
+        s.created_at_ms = self.now() as i64;
+        Ok(self.inner.store.subscribe(&s, ALWAYS).await?)
+    }
+
+    /// Unsubscribe from one reason, or every reason when `reason` is empty.
+    pub async fn unsubscribe(
+        &self,
+        user: UserId,
+        object_type: &str,
+        object_id: &str,
+        reason: &str,
+    ) -> Result<bool, ApiError> {
+        check_name("object_type", object_type, 64)?;
+        validate::text("object_id", object_id, 256, false)?;
+        validate::text("reason", reason, 64, true)?;
+        let reason = (!reason.is_empty()).then_some(reason);
+        Ok(self
+            .inner
+            .store
+            .unsubscribe(user, object_type, object_id, reason)
+            .await?)
+    }
+
+    /// A page of `user`'s subscriptions after `after`.
+    pub async fn subscriptions(
+        &self,
+        user: UserId,
+        after: Option<&Subscription>,
+        limit: usize,
+    ) -> Result<Vec<Subscription>, ApiError> {
+        Ok(self.inner.store.subscriptions(user, after, limit).await?)
+    }
+
+    /// The user's effective configuration: every known action with its value, the policy with defaults filled in.
+    pub async fn config(&self, user: UserId) -> Result<SubscriptionConfig, ApiError> {
+        let state = self.state(user).await?;
+        Ok(self.effective_config(user, &state))
+    }
+
+    fn effective_config(&self, user: UserId, state: &UserState) -> SubscriptionConfig {
+        let mut names = self.cfg().known_actions();
+        names.extend(state.actions.keys().cloned());
+        SubscriptionConfig {
+            user_id: user,
+            actions: names
+                .into_iter()
+                .map(|a| {
+                    let on = self.action_on(state, &a);
+                    (a, on)
+                })
+                .collect(),
+            policy: Some(self.effective_policy(state)),
+        }
+    }
+
+    /// Sets the listed actions; replaces the policy when given
+    /// (`UNSPECIFIED` fields mean "the configured default").
+    pub async fn update_config(
+        &self,
+        user: UserId,
+        actions: std::collections::HashMap<String, bool>,
+        policy: Option<RecipientPolicy>,
+    ) -> Result<SubscriptionConfig, ApiError> {
+        if actions.len() > 100 {
+            return Err(ApiError::invalid("actions", "at most 100 entries"));
+        }
+        for a in actions.keys() {
+            check_name(&format!("actions[{a:?}]"), a, 32)?;
+        }
+        if let Some(p) = &policy {
+            for (field, v) in [
+                ("policy.strangers", p.strangers),
+                ("policy.new_accounts", p.new_accounts),
+                ("policy.unsolicited_mentions", p.unsolicited_mentions),
+                ("policy.muted_users", p.muted_users),
+            ] {
+                if PolicyAction::try_from(v).is_err() {
+                    return Err(ApiError::invalid(field, format!("unknown policy action {v}")));
+                }
+            }
+        }
+        let _g = self.lock(user).await;
+        let mut state = self.state(user).await?;
+        state.actions.extend(actions);
+        if policy.is_some() {
+            state.policy = policy;
+        }
+        self.inner.store.put_user_state(user, &state).await?;
+        Ok(self.effective_config(user, &state))
+    }
+
+    /// Records when an account was created.
+    pub async fn register_user(&self, user: UserId, created_at_ms: i64) -> Result<(), ApiError> {
+        if created_at_ms < 0 {
+            return Err(ApiError::invalid("created_at_ms", "must not be negative"));
+        }
+        let _g = self.lock(user).await;
+        let mut state = self.state(user).await?;
+        state.created_at_ms = if created_at_ms == 0 {
+            self.now() as i64
+        } else {
+            created_at_ms
+        };
+        self.inner.store.put_user_state(user, &state).await?;
+        Ok(())
+    }
+}

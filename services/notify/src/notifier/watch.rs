@@ -1,0 +1,109 @@
+//! Watch: the live stream with heartbeats, resume and slow-client drops.
+
+use feed_core::{ApiError, UserId};
+use feed_proto::notify::v1::{WatchEvent, watch_event};
+use tokio::sync::mpsc;
+
+use super::Notifier;
+use crate::live::EventId;
+
+/// Live entries read per round trip.
+const LIVE_BATCH: usize = 100;
+
+impl Notifier {
+    /// Watch: the user's live notifications from after `resume_after` (or
+    /// from now), with heartbeats. The stream ends with RESOURCE_EXHAUSTED
+    /// when the client falls a buffer behind (it resumes from its last id)
+    /// and with UNAVAILABLE on shutdown.
+    pub fn watch(&self, user: UserId, resume_after: Option<EventId>) -> mpsc::Receiver<Result<WatchEvent, ApiError>> {
+        let (tx, rx) = mpsc::channel(self.cfg().watch_buffer);
+        let this = self.clone();
+        tokio::spawn(async move {
+            metrics::gauge!("feed_notify_watch_streams").increment(1.0);
+            if let Err(e) = this.pump(user, resume_after, &tx).await
+                && !tx.is_closed()
+            {
+                let _ = tx.try_send(Err(e));
+            }
+            metrics::gauge!("feed_notify_watch_streams").decrement(1.0);
+        });
+        rx
+    }
+
+    /// Queues an event for the client, waiting up to `slow_client` for room.
+    /// The last slot is never used for an event: it is kept for the error
+    /// that ends the stream of a client that stopped reading.
+    async fn send(&self, tx: &mpsc::Sender<Result<WatchEvent, ApiError>>, ev: WatchEvent) -> Result<(), ApiError> {
+        match tokio::time::timeout(self.cfg().slow_client, tx.reserve_many(2)).await {
+            Ok(Ok(mut permits)) => {
+                if let Some(p) = permits.next() {
+                    p.send(Ok(ev));
+                }
+                Ok(())
+            }
+            Ok(Err(_)) => Err(ApiError::Unavailable("stream closed".into())),
+            Err(_) => {
+                metrics::counter!("feed_notify_watch_slow_drops_total").increment(1);
+                Err(ApiError::ResourceExhausted(
+                    "client too slow: reconnect with resume_after".into(),
+                ))
+            }
+        }
+    }
+
+    async fn pump(
+        &self,
+        user: UserId,
+        resume_after: Option<EventId>,
+        tx: &mpsc::Sender<Result<WatchEvent, ApiError>>,
+    ) -> Result<(), ApiError> {
+        let live = &self.inner.live;
+        // Subscribe first: anything appended while the backlog is read still wakes us.
+        let mut wake = live.wake(user);
+        let mut last = match resume_after {
+            Some(id) => Some(id),
+            None => live.last_id(user).await?,
+        };
+        let mut heartbeat = tokio::time::interval(self.cfg().heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        loop {
+            loop {
+                let batch = live.read_after(user, last, LIVE_BATCH).await?;
+                for (id, n) in &batch {
+                    self.send(
+                        tx,
+                        WatchEvent {
+                            event_id: id.to_string(),
+                            event: Some(watch_event::Event::Notification(n.clone())),
+                        },
+                    )
+                    .await?;
+                    last = Some(*id);
+                }
+                if batch.len() < LIVE_BATCH {
+                    break;
+                }
+            }
+            tokio::select! {
+                changed = wake.changed() => {
+                    if changed.is_err() {
+                        return Err(ApiError::Unavailable("live log closed".into()));
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    self.send(tx, WatchEvent {
+                        event_id: last.map(|l| l.to_string()).unwrap_or_default(),
+                        event: Some(watch_event::Event::Heartbeat(feed_proto::notify::v1::Heartbeat {
+                            server_time_ms: self.now() as i64,
+                        })),
+                    }).await?;
+                }
+                _ = self.inner.shutdown.wait() => {
+                    return Err(ApiError::Unavailable("server shutting down; resume with resume_after".into()));
+                }
+                _ = tx.closed() => return Ok(()),
+            }
+        }
+    }
+}
