@@ -144,7 +144,7 @@ pub async fn services(
     }
     publish::spawn_sweeper(publisher.clone(), cfg, shutdown.clone());
     publish::spawn_edge_tail(publisher.clone(), shutdown.clone());
-    publish::register(&mut set, publisher.clone(), graph, inbox.clone(), auth);
+    publish::register(&mut set, publisher.clone(), inbox.clone(), auth);
 
     // In one process the timeline calls the services directly, not over loopback gRPC.
     let sources = InProcessSources::new(follow_graph, publisher, inbox.clone());

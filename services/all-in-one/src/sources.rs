@@ -87,10 +87,7 @@ impl timeline::Sources for InProcessSources {
     }
 
     async fn rebuild(&self, user: UserId) -> Result<(), ApiError> {
-        let following = self.following(user).await?;
-        self.publisher
-            .rebuild_inbox(self.inbox.as_ref(), user, &following)
-            .await?;
+        self.publisher.rebuild(self.inbox.as_ref(), user).await?;
         Ok(())
     }
 }

@@ -20,8 +20,8 @@ use feed_server::Shutdown;
 use tonic::transport::Channel;
 
 use crate::graph::Graph;
+use crate::publisher::{LoadedJob, Publisher, fanout_job_id, purge_job_id};
 use crate::queue::{Delivery, EventQueue, JobQueue};
-use crate::service::{LoadedJob, Publisher, fanout_job_id, purge_job_id};
 
 /// Where workers read and settle job records.
 #[async_trait]

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use feed_core::{ApiError, FeedRef, PageToken, validate, visibility};
+use feed_core::{ApiError, FeedRef, PageToken, validate};
 use feed_inbox::InboxStore;
 use feed_proto::common::v1::Activity;
 use feed_proto::publish::v1 as pb;
@@ -10,8 +10,7 @@ use feed_proto::publish::v1::publish_service_server::PublishService;
 use feed_server::{Caller, auth::Role};
 use tonic::{Request, Response, Status};
 
-use crate::graph::Graph;
-use crate::service::Publisher;
+use crate::publisher::{Publisher, Reader};
 
 const SCHEDULED_TOKEN: u8 = 0x11;
 const DEAD_TOKEN: u8 = 0x12;
@@ -20,18 +19,13 @@ const DEAD_TOKEN: u8 = 0x12;
 #[derive(Clone)]
 pub struct PublishGrpc {
     publisher: Publisher,
-    graph: Arc<dyn Graph>,
     inbox: Arc<dyn InboxStore>,
 }
 
 impl PublishGrpc {
-    /// Wraps the domain service; `graph` and `inbox` serve visibility checks and rebuilds.
-    pub fn new(publisher: Publisher, graph: Arc<dyn Graph>, inbox: Arc<dyn InboxStore>) -> Self {
-        Self {
-            publisher,
-            graph,
-            inbox,
-        }
+    /// Wraps the domain service; `inbox` is where RebuildInbox writes.
+    pub fn new(publisher: Publisher, inbox: Arc<dyn InboxStore>) -> Self {
+        Self { publisher, inbox }
     }
 
     async fn resolve(&self, caller: &Caller, r: Option<&pb::ActivityRef>) -> Result<Activity, ApiError> {
@@ -115,32 +109,12 @@ impl PublishService for PublishGrpc {
         if r.include_deleted {
             caller.require_internal()?;
         }
-        let (found, mut missing) = self.publisher.get(&r.ids, r.include_deleted).await?;
-        let activities = if caller.role == Role::Internal {
-            found.into_iter().map(Arc::unwrap_or_clone).collect()
+        let reader = if caller.role == Role::Internal {
+            Reader::Internal
         } else {
-            // A bff reader sees only what the visibility rules let its user see.
-            let viewer = caller.user_id;
-            let mut visible = Vec::with_capacity(found.len());
-            for a in found {
-                let follows = match viewer {
-                    Some(v) if a.visibility == feed_proto::common::v1::Visibility::Followers as i32 => self
-                        .graph
-                        .follows(v, &[FeedRef::user(a.actor)])
-                        .await?
-                        .first()
-                        .copied()
-                        .unwrap_or(false),
-                    _ => false,
-                };
-                if visibility::can_see(&a, viewer, || follows) {
-                    visible.push(Arc::unwrap_or_clone(a));
-                } else {
-                    missing.push(a.id);
-                }
-            }
-            visible
+            Reader::User(caller.user_id)
         };
+        let (activities, missing) = self.publisher.get_for(reader, &r.ids, r.include_deleted).await?;
         Ok(Response::new(pb::GetActivitiesResponse {
             activities,
             missing_ids: missing,
@@ -192,11 +166,7 @@ impl PublishService for PublishGrpc {
     ) -> Result<Response<pb::RebuildInboxResponse>, Status> {
         Caller::of(&req)?.require_internal()?;
         let user = validate::user_id("user_id", req.get_ref().user_id)?;
-        let following = self.graph.following(user).await?;
-        let n = self
-            .publisher
-            .rebuild_inbox(self.inbox.as_ref(), user, &following)
-            .await?;
+        let n = self.publisher.rebuild(self.inbox.as_ref(), user).await?;
         Ok(Response::new(pb::RebuildInboxResponse { entries: n as u32 }))
     }
 
@@ -267,15 +237,11 @@ impl PublishService for PublishGrpc {
         req: Request<pb::GetFanoutLagRequest>,
     ) -> Result<Response<pb::GetFanoutLagResponse>, Status> {
         Caller::of(&req)?.require_internal()?;
-        let s = self.publisher.lag().await?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let lag = self.publisher.lag().await?;
         Ok(Response::new(pb::GetFanoutLagResponse {
-            pending_jobs: s.pending,
-            oldest_pending_age_ms: if s.pending == 0 { 0 } else { now - s.oldest_created_ms },
-            dead_letters: s.dead,
+            pending_jobs: lag.pending_jobs,
+            oldest_pending_age_ms: lag.oldest_pending_age_ms,
+            dead_letters: lag.dead_letters,
         }))
     }
 

@@ -4,8 +4,8 @@
 pub mod fanout;
 pub mod graph;
 pub mod grpc;
+pub mod publisher;
 pub mod queue;
-pub mod service;
 pub mod store;
 pub mod validate;
 
@@ -20,8 +20,8 @@ use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown};
 
 pub use fanout::{FanoutWorker, JobLedger, WorkerConfig};
 pub use graph::{Graph, GrpcGraph};
+pub use publisher::{PublishConfig, Publisher};
 pub use queue::{EventQueue, JobQueue, MemoryQueue, RedisQueue};
-pub use service::{PublishConfig, Publisher};
 use store::ActivityStore;
 
 /// The gRPC name of this service.
@@ -155,16 +155,10 @@ pub fn system_clock() -> Arc<dyn Clock> {
 }
 
 /// Adds PublishService, its health name and readiness check to `set`.
-pub fn register(
-    set: &mut ServiceSet,
-    publisher: Publisher,
-    graph: Arc<dyn Graph>,
-    inbox: Arc<dyn InboxStore>,
-    auth: &Authenticator,
-) {
+pub fn register(set: &mut ServiceSet, publisher: Publisher, inbox: Arc<dyn InboxStore>, auth: &Authenticator) {
     let store = publisher.store().clone();
     set.routes.add_service(PublishServiceServer::with_interceptor(
-        grpc::PublishGrpc::new(publisher, graph, inbox),
+        grpc::PublishGrpc::new(publisher, inbox),
         auth.interceptor(),
     ));
     set.names.push(SERVICE_NAME);

@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
         publish::spawn_sweeper(publisher.clone(), &cfg, shutdown.clone());
         publish::spawn_edge_tail(publisher.clone(), shutdown.clone());
         let mut set = ServiceSet::default();
-        publish::register(&mut set, publisher, graph, inbox, &auth);
+        publish::register(&mut set, publisher, inbox, &auth);
         Ok(Some(set))
     };
     let result = run_after_signal(&[publish::SERVICE_NAME], &start, build, &cfg.server, shutdown.clone()).await;

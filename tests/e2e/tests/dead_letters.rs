@@ -123,7 +123,7 @@ async fn failing_jobs_are_dead_lettered_listed_and_replayed() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].attempts, 2);
     assert!(dead[0].error.contains("follow-graph down"), "{}", dead[0].error);
-    assert_eq!(publisher.lag().await.expect("lag").dead, 1);
+    assert_eq!(publisher.lag().await.expect("lag").dead_letters, 1);
 
     flaky.down.store(false, Ordering::SeqCst);
     assert_eq!(publisher.replay_dead(&[]).await.expect("replay"), 1);
@@ -136,5 +136,5 @@ async fn failing_jobs_are_dead_lettered_listed_and_replayed() {
     );
     feed_e2e::inproc::settle_events(events.as_ref(), &publisher).await;
     let lag = publisher.lag().await.expect("lag");
-    assert_eq!((lag.pending, lag.dead), (0, 0));
+    assert_eq!((lag.pending_jobs, lag.dead_letters), (0, 0));
 }

@@ -1,0 +1,134 @@
+//! Edge jobs from follow-graph's edge change log: tailing it, the window of
+//! late changes, and the jobs each change becomes.
+
+use feed_core::{ApiError, UserId};
+use feed_proto::events::v1::edge_change::Cause;
+use feed_proto::events::v1::{EdgeChange, EdgeJob, EdgeJobKind, Job, job};
+
+use super::Publisher;
+
+/// Deterministic id of an edge job: one per edge version.
+pub fn edge_job_id(follower: UserId, feed: &str, version: u64) -> String {
+    format!("edge/{follower}/{feed}/{version}")
+}
+
+fn edge_job_id_of(c: &EdgeChange) -> String {
+    edge_job_id(c.follower_id, &c.feed, c.edge_version)
+}
+
+/// Edge log entries read per call.
+const EDGE_PAGE: u32 = 1000;
+
+impl Publisher {
+    /// Turns new entries of follow-graph's edge change log into durable
+    /// edge jobs (the cursor advances in the same write), then enqueues them:
+    /// a backfill when the edge now exists, a purge when it does not.
+    /// Returns the number of changes consumed.
+    pub async fn ingest_edges(&self) -> Result<usize, ApiError> {
+        let mut consumed = 0;
+        loop {
+            let cursor = self.store.edge_cursor().await?;
+            let changes = self.graph.edge_changes(cursor, EDGE_PAGE).await?;
+            let Some(last) = changes.last().map(|c| c.seq) else {
+                return Ok(consumed);
+            };
+            let jobs = self.edge_jobs(&changes);
+            self.store.record_edge_jobs(&jobs, last).await?;
+            self.remember_ingested(&changes);
+            self.enqueue(&jobs).await;
+            consumed += changes.len();
+            if changes.len() < EDGE_PAGE as usize {
+                return Ok(consumed);
+            }
+        }
+    }
+
+    /// Re-reads the log's trailing window behind the cursor
+    /// ([`feed_core::edge_log`]) and turns the changes committed there after
+    /// the cursor passed them into jobs; what was already turned into a job
+    /// is known by its deterministic job id. After a restart the window is
+    /// taken once more (its jobs are idempotent). Returns the late changes.
+    pub async fn ingest_late_edges(&self) -> Result<usize, ApiError> {
+        let cursor = self.store.edge_cursor().await?;
+        let mut after = feed_core::edge_log::window_start(cursor);
+        let mut late = 0;
+        loop {
+            let changes = self.graph.edge_changes(after, EDGE_PAGE).await?;
+            let Some(last) = changes.last().map(|c| c.seq) else {
+                break;
+            };
+            let missed: Vec<EdgeChange> = {
+                let seen = self.ingested.lock().unwrap_or_else(|p| p.into_inner());
+                changes
+                    .iter()
+                    .filter(|c| c.seq <= cursor && !seen.contains_key(&edge_job_id_of(c)))
+                    .cloned()
+                    .collect()
+            };
+            if !missed.is_empty() {
+                tracing::warn!(
+                    changes = missed.len(),
+                    "edge changes committed behind the cursor; ingesting them"
+                );
+                let jobs = self.edge_jobs(&missed);
+                // The cursor stays: it already passed these.
+                self.store.put_jobs(&jobs).await?;
+                self.remember_ingested(&missed);
+                self.enqueue(&jobs).await;
+                late += missed.len();
+            }
+            if changes.len() < EDGE_PAGE as usize || last >= cursor {
+                break;
+            }
+            after = last;
+        }
+        let floor = feed_core::edge_log::window_start(cursor);
+        self.ingested
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, seq| *seq >= floor);
+        Ok(late)
+    }
+
+    fn remember_ingested(&self, changes: &[EdgeChange]) {
+        let mut seen = self.ingested.lock().unwrap_or_else(|p| p.into_inner());
+        for c in changes {
+            seen.insert(edge_job_id_of(c), c.seq);
+        }
+    }
+
+    /// One job per change, for the edge's new state: a job of an older
+    /// version is skipped (Invariant 4), so a change without one (a mute
+    /// after an unfollow) would strand its purge. A lifted block or mute
+    /// brings back the author's items through every followed feed
+    /// (Invariant 5), which covers the backfill of user:<author> itself.
+    fn edge_jobs(&self, changes: &[EdgeChange]) -> Vec<Job> {
+        let now = self.now();
+        changes
+            .iter()
+            .map(|c| {
+                let relaxed = matches!(
+                    Cause::try_from(c.cause).unwrap_or(Cause::Unspecified),
+                    Cause::Unblock | Cause::Unmute
+                );
+                let kind = if relaxed {
+                    EdgeJobKind::Relax
+                } else if c.following {
+                    EdgeJobKind::Backfill
+                } else {
+                    EdgeJobKind::Purge
+                };
+                Job {
+                    job_id: edge_job_id_of(c),
+                    created_at_ms: now,
+                    kind: Some(job::Kind::Edge(EdgeJob {
+                        kind: kind as i32,
+                        follower_id: c.follower_id,
+                        feed: c.feed.clone(),
+                        edge_version: c.edge_version,
+                    })),
+                }
+            })
+            .collect()
+    }
+}

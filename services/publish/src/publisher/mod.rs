@@ -1,0 +1,114 @@
+//! Publish domain logic: accept activities, fix their delivery mode, record
+//! them with their jobs, and serve job records to fanout workers.
+
+mod admin;
+mod edges;
+mod jobs;
+mod reads;
+mod rebuild;
+mod schedule;
+mod write;
+
+pub use admin::FanoutLag;
+pub use edges::edge_job_id;
+pub use jobs::{LoadedJob, fanout_job_id, purge_job_id};
+pub use reads::Reader;
+pub use write::Published;
+
+use std::sync::Arc;
+
+use feed_core::{ApiError, Clock, IdGenerator};
+
+use crate::graph::Graph;
+use crate::queue::JobQueue;
+use crate::store::{ActivityStore, StoreError};
+use crate::validate::Limits;
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => ApiError::Unavailable(m),
+            StoreError::Backend(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+/// Publish settings.
+#[derive(Debug, Clone)]
+pub struct PublishConfig {
+    /// Input limits.
+    pub limits: Limits,
+    /// Failed attempts before a job is dead-lettered.
+    pub max_attempts: u32,
+    /// Inbox cap (rebuilds read this many ids per followed feed).
+    pub inbox_cap: usize,
+    /// Feed kinds an actor may target with `to` only if they follow the feed
+    /// (membership stands in for "may post here" until a policy service exists).
+    pub member_only_kinds: Vec<String>,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            max_attempts: 5,
+            inbox_cap: 800,
+            member_only_kinds: vec!["group".into(), "company".into()],
+        }
+    }
+}
+
+/// The publish service.
+#[derive(Clone)]
+pub struct Publisher {
+    store: Arc<dyn ActivityStore>,
+    graph: Arc<dyn Graph>,
+    queue: Arc<dyn JobQueue>,
+    ids: IdGenerator,
+    clock: Arc<dyn Clock>,
+    cfg: Arc<PublishConfig>,
+    /// Edge jobs made from the log's trailing window, by job id, with
+    /// their positions (see [`Publisher::ingest_late_edges`]).
+    ingested: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+}
+
+impl Publisher {
+    /// A publisher over its dependencies.
+    pub fn new(
+        store: Arc<dyn ActivityStore>,
+        graph: Arc<dyn Graph>,
+        queue: Arc<dyn JobQueue>,
+        ids: IdGenerator,
+        clock: Arc<dyn Clock>,
+        cfg: PublishConfig,
+    ) -> Self {
+        Self {
+            store,
+            graph,
+            queue,
+            ids,
+            clock,
+            cfg: Arc::new(cfg),
+            ingested: Arc::default(),
+        }
+    }
+
+    /// The store (readiness, sweeper).
+    pub fn store(&self) -> &Arc<dyn ActivityStore> {
+        &self.store
+    }
+
+    /// The queue (workers, sweeper).
+    pub fn queue(&self) -> &Arc<dyn JobQueue> {
+        &self.queue
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms() as i64
+    }
+
+    /// The inbox cap (backfills read this many entries per feed).
+    pub fn inbox_cap(&self) -> usize {
+        self.cfg.inbox_cap
+    }
+}
