@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use feed_server::{Authenticator, FeedConfig, ServeOptions, ServiceSet, Shutdown, StartUp, serve_after};
+use feed_server::{Authenticator, BuildContext, FeedConfig, ServeOptions, ServiceSet, Shutdown, StartUp, serve_after};
 use follow_graph::FollowGraph;
 
 pub mod sources;
@@ -95,110 +95,102 @@ pub const SERVICE_NAMES: [&str; 4] = [
     notify::SERVICE_NAME,
 ];
 
-/// Builds every service on `stores`,
-/// starting the fanout workers and the sweeper. Services call each other
-/// over gRPC on `self_addr` (this process's own listener).
+/// Builds every service on `stores` through the same crate functions the
+/// separate binaries use, with the fanout workers, sweepers and tails as
+/// owned background tasks. Services call each other over gRPC on
+/// `self_addr` (this process's own listener), except the timeline, which
+/// reads follow-graph and publish in process.
 pub async fn services(
     cfg: &FeedConfig,
     stores: Stores,
-    auth: &Authenticator,
-    token: &str,
+    ctx: &BuildContext,
     self_addr: std::net::SocketAddr,
-    shutdown: &Shutdown,
 ) -> anyhow::Result<ServiceSet> {
+    let mut cfg = cfg.clone();
+    for url in [&mut cfg.clients.follow_graph_url, &mut cfg.clients.publish_url] {
+        if url.is_empty() {
+            *url = format!("http://{self_addr}");
+        }
+    }
+    let cfg = &cfg;
+    let token = &cfg.clients.token;
     let mut set = ServiceSet::default();
     let follow_graph = FollowGraph::new(stores.graph);
-    follow_graph::register(&mut set, follow_graph.clone(), auth);
+    follow_graph::register(&mut set, follow_graph.clone(), &ctx.auth);
 
-    let url = |configured: &str| {
-        if configured.is_empty() {
-            format!("http://{self_addr}")
-        } else {
-            configured.to_owned()
-        }
-    };
-    let channel = feed_server::client::balanced(&url(&cfg.clients.follow_graph_url))?;
+    let channel = feed_server::client::balanced(&cfg.clients.follow_graph_url)?;
     let graph: Arc<dyn publish::Graph> = Arc::new(publish::GrpcGraph::new(channel, token)?);
-    let clock = publish::system_clock();
     let queue = publish::open_queue(cfg).await?;
+    // The events publish emits reach notify on the same queue (in process, or the Redis Stream).
     let events = publish::open_event_queue(cfg).await?;
-    let inbox = publish::open_inbox(cfg, clock.clone()).await?;
-    let publisher = publish::Publisher::new(
-        stores.activities,
-        graph.clone(),
-        queue.clone(),
-        publish::id_generator(cfg, clock.clone(), shutdown).await?,
-        clock,
-        publish::publish_config(cfg),
-    );
-    for _ in 0..cfg.fanout.workers {
-        let worker = publish::FanoutWorker::new(
-            Arc::new(publisher.clone()),
-            queue.clone(),
-            events.clone(),
-            graph.clone(),
-            inbox.clone(),
-            publish::worker_config(cfg),
-        );
-        tokio::spawn(worker.run(shutdown.clone()));
-    }
-    publish::spawn_sweeper(publisher.clone(), cfg, shutdown.clone());
-    publish::spawn_edge_tail(publisher.clone(), shutdown.clone());
-    publish::register(&mut set, publisher.clone(), inbox.clone(), auth);
+    let inbox = publish::open_inbox(cfg, publish::system_clock()).await?;
+    let deps = publish::Deps {
+        store: stores.activities,
+        graph: graph.clone(),
+        queue: queue.clone(),
+        inbox: inbox.clone(),
+    };
+    let publisher = publish::app::build(cfg, deps, ctx, &mut set).await?;
+    let ledger = Arc::new(publisher.clone());
+    let workers = publish::app::WorkerDeps {
+        ledger,
+        queue,
+        events: events.clone(),
+        graph,
+        inbox: inbox.clone(),
+    };
+    publish::app::spawn_workers(cfg, workers, &ctx.shutdown, &mut set.tasks);
 
     // In one process the timeline calls the services directly, not over loopback gRPC.
     let sources = InProcessSources::new(follow_graph, publisher, inbox.clone());
-    let tl = timeline::Timeline::new(Arc::new(sources), inbox.clone(), timeline::TimelineConfig::default());
-    timeline::register(&mut set, tl, inbox, auth);
+    timeline::build(cfg, Arc::new(sources), inbox, &ctx.auth, &mut set);
 
-    let notify_graph = Arc::new(notify::GrpcGraph::new(
-        feed_server::client::balanced(&url(&cfg.clients.follow_graph_url))?,
-        token,
-    )?);
-    let remind_jobs = notify::open_jobs(cfg).await?;
-    let notifier = notify::notifier(
-        cfg,
-        stores.notes,
-        notify::open_live(cfg).await?,
-        notify_graph,
-        remind_jobs.clone(),
-        shutdown.clone(),
-    )?;
-    // The events publish emits reach notify on the same queue (in process, or the Redis Stream).
-    let ledger = Arc::new(notify::GrpcEventLedger::new(
-        feed_server::client::balanced(&url(&cfg.clients.publish_url))?,
-        token,
-    )?);
-    notify::start_background(&notifier, events, ledger, remind_jobs, shutdown);
-    notify::register(&mut set, notifier, auth);
+    let deps = notify::Deps {
+        store: stores.notes,
+        graph: Arc::new(notify::GrpcGraph::new(
+            feed_server::client::balanced(&cfg.clients.follow_graph_url)?,
+            token,
+        )?),
+        live: notify::open_live(cfg).await?,
+        jobs: notify::open_jobs(cfg).await?,
+        events,
+        ledger: Arc::new(notify::GrpcEventLedger::new(
+            feed_server::client::balanced(&cfg.clients.publish_url)?,
+            token,
+        )?),
+    };
+    notify::build(cfg, deps, ctx, &mut set)?;
     Ok(set)
 }
 
 /// Serves every service on `listener` until `shutdown`, then drains.
 /// `token` is the internal token the services use to call each other.
 pub async fn run(
-    cfg: FeedConfig,
+    mut cfg: FeedConfig,
     auth: Authenticator,
     token: String,
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let self_addr = listener.local_addr()?;
+    cfg.clients.token = token;
     let server = cfg.server.clone();
-    let stop = shutdown.clone();
-    let start = StartUp::default();
+    let ctx = BuildContext {
+        auth,
+        start: StartUp::default(),
+        shutdown: shutdown.clone(),
+    };
     // Health answers NOT_SERVING while the stores are unreachable (a CQL
     // node down at start); the log says why.
-    let opening = start.clone();
-    let build = async move {
-        let Some(stores) = opening.retry_until("storage", &stop, || Stores::open(&cfg)).await else {
+    let build = async {
+        let Some(stores) = ctx.open("storage", || Stores::open(&cfg)).await else {
             return Ok(None);
         };
-        services(&cfg, stores, &auth, &token, self_addr, &stop).await.map(Some)
+        services(&cfg, stores, &ctx, self_addr).await.map(Some)
     };
     serve_after(
         &SERVICE_NAMES,
-        &start,
+        &ctx.start,
         build,
         ServeOptions {
             config: server,

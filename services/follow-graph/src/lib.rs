@@ -63,3 +63,28 @@ pub async fn migrate(cfg: &FeedConfig) -> anyhow::Result<()> {
     tracing::info!(keyspace = %cfg.scylla.keyspace, "follow-graph schema applied");
     Ok(())
 }
+
+/// The follow-graph binary: the service on its configured store.
+pub struct App;
+
+impl feed_server::Application for App {
+    const NAME: &'static str = "follow-graph";
+    const HEALTH_NAMES: &'static [&'static str] = &[SERVICE_NAME];
+
+    async fn migrate(cfg: &FeedConfig) -> anyhow::Result<()> {
+        migrate(cfg).await
+    }
+
+    fn check(_: &FeedConfig) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    async fn build(cfg: &FeedConfig, ctx: &feed_server::BuildContext) -> anyhow::Result<Option<ServiceSet>> {
+        let Some(store) = ctx.open("follow-graph storage", || open_store(cfg)).await else {
+            return Ok(None);
+        };
+        let mut set = ServiceSet::default();
+        register(&mut set, FollowGraph::new(store), &ctx.auth);
+        Ok(Some(set))
+    }
+}

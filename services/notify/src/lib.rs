@@ -17,13 +17,14 @@ use feed_core::SystemClock;
 use feed_proto::events::v1::ActivityEvent;
 use feed_proto::notify::v1::RemindJob;
 use feed_proto::notify::v1::notify_service_server::NotifyServiceServer;
+use feed_server::app::require;
 use feed_server::queue::{JobQueue, MemoryQueue, RedisQueue};
-use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown};
+use feed_server::{Authenticator, BuildContext, FeedConfig, ServiceSet, Shutdown, Tasks};
 
 pub use graph::{Graph, GrpcGraph};
 pub use ledger::{EventLedger, GrpcEventLedger};
 pub use live::{LiveLog, MemoryLive, RedisLive};
-pub use notifier::{Notifier, NotifyConfig};
+pub use notifier::{Notifier, NotifyRules};
 pub use store::NotifyStore;
 
 /// The gRPC name of this service.
@@ -103,7 +104,7 @@ pub fn notifier(
         graph,
         jobs,
         Arc::new(SystemClock),
-        NotifyConfig::from_config(&cfg.notify)?,
+        NotifyRules::from_config(&cfg.notify)?,
         shutdown,
     ))
 }
@@ -114,38 +115,48 @@ pub fn consumer_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Starts the background work: the activity event consumer, the remind
-/// job worker and the sweeper.
+/// Starts the background work into `tasks`: the activity event consumer,
+/// the remind job worker and the sweeper.
 pub fn start_background(
     notifier: &Notifier,
     events: Arc<dyn JobQueue<ActivityEvent>>,
     ledger: Arc<dyn EventLedger>,
     jobs: Arc<dyn JobQueue<RemindJob>>,
     shutdown: &Shutdown,
+    tasks: &mut Tasks,
 ) {
     let name = consumer_name();
-    worker::spawn_event_consumer(
-        notifier.clone(),
-        events.clone(),
-        ledger,
-        format!("{name}-events"),
-        shutdown.clone(),
+    tasks.spawn(
+        "activity event consumer",
+        worker::event_consumer(
+            notifier.clone(),
+            events.clone(),
+            ledger,
+            format!("{name}-events"),
+            shutdown.clone(),
+        ),
     );
-    worker::spawn_remind_worker(
-        notifier.clone(),
-        jobs.clone(),
-        format!("{name}-reminds"),
-        shutdown.clone(),
+    tasks.spawn(
+        "remind worker",
+        worker::remind_worker(
+            notifier.clone(),
+            jobs.clone(),
+            format!("{name}-reminds"),
+            shutdown.clone(),
+        ),
     );
-    worker::spawn_sweeper(
-        notifier.clone(),
-        vec![
-            Box::new(move || trim(events.clone())),
-            Box::new(move || trim(jobs.clone())),
-        ],
-        Duration::from_secs(5),
-        Duration::from_secs(60),
-        shutdown.clone(),
+    tasks.spawn(
+        "remind sweeper",
+        worker::sweeper(
+            notifier.clone(),
+            vec![
+                Box::new(move || trim(events.clone())),
+                Box::new(move || trim(jobs.clone())),
+            ],
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+            shutdown.clone(),
+        ),
     );
 }
 
@@ -165,4 +176,86 @@ pub fn register(set: &mut ServiceSet, notifier: Notifier, auth: &Authenticator) 
         let store = store.clone();
         Box::pin(async move { store.ping().await.is_ok() })
     }));
+}
+
+/// What NotifyService is built on besides its store.
+pub struct Deps {
+    /// Notifications, subscriptions, user state.
+    pub store: Arc<dyn NotifyStore>,
+    /// follow-graph (recipient policy, visibility of mentions).
+    pub graph: Arc<dyn Graph>,
+    /// The live log Watch reads.
+    pub live: Arc<dyn LiveLog>,
+    /// Remind jobs beyond the first page.
+    pub jobs: Arc<dyn JobQueue<RemindJob>>,
+    /// publish's activity events.
+    pub events: Arc<dyn JobQueue<ActivityEvent>>,
+    /// Where processed events are settled (publish).
+    pub ledger: Arc<dyn EventLedger>,
+}
+
+/// Builds NotifyService on `deps` into `set`, its background work (event
+/// consumer, remind worker, sweeper) owned by the set.
+pub fn build(cfg: &FeedConfig, deps: Deps, ctx: &BuildContext, set: &mut ServiceSet) -> anyhow::Result<Notifier> {
+    let notifier = notifier(
+        cfg,
+        deps.store,
+        deps.live,
+        deps.graph,
+        deps.jobs.clone(),
+        ctx.shutdown.clone(),
+    )?;
+    start_background(
+        &notifier,
+        deps.events,
+        deps.ledger,
+        deps.jobs,
+        &ctx.shutdown,
+        &mut set.tasks,
+    );
+    register(set, notifier.clone(), &ctx.auth);
+    Ok(notifier)
+}
+
+/// The notify binary: NotifyService on its store, with the live log, remind
+/// jobs and activity events on Redis.
+pub struct App;
+
+impl feed_server::Application for App {
+    const NAME: &'static str = "notify";
+    const HEALTH_NAMES: &'static [&'static str] = &[SERVICE_NAME];
+
+    async fn migrate(cfg: &FeedConfig) -> anyhow::Result<()> {
+        migrate(cfg).await
+    }
+
+    fn check(cfg: &FeedConfig) -> anyhow::Result<()> {
+        require("redis.url", &cfg.redis.url)?;
+        require("clients.follow_graph_url", &cfg.clients.follow_graph_url)?;
+        require("clients.publish_url", &cfg.clients.publish_url)?;
+        require("clients.token", &cfg.clients.token)
+    }
+
+    async fn build(cfg: &FeedConfig, ctx: &BuildContext) -> anyhow::Result<Option<ServiceSet>> {
+        let Some(store) = ctx.open("notify storage", || open_store(cfg)).await else {
+            return Ok(None);
+        };
+        let deps = Deps {
+            store,
+            graph: Arc::new(GrpcGraph::new(
+                feed_server::client::balanced(&cfg.clients.follow_graph_url)?,
+                &cfg.clients.token,
+            )?),
+            live: open_live(cfg).await?,
+            jobs: open_jobs(cfg).await?,
+            events: open_events(cfg).await?,
+            ledger: Arc::new(GrpcEventLedger::new(
+                feed_server::client::balanced(&cfg.clients.publish_url)?,
+                &cfg.clients.token,
+            )?),
+        };
+        let mut set = ServiceSet::default();
+        build(cfg, deps, ctx, &mut set)?;
+        Ok(Some(set))
+    }
 }

@@ -66,40 +66,36 @@ where
 
 /// Consumes publish's activity events, settling each one's job in publish
 /// once processed (a redelivered event is harmless: its reminds dedup).
-pub fn spawn_event_consumer(
+pub async fn event_consumer(
     notifier: Notifier,
     events: Arc<dyn JobQueue<ActivityEvent>>,
     ledger: Arc<dyn EventLedger>,
     consumer: String,
     shutdown: Shutdown,
 ) {
-    tokio::spawn(async move {
-        consume(events, consumer, shutdown, |ev: ActivityEvent| {
-            let n = notifier.clone();
-            let ledger = ledger.clone();
-            async move {
-                n.on_activity_event(&ev).await?;
-                ledger.done(&ev.event_id).await
-            }
-        })
-        .await
-    });
+    consume(events, consumer, shutdown, |ev: ActivityEvent| {
+        let n = notifier.clone();
+        let ledger = ledger.clone();
+        async move {
+            n.on_activity_event(&ev).await?;
+            ledger.done(&ev.event_id).await
+        }
+    })
+    .await
 }
 
 /// Delivers remind jobs beyond their first page.
-pub fn spawn_remind_worker(
+pub async fn remind_worker(
     notifier: Notifier,
     jobs: Arc<dyn JobQueue<RemindJob>>,
     consumer: String,
     shutdown: Shutdown,
 ) {
-    tokio::spawn(async move {
-        consume(jobs, consumer, shutdown, |job: RemindJob| {
-            let n = notifier.clone();
-            async move { n.run_remind_job(&job.job_id).await.map(|_| ()) }
-        })
-        .await
-    });
+    consume(jobs, consumer, shutdown, |job: RemindJob| {
+        let n = notifier.clone();
+        async move { n.run_remind_job(&job.job_id).await.map(|_| ()) }
+    })
+    .await
 }
 
 /// Trims a queue's stream below its oldest pending entry.
@@ -108,29 +104,27 @@ pub type Trim = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send
 /// Re-drives remind jobs idle for `stale` (their worker died, or the queue
 /// lost them): the durable record is the job, the queue only carries it.
 /// Also trims the queues notify reads, which nobody else trims.
-pub fn spawn_sweeper(
+pub async fn sweeper(
     notifier: Notifier,
     trims: Vec<Box<dyn Fn() -> Trim + Send + Sync>>,
     every: Duration,
     stale: Duration,
     shutdown: Shutdown,
 ) {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = shutdown.wait() => return,
-            }
-            match notifier.sweep(stale).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(jobs = n, "re-drove stale remind jobs"),
-                Err(e) => tracing::warn!(error = %e, "remind sweep failed"),
-            }
-            for trim in &trims {
-                if let Err(e) = trim().await {
-                    tracing::warn!(error = %e, "stream trim failed");
-                }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait() => return,
+        }
+        match notifier.sweep(stale).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "re-drove stale remind jobs"),
+            Err(e) => tracing::warn!(error = %e, "remind sweep failed"),
+        }
+        for trim in &trims {
+            if let Err(e) = trim().await {
+                tracing::warn!(error = %e, "stream trim failed");
             }
         }
-    });
+    }
 }

@@ -17,7 +17,7 @@ use notify::live::{EventId, LiveLog, MemoryLive};
 use notify::notifier::ListQuery;
 use notify::store::NotifyStore;
 use notify::store::embedded::EmbeddedNotifyStore;
-use notify::{Notifier, NotifyConfig};
+use notify::{Notifier, NotifyRules};
 
 /// Nobody follows or blocks anybody: the graph plays no part in Watch.
 struct NoRelations;
@@ -40,11 +40,11 @@ fn notifier_on(store: Arc<dyn NotifyStore>, live: Arc<MemoryLive>, buffer: usize
         Arc::new(NoRelations),
         Arc::new(MemoryQueue::<RemindJob>::default()),
         Arc::new(ManualClock::new(1_750_000_000_000)),
-        NotifyConfig {
+        NotifyRules {
             watch_buffer: buffer,
             slow_client: Duration::from_millis(300),
             heartbeat: Duration::from_secs(3600),
-            ..NotifyConfig::default()
+            ..NotifyRules::default()
         },
         Shutdown::new(),
     )

@@ -1,6 +1,7 @@
 //! publish: activities (durable), feed outboxes, fanout jobs and the
 //! fanout workers (hybrid push/pull delivery).
 
+pub mod app;
 pub mod fanout;
 pub mod graph;
 pub mod grpc;
@@ -16,11 +17,12 @@ use feed_core::{Clock, IdGenerator, NodeLease, SystemClock};
 use feed_inbox::{InboxStore, MemoryInbox, RedisInbox};
 use feed_proto::events::v1::ActivityEvent;
 use feed_proto::publish::v1::publish_service_server::PublishServiceServer;
-use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown};
+use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown, Tasks};
 
+pub use app::{App, Deps, FANOUT_WORKER_HEALTH, WorkerApp};
 pub use fanout::{FanoutWorker, JobLedger, WorkerConfig};
 pub use graph::{Graph, GrpcGraph};
-pub use publisher::{PublishConfig, Publisher};
+pub use publisher::{PublishRules, Publisher};
 pub use queue::{EventQueue, JobQueue, MemoryQueue, RedisQueue};
 use store::ActivityStore;
 
@@ -28,8 +30,8 @@ use store::ActivityStore;
 pub const SERVICE_NAME: &str = "feed.publish.v1.PublishService";
 
 /// Inbox sizing from configuration.
-pub fn inbox_config(cfg: &FeedConfig) -> feed_inbox::InboxConfig {
-    feed_inbox::InboxConfig {
+pub fn inbox_limits(cfg: &FeedConfig) -> feed_inbox::InboxLimits {
+    feed_inbox::InboxLimits {
         cap: cfg.inbox.cap.max(1),
         ttl_ms: cfg.inbox.ttl_secs.max(1) * 1000,
         cluster: cfg.redis.cluster,
@@ -37,11 +39,11 @@ pub fn inbox_config(cfg: &FeedConfig) -> feed_inbox::InboxConfig {
 }
 
 /// Publish settings from configuration.
-pub fn publish_config(cfg: &FeedConfig) -> PublishConfig {
-    let mut p = PublishConfig {
+pub fn publish_rules(cfg: &FeedConfig) -> PublishRules {
+    let mut p = PublishRules {
         max_attempts: cfg.publish.max_attempts.max(1),
         inbox_cap: cfg.inbox.cap.max(1),
-        ..PublishConfig::default()
+        ..PublishRules::default()
     };
     p.limits.max_extra_bytes = cfg.publish.max_extra_bytes;
     p
@@ -93,9 +95,9 @@ pub async fn migrate(cfg: &FeedConfig) -> anyhow::Result<()> {
 /// Inboxes on Redis when `redis.url` is set, else in memory.
 pub async fn open_inbox(cfg: &FeedConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<dyn InboxStore>> {
     Ok(if cfg.redis.url.is_empty() {
-        Arc::new(MemoryInbox::new(inbox_config(cfg), clock))
+        Arc::new(MemoryInbox::new(inbox_limits(cfg), clock))
     } else {
-        Arc::new(RedisInbox::connect(&cfg.redis.url, inbox_config(cfg)).await?)
+        Arc::new(RedisInbox::connect(&cfg.redis.url, inbox_limits(cfg)).await?)
     })
 }
 
@@ -107,9 +109,6 @@ pub async fn open_queue(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn JobQueue>> {
         Arc::new(RedisQueue::connect(&cfg.redis.url, &cfg.fanout.stream, &cfg.fanout.group).await?)
     })
 }
-
-/// The health service name the fanout-worker binary reports (its probes ask for it).
-pub const FANOUT_WORKER_HEALTH: &str = "feed.publish.v1.FanoutWorker";
 
 /// The queue activity events travel on to notify: a Redis Stream when
 /// `redis.url` is set (notify's consumer group reads it), else in process
@@ -136,7 +135,12 @@ pub fn memory_event_queue() -> Arc<EventQueue> {
 
 /// An id generator: on a leased node id with Redis, on node 0 for a
 /// process that owns its embedded storage alone.
-pub async fn id_generator(cfg: &FeedConfig, clock: Arc<dyn Clock>, shutdown: &Shutdown) -> anyhow::Result<IdGenerator> {
+pub async fn id_generator(
+    cfg: &FeedConfig,
+    clock: Arc<dyn Clock>,
+    shutdown: &Shutdown,
+    tasks: &mut Tasks,
+) -> anyhow::Result<IdGenerator> {
     if cfg.redis.url.is_empty() {
         return Ok(IdGenerator::new(NodeLease::exclusive(0), clock));
     }
@@ -145,7 +149,7 @@ pub async fn id_generator(cfg: &FeedConfig, clock: Arc<dyn Clock>, shutdown: &Sh
         .await?;
     let lease = feed_server::lease::RedisNodeLease::acquire(conn, "feed", Duration::from_secs(30), clock).await?;
     let generator = lease.generator();
-    lease.spawn_keeper(shutdown.clone());
+    tasks.adopt("node id lease", lease.spawn_keeper(shutdown.clone()));
     Ok(generator)
 }
 

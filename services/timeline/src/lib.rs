@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use feed_inbox::InboxStore;
 use feed_proto::timeline::v1::timeline_service_server::TimelineServiceServer;
-use feed_server::{Authenticator, ServiceSet};
+use feed_server::app::require;
+use feed_server::{Authenticator, FeedConfig, ServiceSet};
 
-pub use service::{Timeline, TimelineConfig};
+pub use service::{Timeline, TimelineRules};
 pub use sources::{GrpcSources, Sources};
 
 /// The gRPC name of this service.
@@ -28,4 +29,49 @@ pub fn register(set: &mut ServiceSet, timeline: Timeline, inbox: Arc<dyn InboxSt
         let inbox = inbox.clone();
         Box::pin(async move { inbox.is_live(0).await.is_ok() })
     }));
+}
+
+/// Builds TimelineService on `sources` and `inbox` into `set`, with the
+/// rules of the configuration's `timeline` section.
+pub fn build(
+    cfg: &FeedConfig,
+    sources: Arc<dyn Sources>,
+    inbox: Arc<dyn InboxStore>,
+    auth: &Authenticator,
+    set: &mut ServiceSet,
+) {
+    let timeline = Timeline::new(sources, inbox.clone(), TimelineRules::from_config(&cfg.timeline));
+    register(set, timeline, inbox, auth);
+}
+
+/// The timeline binary: reads follow-graph and publish over gRPC, inboxes from Redis.
+pub struct App;
+
+impl feed_server::Application for App {
+    const NAME: &'static str = "timeline";
+    const HEALTH_NAMES: &'static [&'static str] = &[SERVICE_NAME];
+
+    fn check(cfg: &FeedConfig) -> anyhow::Result<()> {
+        require("redis.url", &cfg.redis.url)?;
+        require("clients.follow_graph_url", &cfg.clients.follow_graph_url)?;
+        require("clients.publish_url", &cfg.clients.publish_url)?;
+        require("clients.token", &cfg.clients.token)
+    }
+
+    async fn build(cfg: &FeedConfig, ctx: &feed_server::BuildContext) -> anyhow::Result<Option<ServiceSet>> {
+        let sources = GrpcSources::new(
+            feed_server::client::balanced(&cfg.clients.follow_graph_url)?,
+            feed_server::client::balanced(&cfg.clients.publish_url)?,
+            &cfg.clients.token,
+        )?;
+        let limits = feed_inbox::InboxLimits {
+            cap: cfg.inbox.cap.max(1),
+            ttl_ms: cfg.inbox.ttl_secs.max(1) * 1000,
+            cluster: cfg.redis.cluster,
+        };
+        let inbox: Arc<dyn InboxStore> = Arc::new(feed_inbox::RedisInbox::connect(&cfg.redis.url, limits).await?);
+        let mut set = ServiceSet::default();
+        build(cfg, Arc::new(sources), inbox, &ctx.auth, &mut set);
+        Ok(Some(set))
+    }
 }

@@ -17,7 +17,7 @@ use crate::sources::{Entry, Sources};
 
 /// Timeline settings.
 #[derive(Debug, Clone)]
-pub struct TimelineConfig {
+pub struct TimelineRules {
     /// Most items per page.
     pub max_limit: usize,
     /// A read scans at most this many candidate ids per returned item before
@@ -32,14 +32,21 @@ pub struct TimelineConfig {
     pub active_debounce: Duration,
 }
 
-impl Default for TimelineConfig {
+impl Default for TimelineRules {
     fn default() -> Self {
+        Self::from_config(&feed_server::config::TimelineConfig::default())
+    }
+}
+
+impl TimelineRules {
+    /// From the platform configuration's `timeline` section.
+    pub fn from_config(c: &feed_server::config::TimelineConfig) -> Self {
         Self {
-            max_limit: 100,
-            scan_factor: 10,
-            max_feeds_per_read: 1000,
-            rebuild_budget: 8,
-            active_debounce: Duration::from_secs(60),
+            max_limit: c.max_limit.max(1),
+            scan_factor: c.scan_factor.max(1),
+            max_feeds_per_read: c.max_feeds_per_read.max(1),
+            rebuild_budget: c.rebuild_budget.max(1),
+            active_debounce: Duration::from_millis(c.active_debounce_ms),
         }
     }
 }
@@ -74,7 +81,7 @@ pub struct Page {
 pub struct Timeline {
     sources: Arc<dyn Sources>,
     inbox: Arc<dyn InboxStore>,
-    cfg: Arc<TimelineConfig>,
+    cfg: Arc<TimelineRules>,
     budget: Arc<Semaphore>,
     rebuilding: Arc<Mutex<HashMap<UserId, Arc<tokio::sync::Mutex<()>>>>>,
     last_active: Arc<Mutex<HashMap<UserId, std::time::Instant>>>,
@@ -144,7 +151,7 @@ fn inbox_err(e: feed_inbox::InboxError) -> ApiError {
 
 impl Timeline {
     /// A timeline over its sources and the inbox store.
-    pub fn new(sources: Arc<dyn Sources>, inbox: Arc<dyn InboxStore>, cfg: TimelineConfig) -> Self {
+    pub fn new(sources: Arc<dyn Sources>, inbox: Arc<dyn InboxStore>, cfg: TimelineRules) -> Self {
         Self {
             budget: Arc::new(Semaphore::new(cfg.rebuild_budget.max(1))),
             sources,

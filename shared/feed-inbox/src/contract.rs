@@ -1,11 +1,11 @@
 //! The contract every [`InboxStore`] passes. Backends' tests call
 //! [`run_all`] on an empty store built with [`contract_config`].
 
-use crate::{InboxConfig, InboxStore};
+use crate::{InboxLimits, InboxStore};
 
 /// Sizing the contract assumes: cap 5.
-pub fn contract_config() -> InboxConfig {
-    InboxConfig {
+pub fn contract_config() -> InboxLimits {
+    InboxLimits {
         cap: 5,
         ttl_ms: 60_000,
         cluster: false,

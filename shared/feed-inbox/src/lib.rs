@@ -28,7 +28,7 @@ pub use redis_store::RedisInbox;
 
 /// Inbox sizing.
 #[derive(Debug, Clone, Copy)]
-pub struct InboxConfig {
+pub struct InboxLimits {
     /// Most ids an inbox keeps; older ones are trimmed and the floor raised.
     pub cap: usize,
     /// An inbox unused this long expires (its user turns cold).
@@ -38,7 +38,7 @@ pub struct InboxConfig {
     pub cluster: bool,
 }
 
-impl Default for InboxConfig {
+impl Default for InboxLimits {
     fn default() -> Self {
         Self {
             cap: 800,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use feed_core::{Clock, UserId};
 
-use crate::{InboxConfig, InboxError, InboxPage, InboxStore};
+use crate::{InboxError, InboxLimits, InboxPage, InboxStore};
 
 struct Inbox {
     ids: BTreeSet<u64>,
@@ -18,14 +18,14 @@ struct Inbox {
 
 /// In-memory inboxes.
 pub struct MemoryInbox {
-    cfg: InboxConfig,
+    cfg: InboxLimits,
     clock: Arc<dyn Clock>,
     inboxes: Mutex<HashMap<UserId, Inbox>>,
 }
 
 impl MemoryInbox {
     /// Empty, with `cfg` sizing and `clock` for expiry.
-    pub fn new(cfg: InboxConfig, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(cfg: InboxLimits, clock: Arc<dyn Clock>) -> Self {
         Self {
             cfg,
             clock,

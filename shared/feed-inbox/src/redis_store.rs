@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use feed_core::UserId;
 use redis::aio::ConnectionManager;
 
-use crate::{InboxConfig, InboxError, InboxPage, InboxStore};
+use crate::{InboxError, InboxLimits, InboxPage, InboxStore};
 
 /// `lt(x, y)` for two 8-byte big-endian ids, for scripts. Lua's `<` on
 /// strings uses strcoll, which stops at NUL bytes and follows the locale, so
@@ -147,7 +147,7 @@ const PIPELINE: usize = 512;
 #[derive(Clone)]
 pub struct RedisInbox {
     conn: ConnectionManager,
-    cfg: InboxConfig,
+    cfg: InboxLimits,
     add: redis::Script,
     push_many: redis::Script,
     rebuild: redis::Script,
@@ -156,7 +156,7 @@ pub struct RedisInbox {
 
 impl RedisInbox {
     /// Inboxes on `conn` sized by `cfg`.
-    pub fn new(conn: ConnectionManager, cfg: InboxConfig) -> Self {
+    pub fn new(conn: ConnectionManager, cfg: InboxLimits) -> Self {
         Self {
             conn,
             cfg,
@@ -168,7 +168,7 @@ impl RedisInbox {
     }
 
     /// Connects to `url`.
-    pub async fn connect(url: &str, cfg: InboxConfig) -> Result<Self, InboxError> {
+    pub async fn connect(url: &str, cfg: InboxLimits) -> Result<Self, InboxError> {
         let conn = redis::Client::open(url)?.get_connection_manager().await?;
         Ok(Self::new(conn, cfg))
     }

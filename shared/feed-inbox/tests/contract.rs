@@ -129,7 +129,7 @@ async fn memory_inbox_expires_unused_inboxes() {
 async fn redis_inbox_passes_the_contract_with_per_slot_calls() {
     // The cluster-safe path (one script call per user) on a single server.
     let redis = RedisServer::start().expect("redis");
-    let cfg = feed_inbox::InboxConfig {
+    let cfg = feed_inbox::InboxLimits {
         cluster: true,
         ..contract_config()
     };

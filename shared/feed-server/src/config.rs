@@ -38,6 +38,38 @@ pub struct FeedConfig {
     pub clients: ClientsConfig,
     /// notify service settings.
     pub notify: NotifyConfig,
+    /// timeline service settings.
+    pub timeline: TimelineConfig,
+}
+
+/// timeline settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimelineConfig {
+    /// Most items per page (a larger `limit` is refused).
+    pub max_limit: usize,
+    /// A read scans at most this many candidate ids per returned item
+    /// before answering with `has_more`.
+    pub scan_factor: usize,
+    /// Most followed feeds read per page for pull-mode items and history.
+    pub max_feeds_per_read: usize,
+    /// Inbox rebuilds running at once in one process, across all users.
+    pub rebuild_budget: usize,
+    /// A reader's activity is recorded (the inbox expiry restarted) at
+    /// most this often.
+    pub active_debounce_ms: u64,
+}
+
+impl Default for TimelineConfig {
+    fn default() -> Self {
+        Self {
+            max_limit: 100,
+            scan_factor: 10,
+            max_feeds_per_read: 1000,
+            rebuild_budget: 8,
+            active_debounce_ms: 60_000,
+        }
+    }
 }
 
 /// notify settings.

@@ -2,6 +2,7 @@
 //! auth, health, reflection, request ids, metrics, limits and graceful drain.
 
 pub mod admin;
+pub mod app;
 pub mod auth;
 pub mod client;
 pub mod config;
@@ -11,8 +12,10 @@ pub mod queue;
 pub mod scylla;
 pub mod serve;
 pub mod shutdown;
+pub mod tasks;
 pub mod telemetry;
 
+pub use app::{Application, Args, BuildContext};
 pub use auth::{Authenticator, Caller, Role};
 pub use config::FeedConfig;
 /// The allocator every binary installs (`#[global_allocator]`): under load
@@ -24,3 +27,4 @@ pub use serve::{
     serve_after,
 };
 pub use shutdown::Shutdown;
+pub use tasks::Tasks;

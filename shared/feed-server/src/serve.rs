@@ -16,6 +16,7 @@ use tower::ServiceBuilder;
 use crate::Shutdown;
 use crate::config::ServerConfig;
 use crate::observe::ObserveLayer;
+use crate::tasks::Tasks;
 
 /// Answers whether the server's dependencies respond (storage, Redis...).
 pub type Readiness = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
@@ -31,6 +32,8 @@ pub struct ServiceSet {
     pub names: Vec<&'static str>,
     /// Checks run before health turns SERVING (and then periodically).
     pub readiness: Vec<Readiness>,
+    /// Background work of these services, awaited once the server has drained.
+    pub tasks: Tasks,
 }
 
 /// Everything [`serve`] needs besides the services.
@@ -155,9 +158,12 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
     }));
     tracing::info!(%addr, services = ?set.names, "serving");
 
+    let tasks = set.tasks;
     tokio::select! {
         result = &mut server => {
             ready_task.abort();
+            shutdown.trigger();
+            tasks.join(Duration::from_millis(config.drain_timeout_ms)).await;
             return Ok(result??);
         }
         _ = shutdown.wait() => {}
@@ -176,6 +182,8 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
             server.abort();
         }
     }
+    // Workers finish the jobs in hand; they stopped taking new ones at the signal.
+    tasks.join(Duration::from_millis(config.drain_timeout_ms)).await;
     tracing::info!("stopped");
     Ok(())
 }

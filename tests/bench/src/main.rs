@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use feed_inbox::redis_store::{floor_key, inbox_key};
-use feed_inbox::{InboxConfig, InboxStore, RedisInbox};
+use feed_inbox::{InboxLimits, InboxStore, RedisInbox};
 use feed_proto::followgraph::v1 as fg;
 use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
 use feed_proto::publish::v1 as pb;
@@ -192,10 +192,10 @@ async fn fanout(followers: Vec<u64>, workers: usize, concurrency: usize, prefill
     let mut conn = redis::Client::open(redis.url())?
         .get_multiplexed_async_connection()
         .await?;
-    let inbox = RedisInbox::connect(&redis.url(), InboxConfig::default()).await?;
+    let inbox = RedisInbox::connect(&redis.url(), InboxLimits::default()).await?;
 
     // Memory per entry: inboxes filled to the cap through the platform's own layout.
-    let cap = InboxConfig::default().cap as u64;
+    let cap = InboxLimits::default().cap as u64;
     let sample: u64 = 2_000;
     let before = redis_memory(&mut conn).await?;
     for u in 0..sample {

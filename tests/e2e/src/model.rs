@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use feed_core::{FeedRef, IdGenerator, NodeLease, SystemClock};
-use feed_inbox::{InboxConfig, InboxStore, MemoryInbox};
+use feed_inbox::{InboxLimits, InboxStore, MemoryInbox};
 use feed_proto::common::v1::{ActivityStatus, DeliveryMode, Visibility};
 use feed_proto::publish::v1::NewActivity;
 use follow_graph::FollowGraph;
@@ -16,7 +16,7 @@ use follow_graph::store::GraphPolicy;
 use follow_graph::store::embedded::EmbeddedGraphStore;
 use proptest::prelude::*;
 use publish::store::embedded::EmbeddedActivityStore;
-use publish::{FanoutWorker, Graph, PublishConfig, Publisher, WorkerConfig};
+use publish::{FanoutWorker, Graph, PublishRules, Publisher, WorkerConfig};
 
 use crate::inproc::{LocalGraph, TestQueue};
 
@@ -189,7 +189,7 @@ impl Harness {
         let queue = Arc::new(TestQueue::default());
         let clock = Arc::new(SystemClock);
         let inbox = Arc::new(MemoryInbox::new(
-            InboxConfig {
+            InboxLimits {
                 cap: CAP,
                 ttl_ms: 3_600_000,
                 cluster: false,
@@ -214,9 +214,9 @@ impl Harness {
             queue.clone(),
             IdGenerator::new(NodeLease::exclusive(0), clock.clone()),
             clock,
-            PublishConfig {
+            PublishRules {
                 inbox_cap: CAP,
-                ..PublishConfig::default()
+                ..PublishRules::default()
             },
         );
         let worker = FanoutWorker::new(
@@ -446,7 +446,7 @@ impl Harness {
                 self.inbox.clone(),
             )),
             self.inbox.clone(),
-            timeline::TimelineConfig::default(),
+            timeline::TimelineRules::default(),
         )
     }
 

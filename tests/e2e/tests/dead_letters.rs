@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use feed_core::{ApiError, FeedRef, IdGenerator, NodeLease, SystemClock, UserId};
 use feed_e2e::inproc::{LocalGraph, TestQueue};
-use feed_inbox::{InboxConfig, InboxStore, MemoryInbox};
+use feed_inbox::{InboxLimits, InboxStore, MemoryInbox};
 use feed_proto::events::v1::EdgeChange;
 use feed_proto::publish::v1::NewActivity;
 use follow_graph::FollowGraph;
@@ -16,7 +16,7 @@ use follow_graph::store::embedded::EmbeddedGraphStore;
 use publish::graph::Follower;
 use publish::queue::Delivery;
 use publish::store::embedded::EmbeddedActivityStore;
-use publish::{FanoutWorker, Graph, PublishConfig, Publisher, WorkerConfig};
+use publish::{FanoutWorker, Graph, PublishRules, Publisher, WorkerConfig};
 
 /// follow-graph whose shard listing fails while `down` is set.
 struct FlakyGraph {
@@ -72,16 +72,16 @@ async fn failing_jobs_are_dead_lettered_listed_and_replayed() {
     });
     let queue = Arc::new(TestQueue::default());
     let clock = Arc::new(SystemClock);
-    let inbox = Arc::new(MemoryInbox::new(InboxConfig::default(), clock.clone()));
+    let inbox = Arc::new(MemoryInbox::new(InboxLimits::default(), clock.clone()));
     let publisher = Publisher::new(
         Arc::new(EmbeddedActivityStore::open(pdir.path()).expect("store")),
         flaky.clone(),
         queue.clone(),
         IdGenerator::new(NodeLease::exclusive(0), clock.clone()),
         clock,
-        PublishConfig {
+        PublishRules {
             max_attempts: 2,
-            ..PublishConfig::default()
+            ..PublishRules::default()
         },
     );
     let events = publish::memory_event_queue();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use feed_e2e::{Platform, bff, internal};
-use feed_inbox::{InboxConfig, InboxStore, RedisInbox};
+use feed_inbox::{InboxLimits, InboxStore, RedisInbox};
 use feed_proto::common::v1::{DeliveryMode, Visibility};
 use feed_proto::followgraph::v1 as fg;
 use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
@@ -29,7 +29,7 @@ async fn env_with(tune: impl FnOnce(&mut feed_server::FeedConfig)) -> Env {
     })
     .await
     .expect("platform");
-    let inbox = RedisInbox::connect(&redis.url(), InboxConfig::default())
+    let inbox = RedisInbox::connect(&redis.url(), InboxLimits::default())
         .await
         .expect("inbox");
     Env {
@@ -452,7 +452,7 @@ async fn jobs_lost_in_a_redis_flush_are_redriven_by_the_sweeper() {
         .expect("event queue"),
         std::sync::Arc::new(publish::GrpcGraph::new(e.platform.channel.clone(), token).expect("graph")),
         std::sync::Arc::new(
-            RedisInbox::connect(&e.redis.url(), InboxConfig::default())
+            RedisInbox::connect(&e.redis.url(), InboxLimits::default())
                 .await
                 .expect("inbox"),
         ),

@@ -8,19 +8,19 @@
 //! whose claim was lost, never counts twice and lands in the same group.
 
 mod checks;
-mod config;
 mod create;
 mod events;
 mod listing;
 mod policy;
 mod remind;
+mod rules;
 mod subscriptions;
 mod watch;
 
 use checks::{check_body, check_event_id, check_links, check_name};
-pub use config::{MENTION, NotifyConfig};
 pub use listing::{ListQuery, NotePage};
 pub use remind::RemindOutcome;
+pub use rules::{MENTION, NotifyRules};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,7 +46,7 @@ struct Inner {
     graph: Arc<dyn Graph>,
     jobs: Arc<dyn JobQueue<RemindJob>>,
     clock: Arc<dyn Clock>,
-    cfg: NotifyConfig,
+    cfg: NotifyRules,
     last_seq: AtomicU64,
     /// Per-user state is read, changed and written back under one of these.
     locks: Vec<tokio::sync::Mutex<()>>,
@@ -71,7 +71,7 @@ impl Notifier {
         graph: Arc<dyn Graph>,
         jobs: Arc<dyn JobQueue<RemindJob>>,
         clock: Arc<dyn Clock>,
-        cfg: NotifyConfig,
+        cfg: NotifyRules,
         shutdown: Shutdown,
     ) -> Self {
         Self {
@@ -94,7 +94,7 @@ impl Notifier {
         &self.inner.store
     }
 
-    fn cfg(&self) -> &NotifyConfig {
+    fn cfg(&self) -> &NotifyRules {
         &self.inner.cfg
     }
 

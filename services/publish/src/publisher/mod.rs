@@ -35,7 +35,7 @@ impl From<StoreError> for ApiError {
 
 /// Publish settings.
 #[derive(Debug, Clone)]
-pub struct PublishConfig {
+pub struct PublishRules {
     /// Input limits.
     pub limits: Limits,
     /// Failed attempts before a job is dead-lettered.
@@ -47,7 +47,7 @@ pub struct PublishConfig {
     pub member_only_kinds: Vec<String>,
 }
 
-impl Default for PublishConfig {
+impl Default for PublishRules {
     fn default() -> Self {
         Self {
             limits: Limits::default(),
@@ -66,7 +66,7 @@ pub struct Publisher {
     queue: Arc<dyn JobQueue>,
     ids: IdGenerator,
     clock: Arc<dyn Clock>,
-    cfg: Arc<PublishConfig>,
+    cfg: Arc<PublishRules>,
     /// Edge jobs made from the log's trailing window, by job id, with
     /// their positions (see [`Publisher::ingest_late_edges`]).
     ingested: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
@@ -80,7 +80,7 @@ impl Publisher {
         queue: Arc<dyn JobQueue>,
         ids: IdGenerator,
         clock: Arc<dyn Clock>,
-        cfg: PublishConfig,
+        cfg: PublishRules,
     ) -> Self {
         Self {
             store,

@@ -7,7 +7,7 @@ use feed_proto::notify::v1::{PolicyAction, RecipientPolicy};
 
 /// notify's rules, from configuration.
 #[derive(Debug, Clone)]
-pub struct NotifyConfig {
+pub struct NotifyRules {
     /// Aggregation window of remind groups.
     pub window_ms: u64,
     /// Subscription reason → actions it delivers.
@@ -32,7 +32,7 @@ pub struct NotifyConfig {
     pub max_content_chars: usize,
 }
 
-impl Default for NotifyConfig {
+impl Default for NotifyRules {
     fn default() -> Self {
         Self::from_config(&feed_server::config::NotifyConfig::default())
             .unwrap_or_else(|_| unreachable!("the built-in defaults are valid"))
@@ -48,7 +48,7 @@ fn policy_action(field: &str, s: &str) -> anyhow::Result<i32> {
     } as i32)
 }
 
-impl NotifyConfig {
+impl NotifyRules {
     /// From the platform configuration's `notify` section.
     pub fn from_config(c: &feed_server::config::NotifyConfig) -> anyhow::Result<Self> {
         Ok(Self {

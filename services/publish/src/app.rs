@@ -1,0 +1,192 @@
+//! How publish and fanout-worker processes are put together: the binaries
+//! build from configuration through [`App`] and [`WorkerApp`]; feedd calls
+//! [`build`] and [`spawn_workers`] with the pieces it shares in process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use feed_inbox::InboxStore;
+use feed_server::app::require;
+use feed_server::{Application, BuildContext, FeedConfig, ServiceSet, Shutdown, Tasks};
+
+use crate::fanout::{GrpcLedger, JobLedger};
+use crate::queue::{EventQueue, JobQueue, RedisQueue};
+use crate::store::ActivityStore;
+use crate::{FanoutWorker, Graph, GrpcGraph, Publisher};
+
+/// What PublishService is built on.
+pub struct Deps {
+    /// Activities, outboxes and job records.
+    pub store: Arc<dyn ActivityStore>,
+    /// follow-graph (authorization, visibility, rebuilds).
+    pub graph: Arc<dyn Graph>,
+    /// Where fanout jobs are enqueued.
+    pub queue: Arc<dyn JobQueue>,
+    /// Where RebuildInbox writes.
+    pub inbox: Arc<dyn InboxStore>,
+}
+
+/// Builds PublishService on `deps` into `set`: the publisher on a leased
+/// node id, with the sweeper (stale jobs, due scheduled items) and the
+/// edge-log tail as the set's background tasks.
+pub async fn build(
+    cfg: &FeedConfig,
+    deps: Deps,
+    ctx: &BuildContext,
+    set: &mut ServiceSet,
+) -> anyhow::Result<Publisher> {
+    let clock = crate::system_clock();
+    let ids = crate::id_generator(cfg, clock.clone(), &ctx.shutdown, &mut set.tasks).await?;
+    let publisher = Publisher::new(
+        deps.store,
+        deps.graph,
+        deps.queue,
+        ids,
+        clock,
+        crate::publish_rules(cfg),
+    );
+    set.tasks.adopt(
+        "publish sweeper",
+        crate::spawn_sweeper(publisher.clone(), cfg, ctx.shutdown.clone()),
+    );
+    set.tasks.adopt(
+        "edge log tail",
+        crate::spawn_edge_tail(publisher.clone(), ctx.shutdown.clone()),
+    );
+    crate::register(set, publisher.clone(), deps.inbox, &ctx.auth);
+    Ok(publisher)
+}
+
+/// What fanout workers run on.
+pub struct WorkerDeps {
+    /// Job records: publish in process, or over gRPC.
+    pub ledger: Arc<dyn JobLedger>,
+    /// The job stream.
+    pub queue: Arc<dyn JobQueue>,
+    /// Where activity events for notify go.
+    pub events: Arc<EventQueue>,
+    /// Followers of a feed, relations for purges.
+    pub graph: Arc<dyn Graph>,
+    /// The inboxes written.
+    pub inbox: Arc<dyn InboxStore>,
+}
+
+/// Starts `fanout.workers` fanout workers into `tasks`; each finishes the
+/// jobs in hand after `shutdown`.
+pub fn spawn_workers(cfg: &FeedConfig, deps: WorkerDeps, shutdown: &Shutdown, tasks: &mut Tasks) {
+    for _ in 0..cfg.fanout.workers {
+        let worker = FanoutWorker::new(
+            deps.ledger.clone(),
+            deps.queue.clone(),
+            deps.events.clone(),
+            deps.graph.clone(),
+            deps.inbox.clone(),
+            crate::worker_config(cfg),
+        );
+        tasks.spawn("fanout worker", worker.run(shutdown.clone()));
+    }
+}
+
+fn graph_client(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn Graph>> {
+    let channel = feed_server::client::balanced(&cfg.clients.follow_graph_url)?;
+    Ok(Arc::new(GrpcGraph::new(channel, &cfg.clients.token)?))
+}
+
+/// The publish binary: PublishService, the sweeper, the scheduled-item
+/// releaser and the edge-log tail. Fanout runs in fanout-worker processes.
+pub struct App;
+
+impl Application for App {
+    const NAME: &'static str = "publish";
+    const HEALTH_NAMES: &'static [&'static str] = &[crate::SERVICE_NAME];
+
+    async fn migrate(cfg: &FeedConfig) -> anyhow::Result<()> {
+        crate::migrate(cfg).await
+    }
+
+    fn check(cfg: &FeedConfig) -> anyhow::Result<()> {
+        require("clients.follow_graph_url", &cfg.clients.follow_graph_url)?;
+        require("clients.token", &cfg.clients.token)
+    }
+
+    async fn build(cfg: &FeedConfig, ctx: &BuildContext) -> anyhow::Result<Option<ServiceSet>> {
+        let Some(store) = ctx.open("publish storage", || crate::open_store(cfg)).await else {
+            return Ok(None);
+        };
+        let deps = Deps {
+            store,
+            graph: graph_client(cfg)?,
+            queue: crate::open_queue(cfg).await?,
+            inbox: crate::open_inbox(cfg, crate::system_clock()).await?,
+        };
+        let mut set = ServiceSet::default();
+        build(cfg, deps, ctx, &mut set).await?;
+        Ok(Some(set))
+    }
+}
+
+/// The health service name the fanout-worker binary reports (its probes ask for it).
+pub const FANOUT_WORKER_HEALTH: &str = "feed.publish.v1.FanoutWorker";
+
+/// The fanout-worker binary: consumes the job stream, reads job records
+/// from publish and followers from follow-graph over gRPC, writes Redis
+/// inboxes. Scaled on stream lag, independently of the servers.
+pub struct WorkerApp;
+
+impl Application for WorkerApp {
+    const NAME: &'static str = "fanout-worker";
+    const HEALTH_NAMES: &'static [&'static str] = &[FANOUT_WORKER_HEALTH];
+    const TAKES_CALLS: bool = false;
+
+    fn check(cfg: &FeedConfig) -> anyhow::Result<()> {
+        require("redis.url", &cfg.redis.url)?;
+        require("clients.publish_url", &cfg.clients.publish_url)?;
+        require("clients.follow_graph_url", &cfg.clients.follow_graph_url)?;
+        require("clients.token", &cfg.clients.token)
+    }
+
+    async fn build(cfg: &FeedConfig, ctx: &BuildContext) -> anyhow::Result<Option<ServiceSet>> {
+        let publish = feed_server::client::balanced(&cfg.clients.publish_url)?;
+        let ledger = Arc::new(GrpcLedger::new(publish, &cfg.clients.token)?);
+        let queue = Arc::new(RedisQueue::connect(&cfg.redis.url, &cfg.fanout.stream, &cfg.fanout.group).await?);
+        let inbox = crate::open_inbox(cfg, crate::system_clock()).await?;
+        let mut set = ServiceSet::default();
+        let deps = WorkerDeps {
+            ledger,
+            queue: queue.clone(),
+            events: crate::open_event_queue(cfg).await?,
+            graph: graph_client(cfg)?,
+            inbox: inbox.clone(),
+        };
+        spawn_workers(cfg, deps, &ctx.shutdown, &mut set.tasks);
+        tracing::info!(workers = set.tasks.len(), "fanout-worker running");
+        set.tasks
+            .spawn("stream lag report", report_lag(queue, ctx.shutdown.clone()));
+        // Health for the kubelet's gRPC probes; on SIGTERM it drains, then
+        // the workers finish their jobs in hand.
+        set.names.push(FANOUT_WORKER_HEALTH);
+        set.readiness.push(Arc::new(move || {
+            let inbox = inbox.clone();
+            Box::pin(async move { inbox.is_live(0).await.is_ok() })
+        }));
+        Ok(Some(set))
+    }
+}
+
+/// Publishes the job stream's lag (entries not yet delivered to the group)
+/// and pending count: the metric the worker autoscaler follows.
+async fn report_lag(queue: Arc<RedisQueue>, stop: Shutdown) {
+    loop {
+        match queue.lag().await {
+            Ok((lag, pending)) => {
+                metrics::gauge!("feed_fanout_stream_lag").set(lag as f64);
+                metrics::gauge!("feed_fanout_stream_pending").set(pending as f64);
+            }
+            Err(e) => tracing::warn!(error = %e, "reading stream lag failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = stop.wait() => return,
+        }
+    }
+}
