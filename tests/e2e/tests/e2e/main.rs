@@ -1,0 +1,14 @@
+//! The end-to-end suite, one test binary (one link): each module is one
+//! area, run against real servers on 127.0.0.1:0 over real gRPC.
+
+mod dead_letters;
+mod fanout_fault;
+mod fanout_property;
+mod follow_graph;
+mod k8s_manifests;
+mod notify;
+mod publish;
+mod redis_loss;
+mod standard_protocols;
+mod timeline;
+mod timeline_property;
