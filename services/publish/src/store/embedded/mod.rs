@@ -3,6 +3,11 @@
 //! synced before returning. Job completions and heartbeats are not synced:
 //! losing one in a crash only re-runs an idempotent job.
 
+mod jobs;
+mod scheduled;
+
+use jobs::{JobMirror, PendingIndex, PendingMirror, PendingOp, job_value, pending_index};
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -64,111 +69,6 @@ pub struct EmbeddedActivityStore {
     sync: bool,
 }
 
-/// The two pending-work indexes.
-#[derive(Debug, Clone, Copy)]
-enum PendingIndex {
-    /// activity id ‖ job id → ()
-    Fanout,
-    /// follower ‖ job id → feed
-    Backfill,
-}
-
-/// The pending-work index entry of a job, if it has one.
-fn pending_index(job: &Job) -> Option<(PendingIndex, Vec<u8>, Vec<u8>)> {
-    match &job.kind {
-        Some(job::Kind::Fanout(f)) => {
-            let mut k = f.activity_id.to_be_bytes().to_vec();
-            k.extend_from_slice(job.job_id.as_bytes());
-            Some((PendingIndex::Fanout, k, vec![]))
-        }
-        Some(job::Kind::Edge(e)) if adds_items(e) => {
-            let mut k = e.follower_id.to_be_bytes().to_vec();
-            k.extend_from_slice(job.job_id.as_bytes());
-            Some((PendingIndex::Backfill, k, e.feed.as_bytes().to_vec()))
-        }
-        _ => None,
-    }
-}
-
-/// A committed change to a pending index or to a job record, for the in-memory mirrors.
-enum PendingOp {
-    Add(PendingIndex, Vec<u8>, Vec<u8>),
-    Remove(PendingIndex, Vec<u8>),
-    /// job id, updated ms, created ms
-    JobPut(Vec<u8>, i64, i64),
-    JobGone(Vec<u8>),
-}
-
-/// Live job records: when each was last changed (for the sweeper) and
-/// created (for the stats), without their bodies.
-#[derive(Default)]
-struct JobMirror {
-    /// job id → (updated ms, created ms)
-    times: HashMap<Vec<u8>, (i64, i64)>,
-    by_updated: BTreeSet<(i64, Vec<u8>)>,
-    by_created: BTreeSet<(i64, Vec<u8>)>,
-}
-
-impl JobMirror {
-    fn load(jobs: &Keyspace) -> Result<Self, StoreError> {
-        let mut m = Self::default();
-        for item in jobs.iter() {
-            let (k, v) = item.into_inner().map_err(be)?;
-            let state = decode_job(&v)?;
-            m.put(k.to_vec(), state.updated_ms, state.job.created_at_ms);
-        }
-        Ok(m)
-    }
-
-    fn put(&mut self, id: Vec<u8>, updated_ms: i64, created_ms: i64) {
-        self.remove(&id);
-        self.by_updated.insert((updated_ms, id.clone()));
-        self.by_created.insert((created_ms, id.clone()));
-        self.times.insert(id, (updated_ms, created_ms));
-    }
-
-    fn remove(&mut self, id: &[u8]) {
-        if let Some((updated, created)) = self.times.remove(id) {
-            self.by_updated.remove(&(updated, id.to_vec()));
-            self.by_created.remove(&(created, id.to_vec()));
-        }
-    }
-
-    /// Up to `limit` job ids last changed before `before_ms`, oldest first.
-    fn stale(&self, before_ms: i64, limit: usize) -> Vec<Vec<u8>> {
-        self.by_updated
-            .iter()
-            .take_while(|(t, _)| *t < before_ms)
-            .take(limit)
-            .map(|(_, id)| id.clone())
-            .collect()
-    }
-}
-
-/// The pending indexes in memory.
-#[derive(Default)]
-struct PendingMirror {
-    /// activity id ‖ job id
-    fanout: std::collections::BTreeSet<Vec<u8>>,
-    /// follower ‖ job id → feed
-    backfill: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
-}
-
-impl PendingMirror {
-    fn load(fanout: &Keyspace, backfill: &Keyspace) -> Result<Self, StoreError> {
-        let mut m = Self::default();
-        for item in fanout.iter() {
-            let (k, _) = item.into_inner().map_err(be)?;
-            m.fanout.insert(k.to_vec());
-        }
-        for item in backfill.iter() {
-            let (k, v) = item.into_inner().map_err(be)?;
-            m.backfill.insert(k.to_vec(), v.to_vec());
-        }
-        Ok(m)
-    }
-}
-
 /// Activities kept in memory.
 const ACTIVITIES_KEPT: usize = 100_000;
 /// Entries an outbox head keeps: a page of 20 reads 40.
@@ -203,45 +103,6 @@ fn u32_at(v: &[u8], at: usize) -> u32 {
         .and_then(|s| <[u8; 4]>::try_from(s).ok())
         .map(u32::from_be_bytes)
         .unwrap_or(0)
-}
-
-/// Job record: attempts (4) ‖ updated ms (8) ‖ Job.
-fn job_value(job: &Job, attempts: u32, updated_ms: i64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(12 + job.encoded_len());
-    v.extend_from_slice(&attempts.to_be_bytes());
-    v.extend_from_slice(&(updated_ms as u64).to_be_bytes());
-    job.encode(&mut v).expect("Vec grows as needed");
-    v
-}
-
-fn decode_job(v: &[u8]) -> Result<JobState, StoreError> {
-    Ok(JobState {
-        attempts: u32_at(v, 0),
-        updated_ms: u64_at(v, 4) as i64,
-        job: Job::decode(v.get(12..).unwrap_or_default()).map_err(be)?,
-    })
-}
-
-/// Dead record: attempts (4) ‖ failed ms (8) ‖ error length (4) ‖ error ‖ Job.
-fn dead_value(state: &JobState, error: &str, now_ms: i64) -> Vec<u8> {
-    let mut v = Vec::new();
-    v.extend_from_slice(&state.attempts.to_be_bytes());
-    v.extend_from_slice(&(now_ms as u64).to_be_bytes());
-    v.extend_from_slice(&(error.len() as u32).to_be_bytes());
-    v.extend_from_slice(error.as_bytes());
-    state.job.encode(&mut v).expect("Vec grows as needed");
-    v
-}
-
-fn decode_dead(v: &[u8]) -> Result<DeadJob, StoreError> {
-    let len = u32_at(v, 12) as usize;
-    let error = v.get(16..16 + len).ok_or_else(|| be("short dead record"))?;
-    Ok(DeadJob {
-        attempts: u32_at(v, 0),
-        failed_ms: u64_at(v, 4) as i64,
-        error: String::from_utf8_lossy(error).into_owned(),
-        job: Job::decode(v.get(16 + len..).unwrap_or_default()).map_err(be)?,
-    })
 }
 
 fn mode_byte(m: DeliveryMode) -> u8 {
@@ -520,197 +381,43 @@ impl ActivityStore for EmbeddedActivityStore {
     }
 
     async fn put_jobs(&self, jobs: &[Job]) -> Result<(), StoreError> {
-        let _w = self.lock();
-        let mut batch = self.db.batch();
-        let ops = self.put_jobs_in(&mut batch, jobs);
-        self.commit(batch, true)?;
-        self.apply_pending(ops);
-        Ok(())
+        jobs::put_jobs(self, jobs).await
     }
 
     async fn job(&self, job_id: &str) -> Result<Option<JobState>, StoreError> {
-        self.jobs
-            .get(job_id.as_bytes())
-            .map_err(be)?
-            .map(|v| decode_job(&v))
-            .transpose()
+        jobs::job(self, job_id).await
     }
 
     async fn complete_job(&self, job_id: &str, spawned: &[Job]) -> Result<(), StoreError> {
-        let _w = self.lock();
-        let mut batch = self.db.batch();
-        // Sub-jobs are recorded durably before their parent is done.
-        let mut ops = self.put_jobs_in(&mut batch, spawned);
-        if let Some(state) = self
-            .jobs
-            .get(job_id.as_bytes())
-            .map_err(be)?
-            .map(|v| decode_job(&v))
-            .transpose()?
-            && let Some((index, key, _)) = pending_index(&state.job)
-        {
-            batch.remove(self.index_keyspace(index), key.clone());
-            ops.push(PendingOp::Remove(index, key));
-        }
-        batch.remove(&self.jobs, job_id.as_bytes());
-        ops.push(PendingOp::JobGone(job_id.as_bytes().to_vec()));
-        self.commit(batch, !spawned.is_empty())?;
-        self.apply_pending(ops);
-        Ok(())
+        jobs::complete_job(self, job_id, spawned).await
     }
 
     async fn fail_job(&self, job_id: &str, error: &str, max_attempts: u32, now_ms: i64) -> Result<bool, StoreError> {
-        let _w = self.lock();
-        let Some(mut state) = self
-            .jobs
-            .get(job_id.as_bytes())
-            .map_err(be)?
-            .map(|v| decode_job(&v))
-            .transpose()?
-        else {
-            return Ok(false);
-        };
-        state.attempts += 1;
-        let mut batch = self.db.batch();
-        let dead = state.attempts >= max_attempts;
-        let op = if dead {
-            batch.remove(&self.jobs, job_id.as_bytes());
-            batch.insert(&self.dead, job_id.as_bytes(), dead_value(&state, error, now_ms));
-            PendingOp::JobGone(job_id.as_bytes().to_vec())
-        } else {
-            batch.insert(
-                &self.jobs,
-                job_id.as_bytes(),
-                job_value(&state.job, state.attempts, now_ms),
-            );
-            PendingOp::JobPut(job_id.as_bytes().to_vec(), now_ms, state.job.created_at_ms)
-        };
-        self.commit(batch, dead)?;
-        self.apply_pending(vec![op]);
-        Ok(dead)
+        jobs::fail_job(self, job_id, error, max_attempts, now_ms).await
     }
 
     async fn stale_jobs(&self, stale_before_ms: i64, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
-        let _w = self.lock();
-        let stale = self
-            .jobs_mem
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .stale(stale_before_ms, limit);
-        let mut out = Vec::new();
-        let mut ops = Vec::new();
-        let mut batch = self.db.batch();
-        for id in stale {
-            let Some(v) = self.jobs.get(&id).map_err(be)? else {
-                continue;
-            };
-            let state = decode_job(&v)?;
-            batch.insert(&self.jobs, id.clone(), job_value(&state.job, state.attempts, now_ms));
-            ops.push(PendingOp::JobPut(id, now_ms, state.job.created_at_ms));
-            out.push(state.job);
-        }
-        if !out.is_empty() {
-            // A lost touch only means one more re-drive: no fsync needed.
-            self.commit(batch, false)?;
-            self.apply_pending(ops);
-        }
-        Ok(out)
+        jobs::stale_jobs(self, stale_before_ms, now_ms, limit).await
     }
 
     async fn dead_jobs(&self, after: &str, limit: usize) -> Result<Vec<DeadJob>, StoreError> {
-        let mut start = after.as_bytes().to_vec();
-        if !after.is_empty() {
-            start.push(0);
-        }
-        let mut out = Vec::new();
-        for item in self.dead.range(start..) {
-            if out.len() >= limit {
-                break;
-            }
-            let (_, v) = item.into_inner().map_err(be)?;
-            out.push(decode_dead(&v)?);
-        }
-        Ok(out)
+        jobs::dead_jobs(self, after, limit).await
     }
 
     async fn revive_jobs(&self, ids: &[String], now_ms: i64) -> Result<Vec<Job>, StoreError> {
-        let _w = self.lock();
-        let mut revived = Vec::new();
-        let mut batch = self.db.batch();
-        let records: Vec<(Vec<u8>, DeadJob)> = if ids.is_empty() {
-            self.dead
-                .iter()
-                .map(|i| {
-                    let (k, v) = i.into_inner().map_err(be)?;
-                    Ok((k.to_vec(), decode_dead(&v)?))
-                })
-                .collect::<Result<_, StoreError>>()?
-        } else {
-            let mut v = Vec::new();
-            for id in ids {
-                if let Some(raw) = self.dead.get(id.as_bytes()).map_err(be)? {
-                    v.push((id.as_bytes().to_vec(), decode_dead(&raw)?));
-                }
-            }
-            v
-        };
-        let mut ops = Vec::new();
-        for (key, dead) in records {
-            batch.remove(&self.dead, key.clone());
-            batch.insert(&self.jobs, key.clone(), job_value(&dead.job, 0, now_ms));
-            ops.push(PendingOp::JobPut(key, now_ms, dead.job.created_at_ms));
-            revived.push(dead.job);
-        }
-        self.commit(batch, true)?;
-        self.apply_pending(ops);
-        Ok(revived)
+        jobs::revive_jobs(self, ids, now_ms).await
     }
 
     async fn job_stats(&self) -> Result<JobStats, StoreError> {
-        let mut stats = JobStats::default();
-        {
-            let jobs = self.jobs_mem.lock().unwrap_or_else(|p| p.into_inner());
-            stats.pending = jobs.times.len() as u64;
-            stats.oldest_created_ms = jobs.by_created.first().map_or(0, |(t, _)| *t);
-        }
-        stats.dead = self.dead.len().map_err(be)? as u64;
-        Ok(stats)
+        jobs::job_stats(self).await
     }
 
     async fn pending_work(&self, user: UserId) -> Result<PendingWork, StoreError> {
-        let m = self.pending_mem.lock().unwrap_or_else(|p| p.into_inner());
-        let fanout_from = m.fanout.first().map(|k| u64_at(k, 0));
-        let mut backfill_feeds = Vec::new();
-        let prefix = user.to_be_bytes();
-        for (_, v) in m
-            .backfill
-            .range(prefix.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-        {
-            if let Ok(f) = FeedRef::parse(&String::from_utf8_lossy(v))
-                && !backfill_feeds.contains(&f)
-            {
-                backfill_feeds.push(f);
-            }
-        }
-        Ok(PendingWork {
-            fanout_from,
-            backfill_feeds,
-        })
+        jobs::pending_work(self, user).await
     }
 
     async fn schedule(&self, item: &ScheduledActivity) -> Result<(), StoreError> {
-        let actor = item.activity.as_ref().map(|a| a.actor).unwrap_or(0);
-        let _w = self.lock();
-        let mut batch = self.db.batch();
-        batch.insert(&self.scheduled, item.schedule_id.as_bytes(), item.encode_to_vec());
-        let mut tk = (item.publish_at_ms as u64).to_be_bytes().to_vec();
-        tk.extend_from_slice(item.schedule_id.as_bytes());
-        batch.insert(&self.scheduled_by_time, tk, []);
-        let mut ak = actor.to_be_bytes().to_vec();
-        ak.extend_from_slice(item.schedule_id.as_bytes());
-        batch.insert(&self.scheduled_by_actor, ak, []);
-        self.commit(batch, true)
+        scheduled::schedule(self, item).await
     }
 
     async fn list_scheduled(
@@ -719,62 +426,15 @@ impl ActivityStore for EmbeddedActivityStore {
         after: &str,
         limit: usize,
     ) -> Result<Vec<ScheduledActivity>, StoreError> {
-        let prefix = actor.to_be_bytes();
-        let mut start = prefix.to_vec();
-        start.extend_from_slice(after.as_bytes());
-        if !after.is_empty() {
-            start.push(0);
-        }
-        let mut end = prefix.to_vec();
-        end.push(0xFF);
-        let mut out = Vec::new();
-        for item in self.scheduled_by_actor.range(start..end) {
-            if out.len() >= limit {
-                break;
-            }
-            let k = item.key().map_err(be)?;
-            if let Some(v) = self.scheduled.get(&k[8..]).map_err(be)? {
-                out.push(ScheduledActivity::decode(&*v).map_err(be)?);
-            }
-        }
-        Ok(out)
+        scheduled::list_scheduled(self, actor, after, limit).await
     }
 
     async fn remove_scheduled(&self, actor: UserId, schedule_id: &str) -> Result<bool, StoreError> {
-        let _w = self.lock();
-        let Some(v) = self.scheduled.get(schedule_id.as_bytes()).map_err(be)? else {
-            return Ok(false);
-        };
-        let item = ScheduledActivity::decode(&*v).map_err(be)?;
-        let owner = item.activity.as_ref().map(|a| a.actor).unwrap_or(0);
-        if owner != actor {
-            return Ok(false);
-        }
-        let mut batch = self.db.batch();
-        batch.remove(&self.scheduled, schedule_id.as_bytes());
-        let mut tk = (item.publish_at_ms as u64).to_be_bytes().to_vec();
-        tk.extend_from_slice(schedule_id.as_bytes());
-        batch.remove(&self.scheduled_by_time, tk);
-        let mut ak = actor.to_be_bytes().to_vec();
-        ak.extend_from_slice(schedule_id.as_bytes());
-        batch.remove(&self.scheduled_by_actor, ak);
-        self.commit(batch, true)?;
-        Ok(true)
+        scheduled::remove_scheduled(self, actor, schedule_id).await
     }
 
     async fn due_scheduled(&self, now_ms: i64, limit: usize) -> Result<Vec<ScheduledActivity>, StoreError> {
-        let end = ((now_ms.max(0) as u64) + 1).to_be_bytes();
-        let mut out = Vec::new();
-        for item in self.scheduled_by_time.range(..end.to_vec()) {
-            if out.len() >= limit {
-                break;
-            }
-            let k = item.key().map_err(be)?;
-            if let Some(v) = self.scheduled.get(&k[8..]).map_err(be)? {
-                out.push(ScheduledActivity::decode(&*v).map_err(be)?);
-            }
-        }
-        Ok(out)
+        scheduled::due_scheduled(self, now_ms, limit).await
     }
 
     async fn edge_cursor(&self) -> Result<u64, StoreError> {
