@@ -26,6 +26,12 @@
 //! to one group at the same instant serialise on a lightweight transaction
 //! over the note's `seq`.
 
+mod schema;
+mod statements;
+
+pub use schema::migrate;
+use statements::Statements;
+
 use async_trait::async_trait;
 use feed_core::UserId;
 use feed_proto::notify::v1::{NoteRecord, RemindJob, Subscription, UserState};
@@ -36,46 +42,11 @@ use scylla::client::session::Session;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::{
-    ALWAYS, Claim, GroupChange, NotifyStore, REMIND_LOG_RETENTION_MS, Reason, StoreError, Subscriber,
-    add_subscriber_row, merge_actor,
-};
+use super::{ALWAYS, Claim, GroupChange, NotifyStore, Reason, StoreError, Subscriber, add_subscriber_row, merge_actor};
 
 /// Bumped when the schema below changes; services refuse an older schema.
 pub const SCHEMA_VERSION: i32 = 2;
 const COMPONENT: &str = "notify";
-
-fn schema(k: &str) -> Vec<String> {
-    vec![
-        format!("CREATE TABLE IF NOT EXISTS {k}.nt_events (event_id text PRIMARY KEY, id bigint)"),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {k}.nt_announces (k int, id bigint, rec blob, PRIMARY KEY (k, id)) WITH CLUSTERING ORDER BY (id DESC)"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {k}.nt_notes (user_id bigint, id bigint, rec blob, seq bigint, PRIMARY KEY (user_id, id)) WITH CLUSTERING ORDER BY (id DESC)"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {k}.nt_groups (user_id bigint, group_key text, id bigint, PRIMARY KEY (user_id, group_key))"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {k}.nt_group_actors (user_id bigint, group_key text, actor bigint, PRIMARY KEY ((user_id, group_key), actor))"
-        ),
-        format!("CREATE TABLE IF NOT EXISTS {k}.nt_users (user_id bigint PRIMARY KEY, state blob)"),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {k}.nt_subs_by_object (object_type text, object_id text, user_id bigint, reason text, since_ms bigint, PRIMARY KEY ((object_type, object_id), user_id, reason))"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {k}.nt_subs_by_user (user_id bigint, object_type text, object_id text, reason text, created_at_ms bigint, PRIMARY KEY (user_id, object_type, object_id, reason))"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {k}.nt_jobs (bucket int, job_id text, job blob, PRIMARY KEY (bucket, job_id))"
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {k}.nt_remind_log (object_type text, object_id text, action text, occurred_at_ms bigint, job_id text, job blob, PRIMARY KEY ((object_type, object_id, action), occurred_at_ms, job_id)) WITH default_time_to_live = {}",
-            REMIND_LOG_RETENTION_MS / 1000
-        ),
-    ]
-}
 
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -103,46 +74,6 @@ fn id_of(rec: &NoteRecord) -> u64 {
     rec.note.as_ref().map(|n| n.id).unwrap_or(0)
 }
 
-/// Applies the schema (the `--migrate` step); safe to run again.
-pub async fn migrate(cfg: &ScyllaConfig) -> Result<(), StoreError> {
-    Ok(feed_server::scylla::migrate(cfg, COMPONENT, SCHEMA_VERSION, &schema(&cfg.keyspace)).await?)
-}
-
-struct Statements {
-    event_claim: PreparedStatement,
-    event_get: PreparedStatement,
-    announce_put: PreparedStatement,
-    announce_page: PreparedStatement,
-    note_insert: PreparedStatement,
-    note_put: PreparedStatement,
-    note_cas: PreparedStatement,
-    note_get: PreparedStatement,
-    note_page: PreparedStatement,
-    group_claim: PreparedStatement,
-    group_get: PreparedStatement,
-    actor_claim: PreparedStatement,
-    user_get: PreparedStatement,
-    user_put: PreparedStatement,
-    sub_by_user_claim: PreparedStatement,
-    sub_by_object_put: PreparedStatement,
-    sub_by_object_get: PreparedStatement,
-    sub_by_user_list_object: PreparedStatement,
-    sub_by_user_delete: PreparedStatement,
-    sub_by_object_delete: PreparedStatement,
-    subs_of_user: PreparedStatement,
-    subs_of_user_after_type: PreparedStatement,
-    subs_of_user_after_object: PreparedStatement,
-    subs_of_user_after_reason: PreparedStatement,
-    subscribers_page: PreparedStatement,
-    job_put: PreparedStatement,
-    job_claim: PreparedStatement,
-    job_get: PreparedStatement,
-    job_delete: PreparedStatement,
-    job_list: PreparedStatement,
-    remind_log_put: PreparedStatement,
-    remind_log_after: PreparedStatement,
-}
-
 /// The ScyllaDB notify store.
 pub struct ScyllaNotifyStore {
     session: Session,
@@ -153,99 +84,7 @@ impl ScyllaNotifyStore {
     /// Connects, verifies the schema version and prepares every statement once.
     pub async fn connect(cfg: &ScyllaConfig) -> Result<Self, StoreError> {
         let session = feed_server::scylla::connect_verified(cfg, COMPONENT, SCHEMA_VERSION).await?;
-        let k = &cfg.keyspace;
-        let prep = |q: String| {
-            let session = &session;
-            async move { Ok::<_, StoreError>(feed_server::scylla::prepare(session, q).await?) }
-        };
-        let st = Statements {
-            event_claim: prep(format!("INSERT INTO {k}.nt_events (event_id, id) VALUES (?, ?) IF NOT EXISTS")).await?,
-            event_get: prep(format!("SELECT id FROM {k}.nt_events WHERE event_id = ?")).await?,
-            announce_put: prep(format!("INSERT INTO {k}.nt_announces (k, id, rec) VALUES (0, ?, ?)")).await?,
-            announce_page: prep(format!("SELECT rec FROM {k}.nt_announces WHERE k = 0 AND id < ? LIMIT ?")).await?,
-            note_insert: prep(format!(
-                "INSERT INTO {k}.nt_notes (user_id, id, rec, seq) VALUES (?, ?, ?, ?) IF NOT EXISTS"
-            ))
-            .await?,
-            note_put: prep(format!("INSERT INTO {k}.nt_notes (user_id, id, rec, seq) VALUES (?, ?, ?, ?)")).await?,
-            note_cas: prep(format!(
-                "UPDATE {k}.nt_notes SET rec = ?, seq = ? WHERE user_id = ? AND id = ? IF seq = ?"
-            ))
-            .await?,
-            note_get: prep(format!("SELECT rec FROM {k}.nt_notes WHERE user_id = ? AND id = ?")).await?,
-            note_page: prep(format!("SELECT rec FROM {k}.nt_notes WHERE user_id = ? AND id < ? LIMIT ?")).await?,
-            group_claim: prep(format!(
-                "INSERT INTO {k}.nt_groups (user_id, group_key, id) VALUES (?, ?, ?) IF NOT EXISTS"
-            ))
-            .await?,
-            group_get: prep(format!("SELECT id FROM {k}.nt_groups WHERE user_id = ? AND group_key = ?")).await?,
-            actor_claim: prep(format!(
-                "INSERT INTO {k}.nt_group_actors (user_id, group_key, actor) VALUES (?, ?, ?) IF NOT EXISTS"
-            ))
-            .await?,
-            user_get: prep(format!("SELECT state FROM {k}.nt_users WHERE user_id = ?")).await?,
-            user_put: prep(format!("INSERT INTO {k}.nt_users (user_id, state) VALUES (?, ?)")).await?,
-            sub_by_user_claim: prep(format!(
-                "INSERT INTO {k}.nt_subs_by_user (user_id, object_type, object_id, reason, created_at_ms) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"
-            ))
-            .await?,
-            sub_by_object_put: prep(format!(
-                "INSERT INTO {k}.nt_subs_by_object (object_type, object_id, user_id, reason, since_ms) VALUES (?, ?, ?, ?, ?)"
-            ))
-            .await?,
-            sub_by_object_get: prep(format!(
-                "SELECT since_ms FROM {k}.nt_subs_by_object WHERE object_type = ? AND object_id = ? AND user_id = ? AND reason = ?"
-            ))
-            .await?,
-            sub_by_user_list_object: prep(format!(
-                "SELECT reason FROM {k}.nt_subs_by_user WHERE user_id = ? AND object_type = ? AND object_id = ?"
-            ))
-            .await?,
-            sub_by_user_delete: prep(format!(
-                "DELETE FROM {k}.nt_subs_by_user WHERE user_id = ? AND object_type = ? AND object_id = ? AND reason = ?"
-            ))
-            .await?,
-            sub_by_object_delete: prep(format!(
-                "DELETE FROM {k}.nt_subs_by_object WHERE object_type = ? AND object_id = ? AND user_id = ? AND reason = ?"
-            ))
-            .await?,
-            subs_of_user: prep(format!(
-                "SELECT object_type, object_id, reason, created_at_ms FROM {k}.nt_subs_by_user WHERE user_id = ? LIMIT ?"
-            ))
-            .await?,
-            subs_of_user_after_type: prep(format!(
-                "SELECT object_type, object_id, reason, created_at_ms FROM {k}.nt_subs_by_user WHERE user_id = ? AND object_type > ? LIMIT ?"
-            ))
-            .await?,
-            subs_of_user_after_object: prep(format!(
-                "SELECT object_type, object_id, reason, created_at_ms FROM {k}.nt_subs_by_user WHERE user_id = ? AND object_type = ? AND object_id > ? LIMIT ?"
-            ))
-            .await?,
-            subs_of_user_after_reason: prep(format!(
-                "SELECT object_type, object_id, reason, created_at_ms FROM {k}.nt_subs_by_user WHERE user_id = ? AND object_type = ? AND object_id = ? AND reason > ? LIMIT ?"
-            ))
-            .await?,
-            subscribers_page: prep(format!(
-                "SELECT user_id, reason, since_ms FROM {k}.nt_subs_by_object WHERE object_type = ? AND object_id = ? AND user_id > ?"
-            ))
-            .await?,
-            job_put: prep(format!("INSERT INTO {k}.nt_jobs (bucket, job_id, job) VALUES (0, ?, ?)")).await?,
-            job_claim: prep(format!(
-                "INSERT INTO {k}.nt_jobs (bucket, job_id, job) VALUES (0, ?, ?) IF NOT EXISTS"
-            ))
-            .await?,
-            job_get: prep(format!("SELECT job FROM {k}.nt_jobs WHERE bucket = 0 AND job_id = ?")).await?,
-            job_delete: prep(format!("DELETE FROM {k}.nt_jobs WHERE bucket = 0 AND job_id = ?")).await?,
-            job_list: prep(format!("SELECT job FROM {k}.nt_jobs WHERE bucket = 0 LIMIT ?")).await?,
-            remind_log_put: prep(format!(
-                "INSERT INTO {k}.nt_remind_log (object_type, object_id, action, occurred_at_ms, job_id, job) VALUES (?, ?, ?, ?, ?, ?)"
-            ))
-            .await?,
-            remind_log_after: prep(format!(
-                "SELECT job FROM {k}.nt_remind_log WHERE object_type = ? AND object_id = ? AND action = ? AND occurred_at_ms > ? LIMIT ?"
-            ))
-            .await?,
-        };
+        let st = Statements::prepare(&session, &cfg.keyspace).await?;
         Ok(Self { session, st })
     }
 

@@ -6,6 +6,9 @@
 //! versions never disagree, even after a crash. Keys are big-endian so byte
 //! order is numeric order.
 
+mod reads;
+mod writes;
+
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -350,198 +353,39 @@ impl EmbeddedGraphStore {
 #[async_trait]
 impl GraphStore for EmbeddedGraphStore {
     async fn follow(&self, follower: UserId, feed: &FeedRef) -> Result<EdgeChange, StoreError> {
-        let _w = self.lock();
-        if Self::exists(&self.following, &user_feed_key(follower, feed))? {
-            return Ok(EdgeChange {
-                changed: false,
-                edge: self.state(follower, feed)?,
-            });
-        }
-        let muted = match feed.user_id() {
-            Some(owner) => {
-                if self.either_blocks(follower, owner)? {
-                    return Err(StoreError::Blocked {
-                        follower,
-                        feed: feed.to_string(),
-                    });
-                }
-                self.is_muting(follower, owner)?
-            }
-            None => false,
-        };
-        if self.user_stats_one(follower)?.0 >= self.policy.max_following {
-            return Err(StoreError::TooManyFollows(self.policy.max_following));
-        }
-        let mut batch = self.db.batch();
-        let version = self.write_edge(&mut batch, follower, feed, true, muted)?;
-        let edge = EdgeState {
-            follower,
-            feed: feed.clone(),
-            version,
-            following: true,
-            muted,
-        };
-        self.log(&mut batch, &edge, Cause::Follow);
-        self.commit(batch)?;
-        Ok(EdgeChange { changed: true, edge })
+        writes::follow(self, follower, feed).await
     }
 
     async fn unfollow(&self, follower: UserId, feed: &FeedRef) -> Result<EdgeChange, StoreError> {
-        let _w = self.lock();
-        if !Self::exists(&self.following, &user_feed_key(follower, feed))? {
-            return Ok(EdgeChange {
-                changed: false,
-                edge: self.state(follower, feed)?,
-            });
-        }
-        let mut batch = self.db.batch();
-        let version = self.write_edge(&mut batch, follower, feed, false, false)?;
-        let edge = EdgeState {
-            version,
-            following: false,
-            ..self.state(follower, feed)?
-        };
-        self.log(&mut batch, &edge, Cause::Unfollow);
-        self.commit(batch)?;
-        Ok(EdgeChange { changed: true, edge })
+        writes::unfollow(self, follower, feed).await
     }
 
     async fn block(&self, user: UserId, target: UserId) -> Result<BlockChange, StoreError> {
-        let _w = self.lock();
-        if Self::exists(&self.blocks, &u64_pair(user, target))? {
-            return Ok(BlockChange {
-                changed: false,
-                removed: vec![],
-            });
-        }
-        let mut batch = self.db.batch();
-        batch.insert(&self.blocks, u64_pair(user, target), []);
-        let mut removed = Vec::new();
-        for (a, b) in [(user, target), (target, user)] {
-            let feed = FeedRef::user(b);
-            if Self::exists(&self.following, &user_feed_key(a, &feed))? {
-                let version = self.write_edge(&mut batch, a, &feed, false, false)?;
-                let edge = EdgeState {
-                    follower: a,
-                    feed,
-                    version,
-                    following: false,
-                    muted: self.is_muting(a, b)?,
-                };
-                self.log(&mut batch, &edge, Cause::Block);
-                removed.push(edge);
-            } else {
-                self.put_user_stats(&mut batch, a, 0)?;
-            }
-        }
-        self.commit(batch)?;
-        self.set_pair(false, u64_pair(user, target), true);
-        Ok(BlockChange { changed: true, removed })
+        writes::block(self, user, target).await
     }
 
     async fn unblock(&self, user: UserId, target: UserId) -> Result<bool, StoreError> {
-        let _w = self.lock();
-        if !Self::exists(&self.blocks, &u64_pair(user, target))? {
-            return Ok(false);
-        }
-        let mut batch = self.db.batch();
-        batch.remove(&self.blocks, u64_pair(user, target));
-        for (a, b) in [(user, target), (target, user)] {
-            // Reads dropped b's items from a's inbox while the block stood,
-            // whichever followed feed brought them: the log turns this into
-            // a job that brings them back (a version bump, like a mute).
-            let feed = FeedRef::user(b);
-            let version = self.edge_version(a, &feed)? + 1;
-            batch.insert(&self.edge_versions, user_feed_key(a, &feed), version.to_be_bytes());
-            let edge = EdgeState {
-                version,
-                ..self.state(a, &feed)?
-            };
-            self.log(&mut batch, &edge, Cause::Unblock);
-            self.put_user_stats(&mut batch, a, 0)?;
-        }
-        self.commit(batch)?;
-        self.set_pair(false, u64_pair(user, target), false);
-        Ok(true)
+        writes::unblock(self, user, target).await
     }
 
     async fn set_mute(&self, user: UserId, target: UserId, muted: bool) -> Result<EdgeChange, StoreError> {
-        let _w = self.lock();
-        let feed = FeedRef::user(target);
-        if self.is_muting(user, target)? == muted {
-            return Ok(EdgeChange {
-                changed: false,
-                edge: self.state(user, &feed)?,
-            });
-        }
-        let mut batch = self.db.batch();
-        if muted {
-            batch.insert(&self.mutes, u64_pair(user, target), []);
-        } else {
-            batch.remove(&self.mutes, u64_pair(user, target));
-        }
-        let following = Self::exists(&self.following, &user_feed_key(user, &feed))?;
-        if following {
-            batch.insert(&self.followers, feed_key(&feed, user), [u8::from(muted)]);
-        }
-        // Mute state is part of the edge: jobs carrying the old version must not apply.
-        let version = self.edge_version(user, &feed)? + 1;
-        batch.insert(&self.edge_versions, user_feed_key(user, &feed), version.to_be_bytes());
-        self.put_user_stats(&mut batch, user, 0)?;
-        let edge = EdgeState {
-            follower: user,
-            feed,
-            version,
-            following,
-            muted,
-        };
-        self.log(&mut batch, &edge, if muted { Cause::Mute } else { Cause::Unmute });
-        self.commit(batch)?;
-        self.set_pair(true, u64_pair(user, target), muted);
-        Ok(EdgeChange { changed: true, edge })
+        writes::set_mute(self, user, target, muted).await
     }
 
     async fn relationships(&self, user: UserId, targets: &[UserId]) -> Result<Vec<Relationship>, StoreError> {
-        let me = FeedRef::user(user);
-        targets
-            .iter()
-            .map(|&t| {
-                Ok(Relationship {
-                    target: t,
-                    following: Self::exists(&self.following, &user_feed_key(user, &FeedRef::user(t)))?,
-                    followed_by: Self::exists(&self.following, &user_feed_key(t, &me))?,
-                    blocking: self.pairs().blocks.contains(&u64_pair(user, t)),
-                    blocked_by: self.pairs().blocks.contains(&u64_pair(t, user)),
-                    muting: self.is_muting(user, t)?,
-                    muted_by: self.is_muting(t, user)?,
-                })
-            })
-            .collect()
+        reads::relationships(self, user, targets).await
     }
 
     async fn blocks_and_mutes(&self, user: UserId, targets: &[UserId]) -> Result<Vec<(bool, bool)>, StoreError> {
-        let p = self.pairs();
-        Ok(targets
-            .iter()
-            .map(|&t| {
-                let blocked = p.blocks.contains(&u64_pair(user, t)) || p.blocks.contains(&u64_pair(t, user));
-                (blocked, p.mutes.contains(&u64_pair(user, t)))
-            })
-            .collect())
+        reads::blocks_and_mutes(self, user, targets).await
     }
 
     async fn is_following(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, StoreError> {
-        feeds
-            .iter()
-            .map(|f| Self::exists(&self.following, &user_feed_key(user, f)))
-            .collect()
+        reads::is_following(self, user, feeds).await
     }
 
     async fn list_followers(&self, feed: &FeedRef, after: UserId, limit: usize) -> Result<Vec<Follower>, StoreError> {
-        match after.checked_add(1) {
-            Some(from) => self.scan_followers(feed, from, None, limit),
-            None => Ok(vec![]),
-        }
+        reads::list_followers(self, feed, after, limit).await
     }
 
     async fn list_following(
@@ -550,54 +394,11 @@ impl GraphStore for EmbeddedGraphStore {
         after: Option<&FeedRef>,
         limit: usize,
     ) -> Result<Vec<FeedRef>, StoreError> {
-        // Whole lists are kept: a first page that holds one is answered from memory.
-        let ticket = match after {
-            Some(_) => None,
-            None => match self
-                .lists
-                .get(&user, |list| (list.len() <= limit).then(|| list.to_vec()))
-            {
-                Ok(Some(list)) => return Ok(list),
-                Ok(None) => None,
-                Err(ticket) => Some(ticket),
-            },
-        };
-        let prefix = user.to_be_bytes();
-        let start = match after {
-            // Appending a zero byte makes the bound exclusive of `after` itself.
-            Some(f) => {
-                let mut k = user_feed_key(user, f);
-                k.push(0);
-                k
-            }
-            None => prefix.to_vec(),
-        };
-        let mut end = prefix.to_vec();
-        end.push(0xFF);
-        let mut out = Vec::with_capacity(limit.min(1024));
-        for item in self.following.range(start..end) {
-            if out.len() >= limit {
-                break;
-            }
-            let key = item.key().map_err(be)?;
-            let name = std::str::from_utf8(&key[8..]).map_err(|e| StoreError::Backend(e.to_string()))?;
-            out.push(FeedRef::parse(name).map_err(|e| StoreError::Backend(e.to_string()))?);
-        }
-        if let Some(ticket) = ticket
-            && out.len() < limit
-        {
-            self.lists.fill(ticket, user, out.clone().into());
-        }
-        Ok(out)
+        reads::list_following(self, user, after, limit).await
     }
 
     async fn follower_shards(&self, feed: &FeedRef) -> Result<Vec<u64>, StoreError> {
-        let prefix = feed_prefix(feed);
-        let len = prefix.len();
-        self.shards
-            .prefix(prefix)
-            .map(|item| item.key().map(|k| u64_at(&k, len)).map_err(be))
-            .collect()
+        reads::follower_shards(self, feed).await
     }
 
     async fn page_shard(
@@ -607,38 +408,27 @@ impl GraphStore for EmbeddedGraphStore {
         after: UserId,
         limit: usize,
     ) -> Result<Vec<Follower>, StoreError> {
-        let lo = shard << SHARD_BITS;
-        let hi = (shard + 1).checked_shl(SHARD_BITS).filter(|h| *h > lo);
-        let from = after.saturating_add(1).max(lo);
-        self.scan_followers(feed, from, hi, limit)
+        reads::page_shard(self, feed, shard, after, limit).await
     }
 
     async fn feed_counts(&self, feeds: &[FeedRef]) -> Result<Vec<FeedCounts>, StoreError> {
-        feeds.iter().map(|f| self.feed_counts_one(f)).collect()
+        reads::feed_counts(self, feeds).await
     }
 
     async fn following_counts(&self, users: &[UserId]) -> Result<Vec<u64>, StoreError> {
-        users.iter().map(|u| self.user_stats_one(*u).map(|s| s.0)).collect()
+        reads::following_counts(self, users).await
     }
 
     async fn edge_states(&self, edges: &[(UserId, FeedRef)]) -> Result<Vec<EdgeState>, StoreError> {
-        edges.iter().map(|(u, f)| self.state(*u, f)).collect()
+        reads::edge_states(self, edges).await
     }
 
     async fn graph_versions(&self, users: &[UserId]) -> Result<Vec<u64>, StoreError> {
-        users.iter().map(|u| self.user_stats_one(*u).map(|s| s.1)).collect()
+        reads::graph_versions(self, users).await
     }
 
     async fn edge_changes(&self, after_seq: u64, limit: usize) -> Result<Vec<EdgeLogEntry>, StoreError> {
-        let mut out = Vec::with_capacity(limit.min(1024));
-        for item in self.edge_log.range(after_seq.saturating_add(1).to_be_bytes()..) {
-            if out.len() >= limit {
-                break;
-            }
-            let (_, v) = item.into_inner().map_err(be)?;
-            out.push(EdgeLogEntry::decode(&*v).map_err(|e| StoreError::Backend(e.to_string()))?);
-        }
-        Ok(out)
+        reads::edge_changes(self, after_seq, limit).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
