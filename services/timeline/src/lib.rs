@@ -2,6 +2,7 @@
 //! outboxes below the inbox floor) and single-feed pages, filtered at read.
 
 pub mod grpc;
+pub mod rules;
 pub mod service;
 pub mod sources;
 
@@ -12,7 +13,8 @@ use feed_proto::timeline::v1::timeline_service_server::TimelineServiceServer;
 use feed_server::app::require;
 use feed_server::{Authenticator, FeedConfig, ServiceSet};
 
-pub use service::{Timeline, TimelineRules};
+pub use rules::TimelineRules;
+pub use service::Timeline;
 pub use sources::{GrpcSources, Sources};
 
 /// The gRPC name of this service.

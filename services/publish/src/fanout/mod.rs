@@ -3,163 +3,24 @@
 //! idempotent: a replayed job, or a job re-driven after a crash, changes
 //! nothing that was already done.
 
+mod ledger;
+mod purge;
+
+pub use ledger::{GrpcLedger, JobLedger};
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use feed_core::{ApiError, FeedRef};
 use feed_inbox::InboxStore;
-use std::collections::HashSet;
 
 use feed_proto::common::v1::DeliveryMode;
 use feed_proto::events::v1::{EdgeJob, EdgeJobKind, FanoutJob, Job, PurgeJob, job};
-use feed_proto::publish::v1 as pb;
-use feed_proto::publish::v1::OutboxItem;
-use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
 use feed_server::Shutdown;
-use tonic::transport::Channel;
 
 use crate::graph::Graph;
-use crate::publisher::{LoadedJob, Publisher, fanout_job_id, purge_job_id};
+use crate::publisher::{fanout_job_id, purge_job_id};
 use crate::queue::{Delivery, EventQueue, JobQueue};
-
-/// Where workers read and settle job records.
-#[async_trait]
-pub trait JobLedger: Send + Sync + 'static {
-    /// The pending job; None once done.
-    async fn load(&self, job_id: &str) -> Result<Option<LoadedJob>, ApiError>;
-    /// Done, with the sub-jobs it spawned recorded in the same step.
-    async fn complete(&self, job_id: &str, spawned: &[Job]) -> Result<(), ApiError>;
-    /// A failed attempt; true when dead-lettered.
-    async fn fail(&self, job_id: &str, error: &str) -> Result<bool, ApiError>;
-    /// A feed's newest outbox entries, for backfill and purge.
-    async fn outbox(&self, feed: &FeedRef, limit: usize) -> Result<Vec<OutboxItem>, ApiError>;
-    /// Activities by id, as outbox items (sources and flags), for purges.
-    async fn items(&self, ids: &[u64]) -> Result<Vec<OutboxItem>, ApiError>;
-}
-
-#[async_trait]
-impl JobLedger for Publisher {
-    async fn load(&self, job_id: &str) -> Result<Option<LoadedJob>, ApiError> {
-        self.load_job(job_id).await
-    }
-    async fn complete(&self, job_id: &str, spawned: &[Job]) -> Result<(), ApiError> {
-        self.complete_job(job_id, spawned).await
-    }
-    async fn fail(&self, job_id: &str, error: &str) -> Result<bool, ApiError> {
-        self.fail_job(job_id, error).await
-    }
-    async fn outbox(&self, feed: &FeedRef, limit: usize) -> Result<Vec<OutboxItem>, ApiError> {
-        self.outbox_items(feed, limit).await
-    }
-    async fn items(&self, ids: &[u64]) -> Result<Vec<OutboxItem>, ApiError> {
-        Publisher::items(self, ids).await
-    }
-}
-
-/// The ledger of a remote publish service (the `fanout-worker` binary).
-#[derive(Clone)]
-pub struct GrpcLedger {
-    client: PublishServiceClient<Channel>,
-    auth: feed_server::auth::ServiceToken,
-}
-
-impl GrpcLedger {
-    /// A client on `channel` sending `token`.
-    pub fn new(channel: Channel, token: &str) -> anyhow::Result<Self> {
-        Ok(Self {
-            client: PublishServiceClient::new(channel),
-            auth: feed_server::auth::ServiceToken::new(token)?,
-        })
-    }
-
-    fn req<T>(&self, msg: T) -> tonic::Request<T> {
-        self.auth.request(msg)
-    }
-}
-
-fn from_publish(s: tonic::Status) -> ApiError {
-    ApiError::from_peer("publish", &s)
-}
-
-#[async_trait]
-impl JobLedger for GrpcLedger {
-    async fn load(&self, job_id: &str) -> Result<Option<LoadedJob>, ApiError> {
-        match self
-            .client
-            .clone()
-            .get_job(self.req(pb::GetJobRequest { job_id: job_id.into() }))
-            .await
-        {
-            Ok(r) => {
-                let r = r.into_inner();
-                Ok(r.job.map(|job| LoadedJob {
-                    job,
-                    activity_deleted: r.activity_deleted,
-                    attempts: r.attempts,
-                }))
-            }
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-            Err(s) => Err(from_publish(s)),
-        }
-    }
-
-    async fn complete(&self, job_id: &str, spawned: &[Job]) -> Result<(), ApiError> {
-        self.client
-            .clone()
-            .complete_job(self.req(pb::CompleteJobRequest {
-                job_id: job_id.into(),
-                spawned: spawned.to_vec(),
-            }))
-            .await
-            .map_err(from_publish)?;
-        Ok(())
-    }
-
-    async fn fail(&self, job_id: &str, error: &str) -> Result<bool, ApiError> {
-        let r = self
-            .client
-            .clone()
-            .fail_job(self.req(pb::FailJobRequest {
-                job_id: job_id.into(),
-                error: error.into(),
-            }))
-            .await
-            .map_err(from_publish)?;
-        Ok(r.into_inner().dead_lettered)
-    }
-
-    async fn outbox(&self, feed: &FeedRef, limit: usize) -> Result<Vec<OutboxItem>, ApiError> {
-        let r = self
-            .client
-            .clone()
-            .list_outbox(self.req(pb::ListOutboxRequest {
-                feed: feed.to_string(),
-                limit: limit.min(10_000) as u32,
-                ids: vec![],
-            }))
-            .await
-            .map_err(from_publish)?;
-        Ok(r.into_inner().items)
-    }
-
-    async fn items(&self, ids: &[u64]) -> Result<Vec<OutboxItem>, ApiError> {
-        if ids.is_empty() {
-            return Ok(vec![]);
-        }
-        let r = self
-            .client
-            .clone()
-            .list_outbox(self.req(pb::ListOutboxRequest {
-                feed: String::new(),
-                limit: 0,
-                ids: ids.to_vec(),
-            }))
-            .await
-            .map_err(from_publish)?;
-        Ok(r.into_inner().items)
-    }
-}
 
 /// Worker settings.
 #[derive(Debug, Clone)]
@@ -456,100 +317,6 @@ impl FanoutWorker {
             EdgeJobKind::Relax => self.relax(e.follower_id, &feed).await?,
             EdgeJobKind::Purge if !following => self.purge(e.follower_id).await?,
             _ => {}
-        }
-        self.ledger.complete(job_id, &[]).await
-    }
-
-    /// Removes from `user`'s inbox the items no followed feed pushes any
-    /// more (and deleted ones). Driven by the inbox's own content, not by
-    /// one feed's outbox, so nothing older than that feed's newest page is
-    /// missed; an item's sources are `user:<actor>` and its `to` feeds (Invariant 5).
-    async fn purge(&self, user: u64) -> Result<(), ApiError> {
-        let cap = self.cfg.inbox_cap.max(1);
-        let Some(page) = self
-            .inbox
-            .page(user, None, cap)
-            .await
-            .map_err(|err| ApiError::Unavailable(err.to_string()))?
-        else {
-            return Ok(());
-        };
-        let items = self.ledger.items(&page.ids).await?;
-        let followed = self.followed_sources(user, &items).await?;
-        let known: HashSet<u64> = items.iter().map(|i| i.id).collect();
-        let remove: Vec<u64> = items
-            .iter()
-            .filter(|i| i.deleted || !i.push_sources.iter().any(|s| followed.contains(s)))
-            .map(|i| i.id)
-            .chain(page.ids.iter().copied().filter(|id| !known.contains(id)))
-            .collect();
-        self.inbox
-            .remove(user, &remove)
-            .await
-            .map_err(|err| ApiError::Unavailable(err.to_string()))
-    }
-
-    /// The push sources of `items` that `user` follows.
-    async fn followed_sources(&self, user: u64, items: &[OutboxItem]) -> Result<HashSet<String>, ApiError> {
-        let mut sources: Vec<FeedRef> = items
-            .iter()
-            .flat_map(|i| i.push_sources.iter().filter_map(|s| FeedRef::parse(s).ok()))
-            .collect();
-        sources.sort();
-        sources.dedup();
-        let follows = self.graph.follows(user, &sources).await?;
-        Ok(sources
-            .iter()
-            .zip(follows)
-            .filter(|(_, f)| *f)
-            .map(|(s, _)| s.to_string())
-            .collect())
-    }
-
-    /// After a block or mute on an author is lifted: adds the author's
-    /// recent items (their `user:<author>` outbox holds every one) that
-    /// reach `user` pushed through a feed they follow. Reads dropped them
-    /// from the inbox while they were hidden, and a tag or a group may have
-    /// brought them, not only `user:<author>` (Invariant 5).
-    async fn relax(&self, user: u64, author: &FeedRef) -> Result<(), ApiError> {
-        let cap = self.cfg.inbox_cap.max(1);
-        let items = self.ledger.outbox(author, cap).await?;
-        let followed = self.followed_sources(user, &items).await?;
-        let ids: Vec<u64> = items
-            .iter()
-            .filter(|i| {
-                !i.private && !i.deleted && i.actor != user && i.push_sources.iter().any(|s| followed.contains(s))
-            })
-            .map(|i| i.id)
-            .collect();
-        // Read to depth `cap`, as a backfill: nothing below is guaranteed.
-        let floor = if items.len() >= cap {
-            items.last().map_or(0, |i| i.id)
-        } else {
-            0
-        };
-        self.inbox
-            .backfill(user, &ids, floor)
-            .await
-            .map_err(|err| ApiError::Unavailable(err.to_string()))?;
-        Ok(())
-    }
-
-    async fn purge_shard(&self, job_id: &str, p: &PurgeJob, shard: u64) -> Result<(), ApiError> {
-        let feed = feed_of(&p.feed)?;
-        let mut after = 0;
-        loop {
-            let (page, done) = self.graph.page(&feed, shard, after, self.cfg.page_size).await?;
-            let Some(last) = page.last() else { break };
-            after = last.user;
-            let users: Vec<u64> = page.iter().map(|p| p.user).collect();
-            self.inbox
-                .remove_from(&users, p.activity_id)
-                .await
-                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-            if done {
-                break;
-            }
         }
         self.ledger.complete(job_id, &[]).await
     }

@@ -3,8 +3,10 @@
 //! reader's own outbox head, merged by id with one cursor; filtered at read
 //! (DESIGN Invariants 1, 5, 9, 10).
 
+mod feed_page;
+
 // Hashed per item of every read: a fast hasher with a per-process seed.
-use foldhash::{HashMap, HashSet};
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,43 +15,8 @@ use feed_inbox::InboxStore;
 use feed_proto::common::v1::{Activity, DeliveryMode};
 use tokio::sync::Semaphore;
 
+use crate::TimelineRules;
 use crate::sources::{Entry, Sources};
-
-/// Timeline settings.
-#[derive(Debug, Clone)]
-pub struct TimelineRules {
-    /// Most items per page.
-    pub max_limit: usize,
-    /// A read scans at most this many candidate ids per returned item before
-    /// answering with `has_more` (bounded reads, Invariant 9).
-    pub scan_factor: usize,
-    /// Most followed feeds read per page for pull-mode items and history.
-    pub max_feeds_per_read: usize,
-    /// Inbox rebuilds running at once across all users (a Redis loss must not stampede the store).
-    pub rebuild_budget: usize,
-    /// A user's activity is recorded (the inbox expiry restarted) at most
-    /// this often: reads are not writes.
-    pub active_debounce: Duration,
-}
-
-impl Default for TimelineRules {
-    fn default() -> Self {
-        Self::from_config(&feed_server::config::TimelineConfig::default())
-    }
-}
-
-impl TimelineRules {
-    /// From the platform configuration's `timeline` section.
-    pub fn from_config(c: &feed_server::config::TimelineConfig) -> Self {
-        Self {
-            max_limit: c.max_limit.max(1),
-            scan_factor: c.scan_factor.max(1),
-            max_feeds_per_read: c.max_feeds_per_read.max(1),
-            rebuild_budget: c.rebuild_budget.max(1),
-            active_debounce: Duration::from_millis(c.active_debounce_ms),
-        }
-    }
-}
 
 /// One timeline item.
 #[derive(Debug, Clone, PartialEq)]
@@ -455,84 +422,5 @@ impl Timeline {
             tracing::debug!(error = %e, "lazy inbox cleanup failed");
         }
         Ok(())
-    }
-
-    /// One page of a single feed (a profile, a tag, a group) as `viewer` may see it.
-    pub async fn feed(
-        &self,
-        feed: &FeedRef,
-        viewer: Option<UserId>,
-        limit: usize,
-        before: Option<u64>,
-    ) -> Result<Page, ApiError> {
-        let mut page = Page::default();
-        let mut upper = before;
-        let mut scanned = 0usize;
-        let batch = (limit * 2).clamp(10, 1000);
-        let viewer_following: HashSet<FeedRef> = match viewer {
-            Some(v) => self.sources.following(v).await?.into_iter().collect(),
-            None => HashSet::default(),
-        };
-        loop {
-            let (entries, more) = self
-                .sources
-                .read_outboxes(std::slice::from_ref(feed), upper, batch, false)
-                .await?;
-            let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
-            scanned += ids.len();
-            let activities = self.sources.hydrate(&ids).await?;
-            // Blocked authors are hidden everywhere; muted ones everywhere
-            // but their own profile feed, which stays readable.
-            let hidden: HashSet<UserId> = match viewer {
-                Some(v) => {
-                    let mut actors: Vec<UserId> = activities.iter().map(|a| a.actor).filter(|a| *a != v).collect();
-                    actors.sort_unstable();
-                    actors.dedup();
-                    let rel = self.sources.relations(v, &actors).await?;
-                    actors
-                        .into_iter()
-                        .zip(rel)
-                        .filter(|(a, r)| r.blocked || (r.muted && feed.user_id() != Some(*a)))
-                        .map(|(a, _)| a)
-                        .collect()
-                }
-                None => HashSet::default(),
-            };
-            for a in activities {
-                if page.items.len() == limit {
-                    break;
-                }
-                let follows = viewer_following.contains(&FeedRef::user(a.actor));
-                if hidden.contains(&a.actor) || !visibility::can_see(a.as_ref(), viewer, || follows) {
-                    continue;
-                }
-                let mode = entries
-                    .iter()
-                    .find(|e| e.id == a.id)
-                    .map(|e| e.mode)
-                    .unwrap_or(DeliveryMode::Push);
-                page.items.push(Item {
-                    activity: a,
-                    source: feed.clone(),
-                    mode,
-                });
-            }
-            if page.items.len() == limit {
-                page.next_before = page.items.last().map(|i| i.activity.id);
-                return Ok(page);
-            }
-            let Some(last) = entries.last().map(|e| e.id) else {
-                return Ok(page);
-            };
-            if !more {
-                return Ok(page);
-            }
-            upper = Some(last);
-            if scanned >= limit * self.cfg.scan_factor.max(1) {
-                page.has_more = true;
-                page.next_before = Some(last);
-                return Ok(page);
-            }
-        }
     }
 }
