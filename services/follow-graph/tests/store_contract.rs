@@ -2,16 +2,17 @@
 
 use feed_core::FeedRef;
 use feed_server::config::ScyllaConfig;
-use follow_graph::store::contract::{contract_policy, run_all};
+use follow_graph::store::contract::contract_policy;
 use follow_graph::store::embedded::EmbeddedGraphStore;
 use follow_graph::store::{GraphStore, scylla};
 
-#[tokio::test]
-async fn embedded_store_passes_the_contract() {
+async fn embedded(_: &str) -> feed_testkit::Backend<dyn GraphStore> {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EmbeddedGraphStore::open(dir.path(), contract_policy()).expect("open");
-    run_all(&store).await;
+    Some((Box::new(store), Box::new(dir)))
 }
+
+follow_graph::graph_store_contract!(embedded_store, embedded);
 
 #[tokio::test]
 async fn embedded_store_keeps_edges_and_counts_across_reopen() {
@@ -35,16 +36,18 @@ async fn embedded_store_keeps_edges_and_counts_across_reopen() {
     assert!(log[0].seq < log[1].seq, "positions continue after a restart");
 }
 
-/// Runs on the CQL node the test script starts (see `scripts/cql-node.sh`).
-#[tokio::test]
-async fn scylla_store_passes_the_contract() {
-    let Some(cfg) = cql_config("graph") else { return };
+/// On the CQL node the test script starts (see `scripts/cql-node.sh`), a
+/// keyspace per check.
+async fn cql(check: &str) -> feed_testkit::Backend<dyn GraphStore> {
+    let cfg = cql_config(check)?;
     scylla::migrate(&cfg).await.expect("migrate");
     let store = scylla::ScyllaGraphStore::connect(&cfg, contract_policy())
         .await
         .expect("connect");
-    run_all(&store).await;
+    Some((Box::new(store), Box::new(())))
 }
+
+follow_graph::graph_store_contract!(scylla_store, cql);
 
 fn cql_config(what: &str) -> Option<ScyllaConfig> {
     Some(ScyllaConfig::single_node(

@@ -17,8 +17,8 @@ use feed_core::SystemClock;
 use feed_proto::events::v1::ActivityEvent;
 use feed_proto::notify::v1::RemindJob;
 use feed_proto::notify::v1::notify_service_server::NotifyServiceServer;
+use feed_queue::{JobQueue, MemoryQueue, RedisQueue};
 use feed_server::app::require;
-use feed_server::queue::{JobQueue, MemoryQueue, RedisQueue};
 use feed_server::{Authenticator, BuildContext, FeedConfig, ServiceSet, Shutdown, Tasks};
 
 pub use graph::{Graph, GrpcGraph};
@@ -160,7 +160,7 @@ pub fn start_background(
     );
 }
 
-fn trim<M: feed_server::queue::QueueMessage>(q: Arc<dyn JobQueue<M>>) -> worker::Trim {
+fn trim<M: feed_queue::QueueMessage>(q: Arc<dyn JobQueue<M>>) -> worker::Trim {
     Box::pin(async move { q.trim().await.map_err(|e| e.to_string()) })
 }
 

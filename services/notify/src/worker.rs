@@ -8,8 +8,8 @@ use std::time::Duration;
 use feed_core::ApiError;
 use feed_proto::events::v1::ActivityEvent;
 use feed_proto::notify::v1::RemindJob;
+use feed_queue::{Delivery, JobQueue, QueueMessage};
 use feed_server::Shutdown;
-use feed_server::queue::{Delivery, JobQueue, QueueMessage};
 
 use crate::ledger::EventLedger;
 use crate::notifier::Notifier;

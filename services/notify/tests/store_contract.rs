@@ -2,16 +2,16 @@
 
 use feed_proto::notify::v1::{NoteRecord, Notification, NotificationKind};
 use feed_server::config::ScyllaConfig;
-use notify::store::contract::run_all;
 use notify::store::embedded::EmbeddedNotifyStore;
 use notify::store::{GroupChange, NotifyStore, scylla};
 
-#[tokio::test]
-async fn embedded_store_passes_the_contract() {
+async fn embedded(_: &str) -> feed_testkit::Backend<dyn NotifyStore> {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EmbeddedNotifyStore::open(dir.path()).expect("open");
-    run_all(&store).await;
+    Some((Box::new(store), Box::new(dir)))
 }
+
+notify::notify_store_contract!(embedded_store, embedded);
 
 #[tokio::test]
 async fn embedded_store_keeps_groups_and_their_actors_across_reopen() {
@@ -42,14 +42,16 @@ async fn embedded_store_keeps_groups_and_their_actors_across_reopen() {
     assert_eq!(after.note.map(|n| n.actor_count), Some(2));
 }
 
-/// Runs on the CQL node the test script starts (see `scripts/cql-node.sh`).
-#[tokio::test]
-async fn scylla_store_passes_the_contract() {
-    let Some(cfg) = cql_config("notify") else { return };
+/// On the CQL node the test script starts (see `scripts/cql-node.sh`), a
+/// keyspace per check.
+async fn cql(check: &str) -> feed_testkit::Backend<dyn NotifyStore> {
+    let cfg = cql_config(check)?;
     scylla::migrate(&cfg).await.expect("migrate");
     let store = scylla::ScyllaNotifyStore::connect(&cfg).await.expect("connect");
-    run_all(&store).await;
+    Some((Box::new(store), Box::new(())))
 }
+
+notify::notify_store_contract!(scylla_store, cql);
 
 fn cql_config(what: &str) -> Option<ScyllaConfig> {
     Some(ScyllaConfig::single_node(

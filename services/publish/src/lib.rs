@@ -118,7 +118,7 @@ pub async fn open_event_queue(cfg: &FeedConfig) -> anyhow::Result<Arc<EventQueue
         memory_event_queue()
     } else {
         Arc::new(
-            feed_server::queue::RedisQueue::<ActivityEvent>::connect(
+            feed_queue::RedisQueue::<ActivityEvent>::connect(
                 &cfg.redis.url,
                 &cfg.notify.events_stream,
                 &cfg.notify.events_group,
@@ -130,7 +130,7 @@ pub async fn open_event_queue(cfg: &FeedConfig) -> anyhow::Result<Arc<EventQueue
 
 /// An in-process event queue.
 pub fn memory_event_queue() -> Arc<EventQueue> {
-    Arc::new(feed_server::queue::MemoryQueue::<ActivityEvent>::default())
+    Arc::new(feed_queue::MemoryQueue::<ActivityEvent>::default())
 }
 
 /// An id generator: on a leased node id with Redis, on node 0 for a
@@ -147,9 +147,10 @@ pub async fn id_generator(
     let conn = redis::Client::open(cfg.redis.url.as_str())?
         .get_connection_manager()
         .await?;
-    let lease = feed_server::lease::RedisNodeLease::acquire(conn, "feed", Duration::from_secs(30), clock).await?;
+    let lease = feed_lease::RedisNodeLease::acquire(conn, "feed", Duration::from_secs(30), clock).await?;
     let generator = lease.generator();
-    tasks.adopt("node id lease", lease.spawn_keeper(shutdown.clone()));
+    let stop = shutdown.clone();
+    tasks.adopt("node id lease", lease.spawn_keeper(async move { stop.wait().await }));
     Ok(generator)
 }
 

@@ -3,16 +3,16 @@
 
 use feed_proto::events::v1::{ActivityEvent, Job};
 
-pub use feed_server::queue::QueueError;
+pub use feed_queue::QueueError;
 
 /// A fanout job handed to one worker.
-pub type Delivery = feed_server::queue::Delivery<Job>;
+pub type Delivery = feed_queue::Delivery<Job>;
 /// Where fanout jobs wait for workers.
-pub trait JobQueue: feed_server::queue::JobQueue<Job> {}
-impl<T: feed_server::queue::JobQueue<Job> + ?Sized> JobQueue for T {}
+pub trait JobQueue: feed_queue::JobQueue<Job> {}
+impl<T: feed_queue::JobQueue<Job> + ?Sized> JobQueue for T {}
 /// The in-process queue of feedd.
-pub type MemoryQueue = feed_server::queue::MemoryQueue<Job>;
+pub type MemoryQueue = feed_queue::MemoryQueue<Job>;
 /// Jobs on a Redis Stream read by the workers' consumer group.
-pub type RedisQueue = feed_server::queue::RedisQueue<Job>;
+pub type RedisQueue = feed_queue::RedisQueue<Job>;
 /// Where activity events wait for notify (its consumer group).
-pub type EventQueue = dyn feed_server::queue::JobQueue<ActivityEvent>;
+pub type EventQueue = dyn feed_queue::JobQueue<ActivityEvent>;

@@ -1,13 +1,15 @@
 //! The ActivityStore contract on every backend.
 
-use publish::store::contract::run_all;
+use publish::store::ActivityStore;
 use publish::store::embedded::EmbeddedActivityStore;
 
-#[tokio::test]
-async fn embedded_activity_store_passes_the_contract() {
+async fn embedded(_: &str) -> feed_testkit::Backend<dyn ActivityStore> {
     let dir = tempfile::tempdir().expect("tempdir");
-    run_all(&EmbeddedActivityStore::open(dir.path()).expect("open")).await;
+    let store = EmbeddedActivityStore::open(dir.path()).expect("open");
+    Some((Box::new(store), Box::new(dir)))
 }
+
+publish::activity_store_contract!(embedded_store, embedded);
 
 #[tokio::test]
 async fn embedded_pull_entries_page_through_every_id_after_a_restart() {
@@ -149,23 +151,23 @@ async fn embedded_store_finds_pulled_items_of_every_feed_after_a_restart() {
     assert_eq!(s.pulled(&feed("tag:ab"), None, 10).await.expect("pulled"), vec![13]);
 }
 
-/// Runs on the CQL node the test script starts (see `scripts/cql-node.sh`).
-#[tokio::test]
-async fn scylla_activity_store_passes_the_contract() {
-    let Some(cfg) = cql_config("publish") else { return };
+/// On the CQL node the test script starts (see `scripts/cql-node.sh`), a
+/// keyspace per check.
+async fn cql(check: &str) -> feed_testkit::Backend<dyn ActivityStore> {
+    let cfg = cql_config(check)?;
     publish::store::scylla::migrate(&cfg).await.expect("migrate");
-    run_all(
-        &publish::store::scylla::ScyllaActivityStore::connect(&cfg)
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let store = publish::store::scylla::ScyllaActivityStore::connect(&cfg)
+        .await
+        .expect("connect");
+    Some((Box::new(store), Box::new(())))
 }
+
+publish::activity_store_contract!(scylla_store, cql);
 
 #[tokio::test]
 async fn redis_queue_delivers_reclaims_acks_dead_letters_and_trims() {
     use feed_proto::events::v1::Job;
-    use feed_server::queue::JobQueue as _;
+    use feed_queue::JobQueue as _;
     use publish::RedisQueue;
     use std::time::Duration;
 
@@ -220,28 +222,32 @@ async fn redis_queue_delivers_reclaims_acks_dead_letters_and_trims() {
     q.ack(&taken[0]).await.expect("ack");
 }
 
-#[tokio::test]
-async fn shared_heads_over_the_embedded_store_pass_the_contract() {
+async fn heads_over_embedded(_: &str) -> feed_testkit::Backend<dyn ActivityStore> {
     use publish::store::shared_heads::SharedHeads;
     let redis = feed_testkit::RedisServer::start().expect("redis");
     let dir = tempfile::tempdir().expect("tempdir");
     let inner = EmbeddedActivityStore::open(dir.path()).expect("open");
-    run_all(&SharedHeads::connect(inner, &redis.url(), false).await.expect("connect")).await;
+    let store = SharedHeads::connect(inner, &redis.url(), false).await.expect("connect");
+    Some((Box::new(store), Box::new((dir, redis))))
 }
+
+publish::activity_store_contract!(shared_heads_over_embedded, heads_over_embedded);
 
 /// The shared heads over the store replicas really share: the ScyllaDB
 /// store on the CQL node, heads on a real redis-server.
-#[tokio::test]
-async fn shared_heads_over_the_scylla_store_pass_the_contract() {
+async fn heads_over_cql(check: &str) -> feed_testkit::Backend<dyn ActivityStore> {
     use publish::store::shared_heads::SharedHeads;
-    let Some(cfg) = cql_config("heads") else { return };
+    let cfg = cql_config(check)?;
     publish::store::scylla::migrate(&cfg).await.expect("migrate");
     let inner = publish::store::scylla::ScyllaActivityStore::connect(&cfg)
         .await
         .expect("connect");
     let redis = feed_testkit::RedisServer::start().expect("redis");
-    run_all(&SharedHeads::connect(inner, &redis.url(), false).await.expect("connect")).await;
+    let store = SharedHeads::connect(inner, &redis.url(), false).await.expect("connect");
+    Some((Box::new(store), Box::new(redis)))
 }
+
+publish::activity_store_contract!(shared_heads_over_scylla, heads_over_cql);
 
 /// The heads in Redis are exact whatever happens to them: read before and
 /// after writes, evicted, flushed, left half-filled by a reader, trimmed

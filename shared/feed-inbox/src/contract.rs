@@ -1,5 +1,6 @@
-//! The contract every [`InboxStore`] passes. Backends' tests call
-//! [`run_all`] on an empty store built with [`contract_config`].
+//! The contract every [`InboxStore`] passes: each check runs as a test of
+//! its own per backend (the macro at the end) on an empty store built with
+//! [`contract_config`].
 
 use crate::{InboxLimits, InboxStore};
 
@@ -18,20 +19,8 @@ fn id(n: u64) -> u64 {
     (1u64 << 60) + n
 }
 
-/// Runs every check.
-pub async fn run_all(s: &dyn InboxStore) {
-    push_reaches_only_live_inboxes(s).await;
-    pages_are_exact_and_newest_first(s).await;
-    trim_raises_the_floor(s).await;
-    rebuild_unions_and_keeps_the_lower_floor(s).await;
-    ids_below_the_floor_are_not_added(s).await;
-    removal_and_eviction(s).await;
-    replayed_push_changes_nothing(s).await;
-    touch_reports_liveness(s).await;
-    marker_first_rebuild_keeps_pushes_made_while_it_ran(s).await;
-}
-
-async fn marker_first_rebuild_keeps_pushes_made_while_it_ran(s: &dyn InboxStore) {
+/// Contract check: marker first rebuild keeps pushes made while it ran.
+pub async fn marker_first_rebuild_keeps_pushes_made_while_it_ran(s: &dyn InboxStore) {
     let provisional = id(100);
     assert!(s.mark_live(70, provisional).await.expect("mark"));
     assert!(
@@ -52,7 +41,8 @@ async fn marker_first_rebuild_keeps_pushes_made_while_it_ran(s: &dyn InboxStore)
     );
 }
 
-async fn push_reaches_only_live_inboxes(s: &dyn InboxStore) {
+/// Contract check: push reaches only live inboxes.
+pub async fn push_reaches_only_live_inboxes(s: &dyn InboxStore) {
     s.rebuild(1, &[], 0, None).await.expect("rebuild");
     assert_eq!(s.push(&[1, 2], id(1)).await.expect("push"), 1);
     assert!(!s.is_live(2).await.expect("live"), "push never creates an inbox");
@@ -61,7 +51,8 @@ async fn push_reaches_only_live_inboxes(s: &dyn InboxStore) {
     assert_eq!(s.page(1, None, 10).await.expect("page").expect("live").ids, vec![id(1)]);
 }
 
-async fn pages_are_exact_and_newest_first(s: &dyn InboxStore) {
+/// Contract check: pages are exact and newest first.
+pub async fn pages_are_exact_and_newest_first(s: &dyn InboxStore) {
     s.rebuild(10, &[id(1), id(2), id(3)], 0, None).await.expect("rebuild");
     let first = s.page(10, None, 2).await.expect("page").expect("live");
     assert_eq!(first.ids, vec![id(3), id(2)]);
@@ -70,7 +61,8 @@ async fn pages_are_exact_and_newest_first(s: &dyn InboxStore) {
     assert_eq!(next.floor, 0);
 }
 
-async fn trim_raises_the_floor(s: &dyn InboxStore) {
+/// Contract check: trim raises the floor.
+pub async fn trim_raises_the_floor(s: &dyn InboxStore) {
     s.rebuild(20, &[], 0, None).await.expect("rebuild");
     for n in 1..=7 {
         s.push(&[20], id(n)).await.expect("push");
@@ -80,7 +72,8 @@ async fn trim_raises_the_floor(s: &dyn InboxStore) {
     assert_eq!(page.floor, id(3), "complete only down to the oldest kept id");
 }
 
-async fn rebuild_unions_and_keeps_the_lower_floor(s: &dyn InboxStore) {
+/// Contract check: rebuild unions and keeps the lower floor.
+pub async fn rebuild_unions_and_keeps_the_lower_floor(s: &dyn InboxStore) {
     s.rebuild(30, &[id(50), id(60)], id(50), None).await.expect("rebuild");
     s.push(&[30], id(70)).await.expect("push");
     // A second, deeper rebuild (e.g. racing a concurrent one) unions.
@@ -95,7 +88,8 @@ async fn rebuild_unions_and_keeps_the_lower_floor(s: &dyn InboxStore) {
     assert_eq!(s.page(30, None, 10).await.expect("page").expect("live").floor, id(40));
 }
 
-async fn ids_below_the_floor_are_not_added(s: &dyn InboxStore) {
+/// Contract check: ids below the floor are not added.
+pub async fn ids_below_the_floor_are_not_added(s: &dyn InboxStore) {
     s.rebuild(40, &[id(10)], id(10), None).await.expect("rebuild");
     s.push(&[40], id(5)).await.expect("push old");
     assert!(s.backfill(40, &[id(4), id(11)], 0).await.expect("backfill"));
@@ -113,7 +107,8 @@ async fn ids_below_the_floor_are_not_added(s: &dyn InboxStore) {
     );
 }
 
-async fn removal_and_eviction(s: &dyn InboxStore) {
+/// Contract check: removal and eviction.
+pub async fn removal_and_eviction(s: &dyn InboxStore) {
     s.rebuild(50, &[id(1), id(2), id(3)], 0, None).await.expect("rebuild");
     s.rebuild(51, &[id(2)], 0, None).await.expect("rebuild");
     s.remove(50, &[id(1)]).await.expect("remove");
@@ -128,7 +123,8 @@ async fn removal_and_eviction(s: &dyn InboxStore) {
     assert!(!s.is_live(50).await.expect("live"));
 }
 
-async fn replayed_push_changes_nothing(s: &dyn InboxStore) {
+/// Contract check: replayed push changes nothing.
+pub async fn replayed_push_changes_nothing(s: &dyn InboxStore) {
     s.rebuild(60, &[], 0, None).await.expect("rebuild");
     for _ in 0..3 {
         s.push(&[60], id(9)).await.expect("push");
@@ -139,7 +135,8 @@ async fn replayed_push_changes_nothing(s: &dyn InboxStore) {
     );
 }
 
-async fn touch_reports_liveness(s: &dyn InboxStore) {
+/// Contract check: touch reports liveness.
+pub async fn touch_reports_liveness(s: &dyn InboxStore) {
     assert!(
         !s.touch(80).await.expect("touch"),
         "touching a cold user's inbox does not create it"
@@ -147,4 +144,29 @@ async fn touch_reports_liveness(s: &dyn InboxStore) {
     assert!(!s.is_live(80).await.expect("live"));
     s.rebuild(80, &[], 0, None).await.expect("rebuild");
     assert!(s.touch(80).await.expect("touch"));
+}
+
+/// One test per check of this contract for a backend:
+/// `inbox_store_contract!(embedded, make)` where `make(check_name)` returns a
+/// [`feed_testkit::Backend`] (see `feed_testkit::contract_tests`).
+#[macro_export]
+macro_rules! inbox_store_contract {
+    ($backend:ident, $make:ident) => {
+        feed_testkit::contract_tests!(
+            $backend,
+            $make,
+            feed_inbox::contract,
+            [
+                push_reaches_only_live_inboxes,
+                pages_are_exact_and_newest_first,
+                trim_raises_the_floor,
+                rebuild_unions_and_keeps_the_lower_floor,
+                ids_below_the_floor_are_not_added,
+                removal_and_eviction,
+                replayed_push_changes_nothing,
+                touch_reports_liveness,
+                marker_first_rebuild_keeps_pushes_made_while_it_ran
+            ]
+        );
+    };
 }

@@ -3,25 +3,28 @@
 use std::sync::Arc;
 
 use feed_core::SystemClock;
-use feed_inbox::contract::{contract_config, run_all};
+use feed_inbox::contract::contract_config;
 use feed_inbox::{InboxStore, MemoryInbox, RedisInbox};
 use feed_testkit::RedisServer;
 
-#[tokio::test]
-async fn memory_inbox_passes_the_contract() {
-    run_all(&MemoryInbox::new(contract_config(), Arc::new(SystemClock))).await;
+async fn memory(_: &str) -> feed_testkit::Backend<dyn InboxStore> {
+    Some((
+        Box::new(MemoryInbox::new(contract_config(), Arc::new(SystemClock))),
+        Box::new(()),
+    ))
 }
 
-#[tokio::test]
-async fn redis_inbox_passes_the_contract() {
+feed_inbox::inbox_store_contract!(memory_inbox, memory);
+
+async fn redis(_: &str) -> feed_testkit::Backend<dyn InboxStore> {
     let redis = RedisServer::start().expect("redis");
-    run_all(
-        &RedisInbox::connect(&redis.url(), contract_config())
-            .await
-            .expect("connect"),
-    )
-    .await;
+    let inbox = RedisInbox::connect(&redis.url(), contract_config())
+        .await
+        .expect("connect");
+    Some((Box::new(inbox), Box::new(redis)))
 }
+
+feed_inbox::inbox_store_contract!(redis_inbox, redis);
 
 /// `maxmemory-policy volatile-lru` evicts keys one at a time: an inbox may
 /// lose its set and keep its floor, or the other way round.
@@ -125,13 +128,15 @@ async fn memory_inbox_expires_unused_inboxes() {
     );
 }
 
-#[tokio::test]
-async fn redis_inbox_passes_the_contract_with_per_slot_calls() {
-    // The cluster-safe path (one script call per user) on a single server.
+/// The cluster-safe path (one script call per user) on a single server.
+async fn redis_per_slot(_: &str) -> feed_testkit::Backend<dyn InboxStore> {
     let redis = RedisServer::start().expect("redis");
     let cfg = feed_inbox::InboxLimits {
         cluster: true,
         ..contract_config()
     };
-    run_all(&RedisInbox::connect(&redis.url(), cfg).await.expect("connect")).await;
+    let inbox = RedisInbox::connect(&redis.url(), cfg).await.expect("connect");
+    Some((Box::new(inbox), Box::new(redis)))
 }
+
+feed_inbox::inbox_store_contract!(redis_inbox_per_slot_calls, redis_per_slot);

@@ -10,6 +10,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use feed_cql::ScyllaConfig;
+
 /// The platform's configuration.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -335,61 +337,6 @@ pub struct RedisConfig {
     /// The URL points at a Redis Cluster: inbox scripts then touch one
     /// slot per call (hash tags keep a user's keys together).
     pub cluster: bool,
-}
-
-/// ScyllaDB.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ScyllaConfig {
-    /// Comma-separated `host:port` contact points; empty uses the embedded store.
-    pub nodes: String,
-    /// Keyspace holding the platform's tables.
-    pub keyspace: String,
-    /// Replication factor used by `--migrate` (SimpleStrategy in dev, set per DC in prod).
-    pub replication_factor: u32,
-    /// Local datacenter for LOCAL_QUORUM routing.
-    pub local_dc: String,
-    /// A statement not answered within this fails as unavailable (well
-    /// inside `server.request_timeout_ms`, so the caller hears UNAVAILABLE).
-    pub request_timeout_ms: u64,
-    /// Opening a connection to a node gives up after this.
-    pub connect_timeout_ms: u64,
-}
-
-impl Default for ScyllaConfig {
-    fn default() -> Self {
-        Self {
-            nodes: String::new(),
-            keyspace: "feed".into(),
-            replication_factor: 3,
-            local_dc: String::new(),
-            request_timeout_ms: 5_000,
-            connect_timeout_ms: 2_000,
-        }
-    }
-}
-
-impl ScyllaConfig {
-    /// One node's contact point and a keyspace, replicated once (tests, a
-    /// single-node development cluster); the rest as by default.
-    pub fn single_node(nodes: String, keyspace: String) -> Self {
-        Self {
-            nodes,
-            keyspace,
-            replication_factor: 1,
-            ..Self::default()
-        }
-    }
-
-    /// The contact points, or none when ScyllaDB is not configured.
-    pub fn node_list(&self) -> Vec<String> {
-        self.nodes
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect()
-    }
 }
 
 /// follow-graph settings.

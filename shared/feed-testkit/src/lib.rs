@@ -177,6 +177,34 @@ impl Drop for RedisServer {
     }
 }
 
+/// What a contract test's backend factory returns: the store under test
+/// and what must live as long as it (a temp dir, a redis-server), or None
+/// to skip a backend this machine does not have.
+pub type Backend<S> = Option<(Box<S>, Box<dyn std::any::Any>)>;
+
+/// Emits one `#[tokio::test]` per check of a contract suite for one
+/// backend, as quickwit's metastore test macro does: a failing check names
+/// itself (`embedded::follow_is_idempotent...`) and does not hide the
+/// others. `$make` is an async fn in the calling module that takes the
+/// check's name (for a keyspace of its own) and returns a [`Backend`].
+#[macro_export]
+macro_rules! contract_tests {
+    ($backend:ident, $make:ident, $suite:path, [$($check:ident),+ $(,)?]) => {
+        mod $backend {
+            use $suite as suite;
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let Some((store, _keep)) = super::$make(stringify!($check)).await else {
+                        return;
+                    };
+                    suite::$check(&*store).await;
+                }
+            )+
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -91,7 +91,7 @@ impl TestQueue {
 }
 
 #[async_trait]
-impl feed_server::queue::JobQueue<Job> for TestQueue {
+impl feed_queue::JobQueue<Job> for TestQueue {
     async fn enqueue(&self, jobs: &[Job]) -> Result<(), QueueError> {
         self.0.lock().expect("lock").extend(jobs.iter().cloned());
         Ok(())

@@ -137,7 +137,7 @@ impl Platform {
         self.shutdown.trigger();
         self.task.await??;
         if let Some(cfg) = self.cql {
-            let session = feed_server::scylla::connect_for_schema(&cfg).await?;
+            let session = feed_cql::connect_for_schema(&cfg).await?;
             session
                 .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", cfg.keyspace), ())
                 .await?;

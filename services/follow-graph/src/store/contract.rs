@@ -1,5 +1,6 @@
-//! The contract every [`GraphStore`] backend passes. Backends' tests call
-//! [`run_all`] on a fresh, empty store built with [`contract_policy`].
+//! The contract every [`GraphStore`] backend passes: each check runs as a
+//! test of its own per backend (the macro at the end) on a fresh, empty
+//! store built with [`contract_policy`].
 
 use feed_core::FeedRef;
 
@@ -14,24 +15,8 @@ fn feed(s: &str) -> FeedRef {
     FeedRef::parse(s).expect("valid feed in contract")
 }
 
-/// Runs every contract check against `store` (which must start empty).
-pub async fn run_all(store: &dyn GraphStore) {
-    follow_is_idempotent_and_counted_once(store).await;
-    unfollow_is_idempotent_and_versions_only_grow(store).await;
-    block_removes_follows_both_ways_and_prevents_new_ones(store).await;
-    mute_keeps_the_follow_and_marks_the_follower(store).await;
-    followers_page_in_id_order_without_skips_or_repeats(store).await;
-    following_pages_in_feed_order(store).await;
-    whole_follow_lists_show_every_change_at_once(store).await;
-    shards_address_follower_ranges(store).await;
-    celebrity_flag_has_hysteresis(store).await;
-    follow_limit_is_enforced(store).await;
-    graph_version_bumps_on_every_change(store).await;
-    every_edge_change_is_logged_in_order(store).await;
-    store.ping().await.expect("ping");
-}
-
-async fn follow_is_idempotent_and_counted_once(s: &dyn GraphStore) {
+/// Contract check: follow is idempotent and counted once.
+pub async fn follow_is_idempotent_and_counted_once(s: &dyn GraphStore) {
     let f = feed("tag:contract-a");
     let first = s.follow(1, &f).await.expect("follow");
     assert!(first.changed && first.edge.following);
@@ -52,7 +37,8 @@ async fn follow_is_idempotent_and_counted_once(s: &dyn GraphStore) {
     );
 }
 
-async fn unfollow_is_idempotent_and_versions_only_grow(s: &dyn GraphStore) {
+/// Contract check: unfollow is idempotent and versions only grow.
+pub async fn unfollow_is_idempotent_and_versions_only_grow(s: &dyn GraphStore) {
     let f = feed("tag:contract-b");
     let v1 = s.follow(2, &f).await.expect("follow").edge.version;
     let un = s.unfollow(2, &f).await.expect("unfollow");
@@ -68,7 +54,8 @@ async fn unfollow_is_idempotent_and_versions_only_grow(s: &dyn GraphStore) {
     assert_eq!(s.feed_counts(&[f]).await.expect("counts")[0].followers, 1);
 }
 
-async fn block_removes_follows_both_ways_and_prevents_new_ones(s: &dyn GraphStore) {
+/// Contract check: block removes follows both ways and prevents new ones.
+pub async fn block_removes_follows_both_ways_and_prevents_new_ones(s: &dyn GraphStore) {
     let (a, b) = (10, 11);
     s.follow(a, &FeedRef::user(b)).await.expect("a follows b");
     s.follow(b, &FeedRef::user(a)).await.expect("b follows a");
@@ -110,7 +97,8 @@ async fn block_removes_follows_both_ways_and_prevents_new_ones(s: &dyn GraphStor
     );
 }
 
-async fn mute_keeps_the_follow_and_marks_the_follower(s: &dyn GraphStore) {
+/// Contract check: mute keeps the follow and marks the follower.
+pub async fn mute_keeps_the_follow_and_marks_the_follower(s: &dyn GraphStore) {
     let (u, t) = (20, 21);
     let f = FeedRef::user(t);
     let v0 = s.follow(u, &f).await.expect("follow").edge.version;
@@ -135,7 +123,8 @@ async fn mute_keeps_the_follow_and_marks_the_follower(s: &dyn GraphStore) {
     assert!(s.follow(u, &FeedRef::user(22)).await.expect("follow").edge.muted);
 }
 
-async fn followers_page_in_id_order_without_skips_or_repeats(s: &dyn GraphStore) {
+/// Contract check: followers page in id order without skips or repeats.
+pub async fn followers_page_in_id_order_without_skips_or_repeats(s: &dyn GraphStore) {
     let f = feed("group:contract-paging");
     for u in (100..130).rev() {
         s.follow(u, &f).await.expect("follow");
@@ -161,7 +150,8 @@ async fn followers_page_in_id_order_without_skips_or_repeats(s: &dyn GraphStore)
     assert_eq!(seen, expected);
 }
 
-async fn following_pages_in_feed_order(s: &dyn GraphStore) {
+/// Contract check: following pages in feed order.
+pub async fn following_pages_in_feed_order(s: &dyn GraphStore) {
     let names = ["tag:b", "tag:a", "user:5", "company:x", "tag:ab"];
     for n in names {
         s.follow(30, &feed(n)).await.expect("follow");
@@ -183,7 +173,8 @@ async fn following_pages_in_feed_order(s: &dyn GraphStore) {
 
 /// A backend that keeps whole lists must drop them on every edge change,
 /// including the follows a block removes on the other side.
-async fn whole_follow_lists_show_every_change_at_once(s: &dyn GraphStore) {
+/// Contract check: whole follow lists show every change at once.
+pub async fn whole_follow_lists_show_every_change_at_once(s: &dyn GraphStore) {
     let all = async |user| -> Vec<String> {
         let list = s.list_following(user, None, 100).await.expect("list");
         list.iter().map(|f| f.to_string()).collect()
@@ -208,7 +199,8 @@ async fn whole_follow_lists_show_every_change_at_once(s: &dyn GraphStore) {
     );
 }
 
-async fn shards_address_follower_ranges(s: &dyn GraphStore) {
+/// Contract check: shards address follower ranges.
+pub async fn shards_address_follower_ranges(s: &dyn GraphStore) {
     let f = feed("tag:contract-shards");
     let ids = [
         5u64,
@@ -240,7 +232,8 @@ async fn shards_address_follower_ranges(s: &dyn GraphStore) {
     assert!(s.page_shard(&f, 1, 0, 10).await.expect("emptied shard").is_empty());
 }
 
-async fn celebrity_flag_has_hysteresis(s: &dyn GraphStore) {
+/// Contract check: celebrity flag has hysteresis.
+pub async fn celebrity_flag_has_hysteresis(s: &dyn GraphStore) {
     // contract_policy: celebrity at 3, stays one down to 2.
     let f = feed("tag:contract-celebrity");
     for u in 40..42 {
@@ -263,7 +256,8 @@ async fn celebrity_flag_has_hysteresis(s: &dyn GraphStore) {
     );
 }
 
-async fn follow_limit_is_enforced(s: &dyn GraphStore) {
+/// Contract check: follow limit is enforced.
+pub async fn follow_limit_is_enforced(s: &dyn GraphStore) {
     let max = contract_policy().max_following;
     for i in 0..max {
         s.follow(50, &feed(&format!("tag:limit-{i}")))
@@ -275,7 +269,8 @@ async fn follow_limit_is_enforced(s: &dyn GraphStore) {
     assert_eq!(s.following_counts(&[50]).await.expect("count"), vec![max]);
 }
 
-async fn graph_version_bumps_on_every_change(s: &dyn GraphStore) {
+/// Contract check: graph version bumps on every change.
+pub async fn graph_version_bumps_on_every_change(s: &dyn GraphStore) {
     let read = || async { s.graph_versions(&[60, 61]).await.expect("versions") };
     let v0 = read().await;
     s.follow(60, &feed("tag:gv")).await.expect("follow");
@@ -291,7 +286,8 @@ async fn graph_version_bumps_on_every_change(s: &dyn GraphStore) {
     assert_eq!(read().await, v3, "a no-op changes no version");
 }
 
-async fn every_edge_change_is_logged_in_order(s: &dyn GraphStore) {
+/// Contract check: every edge change is logged in order.
+pub async fn every_edge_change_is_logged_in_order(s: &dyn GraphStore) {
     let all = s.edge_changes(0, 100_000).await.expect("log");
     let last = all.last().map(|c| c.seq).unwrap_or(0);
     assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "positions only grow");
@@ -353,4 +349,32 @@ async fn every_edge_change_is_logged_in_order(s: &dyn GraphStore) {
         states.iter().map(|e| e.version).collect::<Vec<_>>(),
         vec![lifted[0].edge_version, lifted[1].edge_version]
     );
+}
+
+/// One test per check of this contract for a backend:
+/// `graph_store_contract!(embedded, make)` where `make(check_name)` returns a
+/// [`feed_testkit::Backend`] (see `feed_testkit::contract_tests`).
+#[macro_export]
+macro_rules! graph_store_contract {
+    ($backend:ident, $make:ident) => {
+        feed_testkit::contract_tests!(
+            $backend,
+            $make,
+            follow_graph::store::contract,
+            [
+                follow_is_idempotent_and_counted_once,
+                unfollow_is_idempotent_and_versions_only_grow,
+                block_removes_follows_both_ways_and_prevents_new_ones,
+                mute_keeps_the_follow_and_marks_the_follower,
+                followers_page_in_id_order_without_skips_or_repeats,
+                following_pages_in_feed_order,
+                whole_follow_lists_show_every_change_at_once,
+                shards_address_follower_ranges,
+                celebrity_flag_has_hysteresis,
+                follow_limit_is_enforced,
+                graph_version_bumps_on_every_change,
+                every_edge_change_is_logged_in_order
+            ]
+        );
+    };
 }

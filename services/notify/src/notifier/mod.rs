@@ -27,8 +27,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use feed_core::{ApiError, Clock, UserId};
 use feed_proto::notify::v1::{NoteRecord, RemindJob, UserState};
+use feed_queue::JobQueue;
 use feed_server::Shutdown;
-use feed_server::queue::JobQueue;
 
 use crate::graph::Graph;
 use crate::live::LiveLog;

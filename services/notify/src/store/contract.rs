@@ -1,5 +1,5 @@
-//! The contract every [`NotifyStore`] backend passes. Backends' tests call
-//! [`run_all`] on a fresh, empty store.
+//! The contract every [`NotifyStore`] backend passes: each check runs as a
+//! test of its own per backend (the macro at the end) on a fresh, empty store.
 
 use feed_proto::notify::v1::{
     CreateRemindRequest, NoteRecord, Notification, NotificationKind, RemindJob, Subscription, UserState,
@@ -35,27 +35,15 @@ fn ids(v: &[NoteRecord]) -> Vec<u64> {
     v.iter().map(|r| r.note.as_ref().map(|n| n.id).unwrap_or(0)).collect()
 }
 
-/// Runs every contract check against `store` (which must start empty).
-pub async fn run_all(store: &dyn NotifyStore) {
-    an_event_id_is_claimed_once(store).await;
-    announces_list_newest_first_below_the_cursor(store).await;
-    notes_insert_once_and_page_newest_first(store).await;
-    a_group_counts_each_actor_once(store).await;
-    read_marks_only_rise(store).await;
-    user_state_round_trips(store).await;
-    subscriptions_list_both_ways_and_unsubscribe_by_reason(store).await;
-    remind_jobs_are_kept_until_deleted(store).await;
-    reminds_are_logged_per_object_and_action_in_time_order(store).await;
-    store.ping().await.expect("ping");
-}
-
-async fn an_event_id_is_claimed_once(s: &dyn NotifyStore) {
+/// Contract check: an event id is claimed once.
+pub async fn an_event_id_is_claimed_once(s: &dyn NotifyStore) {
     assert_eq!(s.claim_event("ev-1", 10).await.expect("claim"), Claim::Claimed);
     assert_eq!(s.claim_event("ev-1", 11).await.expect("claim"), Claim::Held(10));
     assert_eq!(s.claim_event("ev-2", 12).await.expect("claim"), Claim::Claimed);
 }
 
-async fn announces_list_newest_first_below_the_cursor(s: &dyn NotifyStore) {
+/// Contract check: announces list newest first below the cursor.
+pub async fn announces_list_newest_first_below_the_cursor(s: &dyn NotifyStore) {
     for id in [3, 1, 2] {
         s.put_announce(&note(id, NotificationKind::Announce, "", id))
             .await
@@ -68,7 +56,8 @@ async fn announces_list_newest_first_below_the_cursor(s: &dyn NotifyStore) {
     assert_eq!(ids(&s.announces(3, 1).await.expect("list")), vec![2]);
 }
 
-async fn notes_insert_once_and_page_newest_first(s: &dyn NotifyStore) {
+/// Contract check: notes insert once and page newest first.
+pub async fn notes_insert_once_and_page_newest_first(s: &dyn NotifyStore) {
     let user = 7;
     for id in [100, 300, 200] {
         assert!(
@@ -88,7 +77,8 @@ async fn notes_insert_once_and_page_newest_first(s: &dyn NotifyStore) {
     assert!(s.notes(8, u64::MAX, 10).await.expect("other user").is_empty());
 }
 
-async fn a_group_counts_each_actor_once(s: &dyn NotifyStore) {
+/// Contract check: a group counts each actor once.
+pub async fn a_group_counts_each_actor_once(s: &dyn NotifyStore) {
     let user = 9;
     let first = note(500, NotificationKind::Remind, "activity/1/like/0", 10);
     let GroupChange::Changed(r) = s.add_to_group(user, 21, &first, 2).await.expect("add") else {
@@ -115,7 +105,8 @@ async fn a_group_counts_each_actor_once(s: &dyn NotifyStore) {
     assert_eq!(other.note.map(|n| n.actor_count), Some(1));
 }
 
-async fn read_marks_only_rise(s: &dyn NotifyStore) {
+/// Contract check: read marks only rise.
+pub async fn read_marks_only_rise(s: &dyn NotifyStore) {
     let user = 11;
     s.insert_note(user, &note(1, NotificationKind::Message, "", 50))
         .await
@@ -127,7 +118,8 @@ async fn read_marks_only_rise(s: &dyn NotifyStore) {
     assert!(s.note(user, 2).await.expect("get").is_none(), "marking never creates");
 }
 
-async fn user_state_round_trips(s: &dyn NotifyStore) {
+/// Contract check: user state round trips.
+pub async fn user_state_round_trips(s: &dyn NotifyStore) {
     assert!(s.user_state(12).await.expect("get").is_none());
     let mut st = UserState {
         read_watermark: 5,
@@ -139,7 +131,8 @@ async fn user_state_round_trips(s: &dyn NotifyStore) {
     assert_eq!(s.user_state(12).await.expect("get"), Some(st));
 }
 
-async fn subscriptions_list_both_ways_and_unsubscribe_by_reason(s: &dyn NotifyStore) {
+/// Contract check: subscriptions list both ways and unsubscribe by reason.
+pub async fn subscriptions_list_both_ways_and_unsubscribe_by_reason(s: &dyn NotifyStore) {
     assert!(s.subscribe(&sub(30, "a1", "create_post"), 40).await.expect("sub"));
     assert!(!s.subscribe(&sub(30, "a1", "create_post"), 90).await.expect("again"));
     assert!(s.subscribe(&sub(30, "a1", "follow_object"), ALWAYS).await.expect("sub"));
@@ -180,7 +173,8 @@ async fn subscriptions_list_both_ways_and_unsubscribe_by_reason(s: &dyn NotifySt
     assert_eq!(s.subscribers("activity", "a1", 0, 10).await.expect("page").len(), 1);
 }
 
-async fn remind_jobs_are_kept_until_deleted(s: &dyn NotifyStore) {
+/// Contract check: remind jobs are kept until deleted.
+pub async fn remind_jobs_are_kept_until_deleted(s: &dyn NotifyStore) {
     let job = RemindJob {
         job_id: "r1".into(),
         after_user: 0,
@@ -215,7 +209,8 @@ fn logged(job_id: &str, object_id: &str, action: &str, at: i64) -> RemindJob {
     }
 }
 
-async fn reminds_are_logged_per_object_and_action_in_time_order(s: &dyn NotifyStore) {
+/// Contract check: reminds are logged per object and action in time order.
+pub async fn reminds_are_logged_per_object_and_action_in_time_order(s: &dyn NotifyStore) {
     let now = 1_800_000_000_000;
     for (job, object, action, at) in [
         ("r-3", "log-1", "update", now + 30),
@@ -256,4 +251,29 @@ async fn reminds_are_logged_per_object_and_action_in_time_order(s: &dyn NotifySt
         .await
         .expect("log later");
     assert_eq!(after(now, 10).await.expect("kept").len(), 4);
+}
+
+/// One test per check of this contract for a backend:
+/// `notify_store_contract!(embedded, make)` where `make(check_name)` returns a
+/// [`feed_testkit::Backend`] (see `feed_testkit::contract_tests`).
+#[macro_export]
+macro_rules! notify_store_contract {
+    ($backend:ident, $make:ident) => {
+        feed_testkit::contract_tests!(
+            $backend,
+            $make,
+            notify::store::contract,
+            [
+                an_event_id_is_claimed_once,
+                announces_list_newest_first_below_the_cursor,
+                notes_insert_once_and_page_newest_first,
+                a_group_counts_each_actor_once,
+                read_marks_only_rise,
+                user_state_round_trips,
+                subscriptions_list_both_ways_and_unsubscribe_by_reason,
+                remind_jobs_are_kept_until_deleted,
+                reminds_are_logged_per_object_and_action_in_time_order
+            ]
+        );
+    };
 }

@@ -35,20 +35,8 @@ fn job(id: &str, created: i64) -> Job {
     }
 }
 
-/// Runs every check.
-pub async fn run_all(s: &dyn ActivityStore) {
-    foreign_ids_are_claimed_once(s).await;
-    publish_writes_activity_outbox_and_jobs_together(s).await;
-    outboxes_page_newest_first_and_separate_pull_entries(s).await;
-    pull_entries_page_through_every_id_of_a_long_feed(s).await;
-    jobs_complete_fail_and_revive(s).await;
-    scheduled_items_are_listed_due_and_removed(s).await;
-    edge_jobs_advance_the_cursor_with_them(s).await;
-    pending_work_tracks_unfinished_fanout_and_backfill(s).await;
-    s.ping().await.expect("ping");
-}
-
-async fn foreign_ids_are_claimed_once(s: &dyn ActivityStore) {
+/// Contract check: foreign ids are claimed once.
+pub async fn foreign_ids_are_claimed_once(s: &dyn ActivityStore) {
     assert_eq!(s.claim_foreign(1, "f-1", 100, 7).await.expect("claim"), Claim::Claimed);
     assert_eq!(
         s.claim_foreign(1, "f-1", 101, 8).await.expect("claim again"),
@@ -72,7 +60,8 @@ async fn foreign_ids_are_claimed_once(s: &dyn ActivityStore) {
     assert_eq!(s.find_foreign(1, "f-2").await.expect("find"), None);
 }
 
-async fn publish_writes_activity_outbox_and_jobs_together(s: &dyn ActivityStore) {
+/// Contract check: publish writes activity outbox and jobs together.
+pub async fn publish_writes_activity_outbox_and_jobs_together(s: &dyn ActivityStore) {
     let a = activity(200, 1);
     let entries = [OutboxEntry {
         feed: feed("user:1"),
@@ -105,7 +94,8 @@ async fn publish_writes_activity_outbox_and_jobs_together(s: &dyn ActivityStore)
     );
 }
 
-async fn outboxes_page_newest_first_and_separate_pull_entries(s: &dyn ActivityStore) {
+/// Contract check: outboxes page newest first and separate pull entries.
+pub async fn outboxes_page_newest_first_and_separate_pull_entries(s: &dyn ActivityStore) {
     let f = feed("tag:contract");
     for id in [301u64, 302, 303, 304] {
         let mode = if id % 2 == 0 {
@@ -185,6 +175,7 @@ pub async fn every_outbox_id(s: &dyn ActivityStore, f: &FeedRef, page: usize) ->
 
 /// Past any in-memory head a backend keeps: every id, in order, whatever
 /// the order of the writes.
+/// Contract check: pull entries page through every id of a long feed.
 pub async fn pull_entries_page_through_every_id_of_a_long_feed(s: &dyn ActivityStore) {
     let f = feed("user:777");
     // 1,500 ids written out of order, most ten to a commit and some alone
@@ -237,7 +228,8 @@ pub async fn pull_entries_page_through_every_id_of_a_long_feed(s: &dyn ActivityS
     );
 }
 
-async fn jobs_complete_fail_and_revive(s: &dyn ActivityStore) {
+/// Contract check: jobs complete fail and revive.
+pub async fn jobs_complete_fail_and_revive(s: &dyn ActivityStore) {
     s.put_jobs(&[job("j/a", 10), job("j/b", 20)]).await.expect("put");
     let sub = job("j/a/0", 11);
     s.complete_job("j/a", std::slice::from_ref(&sub))
@@ -285,7 +277,8 @@ async fn jobs_complete_fail_and_revive(s: &dyn ActivityStore) {
     assert!(stats.pending >= 2 && stats.dead == 0);
 }
 
-async fn scheduled_items_are_listed_due_and_removed(s: &dyn ActivityStore) {
+/// Contract check: scheduled items are listed due and removed.
+pub async fn scheduled_items_are_listed_due_and_removed(s: &dyn ActivityStore) {
     let item = |id: &str, at: i64| ScheduledActivity {
         schedule_id: id.into(),
         publish_at_ms: at,
@@ -315,7 +308,8 @@ async fn scheduled_items_are_listed_due_and_removed(s: &dyn ActivityStore) {
     assert!(s.due_scheduled(150, 10).await.expect("due").is_empty());
 }
 
-async fn edge_jobs_advance_the_cursor_with_them(s: &dyn ActivityStore) {
+/// Contract check: edge jobs advance the cursor with them.
+pub async fn edge_jobs_advance_the_cursor_with_them(s: &dyn ActivityStore) {
     assert_eq!(s.edge_cursor().await.expect("cursor"), 0);
     s.record_edge_jobs(&[job("edge/1/user:2/3", 50)], 17)
         .await
@@ -324,7 +318,8 @@ async fn edge_jobs_advance_the_cursor_with_them(s: &dyn ActivityStore) {
     assert!(s.job("edge/1/user:2/3").await.expect("job").is_some());
 }
 
-async fn pending_work_tracks_unfinished_fanout_and_backfill(s: &dyn ActivityStore) {
+/// Contract check: pending work tracks unfinished fanout and backfill.
+pub async fn pending_work_tracks_unfinished_fanout_and_backfill(s: &dyn ActivityStore) {
     use feed_proto::events::v1::{EdgeJob, EdgeJobKind};
     // Finish whatever earlier checks left pending.
     for j in s.stale_jobs(i64::MAX, 0, 10_000).await.expect("stale") {
@@ -363,4 +358,28 @@ async fn pending_work_tracks_unfinished_fanout_and_backfill(s: &dyn ActivityStor
     assert!(p.backfill_feeds.is_empty());
     s.complete_job("fan/700/user:1", &[]).await.expect("complete");
     assert_eq!(s.pending_work(90).await.expect("pending").fanout_from, None);
+}
+
+/// One test per check of this contract for a backend:
+/// `activity_store_contract!(embedded, make)` where `make(check_name)` returns a
+/// [`feed_testkit::Backend`] (see `feed_testkit::contract_tests`).
+#[macro_export]
+macro_rules! activity_store_contract {
+    ($backend:ident, $make:ident) => {
+        feed_testkit::contract_tests!(
+            $backend,
+            $make,
+            publish::store::contract,
+            [
+                foreign_ids_are_claimed_once,
+                publish_writes_activity_outbox_and_jobs_together,
+                outboxes_page_newest_first_and_separate_pull_entries,
+                pull_entries_page_through_every_id_of_a_long_feed,
+                jobs_complete_fail_and_revive,
+                scheduled_items_are_listed_due_and_removed,
+                edge_jobs_advance_the_cursor_with_them,
+                pending_work_tracks_unfinished_fanout_and_backfill
+            ]
+        );
+    };
 }

@@ -55,11 +55,11 @@ fn log_bucket(seq: u64) -> u64 {
 }
 const COMPONENT: &str = "follow-graph";
 
-impl From<feed_server::scylla::ScyllaError> for StoreError {
-    fn from(e: feed_server::scylla::ScyllaError) -> Self {
+impl From<feed_cql::ScyllaError> for StoreError {
+    fn from(e: feed_cql::ScyllaError) -> Self {
         match e {
-            feed_server::scylla::ScyllaError::Unavailable(m) => StoreError::Unavailable(m),
-            feed_server::scylla::ScyllaError::Backend(m) => StoreError::Backend(m),
+            feed_cql::ScyllaError::Unavailable(m) => StoreError::Unavailable(m),
+            feed_cql::ScyllaError::Backend(m) => StoreError::Backend(m),
         }
     }
 }
@@ -87,18 +87,18 @@ pub struct ScyllaGraphStore {
 impl ScyllaGraphStore {
     /// Connects, verifies the schema version and prepares every statement once.
     pub async fn connect(cfg: &ScyllaConfig, policy: GraphPolicy) -> Result<Self, StoreError> {
-        let session = feed_server::scylla::connect_verified(cfg, COMPONENT, SCHEMA_VERSION).await?;
+        let session = feed_cql::connect_verified(cfg, COMPONENT, SCHEMA_VERSION).await?;
         let st = Statements::prepare(&session, &cfg.keyspace).await?;
         Ok(Self { session, st, policy })
     }
 
     async fn exec(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<QueryResult, StoreError> {
-        Ok(feed_server::scylla::execute(&self.session, p, v).await?)
+        Ok(feed_cql::execute(&self.session, p, v).await?)
     }
 
     /// Runs a lightweight transaction; true when it applied.
     async fn lwt(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<bool, StoreError> {
-        Ok(feed_server::scylla::applied(&self.session, p, v).await?)
+        Ok(feed_cql::applied(&self.session, p, v).await?)
     }
 
     async fn exists(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<bool, StoreError> {

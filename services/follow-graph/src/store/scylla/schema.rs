@@ -37,5 +37,5 @@ fn schema(keyspace: &str) -> Vec<String> {
 
 /// Applies the schema (the `--migrate` step); safe to run again.
 pub async fn migrate(cfg: &ScyllaConfig) -> Result<(), StoreError> {
-    Ok(feed_server::scylla::migrate(cfg, COMPONENT, SCHEMA_VERSION, &schema(&cfg.keyspace)).await?)
+    Ok(feed_cql::migrate(cfg, COMPONENT, SCHEMA_VERSION, &schema(&cfg.keyspace)).await?)
 }

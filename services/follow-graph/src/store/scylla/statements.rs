@@ -38,7 +38,7 @@ pub(super) struct Statements {
 impl Statements {
     /// Prepares every statement against keyspace `k`.
     pub(super) async fn prepare(session: &Session, k: &str) -> Result<Self, StoreError> {
-        let prep = |q: String| async move { Ok::<_, StoreError>(feed_server::scylla::prepare(session, q).await?) };
+        let prep = |q: String| async move { Ok::<_, StoreError>(feed_cql::prepare(session, q).await?) };
         Ok(Self {
             following_insert: prep(format!("INSERT INTO {k}.fg_following (user_id, feed) VALUES (?, ?) IF NOT EXISTS")).await?,
             following_delete: prep(format!("DELETE FROM {k}.fg_following WHERE user_id = ? AND feed = ? IF EXISTS")).await?,

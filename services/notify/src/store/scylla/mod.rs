@@ -52,11 +52,11 @@ fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-impl From<feed_server::scylla::ScyllaError> for StoreError {
-    fn from(e: feed_server::scylla::ScyllaError) -> Self {
+impl From<feed_cql::ScyllaError> for StoreError {
+    fn from(e: feed_cql::ScyllaError) -> Self {
         match e {
-            feed_server::scylla::ScyllaError::Unavailable(m) => StoreError::Unavailable(m),
-            feed_server::scylla::ScyllaError::Backend(m) => StoreError::Backend(m),
+            feed_cql::ScyllaError::Unavailable(m) => StoreError::Unavailable(m),
+            feed_cql::ScyllaError::Backend(m) => StoreError::Backend(m),
         }
     }
 }
@@ -83,32 +83,32 @@ pub struct ScyllaNotifyStore {
 impl ScyllaNotifyStore {
     /// Connects, verifies the schema version and prepares every statement once.
     pub async fn connect(cfg: &ScyllaConfig) -> Result<Self, StoreError> {
-        let session = feed_server::scylla::connect_verified(cfg, COMPONENT, SCHEMA_VERSION).await?;
+        let session = feed_cql::connect_verified(cfg, COMPONENT, SCHEMA_VERSION).await?;
         let st = Statements::prepare(&session, &cfg.keyspace).await?;
         Ok(Self { session, st })
     }
 
     async fn exec(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<(), StoreError> {
-        feed_server::scylla::execute(&self.session, p, v).await?;
+        feed_cql::execute(&self.session, p, v).await?;
         Ok(())
     }
 
     async fn lwt(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<bool, StoreError> {
-        Ok(feed_server::scylla::applied(&self.session, p, v).await?)
+        Ok(feed_cql::applied(&self.session, p, v).await?)
     }
 
     async fn one<T>(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<Option<T>, StoreError>
     where
         T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
     {
-        Ok(feed_server::scylla::first_row(&self.session, p, v).await?)
+        Ok(feed_cql::first_row(&self.session, p, v).await?)
     }
 
     async fn all<T>(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<Vec<T>, StoreError>
     where
         T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm> + 'static,
     {
-        Ok(feed_server::scylla::all_rows(&self.session, p, v).await?)
+        Ok(feed_cql::all_rows(&self.session, p, v).await?)
     }
 
     fn records(rows: Vec<(Vec<u8>,)>) -> Result<Vec<NoteRecord>, StoreError> {

@@ -56,11 +56,11 @@ const HOUR_MS: i64 = 3_600_000;
 /// Scheduled items are looked for this many hours back (a long outage).
 const DUE_LOOKBACK_HOURS: i64 = 24 * 7;
 
-impl From<feed_server::scylla::ScyllaError> for StoreError {
-    fn from(e: feed_server::scylla::ScyllaError) -> Self {
+impl From<feed_cql::ScyllaError> for StoreError {
+    fn from(e: feed_cql::ScyllaError) -> Self {
         match e {
-            feed_server::scylla::ScyllaError::Unavailable(m) => StoreError::Unavailable(m),
-            feed_server::scylla::ScyllaError::Backend(m) => StoreError::Backend(m),
+            feed_cql::ScyllaError::Unavailable(m) => StoreError::Unavailable(m),
+            feed_cql::ScyllaError::Backend(m) => StoreError::Backend(m),
         }
     }
 }
@@ -100,7 +100,7 @@ fn text(v: impl Into<String>) -> CqlValue {
 impl ScyllaActivityStore {
     /// Connects, verifies the schema version and prepares every statement once.
     pub async fn connect(cfg: &ScyllaConfig) -> Result<Self, StoreError> {
-        let session = feed_server::scylla::connect_verified(cfg, COMPONENT, SCHEMA_VERSION).await?;
+        let session = feed_cql::connect_verified(cfg, COMPONENT, SCHEMA_VERSION).await?;
         let st = Statements::prepare(&session, &cfg.keyspace).await?;
         Ok(Self { session, st })
     }

@@ -50,7 +50,7 @@ pub(super) struct Statements {
 impl Statements {
     /// Prepares every statement against keyspace `k`.
     pub(super) async fn prepare(session: &Session, k: &str) -> Result<Self, StoreError> {
-        let prep = |q: String| async move { Ok::<_, StoreError>(feed_server::scylla::prepare(session, q).await?) };
+        let prep = |q: String| async move { Ok::<_, StoreError>(feed_cql::prepare(session, q).await?) };
         Ok(Self {
             activity_put: prep(format!("INSERT INTO {k}.pub_activities (id, body) VALUES (?, ?)")).await?,
             activity_get: prep(format!("SELECT body FROM {k}.pub_activities WHERE id = ?")).await?,

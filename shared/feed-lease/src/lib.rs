@@ -160,15 +160,19 @@ impl RedisNodeLease {
         Ok(())
     }
 
-    /// Renews every third of the TTL until `shutdown`; a lost lease is
+    /// Renews every third of the TTL until `stop` resolves; a lost lease is
     /// replaced, a Redis error leaves the lease to lapse (minting stops).
-    pub fn spawn_keeper(self, shutdown: crate::Shutdown) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_keeper(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let period = self.ttl / 3;
+            tokio::pin!(stop);
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(period) => {}
-                    _ = shutdown.wait() => {
+                    _ = &mut stop => {
                         let _ = self.release().await;
                         return;
                     }

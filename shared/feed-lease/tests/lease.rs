@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use feed_core::{IdError, SystemClock};
-use feed_server::lease::{RedisNodeLease, Renewal};
+use feed_lease::{RedisNodeLease, Renewal};
 use feed_testkit::RedisServer;
 
 async fn conn(server: &RedisServer) -> redis::aio::ConnectionManager {

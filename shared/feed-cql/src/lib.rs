@@ -15,7 +15,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
 
-use crate::config::ScyllaConfig;
+use serde::{Deserialize, Serialize};
 
 /// A ScyllaDB failure, split by whether retrying later may help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -207,4 +207,59 @@ where
 
 fn backend(e: impl std::fmt::Display) -> ScyllaError {
     ScyllaError::Backend(e.to_string())
+}
+
+/// ScyllaDB.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScyllaConfig {
+    /// Comma-separated `host:port` contact points; empty uses the embedded store.
+    pub nodes: String,
+    /// Keyspace holding the platform's tables.
+    pub keyspace: String,
+    /// Replication factor used by `--migrate` (SimpleStrategy in dev, set per DC in prod).
+    pub replication_factor: u32,
+    /// Local datacenter for LOCAL_QUORUM routing.
+    pub local_dc: String,
+    /// A statement not answered within this fails as unavailable (well
+    /// inside `server.request_timeout_ms`, so the caller hears UNAVAILABLE).
+    pub request_timeout_ms: u64,
+    /// Opening a connection to a node gives up after this.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for ScyllaConfig {
+    fn default() -> Self {
+        Self {
+            nodes: String::new(),
+            keyspace: "feed".into(),
+            replication_factor: 3,
+            local_dc: String::new(),
+            request_timeout_ms: 5_000,
+            connect_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl ScyllaConfig {
+    /// One node's contact point and a keyspace, replicated once (tests, a
+    /// single-node development cluster); the rest as by default.
+    pub fn single_node(nodes: String, keyspace: String) -> Self {
+        Self {
+            nodes,
+            keyspace,
+            replication_factor: 1,
+            ..Self::default()
+        }
+    }
+
+    /// The contact points, or none when ScyllaDB is not configured.
+    pub fn node_list(&self) -> Vec<String> {
+        self.nodes
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
 }

@@ -8,6 +8,8 @@
 //! only delays an event until the next heartbeat poll. In feedd both are in
 //! process.
 
+pub mod contract;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
