@@ -119,7 +119,7 @@ pub async fn services(
     follow_graph::register(&mut set, follow_graph.clone(), &ctx.auth);
 
     let channel = feed_server::client::balanced(&cfg.clients.follow_graph_url)?;
-    let graph: Arc<dyn publish::Graph> = Arc::new(publish::GrpcGraph::new(channel, token)?);
+    let graph: Arc<dyn publish::Graph> = Arc::new(feed_clients::FollowGraphClient::new(channel, token)?);
     let queue = publish::open_queue(cfg).await?;
     // The events publish emits reach notify on the same queue (in process, or the Redis Stream).
     let events = publish::open_event_queue(cfg).await?;
@@ -147,7 +147,7 @@ pub async fn services(
 
     let deps = notify::Deps {
         store: stores.notes,
-        graph: Arc::new(notify::GrpcGraph::new(
+        graph: Arc::new(feed_clients::FollowGraphClient::new(
             feed_server::client::balanced(&cfg.clients.follow_graph_url)?,
             token,
         )?),

@@ -21,7 +21,7 @@ use feed_queue::{JobQueue, MemoryQueue, RedisQueue};
 use feed_server::app::require;
 use feed_server::{Authenticator, BuildContext, FeedConfig, ServiceSet, Shutdown, Tasks};
 
-pub use graph::{Graph, GrpcGraph};
+pub use graph::Relations;
 pub use ledger::{EventLedger, GrpcEventLedger};
 pub use live::{LiveLog, MemoryLive, RedisLive};
 pub use notifier::{Notifier, NotifyRules};
@@ -94,7 +94,7 @@ pub fn notifier(
     cfg: &FeedConfig,
     store: Arc<dyn NotifyStore>,
     live: Arc<dyn LiveLog>,
-    graph: Arc<dyn Graph>,
+    graph: Arc<dyn Relations>,
     jobs: Arc<dyn JobQueue<RemindJob>>,
     shutdown: Shutdown,
 ) -> anyhow::Result<Notifier> {
@@ -183,7 +183,7 @@ pub struct Deps {
     /// Notifications, subscriptions, user state.
     pub store: Arc<dyn NotifyStore>,
     /// follow-graph (recipient policy, visibility of mentions).
-    pub graph: Arc<dyn Graph>,
+    pub graph: Arc<dyn Relations>,
     /// The live log Watch reads.
     pub live: Arc<dyn LiveLog>,
     /// Remind jobs beyond the first page.
@@ -242,7 +242,7 @@ impl feed_server::Application for App {
         };
         let deps = Deps {
             store,
-            graph: Arc::new(GrpcGraph::new(
+            graph: Arc::new(feed_clients::FollowGraphClient::new(
                 feed_server::client::balanced(&cfg.clients.follow_graph_url)?,
                 &cfg.clients.token,
             )?),

@@ -12,7 +12,7 @@ use feed_server::{Application, BuildContext, FeedConfig, ServiceSet, Shutdown, T
 use crate::fanout::{GrpcLedger, JobLedger};
 use crate::queue::{EventQueue, JobQueue, RedisQueue};
 use crate::store::ActivityStore;
-use crate::{FanoutWorker, Graph, GrpcGraph, Publisher};
+use crate::{FanoutWorker, Graph, Publisher};
 
 /// What PublishService is built on.
 pub struct Deps {
@@ -89,7 +89,10 @@ pub fn spawn_workers(cfg: &FeedConfig, deps: WorkerDeps, shutdown: &Shutdown, ta
 
 fn graph_client(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn Graph>> {
     let channel = feed_server::client::balanced(&cfg.clients.follow_graph_url)?;
-    Ok(Arc::new(GrpcGraph::new(channel, &cfg.clients.token)?))
+    Ok(Arc::new(feed_clients::FollowGraphClient::new(
+        channel,
+        &cfg.clients.token,
+    )?))
 }
 
 /// The publish binary: PublishService, the sweeper, the scheduled-item

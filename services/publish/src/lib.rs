@@ -21,7 +21,7 @@ use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown, Tasks};
 
 pub use app::{App, Deps, FANOUT_WORKER_HEALTH, WorkerApp};
 pub use fanout::{FanoutWorker, JobLedger, WorkerConfig};
-pub use graph::{Graph, GrpcGraph};
+pub use graph::Graph;
 pub use publisher::{PublishRules, Publisher};
 pub use queue::{EventQueue, JobQueue, MemoryQueue, RedisQueue};
 use store::ActivityStore;

@@ -3,10 +3,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use feed_clients::FollowGraphClient;
 use feed_core::{ApiError, FeedRef, UserId};
 use feed_proto::common::v1::{Activity, DeliveryMode};
-use feed_proto::followgraph::v1 as fg;
-use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
 use feed_proto::publish::v1 as pb;
 use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
 use tonic::transport::Channel;
@@ -60,7 +59,7 @@ pub trait Sources: Send + Sync + 'static {
 /// The gRPC clients, with an internal token.
 #[derive(Clone)]
 pub struct GrpcSources {
-    graph: FollowGraphServiceClient<Channel>,
+    graph: FollowGraphClient,
     publish: PublishServiceClient<Channel>,
     auth: feed_server::auth::ServiceToken,
 }
@@ -73,7 +72,7 @@ impl GrpcSources {
     /// Clients on the two channels.
     pub fn new(follow_graph: Channel, publish: Channel, token: &str) -> anyhow::Result<Self> {
         Ok(Self {
-            graph: FollowGraphServiceClient::new(follow_graph),
+            graph: FollowGraphClient::new(follow_graph, token)?,
             publish: PublishServiceClient::new(publish),
             auth: feed_server::auth::ServiceToken::new(token)?,
         })
@@ -87,48 +86,20 @@ impl GrpcSources {
 #[async_trait]
 impl Sources for GrpcSources {
     async fn following(&self, user: UserId) -> Result<Vec<FeedRef>, ApiError> {
-        let mut out = Vec::new();
-        let mut token = String::new();
-        loop {
-            let page = self
-                .graph
-                .clone()
-                .list_following(self.req(fg::ListFollowingRequest {
-                    user_id: user,
-                    page_size: 1000,
-                    page_token: token,
-                }))
-                .await
-                .map_err(from_peer("follow-graph"))?
-                .into_inner();
-            out.extend(page.feeds.iter().filter_map(|f| FeedRef::parse(f).ok()));
-            if page.next_page_token.is_empty() {
-                return Ok(out);
-            }
-            token = page.next_page_token;
-        }
+        self.graph.following(user).await
     }
 
     async fn relations(&self, user: UserId, actors: &[UserId]) -> Result<Vec<Relation>, ApiError> {
-        let mut out = Vec::with_capacity(actors.len());
-        for chunk in actors.chunks(100) {
-            let r = self
-                .graph
-                .clone()
-                .get_relationships(self.req(fg::GetRelationshipsRequest {
-                    user_id: user,
-                    target_user_ids: chunk.to_vec(),
-                    feeds: vec![],
-                }))
-                .await
-                .map_err(from_peer("follow-graph"))?
-                .into_inner();
-            out.extend(r.relationships.into_iter().map(|r| Relation {
+        Ok(self
+            .graph
+            .relationships(user, actors)
+            .await?
+            .into_iter()
+            .map(|r| Relation {
                 blocked: r.blocking || r.blocked_by,
                 muted: r.muting,
-            }));
-        }
-        Ok(out)
+            })
+            .collect())
     }
 
     async fn read_outboxes(

@@ -30,7 +30,7 @@ use feed_proto::notify::v1::{NoteRecord, RemindJob, UserState};
 use feed_queue::JobQueue;
 use feed_server::Shutdown;
 
-use crate::graph::Graph;
+use crate::graph::Relations;
 use crate::live::LiveLog;
 use crate::store::NotifyStore;
 
@@ -43,7 +43,7 @@ pub struct Notifier {
 struct Inner {
     store: Arc<dyn NotifyStore>,
     live: Arc<dyn LiveLog>,
-    graph: Arc<dyn Graph>,
+    graph: Arc<dyn Relations>,
     jobs: Arc<dyn JobQueue<RemindJob>>,
     clock: Arc<dyn Clock>,
     cfg: NotifyRules,
@@ -68,7 +68,7 @@ impl Notifier {
     pub fn new(
         store: Arc<dyn NotifyStore>,
         live: Arc<dyn LiveLog>,
-        graph: Arc<dyn Graph>,
+        graph: Arc<dyn Relations>,
         jobs: Arc<dyn JobQueue<RemindJob>>,
         clock: Arc<dyn Clock>,
         cfg: NotifyRules,

@@ -330,23 +330,24 @@ async fn fanout_reads_followers_by_stream_and_by_shard_range() {
 /// UNAVAILABLE. (Every code: `feed_core::error`'s unit test.)
 #[tokio::test]
 async fn a_peers_answers_reach_the_caller_with_their_codes() {
-    use publish::Graph as _;
     let platform = Platform::start().await.expect("platform");
     let feed = feed_core::FeedRef::user(1);
     let code = |e: feed_core::ApiError| tonic::Status::from(e).code();
-    let internal_client = publish::GrpcGraph::new(platform.channel.clone(), feed_e2e::INTERNAL_TOKEN).expect("client");
+    let internal_client =
+        feed_clients::FollowGraphClient::new(platform.channel.clone(), feed_e2e::INTERNAL_TOKEN).expect("client");
     let bad = internal_client
         .page(&feed, 0, 0, 20_000)
         .await
         .expect_err("too large a page");
     assert_eq!(code(bad.clone()), Code::InvalidArgument, "{bad}");
     assert!(bad.to_string().contains("limit"), "names the field: {bad}");
-    let bff_client = publish::GrpcGraph::new(platform.channel.clone(), feed_e2e::BFF_TOKEN).expect("client");
+    let bff_client =
+        feed_clients::FollowGraphClient::new(platform.channel.clone(), feed_e2e::BFF_TOKEN).expect("client");
     let refused = bff_client.page(&feed, 0, 0, 10).await.expect_err("not a service token");
     assert_eq!(code(refused.clone()), Code::Internal, "{refused}");
     let channel = platform.channel.clone();
     platform.stop().await.expect("stop");
-    let gone = publish::GrpcGraph::new(channel, feed_e2e::INTERNAL_TOKEN)
+    let gone = feed_clients::FollowGraphClient::new(channel, feed_e2e::INTERNAL_TOKEN)
         .expect("client")
         .page(&feed, 0, 0, 10)
         .await

@@ -681,7 +681,7 @@ async fn replica(
     cfg.redis.url = redis_url.into();
     let live = notify::open_live(&cfg).await.expect("live");
     let jobs = notify::open_jobs(&cfg).await.expect("jobs");
-    let graph = Arc::new(notify::GrpcGraph::new(graph_channel, feed_e2e::INTERNAL_TOKEN).expect("graph"));
+    let graph = Arc::new(feed_clients::FollowGraphClient::new(graph_channel, feed_e2e::INTERNAL_TOKEN).expect("graph"));
     let notifier = notify::notifier(&cfg, store, live, graph, jobs, shutdown.clone()).expect("notifier");
     let auth = Authenticator::new([(feed_e2e::INTERNAL_TOKEN.to_owned(), Role::Internal)]);
     let mut set = ServiceSet::default();

@@ -450,7 +450,7 @@ async fn jobs_lost_in_a_redis_flush_are_redriven_by_the_sweeper() {
         })
         .await
         .expect("event queue"),
-        std::sync::Arc::new(publish::GrpcGraph::new(e.platform.channel.clone(), token).expect("graph")),
+        std::sync::Arc::new(feed_clients::FollowGraphClient::new(e.platform.channel.clone(), token).expect("graph")),
         std::sync::Arc::new(
             RedisInbox::connect(&e.redis.url(), InboxLimits::default())
                 .await

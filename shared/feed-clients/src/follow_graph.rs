@@ -1,0 +1,224 @@
+//! follow-graph over gRPC, with an internal token.
+
+use feed_core::{ApiError, FeedRef, UserId};
+use feed_proto::events::v1::EdgeChange;
+use feed_proto::followgraph::v1 as fg;
+use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
+use tonic::transport::Channel;
+
+/// Feeds or users follow-graph answers per GetRelationships / GetCounts call.
+pub const FOLLOW_GRAPH_BATCH: usize = 100;
+/// Edges per GetEdgeVersions call.
+const VERSION_BATCH: usize = 1000;
+/// Feeds per ListFollowing page.
+const FOLLOWING_PAGE: u32 = 1000;
+
+/// A follower as fanout sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Follower {
+    /// The follower.
+    pub user: UserId,
+    /// The follower mutes the feed's owner (hidden on read, still pushed).
+    pub muted: bool,
+}
+
+/// The follow-graph client every service uses.
+#[derive(Clone)]
+pub struct FollowGraphClient {
+    client: FollowGraphServiceClient<Channel>,
+    auth: feed_server::auth::ServiceToken,
+}
+
+fn peer(s: tonic::Status) -> ApiError {
+    ApiError::from_peer("follow-graph", &s)
+}
+
+/// follow-graph only stores validated feed names: one it returns that does
+/// not parse is its fault, reported rather than dropped.
+fn feed_of(raw: &str) -> Result<FeedRef, ApiError> {
+    FeedRef::parse(raw).map_err(|e| ApiError::Internal(format!("follow-graph returned feed {raw:?}: {e}")))
+}
+
+impl FollowGraphClient {
+    /// A client on `channel` sending `token`.
+    pub fn new(channel: Channel, token: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: FollowGraphServiceClient::new(channel),
+            auth: feed_server::auth::ServiceToken::new(token)?,
+        })
+    }
+
+    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        self.auth.request(msg)
+    }
+
+    /// Counts and celebrity flags of `feeds`, in order.
+    pub async fn feed_counts(&self, feeds: &[FeedRef]) -> Result<Vec<fg::FeedCounts>, ApiError> {
+        let mut out = Vec::with_capacity(feeds.len());
+        for chunk in feeds.chunks(FOLLOW_GRAPH_BATCH) {
+            let resp = self
+                .client
+                .clone()
+                .get_counts(self.req(fg::GetCountsRequest {
+                    feeds: chunk.iter().map(|f| f.to_string()).collect(),
+                    user_ids: vec![],
+                }))
+                .await
+                .map_err(peer)?;
+            out.extend(resp.into_inner().feeds);
+        }
+        Ok(out)
+    }
+
+    /// `user`'s relationship to each of `targets`, in order (a target
+    /// follow-graph leaves out reads as no relationship).
+    pub async fn relationships(&self, user: UserId, targets: &[UserId]) -> Result<Vec<fg::Relationship>, ApiError> {
+        let mut out = Vec::with_capacity(targets.len());
+        for chunk in targets.chunks(FOLLOW_GRAPH_BATCH) {
+            let resp = self
+                .client
+                .clone()
+                .get_relationships(self.req(fg::GetRelationshipsRequest {
+                    user_id: user,
+                    target_user_ids: chunk.to_vec(),
+                    feeds: vec![],
+                }))
+                .await
+                .map_err(peer)?
+                .into_inner();
+            for target in chunk {
+                let found = resp.relationships.iter().find(|r| r.target_user_id == *target);
+                out.push(found.cloned().unwrap_or(fg::Relationship {
+                    target_user_id: *target,
+                    ..Default::default()
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `user` follows each of `feeds`, in order.
+    pub async fn follows(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
+        let mut out = Vec::with_capacity(feeds.len());
+        for chunk in feeds.chunks(FOLLOW_GRAPH_BATCH) {
+            let resp = self
+                .client
+                .clone()
+                .get_relationships(self.req(fg::GetRelationshipsRequest {
+                    user_id: user,
+                    target_user_ids: vec![],
+                    feeds: chunk.iter().map(|f| f.to_string()).collect(),
+                }))
+                .await
+                .map_err(peer)?;
+            out.extend(resp.into_inner().feeds.into_iter().map(|f| f.following));
+        }
+        Ok(out)
+    }
+
+    /// Every feed `user` follows (bounded by follow-graph's max_following).
+    pub async fn following(&self, user: UserId) -> Result<Vec<FeedRef>, ApiError> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self
+                .client
+                .clone()
+                .list_following(self.req(fg::ListFollowingRequest {
+                    user_id: user,
+                    page_size: FOLLOWING_PAGE,
+                    page_token: token,
+                }))
+                .await
+                .map_err(peer)?
+                .into_inner();
+            for f in &page.feeds {
+                out.push(feed_of(f)?);
+            }
+            if page.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    /// follow-graph's edge change log after `after_seq`.
+    pub async fn edge_changes(&self, after_seq: u64, limit: u32) -> Result<Vec<EdgeChange>, ApiError> {
+        let resp = self
+            .client
+            .clone()
+            .list_edge_changes(self.req(fg::ListEdgeChangesRequest { after_seq, limit }))
+            .await
+            .map_err(peer)?;
+        Ok(resp.into_inner().changes)
+    }
+
+    /// Current (version, following) of edges, in order.
+    pub async fn edge_states(&self, edges: &[(UserId, FeedRef)]) -> Result<Vec<(u64, bool)>, ApiError> {
+        let mut out = Vec::with_capacity(edges.len());
+        for chunk in edges.chunks(VERSION_BATCH) {
+            let keys = chunk
+                .iter()
+                .map(|(u, f)| fg::EdgeKey {
+                    follower_id: *u,
+                    feed: f.to_string(),
+                })
+                .collect();
+            let resp = self
+                .client
+                .clone()
+                .get_edge_versions(self.req(fg::GetEdgeVersionsRequest { edges: keys }))
+                .await
+                .map_err(peer)?;
+            out.extend(
+                resp.into_inner()
+                    .edges
+                    .into_iter()
+                    .map(|e| (e.edge_version, e.following)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The follower shards of a feed.
+    pub async fn shards(&self, feed: &FeedRef) -> Result<Vec<u64>, ApiError> {
+        let resp = self
+            .client
+            .clone()
+            .list_follower_shards(self.req(fg::ListFollowerShardsRequest { feed: feed.to_string() }))
+            .await
+            .map_err(peer)?;
+        Ok(resp.into_inner().shards.into_iter().map(|s| s.shard).collect())
+    }
+
+    /// One page of a shard's followers after `after`; true when the shard is exhausted.
+    pub async fn page(
+        &self,
+        feed: &FeedRef,
+        shard: u64,
+        after: UserId,
+        limit: u32,
+    ) -> Result<(Vec<Follower>, bool), ApiError> {
+        let resp = self
+            .client
+            .clone()
+            .page_followers(self.req(fg::PageFollowersRequest {
+                feed: feed.to_string(),
+                shard,
+                after_user_id: after,
+                limit,
+            }))
+            .await
+            .map_err(peer)?
+            .into_inner();
+        let followers = resp
+            .followers
+            .into_iter()
+            .map(|f| Follower {
+                user: f.user_id,
+                muted: f.muted,
+            })
+            .collect();
+        Ok((followers, resp.done))
+    }
+}

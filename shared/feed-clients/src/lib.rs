@@ -1,0 +1,9 @@
+//! One typed client per peer service, so every caller chunks to the peer's
+//! caps, maps its status by code and treats a malformed answer the same
+//! way. Each service keeps its own narrow trait of what it needs from a
+//! peer (in-process fakes implement it in tests); the gRPC implementations
+//! of those traits wrap these clients.
+
+mod follow_graph;
+
+pub use follow_graph::{FOLLOW_GRAPH_BATCH, FollowGraphClient, Follower};
