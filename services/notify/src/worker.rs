@@ -8,7 +8,7 @@ use std::time::Duration;
 use feed_core::ApiError;
 use feed_proto::events::v1::ActivityEvent;
 use feed_proto::notify::v1::RemindJob;
-use feed_queue::{Delivery, JobQueue, QueueMessage};
+use feed_queue::{Consumer, Delivery, JobQueue, QueueMessage};
 use feed_server::Shutdown;
 
 use crate::ledger::EventLedger;
@@ -18,35 +18,27 @@ use crate::notifier::Notifier;
 const RECLAIM_IDLE: Duration = Duration::from_secs(30);
 const BATCH: usize = 16;
 
-/// Reads `queue` as `consumer` until shutdown: stalled deliveries first,
-/// then new ones; acknowledges each one `handle` finished. A failure leaves
-/// the delivery pending, to be reclaimed and retried; a message that can
-/// never succeed (invalid) is logged and acknowledged.
+/// Reads `queue` as `consumer` until shutdown, one delivery at a time (an
+/// object's events stay in order): stalled deliveries first, then new
+/// ones; acknowledges each one `handle` finished. A failure leaves the
+/// delivery pending, to be reclaimed and retried; a message that can never
+/// succeed (invalid) is logged and acknowledged.
 pub async fn consume<M, F, Fut>(queue: Arc<dyn JobQueue<M>>, consumer: String, shutdown: Shutdown, handle: F)
 where
     M: QueueMessage,
     F: Fn(M) -> Fut,
     Fut: Future<Output = Result<(), ApiError>>,
 {
-    while !shutdown.is_triggered() {
-        let mut batch: Vec<Delivery<M>> = queue.reclaim(&consumer, RECLAIM_IDLE, BATCH).await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "reclaim failed");
-            vec![]
-        });
-        if batch.is_empty() {
-            batch = tokio::select! {
-                r = queue.receive(&consumer, BATCH, Duration::from_millis(500)) => match r {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "receive failed");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.wait() => break,
-            };
-        }
-        for d in batch {
+    let reader = Consumer {
+        name: consumer,
+        batch: BATCH,
+        concurrency: 1,
+        reclaim_idle: RECLAIM_IDLE,
+        poll: Duration::from_millis(500),
+    };
+    let settle = |d: Delivery<M>| {
+        let (queue, handle) = (&queue, &handle);
+        async move {
             match handle(d.job.clone()).await {
                 Ok(()) => {}
                 Err(e @ ApiError::InvalidArgument { .. }) => {
@@ -54,14 +46,15 @@ where
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "message failed; it will be retried");
-                    continue;
+                    return;
                 }
             }
             if let Err(e) = queue.ack(&d).await {
                 tracing::warn!(error = %e, "ack failed; the message will replay harmlessly");
             }
         }
-    }
+    };
+    reader.run(queue.as_ref(), shutdown.wait(), settle).await
 }
 
 /// Consumes publish's activity events, settling each one's job in publish

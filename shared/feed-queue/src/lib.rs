@@ -7,7 +7,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub mod consume;
 pub mod contract;
+
+pub use consume::Consumer;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;

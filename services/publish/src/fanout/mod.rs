@@ -16,6 +16,7 @@ use feed_inbox::InboxStore;
 
 use feed_proto::common::v1::DeliveryMode;
 use feed_proto::events::v1::{EdgeJob, EdgeJobKind, FanoutJob, Job, PurgeJob, job};
+use feed_queue::Consumer;
 use feed_server::Shutdown;
 
 use crate::graph::Graph;
@@ -91,39 +92,19 @@ impl FanoutWorker {
     /// processes them concurrently.
     pub async fn run(self, shutdown: Shutdown) {
         tracing::info!(consumer = %self.cfg.consumer, "fanout worker started");
-        while !shutdown.is_triggered() {
-            let mut batch = match self
-                .queue
-                .reclaim(&self.cfg.consumer, self.cfg.reclaim_idle, self.cfg.batch)
-                .await
-            {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reclaim failed");
-                    vec![]
-                }
-            };
-            if batch.is_empty() {
-                let recv = self
-                    .queue
-                    .receive(&self.cfg.consumer, self.cfg.batch, Duration::from_millis(200));
-                batch = tokio::select! {
-                    r = recv => match r {
-                        Ok(b) => b,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "receive failed");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                            continue;
-                        }
-                    },
-                    _ = shutdown.wait() => break,
-                };
-            }
-            futures::StreamExt::for_each_concurrent(futures::stream::iter(&batch), self.cfg.concurrency.max(1), |d| {
-                self.handle(d)
+        let reader = Consumer {
+            name: self.cfg.consumer.clone(),
+            batch: self.cfg.batch,
+            concurrency: self.cfg.concurrency,
+            reclaim_idle: self.cfg.reclaim_idle,
+            poll: Duration::from_millis(200),
+        };
+        let this = &self;
+        reader
+            .run(self.queue.as_ref(), shutdown.wait(), |d| async move {
+                this.handle(&d).await
             })
             .await;
-        }
         tracing::info!(consumer = %self.cfg.consumer, "fanout worker stopped");
     }
 
