@@ -115,6 +115,34 @@ impl From<ApiError> for Status {
     }
 }
 
+/// A storage backend's failure (embedded store, CQL, Redis-backed stores):
+/// one type for every store, so each converts to [`ApiError`] one way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// The backend did not answer: retryable.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The backend failed or holds data this code cannot read.
+    #[error("storage error: {0}")]
+    Backend(String),
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Unavailable(m) => ApiError::Unavailable(m),
+            StorageError::Backend(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<crate::IdError> for ApiError {
+    /// No id can be minted until the lease is back or the clock caught up: retry.
+    fn from(e: crate::IdError) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

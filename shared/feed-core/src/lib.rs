@@ -14,7 +14,7 @@ pub mod visibility;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use cursor::{Cursor, PageToken};
-pub use error::ApiError;
+pub use error::{ApiError, StorageError};
 pub use feed_ref::FeedRef;
 pub use id::{IdError, IdGenerator, NodeLease};
 

@@ -15,32 +15,22 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
 
+use feed_core::StorageError;
 use serde::{Deserialize, Serialize};
-
-/// A ScyllaDB failure, split by whether retrying later may help.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ScyllaError {
-    /// The cluster did not answer.
-    #[error("scylla unavailable: {0}")]
-    Unavailable(String),
-    /// A refused statement, a missing schema, a bad name.
-    #[error("scylla: {0}")]
-    Backend(String),
-}
 
 /// Rows per page of every multi-row read.
 pub const PAGE_SIZE: i32 = 1000;
 
-fn check_keyspace(k: &str) -> Result<(), ScyllaError> {
+fn check_keyspace(k: &str) -> Result<(), StorageError> {
     // The keyspace is spliced into statements: allow only a plain identifier.
     if k.is_empty() || k.len() > 48 || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(ScyllaError::Backend(format!("invalid scylla.keyspace {k:?}")));
+        return Err(StorageError::Backend(format!("invalid scylla.keyspace {k:?}")));
     }
     Ok(())
 }
 
 /// Connects to the configured contact points.
-pub async fn connect(cfg: &ScyllaConfig) -> Result<Session, ScyllaError> {
+pub async fn connect(cfg: &ScyllaConfig) -> Result<Session, StorageError> {
     // Explicit deadlines: a node that is down or stalled makes a call fail
     // as unavailable inside the caller's deadline instead of hanging it.
     connect_with_timeout(cfg, Duration::from_millis(cfg.request_timeout_ms.max(1))).await
@@ -51,11 +41,11 @@ pub async fn connect(cfg: &ScyllaConfig) -> Result<Session, ScyllaError> {
 pub const SCHEMA_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Connects for schema changes (see [`SCHEMA_TIMEOUT`]).
-pub async fn connect_for_schema(cfg: &ScyllaConfig) -> Result<Session, ScyllaError> {
+pub async fn connect_for_schema(cfg: &ScyllaConfig) -> Result<Session, StorageError> {
     connect_with_timeout(cfg, SCHEMA_TIMEOUT).await
 }
 
-async fn connect_with_timeout(cfg: &ScyllaConfig, request_timeout: Duration) -> Result<Session, ScyllaError> {
+async fn connect_with_timeout(cfg: &ScyllaConfig, request_timeout: Duration) -> Result<Session, StorageError> {
     check_keyspace(&cfg.keyspace)?;
     let profile = ExecutionProfile::builder()
         .request_timeout(Some(request_timeout))
@@ -66,7 +56,7 @@ async fn connect_with_timeout(cfg: &ScyllaConfig, request_timeout: Duration) -> 
         .default_execution_profile_handle(profile.into_handle())
         .build()
         .await
-        .map_err(|e| ScyllaError::Unavailable(e.to_string()))
+        .map_err(|e| StorageError::Unavailable(e.to_string()))
 }
 
 /// The keyspace and migration-record statements every component's schema starts with.
@@ -88,16 +78,16 @@ pub async fn migrate(
     component: &str,
     version: i32,
     statements: &[String],
-) -> Result<(), ScyllaError> {
+) -> Result<(), StorageError> {
     let s = connect_for_schema(cfg).await?;
     for stmt in base_schema(cfg).iter().chain(statements) {
         s.query_unpaged(stmt.as_str(), ())
             .await
-            .map_err(|e| ScyllaError::Backend(e.to_string()))?;
+            .map_err(|e| StorageError::Backend(e.to_string()))?;
     }
     s.await_schema_agreement()
         .await
-        .map_err(|e| ScyllaError::Unavailable(e.to_string()))?;
+        .map_err(|e| StorageError::Unavailable(e.to_string()))?;
     s.query_unpaged(
         format!(
             "INSERT INTO {}.schema_migrations (component, version) VALUES (?, ?)",
@@ -106,13 +96,13 @@ pub async fn migrate(
         (component, version),
     )
     .await
-    .map_err(|e| ScyllaError::Backend(e.to_string()))?;
+    .map_err(|e| StorageError::Backend(e.to_string()))?;
     Ok(())
 }
 
 /// Connects and checks that `component`'s schema is at least `version`;
 /// services only verify, they never migrate.
-pub async fn connect_verified(cfg: &ScyllaConfig, component: &str, version: i32) -> Result<Session, ScyllaError> {
+pub async fn connect_verified(cfg: &ScyllaConfig, component: &str, version: i32) -> Result<Session, StorageError> {
     let session = connect(cfg).await?;
     let found = session
         .query_unpaged(
@@ -123,25 +113,25 @@ pub async fn connect_verified(cfg: &ScyllaConfig, component: &str, version: i32)
             (component,),
         )
         .await
-        .map_err(|e| ScyllaError::Backend(format!("schema missing (run {component} --migrate): {e}")))?
+        .map_err(|e| StorageError::Backend(format!("schema missing (run {component} --migrate): {e}")))?
         .into_rows_result()
-        .map_err(|e| ScyllaError::Backend(e.to_string()))?
+        .map_err(|e| StorageError::Backend(e.to_string()))?
         .maybe_first_row::<(i32,)>()
-        .map_err(|e| ScyllaError::Backend(e.to_string()))?;
+        .map_err(|e| StorageError::Backend(e.to_string()))?;
     match found {
         Some((v,)) if v >= version => Ok(session),
-        other => Err(ScyllaError::Backend(format!(
+        other => Err(StorageError::Backend(format!(
             "{component} schema version {other:?} < {version}: run {component} --migrate"
         ))),
     }
 }
 
 /// Prepares a statement once, with explicit consistency and page size.
-pub async fn prepare(session: &Session, query: String) -> Result<PreparedStatement, ScyllaError> {
+pub async fn prepare(session: &Session, query: String) -> Result<PreparedStatement, StorageError> {
     let mut p = session
         .prepare(query)
         .await
-        .map_err(|e| ScyllaError::Backend(e.to_string()))?;
+        .map_err(|e| StorageError::Backend(e.to_string()))?;
     p.set_consistency(Consistency::LocalQuorum);
     p.set_serial_consistency(Some(SerialConsistency::LocalSerial));
     p.set_page_size(PAGE_SIZE);
@@ -153,11 +143,11 @@ pub async fn execute(
     session: &Session,
     p: &PreparedStatement,
     v: impl SerializeRow,
-) -> Result<QueryResult, ScyllaError> {
+) -> Result<QueryResult, StorageError> {
     session
         .execute_unpaged(p, v)
         .await
-        .map_err(|e| ScyllaError::Unavailable(e.to_string()))
+        .map_err(|e| StorageError::Unavailable(e.to_string()))
 }
 
 /// Runs a lightweight transaction; true when it applied (its `[applied]`
@@ -165,7 +155,7 @@ pub async fn execute(
 /// (LOCAL_SERIAL here), ScyllaDB more cheaply; when it did not apply,
 /// Cassandra returns the current row's columns after `[applied]` and
 /// callers read them by name, never by position.
-pub async fn applied(session: &Session, p: &PreparedStatement, v: impl SerializeRow) -> Result<bool, ScyllaError> {
+pub async fn applied(session: &Session, p: &PreparedStatement, v: impl SerializeRow) -> Result<bool, StorageError> {
     let rows = execute(session, p, v).await?.into_rows_result().map_err(backend)?;
     let row = rows.maybe_first_row::<Row>().map_err(backend)?;
     Ok(matches!(
@@ -179,7 +169,7 @@ pub async fn first_row<T>(
     session: &Session,
     p: &PreparedStatement,
     v: impl SerializeRow,
-) -> Result<Option<T>, ScyllaError>
+) -> Result<Option<T>, StorageError>
 where
     T: for<'f, 'm> DeserializeRow<'f, 'm>,
 {
@@ -192,21 +182,21 @@ where
 }
 
 /// Every row of a read, fetched page by page.
-pub async fn all_rows<T>(session: &Session, p: &PreparedStatement, v: impl SerializeRow) -> Result<Vec<T>, ScyllaError>
+pub async fn all_rows<T>(session: &Session, p: &PreparedStatement, v: impl SerializeRow) -> Result<Vec<T>, StorageError>
 where
     T: for<'f, 'm> DeserializeRow<'f, 'm> + 'static,
 {
     let pager = session
         .execute_iter(p.clone(), v)
         .await
-        .map_err(|e| ScyllaError::Unavailable(e.to_string()))?;
+        .map_err(|e| StorageError::Unavailable(e.to_string()))?;
     futures::TryStreamExt::try_collect(pager.rows_stream::<T>().map_err(backend)?)
         .await
         .map_err(backend)
 }
 
-fn backend(e: impl std::fmt::Display) -> ScyllaError {
-    ScyllaError::Backend(e.to_string())
+fn backend(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Backend(e.to_string())
 }
 
 /// ScyllaDB.

@@ -65,6 +65,13 @@ pub enum InboxError {
     Unavailable(String),
 }
 
+impl From<InboxError> for feed_core::ApiError {
+    /// The inbox is a cache of durable data: its outage is retryable.
+    fn from(e: InboxError) -> Self {
+        feed_core::ApiError::Unavailable(e.to_string())
+    }
+}
+
 impl From<redis::RedisError> for InboxError {
     fn from(e: redis::RedisError) -> Self {
         InboxError::Unavailable(e.to_string())

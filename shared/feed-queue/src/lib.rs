@@ -31,6 +31,13 @@ pub struct Delivery<M> {
 #[error("queue unavailable: {0}")]
 pub struct QueueError(pub String);
 
+impl From<QueueError> for feed_core::ApiError {
+    /// The queue only carries work its durable record re-drives: retryable.
+    fn from(e: QueueError) -> Self {
+        feed_core::ApiError::Unavailable(e.to_string())
+    }
+}
+
 impl From<redis::RedisError> for QueueError {
     fn from(e: redis::RedisError) -> Self {
         QueueError(e.to_string())

@@ -200,3 +200,12 @@ pub trait GraphStore: Send + Sync + 'static {
     /// Answers when the backend is usable.
     async fn ping(&self) -> Result<(), StoreError>;
 }
+
+impl From<feed_core::StorageError> for StoreError {
+    fn from(e: feed_core::StorageError) -> Self {
+        match e {
+            feed_core::StorageError::Unavailable(m) => StoreError::Unavailable(m),
+            feed_core::StorageError::Backend(m) => StoreError::Backend(m),
+        }
+    }
+}

@@ -110,11 +110,7 @@ impl Notifier {
             }
         }
         if !due.is_empty() {
-            self.inner
-                .jobs
-                .enqueue(&due)
-                .await
-                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            self.inner.jobs.enqueue(&due).await?;
         }
         Ok(due.len())
     }

@@ -15,7 +15,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistM
 use prost::Message;
 
 use super::{
-    ALWAYS, Claim, GroupChange, NotifyStore, REMIND_LOG_RETENTION_MS, Reason, StoreError, Subscriber,
+    ALWAYS, Claim, GroupChange, NotifyStore, REMIND_LOG_RETENTION_MS, Reason, StorageError, Subscriber,
     add_subscriber_row, merge_actor,
 };
 
@@ -46,8 +46,8 @@ pub struct EmbeddedNotifyStore {
     sync: bool,
 }
 
-fn be(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn be(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Backend(e.to_string())
 }
 
 /// `len(u16) ‖ bytes`: the length keeps `a` from prefixing `ab`.
@@ -57,7 +57,7 @@ fn push_str(k: &mut Vec<u8>, s: &str) {
 }
 
 /// Reads a length-prefixed string at `*at`, advancing it.
-fn read_str(k: &[u8], at: &mut usize) -> Result<String, StoreError> {
+fn read_str(k: &[u8], at: &mut usize) -> Result<String, StorageError> {
     let len = k
         .get(*at..*at + 2)
         .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
@@ -106,13 +106,13 @@ fn time_key(ms: i64) -> [u8; 8] {
     ((ms as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-fn decode<M: Message + Default>(v: &[u8]) -> Result<M, StoreError> {
+fn decode<M: Message + Default>(v: &[u8]) -> Result<M, StorageError> {
     M::decode(v).map_err(be)
 }
 
 impl EmbeddedNotifyStore {
     /// Opens (or creates) the store under `dir`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
         let db = Database::builder(dir).open().map_err(be)?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(be);
         Ok(Self {
@@ -143,7 +143,7 @@ impl EmbeddedNotifyStore {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn commit(&self, batch: OwnedWriteBatch) -> Result<(), StoreError> {
+    fn commit(&self, batch: OwnedWriteBatch) -> Result<(), StorageError> {
         batch.commit().map_err(be)?;
         // Durable before the caller hears "done".
         if self.sync {
@@ -152,12 +152,12 @@ impl EmbeddedNotifyStore {
         Ok(())
     }
 
-    fn get<M: Message + Default>(ks: &Keyspace, key: &[u8]) -> Result<Option<M>, StoreError> {
+    fn get<M: Message + Default>(ks: &Keyspace, key: &[u8]) -> Result<Option<M>, StorageError> {
         ks.get(key).map_err(be)?.map(|v| decode(&v)).transpose()
     }
 
     /// Records of `ks` under `prefix` with an 8-byte id key suffix < `before`, newest first.
-    fn scan_desc(ks: &Keyspace, prefix: &[u8], before: u64, limit: usize) -> Result<Vec<NoteRecord>, StoreError> {
+    fn scan_desc(ks: &Keyspace, prefix: &[u8], before: u64, limit: usize) -> Result<Vec<NoteRecord>, StorageError> {
         let mut start = prefix.to_vec();
         start.extend_from_slice(&0u64.to_be_bytes());
         let mut end = prefix.to_vec();
@@ -176,7 +176,7 @@ impl EmbeddedNotifyStore {
 
 #[async_trait]
 impl NotifyStore for EmbeddedNotifyStore {
-    async fn claim_event(&self, event_id: &str, id: u64) -> Result<Claim, StoreError> {
+    async fn claim_event(&self, event_id: &str, id: u64) -> Result<Claim, StorageError> {
         let _w = self.lock();
         if let Some(v) = self.events.get(event_id.as_bytes()).map_err(be)? {
             return Ok(Claim::Held(u64_at(&v, 0)));
@@ -187,18 +187,18 @@ impl NotifyStore for EmbeddedNotifyStore {
         Ok(Claim::Claimed)
     }
 
-    async fn put_announce(&self, rec: &NoteRecord) -> Result<(), StoreError> {
+    async fn put_announce(&self, rec: &NoteRecord) -> Result<(), StorageError> {
         let id = rec.note.as_ref().map(|n| n.id).unwrap_or(0);
         let mut batch = self.db.batch();
         batch.insert(&self.announces, id.to_be_bytes(), rec.encode_to_vec());
         self.commit(batch)
     }
 
-    async fn announces(&self, before: u64, limit: usize) -> Result<Vec<NoteRecord>, StoreError> {
+    async fn announces(&self, before: u64, limit: usize) -> Result<Vec<NoteRecord>, StorageError> {
         Self::scan_desc(&self.announces, &[], before, limit)
     }
 
-    async fn insert_note(&self, user: UserId, rec: &NoteRecord) -> Result<bool, StoreError> {
+    async fn insert_note(&self, user: UserId, rec: &NoteRecord) -> Result<bool, StorageError> {
         let id = rec.note.as_ref().map(|n| n.id).unwrap_or(0);
         let key = u64_pair(user, id);
         let _w = self.lock();
@@ -217,7 +217,7 @@ impl NotifyStore for EmbeddedNotifyStore {
         actor: UserId,
         rec: &NoteRecord,
         keep_latest: usize,
-    ) -> Result<GroupChange, StoreError> {
+    ) -> Result<GroupChange, StorageError> {
         let gkey = group_key(user, &rec.group_key);
         let mut akey = gkey.clone();
         akey.extend_from_slice(&actor.to_be_bytes());
@@ -239,15 +239,15 @@ impl NotifyStore for EmbeddedNotifyStore {
         Ok(GroupChange::Changed(Box::new(after)))
     }
 
-    async fn note(&self, user: UserId, id: u64) -> Result<Option<NoteRecord>, StoreError> {
+    async fn note(&self, user: UserId, id: u64) -> Result<Option<NoteRecord>, StorageError> {
         Self::get(&self.notes, &u64_pair(user, id))
     }
 
-    async fn notes(&self, user: UserId, before: u64, limit: usize) -> Result<Vec<NoteRecord>, StoreError> {
+    async fn notes(&self, user: UserId, before: u64, limit: usize) -> Result<Vec<NoteRecord>, StorageError> {
         Self::scan_desc(&self.notes, &user.to_be_bytes(), before, limit)
     }
 
-    async fn mark_notes_read(&self, user: UserId, marks: &[(u64, u64)]) -> Result<(), StoreError> {
+    async fn mark_notes_read(&self, user: UserId, marks: &[(u64, u64)]) -> Result<(), StorageError> {
         let _w = self.lock();
         let mut batch = self.db.batch();
         for (id, seq) in marks {
@@ -260,17 +260,17 @@ impl NotifyStore for EmbeddedNotifyStore {
         self.commit(batch)
     }
 
-    async fn user_state(&self, user: UserId) -> Result<Option<UserState>, StoreError> {
+    async fn user_state(&self, user: UserId) -> Result<Option<UserState>, StorageError> {
         Self::get(&self.users, &user.to_be_bytes())
     }
 
-    async fn put_user_state(&self, user: UserId, state: &UserState) -> Result<(), StoreError> {
+    async fn put_user_state(&self, user: UserId, state: &UserState) -> Result<(), StorageError> {
         let mut batch = self.db.batch();
         batch.insert(&self.users, user.to_be_bytes(), state.encode_to_vec());
         self.commit(batch)
     }
 
-    async fn subscribe(&self, s: &Subscription, since_ms: i64) -> Result<bool, StoreError> {
+    async fn subscribe(&self, s: &Subscription, since_ms: i64) -> Result<bool, StorageError> {
         let ukey = by_u64_pair(s.user_id, &s.object_type, &s.object_id, &s.reason);
         let _w = self.lock();
         if self.subs_by_user.contains_key(&ukey).map_err(be)? {
@@ -293,7 +293,7 @@ impl NotifyStore for EmbeddedNotifyStore {
         object_type: &str,
         object_id: &str,
         reason: Option<&str>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, StorageError> {
         let mut prefix = user.to_be_bytes().to_vec();
         push_str(&mut prefix, object_type);
         push_str(&mut prefix, object_id);
@@ -322,7 +322,7 @@ impl NotifyStore for EmbeddedNotifyStore {
         user: UserId,
         after: Option<&Subscription>,
         limit: usize,
-    ) -> Result<Vec<Subscription>, StoreError> {
+    ) -> Result<Vec<Subscription>, StorageError> {
         let prefix = user.to_be_bytes();
         let mut out = Vec::new();
         let start = match after {
@@ -362,7 +362,7 @@ impl NotifyStore for EmbeddedNotifyStore {
         object_id: &str,
         after: UserId,
         limit: usize,
-    ) -> Result<Vec<Subscriber>, StoreError> {
+    ) -> Result<Vec<Subscriber>, StorageError> {
         let prefix = object_prefix(object_type, object_id);
         let mut start = prefix.clone();
         start.extend_from_slice(&after.saturating_add(1).to_be_bytes());
@@ -385,13 +385,13 @@ impl NotifyStore for EmbeddedNotifyStore {
         Ok(out)
     }
 
-    async fn put_job(&self, job: &RemindJob) -> Result<(), StoreError> {
+    async fn put_job(&self, job: &RemindJob) -> Result<(), StorageError> {
         let mut batch = self.db.batch();
         batch.insert(&self.jobs, job.job_id.as_bytes(), job.encode_to_vec());
         self.commit(batch)
     }
 
-    async fn put_job_if_absent(&self, job: &RemindJob) -> Result<(), StoreError> {
+    async fn put_job_if_absent(&self, job: &RemindJob) -> Result<(), StorageError> {
         let _w = self.lock();
         if self.jobs.contains_key(job.job_id.as_bytes()).map_err(be)? {
             return Ok(());
@@ -401,17 +401,17 @@ impl NotifyStore for EmbeddedNotifyStore {
         self.commit(batch)
     }
 
-    async fn job(&self, job_id: &str) -> Result<Option<RemindJob>, StoreError> {
+    async fn job(&self, job_id: &str) -> Result<Option<RemindJob>, StorageError> {
         Self::get(&self.jobs, job_id.as_bytes())
     }
 
-    async fn delete_job(&self, job_id: &str) -> Result<(), StoreError> {
+    async fn delete_job(&self, job_id: &str) -> Result<(), StorageError> {
         let mut batch = self.db.batch();
         batch.remove(&self.jobs, job_id.as_bytes());
         self.commit(batch)
     }
 
-    async fn jobs(&self, limit: usize) -> Result<Vec<RemindJob>, StoreError> {
+    async fn jobs(&self, limit: usize) -> Result<Vec<RemindJob>, StorageError> {
         let mut out = Vec::new();
         for item in self.jobs.iter().take(limit) {
             let (_, v) = item.into_inner().map_err(be)?;
@@ -420,7 +420,7 @@ impl NotifyStore for EmbeddedNotifyStore {
         Ok(out)
     }
 
-    async fn log_remind(&self, job: &RemindJob) -> Result<(), StoreError> {
+    async fn log_remind(&self, job: &RemindJob) -> Result<(), StorageError> {
         let r = job.remind.clone().unwrap_or_default();
         let prefix = remind_log_prefix(&r.object_type, &r.object_id, &r.action);
         let mut key = prefix.clone();
@@ -446,7 +446,7 @@ impl NotifyStore for EmbeddedNotifyStore {
         action: &str,
         after_ms: i64,
         limit: usize,
-    ) -> Result<Vec<RemindJob>, StoreError> {
+    ) -> Result<Vec<RemindJob>, StorageError> {
         let prefix = remind_log_prefix(object_type, object_id, action);
         let mut from = prefix.clone();
         from.extend_from_slice(&time_key(after_ms.saturating_add(1)));
@@ -464,7 +464,7 @@ impl NotifyStore for EmbeddedNotifyStore {
         Ok(out)
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), StorageError> {
         Ok(())
     }
 }

@@ -74,37 +74,19 @@ pub enum GroupChange {
     Changed(Box<NoteRecord>),
 }
 
-/// Store failures, in the store's terms.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
-    /// The backend did not answer.
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
-    /// The backend failed or holds data this code cannot read.
-    #[error("storage error: {0}")]
-    Backend(String),
-}
-
-impl From<StoreError> for feed_core::ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(m) => feed_core::ApiError::Unavailable(m),
-            StoreError::Backend(m) => feed_core::ApiError::Internal(m),
-        }
-    }
-}
+pub use feed_core::StorageError;
 
 /// Storage of notifications, subscriptions and per-user state.
 #[async_trait]
 pub trait NotifyStore: Send + Sync + 'static {
     /// Claims `event_id` for notification `id` unless an earlier call holds it.
-    async fn claim_event(&self, event_id: &str, id: u64) -> Result<Claim, StoreError>;
+    async fn claim_event(&self, event_id: &str, id: u64) -> Result<Claim, StorageError>;
     /// Stores an announce (idempotent by its id).
-    async fn put_announce(&self, rec: &NoteRecord) -> Result<(), StoreError>;
+    async fn put_announce(&self, rec: &NoteRecord) -> Result<(), StorageError>;
     /// Announces with id < `before`, newest first, at most `limit`.
-    async fn announces(&self, before: u64, limit: usize) -> Result<Vec<NoteRecord>, StoreError>;
+    async fn announces(&self, before: u64, limit: usize) -> Result<Vec<NoteRecord>, StorageError>;
     /// Adds a note to `user`'s list unless one with its id exists; true when added.
-    async fn insert_note(&self, user: UserId, rec: &NoteRecord) -> Result<bool, StoreError>;
+    async fn insert_note(&self, user: UserId, rec: &NoteRecord) -> Result<bool, StorageError>;
     /// Adds `actor` to `user`'s remind group `rec.group_key`, creating the
     /// group from `rec` when absent. A new actor bumps the count, becomes the
     /// newest of at most `keep_latest` latest actors, and sets the note's
@@ -116,20 +98,20 @@ pub trait NotifyStore: Send + Sync + 'static {
         actor: UserId,
         rec: &NoteRecord,
         keep_latest: usize,
-    ) -> Result<GroupChange, StoreError>;
+    ) -> Result<GroupChange, StorageError>;
     /// One note of `user`.
-    async fn note(&self, user: UserId, id: u64) -> Result<Option<NoteRecord>, StoreError>;
+    async fn note(&self, user: UserId, id: u64) -> Result<Option<NoteRecord>, StorageError>;
     /// `user`'s notes with id < `before`, newest first, at most `limit`.
-    async fn notes(&self, user: UserId, before: u64, limit: usize) -> Result<Vec<NoteRecord>, StoreError>;
+    async fn notes(&self, user: UserId, before: u64, limit: usize) -> Result<Vec<NoteRecord>, StorageError>;
     /// Sets each listed note's read mark (note id, read_seq).
-    async fn mark_notes_read(&self, user: UserId, marks: &[(u64, u64)]) -> Result<(), StoreError>;
+    async fn mark_notes_read(&self, user: UserId, marks: &[(u64, u64)]) -> Result<(), StorageError>;
     /// `user`'s state, if notify has seen the user.
-    async fn user_state(&self, user: UserId) -> Result<Option<UserState>, StoreError>;
+    async fn user_state(&self, user: UserId) -> Result<Option<UserState>, StorageError>;
     /// Replaces `user`'s state.
-    async fn put_user_state(&self, user: UserId, state: &UserState) -> Result<(), StoreError>;
+    async fn put_user_state(&self, user: UserId, state: &UserState) -> Result<(), StorageError>;
     /// Adds a subscription that counts for reminds from `since_ms` on (see
     /// [`Reason::since_ms`]); false when it already stood (and keeps its own).
-    async fn subscribe(&self, s: &Subscription, since_ms: i64) -> Result<bool, StoreError>;
+    async fn subscribe(&self, s: &Subscription, since_ms: i64) -> Result<bool, StorageError>;
     /// Removes `user`'s subscriptions to the object (one reason, or all when
     /// `reason` is None); false when none stood.
     async fn unsubscribe(
@@ -138,7 +120,7 @@ pub trait NotifyStore: Send + Sync + 'static {
         object_type: &str,
         object_id: &str,
         reason: Option<&str>,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, StorageError>;
     /// `user`'s subscriptions after `after` (object type, object id, reason
     /// order), at most `limit`.
     async fn subscriptions(
@@ -146,7 +128,7 @@ pub trait NotifyStore: Send + Sync + 'static {
         user: UserId,
         after: Option<&Subscription>,
         limit: usize,
-    ) -> Result<Vec<Subscription>, StoreError>;
+    ) -> Result<Vec<Subscription>, StorageError>;
     /// Subscribers of an object with id > `after`, ascending, at most `limit`.
     async fn subscribers(
         &self,
@@ -154,21 +136,21 @@ pub trait NotifyStore: Send + Sync + 'static {
         object_id: &str,
         after: UserId,
         limit: usize,
-    ) -> Result<Vec<Subscriber>, StoreError>;
+    ) -> Result<Vec<Subscriber>, StorageError>;
     /// Creates or replaces a remind job.
-    async fn put_job(&self, job: &RemindJob) -> Result<(), StoreError>;
+    async fn put_job(&self, job: &RemindJob) -> Result<(), StorageError>;
     /// Creates a remind job unless one with its id exists.
-    async fn put_job_if_absent(&self, job: &RemindJob) -> Result<(), StoreError>;
+    async fn put_job_if_absent(&self, job: &RemindJob) -> Result<(), StorageError>;
     /// A remind job by id.
-    async fn job(&self, job_id: &str) -> Result<Option<RemindJob>, StoreError>;
+    async fn job(&self, job_id: &str) -> Result<Option<RemindJob>, StorageError>;
     /// Removes a finished job.
-    async fn delete_job(&self, job_id: &str) -> Result<(), StoreError>;
+    async fn delete_job(&self, job_id: &str) -> Result<(), StorageError>;
     /// Unfinished jobs, at most `limit` (the sweeper re-drives them).
-    async fn jobs(&self, limit: usize) -> Result<Vec<RemindJob>, StoreError>;
+    async fn jobs(&self, limit: usize) -> Result<Vec<RemindJob>, StorageError>;
     /// Logs a remind under (object, action, time, job id), idempotently,
     /// for [`REMIND_LOG_RETENTION_MS`]: a subscription made by an event
     /// processed after the remind, but that happened before it, still gets it.
-    async fn log_remind(&self, job: &RemindJob) -> Result<(), StoreError>;
+    async fn log_remind(&self, job: &RemindJob) -> Result<(), StorageError>;
     /// Reminds logged for (object, action) that occurred after `after_ms`,
     /// oldest first, at most `limit`.
     async fn reminds_after(
@@ -178,9 +160,9 @@ pub trait NotifyStore: Send + Sync + 'static {
         action: &str,
         after_ms: i64,
         limit: usize,
-    ) -> Result<Vec<RemindJob>, StoreError>;
+    ) -> Result<Vec<RemindJob>, StorageError>;
     /// Answers when the backend is usable.
-    async fn ping(&self) -> Result<(), StoreError>;
+    async fn ping(&self) -> Result<(), StorageError>;
 }
 
 /// The group note after `actor` joins it: `rec` when the group is new, else

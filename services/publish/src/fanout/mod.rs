@@ -215,11 +215,7 @@ impl FanoutWorker {
             // Muted followers still receive the id: mute is enforced at read
             // (Invariant 5), so unmuting needs no backfill of pushed items.
             let users: Vec<u64> = page.iter().map(|p| p.user).filter(|u| *u != f.actor).collect();
-            delivered += self
-                .inbox
-                .push(&users, f.activity_id)
-                .await
-                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            delivered += self.inbox.push(&users, f.activity_id).await?;
             if done {
                 break;
             }

@@ -94,10 +94,7 @@ impl FanoutWorker {
             let Some(last) = page.last() else { break };
             after = last.user;
             let users: Vec<u64> = page.iter().map(|p| p.user).collect();
-            self.inbox
-                .remove_from(&users, p.activity_id)
-                .await
-                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            self.inbox.remove_from(&users, p.activity_id).await?;
             if done {
                 break;
             }

@@ -17,21 +17,12 @@ pub use write::Published;
 
 use std::sync::Arc;
 
-use feed_core::{ApiError, Clock, IdGenerator};
+use feed_core::{Clock, IdGenerator};
 
 use crate::graph::Graph;
 use crate::queue::JobQueue;
-use crate::store::{ActivityStore, StoreError};
+use crate::store::ActivityStore;
 use crate::validate::Limits;
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(m) => ApiError::Unavailable(m),
-            StoreError::Backend(m) => ApiError::Internal(m),
-        }
-    }
-}
 
 /// Publish settings.
 #[derive(Debug, Clone)]

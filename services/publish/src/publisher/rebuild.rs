@@ -26,10 +26,7 @@ impl Publisher {
         // Ids minted up to a minute before the marker may still be in flight
         // through a slow publish; the provisional floor admits their pushes.
         let provisional = min_id_at(self.clock.now_ms().saturating_sub(60_000));
-        let created = inbox
-            .mark_live(user, provisional)
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let created = inbox.mark_live(user, provisional).await?;
         let mut floor = 0u64;
         let mut ids = Vec::new();
         for feed in following {
@@ -62,10 +59,7 @@ impl Publisher {
             ids.truncate(cap);
             floor = floor.max(*ids.last().unwrap_or(&0));
         }
-        inbox
-            .rebuild(user, &ids, floor, created.then_some(provisional))
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        inbox.rebuild(user, &ids, floor, created.then_some(provisional)).await?;
         metrics::counter!("feed_inbox_rebuilds_total").increment(1);
         Ok(ids.len())
     }

@@ -153,7 +153,7 @@ impl Publisher {
 
     pub(super) async fn publish_now(&self, new: NewActivity, to: Vec<FeedRef>) -> Result<Published, ApiError> {
         let fp = fingerprint(&new);
-        let fresh = self.ids.next_id().map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let fresh = self.ids.next_id()?;
         let (id, existed) = match self.store.claim_foreign(new.actor, &new.foreign_id, fresh, fp).await? {
             Claim::Claimed => (fresh, false),
             Claim::Held { fingerprint, .. } if fingerprint != fp => {

@@ -11,7 +11,7 @@ use feed_core::cache::ReadCache;
 use feed_core::keys::u64_at;
 use fjall::Keyspace;
 
-use super::StoreError;
+use super::StorageError;
 
 /// One feed's newest entries.
 #[derive(Default)]
@@ -65,7 +65,7 @@ impl FeedHeads {
         prefix: &[u8],
         before: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<(u64, u8)>, StoreError> {
+    ) -> Result<Vec<(u64, u8)>, StorageError> {
         let answer = match self.heads.get(prefix, |head| head.below(before, limit, |e| *e)) {
             Ok(answer) => answer,
             Err(ticket) => {
@@ -94,7 +94,7 @@ impl FeedHeads {
         prefixes: &[Vec<u8>],
         before: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<Vec<u64>>, StoreError> {
+    ) -> Result<Vec<Vec<u64>>, StorageError> {
         let (hits, _) = self.heads.get_many(prefixes, |head| head.below(before, limit, |e| e.0));
         prefixes
             .iter()
@@ -128,7 +128,7 @@ pub(crate) fn scan_desc(
     prefix: &[u8],
     before: Option<u64>,
     limit: usize,
-) -> Result<Vec<(u64, u8)>, StoreError> {
+) -> Result<Vec<(u64, u8)>, StorageError> {
     let mut start = prefix.to_vec();
     start.extend_from_slice(&0u64.to_be_bytes());
     let mut end = prefix.to_vec();
@@ -139,7 +139,7 @@ pub(crate) fn scan_desc(
         if out.len() >= limit {
             break;
         }
-        let (k, v) = item.into_inner().map_err(|e| StoreError::Backend(e.to_string()))?;
+        let (k, v) = item.into_inner().map_err(|e| StorageError::Backend(e.to_string()))?;
         out.push((u64_at(&k, prefix.len()), v.first().copied().unwrap_or(0)));
     }
     Ok(out)

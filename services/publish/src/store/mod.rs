@@ -105,16 +105,7 @@ pub struct JobStats {
     pub dead: u64,
 }
 
-/// Store failures.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
-    /// The backend did not answer.
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
-    /// The backend failed or holds unreadable data.
-    #[error("storage error: {0}")]
-    Backend(String),
-}
+pub use feed_core::StorageError;
 
 /// [`ActivityStore::pulled`] of a store whose own call is `pulled_many`.
 pub(crate) async fn pulled_via_many<S: ActivityStore + ?Sized>(
@@ -122,7 +113,7 @@ pub(crate) async fn pulled_via_many<S: ActivityStore + ?Sized>(
     feed: &FeedRef,
     before: Option<u64>,
     limit: usize,
-) -> Result<Vec<u64>, StoreError> {
+) -> Result<Vec<u64>, StorageError> {
     let mut found = store.pulled_many(std::slice::from_ref(feed), before, limit).await?;
     Ok(found.pop().map(|(_, ids)| ids).unwrap_or_default())
 }
@@ -139,25 +130,30 @@ pub trait ActivityStore: Send + Sync + 'static {
         foreign_id: &str,
         id: u64,
         fingerprint: u64,
-    ) -> Result<Claim, StoreError>;
+    ) -> Result<Claim, StorageError>;
     /// Writes the activity, its outbox entries and its jobs in one step.
     /// Idempotent: a retry with the same rows changes nothing.
-    async fn commit_publish(&self, activity: &Activity, outbox: &[OutboxEntry], jobs: &[Job])
-    -> Result<(), StoreError>;
+    async fn commit_publish(
+        &self,
+        activity: &Activity,
+        outbox: &[OutboxEntry],
+        jobs: &[Job],
+    ) -> Result<(), StorageError>;
     /// Activities by id, in order; None for unknown ids. Shared: a store
     /// that keeps activities in memory hands them out without a deep copy
     /// (a home read hydrates a page of them).
-    async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Arc<Activity>>>, StoreError>;
+    async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Arc<Activity>>>, StorageError>;
     /// The record held by (actor, foreign_id).
-    async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<ForeignRecord>, StoreError>;
+    async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<ForeignRecord>, StorageError>;
     /// Replaces an existing activity row (update, soft delete) and records jobs, in one step.
-    async fn replace(&self, activity: &Activity, jobs: &[Job]) -> Result<(), StoreError>;
+    async fn replace(&self, activity: &Activity, jobs: &[Job]) -> Result<(), StorageError>;
     /// A feed's outbox below `before`, newest first.
-    async fn outbox(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
+    async fn outbox(&self, feed: &FeedRef, before: Option<u64>, limit: usize)
+    -> Result<Vec<OutboxEntry>, StorageError>;
     /// The delivery mode of one outbox entry, if it exists.
-    async fn outbox_mode(&self, feed: &FeedRef, id: u64) -> Result<Option<DeliveryMode>, StoreError>;
+    async fn outbox_mode(&self, feed: &FeedRef, id: u64) -> Result<Option<DeliveryMode>, StorageError>;
     /// A feed's pull-mode entries below `before`, newest first.
-    async fn pulled(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<u64>, StoreError>;
+    async fn pulled(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<u64>, StorageError>;
     /// [`Self::pulled`] of many feeds (a home read asks every followed
     /// feed; most have none): (index in `feeds`, entries) of those that have some.
     async fn pulled_many(
@@ -165,7 +161,7 @@ pub trait ActivityStore: Send + Sync + 'static {
         feeds: &[FeedRef],
         before: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<(usize, Vec<u64>)>, StoreError> {
+    ) -> Result<Vec<(usize, Vec<u64>)>, StorageError> {
         let mut out = Vec::new();
         for (i, feed) in feeds.iter().enumerate() {
             let ids = self.pulled(feed, before, limit).await?;
@@ -177,47 +173,47 @@ pub trait ActivityStore: Send + Sync + 'static {
     }
 
     /// Records jobs (pending).
-    async fn put_jobs(&self, jobs: &[Job]) -> Result<(), StoreError>;
+    async fn put_jobs(&self, jobs: &[Job]) -> Result<(), StorageError>;
     /// A pending job; None once done (or dead).
-    async fn job(&self, job_id: &str) -> Result<Option<JobState>, StoreError>;
+    async fn job(&self, job_id: &str) -> Result<Option<JobState>, StorageError>;
     /// Marks a job done and records the jobs it spawned, in one step.
-    async fn complete_job(&self, job_id: &str, spawned: &[Job]) -> Result<(), StoreError>;
+    async fn complete_job(&self, job_id: &str, spawned: &[Job]) -> Result<(), StorageError>;
     /// Records a failure; dead-letters the job at `max_attempts`. True when dead.
-    async fn fail_job(&self, job_id: &str, error: &str, max_attempts: u32, now_ms: i64) -> Result<bool, StoreError>;
+    async fn fail_job(&self, job_id: &str, error: &str, max_attempts: u32, now_ms: i64) -> Result<bool, StorageError>;
     /// Pending jobs not updated since `stale_before_ms`, for the sweeper to
     /// re-drive; each is marked updated at `now_ms`, so one that stays
     /// pending (a consumer is down) is handed out once per staleness period,
     /// not at every sweep.
-    async fn stale_jobs(&self, stale_before_ms: i64, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError>;
+    async fn stale_jobs(&self, stale_before_ms: i64, now_ms: i64, limit: usize) -> Result<Vec<Job>, StorageError>;
     /// Dead-lettered jobs after `after` (job id order).
-    async fn dead_jobs(&self, after: &str, limit: usize) -> Result<Vec<DeadJob>, StoreError>;
+    async fn dead_jobs(&self, after: &str, limit: usize) -> Result<Vec<DeadJob>, StorageError>;
     /// Moves dead jobs back to pending (all when `ids` is empty); returns them.
-    async fn revive_jobs(&self, ids: &[String], now_ms: i64) -> Result<Vec<Job>, StoreError>;
+    async fn revive_jobs(&self, ids: &[String], now_ms: i64) -> Result<Vec<Job>, StorageError>;
     /// Job counts.
-    async fn job_stats(&self) -> Result<JobStats, StoreError>;
+    async fn job_stats(&self) -> Result<JobStats, StorageError>;
     /// Unfinished fanout (any user) and backfill (this user) work. Dead jobs
     /// count as unfinished: their items are still missing from inboxes.
-    async fn pending_work(&self, user: UserId) -> Result<PendingWork, StoreError>;
+    async fn pending_work(&self, user: UserId) -> Result<PendingWork, StorageError>;
 
     /// Holds an item for later release.
-    async fn schedule(&self, item: &ScheduledActivity) -> Result<(), StoreError>;
+    async fn schedule(&self, item: &ScheduledActivity) -> Result<(), StorageError>;
     /// An actor's scheduled items after `after` (schedule id order).
     async fn list_scheduled(
         &self,
         actor: UserId,
         after: &str,
         limit: usize,
-    ) -> Result<Vec<ScheduledActivity>, StoreError>;
+    ) -> Result<Vec<ScheduledActivity>, StorageError>;
     /// Removes a scheduled item; false when there was none.
-    async fn remove_scheduled(&self, actor: UserId, schedule_id: &str) -> Result<bool, StoreError>;
+    async fn remove_scheduled(&self, actor: UserId, schedule_id: &str) -> Result<bool, StorageError>;
     /// Items due at `now_ms`, oldest first.
-    async fn due_scheduled(&self, now_ms: i64, limit: usize) -> Result<Vec<ScheduledActivity>, StoreError>;
+    async fn due_scheduled(&self, now_ms: i64, limit: usize) -> Result<Vec<ScheduledActivity>, StorageError>;
 
     /// How far the follow-graph change log has been turned into jobs.
-    async fn edge_cursor(&self) -> Result<u64, StoreError>;
+    async fn edge_cursor(&self) -> Result<u64, StorageError>;
     /// Records edge jobs and advances the cursor, in one step.
-    async fn record_edge_jobs(&self, jobs: &[Job], cursor: u64) -> Result<(), StoreError>;
+    async fn record_edge_jobs(&self, jobs: &[Job], cursor: u64) -> Result<(), StorageError>;
 
     /// Answers when usable.
-    async fn ping(&self) -> Result<(), StoreError>;
+    async fn ping(&self) -> Result<(), StorageError>;
 }

@@ -31,7 +31,7 @@ use feed_proto::events::v1::Job;
 use feed_proto::publish::v1::ScheduledActivity;
 use redis::aio::ConnectionManager;
 
-use super::{ActivityStore, Claim, DeadJob, ForeignRecord, JobState, JobStats, OutboxEntry, PendingWork, StoreError};
+use super::{ActivityStore, Claim, DeadJob, ForeignRecord, JobState, JobStats, OutboxEntry, PendingWork, StorageError};
 
 /// Inserts ARGV[1] into the head at KEYS[1] if there is one. ARGV: id, keep.
 const ADD: &str = r"
@@ -98,8 +98,8 @@ fn key(feed: &FeedRef) -> String {
     format!("pulled-head:{{{feed}}}")
 }
 
-fn redis_err(e: redis::RedisError) -> StoreError {
-    StoreError::Backend(format!("pulled heads: {e}"))
+fn redis_err(e: redis::RedisError) -> StorageError {
+    StorageError::Backend(format!("pulled heads: {e}"))
 }
 
 /// What a head says about the ids below `before`: all of them (up to
@@ -132,7 +132,7 @@ pub struct SharedHeads<S> {
 
 impl<S: ActivityStore> SharedHeads<S> {
     /// `inner`'s pull-mode heads kept in the Redis at `url`.
-    pub async fn connect(inner: S, url: &str, cluster: bool) -> Result<Self, StoreError> {
+    pub async fn connect(inner: S, url: &str, cluster: bool) -> Result<Self, StorageError> {
         let client = redis::Client::open(url).map_err(redis_err)?;
         // The heads only spare the store work: give up on Redis quickly and
         // let the store answer, rather than hold a timeline read.
@@ -154,7 +154,7 @@ impl<S: ActivityStore> SharedHeads<S> {
         })
     }
 
-    async fn heads(&self, feeds: &[FeedRef]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+    async fn heads(&self, feeds: &[FeedRef]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
         let mut conn = self.conn.clone();
         if feeds.is_empty() {
             return Ok(vec![]);
@@ -192,7 +192,7 @@ impl<S: ActivityStore> SharedHeads<S> {
     }
 
     /// Fills a missing head from the store: marker first, then the read, then the union.
-    async fn fill(&self, feed: &FeedRef) -> Result<(), StoreError> {
+    async fn fill(&self, feed: &FeedRef) -> Result<(), StorageError> {
         let token = uuid::Uuid::new_v4().as_u128() as u64;
         let mut marker = vec![b'P'];
         marker.extend_from_slice(&token.to_be_bytes());
@@ -240,7 +240,7 @@ impl<S: ActivityStore> ActivityStore for SharedHeads<S> {
         foreign_id: &str,
         id: u64,
         fingerprint: u64,
-    ) -> Result<Claim, StoreError> {
+    ) -> Result<Claim, StorageError> {
         self.inner.claim_foreign(actor, foreign_id, id, fingerprint).await
     }
 
@@ -249,34 +249,39 @@ impl<S: ActivityStore> ActivityStore for SharedHeads<S> {
         activity: &Activity,
         outbox: &[OutboxEntry],
         jobs: &[Job],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StorageError> {
         self.add_pulled(outbox).await;
         self.inner.commit_publish(activity, outbox, jobs).await?;
         self.add_pulled(outbox).await;
         Ok(())
     }
 
-    async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Arc<Activity>>>, StoreError> {
+    async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Arc<Activity>>>, StorageError> {
         self.inner.get(ids).await
     }
 
-    async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<ForeignRecord>, StoreError> {
+    async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<ForeignRecord>, StorageError> {
         self.inner.find_foreign(actor, foreign_id).await
     }
 
-    async fn replace(&self, activity: &Activity, jobs: &[Job]) -> Result<(), StoreError> {
+    async fn replace(&self, activity: &Activity, jobs: &[Job]) -> Result<(), StorageError> {
         self.inner.replace(activity, jobs).await
     }
 
-    async fn outbox(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+    async fn outbox(
+        &self,
+        feed: &FeedRef,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StorageError> {
         self.inner.outbox(feed, before, limit).await
     }
 
-    async fn outbox_mode(&self, feed: &FeedRef, id: u64) -> Result<Option<DeliveryMode>, StoreError> {
+    async fn outbox_mode(&self, feed: &FeedRef, id: u64) -> Result<Option<DeliveryMode>, StorageError> {
         self.inner.outbox_mode(feed, id).await
     }
 
-    async fn pulled(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<u64>, StoreError> {
+    async fn pulled(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<u64>, StorageError> {
         super::pulled_via_many(self, feed, before, limit).await
     }
 
@@ -285,7 +290,7 @@ impl<S: ActivityStore> ActivityStore for SharedHeads<S> {
         feeds: &[FeedRef],
         before: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<(usize, Vec<u64>)>, StoreError> {
+    ) -> Result<Vec<(usize, Vec<u64>)>, StorageError> {
         // The heads only spare the store work: without Redis the store answers.
         let heads = match self.heads(feeds).await {
             Ok(heads) => heads,
@@ -329,43 +334,43 @@ impl<S: ActivityStore> ActivityStore for SharedHeads<S> {
         Ok(out)
     }
 
-    async fn put_jobs(&self, jobs: &[Job]) -> Result<(), StoreError> {
+    async fn put_jobs(&self, jobs: &[Job]) -> Result<(), StorageError> {
         self.inner.put_jobs(jobs).await
     }
 
-    async fn job(&self, job_id: &str) -> Result<Option<JobState>, StoreError> {
+    async fn job(&self, job_id: &str) -> Result<Option<JobState>, StorageError> {
         self.inner.job(job_id).await
     }
 
-    async fn complete_job(&self, job_id: &str, spawned: &[Job]) -> Result<(), StoreError> {
+    async fn complete_job(&self, job_id: &str, spawned: &[Job]) -> Result<(), StorageError> {
         self.inner.complete_job(job_id, spawned).await
     }
 
-    async fn fail_job(&self, job_id: &str, error: &str, max_attempts: u32, now_ms: i64) -> Result<bool, StoreError> {
+    async fn fail_job(&self, job_id: &str, error: &str, max_attempts: u32, now_ms: i64) -> Result<bool, StorageError> {
         self.inner.fail_job(job_id, error, max_attempts, now_ms).await
     }
 
-    async fn stale_jobs(&self, stale_before_ms: i64, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
+    async fn stale_jobs(&self, stale_before_ms: i64, now_ms: i64, limit: usize) -> Result<Vec<Job>, StorageError> {
         self.inner.stale_jobs(stale_before_ms, now_ms, limit).await
     }
 
-    async fn dead_jobs(&self, after: &str, limit: usize) -> Result<Vec<DeadJob>, StoreError> {
+    async fn dead_jobs(&self, after: &str, limit: usize) -> Result<Vec<DeadJob>, StorageError> {
         self.inner.dead_jobs(after, limit).await
     }
 
-    async fn revive_jobs(&self, ids: &[String], now_ms: i64) -> Result<Vec<Job>, StoreError> {
+    async fn revive_jobs(&self, ids: &[String], now_ms: i64) -> Result<Vec<Job>, StorageError> {
         self.inner.revive_jobs(ids, now_ms).await
     }
 
-    async fn job_stats(&self) -> Result<JobStats, StoreError> {
+    async fn job_stats(&self) -> Result<JobStats, StorageError> {
         self.inner.job_stats().await
     }
 
-    async fn pending_work(&self, user: UserId) -> Result<PendingWork, StoreError> {
+    async fn pending_work(&self, user: UserId) -> Result<PendingWork, StorageError> {
         self.inner.pending_work(user).await
     }
 
-    async fn schedule(&self, item: &ScheduledActivity) -> Result<(), StoreError> {
+    async fn schedule(&self, item: &ScheduledActivity) -> Result<(), StorageError> {
         self.inner.schedule(item).await
     }
 
@@ -374,27 +379,27 @@ impl<S: ActivityStore> ActivityStore for SharedHeads<S> {
         actor: UserId,
         after: &str,
         limit: usize,
-    ) -> Result<Vec<ScheduledActivity>, StoreError> {
+    ) -> Result<Vec<ScheduledActivity>, StorageError> {
         self.inner.list_scheduled(actor, after, limit).await
     }
 
-    async fn remove_scheduled(&self, actor: UserId, schedule_id: &str) -> Result<bool, StoreError> {
+    async fn remove_scheduled(&self, actor: UserId, schedule_id: &str) -> Result<bool, StorageError> {
         self.inner.remove_scheduled(actor, schedule_id).await
     }
 
-    async fn due_scheduled(&self, now_ms: i64, limit: usize) -> Result<Vec<ScheduledActivity>, StoreError> {
+    async fn due_scheduled(&self, now_ms: i64, limit: usize) -> Result<Vec<ScheduledActivity>, StorageError> {
         self.inner.due_scheduled(now_ms, limit).await
     }
 
-    async fn edge_cursor(&self) -> Result<u64, StoreError> {
+    async fn edge_cursor(&self) -> Result<u64, StorageError> {
         self.inner.edge_cursor().await
     }
 
-    async fn record_edge_jobs(&self, jobs: &[Job], cursor: u64) -> Result<(), StoreError> {
+    async fn record_edge_jobs(&self, jobs: &[Job], cursor: u64) -> Result<(), StorageError> {
         self.inner.record_edge_jobs(jobs, cursor).await
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), StorageError> {
         self.inner.ping().await
     }
 }

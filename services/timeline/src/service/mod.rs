@@ -112,10 +112,6 @@ impl Followed {
     }
 }
 
-fn inbox_err(e: feed_inbox::InboxError) -> ApiError {
-    ApiError::Unavailable(e.to_string())
-}
-
 impl Timeline {
     /// A timeline over its sources and the inbox store.
     pub fn new(sources: Arc<dyn Sources>, inbox: Arc<dyn InboxStore>, cfg: TimelineRules) -> Self {
@@ -143,7 +139,7 @@ impl Timeline {
             }
             map.insert(user, now);
         }
-        self.inbox.touch(user).await.map_err(inbox_err)?;
+        self.inbox.touch(user).await?;
         metrics::counter!("feed_timeline_active_marks_total").increment(1);
         Ok(())
     }
@@ -156,7 +152,7 @@ impl Timeline {
     /// Rebuilds a missing inbox once, however many reads ask at the same
     /// time (single flight per user), within the global budget.
     async fn ensure_inbox(&self, user: UserId) -> Result<bool, ApiError> {
-        if self.inbox.is_live(user).await.map_err(inbox_err)? {
+        if self.inbox.is_live(user).await? {
             return Ok(false);
         }
         let lock = {
@@ -164,7 +160,7 @@ impl Timeline {
             map.entry(user).or_default().clone()
         };
         let _flight = lock.lock().await;
-        if self.inbox.is_live(user).await.map_err(inbox_err)? {
+        if self.inbox.is_live(user).await? {
             return Ok(false);
         }
         let _permit = tokio::time::timeout(Duration::from_secs(5), self.budget.acquire())
@@ -188,7 +184,7 @@ impl Timeline {
         // The first page also says whether the inbox is live (one Redis call,
         // not two). Like every page it is read after the pending work: an item
         // whose job finishes in between is in one or the other.
-        let mut first = self.inbox.page(user, before, batch).await.map_err(inbox_err)?;
+        let mut first = self.inbox.page(user, before, batch).await?;
         let rebuilt = if first.is_none() {
             let rebuilt = self.ensure_inbox(user).await?;
             // What the rebuilt inbox may lack is the work pending after it.
@@ -225,16 +221,14 @@ impl Timeline {
 
             let inbox = match first.take() {
                 Some(p) => p,
-                None => {
-                    self.inbox
-                        .page(user, upper, batch)
-                        .await
-                        .map_err(inbox_err)?
-                        .unwrap_or(feed_inbox::InboxPage {
-                            ids: vec![],
-                            floor: u64::MAX,
-                        })
-                }
+                None => self
+                    .inbox
+                    .page(user, upper, batch)
+                    .await?
+                    .unwrap_or(feed_inbox::InboxPage {
+                        ids: vec![],
+                        floor: u64::MAX,
+                    }),
             };
             let inbox_cut = inbox.ids.len() >= batch;
             cut(inbox.ids.last().copied(), inbox_cut);

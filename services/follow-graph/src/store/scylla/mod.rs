@@ -55,15 +55,6 @@ fn log_bucket(seq: u64) -> u64 {
 }
 const COMPONENT: &str = "follow-graph";
 
-impl From<feed_cql::ScyllaError> for StoreError {
-    fn from(e: feed_cql::ScyllaError) -> Self {
-        match e {
-            feed_cql::ScyllaError::Unavailable(m) => StoreError::Unavailable(m),
-            feed_cql::ScyllaError::Backend(m) => StoreError::Backend(m),
-        }
-    }
-}
-
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }

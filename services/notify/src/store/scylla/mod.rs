@@ -42,23 +42,16 @@ use scylla::client::session::Session;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::{ALWAYS, Claim, GroupChange, NotifyStore, Reason, StoreError, Subscriber, add_subscriber_row, merge_actor};
+use super::{
+    ALWAYS, Claim, GroupChange, NotifyStore, Reason, StorageError, Subscriber, add_subscriber_row, merge_actor,
+};
 
 /// Bumped when the schema below changes; services refuse an older schema.
 pub const SCHEMA_VERSION: i32 = 2;
 const COMPONENT: &str = "notify";
 
-fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
-impl From<feed_cql::ScyllaError> for StoreError {
-    fn from(e: feed_cql::ScyllaError) -> Self {
-        match e {
-            feed_cql::ScyllaError::Unavailable(m) => StoreError::Unavailable(m),
-            feed_cql::ScyllaError::Backend(m) => StoreError::Backend(m),
-        }
-    }
+fn err(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Backend(e.to_string())
 }
 
 // Ids and user ids are below 2^63, so the cast keeps bigint order.
@@ -82,42 +75,42 @@ pub struct ScyllaNotifyStore {
 
 impl ScyllaNotifyStore {
     /// Connects, verifies the schema version and prepares every statement once.
-    pub async fn connect(cfg: &ScyllaConfig) -> Result<Self, StoreError> {
+    pub async fn connect(cfg: &ScyllaConfig) -> Result<Self, StorageError> {
         let session = feed_cql::connect_verified(cfg, COMPONENT, SCHEMA_VERSION).await?;
         let st = Statements::prepare(&session, &cfg.keyspace).await?;
         Ok(Self { session, st })
     }
 
-    async fn exec(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<(), StoreError> {
+    async fn exec(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<(), StorageError> {
         feed_cql::execute(&self.session, p, v).await?;
         Ok(())
     }
 
-    async fn lwt(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<bool, StoreError> {
-        Ok(feed_cql::applied(&self.session, p, v).await?)
+    async fn lwt(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<bool, StorageError> {
+        feed_cql::applied(&self.session, p, v).await
     }
 
-    async fn one<T>(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<Option<T>, StoreError>
+    async fn one<T>(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<Option<T>, StorageError>
     where
         T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
     {
-        Ok(feed_cql::first_row(&self.session, p, v).await?)
+        feed_cql::first_row(&self.session, p, v).await
     }
 
-    async fn all<T>(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<Vec<T>, StoreError>
+    async fn all<T>(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<Vec<T>, StorageError>
     where
         T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm> + 'static,
     {
-        Ok(feed_cql::all_rows(&self.session, p, v).await?)
+        feed_cql::all_rows(&self.session, p, v).await
     }
 
-    fn records(rows: Vec<(Vec<u8>,)>) -> Result<Vec<NoteRecord>, StoreError> {
+    fn records(rows: Vec<(Vec<u8>,)>) -> Result<Vec<NoteRecord>, StorageError> {
         rows.into_iter()
             .map(|(b,)| NoteRecord::decode(b.as_slice()).map_err(err))
             .collect()
     }
 
-    async fn object_row_missing(&self, s: &Subscription) -> Result<bool, StoreError> {
+    async fn object_row_missing(&self, s: &Subscription) -> Result<bool, StorageError> {
         let row = self
             .one::<(Option<i64>,)>(
                 &self.st.sub_by_object_get,
@@ -147,7 +140,7 @@ impl ScyllaNotifyStore {
 
 #[async_trait]
 impl NotifyStore for ScyllaNotifyStore {
-    async fn claim_event(&self, event_id: &str, id: u64) -> Result<Claim, StoreError> {
+    async fn claim_event(&self, event_id: &str, id: u64) -> Result<Claim, StorageError> {
         if self.lwt(&self.st.event_claim, (event_id, i(id))).await? {
             return Ok(Claim::Claimed);
         }
@@ -155,20 +148,20 @@ impl NotifyStore for ScyllaNotifyStore {
         Ok(Claim::Held(held.map(|(v,)| u(v)).unwrap_or(0)))
     }
 
-    async fn put_announce(&self, rec: &NoteRecord) -> Result<(), StoreError> {
+    async fn put_announce(&self, rec: &NoteRecord) -> Result<(), StorageError> {
         self.exec(&self.st.announce_put, (i(id_of(rec)), rec.encode_to_vec()))
             .await?;
         Ok(())
     }
 
-    async fn announces(&self, before: u64, limit: usize) -> Result<Vec<NoteRecord>, StoreError> {
+    async fn announces(&self, before: u64, limit: usize) -> Result<Vec<NoteRecord>, StorageError> {
         let rows: Vec<(Vec<u8>,)> = self
             .all(&self.st.announce_page, (i(before.min(i64::MAX as u64)), limit as i32))
             .await?;
         Self::records(rows)
     }
 
-    async fn insert_note(&self, user: UserId, rec: &NoteRecord) -> Result<bool, StoreError> {
+    async fn insert_note(&self, user: UserId, rec: &NoteRecord) -> Result<bool, StorageError> {
         self.lwt(
             &self.st.note_insert,
             (i(user), i(id_of(rec)), rec.encode_to_vec(), i(rec.seq)),
@@ -182,7 +175,7 @@ impl NotifyStore for ScyllaNotifyStore {
         actor: UserId,
         rec: &NoteRecord,
         keep_latest: usize,
-    ) -> Result<GroupChange, StoreError> {
+    ) -> Result<GroupChange, StorageError> {
         if !self
             .lwt(&self.st.actor_claim, (i(user), rec.group_key.as_str(), i(actor)))
             .await?
@@ -230,14 +223,14 @@ impl NotifyStore for ScyllaNotifyStore {
         }
     }
 
-    async fn note(&self, user: UserId, id: u64) -> Result<Option<NoteRecord>, StoreError> {
+    async fn note(&self, user: UserId, id: u64) -> Result<Option<NoteRecord>, StorageError> {
         self.one::<(Vec<u8>,)>(&self.st.note_get, (i(user), i(id)))
             .await?
             .map(|(b,)| NoteRecord::decode(b.as_slice()).map_err(err))
             .transpose()
     }
 
-    async fn notes(&self, user: UserId, before: u64, limit: usize) -> Result<Vec<NoteRecord>, StoreError> {
+    async fn notes(&self, user: UserId, before: u64, limit: usize) -> Result<Vec<NoteRecord>, StorageError> {
         let rows: Vec<(Vec<u8>,)> = self
             .all(
                 &self.st.note_page,
@@ -247,7 +240,7 @@ impl NotifyStore for ScyllaNotifyStore {
         Self::records(rows)
     }
 
-    async fn mark_notes_read(&self, user: UserId, marks: &[(u64, u64)]) -> Result<(), StoreError> {
+    async fn mark_notes_read(&self, user: UserId, marks: &[(u64, u64)]) -> Result<(), StorageError> {
         for (id, seq) in marks {
             if let Some(mut rec) = self.note(user, *id).await?
                 && rec.read_seq < *seq
@@ -260,19 +253,19 @@ impl NotifyStore for ScyllaNotifyStore {
         Ok(())
     }
 
-    async fn user_state(&self, user: UserId) -> Result<Option<UserState>, StoreError> {
+    async fn user_state(&self, user: UserId) -> Result<Option<UserState>, StorageError> {
         self.one::<(Vec<u8>,)>(&self.st.user_get, (i(user),))
             .await?
             .map(|(b,)| UserState::decode(b.as_slice()).map_err(err))
             .transpose()
     }
 
-    async fn put_user_state(&self, user: UserId, state: &UserState) -> Result<(), StoreError> {
+    async fn put_user_state(&self, user: UserId, state: &UserState) -> Result<(), StorageError> {
         self.exec(&self.st.user_put, (i(user), state.encode_to_vec())).await?;
         Ok(())
     }
 
-    async fn subscribe(&self, s: &Subscription, since_ms: i64) -> Result<bool, StoreError> {
+    async fn subscribe(&self, s: &Subscription, since_ms: i64) -> Result<bool, StorageError> {
         let applied = self
             .lwt(
                 &self.st.sub_by_user_claim,
@@ -310,7 +303,7 @@ impl NotifyStore for ScyllaNotifyStore {
         object_type: &str,
         object_id: &str,
         reason: Option<&str>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, StorageError> {
         let reasons: Vec<(String,)> = self
             .all(&self.st.sub_by_user_list_object, (i(user), object_type, object_id))
             .await?;
@@ -340,7 +333,7 @@ impl NotifyStore for ScyllaNotifyStore {
         user: UserId,
         after: Option<&Subscription>,
         limit: usize,
-    ) -> Result<Vec<Subscription>, StoreError> {
+    ) -> Result<Vec<Subscription>, StorageError> {
         let n = limit as i32;
         let Some(a) = after else {
             let rows = self.all(&self.st.subs_of_user, (i(user), n)).await?;
@@ -385,12 +378,12 @@ impl NotifyStore for ScyllaNotifyStore {
         object_id: &str,
         after: UserId,
         limit: usize,
-    ) -> Result<Vec<Subscriber>, StoreError> {
+    ) -> Result<Vec<Subscriber>, StorageError> {
         let pager = self
             .session
             .execute_iter(self.st.subscribers_page.clone(), (object_type, object_id, i(after)))
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
         let mut rows = pager.rows_stream::<(i64, String, Option<i64>)>().map_err(err)?;
         let mut out: Vec<Subscriber> = Vec::new();
         while let Some((user, name, since)) = rows.try_next().await.map_err(err)? {
@@ -405,38 +398,38 @@ impl NotifyStore for ScyllaNotifyStore {
         Ok(out)
     }
 
-    async fn put_job(&self, job: &RemindJob) -> Result<(), StoreError> {
+    async fn put_job(&self, job: &RemindJob) -> Result<(), StorageError> {
         self.exec(&self.st.job_put, (job.job_id.as_str(), job.encode_to_vec()))
             .await?;
         Ok(())
     }
 
-    async fn put_job_if_absent(&self, job: &RemindJob) -> Result<(), StoreError> {
+    async fn put_job_if_absent(&self, job: &RemindJob) -> Result<(), StorageError> {
         self.lwt(&self.st.job_claim, (job.job_id.as_str(), job.encode_to_vec()))
             .await?;
         Ok(())
     }
 
-    async fn job(&self, job_id: &str) -> Result<Option<RemindJob>, StoreError> {
+    async fn job(&self, job_id: &str) -> Result<Option<RemindJob>, StorageError> {
         self.one::<(Vec<u8>,)>(&self.st.job_get, (job_id,))
             .await?
             .map(|(b,)| RemindJob::decode(b.as_slice()).map_err(err))
             .transpose()
     }
 
-    async fn delete_job(&self, job_id: &str) -> Result<(), StoreError> {
+    async fn delete_job(&self, job_id: &str) -> Result<(), StorageError> {
         self.exec(&self.st.job_delete, (job_id,)).await?;
         Ok(())
     }
 
-    async fn jobs(&self, limit: usize) -> Result<Vec<RemindJob>, StoreError> {
+    async fn jobs(&self, limit: usize) -> Result<Vec<RemindJob>, StorageError> {
         let rows: Vec<(Vec<u8>,)> = self.all(&self.st.job_list, (limit as i32,)).await?;
         rows.into_iter()
             .map(|(b,)| RemindJob::decode(b.as_slice()).map_err(err))
             .collect()
     }
 
-    async fn log_remind(&self, job: &RemindJob) -> Result<(), StoreError> {
+    async fn log_remind(&self, job: &RemindJob) -> Result<(), StorageError> {
         let r = job.remind.clone().unwrap_or_default();
         self.exec(
             &self.st.remind_log_put,
@@ -459,7 +452,7 @@ impl NotifyStore for ScyllaNotifyStore {
         action: &str,
         after_ms: i64,
         limit: usize,
-    ) -> Result<Vec<RemindJob>, StoreError> {
+    ) -> Result<Vec<RemindJob>, StorageError> {
         let rows: Vec<(Vec<u8>,)> = self
             .all(
                 &self.st.remind_log_after,
@@ -471,11 +464,11 @@ impl NotifyStore for ScyllaNotifyStore {
             .collect()
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), StorageError> {
         self.session
             .query_unpaged("SELECT now() FROM system.local", ())
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 use feed_server::config::ScyllaConfig;
 
 use super::{COMPONENT, SCHEMA_VERSION};
-use crate::store::{REMIND_LOG_RETENTION_MS, StoreError};
+use crate::store::{REMIND_LOG_RETENTION_MS, StorageError};
 
 fn schema(k: &str) -> Vec<String> {
     vec![
@@ -38,6 +38,6 @@ fn schema(k: &str) -> Vec<String> {
 }
 
 /// Applies the schema (the `--migrate` step); safe to run again.
-pub async fn migrate(cfg: &ScyllaConfig) -> Result<(), StoreError> {
-    Ok(feed_cql::migrate(cfg, COMPONENT, SCHEMA_VERSION, &schema(&cfg.keyspace)).await?)
+pub async fn migrate(cfg: &ScyllaConfig) -> Result<(), StorageError> {
+    feed_cql::migrate(cfg, COMPONENT, SCHEMA_VERSION, &schema(&cfg.keyspace)).await
 }

@@ -3,7 +3,7 @@
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
-use crate::store::StoreError;
+use crate::store::StorageError;
 
 pub(super) struct Statements {
     pub(super) event_claim: PreparedStatement,
@@ -42,8 +42,8 @@ pub(super) struct Statements {
 
 impl Statements {
     /// Prepares every statement against keyspace `k`.
-    pub(super) async fn prepare(session: &Session, k: &str) -> Result<Self, StoreError> {
-        let prep = |q: String| async move { Ok::<_, StoreError>(feed_cql::prepare(session, q).await?) };
+    pub(super) async fn prepare(session: &Session, k: &str) -> Result<Self, StorageError> {
+        let prep = |q: String| async move { feed_cql::prepare(session, q).await };
         Ok(Self {
             event_claim: prep(format!("INSERT INTO {k}.nt_events (event_id, id) VALUES (?, ?) IF NOT EXISTS")).await?,
             event_get: prep(format!("SELECT id FROM {k}.nt_events WHERE event_id = ?")).await?,

@@ -49,7 +49,7 @@ pub(super) struct JobMirror {
 }
 
 impl JobMirror {
-    pub(super) fn load(jobs: &Keyspace) -> Result<Self, StoreError> {
+    pub(super) fn load(jobs: &Keyspace) -> Result<Self, StorageError> {
         let mut m = Self::default();
         for item in jobs.iter() {
             let (k, v) = item.into_inner().map_err(be)?;
@@ -94,7 +94,7 @@ pub(super) struct PendingMirror {
 }
 
 impl PendingMirror {
-    pub(super) fn load(fanout: &Keyspace, backfill: &Keyspace) -> Result<Self, StoreError> {
+    pub(super) fn load(fanout: &Keyspace, backfill: &Keyspace) -> Result<Self, StorageError> {
         let mut m = Self::default();
         for item in fanout.iter() {
             let (k, _) = item.into_inner().map_err(be)?;
@@ -117,7 +117,7 @@ pub(super) fn job_value(job: &Job, attempts: u32, updated_ms: i64) -> Vec<u8> {
     v
 }
 
-pub(super) fn decode_job(v: &[u8]) -> Result<JobState, StoreError> {
+pub(super) fn decode_job(v: &[u8]) -> Result<JobState, StorageError> {
     Ok(JobState {
         attempts: u32_at(v, 0),
         updated_ms: u64_at(v, 4) as i64,
@@ -136,7 +136,7 @@ pub(super) fn dead_value(state: &JobState, error: &str, now_ms: i64) -> Vec<u8> 
     v
 }
 
-pub(super) fn decode_dead(v: &[u8]) -> Result<DeadJob, StoreError> {
+pub(super) fn decode_dead(v: &[u8]) -> Result<DeadJob, StorageError> {
     let len = u32_at(v, 12) as usize;
     let error = v.get(16..16 + len).ok_or_else(|| be("short dead record"))?;
     Ok(DeadJob {
@@ -147,7 +147,7 @@ pub(super) fn decode_dead(v: &[u8]) -> Result<DeadJob, StoreError> {
     })
 }
 
-pub(super) async fn put_jobs(store: &EmbeddedActivityStore, jobs: &[Job]) -> Result<(), StoreError> {
+pub(super) async fn put_jobs(store: &EmbeddedActivityStore, jobs: &[Job]) -> Result<(), StorageError> {
     let _w = store.lock();
     let mut batch = store.db.batch();
     let ops = store.put_jobs_in(&mut batch, jobs);
@@ -156,7 +156,7 @@ pub(super) async fn put_jobs(store: &EmbeddedActivityStore, jobs: &[Job]) -> Res
     Ok(())
 }
 
-pub(super) async fn job(store: &EmbeddedActivityStore, job_id: &str) -> Result<Option<JobState>, StoreError> {
+pub(super) async fn job(store: &EmbeddedActivityStore, job_id: &str) -> Result<Option<JobState>, StorageError> {
     store
         .jobs
         .get(job_id.as_bytes())
@@ -169,7 +169,7 @@ pub(super) async fn complete_job(
     store: &EmbeddedActivityStore,
     job_id: &str,
     spawned: &[Job],
-) -> Result<(), StoreError> {
+) -> Result<(), StorageError> {
     let _w = store.lock();
     let mut batch = store.db.batch();
     // Sub-jobs are recorded durably before their parent is done.
@@ -198,7 +198,7 @@ pub(super) async fn fail_job(
     error: &str,
     max_attempts: u32,
     now_ms: i64,
-) -> Result<bool, StoreError> {
+) -> Result<bool, StorageError> {
     let _w = store.lock();
     let Some(mut state) = store
         .jobs
@@ -234,7 +234,7 @@ pub(super) async fn stale_jobs(
     stale_before_ms: i64,
     now_ms: i64,
     limit: usize,
-) -> Result<Vec<Job>, StoreError> {
+) -> Result<Vec<Job>, StorageError> {
     let _w = store.lock();
     let stale = store
         .jobs_mem
@@ -265,7 +265,7 @@ pub(super) async fn dead_jobs(
     store: &EmbeddedActivityStore,
     after: &str,
     limit: usize,
-) -> Result<Vec<DeadJob>, StoreError> {
+) -> Result<Vec<DeadJob>, StorageError> {
     let mut start = after.as_bytes().to_vec();
     if !after.is_empty() {
         start.push(0);
@@ -285,7 +285,7 @@ pub(super) async fn revive_jobs(
     store: &EmbeddedActivityStore,
     ids: &[String],
     now_ms: i64,
-) -> Result<Vec<Job>, StoreError> {
+) -> Result<Vec<Job>, StorageError> {
     let _w = store.lock();
     let mut revived = Vec::new();
     let mut batch = store.db.batch();
@@ -297,7 +297,7 @@ pub(super) async fn revive_jobs(
                 let (k, v) = i.into_inner().map_err(be)?;
                 Ok((k.to_vec(), decode_dead(&v)?))
             })
-            .collect::<Result<_, StoreError>>()?
+            .collect::<Result<_, StorageError>>()?
     } else {
         let mut v = Vec::new();
         for id in ids {
@@ -319,7 +319,7 @@ pub(super) async fn revive_jobs(
     Ok(revived)
 }
 
-pub(super) async fn job_stats(store: &EmbeddedActivityStore) -> Result<JobStats, StoreError> {
+pub(super) async fn job_stats(store: &EmbeddedActivityStore) -> Result<JobStats, StorageError> {
     let mut stats = JobStats::default();
     {
         let jobs = store.jobs_mem.lock().unwrap_or_else(|p| p.into_inner());
@@ -330,7 +330,7 @@ pub(super) async fn job_stats(store: &EmbeddedActivityStore) -> Result<JobStats,
     Ok(stats)
 }
 
-pub(super) async fn pending_work(store: &EmbeddedActivityStore, user: UserId) -> Result<PendingWork, StoreError> {
+pub(super) async fn pending_work(store: &EmbeddedActivityStore, user: UserId) -> Result<PendingWork, StorageError> {
     let m = store.pending_mem.lock().unwrap_or_else(|p| p.into_inner());
     let fanout_from = m.fanout.first().map(|k| u64_at(k, 0));
     let mut backfill_feeds = Vec::new();

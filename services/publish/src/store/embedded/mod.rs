@@ -24,7 +24,8 @@ use prost::Message;
 
 use super::heads::FeedHeads;
 use super::{
-    ActivityStore, Claim, DeadJob, ForeignRecord, JobState, JobStats, OutboxEntry, PendingWork, StoreError, adds_items,
+    ActivityStore, Claim, DeadJob, ForeignRecord, JobState, JobStats, OutboxEntry, PendingWork, StorageError,
+    adds_items,
 };
 
 /// The embedded activity store.
@@ -79,7 +80,7 @@ const PULLED_HEAD: usize = 512;
 const HEAD_FEEDS: usize = 100_000;
 
 /// The distinct feeds of a `len ‖ feed ‖ id` keyspace: one seek per feed.
-fn feeds_in(ks: &Keyspace) -> Result<HashSet<Vec<u8>>, StoreError> {
+fn feeds_in(ks: &Keyspace) -> Result<HashSet<Vec<u8>>, StorageError> {
     let mut out = HashSet::new();
     let mut start: Vec<u8> = Vec::new();
     while let Some(item) = ks.range(start.clone()..).next() {
@@ -94,8 +95,8 @@ fn feeds_in(ks: &Keyspace) -> Result<HashSet<Vec<u8>>, StoreError> {
     Ok(out)
 }
 
-fn be(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn be(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Backend(e.to_string())
 }
 
 fn u32_at(v: &[u8], at: usize) -> u32 {
@@ -111,7 +112,7 @@ fn mode_byte(m: DeliveryMode) -> u8 {
 
 impl EmbeddedActivityStore {
     /// Opens (or creates) the store under `dir`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
         let db = Database::builder(dir).open().map_err(be)?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(be);
         let pending_fanout = ks("pub_pending_fanout")?;
@@ -154,7 +155,7 @@ impl EmbeddedActivityStore {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn commit(&self, batch: OwnedWriteBatch, durable: bool) -> Result<(), StoreError> {
+    fn commit(&self, batch: OwnedWriteBatch, durable: bool) -> Result<(), StorageError> {
         batch.commit().map_err(be)?;
         if durable && self.sync {
             self.db.persist(PersistMode::SyncAll).map_err(be)?;
@@ -226,7 +227,7 @@ impl ActivityStore for EmbeddedActivityStore {
         foreign_id: &str,
         id: u64,
         fingerprint: u64,
-    ) -> Result<Claim, StoreError> {
+    ) -> Result<Claim, StorageError> {
         let _w = self.lock();
         let key = Self::foreign_key(actor, foreign_id);
         if let Some(v) = self.foreign.get(&key).map_err(be)? {
@@ -248,7 +249,7 @@ impl ActivityStore for EmbeddedActivityStore {
         activity: &Activity,
         outbox: &[OutboxEntry],
         jobs: &[Job],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StorageError> {
         let _w = self.lock();
         let mut batch = self.db.batch();
         batch.insert(&self.activities, activity.id.to_be_bytes(), activity.encode_to_vec());
@@ -284,7 +285,7 @@ impl ActivityStore for EmbeddedActivityStore {
         Ok(())
     }
 
-    async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Arc<Activity>>>, StoreError> {
+    async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Arc<Activity>>>, StorageError> {
         let (mut found, ticket) = self.activity_cache.get_many(ids, Arc::clone);
         let mut filled = Vec::new();
         for (id, slot) in ids.iter().zip(found.iter_mut()) {
@@ -302,7 +303,7 @@ impl ActivityStore for EmbeddedActivityStore {
         Ok(found)
     }
 
-    async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<ForeignRecord>, StoreError> {
+    async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<ForeignRecord>, StorageError> {
         Ok(self
             .foreign
             .get(Self::foreign_key(actor, foreign_id))
@@ -313,7 +314,7 @@ impl ActivityStore for EmbeddedActivityStore {
             }))
     }
 
-    async fn replace(&self, activity: &Activity, jobs: &[Job]) -> Result<(), StoreError> {
+    async fn replace(&self, activity: &Activity, jobs: &[Job]) -> Result<(), StorageError> {
         let _w = self.lock();
         let mut batch = self.db.batch();
         batch.insert(&self.activities, activity.id.to_be_bytes(), activity.encode_to_vec());
@@ -326,7 +327,12 @@ impl ActivityStore for EmbeddedActivityStore {
         Ok(())
     }
 
-    async fn outbox(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+    async fn outbox(
+        &self,
+        feed: &FeedRef,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StorageError> {
         Ok(self
             .outbox_heads
             .below(&self.outbox, &feed_prefix(feed), before, limit)?
@@ -339,7 +345,7 @@ impl ActivityStore for EmbeddedActivityStore {
             .collect())
     }
 
-    async fn outbox_mode(&self, feed: &FeedRef, id: u64) -> Result<Option<DeliveryMode>, StoreError> {
+    async fn outbox_mode(&self, feed: &FeedRef, id: u64) -> Result<Option<DeliveryMode>, StorageError> {
         Ok(self
             .outbox
             .get(feed_key(feed, id))
@@ -347,7 +353,7 @@ impl ActivityStore for EmbeddedActivityStore {
             .map(|v| DeliveryMode::try_from(i32::from(v.first().copied().unwrap_or(0))).unwrap_or(DeliveryMode::Push)))
     }
 
-    async fn pulled(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<u64>, StoreError> {
+    async fn pulled(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<u64>, StorageError> {
         super::pulled_via_many(self, feed, before, limit).await
     }
 
@@ -356,7 +362,7 @@ impl ActivityStore for EmbeddedActivityStore {
         feeds: &[FeedRef],
         before: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<(usize, Vec<u64>)>, StoreError> {
+    ) -> Result<Vec<(usize, Vec<u64>)>, StorageError> {
         // One lock and one key buffer for all the feeds, not one each.
         let mut key = Vec::with_capacity(64);
         let pulled: Vec<(usize, Vec<u8>)> = {
@@ -380,43 +386,43 @@ impl ActivityStore for EmbeddedActivityStore {
             .collect())
     }
 
-    async fn put_jobs(&self, jobs: &[Job]) -> Result<(), StoreError> {
+    async fn put_jobs(&self, jobs: &[Job]) -> Result<(), StorageError> {
         jobs::put_jobs(self, jobs).await
     }
 
-    async fn job(&self, job_id: &str) -> Result<Option<JobState>, StoreError> {
+    async fn job(&self, job_id: &str) -> Result<Option<JobState>, StorageError> {
         jobs::job(self, job_id).await
     }
 
-    async fn complete_job(&self, job_id: &str, spawned: &[Job]) -> Result<(), StoreError> {
+    async fn complete_job(&self, job_id: &str, spawned: &[Job]) -> Result<(), StorageError> {
         jobs::complete_job(self, job_id, spawned).await
     }
 
-    async fn fail_job(&self, job_id: &str, error: &str, max_attempts: u32, now_ms: i64) -> Result<bool, StoreError> {
+    async fn fail_job(&self, job_id: &str, error: &str, max_attempts: u32, now_ms: i64) -> Result<bool, StorageError> {
         jobs::fail_job(self, job_id, error, max_attempts, now_ms).await
     }
 
-    async fn stale_jobs(&self, stale_before_ms: i64, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
+    async fn stale_jobs(&self, stale_before_ms: i64, now_ms: i64, limit: usize) -> Result<Vec<Job>, StorageError> {
         jobs::stale_jobs(self, stale_before_ms, now_ms, limit).await
     }
 
-    async fn dead_jobs(&self, after: &str, limit: usize) -> Result<Vec<DeadJob>, StoreError> {
+    async fn dead_jobs(&self, after: &str, limit: usize) -> Result<Vec<DeadJob>, StorageError> {
         jobs::dead_jobs(self, after, limit).await
     }
 
-    async fn revive_jobs(&self, ids: &[String], now_ms: i64) -> Result<Vec<Job>, StoreError> {
+    async fn revive_jobs(&self, ids: &[String], now_ms: i64) -> Result<Vec<Job>, StorageError> {
         jobs::revive_jobs(self, ids, now_ms).await
     }
 
-    async fn job_stats(&self) -> Result<JobStats, StoreError> {
+    async fn job_stats(&self) -> Result<JobStats, StorageError> {
         jobs::job_stats(self).await
     }
 
-    async fn pending_work(&self, user: UserId) -> Result<PendingWork, StoreError> {
+    async fn pending_work(&self, user: UserId) -> Result<PendingWork, StorageError> {
         jobs::pending_work(self, user).await
     }
 
-    async fn schedule(&self, item: &ScheduledActivity) -> Result<(), StoreError> {
+    async fn schedule(&self, item: &ScheduledActivity) -> Result<(), StorageError> {
         scheduled::schedule(self, item).await
     }
 
@@ -425,19 +431,19 @@ impl ActivityStore for EmbeddedActivityStore {
         actor: UserId,
         after: &str,
         limit: usize,
-    ) -> Result<Vec<ScheduledActivity>, StoreError> {
+    ) -> Result<Vec<ScheduledActivity>, StorageError> {
         scheduled::list_scheduled(self, actor, after, limit).await
     }
 
-    async fn remove_scheduled(&self, actor: UserId, schedule_id: &str) -> Result<bool, StoreError> {
+    async fn remove_scheduled(&self, actor: UserId, schedule_id: &str) -> Result<bool, StorageError> {
         scheduled::remove_scheduled(self, actor, schedule_id).await
     }
 
-    async fn due_scheduled(&self, now_ms: i64, limit: usize) -> Result<Vec<ScheduledActivity>, StoreError> {
+    async fn due_scheduled(&self, now_ms: i64, limit: usize) -> Result<Vec<ScheduledActivity>, StorageError> {
         scheduled::due_scheduled(self, now_ms, limit).await
     }
 
-    async fn edge_cursor(&self) -> Result<u64, StoreError> {
+    async fn edge_cursor(&self) -> Result<u64, StorageError> {
         Ok(self
             .meta
             .get("edge_cursor")
@@ -446,7 +452,7 @@ impl ActivityStore for EmbeddedActivityStore {
             .unwrap_or(0))
     }
 
-    async fn record_edge_jobs(&self, jobs: &[Job], cursor: u64) -> Result<(), StoreError> {
+    async fn record_edge_jobs(&self, jobs: &[Job], cursor: u64) -> Result<(), StorageError> {
         let _w = self.lock();
         let mut batch = self.db.batch();
         let ops = self.put_jobs_in(&mut batch, jobs);
@@ -456,7 +462,7 @@ impl ActivityStore for EmbeddedActivityStore {
         Ok(())
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), StorageError> {
         self.jobs.get("ping").map(|_| ()).map_err(be)
     }
 }

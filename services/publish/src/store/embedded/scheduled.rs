@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(super) async fn schedule(store: &EmbeddedActivityStore, item: &ScheduledActivity) -> Result<(), StoreError> {
+pub(super) async fn schedule(store: &EmbeddedActivityStore, item: &ScheduledActivity) -> Result<(), StorageError> {
     let actor = item.activity.as_ref().map(|a| a.actor).unwrap_or(0);
     let _w = store.lock();
     let mut batch = store.db.batch();
@@ -21,7 +21,7 @@ pub(super) async fn list_scheduled(
     actor: UserId,
     after: &str,
     limit: usize,
-) -> Result<Vec<ScheduledActivity>, StoreError> {
+) -> Result<Vec<ScheduledActivity>, StorageError> {
     let prefix = actor.to_be_bytes();
     let mut start = prefix.to_vec();
     start.extend_from_slice(after.as_bytes());
@@ -47,7 +47,7 @@ pub(super) async fn remove_scheduled(
     store: &EmbeddedActivityStore,
     actor: UserId,
     schedule_id: &str,
-) -> Result<bool, StoreError> {
+) -> Result<bool, StorageError> {
     let _w = store.lock();
     let Some(v) = store.scheduled.get(schedule_id.as_bytes()).map_err(be)? else {
         return Ok(false);
@@ -73,7 +73,7 @@ pub(super) async fn due_scheduled(
     store: &EmbeddedActivityStore,
     now_ms: i64,
     limit: usize,
-) -> Result<Vec<ScheduledActivity>, StoreError> {
+) -> Result<Vec<ScheduledActivity>, StorageError> {
     let end = ((now_ms.max(0) as u64) + 1).to_be_bytes();
     let mut out = Vec::new();
     for item in store.scheduled_by_time.range(..end.to_vec()) {

@@ -3,11 +3,11 @@
 
 use super::*;
 
-pub(super) async fn put_jobs(store: &ScyllaActivityStore, jobs: &[Job]) -> Result<(), StoreError> {
+pub(super) async fn put_jobs(store: &ScyllaActivityStore, jobs: &[Job]) -> Result<(), StorageError> {
     store.job_batch(jobs, vec![]).await
 }
 
-pub(super) async fn job(store: &ScyllaActivityStore, job_id: &str) -> Result<Option<JobState>, StoreError> {
+pub(super) async fn job(store: &ScyllaActivityStore, job_id: &str) -> Result<Option<JobState>, StorageError> {
     match store
         .rows::<(i32, i64, Vec<u8>)>(&store.st.job_get, (job_id,))
         .await?
@@ -23,7 +23,11 @@ pub(super) async fn job(store: &ScyllaActivityStore, job_id: &str) -> Result<Opt
     }
 }
 
-pub(super) async fn complete_job(store: &ScyllaActivityStore, job_id: &str, spawned: &[Job]) -> Result<(), StoreError> {
+pub(super) async fn complete_job(
+    store: &ScyllaActivityStore,
+    job_id: &str,
+    spawned: &[Job],
+) -> Result<(), StorageError> {
     let mut done = vec![(&store.st.job_delete, vec![text(job_id)])];
     // Its pending-work row goes with it, in the same batch: reads merge
     // outboxes for as long as that row says the work is unfinished.
@@ -40,7 +44,7 @@ pub(super) async fn fail_job(
     error: &str,
     max_attempts: u32,
     now_ms: i64,
-) -> Result<bool, StoreError> {
+) -> Result<bool, StorageError> {
     let Some(mut state) = store.job(job_id).await? else {
         return Ok(false);
     };
@@ -74,7 +78,7 @@ pub(super) async fn stale_jobs(
     stale_before_ms: i64,
     now_ms: i64,
     limit: usize,
-) -> Result<Vec<Job>, StoreError> {
+) -> Result<Vec<Job>, StorageError> {
     let rows = store.scan::<(i32, i64, i64, Vec<u8>)>(&store.st.jobs_all).await?;
     let mut out = Vec::new();
     for r in rows.into_iter().filter(|r| r.1 < stale_before_ms).take(limit) {
@@ -100,7 +104,7 @@ pub(super) async fn dead_jobs(
     store: &ScyllaActivityStore,
     after: &str,
     limit: usize,
-) -> Result<Vec<DeadJob>, StoreError> {
+) -> Result<Vec<DeadJob>, StorageError> {
     // Token order, not name order: the page token is the last job id seen.
     let rows = if after.is_empty() {
         store
@@ -121,7 +125,7 @@ pub(super) async fn revive_jobs(
     store: &ScyllaActivityStore,
     ids: &[String],
     now_ms: i64,
-) -> Result<Vec<Job>, StoreError> {
+) -> Result<Vec<Job>, StorageError> {
     let dead: Vec<DeadJob> = if ids.is_empty() {
         store
             .scan::<(i32, i64, String, Vec<u8>)>(&store.st.dead_all)
@@ -156,7 +160,7 @@ pub(super) async fn revive_jobs(
     Ok(dead.into_iter().map(|d| d.job).collect())
 }
 
-pub(super) async fn job_stats(store: &ScyllaActivityStore) -> Result<JobStats, StoreError> {
+pub(super) async fn job_stats(store: &ScyllaActivityStore) -> Result<JobStats, StorageError> {
     let pending = store.scan::<(i32, i64, i64, Vec<u8>)>(&store.st.jobs_all).await?;
     let dead = store.scan::<(i32, i64, String, Vec<u8>)>(&store.st.dead_all).await?;
     Ok(JobStats {
@@ -166,7 +170,7 @@ pub(super) async fn job_stats(store: &ScyllaActivityStore) -> Result<JobStats, S
     })
 }
 
-pub(super) async fn pending_work(store: &ScyllaActivityStore, user: UserId) -> Result<PendingWork, StoreError> {
+pub(super) async fn pending_work(store: &ScyllaActivityStore, user: UserId) -> Result<PendingWork, StorageError> {
     let fanout_from = store
         .rows::<(i64,)>(&store.st.pf_first, ())
         .await?

@@ -45,7 +45,8 @@ pub use schema::migrate;
 use statements::Statements;
 
 use crate::store::{
-    ActivityStore, Claim, DeadJob, ForeignRecord, JobState, JobStats, OutboxEntry, PendingWork, StoreError, adds_items,
+    ActivityStore, Claim, DeadJob, ForeignRecord, JobState, JobStats, OutboxEntry, PendingWork, StorageError,
+    adds_items,
 };
 
 /// Bumped when the schema changes; services refuse an older one.
@@ -56,21 +57,12 @@ const HOUR_MS: i64 = 3_600_000;
 /// Scheduled items are looked for this many hours back (a long outage).
 const DUE_LOOKBACK_HOURS: i64 = 24 * 7;
 
-impl From<feed_cql::ScyllaError> for StoreError {
-    fn from(e: feed_cql::ScyllaError) -> Self {
-        match e {
-            feed_cql::ScyllaError::Unavailable(m) => StoreError::Unavailable(m),
-            feed_cql::ScyllaError::Backend(m) => StoreError::Backend(m),
-        }
-    }
+fn err(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Backend(e.to_string())
 }
 
-fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+fn unavailable(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Unavailable(e.to_string())
 }
 
 fn i(v: u64) -> i64 {
@@ -99,17 +91,17 @@ fn text(v: impl Into<String>) -> CqlValue {
 
 impl ScyllaActivityStore {
     /// Connects, verifies the schema version and prepares every statement once.
-    pub async fn connect(cfg: &ScyllaConfig) -> Result<Self, StoreError> {
+    pub async fn connect(cfg: &ScyllaConfig) -> Result<Self, StorageError> {
         let session = feed_cql::connect_verified(cfg, COMPONENT, SCHEMA_VERSION).await?;
         let st = Statements::prepare(&session, &cfg.keyspace).await?;
         Ok(Self { session, st })
     }
 
-    async fn exec(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<QueryResult, StoreError> {
+    async fn exec(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<QueryResult, StorageError> {
         self.session.execute_unpaged(p, v).await.map_err(unavailable)
     }
 
-    async fn rows<R>(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<Vec<R>, StoreError>
+    async fn rows<R>(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<Vec<R>, StorageError>
     where
         R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
     {
@@ -118,7 +110,7 @@ impl ScyllaActivityStore {
     }
 
     /// Every row of a small table, paged (pending jobs, dead jobs).
-    async fn scan<R>(&self, p: &PreparedStatement) -> Result<Vec<R>, StoreError>
+    async fn scan<R>(&self, p: &PreparedStatement) -> Result<Vec<R>, StorageError>
     where
         R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
     {
@@ -165,7 +157,7 @@ impl ScyllaActivityStore {
         }
     }
 
-    fn dead(row: (i32, i64, String, Vec<u8>)) -> Result<DeadJob, StoreError> {
+    fn dead(row: (i32, i64, String, Vec<u8>)) -> Result<DeadJob, StorageError> {
         Ok(DeadJob {
             attempts: row.0 as u32,
             failed_ms: row.1,
@@ -174,7 +166,7 @@ impl ScyllaActivityStore {
         })
     }
 
-    async fn days(&self, feed: &FeedRef, before: Option<u64>) -> Result<Vec<i64>, StoreError> {
+    async fn days(&self, feed: &FeedRef, before: Option<u64>) -> Result<Vec<i64>, StorageError> {
         let upto = before.map(day_of).unwrap_or(i64::MAX);
         Ok(self
             .rows::<(i64,)>(&self.st.days_list, (feed.to_string(), upto))
@@ -189,7 +181,11 @@ impl ScyllaActivityStore {
     /// `batch_size_fail_threshold` (50 KiB by default), ScyllaDB over 1 MiB;
     /// a publish writes one activity (`extra` capped at 8 KiB) twice, in its
     /// row and its event job, plus an entry and a job per target feed.
-    async fn job_batch(&self, jobs: &[Job], extra: Vec<(&PreparedStatement, Vec<CqlValue>)>) -> Result<(), StoreError> {
+    async fn job_batch(
+        &self,
+        jobs: &[Job],
+        extra: Vec<(&PreparedStatement, Vec<CqlValue>)>,
+    ) -> Result<(), StorageError> {
         let mut batch = Batch::new(BatchType::Logged);
         batch.set_consistency(Consistency::LocalQuorum);
         let mut values: Vec<Vec<CqlValue>> = Vec::new();
@@ -221,7 +217,7 @@ impl ActivityStore for ScyllaActivityStore {
         foreign_id: &str,
         id: u64,
         fingerprint: u64,
-    ) -> Result<Claim, StoreError> {
+    ) -> Result<Claim, StorageError> {
         let rows = self
             .exec(&self.st.foreign_claim, (i(actor), foreign_id, i(id), i(fingerprint)))
             .await?
@@ -255,7 +251,7 @@ impl ActivityStore for ScyllaActivityStore {
         activity: &Activity,
         outbox: &[OutboxEntry],
         jobs: &[Job],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StorageError> {
         let mut extra: Vec<(&PreparedStatement, Vec<CqlValue>)> = vec![(
             &self.st.activity_put,
             vec![big(activity.id), blob(activity.encode_to_vec())],
@@ -275,7 +271,7 @@ impl ActivityStore for ScyllaActivityStore {
         self.job_batch(jobs, extra).await
     }
 
-    async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Arc<Activity>>>, StoreError> {
+    async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Arc<Activity>>>, StorageError> {
         let reads = ids
             .iter()
             .map(|id| self.rows::<(Vec<u8>,)>(&self.st.activity_get, (i(*id),)));
@@ -291,7 +287,7 @@ impl ActivityStore for ScyllaActivityStore {
             .collect()
     }
 
-    async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<ForeignRecord>, StoreError> {
+    async fn find_foreign(&self, actor: UserId, foreign_id: &str) -> Result<Option<ForeignRecord>, StorageError> {
         Ok(self
             .rows::<(i64, i64)>(&self.st.foreign_get, (i(actor), foreign_id))
             .await?
@@ -302,7 +298,7 @@ impl ActivityStore for ScyllaActivityStore {
             }))
     }
 
-    async fn replace(&self, activity: &Activity, jobs: &[Job]) -> Result<(), StoreError> {
+    async fn replace(&self, activity: &Activity, jobs: &[Job]) -> Result<(), StorageError> {
         self.job_batch(
             jobs,
             vec![(
@@ -313,7 +309,12 @@ impl ActivityStore for ScyllaActivityStore {
         .await
     }
 
-    async fn outbox(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+    async fn outbox(
+        &self,
+        feed: &FeedRef,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StorageError> {
         let mut out = Vec::new();
         let upper = i(before.unwrap_or(i64::MAX as u64));
         for day in self.days(feed, before).await? {
@@ -335,7 +336,7 @@ impl ActivityStore for ScyllaActivityStore {
         Ok(out)
     }
 
-    async fn outbox_mode(&self, feed: &FeedRef, id: u64) -> Result<Option<DeliveryMode>, StoreError> {
+    async fn outbox_mode(&self, feed: &FeedRef, id: u64) -> Result<Option<DeliveryMode>, StorageError> {
         Ok(self
             .rows::<(i32,)>(&self.st.outbox_mode, (feed.to_string(), day_of(id), i(id)))
             .await?
@@ -343,7 +344,7 @@ impl ActivityStore for ScyllaActivityStore {
             .map(|(m,)| DeliveryMode::try_from(*m).unwrap_or(DeliveryMode::Push)))
     }
 
-    async fn pulled(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<u64>, StoreError> {
+    async fn pulled(&self, feed: &FeedRef, before: Option<u64>, limit: usize) -> Result<Vec<u64>, StorageError> {
         let mut out = Vec::new();
         let upper = i(before.unwrap_or(i64::MAX as u64));
         for day in self.days(feed, before).await? {
@@ -361,43 +362,43 @@ impl ActivityStore for ScyllaActivityStore {
         Ok(out)
     }
 
-    async fn put_jobs(&self, jobs: &[Job]) -> Result<(), StoreError> {
+    async fn put_jobs(&self, jobs: &[Job]) -> Result<(), StorageError> {
         jobs::put_jobs(self, jobs).await
     }
 
-    async fn job(&self, job_id: &str) -> Result<Option<JobState>, StoreError> {
+    async fn job(&self, job_id: &str) -> Result<Option<JobState>, StorageError> {
         jobs::job(self, job_id).await
     }
 
-    async fn complete_job(&self, job_id: &str, spawned: &[Job]) -> Result<(), StoreError> {
+    async fn complete_job(&self, job_id: &str, spawned: &[Job]) -> Result<(), StorageError> {
         jobs::complete_job(self, job_id, spawned).await
     }
 
-    async fn fail_job(&self, job_id: &str, error: &str, max_attempts: u32, now_ms: i64) -> Result<bool, StoreError> {
+    async fn fail_job(&self, job_id: &str, error: &str, max_attempts: u32, now_ms: i64) -> Result<bool, StorageError> {
         jobs::fail_job(self, job_id, error, max_attempts, now_ms).await
     }
 
-    async fn stale_jobs(&self, stale_before_ms: i64, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
+    async fn stale_jobs(&self, stale_before_ms: i64, now_ms: i64, limit: usize) -> Result<Vec<Job>, StorageError> {
         jobs::stale_jobs(self, stale_before_ms, now_ms, limit).await
     }
 
-    async fn dead_jobs(&self, after: &str, limit: usize) -> Result<Vec<DeadJob>, StoreError> {
+    async fn dead_jobs(&self, after: &str, limit: usize) -> Result<Vec<DeadJob>, StorageError> {
         jobs::dead_jobs(self, after, limit).await
     }
 
-    async fn revive_jobs(&self, ids: &[String], now_ms: i64) -> Result<Vec<Job>, StoreError> {
+    async fn revive_jobs(&self, ids: &[String], now_ms: i64) -> Result<Vec<Job>, StorageError> {
         jobs::revive_jobs(self, ids, now_ms).await
     }
 
-    async fn job_stats(&self) -> Result<JobStats, StoreError> {
+    async fn job_stats(&self) -> Result<JobStats, StorageError> {
         jobs::job_stats(self).await
     }
 
-    async fn pending_work(&self, user: UserId) -> Result<PendingWork, StoreError> {
+    async fn pending_work(&self, user: UserId) -> Result<PendingWork, StorageError> {
         jobs::pending_work(self, user).await
     }
 
-    async fn schedule(&self, item: &ScheduledActivity) -> Result<(), StoreError> {
+    async fn schedule(&self, item: &ScheduledActivity) -> Result<(), StorageError> {
         scheduled::schedule(self, item).await
     }
 
@@ -406,19 +407,19 @@ impl ActivityStore for ScyllaActivityStore {
         actor: UserId,
         after: &str,
         limit: usize,
-    ) -> Result<Vec<ScheduledActivity>, StoreError> {
+    ) -> Result<Vec<ScheduledActivity>, StorageError> {
         scheduled::list_scheduled(self, actor, after, limit).await
     }
 
-    async fn remove_scheduled(&self, actor: UserId, schedule_id: &str) -> Result<bool, StoreError> {
+    async fn remove_scheduled(&self, actor: UserId, schedule_id: &str) -> Result<bool, StorageError> {
         scheduled::remove_scheduled(self, actor, schedule_id).await
     }
 
-    async fn due_scheduled(&self, now_ms: i64, limit: usize) -> Result<Vec<ScheduledActivity>, StoreError> {
+    async fn due_scheduled(&self, now_ms: i64, limit: usize) -> Result<Vec<ScheduledActivity>, StorageError> {
         scheduled::due_scheduled(self, now_ms, limit).await
     }
 
-    async fn edge_cursor(&self) -> Result<u64, StoreError> {
+    async fn edge_cursor(&self) -> Result<u64, StorageError> {
         Ok(self
             .rows::<(i64,)>(&self.st.meta_get, ("edge_cursor",))
             .await?
@@ -427,12 +428,12 @@ impl ActivityStore for ScyllaActivityStore {
             .unwrap_or(0))
     }
 
-    async fn record_edge_jobs(&self, jobs: &[Job], cursor: u64) -> Result<(), StoreError> {
+    async fn record_edge_jobs(&self, jobs: &[Job], cursor: u64) -> Result<(), StorageError> {
         self.job_batch(jobs, vec![(&self.st.meta_put, vec![text("edge_cursor"), big(cursor)])])
             .await
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), StorageError> {
         self.session
             .query_unpaged("SELECT now() FROM system.local", ())
             .await

@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(super) async fn schedule(store: &ScyllaActivityStore, item: &ScheduledActivity) -> Result<(), StoreError> {
+pub(super) async fn schedule(store: &ScyllaActivityStore, item: &ScheduledActivity) -> Result<(), StorageError> {
     let actor = item.activity.as_ref().map(|a| a.actor).unwrap_or(0);
     let mut batch = Batch::new(BatchType::Logged);
     batch.set_consistency(Consistency::LocalQuorum);
@@ -33,7 +33,7 @@ pub(super) async fn list_scheduled(
     actor: UserId,
     after: &str,
     limit: usize,
-) -> Result<Vec<ScheduledActivity>, StoreError> {
+) -> Result<Vec<ScheduledActivity>, StorageError> {
     let ids = store
         .rows::<(String,)>(
             &store.st.sched_actor_page,
@@ -57,7 +57,7 @@ pub(super) async fn remove_scheduled(
     store: &ScyllaActivityStore,
     actor: UserId,
     schedule_id: &str,
-) -> Result<bool, StoreError> {
+) -> Result<bool, StorageError> {
     let Some((owner, at, _)) = store
         .rows::<(i64, i64, Vec<u8>)>(&store.st.sched_get, (schedule_id,))
         .await?
@@ -86,7 +86,7 @@ pub(super) async fn due_scheduled(
     store: &ScyllaActivityStore,
     now_ms: i64,
     limit: usize,
-) -> Result<Vec<ScheduledActivity>, StoreError> {
+) -> Result<Vec<ScheduledActivity>, StorageError> {
     let now_hour = now_ms / HOUR_MS;
     let mut out = Vec::new();
     for hour in (now_hour - DUE_LOOKBACK_HOURS)..=now_hour {

@@ -3,7 +3,7 @@
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
-use crate::store::StoreError;
+use crate::store::StorageError;
 
 pub(super) struct Statements {
     pub(super) activity_put: PreparedStatement,
@@ -49,8 +49,8 @@ pub(super) struct Statements {
 
 impl Statements {
     /// Prepares every statement against keyspace `k`.
-    pub(super) async fn prepare(session: &Session, k: &str) -> Result<Self, StoreError> {
-        let prep = |q: String| async move { Ok::<_, StoreError>(feed_cql::prepare(session, q).await?) };
+    pub(super) async fn prepare(session: &Session, k: &str) -> Result<Self, StorageError> {
+        let prep = |q: String| async move { feed_cql::prepare(session, q).await };
         Ok(Self {
             activity_put: prep(format!("INSERT INTO {k}.pub_activities (id, body) VALUES (?, ?)")).await?,
             activity_get: prep(format!("SELECT body FROM {k}.pub_activities WHERE id = ?")).await?,
