@@ -9,7 +9,7 @@ use feed_inbox::InboxStore;
 use feed_proto::common::v1::Activity;
 use follow_graph::FollowGraph;
 use publish::Publisher;
-use timeline::sources::{Entry, Relation};
+use timeline::sources::{Entry, ReaderRelation};
 
 /// follow-graph and publish called directly.
 #[derive(Clone)]
@@ -46,13 +46,13 @@ impl timeline::Sources for InProcessSources {
         }
     }
 
-    async fn relations(&self, user: UserId, actors: &[UserId]) -> Result<Vec<Relation>, ApiError> {
+    async fn relations(&self, user: UserId, actors: &[UserId]) -> Result<Vec<ReaderRelation>, ApiError> {
         Ok(self
             .graph
             .blocks_and_mutes(user, actors)
             .await?
             .into_iter()
-            .map(|(blocked, muted)| Relation { blocked, muted })
+            .map(|(blocked, muted)| ReaderRelation { blocked, muted })
             .collect())
     }
 

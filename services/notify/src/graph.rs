@@ -7,7 +7,7 @@ use feed_core::{ApiError, UserId};
 
 /// How one recipient relates to the actor or sender of a notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Relation {
+pub struct RecipientRelation {
     /// The recipient follows `user:<actor>`.
     pub recipient_follows: bool,
     /// A block stands either way.
@@ -20,17 +20,17 @@ pub struct Relation {
 #[async_trait]
 pub trait Relations: Send + Sync + 'static {
     /// Relations of each recipient to `actor`, in order.
-    async fn relations(&self, actor: UserId, recipients: &[UserId]) -> Result<Vec<Relation>, ApiError>;
+    async fn relations(&self, actor: UserId, recipients: &[UserId]) -> Result<Vec<RecipientRelation>, ApiError>;
 }
 
 #[async_trait]
 impl Relations for FollowGraphClient {
-    async fn relations(&self, actor: UserId, recipients: &[UserId]) -> Result<Vec<Relation>, ApiError> {
+    async fn relations(&self, actor: UserId, recipients: &[UserId]) -> Result<Vec<RecipientRelation>, ApiError> {
         Ok(self
             .relationships(actor, recipients)
             .await?
             .into_iter()
-            .map(|x| Relation {
+            .map(|x| RecipientRelation {
                 recipient_follows: x.followed_by,
                 blocked: x.blocking || x.blocked_by,
                 recipient_mutes: x.muted_by,

@@ -12,7 +12,7 @@ use feed_proto::events::v1::{ActivityEvent, activity_event};
 use feed_proto::notify::v1::{Notification, NotificationKind, RemindJob, watch_event};
 use feed_queue::MemoryQueue;
 use feed_server::Shutdown;
-use notify::graph::{Relation, Relations};
+use notify::graph::{RecipientRelation, Relations};
 use notify::live::{EventId, LiveLog, MemoryLive};
 use notify::notifier::ListQuery;
 use notify::store::NotifyStore;
@@ -24,8 +24,8 @@ struct NoRelations;
 
 #[async_trait]
 impl Relations for NoRelations {
-    async fn relations(&self, _: u64, recipients: &[u64]) -> Result<Vec<Relation>, ApiError> {
-        Ok(vec![Relation::default(); recipients.len()])
+    async fn relations(&self, _: u64, recipients: &[u64]) -> Result<Vec<RecipientRelation>, ApiError> {
+        Ok(vec![RecipientRelation::default(); recipients.len()])
     }
 }
 

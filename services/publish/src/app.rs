@@ -10,7 +10,7 @@ use feed_server::app::require;
 use feed_server::{Application, BuildContext, FeedConfig, ServiceSet, Shutdown, Tasks};
 
 use crate::fanout::{GrpcLedger, JobLedger};
-use crate::queue::{EventQueue, JobQueue, RedisQueue};
+use crate::queue::{EventQueue, FanoutQueue, RedisFanoutQueue};
 use crate::store::ActivityStore;
 use crate::{FanoutWorker, Graph, Publisher};
 
@@ -21,7 +21,7 @@ pub struct Deps {
     /// follow-graph (authorization, visibility, rebuilds).
     pub graph: Arc<dyn Graph>,
     /// Where fanout jobs are enqueued.
-    pub queue: Arc<dyn JobQueue>,
+    pub queue: Arc<dyn FanoutQueue>,
     /// Where RebuildInbox writes.
     pub inbox: Arc<dyn InboxStore>,
 }
@@ -62,7 +62,7 @@ pub struct WorkerDeps {
     /// Job records: publish in process, or over gRPC.
     pub ledger: Arc<dyn JobLedger>,
     /// The job stream.
-    pub queue: Arc<dyn JobQueue>,
+    pub queue: Arc<dyn FanoutQueue>,
     /// Where activity events for notify go.
     pub events: Arc<EventQueue>,
     /// Followers of a feed, relations for purges.
@@ -151,7 +151,7 @@ impl Application for WorkerApp {
     async fn build(cfg: &FeedConfig, ctx: &BuildContext) -> anyhow::Result<Option<ServiceSet>> {
         let publish = feed_server::client::balanced(&cfg.clients.publish_url)?;
         let ledger = Arc::new(GrpcLedger::new(publish, &cfg.clients.token)?);
-        let queue = Arc::new(RedisQueue::connect(&cfg.redis.url, &cfg.fanout.stream, &cfg.fanout.group).await?);
+        let queue = Arc::new(RedisFanoutQueue::connect(&cfg.redis.url, &cfg.fanout.stream, &cfg.fanout.group).await?);
         let inbox = crate::open_inbox(cfg, crate::system_clock()).await?;
         let mut set = ServiceSet::default();
         let deps = WorkerDeps {
@@ -178,7 +178,7 @@ impl Application for WorkerApp {
 
 /// Publishes the job stream's lag (entries not yet delivered to the group)
 /// and pending count: the metric the worker autoscaler follows.
-async fn report_lag(queue: Arc<RedisQueue>, stop: Shutdown) {
+async fn report_lag(queue: Arc<RedisFanoutQueue>, stop: Shutdown) {
     loop {
         match queue.lag().await {
             Ok((lag, pending)) => {

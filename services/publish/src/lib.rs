@@ -23,7 +23,7 @@ pub use app::{App, Deps, FANOUT_WORKER_HEALTH, WorkerApp};
 pub use fanout::{FanoutWorker, JobLedger, WorkerConfig};
 pub use graph::Graph;
 pub use publisher::{PublishRules, Publisher};
-pub use queue::{EventQueue, JobQueue, MemoryQueue, RedisQueue};
+pub use queue::{EventQueue, FanoutQueue, MemoryFanoutQueue, RedisFanoutQueue};
 use store::ActivityStore;
 
 /// The gRPC name of this service.
@@ -102,11 +102,11 @@ pub async fn open_inbox(cfg: &FeedConfig, clock: Arc<dyn Clock>) -> anyhow::Resu
 }
 
 /// The job queue: a Redis Stream when `redis.url` is set, else in process.
-pub async fn open_queue(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn JobQueue>> {
+pub async fn open_queue(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn FanoutQueue>> {
     Ok(if cfg.redis.url.is_empty() {
-        Arc::new(MemoryQueue::default())
+        Arc::new(MemoryFanoutQueue::default())
     } else {
-        Arc::new(RedisQueue::connect(&cfg.redis.url, &cfg.fanout.stream, &cfg.fanout.group).await?)
+        Arc::new(RedisFanoutQueue::connect(&cfg.redis.url, &cfg.fanout.stream, &cfg.fanout.group).await?)
     })
 }
 

@@ -11,7 +11,7 @@ use feed_proto::publish::v1::NewActivity;
 use publish::graph::{Follower, Graph};
 use publish::store::ActivityStore;
 use publish::store::embedded::EmbeddedActivityStore;
-use publish::{MemoryQueue, PublishRules, Publisher};
+use publish::{MemoryFanoutQueue, PublishRules, Publisher};
 
 /// A graph with no follows and no celebrities, and an edge log the test writes.
 #[derive(Default)]
@@ -59,7 +59,7 @@ fn publisher(store: Arc<dyn ActivityStore>, graph: Arc<dyn Graph>, node: u16) ->
     Publisher::new(
         store,
         graph,
-        Arc::new(MemoryQueue::default()),
+        Arc::new(MemoryFanoutQueue::default()),
         IdGenerator::new(NodeLease::exclusive(node), clock.clone()),
         clock,
         PublishRules::default(),

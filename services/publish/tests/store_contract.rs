@@ -168,11 +168,13 @@ publish::activity_store_contract!(scylla_store, cql);
 async fn redis_queue_delivers_reclaims_acks_dead_letters_and_trims() {
     use feed_proto::events::v1::Job;
     use feed_queue::JobQueue as _;
-    use publish::RedisQueue;
+    use publish::RedisFanoutQueue;
     use std::time::Duration;
 
     let redis = feed_testkit::RedisServer::start().expect("redis");
-    let q = RedisQueue::connect(&redis.url(), "t:jobs", "g").await.expect("queue");
+    let q = RedisFanoutQueue::connect(&redis.url(), "t:jobs", "g")
+        .await
+        .expect("queue");
     let job = |id: &str| Job {
         job_id: id.into(),
         ..Job::default()

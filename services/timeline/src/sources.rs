@@ -23,7 +23,7 @@ pub struct Entry {
 
 /// How a reader relates to an actor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Relation {
+pub struct ReaderRelation {
     /// Either blocks the other.
     pub blocked: bool,
     /// The reader mutes the actor.
@@ -36,7 +36,7 @@ pub trait Sources: Send + Sync + 'static {
     /// Every feed the user follows.
     async fn following(&self, user: UserId) -> Result<Vec<FeedRef>, ApiError>;
     /// How `user` relates to each actor, in order.
-    async fn relations(&self, user: UserId, actors: &[UserId]) -> Result<Vec<Relation>, ApiError>;
+    async fn relations(&self, user: UserId, actors: &[UserId]) -> Result<Vec<ReaderRelation>, ApiError>;
     /// Outbox entries below `before` across feeds, newest first, at most
     /// `limit` distinct ids; true when a feed may hold more.
     async fn read_outboxes(
@@ -89,13 +89,13 @@ impl Sources for GrpcSources {
         self.graph.following(user).await
     }
 
-    async fn relations(&self, user: UserId, actors: &[UserId]) -> Result<Vec<Relation>, ApiError> {
+    async fn relations(&self, user: UserId, actors: &[UserId]) -> Result<Vec<ReaderRelation>, ApiError> {
         Ok(self
             .graph
             .relationships(user, actors)
             .await?
             .into_iter()
-            .map(|r| Relation {
+            .map(|r| ReaderRelation {
                 blocked: r.blocking || r.blocked_by,
                 muted: r.muting,
             })

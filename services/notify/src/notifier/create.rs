@@ -4,7 +4,7 @@ use feed_core::{ApiError, UserId, validate};
 use feed_proto::notify::v1::{Link, NoteRecord, Notification, NotificationKind, PolicyAction, UserState};
 
 use super::{Notifier, check_body, check_event_id, check_links, id_of, note_id};
-use crate::store::Claim;
+use crate::store::EventClaim;
 
 impl Notifier {
     pub(super) fn view(rec: &NoteRecord, state: &UserState) -> Notification {
@@ -46,8 +46,8 @@ impl Notifier {
         let now = self.now();
         let fresh = note_id(now, event_id);
         let id = match self.inner.store.claim_event(event_id, fresh).await? {
-            Claim::Claimed => fresh,
-            Claim::Held(prev) => {
+            EventClaim::Claimed => fresh,
+            EventClaim::Held(prev) => {
                 if self.inner.store.announces(prev + 1, 1).await?.first().map(id_of) == Some(prev) {
                     return Ok((prev, true));
                 }
@@ -112,9 +112,9 @@ impl Notifier {
             note_id(now, event_id)
         };
         let id = match self.inner.store.claim_event(event_id, fresh).await? {
-            Claim::Claimed => fresh,
-            Claim::Held(0) => return Ok((0, true)),
-            Claim::Held(prev) => {
+            EventClaim::Claimed => fresh,
+            EventClaim::Held(0) => return Ok((0, true)),
+            EventClaim::Held(prev) => {
                 if self.inner.store.note(recipient, prev).await?.is_some() {
                     return Ok((prev, true));
                 }

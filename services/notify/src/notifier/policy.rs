@@ -3,7 +3,7 @@
 use feed_proto::notify::v1::{PolicyAction, RecipientPolicy, UserState};
 
 use super::Notifier;
-use crate::graph::Relation;
+use crate::graph::RecipientRelation;
 
 fn strictest(a: i32, b: i32) -> i32 {
     a.max(b)
@@ -35,7 +35,7 @@ impl Notifier {
     pub(super) fn decide(
         &self,
         recipient: &UserState,
-        rel: Relation,
+        rel: RecipientRelation,
         actor: &UserState,
         mention: bool,
     ) -> PolicyAction {

@@ -9,7 +9,7 @@ use feed_proto::notify::v1::{
 };
 
 use super::{MENTION, Notifier, check_event_id, check_name, note_id};
-use crate::store::{Claim, GroupChange, Subscriber};
+use crate::store::{EventClaim, GroupChange, Subscriber};
 
 /// Latest actors kept on a remind group.
 const LATEST_ACTORS: usize = 5;
@@ -62,7 +62,7 @@ impl Notifier {
         };
         // The job first: a claim without a job would lose the remind if this call died.
         self.inner.store.put_job_if_absent(&job).await?;
-        if let Claim::Held(_) = self.inner.store.claim_event(&job.job_id, 0).await? {
+        if let EventClaim::Held(_) = self.inner.store.claim_event(&job.job_id, 0).await? {
             let pending = self.inner.store.job(&job.job_id).await?.is_some();
             return Ok(RemindOutcome {
                 duplicate: true,

@@ -5,7 +5,7 @@ use feed_proto::notify::v1::{
     CreateRemindRequest, NoteRecord, Notification, NotificationKind, RemindJob, Subscription, UserState,
 };
 
-use super::{ALWAYS, Claim, GroupChange, NotifyStore, REMIND_LOG_RETENTION_MS};
+use super::{ALWAYS, EventClaim, GroupChange, NotifyStore, REMIND_LOG_RETENTION_MS};
 
 fn note(id: u64, kind: NotificationKind, group: &str, seq: u64) -> NoteRecord {
     NoteRecord {
@@ -37,9 +37,9 @@ fn ids(v: &[NoteRecord]) -> Vec<u64> {
 
 /// Contract check: an event id is claimed once.
 pub async fn an_event_id_is_claimed_once(s: &dyn NotifyStore) {
-    assert_eq!(s.claim_event("ev-1", 10).await.expect("claim"), Claim::Claimed);
-    assert_eq!(s.claim_event("ev-1", 11).await.expect("claim"), Claim::Held(10));
-    assert_eq!(s.claim_event("ev-2", 12).await.expect("claim"), Claim::Claimed);
+    assert_eq!(s.claim_event("ev-1", 10).await.expect("claim"), EventClaim::Claimed);
+    assert_eq!(s.claim_event("ev-1", 11).await.expect("claim"), EventClaim::Held(10));
+    assert_eq!(s.claim_event("ev-2", 12).await.expect("claim"), EventClaim::Claimed);
 }
 
 /// Contract check: announces list newest first below the cursor.

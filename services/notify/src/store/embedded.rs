@@ -15,7 +15,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistM
 use prost::Message;
 
 use super::{
-    ALWAYS, Claim, GroupChange, NotifyStore, REMIND_LOG_RETENTION_MS, Reason, StorageError, Subscriber,
+    ALWAYS, EventClaim, GroupChange, NotifyStore, REMIND_LOG_RETENTION_MS, Reason, StorageError, Subscriber,
     add_subscriber_row, merge_actor,
 };
 
@@ -176,15 +176,15 @@ impl EmbeddedNotifyStore {
 
 #[async_trait]
 impl NotifyStore for EmbeddedNotifyStore {
-    async fn claim_event(&self, event_id: &str, id: u64) -> Result<Claim, StorageError> {
+    async fn claim_event(&self, event_id: &str, id: u64) -> Result<EventClaim, StorageError> {
         let _w = self.lock();
         if let Some(v) = self.events.get(event_id.as_bytes()).map_err(be)? {
-            return Ok(Claim::Held(u64_at(&v, 0)));
+            return Ok(EventClaim::Held(u64_at(&v, 0)));
         }
         let mut batch = self.db.batch();
         batch.insert(&self.events, event_id.as_bytes(), id.to_be_bytes());
         self.commit(batch)?;
-        Ok(Claim::Claimed)
+        Ok(EventClaim::Claimed)
     }
 
     async fn put_announce(&self, rec: &NoteRecord) -> Result<(), StorageError> {

@@ -11,7 +11,7 @@ pub mod scylla;
 
 /// Who holds an event id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
+pub enum EventClaim {
     /// This call claimed it.
     Claimed,
     /// An earlier call holds it, for this notification id.
@@ -80,7 +80,7 @@ pub use feed_core::StorageError;
 #[async_trait]
 pub trait NotifyStore: Send + Sync + 'static {
     /// Claims `event_id` for notification `id` unless an earlier call holds it.
-    async fn claim_event(&self, event_id: &str, id: u64) -> Result<Claim, StorageError>;
+    async fn claim_event(&self, event_id: &str, id: u64) -> Result<EventClaim, StorageError>;
     /// Stores an announce (idempotent by its id).
     async fn put_announce(&self, rec: &NoteRecord) -> Result<(), StorageError>;
     /// Announces with id < `before`, newest first, at most `limit`.

@@ -21,7 +21,7 @@ use feed_server::Shutdown;
 
 use crate::graph::Graph;
 use crate::publisher::{fanout_job_id, purge_job_id};
-use crate::queue::{Delivery, EventQueue, JobQueue};
+use crate::queue::{Delivery, EventQueue, FanoutQueue};
 
 /// Worker settings.
 #[derive(Debug, Clone)]
@@ -57,7 +57,7 @@ impl Default for WorkerConfig {
 #[derive(Clone)]
 pub struct FanoutWorker {
     ledger: Arc<dyn JobLedger>,
-    queue: Arc<dyn JobQueue>,
+    queue: Arc<dyn FanoutQueue>,
     events: Arc<EventQueue>,
     graph: Arc<dyn Graph>,
     inbox: Arc<dyn InboxStore>,
@@ -72,7 +72,7 @@ impl FanoutWorker {
     /// A worker over its dependencies.
     pub fn new(
         ledger: Arc<dyn JobLedger>,
-        queue: Arc<dyn JobQueue>,
+        queue: Arc<dyn FanoutQueue>,
         events: Arc<EventQueue>,
         graph: Arc<dyn Graph>,
         inbox: Arc<dyn InboxStore>,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use feed_core::{Clock, IdGenerator};
 
 use crate::graph::Graph;
-use crate::queue::JobQueue;
+use crate::queue::FanoutQueue;
 use crate::store::ActivityStore;
 use crate::validate::Limits;
 
@@ -54,7 +54,7 @@ impl Default for PublishRules {
 pub struct Publisher {
     store: Arc<dyn ActivityStore>,
     graph: Arc<dyn Graph>,
-    queue: Arc<dyn JobQueue>,
+    queue: Arc<dyn FanoutQueue>,
     ids: IdGenerator,
     clock: Arc<dyn Clock>,
     cfg: Arc<PublishRules>,
@@ -68,7 +68,7 @@ impl Publisher {
     pub fn new(
         store: Arc<dyn ActivityStore>,
         graph: Arc<dyn Graph>,
-        queue: Arc<dyn JobQueue>,
+        queue: Arc<dyn FanoutQueue>,
         ids: IdGenerator,
         clock: Arc<dyn Clock>,
         cfg: PublishRules,
@@ -90,7 +90,7 @@ impl Publisher {
     }
 
     /// The queue (workers, sweeper).
-    pub fn queue(&self) -> &Arc<dyn JobQueue> {
+    pub fn queue(&self) -> &Arc<dyn FanoutQueue> {
         &self.queue
     }
 

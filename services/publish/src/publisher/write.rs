@@ -10,7 +10,7 @@ use feed_proto::publish::v1::NewActivity;
 use prost::Message;
 
 use super::{Publisher, fanout_job_id, purge_job_id};
-use crate::store::{Claim, OutboxEntry};
+use crate::store::{ForeignClaim, OutboxEntry};
 use crate::validate::{self};
 
 /// The outcome of a publish.
@@ -155,14 +155,14 @@ impl Publisher {
         let fp = fingerprint(&new);
         let fresh = self.ids.next_id()?;
         let (id, existed) = match self.store.claim_foreign(new.actor, &new.foreign_id, fresh, fp).await? {
-            Claim::Claimed => (fresh, false),
-            Claim::Held { fingerprint, .. } if fingerprint != fp => {
+            ForeignClaim::Claimed => (fresh, false),
+            ForeignClaim::Held { fingerprint, .. } if fingerprint != fp => {
                 return Err(ApiError::AlreadyExists(format!(
                     "activity.foreign_id {:?} was already published with a different payload",
                     new.foreign_id
                 )));
             }
-            Claim::Held { id, .. } => (id, true),
+            ForeignClaim::Held { id, .. } => (id, true),
         };
         if existed && let Some(a) = self.written(id).await? {
             return self.duplicate_of(&a).await;

@@ -5,7 +5,7 @@ use feed_proto::common::v1::{Activity, ActivityStatus, DeliveryMode};
 use feed_proto::events::v1::{FanoutJob, Job, job};
 use feed_proto::publish::v1::{NewActivity, ScheduledActivity};
 
-use super::{ActivityStore, Claim, ForeignRecord, OutboxEntry};
+use super::{ActivityStore, ForeignClaim, ForeignRecord, OutboxEntry};
 
 fn feed(s: &str) -> FeedRef {
     FeedRef::parse(s).expect("valid feed")
@@ -37,17 +37,20 @@ fn job(id: &str, created: i64) -> Job {
 
 /// Contract check: foreign ids are claimed once.
 pub async fn foreign_ids_are_claimed_once(s: &dyn ActivityStore) {
-    assert_eq!(s.claim_foreign(1, "f-1", 100, 7).await.expect("claim"), Claim::Claimed);
+    assert_eq!(
+        s.claim_foreign(1, "f-1", 100, 7).await.expect("claim"),
+        ForeignClaim::Claimed
+    );
     assert_eq!(
         s.claim_foreign(1, "f-1", 101, 8).await.expect("claim again"),
-        Claim::Held {
+        ForeignClaim::Held {
             id: 100,
             fingerprint: 7
         }
     );
     assert_eq!(
         s.claim_foreign(2, "f-1", 102, 7).await.expect("other actor"),
-        Claim::Claimed
+        ForeignClaim::Claimed
     );
     assert_eq!(
         s.find_foreign(1, "f-1").await.expect("find"),

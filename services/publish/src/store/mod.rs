@@ -28,7 +28,7 @@ pub struct OutboxEntry {
 
 /// Who holds an (actor, foreign_id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
+pub enum ForeignClaim {
     /// This call claimed it for the offered id.
     Claimed,
     /// An earlier publish holds it.
@@ -130,7 +130,7 @@ pub trait ActivityStore: Send + Sync + 'static {
         foreign_id: &str,
         id: u64,
         fingerprint: u64,
-    ) -> Result<Claim, StorageError>;
+    ) -> Result<ForeignClaim, StorageError>;
     /// Writes the activity, its outbox entries and its jobs in one step.
     /// Idempotent: a retry with the same rows changes nothing.
     async fn commit_publish(

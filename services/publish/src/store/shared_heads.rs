@@ -31,7 +31,9 @@ use feed_proto::events::v1::Job;
 use feed_proto::publish::v1::ScheduledActivity;
 use redis::aio::ConnectionManager;
 
-use super::{ActivityStore, Claim, DeadJob, ForeignRecord, JobState, JobStats, OutboxEntry, PendingWork, StorageError};
+use super::{
+    ActivityStore, DeadJob, ForeignClaim, ForeignRecord, JobState, JobStats, OutboxEntry, PendingWork, StorageError,
+};
 
 /// Inserts ARGV[1] into the head at KEYS[1] if there is one. ARGV: id, keep.
 const ADD: &str = r"
@@ -240,7 +242,7 @@ impl<S: ActivityStore> ActivityStore for SharedHeads<S> {
         foreign_id: &str,
         id: u64,
         fingerprint: u64,
-    ) -> Result<Claim, StorageError> {
+    ) -> Result<ForeignClaim, StorageError> {
         self.inner.claim_foreign(actor, foreign_id, id, fingerprint).await
     }
 

@@ -438,7 +438,7 @@ async fn jobs_lost_in_a_redis_flush_are_redriven_by_the_sweeper() {
     let worker = publish::FanoutWorker::new(
         std::sync::Arc::new(publish::fanout::GrpcLedger::new(e.platform.channel.clone(), token).expect("ledger")),
         std::sync::Arc::new(
-            publish::RedisQueue::connect(&e.redis.url(), "feed:jobs", "fanout")
+            publish::RedisFanoutQueue::connect(&e.redis.url(), "feed:jobs", "fanout")
                 .await
                 .expect("queue"),
         ),

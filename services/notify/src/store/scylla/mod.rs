@@ -43,7 +43,7 @@ use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 
 use super::{
-    ALWAYS, Claim, GroupChange, NotifyStore, Reason, StorageError, Subscriber, add_subscriber_row, merge_actor,
+    ALWAYS, EventClaim, GroupChange, NotifyStore, Reason, StorageError, Subscriber, add_subscriber_row, merge_actor,
 };
 
 /// Bumped when the schema below changes; services refuse an older schema.
@@ -140,12 +140,12 @@ impl ScyllaNotifyStore {
 
 #[async_trait]
 impl NotifyStore for ScyllaNotifyStore {
-    async fn claim_event(&self, event_id: &str, id: u64) -> Result<Claim, StorageError> {
+    async fn claim_event(&self, event_id: &str, id: u64) -> Result<EventClaim, StorageError> {
         if self.lwt(&self.st.event_claim, (event_id, i(id))).await? {
-            return Ok(Claim::Claimed);
+            return Ok(EventClaim::Claimed);
         }
         let held = self.one::<(i64,)>(&self.st.event_get, (event_id,)).await?;
-        Ok(Claim::Held(held.map(|(v,)| u(v)).unwrap_or(0)))
+        Ok(EventClaim::Held(held.map(|(v,)| u(v)).unwrap_or(0)))
     }
 
     async fn put_announce(&self, rec: &NoteRecord) -> Result<(), StorageError> {

@@ -24,7 +24,7 @@ use prost::Message;
 
 use super::heads::FeedHeads;
 use super::{
-    ActivityStore, Claim, DeadJob, ForeignRecord, JobState, JobStats, OutboxEntry, PendingWork, StorageError,
+    ActivityStore, DeadJob, ForeignClaim, ForeignRecord, JobState, JobStats, OutboxEntry, PendingWork, StorageError,
     adds_items,
 };
 
@@ -227,11 +227,11 @@ impl ActivityStore for EmbeddedActivityStore {
         foreign_id: &str,
         id: u64,
         fingerprint: u64,
-    ) -> Result<Claim, StorageError> {
+    ) -> Result<ForeignClaim, StorageError> {
         let _w = self.lock();
         let key = Self::foreign_key(actor, foreign_id);
         if let Some(v) = self.foreign.get(&key).map_err(be)? {
-            return Ok(Claim::Held {
+            return Ok(ForeignClaim::Held {
                 id: u64_at(&v, 0),
                 fingerprint: u64_at(&v, 8),
             });
@@ -241,7 +241,7 @@ impl ActivityStore for EmbeddedActivityStore {
         let mut batch = self.db.batch();
         batch.insert(&self.foreign, key, v);
         self.commit(batch, true)?;
-        Ok(Claim::Claimed)
+        Ok(ForeignClaim::Claimed)
     }
 
     async fn commit_publish(

@@ -45,7 +45,7 @@ pub use schema::migrate;
 use statements::Statements;
 
 use crate::store::{
-    ActivityStore, Claim, DeadJob, ForeignRecord, JobState, JobStats, OutboxEntry, PendingWork, StorageError,
+    ActivityStore, DeadJob, ForeignClaim, ForeignRecord, JobState, JobStats, OutboxEntry, PendingWork, StorageError,
     adds_items,
 };
 
@@ -217,7 +217,7 @@ impl ActivityStore for ScyllaActivityStore {
         foreign_id: &str,
         id: u64,
         fingerprint: u64,
-    ) -> Result<Claim, StorageError> {
+    ) -> Result<ForeignClaim, StorageError> {
         let rows = self
             .exec(&self.st.foreign_claim, (i(actor), foreign_id, i(id), i(fingerprint)))
             .await?
@@ -227,7 +227,7 @@ impl ActivityStore for ScyllaActivityStore {
         let row = rows.maybe_first_row::<Row>().map_err(err)?.unwrap_or_default();
         let col = |n: usize| row.columns.get(n).cloned().flatten();
         match col(0) {
-            Some(CqlValue::Boolean(true)) => Ok(Claim::Claimed),
+            Some(CqlValue::Boolean(true)) => Ok(ForeignClaim::Claimed),
             _ => {
                 let mut held_id = None;
                 let mut held_fp = None;
@@ -238,7 +238,7 @@ impl ActivityStore for ScyllaActivityStore {
                         _ => {}
                     }
                 }
-                Ok(Claim::Held {
+                Ok(ForeignClaim::Held {
                     id: held_id.ok_or_else(|| err("claim not applied but no id returned"))?,
                     fingerprint: held_fp.unwrap_or(0),
                 })
