@@ -7,6 +7,10 @@ pub mod model;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
+use feed_proto::notify::v1::notify_service_client::NotifyServiceClient;
+use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
+use feed_proto::timeline::v1::timeline_service_client::TimelineServiceClient;
 use feed_server::{Authenticator, FeedConfig, Role, Shutdown};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -195,4 +199,65 @@ pub fn internal<T>(msg: T) -> tonic::Request<T> {
 /// A request with the bff token acting as `user`.
 pub fn bff<T>(msg: T, user: u64) -> tonic::Request<T> {
     authed(msg, BFF_TOKEN, Some(user))
+}
+
+/// A platform on a redis-server of its own with a client per service: what
+/// the end-to-end modules talk to (each wraps it in its own `Env` for the
+/// helpers of its area).
+pub struct TestApp {
+    /// The platform under test.
+    pub platform: Platform,
+    /// Its Redis (inboxes, streams, live logs, leases).
+    pub redis: feed_testkit::RedisServer,
+    /// follow-graph.
+    pub graph: FollowGraphServiceClient<Channel>,
+    /// publish.
+    pub publish: PublishServiceClient<Channel>,
+    /// timeline.
+    pub timeline: TimelineServiceClient<Channel>,
+    /// notify.
+    pub notify: NotifyServiceClient<Channel>,
+}
+
+impl TestApp {
+    /// Starts a platform on its own redis-server, configured by `tune`.
+    pub async fn start(tune: impl FnOnce(&mut FeedConfig)) -> Self {
+        let (platform, redis) = Platform::start_on_redis(tune).await.expect("platform");
+        let channel = platform.channel.clone();
+        Self {
+            graph: FollowGraphServiceClient::new(channel.clone()),
+            publish: PublishServiceClient::new(channel.clone()),
+            timeline: TimelineServiceClient::new(channel.clone()),
+            notify: NotifyServiceClient::new(channel),
+            platform,
+            redis,
+        }
+    }
+
+    /// Stops the platform (drain, keyspace dropped on the CQL node), then its Redis.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.platform.stop().await
+    }
+
+    /// Waits until publish reports no pending job (fanout, edge and event
+    /// jobs all done), up to 10 s. It first lets a tail round pass (publish
+    /// reads follow-graph's edge log every 200 ms), so an edge change just
+    /// made is already a pending job.
+    pub async fn settled(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        loop {
+            let lag = self
+                .publish
+                .get_fanout_lag(internal(feed_proto::publish::v1::GetFanoutLagRequest {}))
+                .await
+                .expect("lag")
+                .into_inner();
+            if lag.pending_jobs == 0 {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "jobs still pending: {lag:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }

@@ -4,40 +4,40 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use feed_e2e::{Platform, bff, internal};
+use feed_e2e::{TestApp, bff, internal};
 use feed_proto::followgraph::v1 as fg;
-use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
 use feed_proto::notify::v1 as nt;
 use feed_proto::notify::v1::notify_service_client::NotifyServiceClient;
 use feed_proto::publish::v1 as pb;
-use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
 use feed_server::{Authenticator, Role, ServeOptions, ServiceSet, Shutdown};
-use feed_testkit::RedisServer;
 use notify::live::EventId;
 use tonic::Code;
 use tonic::transport::Channel;
 
-struct Env {
-    platform: Platform,
-    redis: RedisServer,
-    graph: FollowGraphServiceClient<Channel>,
-    publish: PublishServiceClient<Channel>,
-    notify: NotifyServiceClient<Channel>,
+/// The area's helpers over the shared [`TestApp`].
+struct Env(TestApp);
+
+impl std::ops::Deref for Env {
+    type Target = TestApp;
+    fn deref(&self) -> &TestApp {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut TestApp {
+        &mut self.0
+    }
+}
+
+impl Env {
+    async fn stop(self) -> anyhow::Result<()> {
+        self.0.stop().await
+    }
 }
 
 async fn env_with(tune: impl FnOnce(&mut feed_server::FeedConfig)) -> Env {
-    let (platform, redis) = Platform::start_on_redis(|cfg| {
-        tune(cfg);
-    })
-    .await
-    .expect("platform");
-    Env {
-        graph: FollowGraphServiceClient::new(platform.channel.clone()),
-        publish: PublishServiceClient::new(platform.channel.clone()),
-        notify: NotifyServiceClient::new(platform.channel.clone()),
-        platform,
-        redis,
-    }
+    Env(TestApp::start(tune).await)
 }
 
 async fn env() -> Env {
@@ -785,7 +785,7 @@ async fn watch_sends_heartbeats_and_ends_with_unavailable_on_shutdown() {
         .expect("ok")
         .expect("open");
     assert!(matches!(ev.event, Some(nt::watch_event::Event::Heartbeat(_))));
-    let stop = tokio::spawn(e.platform.stop());
+    let stop = tokio::spawn(e.stop());
     let end = loop {
         match tokio::time::timeout(Duration::from_secs(5), stream.message())
             .await
@@ -870,5 +870,5 @@ async fn reminds_caused_by_a_muted_user_are_kept_filtered_unless_the_user_says_o
         .map(|n| n.latest_actors)
         .collect();
     assert_eq!(shares, [[3]]);
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }

@@ -3,42 +3,48 @@
 
 use std::time::Duration;
 
-use feed_e2e::{Platform, bff, internal};
+use feed_e2e::{TestApp, bff, internal};
 use feed_inbox::{InboxLimits, InboxStore, RedisInbox};
 use feed_proto::common::v1::{DeliveryMode, Visibility};
 use feed_proto::followgraph::v1 as fg;
-use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
 use feed_proto::publish::v1 as pb;
-use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
-use feed_testkit::RedisServer;
 use tonic::Code;
-use tonic::transport::Channel;
 
+/// The area's helpers over the shared [`TestApp`], with the inboxes read directly.
 struct Env {
-    platform: Platform,
-    redis: RedisServer,
-    graph: FollowGraphServiceClient<Channel>,
-    publish: PublishServiceClient<Channel>,
+    app: TestApp,
     inbox: RedisInbox,
 }
 
+impl std::ops::Deref for Env {
+    type Target = TestApp;
+    fn deref(&self) -> &TestApp {
+        &self.app
+    }
+}
+
+impl std::ops::DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut TestApp {
+        &mut self.app
+    }
+}
+
+impl Env {
+    async fn stop(self) -> anyhow::Result<()> {
+        self.app.stop().await
+    }
+}
+
 async fn env_with(tune: impl FnOnce(&mut feed_server::FeedConfig)) -> Env {
-    let (platform, redis) = Platform::start_on_redis(|cfg| {
+    let app = TestApp::start(|cfg| {
         cfg.publish.sweep_interval_ms = 50;
         tune(cfg);
     })
-    .await
-    .expect("platform");
-    let inbox = RedisInbox::connect(&redis.url(), InboxLimits::default())
+    .await;
+    let inbox = RedisInbox::connect(&app.redis.url(), InboxLimits::default())
         .await
         .expect("inbox");
-    Env {
-        graph: FollowGraphServiceClient::new(platform.channel.clone()),
-        publish: PublishServiceClient::new(platform.channel.clone()),
-        platform,
-        redis,
-        inbox,
-    }
+    Env { app, inbox }
 }
 
 async fn env() -> Env {
@@ -92,23 +98,6 @@ impl Env {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-
-    async fn settled(&mut self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let lag = self
-                .publish
-                .get_fanout_lag(internal(pb::GetFanoutLagRequest {}))
-                .await
-                .expect("lag")
-                .into_inner();
-            if lag.pending_jobs == 0 {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "jobs still pending: {lag:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
 }
 
 /// The mode the response reports for each feed written to.
@@ -144,7 +133,7 @@ async fn publish_pushes_to_live_inboxes_and_never_creates_one() {
         "cold user 3 gets nothing pushed"
     );
     assert!(!e.inbox.is_live(1).await.expect("live"));
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -165,7 +154,7 @@ async fn republishing_a_foreign_id_returns_the_first_id_and_a_changed_payload_co
         .await
         .expect_err("conflict");
     assert_eq!(err.code(), Code::AlreadyExists);
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -215,7 +204,7 @@ async fn bad_input_is_refused_by_field_and_stores_nothing() {
     }
     // The refused calls claimed nothing: "x" publishes fresh.
     assert!(!e.publish(1, "x").await.duplicate);
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -260,7 +249,7 @@ async fn callers_may_publish_only_where_they_are_allowed() {
         .await
         .expect("a member may post to the group");
     assert!(ok.into_inner().activity_id > 0);
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -279,7 +268,7 @@ async fn celebrity_items_are_pulled_not_pushed() {
             Vec::<u64>::new()
         );
     }
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -313,7 +302,7 @@ async fn delete_hides_at_once_and_purges_inboxes() {
     assert_eq!(got.activities.len(), 1);
     assert_eq!(got.missing_ids, vec![gone], "hidden at once");
     e.inbox_becomes(2, &[keep]).await;
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -353,7 +342,7 @@ async fn private_items_reach_followers_once_their_visibility_widens() {
         .await
         .expect("update");
     e.inbox_becomes(2, &[p.activity_id]).await;
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -404,7 +393,7 @@ async fn scheduled_items_get_their_id_at_release_exactly_once() {
     let again = e.publish(1, "later").await;
     assert!(again.duplicate);
     assert_eq!(again.activity_id, released);
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -468,7 +457,7 @@ async fn jobs_lost_in_a_redis_flush_are_redriven_by_the_sweeper() {
     e.settled().await;
     stop.trigger();
     task.await.expect("worker");
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -512,7 +501,7 @@ async fn follow_backfills_and_unfollow_or_block_purges_live_inboxes() {
         .expect("block");
     e.inbox_becomes(3, &[]).await;
     e.settled().await;
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -566,7 +555,7 @@ async fn admin_rpcs_rebuild_rerun_and_report_and_refuse_bff_tokens() {
         .await
         .expect_err("admin only");
     assert_eq!(err.code(), Code::PermissionDenied);
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -613,7 +602,7 @@ async fn a_cancelled_scheduled_item_is_never_released() {
     e.settled().await;
     e.inbox_becomes(2, &[]).await;
     assert!(!e.publish(1, "never").await.duplicate, "it was never published");
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -653,7 +642,7 @@ async fn each_target_feed_reports_the_mode_its_followers_get() {
         .into_inner();
     assert!(again.duplicate);
     assert_eq!(modes(&again), want);
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -696,7 +685,7 @@ async fn an_identical_retry_returns_the_first_id_after_the_author_left_the_group
     }
     let err = e.publish.publish(internal(changed)).await.expect_err("changed payload");
     assert_eq!(err.code(), Code::PermissionDenied);
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -755,5 +744,5 @@ async fn an_identical_retry_after_update_or_delete_changes_nothing() {
         feed_proto::common::v1::ActivityStatus::Deleted as i32,
         "a deleted post stays deleted"
     );
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }

@@ -5,26 +5,27 @@
 
 use std::time::Duration;
 
-use feed_e2e::{Platform, internal};
+use feed_e2e::{TestApp, internal};
 use feed_proto::followgraph::v1 as fg;
-use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
 use feed_proto::notify::v1 as nt;
-use feed_proto::notify::v1::notify_service_client::NotifyServiceClient;
 use feed_proto::publish::v1 as pb;
-use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
 use feed_proto::timeline::v1 as tl;
-use feed_proto::timeline::v1::timeline_service_client::TimelineServiceClient;
-use feed_testkit::RedisServer;
 use tonic::Code;
-use tonic::transport::Channel;
 
-struct Env {
-    _platform: Platform,
-    redis: RedisServer,
-    graph: FollowGraphServiceClient<Channel>,
-    publish: PublishServiceClient<Channel>,
-    timeline: TimelineServiceClient<Channel>,
-    notify: NotifyServiceClient<Channel>,
+/// The area's helpers over the shared [`TestApp`].
+struct Env(TestApp);
+
+impl std::ops::Deref for Env {
+    type Target = TestApp;
+    fn deref(&self) -> &TestApp {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut TestApp {
+        &mut self.0
+    }
 }
 
 /// Retries while the platform reports UNAVAILABLE (right after the flush the
@@ -137,21 +138,12 @@ impl Env {
 
 #[tokio::test]
 async fn flushing_redis_mid_run_loses_no_item_and_no_notification() {
-    let (platform, redis) = Platform::start_on_redis(|cfg| {
+    let mut e = Env(TestApp::start(|cfg| {
         // The sweeper re-drives jobs the flush took off the streams.
         cfg.publish.sweep_interval_ms = 200;
         cfg.publish.stale_after_ms = 500;
     })
-    .await
-    .expect("platform");
-    let mut e = Env {
-        graph: FollowGraphServiceClient::new(platform.channel.clone()),
-        publish: PublishServiceClient::new(platform.channel.clone()),
-        timeline: TimelineServiceClient::new(platform.channel.clone()),
-        notify: NotifyServiceClient::new(platform.channel.clone()),
-        _platform: platform,
-        redis,
-    };
+    .await);
     for follower in [2, 3] {
         e.graph
             .follow(internal(fg::FollowRequest {

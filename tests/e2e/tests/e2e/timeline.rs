@@ -2,39 +2,37 @@
 
 use std::time::Duration;
 
-use feed_e2e::{Platform, bff, internal};
+use feed_e2e::{TestApp, bff, internal};
 use feed_proto::common::v1::DeliveryMode;
 use feed_proto::followgraph::v1 as fg;
-use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
 use feed_proto::publish::v1 as pb;
-use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
 use feed_proto::timeline::v1 as tl;
-use feed_proto::timeline::v1::timeline_service_client::TimelineServiceClient;
-use feed_testkit::RedisServer;
 use tonic::Code;
-use tonic::transport::Channel;
 
-struct Env {
-    platform: Platform,
-    _redis: RedisServer,
-    graph: FollowGraphServiceClient<Channel>,
-    publish: PublishServiceClient<Channel>,
-    timeline: TimelineServiceClient<Channel>,
+/// The area's helpers over the shared [`TestApp`].
+struct Env(TestApp);
+
+impl std::ops::Deref for Env {
+    type Target = TestApp;
+    fn deref(&self) -> &TestApp {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut TestApp {
+        &mut self.0
+    }
+}
+
+impl Env {
+    async fn stop(self) -> anyhow::Result<()> {
+        self.0.stop().await
+    }
 }
 
 async fn env_with(tune: impl FnOnce(&mut feed_server::FeedConfig)) -> Env {
-    let (platform, redis) = Platform::start_on_redis(|cfg| {
-        tune(cfg);
-    })
-    .await
-    .expect("platform");
-    Env {
-        graph: FollowGraphServiceClient::new(platform.channel.clone()),
-        publish: PublishServiceClient::new(platform.channel.clone()),
-        timeline: TimelineServiceClient::new(platform.channel.clone()),
-        platform,
-        _redis: redis,
-    }
+    Env(TestApp::start(tune).await)
 }
 
 impl Env {
@@ -90,24 +88,6 @@ impl Env {
             .map(|i| i.activity.as_ref().expect("a").id)
             .collect()
     }
-
-    /// Waits for the fanout and edge jobs to finish.
-    async fn settled(&mut self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            let lag = self
-                .publish
-                .get_fanout_lag(internal(pb::GetFanoutLagRequest {}))
-                .await
-                .expect("lag")
-                .into_inner();
-            if lag.pending_jobs == 0 {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "jobs pending: {lag:?}");
-        }
-    }
 }
 
 #[tokio::test]
@@ -118,7 +98,7 @@ async fn a_post_shows_in_its_authors_timeline_right_after_publish() {
     assert_eq!(page.items.len(), 1);
     assert_eq!(page.items[0].activity.as_ref().expect("a").id, id);
     assert_eq!(page.items[0].source_feed, "user:1");
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -138,7 +118,7 @@ async fn a_cold_users_first_read_rebuilds_and_is_complete() {
         .collect();
     assert_eq!(got, vec![(b, "tag:rust".to_owned()), (a, "user:1".to_owned())]);
     assert!(!e.page(2, 10, "").await.rebuilt);
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -156,7 +136,7 @@ async fn a_celebrity_post_reaches_hot_and_cold_followers_exactly_once() {
         assert_eq!(ids, vec![id], "user {user}");
         assert_eq!(page.items[0].delivery_mode, DeliveryMode::Pull as i32);
     }
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -180,7 +160,7 @@ async fn unfollow_hides_items_before_the_purge_job_runs() {
         .await
         .expect("unfollow");
     assert!(e.ids(2).await.is_empty());
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -221,7 +201,7 @@ async fn blocked_and_muted_authors_are_hidden_and_deleted_items_vanish() {
         e.ids(2).await.is_empty(),
         "muted, blocked and deleted are all hidden at once"
     );
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -252,7 +232,7 @@ async fn paging_past_the_inbox_cap_continues_from_the_outboxes_without_repeats()
         cursor = page.next_cursor;
     }
     assert_eq!(seen, posted);
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -284,7 +264,7 @@ async fn reading_another_users_timeline_with_a_bff_token_is_denied() {
         .await
         .expect_err("bad input");
     assert_eq!(err.code(), Code::InvalidArgument);
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -322,7 +302,7 @@ async fn a_feed_page_shows_what_its_viewer_may_see() {
         .into_inner();
     let ids: Vec<u64> = page.activities.iter().map(|a| a.id).collect();
     assert_eq!(ids, vec![public], "a non-follower does not see followers-only items");
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 impl Env {
@@ -401,7 +381,7 @@ async fn lifting_a_block_either_way_brings_back_items_that_came_through_a_tag() 
             "back once {blocker} unblocks {blocked}, with no job pending"
         );
     }
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -417,7 +397,7 @@ async fn lifting_a_mute_brings_back_items_that_came_through_a_group() {
     assert!(e.ids_when_idle(10).await.is_empty(), "hidden while muted");
     e.mute(10, 11, false).await;
     assert_eq!(e.ids_when_idle(10).await, vec![b, a], "back once unmuted");
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -455,5 +435,5 @@ async fn feed_pages_hide_muted_authors_except_on_their_profile_and_deny_lists_fr
     );
     e.block(10, 12, true).await;
     assert!(e.feed("user:12", 10).await.is_empty(), "a block hides even the profile");
-    e.platform.stop().await.expect("stop");
+    e.stop().await.expect("stop");
 }
