@@ -234,6 +234,17 @@ impl TestApp {
         }
     }
 
+    /// `follower` follows `feed` (internal token).
+    pub async fn follow(&mut self, follower: u64, feed: &str) {
+        self.graph
+            .follow(internal(feed_proto::followgraph::v1::FollowRequest {
+                follower_id: follower,
+                feed: feed.into(),
+            }))
+            .await
+            .expect("follow");
+    }
+
     /// Stops the platform (drain, keyspace dropped on the CQL node), then its Redis.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.platform.stop().await
@@ -260,4 +271,27 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Declares `Env`, an area's wrapper over [`TestApp`] for its own helpers
+/// (an `impl Env` in the test module), dereferencing to the app.
+#[macro_export]
+macro_rules! area_env {
+    () => {
+        /// The area's helpers over the shared [`feed_e2e::TestApp`].
+        struct Env(feed_e2e::TestApp);
+
+        impl std::ops::Deref for Env {
+            type Target = feed_e2e::TestApp;
+            fn deref(&self) -> &feed_e2e::TestApp {
+                &self.0
+            }
+        }
+
+        impl std::ops::DerefMut for Env {
+            fn deref_mut(&mut self) -> &mut feed_e2e::TestApp {
+                &mut self.0
+            }
+        }
+    };
 }

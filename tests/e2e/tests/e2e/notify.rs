@@ -14,27 +14,7 @@ use notify::live::EventId;
 use tonic::Code;
 use tonic::transport::Channel;
 
-/// The area's helpers over the shared [`TestApp`].
-struct Env(TestApp);
-
-impl std::ops::Deref for Env {
-    type Target = TestApp;
-    fn deref(&self) -> &TestApp {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Env {
-    fn deref_mut(&mut self) -> &mut TestApp {
-        &mut self.0
-    }
-}
-
-impl Env {
-    async fn stop(self) -> anyhow::Result<()> {
-        self.0.stop().await
-    }
-}
+feed_e2e::area_env!();
 
 async fn env_with(tune: impl FnOnce(&mut feed_server::FeedConfig)) -> Env {
     Env(TestApp::start(tune).await)
@@ -121,16 +101,6 @@ impl Env {
             }))
             .await
             .map(|r| r.into_inner().notification_id)
-    }
-
-    async fn follow(&mut self, follower: u64, feed: &str) {
-        self.graph
-            .follow(internal(fg::FollowRequest {
-                follower_id: follower,
-                feed: feed.into(),
-            }))
-            .await
-            .expect("follow");
     }
 
     async fn publish(&mut self, actor: u64, verb: &str, object: &str, mentions: Vec<u64>) -> u64 {
@@ -785,7 +755,7 @@ async fn watch_sends_heartbeats_and_ends_with_unavailable_on_shutdown() {
         .expect("ok")
         .expect("open");
     assert!(matches!(ev.event, Some(nt::watch_event::Event::Heartbeat(_))));
-    let stop = tokio::spawn(e.stop());
+    let stop = tokio::spawn(e.0.stop());
     let end = loop {
         match tokio::time::timeout(Duration::from_secs(5), stream.message())
             .await
@@ -870,5 +840,5 @@ async fn reminds_caused_by_a_muted_user_are_kept_filtered_unless_the_user_says_o
         .map(|n| n.latest_actors)
         .collect();
     assert_eq!(shares, [[3]]);
-    e.stop().await.expect("stop");
+    e.0.stop().await.expect("stop");
 }

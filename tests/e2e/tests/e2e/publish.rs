@@ -52,16 +52,6 @@ async fn env() -> Env {
 }
 
 impl Env {
-    async fn follow(&mut self, follower: u64, feed: &str) {
-        self.graph
-            .follow(internal(fg::FollowRequest {
-                follower_id: follower,
-                feed: feed.into(),
-            }))
-            .await
-            .expect("follow");
-    }
-
     async fn unfollow(&mut self, follower: u64, feed: &str) {
         self.graph
             .unfollow(internal(fg::UnfollowRequest {

@@ -12,21 +12,7 @@ use feed_proto::publish::v1 as pb;
 use feed_proto::timeline::v1 as tl;
 use tonic::Code;
 
-/// The area's helpers over the shared [`TestApp`].
-struct Env(TestApp);
-
-impl std::ops::Deref for Env {
-    type Target = TestApp;
-    fn deref(&self) -> &TestApp {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Env {
-    fn deref_mut(&mut self) -> &mut TestApp {
-        &mut self.0
-    }
-}
+feed_e2e::area_env!();
 
 /// Retries while the platform reports UNAVAILABLE (right after the flush the
 /// id lease is re-claimed), as a client following the retry policy would.

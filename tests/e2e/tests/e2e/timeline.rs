@@ -9,43 +9,13 @@ use feed_proto::publish::v1 as pb;
 use feed_proto::timeline::v1 as tl;
 use tonic::Code;
 
-/// The area's helpers over the shared [`TestApp`].
-struct Env(TestApp);
-
-impl std::ops::Deref for Env {
-    type Target = TestApp;
-    fn deref(&self) -> &TestApp {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Env {
-    fn deref_mut(&mut self) -> &mut TestApp {
-        &mut self.0
-    }
-}
-
-impl Env {
-    async fn stop(self) -> anyhow::Result<()> {
-        self.0.stop().await
-    }
-}
+feed_e2e::area_env!();
 
 async fn env_with(tune: impl FnOnce(&mut feed_server::FeedConfig)) -> Env {
     Env(TestApp::start(tune).await)
 }
 
 impl Env {
-    async fn follow(&mut self, follower: u64, feed: &str) {
-        self.graph
-            .follow(internal(fg::FollowRequest {
-                follower_id: follower,
-                feed: feed.into(),
-            }))
-            .await
-            .expect("follow");
-    }
-
     async fn post(&mut self, actor: u64, fid: &str, to: &[&str]) -> u64 {
         self.publish
             .publish(internal(pb::PublishRequest {
@@ -98,7 +68,7 @@ async fn a_post_shows_in_its_authors_timeline_right_after_publish() {
     assert_eq!(page.items.len(), 1);
     assert_eq!(page.items[0].activity.as_ref().expect("a").id, id);
     assert_eq!(page.items[0].source_feed, "user:1");
-    e.stop().await.expect("stop");
+    e.0.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -118,7 +88,7 @@ async fn a_cold_users_first_read_rebuilds_and_is_complete() {
         .collect();
     assert_eq!(got, vec![(b, "tag:rust".to_owned()), (a, "user:1".to_owned())]);
     assert!(!e.page(2, 10, "").await.rebuilt);
-    e.stop().await.expect("stop");
+    e.0.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -136,7 +106,7 @@ async fn a_celebrity_post_reaches_hot_and_cold_followers_exactly_once() {
         assert_eq!(ids, vec![id], "user {user}");
         assert_eq!(page.items[0].delivery_mode, DeliveryMode::Pull as i32);
     }
-    e.stop().await.expect("stop");
+    e.0.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -160,7 +130,7 @@ async fn unfollow_hides_items_before_the_purge_job_runs() {
         .await
         .expect("unfollow");
     assert!(e.ids(2).await.is_empty());
-    e.stop().await.expect("stop");
+    e.0.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -201,7 +171,7 @@ async fn blocked_and_muted_authors_are_hidden_and_deleted_items_vanish() {
         e.ids(2).await.is_empty(),
         "muted, blocked and deleted are all hidden at once"
     );
-    e.stop().await.expect("stop");
+    e.0.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -232,7 +202,7 @@ async fn paging_past_the_inbox_cap_continues_from_the_outboxes_without_repeats()
         cursor = page.next_cursor;
     }
     assert_eq!(seen, posted);
-    e.stop().await.expect("stop");
+    e.0.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -264,7 +234,7 @@ async fn reading_another_users_timeline_with_a_bff_token_is_denied() {
         .await
         .expect_err("bad input");
     assert_eq!(err.code(), Code::InvalidArgument);
-    e.stop().await.expect("stop");
+    e.0.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -302,7 +272,7 @@ async fn a_feed_page_shows_what_its_viewer_may_see() {
         .into_inner();
     let ids: Vec<u64> = page.activities.iter().map(|a| a.id).collect();
     assert_eq!(ids, vec![public], "a non-follower does not see followers-only items");
-    e.stop().await.expect("stop");
+    e.0.stop().await.expect("stop");
 }
 
 impl Env {
@@ -381,7 +351,7 @@ async fn lifting_a_block_either_way_brings_back_items_that_came_through_a_tag() 
             "back once {blocker} unblocks {blocked}, with no job pending"
         );
     }
-    e.stop().await.expect("stop");
+    e.0.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -397,7 +367,7 @@ async fn lifting_a_mute_brings_back_items_that_came_through_a_group() {
     assert!(e.ids_when_idle(10).await.is_empty(), "hidden while muted");
     e.mute(10, 11, false).await;
     assert_eq!(e.ids_when_idle(10).await, vec![b, a], "back once unmuted");
-    e.stop().await.expect("stop");
+    e.0.stop().await.expect("stop");
 }
 
 #[tokio::test]
@@ -435,5 +405,5 @@ async fn feed_pages_hide_muted_authors_except_on_their_profile_and_deny_lists_fr
     );
     e.block(10, 12, true).await;
     assert!(e.feed("user:12", 10).await.is_empty(), "a block hides even the profile");
-    e.stop().await.expect("stop");
+    e.0.stop().await.expect("stop");
 }
