@@ -189,8 +189,11 @@ async fn fanout(followers: Vec<u64>, workers: usize, concurrency: usize, prefill
         .await?;
     let graph = FollowGraphServiceClient::new(channel.clone());
     let mut publish = PublishServiceClient::new(channel);
+    // The raw limit queues 16 pipelines of 1,000 commands at once: on a slow
+    // day one waits longer than the client's default 500 ms response timeout.
+    let patient = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
     let mut conn = redis::Client::open(redis.url())?
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&patient)
         .await?;
     let inbox = RedisInbox::connect(&redis.url(), InboxLimits::default()).await?;
 
