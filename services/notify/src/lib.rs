@@ -30,9 +30,6 @@ pub use store::NotifyStore;
 /// The gRPC name of this service.
 pub const SERVICE_NAME: &str = "feed.notify.v1.NotifyService";
 
-/// Live logs of idle users expire after this long.
-const LIVE_TTL_SECS: u64 = 7 * 24 * 3600;
-
 /// The store: ScyllaDB when `scylla.nodes` is set, else embedded under `data_dir/notify`.
 pub async fn open_store(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn NotifyStore>> {
     if !cfg.scylla.node_list().is_empty() {
@@ -61,7 +58,14 @@ pub async fn open_live(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn LiveLog>> {
     Ok(if cfg.redis.url.is_empty() {
         Arc::new(MemoryLive::new(cfg.notify.watch_backlog))
     } else {
-        Arc::new(RedisLive::connect(&cfg.redis.url, cfg.notify.watch_backlog, LIVE_TTL_SECS).await?)
+        Arc::new(
+            RedisLive::connect(
+                &cfg.redis.url,
+                cfg.notify.watch_backlog,
+                cfg.notify.live_ttl_secs.max(1),
+            )
+            .await?,
+        )
     })
 }
 
@@ -118,6 +122,7 @@ pub fn consumer_name() -> String {
 /// Starts the background work into `tasks`: the activity event consumer,
 /// the remind job worker and the sweeper.
 pub fn start_background(
+    cfg: &FeedConfig,
     notifier: &Notifier,
     events: Arc<dyn JobQueue<ActivityEvent>>,
     ledger: Arc<dyn EventLedger>,
@@ -126,6 +131,7 @@ pub fn start_background(
     tasks: &mut Tasks,
 ) {
     let name = consumer_name();
+    let reclaim_idle = Duration::from_millis(cfg.notify.reclaim_idle_ms.max(100));
     tasks.spawn(
         "activity event consumer",
         worker::event_consumer(
@@ -133,6 +139,7 @@ pub fn start_background(
             events.clone(),
             ledger,
             format!("{name}-events"),
+            reclaim_idle,
             shutdown.clone(),
         ),
     );
@@ -142,6 +149,7 @@ pub fn start_background(
             notifier.clone(),
             jobs.clone(),
             format!("{name}-reminds"),
+            reclaim_idle,
             shutdown.clone(),
         ),
     );
@@ -153,8 +161,8 @@ pub fn start_background(
                 Box::new(move || trim(events.clone())),
                 Box::new(move || trim(jobs.clone())),
             ],
-            Duration::from_secs(5),
-            Duration::from_secs(60),
+            Duration::from_millis(cfg.notify.sweep_interval_ms.max(10)),
+            Duration::from_millis(cfg.notify.stale_after_ms.max(1)),
             shutdown.clone(),
         ),
     );
@@ -206,6 +214,7 @@ pub fn build(cfg: &FeedConfig, deps: Deps, ctx: &BuildContext, set: &mut Service
         ctx.shutdown.clone(),
     )?;
     start_background(
+        cfg,
         &notifier,
         deps.events,
         deps.ledger,

@@ -14,8 +14,6 @@ use feed_server::Shutdown;
 use crate::ledger::EventLedger;
 use crate::notifier::Notifier;
 
-/// How long a delivery may stay unacknowledged before another consumer takes it.
-const RECLAIM_IDLE: Duration = Duration::from_secs(30);
 const BATCH: usize = 16;
 
 /// Reads `queue` as `consumer` until shutdown, one delivery at a time (an
@@ -23,8 +21,13 @@ const BATCH: usize = 16;
 /// ones; acknowledges each one `handle` finished. A failure leaves the
 /// delivery pending, to be reclaimed and retried; a message that can never
 /// succeed (invalid) is logged and acknowledged.
-pub async fn consume<M, F, Fut>(queue: Arc<dyn JobQueue<M>>, consumer: String, shutdown: Shutdown, handle: F)
-where
+pub async fn consume<M, F, Fut>(
+    queue: Arc<dyn JobQueue<M>>,
+    consumer: String,
+    reclaim_idle: Duration,
+    shutdown: Shutdown,
+    handle: F,
+) where
     M: QueueMessage,
     F: Fn(M) -> Fut,
     Fut: Future<Output = Result<(), ApiError>>,
@@ -33,7 +36,7 @@ where
         name: consumer,
         batch: BATCH,
         concurrency: 1,
-        reclaim_idle: RECLAIM_IDLE,
+        reclaim_idle,
         poll: Duration::from_millis(500),
     };
     let settle = |d: Delivery<M>| {
@@ -64,9 +67,10 @@ pub async fn event_consumer(
     events: Arc<dyn JobQueue<ActivityEvent>>,
     ledger: Arc<dyn EventLedger>,
     consumer: String,
+    reclaim_idle: Duration,
     shutdown: Shutdown,
 ) {
-    consume(events, consumer, shutdown, |ev: ActivityEvent| {
+    consume(events, consumer, reclaim_idle, shutdown, |ev: ActivityEvent| {
         let n = notifier.clone();
         let ledger = ledger.clone();
         async move {
@@ -82,9 +86,10 @@ pub async fn remind_worker(
     notifier: Notifier,
     jobs: Arc<dyn JobQueue<RemindJob>>,
     consumer: String,
+    reclaim_idle: Duration,
     shutdown: Shutdown,
 ) {
-    consume(jobs, consumer, shutdown, |job: RemindJob| {
+    consume(jobs, consumer, reclaim_idle, shutdown, |job: RemindJob| {
         let n = notifier.clone();
         async move { n.run_remind_job(&job.job_id).await.map(|_| ()) }
     })

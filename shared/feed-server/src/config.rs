@@ -112,6 +112,15 @@ pub struct NotifyConfig {
     pub jobs_stream: String,
     /// Most notifications kept and scanned per user (older ones are trimmed).
     pub max_per_user: usize,
+    /// How often the sweeper re-drives stale remind jobs and trims notify's streams.
+    pub sweep_interval_ms: u64,
+    /// A remind job untouched this long is re-driven by the sweeper.
+    pub stale_after_ms: u64,
+    /// An event or remind job delivered to a replica and unacknowledged
+    /// this long is taken over by another.
+    pub reclaim_idle_ms: u64,
+    /// A user's live log expires this long after its last event.
+    pub live_ttl_secs: u64,
 }
 
 impl Default for NotifyConfig {
@@ -142,6 +151,10 @@ impl Default for NotifyConfig {
             events_group: "notify".into(),
             jobs_stream: "feed:notify-jobs".into(),
             max_per_user: 1000,
+            sweep_interval_ms: 5_000,
+            stale_after_ms: 60_000,
+            reclaim_idle_ms: 30_000,
+            live_ttl_secs: 7 * 24 * 3600,
         }
     }
 }
