@@ -30,17 +30,8 @@ pub(super) async fn list_scheduled(
     }
     let mut end = prefix.to_vec();
     end.push(0xFF);
-    let mut out = Vec::new();
-    for item in store.scheduled_by_actor.range(start..end) {
-        if out.len() >= limit {
-            break;
-        }
-        let k = item.key().map_err(be)?;
-        if let Some(v) = store.scheduled.get(&k[8..]).map_err(be)? {
-            out.push(ScheduledActivity::decode(&*v).map_err(be)?);
-        }
-    }
-    Ok(out)
+    let keys = store.scheduled_by_actor.range(start..end).map(|i| i.key().map_err(be));
+    through_index(store, keys, limit)
 }
 
 pub(super) async fn remove_scheduled(
@@ -75,13 +66,27 @@ pub(super) async fn due_scheduled(
     limit: usize,
 ) -> Result<Vec<ScheduledActivity>, StorageError> {
     let end = ((now_ms.max(0) as u64) + 1).to_be_bytes();
+    let keys = store
+        .scheduled_by_time
+        .range(..end.to_vec())
+        .map(|i| i.key().map_err(be));
+    through_index(store, keys, limit)
+}
+
+/// The scheduled items an index points at, in index order, at most `limit`:
+/// both indexes (by actor, by due time) end their keys with the item's key
+/// after an 8-byte prefix.
+fn through_index<K: AsRef<[u8]>>(
+    store: &EmbeddedActivityStore,
+    keys: impl Iterator<Item = Result<K, StorageError>>,
+    limit: usize,
+) -> Result<Vec<ScheduledActivity>, StorageError> {
     let mut out = Vec::new();
-    for item in store.scheduled_by_time.range(..end.to_vec()) {
+    for k in keys {
         if out.len() >= limit {
             break;
         }
-        let k = item.key().map_err(be)?;
-        if let Some(v) = store.scheduled.get(&k[8..]).map_err(be)? {
+        if let Some(v) = store.scheduled.get(&k?.as_ref()[8..]).map_err(be)? {
             out.push(ScheduledActivity::decode(&*v).map_err(be)?);
         }
     }
