@@ -118,8 +118,9 @@ pub async fn services(
     let follow_graph = FollowGraph::new(stores.graph);
     follow_graph::register(&mut set, follow_graph.clone(), &ctx.auth);
 
-    let channel = feed_server::client::balanced(&cfg.clients.follow_graph_url)?;
-    let graph: Arc<dyn publish::Graph> = Arc::new(feed_clients::FollowGraphClient::new(channel, token)?);
+    // One follow-graph client (one balanced channel) serves publish, the workers and notify.
+    let follow_graph_client = Arc::new(feed_clients::FollowGraphClient::from_config(cfg)?);
+    let graph: Arc<dyn publish::Graph> = follow_graph_client.clone();
     let queue = publish::open_queue(cfg).await?;
     // The events publish emits reach notify on the same queue (in process, or the Redis Stream).
     let events = publish::open_event_queue(cfg).await?;
@@ -147,10 +148,7 @@ pub async fn services(
 
     let deps = notify::Deps {
         store: stores.notes,
-        graph: Arc::new(feed_clients::FollowGraphClient::new(
-            feed_server::client::balanced(&cfg.clients.follow_graph_url)?,
-            token,
-        )?),
+        graph: follow_graph_client,
         live: notify::open_live(cfg).await?,
         jobs: notify::open_jobs(cfg).await?,
         events,

@@ -251,10 +251,7 @@ impl feed_server::Application for App {
         };
         let deps = Deps {
             store,
-            graph: Arc::new(feed_clients::FollowGraphClient::new(
-                feed_server::client::balanced(&cfg.clients.follow_graph_url)?,
-                &cfg.clients.token,
-            )?),
+            graph: Arc::new(feed_clients::FollowGraphClient::from_config(cfg)?),
             live: open_live(cfg).await?,
             jobs: open_jobs(cfg).await?,
             events: open_events(cfg).await?,

@@ -88,11 +88,7 @@ pub fn spawn_workers(cfg: &FeedConfig, deps: WorkerDeps, shutdown: &Shutdown, ta
 }
 
 fn graph_client(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn Graph>> {
-    let channel = feed_server::client::balanced(&cfg.clients.follow_graph_url)?;
-    Ok(Arc::new(feed_clients::FollowGraphClient::new(
-        channel,
-        &cfg.clients.token,
-    )?))
+    Ok(Arc::new(feed_clients::FollowGraphClient::from_config(cfg)?))
 }
 
 /// The publish binary: PublishService, the sweeper, the scheduled-item

@@ -31,11 +31,7 @@ pub const SERVICE_NAME: &str = "feed.publish.v1.PublishService";
 
 /// Inbox sizing from configuration.
 pub fn inbox_limits(cfg: &FeedConfig) -> feed_inbox::InboxLimits {
-    feed_inbox::InboxLimits {
-        cap: cfg.inbox.cap.max(1),
-        ttl_ms: cfg.inbox.ttl_secs.max(1) * 1000,
-        cluster: cfg.redis.cluster,
-    }
+    feed_inbox::InboxLimits::from_settings(cfg.inbox.cap, cfg.inbox.ttl_secs, cfg.redis.cluster)
 }
 
 /// Publish settings from configuration.

@@ -66,11 +66,7 @@ impl feed_server::Application for App {
             feed_server::client::balanced(&cfg.clients.publish_url)?,
             &cfg.clients.token,
         )?;
-        let limits = feed_inbox::InboxLimits {
-            cap: cfg.inbox.cap.max(1),
-            ttl_ms: cfg.inbox.ttl_secs.max(1) * 1000,
-            cluster: cfg.redis.cluster,
-        };
+        let limits = feed_inbox::InboxLimits::from_settings(cfg.inbox.cap, cfg.inbox.ttl_secs, cfg.redis.cluster);
         let inbox: Arc<dyn InboxStore> = Arc::new(feed_inbox::RedisInbox::connect(&cfg.redis.url, limits).await?);
         let mut set = ServiceSet::default();
         build(cfg, Arc::new(sources), inbox, &ctx.auth, &mut set);

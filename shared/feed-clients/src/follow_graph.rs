@@ -48,6 +48,14 @@ impl FollowGraphClient {
         })
     }
 
+    /// A client balanced over `clients.follow_graph_url`, sending `clients.token`.
+    pub fn from_config(cfg: &feed_server::FeedConfig) -> anyhow::Result<Self> {
+        Self::new(
+            feed_server::client::balanced(&cfg.clients.follow_graph_url)?,
+            &cfg.clients.token,
+        )
+    }
+
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
         self.auth.request(msg)
     }

@@ -38,6 +38,18 @@ pub struct InboxLimits {
     pub cluster: bool,
 }
 
+impl InboxLimits {
+    /// From the `inbox` settings (`cap`, `ttl_secs`) and `redis.cluster`;
+    /// a zero cap or TTL counts as one.
+    pub fn from_settings(cap: usize, ttl_secs: u64, cluster: bool) -> Self {
+        Self {
+            cap: cap.max(1),
+            ttl_ms: ttl_secs.max(1) * 1000,
+            cluster,
+        }
+    }
+}
+
 impl Default for InboxLimits {
     fn default() -> Self {
         Self {

@@ -24,11 +24,6 @@ impl Tasks {
         self.running.push((name, task));
     }
 
-    /// Moves `other`'s tasks into this set.
-    pub fn extend(&mut self, other: Tasks) {
-        self.running.extend(other.running);
-    }
-
     /// How many tasks are owned.
     pub fn len(&self) -> usize {
         self.running.len()
