@@ -76,6 +76,8 @@ cat target/cql-start.log
 # no node fails instead of skipping.
 FEED__SCYLLA__NODES="$(tail -n 1 target/cql-contact)"
 export FEED__SCYLLA__NODES FEED_REQUIRE_CQL=1
+# The service binaries too: the multi-process tests start them.
+cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast
 # The platform again, its services on the CQL node (each platform in a
 # keyspace of its own, migrated as the Kubernetes Job does): the publish,

@@ -48,7 +48,7 @@ pub fn register(set: &mut ServiceSet, graph: FollowGraph, auth: &Authenticator) 
     set.names.push(SERVICE_NAME);
     set.readiness.push(Arc::new(move || {
         let store = store.clone();
-        Box::pin(async move { store.ping().await.is_ok() })
+        Box::pin(async move { store.ping().await.map_err(|e| format!("follow-graph storage: {e}")) })
     }));
 }
 
@@ -69,6 +69,7 @@ pub struct App;
 
 impl feed_server::Application for App {
     const NAME: &'static str = "follow-graph";
+    const DEFAULT_PORTS: (u16, u16) = (50061, 9091);
     const HEALTH_NAMES: &'static [&'static str] = &[SERVICE_NAME];
 
     async fn migrate(cfg: &FeedConfig) -> anyhow::Result<()> {

@@ -182,7 +182,7 @@ pub fn register(set: &mut ServiceSet, notifier: Notifier, auth: &Authenticator) 
     set.names.push(SERVICE_NAME);
     set.readiness.push(Arc::new(move || {
         let store = store.clone();
-        Box::pin(async move { store.ping().await.is_ok() })
+        Box::pin(async move { store.ping().await.map_err(|e| format!("notify storage: {e}")) })
     }));
 }
 
@@ -232,6 +232,7 @@ pub struct App;
 
 impl feed_server::Application for App {
     const NAME: &'static str = "notify";
+    const DEFAULT_PORTS: (u16, u16) = (50064, 9094);
     const HEALTH_NAMES: &'static [&'static str] = &[SERVICE_NAME];
 
     async fn migrate(cfg: &FeedConfig) -> anyhow::Result<()> {
@@ -249,18 +250,23 @@ impl feed_server::Application for App {
         let Some(store) = ctx.open("notify storage", || open_store(cfg)).await else {
             return Ok(None);
         };
+        let graph = feed_clients::FollowGraphClient::from_config(cfg)?;
+        let publish = feed_server::client::balanced(&cfg.clients.publish_url)?;
+        let mut set = ServiceSet::default();
+        set.readiness.push(graph.readiness());
+        set.readiness.push(feed_server::client::peer_ready(
+            "publish",
+            publish.clone(),
+            feed_clients::PUBLISH_SERVICE,
+        ));
         let deps = Deps {
             store,
-            graph: Arc::new(feed_clients::FollowGraphClient::from_config(cfg)?),
+            graph: Arc::new(graph),
             live: open_live(cfg).await?,
             jobs: open_jobs(cfg).await?,
             events: open_events(cfg).await?,
-            ledger: Arc::new(GrpcEventLedger::new(
-                feed_server::client::balanced(&cfg.clients.publish_url)?,
-                &cfg.clients.token,
-            )?),
+            ledger: Arc::new(GrpcEventLedger::new(publish, &cfg.clients.token)?),
         };
-        let mut set = ServiceSet::default();
         build(cfg, deps, ctx, &mut set)?;
         Ok(Some(set))
     }

@@ -87,16 +87,13 @@ pub fn spawn_workers(cfg: &FeedConfig, deps: WorkerDeps, shutdown: &Shutdown, ta
     }
 }
 
-fn graph_client(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn Graph>> {
-    Ok(Arc::new(feed_clients::FollowGraphClient::from_config(cfg)?))
-}
-
 /// The publish binary: PublishService, the sweeper, the scheduled-item
 /// releaser and the edge-log tail. Fanout runs in fanout-worker processes.
 pub struct App;
 
 impl Application for App {
     const NAME: &'static str = "publish";
+    const DEFAULT_PORTS: (u16, u16) = (50062, 9092);
     const HEALTH_NAMES: &'static [&'static str] = &[crate::SERVICE_NAME];
 
     async fn migrate(cfg: &FeedConfig) -> anyhow::Result<()> {
@@ -104,6 +101,10 @@ impl Application for App {
     }
 
     fn check(cfg: &FeedConfig) -> anyhow::Result<()> {
+        // Without Redis the jobs would go to an in-process queue that only
+        // feedd's own workers consume: fanout, edge and event jobs would
+        // silently never run.
+        require("redis.url", &cfg.redis.url)?;
         require("clients.follow_graph_url", &cfg.clients.follow_graph_url)?;
         require("clients.token", &cfg.clients.token)
     }
@@ -112,13 +113,15 @@ impl Application for App {
         let Some(store) = ctx.open("publish storage", || crate::open_store(cfg)).await else {
             return Ok(None);
         };
+        let graph = feed_clients::FollowGraphClient::from_config(cfg)?;
+        let mut set = ServiceSet::default();
+        set.readiness.push(graph.readiness());
         let deps = Deps {
             store,
-            graph: graph_client(cfg)?,
+            graph: Arc::new(graph),
             queue: crate::open_queue(cfg).await?,
             inbox: crate::open_inbox(cfg, crate::system_clock()).await?,
         };
-        let mut set = ServiceSet::default();
         build(cfg, deps, ctx, &mut set).await?;
         Ok(Some(set))
     }
@@ -134,6 +137,7 @@ pub struct WorkerApp;
 
 impl Application for WorkerApp {
     const NAME: &'static str = "fanout-worker";
+    const DEFAULT_PORTS: (u16, u16) = (50065, 9095);
     const HEALTH_NAMES: &'static [&'static str] = &[FANOUT_WORKER_HEALTH];
     const TAKES_CALLS: bool = false;
 
@@ -146,7 +150,8 @@ impl Application for WorkerApp {
 
     async fn build(cfg: &FeedConfig, ctx: &BuildContext) -> anyhow::Result<Option<ServiceSet>> {
         let publish = feed_server::client::balanced(&cfg.clients.publish_url)?;
-        let ledger = Arc::new(GrpcLedger::new(publish, &cfg.clients.token)?);
+        let ledger = Arc::new(GrpcLedger::new(publish.clone(), &cfg.clients.token)?);
+        let graph = feed_clients::FollowGraphClient::from_config(cfg)?;
         let queue = Arc::new(RedisFanoutQueue::connect(&cfg.redis.url, &cfg.fanout.stream, &cfg.fanout.group).await?);
         let inbox = crate::open_inbox(cfg, crate::system_clock()).await?;
         let mut set = ServiceSet::default();
@@ -154,7 +159,7 @@ impl Application for WorkerApp {
             ledger,
             queue: queue.clone(),
             events: crate::open_event_queue(cfg).await?,
-            graph: graph_client(cfg)?,
+            graph: Arc::new(graph.clone()),
             inbox: inbox.clone(),
         };
         spawn_workers(cfg, deps, &ctx.shutdown, &mut set.tasks);
@@ -166,8 +171,20 @@ impl Application for WorkerApp {
         set.names.push(FANOUT_WORKER_HEALTH);
         set.readiness.push(Arc::new(move || {
             let inbox = inbox.clone();
-            Box::pin(async move { inbox.is_live(0).await.is_ok() })
+            Box::pin(async move {
+                inbox
+                    .is_live(0)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("inbox Redis: {e}"))
+            })
         }));
+        set.readiness.push(graph.readiness());
+        set.readiness.push(feed_server::client::peer_ready(
+            "publish",
+            publish,
+            feed_clients::PUBLISH_SERVICE,
+        ));
         Ok(Some(set))
     }
 }

@@ -165,7 +165,7 @@ pub fn register(set: &mut ServiceSet, publisher: Publisher, inbox: Arc<dyn Inbox
     set.names.push(SERVICE_NAME);
     set.readiness.push(Arc::new(move || {
         let store = store.clone();
-        Box::pin(async move { store.ping().await.is_ok() })
+        Box::pin(async move { store.ping().await.map_err(|e| format!("publish storage: {e}")) })
     }));
 }
 

@@ -29,7 +29,13 @@ pub fn register(set: &mut ServiceSet, timeline: Timeline, inbox: Arc<dyn InboxSt
     set.names.push(SERVICE_NAME);
     set.readiness.push(Arc::new(move || {
         let inbox = inbox.clone();
-        Box::pin(async move { inbox.is_live(0).await.is_ok() })
+        Box::pin(async move {
+            inbox
+                .is_live(0)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("inbox Redis: {e}"))
+        })
     }));
 }
 
@@ -51,6 +57,7 @@ pub struct App;
 
 impl feed_server::Application for App {
     const NAME: &'static str = "timeline";
+    const DEFAULT_PORTS: (u16, u16) = (50063, 9093);
     const HEALTH_NAMES: &'static [&'static str] = &[SERVICE_NAME];
 
     fn check(cfg: &FeedConfig) -> anyhow::Result<()> {
@@ -61,15 +68,23 @@ impl feed_server::Application for App {
     }
 
     async fn build(cfg: &FeedConfig, ctx: &feed_server::BuildContext) -> anyhow::Result<Option<ServiceSet>> {
-        let sources = GrpcSources::new(
-            feed_server::client::balanced(&cfg.clients.follow_graph_url)?,
-            feed_server::client::balanced(&cfg.clients.publish_url)?,
-            &cfg.clients.token,
-        )?;
+        let graph = feed_server::client::balanced(&cfg.clients.follow_graph_url)?;
+        let publish = feed_server::client::balanced(&cfg.clients.publish_url)?;
+        let sources = GrpcSources::new(graph.clone(), publish.clone(), &cfg.clients.token)?;
         let limits = feed_inbox::InboxLimits::from_settings(cfg.inbox.cap, cfg.inbox.ttl_secs, cfg.redis.cluster);
         let inbox: Arc<dyn InboxStore> = Arc::new(feed_inbox::RedisInbox::connect(&cfg.redis.url, limits).await?);
         let mut set = ServiceSet::default();
         build(cfg, Arc::new(sources), inbox, &ctx.auth, &mut set);
+        set.readiness.push(feed_server::client::peer_ready(
+            "follow-graph",
+            graph,
+            feed_clients::FOLLOW_GRAPH_SERVICE,
+        ));
+        set.readiness.push(feed_server::client::peer_ready(
+            "publish",
+            publish,
+            feed_clients::PUBLISH_SERVICE,
+        ));
         Ok(Some(set))
     }
 }

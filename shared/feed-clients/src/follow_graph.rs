@@ -26,6 +26,7 @@ pub struct Follower {
 #[derive(Clone)]
 pub struct FollowGraphClient {
     client: FollowGraphServiceClient<Channel>,
+    channel: Channel,
     auth: feed_server::auth::ServiceToken,
 }
 
@@ -43,7 +44,8 @@ impl FollowGraphClient {
     /// A client on `channel` sending `token`.
     pub fn new(channel: Channel, token: &str) -> anyhow::Result<Self> {
         Ok(Self {
-            client: FollowGraphServiceClient::new(channel),
+            client: FollowGraphServiceClient::new(channel.clone()),
+            channel,
             auth: feed_server::auth::ServiceToken::new(token)?,
         })
     }
@@ -54,6 +56,11 @@ impl FollowGraphClient {
             feed_server::client::balanced(&cfg.clients.follow_graph_url)?,
             &cfg.clients.token,
         )
+    }
+
+    /// Readiness of a split process on follow-graph answering.
+    pub fn readiness(&self) -> feed_server::Readiness {
+        feed_server::client::peer_ready("follow-graph", self.channel.clone(), crate::FOLLOW_GRAPH_SERVICE)
     }
 
     fn req<T>(&self, msg: T) -> tonic::Request<T> {

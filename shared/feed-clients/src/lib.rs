@@ -7,3 +7,8 @@
 mod follow_graph;
 
 pub use follow_graph::{FOLLOW_GRAPH_BATCH, FollowGraphClient, Follower};
+
+/// The name follow-graph's health service reports it under.
+pub const FOLLOW_GRAPH_SERVICE: &str = "feed.followgraph.v1.FollowGraphService";
+/// The name publish's health service reports it under.
+pub const PUBLISH_SERVICE: &str = "feed.publish.v1.PublishService";

@@ -127,6 +127,18 @@ pub enum StorageError {
     Backend(String),
 }
 
+impl StorageError {
+    /// An embedded store that could not open `dir`, named: the usual cause
+    /// is a second process on the same data directory (each process needs
+    /// a `storage.data_dir` of its own).
+    pub fn opening(dir: &std::path::Path, e: impl std::fmt::Display) -> Self {
+        StorageError::Backend(format!(
+            "opening the store in {}: {e} (is another process using this directory? each process needs its own storage.data_dir)",
+            dir.display()
+        ))
+    }
+}
+
 impl From<StorageError> for ApiError {
     fn from(e: StorageError) -> Self {
         match e {

@@ -53,6 +53,9 @@ pub trait Application {
     const HEALTH_NAMES: &'static [&'static str];
     /// False for a process that serves health and metrics only (fanout-worker).
     const TAKES_CALLS: bool = true;
+    /// Default gRPC and admin (metrics) ports on 127.0.0.1, distinct per
+    /// binary so a split deployment on one host needs no port settings.
+    const DEFAULT_PORTS: (u16, u16);
 
     /// Applies the storage schema (`--migrate`).
     fn migrate(cfg: &FeedConfig) -> impl Future<Output = anyhow::Result<()>> {
@@ -74,7 +77,8 @@ pub trait Application {
 /// migrates, or builds and serves until SIGTERM and drains.
 pub async fn main<A: Application>() -> anyhow::Result<()> {
     let args = Args::parse();
-    let cfg = FeedConfig::load(args.config.as_deref())?;
+    let (listen, admin) = A::DEFAULT_PORTS;
+    let cfg = FeedConfig::load_with_ports(args.config.as_deref(), listen, admin)?;
     telemetry::init(&cfg.telemetry);
     if args.migrate {
         return A::migrate(&cfg).await;

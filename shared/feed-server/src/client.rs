@@ -9,7 +9,14 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::Readiness;
 
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
@@ -18,8 +25,24 @@ use tonic::transport::{Channel, Endpoint};
 const RESOLVE_EVERY: Duration = Duration::from_secs(15);
 
 /// A channel to `url` (`http://host:port`) that balances over the addresses
-/// `host` resolves to, refreshed every 15 s. Must be called inside a Tokio runtime.
+/// `host` resolves to, refreshed every 15 s; or over a fixed list of
+/// endpoints, comma-separated (`http://10.0.0.1:50051,http://10.0.0.2:50051`:
+/// replicas without DNS, as `deploy/local` runs them). Must be called
+/// inside a Tokio runtime.
 pub fn balanced(url: &str) -> anyhow::Result<Channel> {
+    if url.contains(',') {
+        let endpoints = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                Endpoint::from_shared(u.to_owned())
+                    .map(|e| e.connect_timeout(Duration::from_secs(5)))
+                    .map_err(|e| anyhow::anyhow!("{u}: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        return Ok(Channel::balance_list(endpoints.into_iter()));
+    }
     let uri: http::Uri = url.parse().map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
     let scheme = uri.scheme_str().unwrap_or("http").to_owned();
     let host = uri.host().ok_or_else(|| anyhow::anyhow!("{url}: no host"))?.to_owned();
@@ -70,6 +93,26 @@ pub fn balanced(url: &str) -> anyhow::Result<Channel> {
     Ok(channel)
 }
 
+/// Readiness on a service this one calls: `peer`'s health must report
+/// `service` SERVING. A split process that cannot reach what its calls
+/// need stays NOT_SERVING and says which peer is missing.
+pub fn peer_ready(peer: &'static str, channel: Channel, service: &'static str) -> Readiness {
+    Arc::new(move || {
+        let mut client = HealthClient::new(channel.clone());
+        Box::pin(async move {
+            let ask = client.check(HealthCheckRequest {
+                service: service.to_owned(),
+            });
+            match tokio::time::timeout(Duration::from_secs(2), ask).await {
+                Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
+                Ok(Ok(r)) => Err(format!("{peer} reports {service} as {:?}", r.get_ref().status())),
+                Ok(Err(e)) => Err(format!("{peer} unreachable: {}", e.message())),
+                Err(_) => Err(format!("{peer} did not answer its health check within 2 s")),
+            }
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +138,50 @@ mod tests {
         call.abort();
         assert!(balanced("http://127.0.0.1:1").is_ok());
         assert!(balanced("not a url").is_err());
+        assert!(balanced("http://127.0.0.1:1,not a url").is_err());
+    }
+
+    /// Two replicas listed by address: calls reach both.
+    #[tokio::test]
+    async fn a_comma_separated_list_balances_over_every_endpoint() {
+        let mut ports = Vec::new();
+        let mut accepts = Vec::new();
+        for _ in 0..2 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            ports.push(listener.local_addr().expect("addr").port());
+            accepts.push(tokio::spawn(async move { listener.accept().await.map(|_| ()) }));
+        }
+        let channel =
+            balanced(&format!("http://127.0.0.1:{}, http://127.0.0.1:{}", ports[0], ports[1])).expect("channel");
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let mut client = HealthClient::new(channel.clone());
+                tokio::spawn(async move { client.check(HealthCheckRequest { service: String::new() }).await })
+            })
+            .collect();
+        for accept in accepts {
+            tokio::time::timeout(Duration::from_secs(10), accept)
+                .await
+                .expect("every listed endpoint gets a connection")
+                .expect("join")
+                .expect("accept");
+        }
+        for c in calls {
+            c.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_is_not_listening_is_not_ready_and_named() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let ready = peer_ready(
+            "follow-graph",
+            balanced(&format!("http://127.0.0.1:{port}")).expect("channel"),
+            "x",
+        );
+        let why = ready().await.expect_err("nothing listens");
+        assert!(why.contains("follow-graph"), "{why}");
     }
 }

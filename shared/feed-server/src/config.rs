@@ -378,11 +378,21 @@ impl Default for FollowGraphConfig {
 impl FeedConfig {
     /// Loads defaults, then `file` (when given), then `FEED__*` variables.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
-        Self::load_from(file, Env::prefixed("FEED__").split("__"))
+        Self::load_from(FeedConfig::default(), file, Env::prefixed("FEED__").split("__"))
     }
 
-    fn load_from(file: Option<&Path>, env: Env) -> anyhow::Result<Self> {
-        let mut fig = Figment::from(Serialized::defaults(FeedConfig::default()));
+    /// Like [`FeedConfig::load`], with a binary's own default ports: the
+    /// service binaries each default to ports of their own, so several of
+    /// them started by hand on one host do not clash.
+    pub fn load_with_ports(file: Option<&Path>, listen: u16, admin: u16) -> anyhow::Result<Self> {
+        let mut base = FeedConfig::default();
+        base.server.listen = format!("127.0.0.1:{listen}");
+        base.server.admin_listen = format!("127.0.0.1:{admin}");
+        Self::load_from(base, file, Env::prefixed("FEED__").split("__"))
+    }
+
+    fn load_from(base: FeedConfig, file: Option<&Path>, env: Env) -> anyhow::Result<Self> {
+        let mut fig = Figment::from(Serialized::defaults(base));
         if let Some(path) = file {
             anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
             fig = fig.merge(Toml::file(path));
@@ -396,6 +406,21 @@ impl FeedConfig {
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_binary_defaults_to_its_own_ports_and_settings_still_override_them() {
+        figment::Jail::expect_with(|jail| {
+            let cfg = FeedConfig::load_with_ports(None, 50062, 9092).expect("config loads");
+            assert_eq!(
+                (cfg.server.listen.as_str(), cfg.server.admin_listen.as_str()),
+                ("127.0.0.1:50062", "127.0.0.1:9092")
+            );
+            jail.set_env("FEED__SERVER__ADMIN_LISTEN", "127.0.0.1:1");
+            let cfg = FeedConfig::load_with_ports(None, 50062, 9092).expect("config loads");
+            assert_eq!(cfg.server.admin_listen, "127.0.0.1:1");
+            Ok(())
+        });
+    }
 
     #[test]
     fn env_overrides_file_overrides_defaults() {

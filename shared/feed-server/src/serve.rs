@@ -18,8 +18,9 @@ use crate::config::ServerConfig;
 use crate::observe::ObserveLayer;
 use crate::tasks::Tasks;
 
-/// Answers whether the server's dependencies respond (storage, Redis...).
-pub type Readiness = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+/// Answers whether the server's dependencies respond (storage, Redis, the
+/// services it calls), or why not: the reason is logged while NOT_SERVING.
+pub type Readiness = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 /// The gRPC services one server hosts, already wrapped with auth. Each
 /// service crate adds itself; feedd lets every service add itself to one set.
@@ -118,10 +119,13 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
     let ready_task = tokio::spawn(async move {
         let mut last = None;
         loop {
-            let mut ok = true;
+            let mut reasons = Vec::new();
             for check in &readiness {
-                ok &= check().await;
+                if let Err(why) = check().await {
+                    reasons.push(why);
+                }
             }
+            let ok = reasons.is_empty();
             if ready_shutdown.is_triggered() {
                 return;
             }
@@ -134,7 +138,11 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
                 for name in &ready_names {
                     ready_health.set_service_status(*name, status).await;
                 }
-                tracing::info!(ready = ok, "readiness changed");
+                if ok {
+                    tracing::info!("ready: SERVING");
+                } else {
+                    tracing::warn!(reasons = %reasons.join("; "), "not ready: NOT_SERVING");
+                }
                 last = Some(ok);
             }
             let period = if ok {

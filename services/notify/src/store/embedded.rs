@@ -113,7 +113,9 @@ fn decode<M: Message + Default>(v: &[u8]) -> Result<M, StorageError> {
 impl EmbeddedNotifyStore {
     /// Opens (or creates) the store under `dir`.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        let db = Database::builder(dir).open().map_err(be)?;
+        let db = Database::builder(dir)
+            .open()
+            .map_err(|e| StorageError::opening(dir, e))?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(be);
         Ok(Self {
             events: ks("nt_events")?,

@@ -95,7 +95,9 @@ fn user_feed_key(user: UserId, feed: &FeedRef) -> Vec<u8> {
 impl EmbeddedGraphStore {
     /// Opens (or creates) the store under `dir`.
     pub fn open(dir: &Path, policy: GraphPolicy) -> Result<Self, StoreError> {
-        let db = Database::builder(dir).open().map_err(be)?;
+        let db = Database::builder(dir)
+            .open()
+            .map_err(|e| StoreError::from(feed_core::StorageError::opening(dir, e)))?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(be);
         let edge_log = ks("fg_edge_log")?;
         let blocks = ks("fg_blocks")?;

@@ -113,7 +113,9 @@ fn mode_byte(m: DeliveryMode) -> u8 {
 impl EmbeddedActivityStore {
     /// Opens (or creates) the store under `dir`.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        let db = Database::builder(dir).open().map_err(be)?;
+        let db = Database::builder(dir)
+            .open()
+            .map_err(|e| StorageError::opening(dir, e))?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(be);
         let pending_fanout = ks("pub_pending_fanout")?;
         let pulled = ks("pub_pulled")?;
