@@ -3,6 +3,7 @@
 
 pub mod inproc;
 pub mod model;
+pub mod split;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,0 +1,402 @@
+//! The split deployment as SRE runs it: every service its own process (the
+//! real binaries, started with `deploy/local/feed.toml` like
+//! `scripts/split-local.sh`), replicas balanced by the internal clients,
+//! one real Redis; on the CQL node every stateful service runs twice.
+//!
+//! Processes get free ports on 127.0.0.1 and keep them across a restart,
+//! so the peers' replica lists stay true after a SIGKILL.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use feed_server::config::ScyllaConfig;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{BFF_TOKEN, INTERNAL_TOKEN, wait_serving};
+
+/// A binary of the split deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// follow-graph.
+    FollowGraph,
+    /// publish (sweeper, edge tail, scheduled releases).
+    Publish,
+    /// timeline.
+    Timeline,
+    /// notify.
+    Notify,
+    /// fanout-worker.
+    FanoutWorker,
+}
+
+impl Role {
+    /// Every role, in start order.
+    pub const ALL: [Role; 5] = [
+        Role::FollowGraph,
+        Role::Publish,
+        Role::Timeline,
+        Role::Notify,
+        Role::FanoutWorker,
+    ];
+
+    /// The binary's file name.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Role::FollowGraph => "follow-graph",
+            Role::Publish => "publish",
+            Role::Timeline => "timeline",
+            Role::Notify => "notify",
+            Role::FanoutWorker => "fanout-worker",
+        }
+    }
+
+    fn stateful(self) -> bool {
+        matches!(self, Role::FollowGraph | Role::Publish | Role::Notify)
+    }
+}
+
+/// How many replicas of each role run.
+#[derive(Debug, Clone, Copy)]
+pub struct Topology {
+    /// follow-graph, publish and notify (stores shared only on the CQL node).
+    pub stateful: usize,
+    /// timeline.
+    pub timeline: usize,
+    /// fanout-worker.
+    pub fanout_workers: usize,
+}
+
+impl Topology {
+    /// Two of everything on the CQL node; on the embedded stores (a
+    /// directory per process) one of each stateful service.
+    pub fn default_for_store() -> Self {
+        Self {
+            stateful: if cql_nodes().is_some() { 2 } else { 1 },
+            timeline: 2,
+            fanout_workers: 2,
+        }
+    }
+
+    fn count(&self, role: Role) -> usize {
+        match role {
+            Role::Timeline => self.timeline,
+            Role::FanoutWorker => self.fanout_workers,
+            _ => self.stateful,
+        }
+    }
+}
+
+/// The CQL node of the test run, if any: the split deployment is what
+/// production runs, so it uses the node whenever the run has one.
+pub fn cql_nodes() -> Option<String> {
+    std::env::var("FEED__SCYLLA__NODES")
+        .ok()
+        .filter(|n| !n.trim().is_empty())
+}
+
+struct Replica {
+    role: Role,
+    index: usize,
+    addr: SocketAddr,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+/// The running split deployment.
+pub struct Split {
+    /// Its Redis.
+    pub redis: feed_testkit::RedisServer,
+    replicas: Vec<Replica>,
+    cql: Option<ScyllaConfig>,
+    dir: tempfile::TempDir,
+}
+
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+fn binary(role: Role) -> PathBuf {
+    let bin = target_dir().join(role.binary());
+    assert!(
+        bin.exists(),
+        "{} missing: build the service binaries first (cargo build --workspace --bins)",
+        bin.display()
+    );
+    bin
+}
+
+fn config_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local/feed.toml")
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+fn urls(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| format!("http://{a}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Split {
+    /// Starts the default topology with `env` (FEED__… settings) added to
+    /// every process; returns once every process reports SERVING.
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_with(Topology::default_for_store(), env).await
+    }
+
+    /// Starts `topology` with `env` added to every process.
+    pub async fn start_with(topology: Topology, env: &[(&str, &str)]) -> Self {
+        let redis = feed_testkit::RedisServer::start().expect("redis");
+        let dir = tempfile::tempdir().expect("dir");
+        let cql = cql_nodes().map(|nodes| ScyllaConfig::single_node(nodes, feed_testkit::cql_keyspace("split")));
+        let mut addrs: Vec<(Role, usize, SocketAddr)> = Vec::new();
+        for role in Role::ALL {
+            for i in 0..topology.count(role) {
+                addrs.push((role, i, free_addr()));
+            }
+        }
+        let of = |role: Role| -> Vec<SocketAddr> {
+            addrs
+                .iter()
+                .filter(|(r, _, _)| *r == role)
+                .map(|(_, _, a)| *a)
+                .collect()
+        };
+        let mut common: Vec<(String, String)> = vec![
+            ("FEED__REDIS__URL".into(), redis.url()),
+            ("FEED__AUTH__INTERNAL_TOKENS".into(), INTERNAL_TOKEN.into()),
+            ("FEED__AUTH__BFF_TOKENS".into(), BFF_TOKEN.into()),
+            ("FEED__CLIENTS__TOKEN".into(), INTERNAL_TOKEN.into()),
+            ("FEED__CLIENTS__FOLLOW_GRAPH_URL".into(), urls(&of(Role::FollowGraph))),
+            ("FEED__CLIENTS__PUBLISH_URL".into(), urls(&of(Role::Publish))),
+            ("FEED__SERVER__ADMIN_LISTEN".into(), String::new()),
+            ("FEED__STORAGE__SYNC_WRITES".into(), "false".into()),
+            ("FEED__TELEMETRY__LOG_FORMAT".into(), "text".into()),
+            ("NO_COLOR".into(), "1".into()),
+        ];
+        if let Some(c) = &cql {
+            common.push(("FEED__SCYLLA__NODES".into(), c.nodes.clone()));
+            common.push(("FEED__SCYLLA__KEYSPACE".into(), c.keyspace.clone()));
+            common.push(("FEED__SCYLLA__REPLICATION_FACTOR".into(), "1".into()));
+        }
+        common.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let mut split = Self {
+            redis,
+            replicas: Vec::new(),
+            cql,
+            dir,
+        };
+        if split.cql.is_some() {
+            // As the migration Job does, before any server starts.
+            for role in [Role::FollowGraph, Role::Publish, Role::Notify] {
+                let out = split
+                    .command(role, &common)
+                    .arg("--migrate")
+                    .output()
+                    .expect("migrate runs");
+                assert!(
+                    out.status.success(),
+                    "{} --migrate: {}",
+                    role.binary(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        for (role, index, addr) in addrs {
+            let mut env = common.clone();
+            env.push(("FEED__SERVER__LISTEN".into(), addr.to_string()));
+            if role.stateful() {
+                let data = split.dir.path().join(format!("{}-{index}", role.binary()));
+                env.push(("FEED__STORAGE__DATA_DIR".into(), data.display().to_string()));
+            }
+            split.replicas.push(Replica {
+                role,
+                index,
+                addr,
+                env,
+                child: None,
+            });
+        }
+        for at in 0..split.replicas.len() {
+            split.spawn(at);
+        }
+        for at in 0..split.replicas.len() {
+            split.wait_ready(at).await;
+        }
+        split
+    }
+
+    fn command(&self, role: Role, env: &[(String, String)]) -> Command {
+        let mut cmd = Command::new(binary(role));
+        // Only what this deployment sets: not the test run's own FEED__ variables.
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("FEED")) {
+            cmd.env_remove(k);
+        }
+        cmd.arg("--config").arg(config_file());
+        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd
+    }
+
+    fn log_path(&self, at: usize) -> PathBuf {
+        let r = &self.replicas[at];
+        self.dir.path().join(format!("{}-{}.log", r.role.binary(), r.index))
+    }
+
+    fn spawn(&mut self, at: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(at))
+            .expect("log file");
+        let r = &self.replicas[at];
+        let child = self
+            .command(r.role, &r.env)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("binary starts");
+        self.replicas[at].child = Some(child);
+    }
+
+    async fn wait_ready(&self, at: usize) {
+        let r = &self.replicas[at];
+        let channel = Endpoint::from_shared(format!("http://{}", r.addr))
+            .expect("url")
+            .connect_lazy();
+        if let Err(e) = wait_serving(channel, "", Duration::from_secs(90)).await {
+            panic!("{}[{}] not ready: {e}\n{}", r.role.binary(), r.index, self.log_tail(at));
+        }
+    }
+
+    fn at(&self, role: Role, index: usize) -> usize {
+        self.replicas
+            .iter()
+            .position(|r| r.role == role && r.index == index)
+            .unwrap_or_else(|| panic!("no {}[{index}]", role.binary()))
+    }
+
+    /// How many replicas of `role` run.
+    pub fn count(&self, role: Role) -> usize {
+        self.replicas.iter().filter(|r| r.role == role).count()
+    }
+
+    /// The gRPC address of one replica.
+    pub fn addr(&self, role: Role, index: usize) -> SocketAddr {
+        self.replicas[self.at(role, index)].addr
+    }
+
+    /// A channel to one replica.
+    pub fn channel(&self, role: Role, index: usize) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr(role, index)))
+            .expect("url")
+            .connect_lazy()
+    }
+
+    /// A channel balanced over every replica of `role`: calls go to any of them.
+    pub fn any(&self, role: Role) -> Channel {
+        let endpoints: Vec<Endpoint> = self
+            .replicas
+            .iter()
+            .filter(|r| r.role == role)
+            .map(|r| Endpoint::from_shared(format!("http://{}", r.addr)).expect("url"))
+            .collect();
+        Channel::balance_list(endpoints.into_iter())
+    }
+
+    /// SIGKILLs one replica.
+    pub fn kill(&mut self, role: Role, index: usize) {
+        let at = self.at(role, index);
+        if let Some(mut child) = self.replicas[at].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes every replica of `role` (SIGSTOP): their work waits, their
+    /// connections stay open. The tests hold fanout workers this way so
+    /// that reads land while jobs are pending, as in a backlog.
+    pub fn pause(&self, role: Role) {
+        self.signal(role, "-STOP");
+    }
+
+    /// Lets paused replicas of `role` run again (SIGCONT).
+    pub fn resume(&self, role: Role) {
+        self.signal(role, "-CONT");
+    }
+
+    fn signal(&self, role: Role, signal: &str) {
+        for r in self.replicas.iter().filter(|r| r.role == role) {
+            if let Some(child) = &r.child {
+                let _ = Command::new("kill").arg(signal).arg(child.id().to_string()).status();
+            }
+        }
+    }
+
+    /// Starts a killed replica again on the same port; returns once it is SERVING.
+    pub async fn restart(&mut self, role: Role, index: usize) {
+        let at = self.at(role, index);
+        assert!(self.replicas[at].child.is_none(), "{} is running", role.binary());
+        self.spawn(at);
+        self.wait_ready(at).await;
+    }
+
+    /// The last lines each process logged (for a failure message).
+    pub fn log_tail(&self, at: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path(at)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// SIGTERMs every process and waits for it to drain and exit; drops
+    /// the keyspace on the CQL node.
+    pub async fn stop(mut self) {
+        for r in &self.replicas {
+            if let Some(child) = &r.child {
+                let _ = Command::new("kill").arg("-CONT").arg(child.id().to_string()).status();
+                let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            }
+        }
+        for r in &mut self.replicas {
+            if let Some(mut child) = r.child.take() {
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if let Some(cfg) = self.cql.take()
+            && let Ok(session) = feed_cql::connect_for_schema(&cfg).await
+        {
+            let _ = session
+                .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", cfg.keyspace), ())
+                .await;
+        }
+    }
+}
+
+impl Drop for Split {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        for at in 0..self.replicas.len() {
+            if let Some(mut child) = self.replicas[at].child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            if failed {
+                let r = &self.replicas[at];
+                eprintln!("--- {}[{}] ---\n{}", r.role.binary(), r.index, self.log_tail(at));
+            }
+        }
+    }
+}

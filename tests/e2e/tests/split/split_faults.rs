@@ -1,0 +1,359 @@
+//! Faults across processes: under a mixed load (posts, direct messages,
+//! follows, timeline reads) one replica of each service in turn is
+//! SIGKILLed and restarted. The survivors keep answering; once the jobs
+//! drain, nothing acknowledged is lost and nothing reached an inbox,
+//! a timeline or a notification list twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use feed_e2e::internal;
+use feed_e2e::split::{Role, Split};
+use feed_inbox::redis_store::inbox_key;
+use feed_proto::followgraph::v1 as fg;
+use feed_proto::notify::v1 as nt;
+use feed_proto::publish::v1 as pb;
+use tokio::sync::Mutex;
+
+use crate::Clients;
+
+const AUTHORS: [u64; 3] = [1001, 1002, 1003];
+const FOLLOWERS: std::ops::RangeInclusive<u64> = 2001..=2020;
+
+/// What the load saw: acknowledged writes, and calls that failed.
+#[derive(Default)]
+struct Ledger {
+    /// Acknowledged post id → its author.
+    posts: BTreeMap<u64, u64>,
+    /// Acknowledged message id → (recipient, event id).
+    messages: BTreeMap<u64, (u64, String)>,
+    /// Acknowledged follows (follower, author).
+    follows: Vec<(u64, u64)>,
+}
+
+/// Calls per service that succeeded and failed, shared by the load tasks.
+#[derive(Default)]
+struct Counters {
+    ok: [AtomicU64; 4],
+    failed: [AtomicU64; 4],
+}
+
+const GRAPH: usize = 0;
+const PUBLISH: usize = 1;
+const TIMELINE: usize = 2;
+const NOTIFY: usize = 3;
+
+impl Counters {
+    fn record<T>(&self, service: usize, r: &Result<T, tonic::Status>) {
+        let slot = if r.is_ok() { &self.ok } else { &self.failed };
+        slot[service].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> [(u64, u64); 4] {
+        std::array::from_fn(|i| {
+            (
+                self.ok[i].load(Ordering::Relaxed),
+                self.failed[i].load(Ordering::Relaxed),
+            )
+        })
+    }
+}
+
+/// Retries `call` until it succeeds (the same request each time, so a
+/// write that landed before its process died is answered as a duplicate).
+async fn until_ok<T, F, Fut>(counters: &Counters, service: usize, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = call().await;
+        counters.record(service, &r);
+        match r {
+            Ok(v) => return v,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "still failing after 60 s: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn timed<T>(msg: T) -> tonic::Request<T> {
+    let mut r = internal(msg);
+    r.set_timeout(Duration::from_secs(5));
+    r
+}
+
+async fn load(mut c: Clients, worker: u64, stop: Arc<AtomicBool>, ledger: Arc<Mutex<Ledger>>, counters: Arc<Counters>) {
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let author = AUTHORS[(n % 3) as usize];
+        let new = pb::NewActivity {
+            actor: author,
+            verb: "post".into(),
+            object: format!("w{worker}n{n}"),
+            foreign_id: format!("load-w{worker}-{n}"),
+            ..pb::NewActivity::default()
+        };
+        let p = c.publish.clone();
+        let r = until_ok(&counters, PUBLISH, || {
+            let mut p = p.clone();
+            let new = new.clone();
+            async move {
+                p.publish(timed(pb::PublishRequest {
+                    activity: Some(new),
+                    publish_at_ms: 0,
+                }))
+                .await
+            }
+        })
+        .await
+        .into_inner();
+        ledger.lock().await.posts.insert(r.activity_id, author);
+
+        let recipient = *FOLLOWERS.start() + (n * 7 + worker) % 20;
+        let event_id = format!("load-m{worker}-{n}");
+        let notify = c.notify.clone();
+        let m = until_ok(&counters, NOTIFY, || {
+            let mut notify = notify.clone();
+            let event_id = event_id.clone();
+            async move {
+                notify
+                    .send_message(timed(nt::SendMessageRequest {
+                        event_id,
+                        sender: author,
+                        recipient,
+                        content: format!("m{worker}-{n}"),
+                    }))
+                    .await
+            }
+        })
+        .await
+        .into_inner();
+        ledger
+            .lock()
+            .await
+            .messages
+            .insert(m.notification_id, (recipient, event_id));
+
+        if n % 4 == 0 {
+            let follower = 3000 + worker * 1000 + n;
+            let graph = c.graph.clone();
+            until_ok(&counters, GRAPH, || {
+                let mut graph = graph.clone();
+                async move {
+                    graph
+                        .follow(timed(fg::FollowRequest {
+                            follower_id: follower,
+                            feed: format!("user:{author}"),
+                        }))
+                        .await
+                }
+            })
+            .await;
+            ledger.lock().await.follows.push((follower, author));
+        }
+
+        let reader = *FOLLOWERS.start() + n % 20;
+        let r = c
+            .timeline
+            .get_timeline(timed(feed_proto::timeline::v1::GetTimelineRequest {
+                user_id: reader,
+                limit: 20,
+                cursor: String::new(),
+            }))
+            .await;
+        counters.record(TIMELINE, &r);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_sigkill_of_any_replica_under_load_loses_and_duplicates_nothing() {
+    let mut split = Split::start(&[
+        // Work a dead process held is taken over in seconds, not the
+        // production minute.
+        ("FEED__PUBLISH__SWEEP_INTERVAL_MS", "500"),
+        ("FEED__PUBLISH__STALE_AFTER_MS", "3000"),
+        ("FEED__FANOUT__RECLAIM_IDLE_MS", "2000"),
+        ("FEED__NOTIFY__SWEEP_INTERVAL_MS", "500"),
+        ("FEED__NOTIFY__STALE_AFTER_MS", "3000"),
+        ("FEED__NOTIFY__RECLAIM_IDLE_MS", "2000"),
+    ])
+    .await;
+    let mut c = Clients::any(&split);
+    for follower in FOLLOWERS {
+        for author in AUTHORS {
+            c.graph
+                .follow(internal(fg::FollowRequest {
+                    follower_id: follower,
+                    feed: format!("user:{author}"),
+                }))
+                .await
+                .expect("follow");
+        }
+        // A live inbox: posts are pushed to it.
+        c.timeline_ids(follower, 20).await.expect("first read");
+    }
+    c.settled().await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let counters = Arc::new(Counters::default());
+    let tasks: Vec<_> = (0..3)
+        .map(|w| {
+            tokio::spawn(load(
+                Clients::any(&split),
+                w,
+                stop.clone(),
+                ledger.clone(),
+                counters.clone(),
+            ))
+        })
+        .collect();
+
+    let mut report = Vec::new();
+    for (role, service) in [
+        (Role::Publish, Some(PUBLISH)),
+        (Role::Timeline, Some(TIMELINE)),
+        (Role::Notify, Some(NOTIFY)),
+        (Role::FanoutWorker, None),
+        (Role::FollowGraph, Some(GRAPH)),
+    ] {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = counters.snapshot();
+        split.kill(role, 0);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let during = counters.snapshot();
+        split.restart(role, 0).await;
+        if let Some(s) = service {
+            let answered = during[s].0 - before[s].0;
+            let failed = during[s].1 - before[s].1;
+            report.push(format!(
+                "{}: {answered} answered, {failed} failed while down",
+                role.binary()
+            ));
+            if split.count(role) > 1 {
+                assert!(answered > 0, "no {} replica answered while one was down", role.binary());
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("load task");
+    }
+    // Everything acknowledged has run once the jobs drain (work held by a
+    // killed process is re-driven by the sweepers and reclaimed from the streams).
+    c.settled().await;
+    let ledger = ledger.lock().await;
+
+    let mut lost = 0usize;
+    let mut duplicated = 0usize;
+    let mut problems = Vec::new();
+    let client = redis::Client::open(split.redis.url()).expect("redis url");
+    let mut redis = client.get_multiplexed_async_connection().await.expect("redis");
+    for follower in FOLLOWERS {
+        let ids = c.timeline_ids(follower, 100).await.expect("timeline");
+        let distinct: BTreeSet<u64> = ids.iter().copied().collect();
+        duplicated += ids.len() - distinct.len();
+        let inbox: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+            .arg(inbox_key(follower))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut redis)
+            .await
+            .expect("inbox");
+        let inbox: BTreeSet<u64> = inbox
+            .iter()
+            .filter_map(|m| <[u8; 8]>::try_from(m.as_slice()).ok().map(u64::from_be_bytes))
+            .collect();
+        for id in ledger.posts.keys() {
+            if !distinct.contains(id) {
+                lost += 1;
+                problems.push(format!("post {id} missing from {follower}'s timeline"));
+            } else if !inbox.contains(id) {
+                lost += 1;
+                problems.push(format!("post {id} never pushed to {follower}'s inbox"));
+            }
+        }
+    }
+    for (follower, author) in &ledger.follows {
+        let r = c
+            .graph
+            .get_relationships(internal(fg::GetRelationshipsRequest {
+                user_id: *follower,
+                target_user_ids: vec![*author],
+                feeds: vec![],
+            }))
+            .await
+            .expect("relationships")
+            .into_inner();
+        if !r.relationships.iter().any(|r| r.following) {
+            lost += 1;
+            problems.push(format!("follow {follower} -> {author} lost"));
+        }
+    }
+    let mut by_recipient: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for (id, (recipient, _)) in ledger.messages.iter() {
+        by_recipient.entry(*recipient).or_default().push(*id);
+    }
+    for (recipient, sent) in by_recipient {
+        let mut listed = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let r = c
+                .notify
+                .list_notifications(internal(nt::ListNotificationsRequest {
+                    user_id: recipient,
+                    kinds: vec![nt::NotificationKind::Message as i32],
+                    limit: 100,
+                    cursor: cursor.clone(),
+                    ..nt::ListNotificationsRequest::default()
+                }))
+                .await
+                .expect("list")
+                .into_inner();
+            listed.extend(r.notifications.iter().map(|n| (n.id, n.content.clone())));
+            if r.next_cursor.is_empty() {
+                break;
+            }
+            cursor = r.next_cursor;
+        }
+        let ids: BTreeSet<u64> = listed.iter().map(|(id, _)| *id).collect();
+        let contents: BTreeSet<&String> = listed.iter().map(|(_, c)| c).collect();
+        duplicated += listed.len() - ids.len();
+        duplicated += listed.len() - contents.len();
+        for id in sent {
+            if !ids.contains(&id) {
+                lost += 1;
+                problems.push(format!("message {id} missing from {recipient}'s notifications"));
+            }
+        }
+    }
+    let totals = counters.snapshot();
+    println!(
+        "split faults: acknowledged writes: {} posts (x{} followers), {} messages, {} follows; lost = {lost}, duplicated = {duplicated}",
+        ledger.posts.len(),
+        FOLLOWERS.count(),
+        ledger.messages.len(),
+        ledger.follows.len(),
+    );
+    println!(
+        "calls (ok, failed): follow-graph {:?}, publish {:?}, timeline {:?}, notify {:?}",
+        totals[GRAPH], totals[PUBLISH], totals[TIMELINE], totals[NOTIFY]
+    );
+    for line in &report {
+        println!("  {line}");
+    }
+    assert!(
+        !ledger.posts.is_empty() && !ledger.messages.is_empty(),
+        "the load made no progress"
+    );
+    assert_eq!((lost, duplicated), (0, 0), "{problems:#?}");
+    split.stop().await;
+}
