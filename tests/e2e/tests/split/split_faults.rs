@@ -141,7 +141,7 @@ async fn load(mut c: Clients, worker: u64, stop: Arc<AtomicBool>, ledger: Arc<Mu
             .messages
             .insert(m.notification_id, (recipient, event_id));
 
-        if n % 4 == 0 {
+        if n.is_multiple_of(4) {
             let follower = 3000 + worker * 1000 + n;
             let graph = c.graph.clone();
             until_ok(&counters, GRAPH, || {
