@@ -1,17 +1,25 @@
 //! Channels to other services, balanced over every address their name
-//! resolves to.
+//! resolves to, with dead replicas taken out of the rotation.
 //!
 //! A tonic channel to one URL opens one HTTP/2 connection and sends every
 //! call down it: behind a Kubernetes ClusterIP Service that pins a client to
 //! one pod. Pointed at a headless Service, whose DNS name resolves to every
 //! ready pod, [`balanced`] keeps one endpoint per address and re-resolves
 //! periodically, so calls spread over the replicas and follow scaling.
+//!
+//! tonic's balancer keeps picking an endpoint whose process died (its
+//! reconnect reports ready and fails the call), and DNS keeps a dead pod's
+//! address for seconds: half the calls would fail until the next
+//! resolution. So every address is probed (a TCP connect) every 250 ms,
+//! and one that refuses is ejected until it accepts again; when none
+//! accepts, all stay (calls then fail fast rather than wait for nothing).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc::Sender;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -23,74 +31,124 @@ use tonic::transport::{Channel, Endpoint};
 
 /// How often names are resolved again.
 const RESOLVE_EVERY: Duration = Duration::from_secs(15);
+/// How often every address is probed.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+/// A probe not accepted in this long counts as refused.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// A channel to `url` (`http://host:port`) that balances over the addresses
-/// `host` resolves to, refreshed every 15 s; or over a fixed list of
-/// endpoints, comma-separated (`http://10.0.0.1:50051,http://10.0.0.2:50051`:
-/// replicas without DNS, as `deploy/local` runs them). Must be called
-/// inside a Tokio runtime.
-pub fn balanced(url: &str) -> anyhow::Result<Channel> {
-    if url.contains(',') {
-        let endpoints = url
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(|u| {
-                Endpoint::from_shared(u.to_owned())
-                    .map(|e| e.connect_timeout(Duration::from_secs(5)))
-                    .map_err(|e| anyhow::anyhow!("{u}: {e}"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        return Ok(Channel::balance_list(endpoints.into_iter()));
-    }
+/// One `scheme://host:port` of the configured list.
+#[derive(Debug, Clone)]
+struct Target {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+fn target(url: &str) -> anyhow::Result<Target> {
     let uri: http::Uri = url.parse().map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
     let scheme = uri.scheme_str().unwrap_or("http").to_owned();
     let host = uri.host().ok_or_else(|| anyhow::anyhow!("{url}: no host"))?.to_owned();
     let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
-    // A literal address needs no discovery.
-    if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
-        return Ok(Endpoint::from_shared(url.to_owned())?.connect_lazy());
+    Ok(Target { scheme, host, port })
+}
+
+/// A channel to `url` (`http://host:port`) that balances over the addresses
+/// `host` resolves to, refreshed every 15 s; or over a list of endpoints,
+/// comma-separated (`http://10.0.0.1:50051,http://10.0.0.2:50051`: replicas
+/// without DNS, as `deploy/local` runs them). Addresses that refuse
+/// connections are left out until they accept again. Must be called inside
+/// a Tokio runtime.
+pub fn balanced(url: &str) -> anyhow::Result<Channel> {
+    let targets = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(target)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!targets.is_empty(), "{url:?}: no endpoint");
+    // One literal address: nothing to discover, nothing to fail over to.
+    if let [t] = targets.as_slice()
+        && (t.host.parse::<std::net::IpAddr>().is_ok() || t.host.starts_with('['))
+    {
+        return Ok(Endpoint::from_shared(url.trim().to_owned())?.connect_lazy());
     }
     let (channel, tx) = Channel::balance_channel::<SocketAddr>(64);
-    tokio::spawn(async move {
-        let mut known: HashSet<SocketAddr> = HashSet::new();
-        loop {
-            match tokio::net::lookup_host((host.as_str(), port)).await {
-                Ok(addrs) => {
-                    let now: HashSet<SocketAddr> = addrs.collect();
-                    for gone in known.difference(&now) {
-                        if tx.send(Change::Remove(*gone)).await.is_err() {
-                            return;
-                        }
-                    }
-                    for new in now.difference(&known) {
-                        // The authority stays the service name (TLS, routing); the socket goes to the pod.
-                        let endpoint = match Endpoint::from_shared(format!("{scheme}://{new}")) {
-                            Ok(e) => e.connect_timeout(Duration::from_secs(5)),
-                            Err(e) => {
-                                tracing::warn!(error = %e, %new, "bad endpoint");
-                                continue;
-                            }
-                        };
-                        if tx.send(Change::Insert(*new, endpoint)).await.is_err() {
-                            return;
-                        }
-                    }
-                    if now.is_empty() {
-                        tracing::warn!(%host, "name resolves to no address; keeping the last known");
-                    } else {
-                        known = now;
-                    }
-                }
-                Err(e) => tracing::warn!(%host, error = %e, "resolving a service failed; keeping the last known"),
+    tokio::spawn(keep_endpoints(targets, tx));
+    Ok(channel)
+}
+
+/// Resolves the targets every [`RESOLVE_EVERY`], probes every address every
+/// [`PROBE_EVERY`], and keeps the balancer's endpoints to those that accept.
+async fn keep_endpoints(targets: Vec<Target>, tx: Sender<Change<SocketAddr, Endpoint>>) {
+    // Address → the scheme it is called with.
+    let mut known: HashMap<SocketAddr, String> = HashMap::new();
+    let mut inserted: HashSet<SocketAddr> = HashSet::new();
+    let mut resolved_at: Option<tokio::time::Instant> = None;
+    loop {
+        if resolved_at.is_none_or(|t| t.elapsed() >= RESOLVE_EVERY) {
+            let now = resolve(&targets).await;
+            if now.is_empty() {
+                tracing::warn!(?targets, "endpoints resolve to no address; keeping the last known");
+            } else {
+                known = now;
             }
-            tokio::time::sleep(RESOLVE_EVERY).await;
-            if tx.is_closed() {
+            resolved_at = Some(tokio::time::Instant::now());
+        }
+        let probes = known.keys().map(|addr| async move {
+            let up = matches!(
+                tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
+                Ok(Ok(_))
+            );
+            (*addr, up)
+        });
+        let up: HashSet<SocketAddr> = futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .filter_map(|(a, up)| up.then_some(a))
+            .collect();
+        let want: HashSet<SocketAddr> = if up.is_empty() {
+            known.keys().copied().collect()
+        } else {
+            up
+        };
+        for gone in inserted.difference(&want) {
+            tracing::info!(addr = %gone, "endpoint left the rotation");
+            if tx.send(Change::Remove(*gone)).await.is_err() {
                 return;
             }
         }
-    });
-    Ok(channel)
+        for new in want.difference(&inserted) {
+            let scheme = known.get(new).map_or("http", String::as_str);
+            let endpoint = match Endpoint::from_shared(format!("{scheme}://{new}")) {
+                Ok(e) => e.connect_timeout(Duration::from_secs(5)),
+                Err(e) => {
+                    tracing::warn!(error = %e, %new, "bad endpoint");
+                    continue;
+                }
+            };
+            if tx.send(Change::Insert(*new, endpoint)).await.is_err() {
+                return;
+            }
+        }
+        inserted = want;
+        tokio::time::sleep(PROBE_EVERY).await;
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
+
+/// Every address the targets resolve to now (a name that fails to resolve
+/// contributes nothing this round).
+async fn resolve(targets: &[Target]) -> HashMap<SocketAddr, String> {
+    let mut out = HashMap::new();
+    for t in targets {
+        match tokio::net::lookup_host((t.host.trim_matches(['[', ']']), t.port)).await {
+            Ok(addrs) => out.extend(addrs.map(|a| (a, t.scheme.clone()))),
+            Err(e) => tracing::warn!(host = %t.host, error = %e, "resolving a service failed"),
+        }
+    }
+    out
 }
 
 /// Readiness on a service this one calls: `peer`'s health must report
@@ -141,33 +199,49 @@ mod tests {
         assert!(balanced("http://127.0.0.1:1,not a url").is_err());
     }
 
-    /// Two replicas listed by address: calls reach both.
+    /// A health server on a free port, stopped when the sender fires.
+    async fn health_server() -> (u16, tokio::sync::oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (_, service) = tonic_health::server::health_reporter();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async {
+                    let _ = stopped.await;
+                }),
+        );
+        (port, stop)
+    }
+
+    /// Two replicas listed by address; one dies: after the probe period
+    /// every call goes to the survivor.
     #[tokio::test]
-    async fn a_comma_separated_list_balances_over_every_endpoint() {
-        let mut ports = Vec::new();
-        let mut accepts = Vec::new();
-        for _ in 0..2 {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            ports.push(listener.local_addr().expect("addr").port());
-            accepts.push(tokio::spawn(async move { listener.accept().await.map(|_| ()) }));
-        }
-        let channel =
-            balanced(&format!("http://127.0.0.1:{}, http://127.0.0.1:{}", ports[0], ports[1])).expect("channel");
-        let calls: Vec<_> = (0..8)
-            .map(|_| {
-                let mut client = HealthClient::new(channel.clone());
-                tokio::spawn(async move { client.check(HealthCheckRequest { service: String::new() }).await })
-            })
-            .collect();
-        for accept in accepts {
-            tokio::time::timeout(Duration::from_secs(10), accept)
+    async fn a_replica_that_dies_leaves_the_rotation_and_calls_reach_the_survivor() {
+        let (a, stop_a) = health_server().await;
+        let (b, _keep_b) = health_server().await;
+        let channel = balanced(&format!("http://127.0.0.1:{a}, http://127.0.0.1:{b}")).expect("channel");
+        let call = || {
+            let mut client = HealthClient::new(channel.clone());
+            async move {
+                tokio::time::timeout(
+                    Duration::from_secs(5),
+                    client.check(HealthCheckRequest { service: String::new() }),
+                )
                 .await
-                .expect("every listed endpoint gets a connection")
-                .expect("join")
-                .expect("accept");
+                .expect("answered in time")
+            }
+        };
+        for _ in 0..10 {
+            call().await.expect("both replicas up");
         }
-        for c in calls {
-            c.abort();
+        let _ = stop_a.send(());
+        tokio::time::sleep(PROBE_EVERY * 4).await;
+        for i in 0..40 {
+            call()
+                .await
+                .unwrap_or_else(|e| panic!("call {i} after a replica died: {e}"));
         }
     }
 

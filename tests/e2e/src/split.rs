@@ -301,15 +301,17 @@ impl Split {
             .connect_lazy()
     }
 
-    /// A channel balanced over every replica of `role`: calls go to any of them.
+    /// A channel balanced over every replica of `role` the way the services'
+    /// own clients balance (`feed_server::client::balanced`): calls go to
+    /// any live replica.
     pub fn any(&self, role: Role) -> Channel {
-        let endpoints: Vec<Endpoint> = self
+        let list: Vec<SocketAddr> = self
             .replicas
             .iter()
             .filter(|r| r.role == role)
-            .map(|r| Endpoint::from_shared(format!("http://{}", r.addr)).expect("url"))
+            .map(|r| r.addr)
             .collect();
-        Channel::balance_list(endpoints.into_iter())
+        feed_server::client::balanced(&urls(&list)).expect("balanced channel")
     }
 
     /// SIGKILLs one replica.

@@ -227,19 +227,34 @@ async fn split_sigkill_of_any_replica_under_load_loses_and_duplicates_nothing() 
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = counters.snapshot();
         split.kill(role, 0);
+        // Clients take a dead replica out of their rotation within a
+        // probe period (250 ms); from then on nothing may fail.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ejected = counters.snapshot();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let during = counters.snapshot();
         split.restart(role, 0).await;
+        let failed_after_ejection: u64 = (0..4).map(|s| during[s].1 - ejected[s].1).sum();
         if let Some(s) = service {
             let answered = during[s].0 - before[s].0;
             let failed = during[s].1 - before[s].1;
             report.push(format!(
-                "{}: {answered} answered, {failed} failed while down",
+                "{} killed: its calls {answered} answered, {failed} failed while down; {failed_after_ejection} calls failed anywhere after the first second",
                 role.binary()
             ));
             if split.count(role) > 1 {
                 assert!(answered > 0, "no {} replica answered while one was down", role.binary());
             }
+        }
+        if split.count(role) > 1 {
+            assert_eq!(
+                failed_after_ejection,
+                0,
+                "calls failed a second after {}[0] died: {:?} -> {:?}",
+                role.binary(),
+                ejected,
+                during
+            );
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
