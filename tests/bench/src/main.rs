@@ -24,9 +24,12 @@ use futures::StreamExt;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
+mod split_bench;
 mod timeline_bench;
 
-const TOKEN: &str = "bench-token";
+/// The internal token of every platform the benches start (the split
+/// deployment's processes are configured with it).
+const TOKEN: &str = feed_e2e::INTERNAL_TOKEN;
 
 #[derive(Parser)]
 struct Args {
@@ -62,6 +65,25 @@ enum Cmd {
         /// Concurrency levels.
         #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
         concurrency: Vec<usize>,
+    },
+    /// The split deployment (a process per service): GetTimeline against a
+    /// minimal gRPC + gRPC + Redis server, and publish -> visible.
+    Split {
+        /// Users on the power-law follow graph.
+        #[arg(long, default_value_t = 10_000)]
+        users: u64,
+        /// Requests per concurrency level.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Concurrency levels.
+        #[arg(long, value_delimiter = ',', default_value = "16,64")]
+        concurrency: Vec<usize>,
+        /// Push-mode followers of the author in the publish -> visible run.
+        #[arg(long, default_value_t = 10_000)]
+        followers: u64,
+        /// Posts measured in the publish -> visible run.
+        #[arg(long, default_value_t = 50)]
+        posts: usize,
     },
 }
 
@@ -316,6 +338,13 @@ async fn main() -> anyhow::Result<()> {
                 requests,
                 concurrency,
             } => timeline_bench::run(users, requests, concurrency).await,
+            Cmd::Split {
+                users,
+                requests,
+                concurrency,
+                followers,
+                posts,
+            } => split_bench::run(users, requests, concurrency, followers, posts).await,
         }
     };
     // Interrupted (Ctrl-C, a timeout's SIGTERM), the bench is dropped, and

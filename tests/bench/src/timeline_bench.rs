@@ -21,17 +21,17 @@ use tonic::transport::Channel;
 use crate::{req, start_platform, wait_idle};
 
 /// A deterministic generator (xorshift), so runs are comparable.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
     /// A power-law pick in 1..=n: low ids are the celebrities.
-    fn zipf(&mut self, n: u64) -> u64 {
+    pub(crate) fn zipf(&mut self, n: u64) -> u64 {
         let u = (self.next() % 1_000_000) as f64 / 1_000_000.0;
         ((n as f64).powf(u)).floor().max(1.0) as u64
     }
@@ -87,7 +87,7 @@ impl TimelineService for Raw {
 
 /// Latencies of one drive, how long it took and the CPU it used.
 #[derive(Default)]
-struct Samples {
+pub(crate) struct Samples {
     latencies: Vec<Duration>,
     elapsed: f64,
     /// CPU seconds of this process (client and server) and the redis-server.
@@ -95,7 +95,7 @@ struct Samples {
 }
 
 impl Samples {
-    fn add(&mut self, other: Samples) {
+    pub(crate) fn add(&mut self, other: Samples) {
         self.latencies.extend(other.latencies);
         self.elapsed += other.elapsed;
         self.cpu += other.cpu;
@@ -104,12 +104,12 @@ impl Samples {
     /// CPU microseconds per request: steadier than req/s when client,
     /// server and Redis share two cores and the scheduler's interleaving
     /// moves throughput from round to round.
-    fn cpu_per_request(&self) -> f64 {
+    pub(crate) fn cpu_per_request(&self) -> f64 {
         self.cpu * 1e6 / self.latencies.len().max(1) as f64
     }
 
     /// (req/s, p50 ms, p99 ms).
-    fn summary(mut self) -> (f64, f64, f64) {
+    pub(crate) fn summary(mut self) -> (f64, f64, f64) {
         self.latencies.sort();
         let all = &self.latencies;
         let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
@@ -119,18 +119,25 @@ impl Samples {
 
 /// Timeline and raw limit run in alternating rounds, so a change in the
 /// machine's state during a level weighs on both sides alike.
-const ROUNDS: usize = 4;
+pub(crate) const ROUNDS: usize = 4;
 
-/// CPU seconds used so far by this process and by the redis-server.
-async fn cpu_seconds(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
+/// CPU seconds one process has used (`self` or a pid).
+fn process_cpu(proc: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{proc}/stat")) else {
+        return 0.0;
+    };
     // Fields after the command name: state is the first, utime the 12th, stime the 13th (in 1/100 s).
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    let process = (ticks(11) + ticks(12)) / 100.0;
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds used so far by this process, the processes `pids` and the redis-server.
+pub(crate) async fn cpu_seconds(redis: &mut redis::aio::MultiplexedConnection, pids: &[u32]) -> anyhow::Result<f64> {
+    let process = process_cpu("self") + pids.iter().map(|p| process_cpu(&p.to_string())).sum::<f64>();
     let info: String = redis::cmd("INFO").arg("cpu").query_async(redis).await?;
     let server: f64 = info
         .lines()
@@ -141,16 +148,18 @@ async fn cpu_seconds(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::R
     Ok(process + server)
 }
 
-/// Runs `requests` GetTimeline calls at concurrency `c`; round `round` picks its own users.
-async fn drive(
+/// Runs `requests` GetTimeline calls at concurrency `c`; round `round`
+/// picks its own users. CPU counts this process, `pids` and Redis.
+pub(crate) async fn drive(
     channel: Channel,
     redis: &mut redis::aio::MultiplexedConnection,
+    pids: &[u32],
     users: u64,
     requests: usize,
     c: usize,
     round: usize,
 ) -> anyhow::Result<Samples> {
-    let cpu = cpu_seconds(redis).await?;
+    let cpu = cpu_seconds(redis, pids).await?;
     let start = Instant::now();
     let per = requests / c;
     let tasks: Vec<_> = (0..c)
@@ -183,7 +192,7 @@ async fn drive(
     Ok(Samples {
         latencies,
         elapsed,
-        cpu: cpu_seconds(redis).await? - cpu,
+        cpu: cpu_seconds(redis, pids).await? - cpu,
     })
 }
 
@@ -203,6 +212,56 @@ pub async fn run(users: u64, requests: usize, levels: Vec<usize>) -> anyhow::Res
         .get_multiplexed_async_connection()
         .await?;
 
+    populate(channel.clone(), channel.clone(), &mut conn, users).await?;
+
+    let raw_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let raw_addr = raw_listener.local_addr()?;
+    let raw = Raw { conn: conn.clone() };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TimelineServiceServer::new(raw))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(raw_listener).with_nodelay(Some(true))),
+    );
+    let raw_channel = Channel::from_shared(format!("http://{raw_addr}"))?.connect().await?;
+
+    let mut last = String::new();
+    for c in levels {
+        // Warm both paths, then measure them in alternating rounds.
+        drive(channel.clone(), &mut conn, &[], users, 200, c.min(200), 0).await?;
+        drive(raw_channel.clone(), &mut conn, &[], users, 200, c.min(200), 0).await?;
+        let (mut ours, mut raw) = (Samples::default(), Samples::default());
+        for round in 0..ROUNDS {
+            ours.add(drive(channel.clone(), &mut conn, &[], users, requests / ROUNDS, c, round).await?);
+            raw.add(drive(raw_channel.clone(), &mut conn, &[], users, requests / ROUNDS, c, round).await?);
+        }
+        let (cpu, raw_cpu) = (ours.cpu_per_request(), raw.cpu_per_request());
+        let (rate, p50, p99) = ours.summary();
+        let (raw_rate, raw_p50, raw_p99) = raw.summary();
+        println!(
+            "c={c}: {rate:.0} req/s p50 {p50:.2} ms p99 {p99:.2} ms; raw gRPC+Redis {raw_rate:.0} req/s p50 {raw_p50:.2} ms p99 {raw_p99:.2} ms; \
+             CPU per request (client, server, Redis) {cpu:.0} us vs raw {raw_cpu:.0} us ({:.0}%)",
+            100.0 * raw_cpu / cpu
+        );
+        last = format!(
+            "timeline: {rate:.0} req/s p50 {p50:.2} ms p99 {p99:.2} ms at c={c} = {:.0}% of raw gRPC+Redis ({raw_rate:.0} req/s)",
+            100.0 * rate / raw_rate
+        );
+    }
+    platform.shutdown.trigger();
+    let _ = platform.task.await;
+    println!("{last}");
+    Ok(())
+}
+
+/// The timeline benches' data: every user active (a live inbox), a
+/// power-law follow graph (20 follows per user, low ids the celebrities),
+/// 2,000 posts from power-law authors, fanned out.
+pub(crate) async fn populate(
+    graph: Channel,
+    publish: Channel,
+    conn: &mut redis::aio::MultiplexedConnection,
+    users: u64,
+) -> anyhow::Result<()> {
     // Every user is active: a live inbox before anything is posted.
     for chunk in (1..=users).collect::<Vec<_>>().chunks(1000) {
         let mut pipe = redis::pipe();
@@ -210,7 +269,7 @@ pub async fn run(users: u64, requests: usize, levels: Vec<usize>) -> anyhow::Res
             pipe.cmd("SET").arg(floor_key(*u)).arg(&0u64.to_be_bytes()[..]).ignore();
             pipe.cmd("ZADD").arg(inbox_key(*u)).arg(0).arg(LIVE_MARK).ignore();
         }
-        let _: () = pipe.query_async(&mut conn).await?;
+        let _: () = pipe.query_async(conn).await?;
     }
     // Power-law follow graph: each user follows 20 authors, low ids far more often.
     let t = Instant::now();
@@ -224,7 +283,7 @@ pub async fn run(users: u64, requests: usize, levels: Vec<usize>) -> anyhow::Res
             }
         }
     }
-    let graph = FollowGraphServiceClient::new(channel.clone());
+    let graph = FollowGraphServiceClient::new(graph);
     futures::stream::iter(follows)
         .for_each_concurrent(64, |(u, t)| {
             let mut g = graph.clone();
@@ -238,7 +297,7 @@ pub async fn run(users: u64, requests: usize, levels: Vec<usize>) -> anyhow::Res
             }
         })
         .await;
-    let mut publish = PublishServiceClient::new(channel.clone());
+    let mut publish = PublishServiceClient::new(publish);
     wait_idle(&mut publish).await?;
     // Posts from power-law authors fill the inboxes through fanout (celebrities are pulled).
     let posts = 2_000;
@@ -267,42 +326,5 @@ pub async fn run(users: u64, requests: usize, levels: Vec<usize>) -> anyhow::Res
         "set-up: {users} users, {posts} posts in {:.1}s",
         t.elapsed().as_secs_f64()
     );
-
-    let raw_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let raw_addr = raw_listener.local_addr()?;
-    let raw = Raw { conn: conn.clone() };
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TimelineServiceServer::new(raw))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(raw_listener).with_nodelay(Some(true))),
-    );
-    let raw_channel = Channel::from_shared(format!("http://{raw_addr}"))?.connect().await?;
-
-    let mut last = String::new();
-    for c in levels {
-        // Warm both paths, then measure them in alternating rounds.
-        drive(channel.clone(), &mut conn, users, 200, c.min(200), 0).await?;
-        drive(raw_channel.clone(), &mut conn, users, 200, c.min(200), 0).await?;
-        let (mut ours, mut raw) = (Samples::default(), Samples::default());
-        for round in 0..ROUNDS {
-            ours.add(drive(channel.clone(), &mut conn, users, requests / ROUNDS, c, round).await?);
-            raw.add(drive(raw_channel.clone(), &mut conn, users, requests / ROUNDS, c, round).await?);
-        }
-        let (cpu, raw_cpu) = (ours.cpu_per_request(), raw.cpu_per_request());
-        let (rate, p50, p99) = ours.summary();
-        let (raw_rate, raw_p50, raw_p99) = raw.summary();
-        println!(
-            "c={c}: {rate:.0} req/s p50 {p50:.2} ms p99 {p99:.2} ms; raw gRPC+Redis {raw_rate:.0} req/s p50 {raw_p50:.2} ms p99 {raw_p99:.2} ms; \
-             CPU per request (client, server, Redis) {cpu:.0} us vs raw {raw_cpu:.0} us ({:.0}%)",
-            100.0 * raw_cpu / cpu
-        );
-        last = format!(
-            "timeline: {rate:.0} req/s p50 {p50:.2} ms p99 {p99:.2} ms at c={c} = {:.0}% of raw gRPC+Redis ({raw_rate:.0} req/s)",
-            100.0 * rate / raw_rate
-        );
-    }
-    platform.shutdown.trigger();
-    let _ = platform.task.await;
-    println!("{last}");
     Ok(())
 }

@@ -113,13 +113,20 @@ pub struct Split {
     dir: tempfile::TempDir,
 }
 
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+/// Where the service binaries are: beside the running binary (a bench in
+/// `target/release`), or one level up from a test in `target/<profile>/deps`.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("binary path");
+    let dir = exe.parent().expect("binary dir");
+    if dir.ends_with("deps") {
+        dir.parent().expect("profile dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 fn binary(role: Role) -> PathBuf {
-    let bin = target_dir().join(role.binary());
+    let bin = bin_dir().join(role.binary());
     assert!(
         bin.exists(),
         "{} missing: build the service binaries first (cargo build --workspace --bins)",
@@ -156,6 +163,11 @@ impl Split {
     /// Starts `topology` with `env` added to every process.
     pub async fn start_with(topology: Topology, env: &[(&str, &str)]) -> Self {
         let redis = feed_testkit::RedisServer::start().expect("redis");
+        Self::start_on(redis, topology, env).await
+    }
+
+    /// Starts `topology` on `redis` (a bench's, with its own settings).
+    pub async fn start_on(redis: feed_testkit::RedisServer, topology: Topology, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("dir");
         let cql = cql_nodes().map(|nodes| ScyllaConfig::single_node(nodes, feed_testkit::cql_keyspace("split")));
         let mut addrs: Vec<(Role, usize, SocketAddr)> = Vec::new();
@@ -312,6 +324,14 @@ impl Split {
             .map(|r| r.addr)
             .collect();
         feed_server::client::balanced(&urls(&list)).expect("balanced channel")
+    }
+
+    /// The process ids of the running replicas (a bench adds up their CPU).
+    pub fn pids(&self) -> Vec<u32> {
+        self.replicas
+            .iter()
+            .filter_map(|r| r.child.as_ref().map(Child::id))
+            .collect()
     }
 
     /// SIGKILLs one replica.
