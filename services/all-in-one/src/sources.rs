@@ -9,7 +9,7 @@ use feed_inbox::InboxStore;
 use feed_proto::common::v1::Activity;
 use follow_graph::FollowGraph;
 use publish::Publisher;
-use timeline::sources::{Entry, ReaderRelation};
+use timeline::sources::{Entry, ReaderRelation, Round, RoundRequest};
 
 /// follow-graph and publish called directly.
 #[derive(Clone)]
@@ -81,9 +81,8 @@ impl timeline::Sources for InProcessSources {
         Ok(self.publisher.get(ids, false).await?.0)
     }
 
-    async fn pending(&self, user: UserId) -> Result<(Option<u64>, Vec<FeedRef>), ApiError> {
-        let w = self.publisher.pending_work(user).await?;
-        Ok((w.fanout_from, w.backfill_feeds))
+    async fn gather(&self, req: RoundRequest<'_>) -> Result<Round, ApiError> {
+        feed_inbox::home::gather(&self.publisher, self.inbox.as_ref(), req).await
     }
 
     async fn rebuild(&self, user: UserId) -> Result<(), ApiError> {

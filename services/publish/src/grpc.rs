@@ -332,6 +332,57 @@ impl PublishService for PublishGrpc {
         }))
     }
 
+    async fn read_home(&self, req: Request<pb::ReadHomeRequest>) -> Result<Response<pb::ReadHomeResponse>, Status> {
+        Caller::of(&req)?.require_internal()?;
+        let r = req.get_ref();
+        let user = validate::user_id("user_id", r.user_id)?;
+        validate::batch_len("feeds", &r.feeds, 1000)?;
+        let feeds = r
+            .feeds
+            .iter()
+            .enumerate()
+            .map(|(i, f)| FeedRef::parse_field(&format!("feeds[{i}]"), f))
+            .collect::<Result<Vec<_>, _>>()?;
+        let batch = validate::page_size("limit", r.limit, 100, 1000)?;
+        if r.hydrate > 500 {
+            return Err(ApiError::invalid("hydrate", "must be at most 500").into());
+        }
+        let round = feed_inbox::home::gather(
+            &self.publisher,
+            self.inbox.as_ref(),
+            feed_inbox::home::RoundRequest {
+                user,
+                feeds: &feeds,
+                before: (r.before_id != 0).then_some(r.before_id),
+                batch,
+                hydrate: r.hydrate as usize,
+                missing_as_empty: r.missing_as_empty,
+            },
+        )
+        .await?;
+        Ok(Response::new(pb::ReadHomeResponse {
+            inbox_live: round.live,
+            hits: round
+                .hits
+                .into_iter()
+                .map(|h| match h.feed {
+                    Some((feed, mode)) => pb::HomeHit {
+                        id: h.id,
+                        feed: feed.to_string(),
+                        mode: mode as i32,
+                    },
+                    None => pb::HomeHit {
+                        id: h.id,
+                        ..pb::HomeHit::default()
+                    },
+                })
+                .collect(),
+            bound_id: round.bound.unwrap_or(0),
+            hydrated: round.hydrated as u32,
+            activities: round.activities.into_iter().map(Arc::unwrap_or_clone).collect(),
+        }))
+    }
+
     async fn fail_job(&self, req: Request<pb::FailJobRequest>) -> Result<Response<pb::FailJobResponse>, Status> {
         Caller::of(&req)?.require_internal()?;
         let r = req.get_ref();

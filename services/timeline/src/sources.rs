@@ -10,16 +10,7 @@ use feed_proto::publish::v1 as pb;
 use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
 use tonic::transport::Channel;
 
-/// One outbox entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// Activity id.
-    pub id: u64,
-    /// The feed whose outbox holds it.
-    pub feed: FeedRef,
-    /// How it reached that feed's followers.
-    pub mode: DeliveryMode,
-}
+pub use feed_inbox::home::{Entry, Hit, Round, RoundRequest};
 
 /// How a reader relates to an actor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,14 +37,14 @@ pub trait Sources: Send + Sync + 'static {
         limit: usize,
         pull_only: bool,
     ) -> Result<(Vec<Entry>, bool), ApiError>;
+    /// One round of a home read (`feed_inbox::home`): pending work, then
+    /// the inbox page, the outboxes and the newest candidates hydrated.
+    async fn gather(&self, req: RoundRequest<'_>) -> Result<Round, ApiError>;
     /// Active activities by id (deleted and unknown ones left out), shared:
     /// only those that make the page are copied into the response.
     async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Arc<Activity>>, ApiError>;
     /// Rebuilds the user's inbox from the followed feeds' outboxes.
     async fn rebuild(&self, user: UserId) -> Result<(), ApiError>;
-    /// Work not yet in the user's inbox: the lowest id whose fanout is
-    /// unfinished, and feeds whose backfill is unfinished.
-    async fn pending(&self, user: UserId) -> Result<(Option<u64>, Vec<FeedRef>), ApiError>;
 }
 
 /// The gRPC clients, with an internal token.
@@ -138,6 +129,44 @@ impl Sources for GrpcSources {
         Ok((entries, r.has_more))
     }
 
+    async fn gather(&self, req: RoundRequest<'_>) -> Result<Round, ApiError> {
+        let r = self
+            .publish
+            .clone()
+            .read_home(self.req(pb::ReadHomeRequest {
+                user_id: req.user,
+                feeds: req.feeds.iter().map(|f| f.to_string()).collect(),
+                before_id: req.before.unwrap_or(0),
+                limit: req.batch.min(1000) as u32,
+                hydrate: req.hydrate.min(500) as u32,
+                missing_as_empty: req.missing_as_empty,
+            }))
+            .await
+            .map_err(from_peer("publish"))?
+            .into_inner();
+        let hits = r
+            .hits
+            .into_iter()
+            .map(|h| {
+                let feed = if h.feed.is_empty() {
+                    None
+                } else {
+                    let feed = FeedRef::parse(&h.feed)
+                        .map_err(|e| ApiError::Internal(format!("publish returned feed {:?}: {e}", h.feed)))?;
+                    Some((feed, DeliveryMode::try_from(h.mode).unwrap_or(DeliveryMode::Push)))
+                };
+                Ok(Hit { id: h.id, feed })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        Ok(Round {
+            live: r.inbox_live,
+            hits,
+            bound: (r.bound_id != 0).then_some(r.bound_id),
+            hydrated: r.hydrated as usize,
+            activities: r.activities.into_iter().map(Arc::new).collect(),
+        })
+    }
+
     async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Arc<Activity>>, ApiError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
@@ -154,20 +183,6 @@ impl Sources for GrpcSources {
             out.extend(r.activities.into_iter().map(Arc::new));
         }
         Ok(out)
-    }
-
-    async fn pending(&self, user: UserId) -> Result<(Option<u64>, Vec<FeedRef>), ApiError> {
-        let r = self
-            .publish
-            .clone()
-            .get_pending_work(self.req(pb::GetPendingWorkRequest { user_id: user }))
-            .await
-            .map_err(from_peer("publish"))?
-            .into_inner();
-        Ok((
-            (r.fanout_from_id != 0).then_some(r.fanout_from_id),
-            r.backfill_feeds.iter().filter_map(|f| FeedRef::parse(f).ok()).collect(),
-        ))
     }
 
     async fn rebuild(&self, user: UserId) -> Result<(), ApiError> {

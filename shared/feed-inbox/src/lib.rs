@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use feed_core::UserId;
 
 pub mod contract;
+pub mod home;
 pub mod memory;
 pub mod redis_store;
 

@@ -83,7 +83,9 @@ impl TimelineService for RawSplit {
 async fn serve_on_free_port(router: tonic::transport::server::Router) -> anyhow::Result<Channel> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))));
+    tokio::spawn(
+        router.serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))),
+    );
     Ok(Channel::from_shared(format!("http://{addr}"))?.connect().await?)
 }
 
@@ -127,7 +129,13 @@ pub async fn run(users: u64, requests: usize, levels: Vec<usize>, followers: u64
         ],
     )
     .await;
-    populate(split.channel(Role::FollowGraph, 0), split.channel(Role::Publish, 0), &mut conn, users).await?;
+    populate(
+        split.channel(Role::FollowGraph, 0),
+        split.channel(Role::Publish, 0),
+        &mut conn,
+        users,
+    )
+    .await?;
     let timeline = split.channel(Role::Timeline, 0);
     let raw = raw_limit(conn.clone()).await?;
     let pids = split.pids();
@@ -243,11 +251,18 @@ async fn publish_to_visible(followers: u64, posts: usize) -> anyhow::Result<(Vec
                 }))
                 .await?
                 .into_inner();
-            if page.items.iter().any(|i| i.activity.as_ref().is_some_and(|a| a.id == id)) {
+            if page
+                .items
+                .iter()
+                .any(|i| i.activity.as_ref().is_some_and(|a| a.id == id))
+            {
                 visible.push(t.elapsed());
                 break;
             }
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(30), "post {id} not visible to {reader} after 30 s");
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(30),
+                "post {id} not visible to {reader} after 30 s"
+            );
         }
         wait_idle(&mut publish).await?;
         delivered.push(t.elapsed());

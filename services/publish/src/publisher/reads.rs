@@ -195,6 +195,41 @@ impl Publisher {
     }
 }
 
+/// What a home read's round needs from publish (`feed_inbox::home::gather`):
+/// feedd's timeline calls it in process, ReadHome over gRPC.
+#[async_trait::async_trait]
+impl feed_inbox::home::Outboxes for Publisher {
+    async fn pending(&self, user: UserId) -> Result<(Option<u64>, Vec<FeedRef>), ApiError> {
+        let w = self.pending_work(user).await?;
+        Ok((w.fanout_from, w.backfill_feeds))
+    }
+
+    async fn read_outboxes(
+        &self,
+        feeds: &[FeedRef],
+        before: Option<u64>,
+        limit: usize,
+        pull_only: bool,
+    ) -> Result<(Vec<feed_inbox::home::Entry>, bool), ApiError> {
+        let (entries, more) = Publisher::read_outboxes(self, feeds, before, limit, pull_only).await?;
+        Ok((
+            entries
+                .into_iter()
+                .map(|e| feed_inbox::home::Entry {
+                    id: e.id,
+                    feed: e.feed,
+                    mode: e.mode,
+                })
+                .collect(),
+            more,
+        ))
+    }
+
+    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Arc<Activity>>, ApiError> {
+        Ok(self.get(ids, false).await?.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use feed_proto::common::v1::{Activity, DeliveryMode};
 use tokio::sync::Semaphore;
 
 use crate::TimelineRules;
-use crate::sources::{Entry, Sources};
+use crate::sources::{Hit, RoundRequest, Sources};
 
 /// One timeline item.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,15 +52,6 @@ pub struct Timeline {
     budget: Arc<Semaphore>,
     rebuilding: Arc<Mutex<HashMap<UserId, Arc<tokio::sync::Mutex<()>>>>>,
     last_active: Arc<Mutex<HashMap<UserId, std::time::Instant>>>,
-}
-
-/// One way a candidate id reaches the reader: its inbox (`feed` None) or a
-/// followed feed's outbox. A page's hits are sorted newest first and grouped
-/// by id: a flat vector, not a map of vectors, because every read builds one.
-#[derive(Debug)]
-struct Hit {
-    id: u64,
-    feed: Option<(FeedRef, DeliveryMode)>,
 }
 
 /// The hits of one candidate id.
@@ -179,26 +170,32 @@ impl Timeline {
         // rules filter out. Rarely short (another round then reads on), and
         // every id read is parsed twice, by Redis's client and the merge.
         let batch = (limit + limit / 4).clamp(10, 1000);
-        let following = self.sources.following(user).await?;
-        let (mut fanout_from, mut backfill_feeds) = self.sources.pending(user).await?;
-        // The first page also says whether the inbox is live (one Redis call,
-        // not two). Like every page it is read after the pending work: an item
-        // whose job finishes in between is in one or the other.
-        let mut first = self.inbox.page(user, before, batch).await?;
-        let rebuilt = if first.is_none() {
+        let followed = Followed::new(self.sources.following(user).await?);
+        let read_feeds = &followed.feeds[..followed.feeds.len().min(self.cfg.max_feeds_per_read)];
+        let round = |upper: Option<u64>, hydrate: usize, missing_as_empty: bool| RoundRequest {
+            user,
+            feeds: read_feeds,
+            before: upper,
+            batch,
+            hydrate,
+            missing_as_empty,
+        };
+        // The first round also says whether the inbox is live (the sources
+        // read pending work before the inbox page, so an item whose job
+        // finishes in between is in one or the other).
+        let mut first = self.sources.gather(round(before, limit, false)).await?;
+        let rebuilt = if first.live {
+            false
+        } else {
             let rebuilt = self.ensure_inbox(user).await?;
             // What the rebuilt inbox may lack is the work pending after it.
-            (fanout_from, backfill_feeds) = self.sources.pending(user).await?;
+            first = self.sources.gather(round(before, limit, true)).await?;
             rebuilt
-        } else {
-            false
         };
         // The inbox hit rate: reads served by a live inbox vs reads that rebuilt one.
         metrics::counter!("feed_timeline_inbox_reads_total", "result" => if rebuilt { "rebuilt" } else { "hit" })
             .increment(1);
         self.mark_active(user).await?;
-        let followed = Followed::new(following);
-        let read_feeds = &followed.feeds[..followed.feeds.len().min(self.cfg.max_feeds_per_read)];
         let me = FeedRef::user(user);
         let budget = limit * self.cfg.scan_factor.max(1);
 
@@ -206,97 +203,39 @@ impl Timeline {
             rebuilt,
             ..Page::default()
         };
-        let mut upper = before;
+        let mut next = Some(first);
         let mut scanned = 0usize;
         loop {
-            let mut hits: Vec<Hit> = Vec::with_capacity(batch * 3);
-            // Each source is exact only down to its last id when it was cut
-            // short; the merge is trusted down to the highest such bound.
-            let mut bound: Option<u64> = None;
-            let mut cut = |last: Option<u64>, truncated: bool| {
-                if truncated && let Some(l) = last {
-                    bound = Some(bound.map_or(l, |b: u64| b.max(l)));
+            let round = match next.take() {
+                Some(r) => r,
+                None => {
+                    self.sources
+                        .gather(round(page.next_before, limit - page.items.len(), true))
+                        .await?
                 }
             };
-
-            let inbox = match first.take() {
-                Some(p) => p,
-                None => self
-                    .inbox
-                    .page(user, upper, batch)
-                    .await?
-                    .unwrap_or(feed_inbox::InboxPage {
-                        ids: vec![],
-                        floor: u64::MAX,
-                    }),
-            };
-            let inbox_cut = inbox.ids.len() >= batch;
-            cut(inbox.ids.last().copied(), inbox_cut);
-            hits.extend(inbox.ids.iter().map(|id| Hit { id: *id, feed: None }));
-            let mut add = |entries: Vec<Entry>| {
-                hits.extend(entries.into_iter().map(|e| Hit {
-                    id: e.id,
-                    feed: Some((e.feed, e.mode)),
-                }));
-            };
-            // Pull-mode items of followed feeds (celebrities), and the reader's own head.
-            let (pulled, more) = self.sources.read_outboxes(read_feeds, upper, batch, true).await?;
-            cut(pulled.last().map(|e| e.id), more);
-            add(pulled);
-            let (own, more) = self
-                .sources
-                .read_outboxes(std::slice::from_ref(&me), upper, batch, false)
-                .await?;
-            cut(own.last().map(|e| e.id), more);
-            add(own);
-            // Work the inbox does not hold yet: unfinished fanout (every
-            // followed feed's entries at or above the lowest pending id) and
-            // unfinished backfills (those feeds' entries above the floor). A
-            // lifted block or mute pends on user:<author>, which the reader
-            // may not follow: its items count through the feeds they do
-            // follow, and the rules drop the rest.
-            if let Some(w) = fanout_from
-                && upper.is_none_or(|u| u > w)
-            {
-                let (recent, more) = self.sources.read_outboxes(read_feeds, upper, batch, false).await?;
-                let last = recent.last().map(|e| e.id);
-                cut(last, more && last.is_some_and(|l| l >= w));
-                add(recent.into_iter().filter(|e| e.id >= w).collect());
-            }
-            if !backfill_feeds.is_empty() {
-                let (pending, more) = self.sources.read_outboxes(&backfill_feeds, upper, batch, false).await?;
-                let last = pending.last().map(|e| e.id);
-                cut(last, more && last.is_some_and(|l| l >= inbox.floor));
-                add(pending.into_iter().filter(|e| e.id >= inbox.floor).collect());
-            }
-            // Below the floor the inbox promises nothing: history comes from the outboxes.
-            if !inbox_cut {
-                let below = Some(upper.map_or(inbox.floor, |u| u.min(inbox.floor)));
-                if below != Some(0) {
-                    let (history, more) = self.sources.read_outboxes(read_feeds, below, batch, false).await?;
-                    cut(history.last().map(|e| e.id), more);
-                    add(history);
-                }
-            }
-
-            hits.sort_unstable_by_key(|h| std::cmp::Reverse(h.id));
-            if let Some(b) = bound {
-                hits.truncate(hits.partition_point(|h| h.id >= b));
-            }
-            let cands: Vec<Candidate<'_>> = hits.chunk_by(|a, b| a.id == b.id).collect();
+            let cands: Vec<Candidate<'_>> = round.hits.chunk_by(|a, b| a.id == b.id).collect();
             scanned += cands.len();
-            // Hydrate what the page still needs (newest first), not every
-            // candidate: the rest is below the page and read next time. Most
-            // candidates pass, so the first round asks for exactly what is
-            // missing (every activity hydrated is a deep copy); once some
-            // were filtered out, twice that.
+            // Check what the page still needs (newest first), not every
+            // candidate: the rest is below the page and read next time. The
+            // round hydrated exactly what is missing (most candidates pass;
+            // every activity hydrated is a deep copy); once some were
+            // filtered out, twice that is hydrated per step.
+            let mut hydrated = Some((round.hydrated, round.activities));
             let mut at = 0;
             let mut spare = 1;
             while at < cands.len() && page.items.len() < limit {
                 let want = limit - page.items.len();
                 let end = (at + want * spare).min(cands.len());
                 spare = 2;
-                self.filter(user, &me, &followed, &cands[at..end], &mut page.items)
+                let activities = match hydrated.take() {
+                    Some((n, activities)) if at == 0 && end <= n => activities,
+                    _ => {
+                        let ids: Vec<u64> = cands[at..end].iter().map(|c| c[0].id).collect();
+                        self.sources.hydrate(&ids).await?
+                    }
+                };
+                self.filter(user, &me, &followed, &cands[at..end], activities, &mut page.items)
                     .await?;
                 page.items.truncate(limit);
                 at = end;
@@ -305,13 +244,15 @@ impl Timeline {
                 page.next_before = page.items.last().map(|i| i.activity.id);
                 return Ok(page);
             }
-            match bound {
-                None => return Ok(page),
+            match round.bound {
+                None => {
+                    page.next_before = None;
+                    return Ok(page);
+                }
                 Some(b) => {
-                    upper = Some(b);
+                    page.next_before = Some(b);
                     if scanned >= budget {
                         page.has_more = true;
-                        page.next_before = Some(b);
                         return Ok(page);
                     }
                 }
@@ -319,8 +260,8 @@ impl Timeline {
         }
     }
 
-    /// Hydrates and applies the read-time rules, appending the items that
-    /// pass to `out`; removes from the inbox the ids that can never show
+    /// Applies the read-time rules to `cands` with their `activities` (any
+    /// order; others are ignored), appending the items that pass to `out`; removes from the inbox the ids that can never show
     /// again (deleted, unfollowed, blocked).
     async fn filter(
         &self,
@@ -328,13 +269,12 @@ impl Timeline {
         me: &FeedRef,
         followed: &Followed,
         cands: &[Candidate<'_>],
+        mut activities: Vec<Arc<Activity>>,
         out: &mut Vec<Item>,
     ) -> Result<(), ApiError> {
         if cands.is_empty() {
             return Ok(());
         }
-        let ids: Vec<u64> = cands.iter().map(|c| c[0].id).collect();
-        let mut activities = self.sources.hydrate(&ids).await?;
         // Newest first like `ids` (already so from the stores: a linear check).
         activities.sort_unstable_by_key(|a| std::cmp::Reverse(a.id));
         let mut actors: Vec<UserId> = activities.iter().map(|a| a.actor).filter(|a| *a != user).collect();

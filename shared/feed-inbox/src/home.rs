@@ -1,0 +1,201 @@
+//! One round of a home-timeline read, gathered next to the data: the
+//! reader's inbox above its completeness floor, the followed feeds'
+//! pull-mode items, the reader's own head, the work still pending and, below
+//! the floor, the followed feeds' history; merged newest first and cut where
+//! the sources stop being exact, with the newest candidates hydrated.
+//!
+//! feedd's timeline runs this in its own process; in the split deployment
+//! publish runs it (`ReadHome`), so a round costs the timeline one call
+//! instead of one per source. The rules (follows, blocks, mutes,
+//! visibility) are the timeline's, applied to what a round returns.
+//!
+//! Order is the invariant (DESIGN Invariants 1 and 9): pending work is read
+//! *before* the inbox page, so an item whose fanout finishes in between is
+//! in one or the other.
+
+use std::cmp::Reverse;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use feed_core::{ApiError, FeedRef, UserId};
+use feed_proto::common::v1::{Activity, DeliveryMode};
+
+use crate::{InboxPage, InboxStore};
+
+/// One outbox entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Activity id.
+    pub id: u64,
+    /// The feed whose outbox holds it.
+    pub feed: FeedRef,
+    /// How it reached that feed's followers.
+    pub mode: DeliveryMode,
+}
+
+/// What a round reads besides the inbox: publish's outboxes, pending work
+/// and activities.
+#[async_trait]
+pub trait Outboxes: Send + Sync {
+    /// The lowest id whose fanout is unfinished, and the feeds whose
+    /// backfill into `user`'s inbox is unfinished.
+    async fn pending(&self, user: UserId) -> Result<(Option<u64>, Vec<FeedRef>), ApiError>;
+    /// Entries below `before` across `feeds`, newest first, at most `limit`
+    /// distinct ids; true when a feed may hold more.
+    async fn read_outboxes(
+        &self,
+        feeds: &[FeedRef],
+        before: Option<u64>,
+        limit: usize,
+        pull_only: bool,
+    ) -> Result<(Vec<Entry>, bool), ApiError>;
+    /// Active activities by id, newest first (deleted and unknown ones left out).
+    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Arc<Activity>>, ApiError>;
+}
+
+/// What one round asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct RoundRequest<'a> {
+    /// The reader.
+    pub user: UserId,
+    /// The feeds they follow (those a read covers), sorted.
+    pub feeds: &'a [FeedRef],
+    /// Exclusive upper bound; None from the newest.
+    pub before: Option<u64>,
+    /// Ids read per source.
+    pub batch: usize,
+    /// How many of the newest candidates to hydrate.
+    pub hydrate: usize,
+    /// A missing inbox reads as empty (floor above every id) instead of
+    /// ending the round: after the read already rebuilt it once.
+    pub missing_as_empty: bool,
+}
+
+/// One way a candidate id reaches the reader: its inbox (`feed` None) or a
+/// followed feed's outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    /// Activity id.
+    pub id: u64,
+    /// The feed and its mode, None for the inbox.
+    pub feed: Option<(FeedRef, DeliveryMode)>,
+}
+
+/// What one round gathered.
+#[derive(Debug, Default)]
+pub struct Round {
+    /// False: the inbox is missing and nothing else was read (the reader
+    /// rebuilds it, then gathers again).
+    pub live: bool,
+    /// Candidates newest first (an id once per way it came), cut at `bound`.
+    pub hits: Vec<Hit>,
+    /// The merge is exact only down to this id (a source was cut short
+    /// there): the next round starts below it. None: every source ended.
+    pub bound: Option<u64>,
+    /// Distinct candidate ids hydrated: the newest this many.
+    pub hydrated: usize,
+    /// Their activities, newest first (deleted and unknown ones left out).
+    pub activities: Vec<Arc<Activity>>,
+}
+
+/// Gathers one round (see the module docs).
+pub async fn gather(src: &dyn Outboxes, inbox: &dyn InboxStore, req: RoundRequest<'_>) -> Result<Round, ApiError> {
+    let RoundRequest {
+        user,
+        feeds,
+        before,
+        batch,
+        ..
+    } = req;
+    let (fanout_from, backfill_feeds) = src.pending(user).await?;
+    let page = match inbox.page(user, before, batch).await? {
+        Some(p) => p,
+        None if req.missing_as_empty => InboxPage {
+            ids: vec![],
+            floor: u64::MAX,
+        },
+        None => return Ok(Round::default()),
+    };
+    let mut hits: Vec<Hit> = Vec::with_capacity(batch * 3);
+    // Each source is exact only down to its last id when it was cut short;
+    // the merge is trusted down to the highest such bound.
+    let mut bound: Option<u64> = None;
+    let mut cut = |last: Option<u64>, truncated: bool| {
+        if truncated && let Some(l) = last {
+            bound = Some(bound.map_or(l, |b: u64| b.max(l)));
+        }
+    };
+    let inbox_cut = page.ids.len() >= batch;
+    cut(page.ids.last().copied(), inbox_cut);
+    hits.extend(page.ids.iter().map(|id| Hit { id: *id, feed: None }));
+    let mut add = |entries: Vec<Entry>| {
+        hits.extend(entries.into_iter().map(|e| Hit {
+            id: e.id,
+            feed: Some((e.feed, e.mode)),
+        }));
+    };
+    // Pull-mode items of followed feeds (celebrities), and the reader's own head.
+    let (pulled, more) = src.read_outboxes(feeds, before, batch, true).await?;
+    cut(pulled.last().map(|e| e.id), more);
+    add(pulled);
+    let me = FeedRef::user(user);
+    let (own, more) = src
+        .read_outboxes(std::slice::from_ref(&me), before, batch, false)
+        .await?;
+    cut(own.last().map(|e| e.id), more);
+    add(own);
+    // Work the inbox does not hold yet: unfinished fanout (every followed
+    // feed's entries at or above the lowest pending id) and unfinished
+    // backfills (those feeds' entries above the floor). A lifted block or
+    // mute pends on user:<author>, which the reader may not follow: its
+    // items count through the feeds they do follow, and the rules drop
+    // the rest.
+    if let Some(w) = fanout_from
+        && before.is_none_or(|u| u > w)
+    {
+        let (recent, more) = src.read_outboxes(feeds, before, batch, false).await?;
+        let last = recent.last().map(|e| e.id);
+        cut(last, more && last.is_some_and(|l| l >= w));
+        add(recent.into_iter().filter(|e| e.id >= w).collect());
+    }
+    if !backfill_feeds.is_empty() {
+        let (pending, more) = src.read_outboxes(&backfill_feeds, before, batch, false).await?;
+        let last = pending.last().map(|e| e.id);
+        cut(last, more && last.is_some_and(|l| l >= page.floor));
+        add(pending.into_iter().filter(|e| e.id >= page.floor).collect());
+    }
+    // Below the floor the inbox promises nothing: history comes from the outboxes.
+    if !inbox_cut {
+        let below = Some(before.map_or(page.floor, |u| u.min(page.floor)));
+        if below != Some(0) {
+            let (history, more) = src.read_outboxes(feeds, below, batch, false).await?;
+            cut(history.last().map(|e| e.id), more);
+            add(history);
+        }
+    }
+    hits.sort_unstable_by_key(|h| Reverse(h.id));
+    if let Some(b) = bound {
+        hits.truncate(hits.partition_point(|h| h.id >= b));
+    }
+    let mut newest: Vec<u64> = Vec::with_capacity(req.hydrate);
+    for h in &hits {
+        if newest.len() == req.hydrate {
+            break;
+        }
+        if newest.last() != Some(&h.id) {
+            newest.push(h.id);
+        }
+    }
+    let activities = if newest.is_empty() {
+        vec![]
+    } else {
+        src.hydrate(&newest).await?
+    };
+    Ok(Round {
+        live: true,
+        hits,
+        bound,
+        hydrated: newest.len(),
+        activities,
+    })
+}
