@@ -1,6 +1,7 @@
 //! timeline: home timelines (push inboxes + pulled celebrity feeds +
 //! outboxes below the inbox floor) and single-feed pages, filtered at read.
 
+pub mod graph_cache;
 pub mod grpc;
 pub mod rules;
 pub mod service;

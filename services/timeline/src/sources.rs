@@ -10,6 +10,8 @@ use feed_proto::publish::v1 as pb;
 use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
 use tonic::transport::Channel;
 
+use crate::graph_cache::GraphCache;
+
 pub use feed_inbox::home::{Entry, Hit, Round, RoundRequest};
 
 /// How a reader relates to an actor.
@@ -51,6 +53,7 @@ pub trait Sources: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct GrpcSources {
     graph: FollowGraphClient,
+    graphs: Arc<GraphCache>,
     publish: PublishServiceClient<Channel>,
     auth: feed_server::auth::ServiceToken,
 }
@@ -64,6 +67,7 @@ impl GrpcSources {
     pub fn new(follow_graph: Channel, publish: Channel, token: &str) -> anyhow::Result<Self> {
         Ok(Self {
             graph: FollowGraphClient::new(follow_graph, token)?,
+            graphs: Arc::default(),
             publish: PublishServiceClient::new(publish),
             auth: feed_server::auth::ServiceToken::new(token)?,
         })
@@ -77,11 +81,23 @@ impl GrpcSources {
 #[async_trait]
 impl Sources for GrpcSources {
     async fn following(&self, user: UserId) -> Result<Vec<FeedRef>, ApiError> {
-        self.graph.following(user).await
+        // One small call while the reader's graph is unchanged.
+        let version = self.graph.graph_version(user).await?;
+        if let Some(g) = self.graphs.get(user, version) {
+            return Ok(g.following.clone());
+        }
+        let following = self.graph.following(user).await?;
+        Ok(self.graphs.put(user, version, following).following.clone())
     }
 
     async fn relations(&self, user: UserId, actors: &[UserId]) -> Result<Vec<ReaderRelation>, ApiError> {
-        Ok(self
+        // The graph `following` just held for this reader: its version
+        // covers their blocks (both ways) and mutes.
+        let held = self.graphs.current(user);
+        if let Some(known) = held.as_ref().and_then(|g| g.relations(actors)) {
+            return Ok(known);
+        }
+        let relations: Vec<ReaderRelation> = self
             .graph
             .relationships(user, actors)
             .await?
@@ -90,7 +106,11 @@ impl Sources for GrpcSources {
                 blocked: r.blocking || r.blocked_by,
                 muted: r.muting,
             })
-            .collect())
+            .collect();
+        if let Some(g) = held {
+            g.learn(actors, &relations);
+        }
+        Ok(relations)
     }
 
     async fn read_outboxes(

@@ -131,6 +131,20 @@ impl FollowGraphClient {
         Ok(out)
     }
 
+    /// `user`'s graph version: any change to their follows, their mutes or
+    /// a block either way raises it.
+    pub async fn graph_version(&self, user: UserId) -> Result<u64, ApiError> {
+        let versions = self
+            .client
+            .clone()
+            .get_graph_versions(self.req(fg::GetGraphVersionsRequest { user_ids: vec![user] }))
+            .await
+            .map_err(peer)?
+            .into_inner()
+            .versions;
+        Ok(versions.iter().find(|v| v.user_id == user).map_or(0, |v| v.version))
+    }
+
     /// Every feed `user` follows (bounded by follow-graph's max_following).
     pub async fn following(&self, user: UserId) -> Result<Vec<FeedRef>, ApiError> {
         let mut out = Vec::new();
