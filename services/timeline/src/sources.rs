@@ -14,6 +14,10 @@ use crate::graph_cache::GraphCache;
 
 pub use feed_inbox::home::{Entry, Hit, Round, RoundRequest};
 
+/// Activities asked per GetActivities call: 200 maximum-size activities
+/// stay far under the message limit (`feed_server::MAX_MESSAGE_BYTES`).
+const HYDRATE_CHUNK: usize = 200;
+
 /// How a reader relates to an actor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ReaderRelation {
@@ -68,7 +72,9 @@ impl GrpcSources {
         Ok(Self {
             graph: FollowGraphClient::new(follow_graph, token)?,
             graphs: Arc::default(),
-            publish: PublishServiceClient::new(publish),
+            publish: PublishServiceClient::new(publish)
+                .max_decoding_message_size(feed_server::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(feed_server::MAX_MESSAGE_BYTES),
             auth: feed_server::auth::ServiceToken::new(token)?,
         })
     }
@@ -189,7 +195,7 @@ impl Sources for GrpcSources {
 
     async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Arc<Activity>>, ApiError> {
         let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(500) {
+        for chunk in ids.chunks(HYDRATE_CHUNK) {
             let r = self
                 .publish
                 .clone()

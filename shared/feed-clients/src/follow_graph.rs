@@ -44,7 +44,9 @@ impl FollowGraphClient {
     /// A client on `channel` sending `token`.
     pub fn new(channel: Channel, token: &str) -> anyhow::Result<Self> {
         Ok(Self {
-            client: FollowGraphServiceClient::new(channel.clone()),
+            client: FollowGraphServiceClient::new(channel.clone())
+                .max_decoding_message_size(feed_server::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(feed_server::MAX_MESSAGE_BYTES),
             channel,
             auth: feed_server::auth::ServiceToken::new(token)?,
         })

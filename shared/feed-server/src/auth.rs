@@ -224,6 +224,20 @@ mod tests {
     }
 
     #[test]
+    fn internal_calls_carry_the_token_and_a_deadline() {
+        let req = ServiceToken::new("t").expect("token").request(());
+        assert_eq!(
+            req.metadata().get("authorization").map(|v| v.to_str().ok()),
+            Some(Some("Bearer t"))
+        );
+        assert_eq!(
+            req.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()),
+            Some(format!("{}u", crate::INTERNAL_DEADLINE.as_micros()).as_str()),
+            "the peer sees the deadline"
+        );
+    }
+
+    #[test]
     fn tokens_file_lines_carry_roles() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("tokens");
@@ -257,10 +271,13 @@ impl ServiceToken {
         Ok(Self(format!("Bearer {token}").parse()?))
     }
 
-    /// A request carrying the token.
+    /// A request carrying the token and the internal deadline
+    /// ([`crate::INTERNAL_DEADLINE`]): a peer that hangs fails the call in
+    /// time instead of holding it until the caller's own deadline.
     pub fn request<T>(&self, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
         r.metadata_mut().insert("authorization", self.0.clone());
+        r.set_timeout(crate::INTERNAL_DEADLINE);
         r
     }
 }

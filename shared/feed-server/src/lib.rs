@@ -24,4 +24,17 @@ pub use serve::{
     serve_after,
 };
 pub use shutdown::Shutdown;
+
+/// The largest gRPC message any server or internal client of the platform
+/// sends or accepts (tonic's default is 4 MiB to decode, unbounded to
+/// encode). 32 MiB holds a 500-id hydration batch of maximum-size
+/// activities (about 31 KB each) with room to spare; the timeline
+/// hydrates at most 200 per call.
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+
+/// The deadline of every internal service-to-service call: shorter than
+/// a request's own (`server.request_timeout_ms`, 10 s by default), so a
+/// hung peer fails the call with DEADLINE_EXCEEDED while the caller can
+/// still answer.
+pub const INTERNAL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 pub use tasks::Tasks;

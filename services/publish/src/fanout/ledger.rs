@@ -56,7 +56,9 @@ impl GrpcLedger {
     /// A client on `channel` sending `token`.
     pub fn new(channel: Channel, token: &str) -> anyhow::Result<Self> {
         Ok(Self {
-            client: PublishServiceClient::new(channel),
+            client: PublishServiceClient::new(channel)
+                .max_decoding_message_size(feed_server::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(feed_server::MAX_MESSAGE_BYTES),
             auth: feed_server::auth::ServiceToken::new(token)?,
         })
     }

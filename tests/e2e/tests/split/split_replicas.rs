@@ -146,3 +146,86 @@ async fn split_writes_through_one_replica_are_read_through_another_and_watch_cro
     assert_eq!(got, sent);
     split.stop().await;
 }
+
+/// The largest activity publish accepts: every list and text at its cap.
+fn maximum_size_activity(actor: u64, reader: u64, n: u32) -> pb::NewActivity {
+    let mut allow: Vec<u64> = (1..1000).map(|i| u64::MAX / 4 - i).collect();
+    allow.push(reader);
+    pb::NewActivity {
+        actor,
+        verb: "post".into(),
+        object: "\u{1D11E}".repeat(256),
+        target: "\u{1D11E}".repeat(256),
+        foreign_id: format!("max-{n}-{}", "f".repeat(100)),
+        to: (0..16).map(|t| format!("tag:big{t}")).collect(),
+        visibility: feed_proto::common::v1::Visibility::AllowList as i32,
+        allow_user_ids: allow,
+        deny_user_ids: (1..=1000).map(|i| u64::MAX / 2 - i).collect(),
+        mentions: (1..=50).map(|i| u64::MAX / 8 - i).collect(),
+        extra: format!("{{\"x\":\"{}\"}}", "y".repeat(8 * 1024 - 10)).into_bytes(),
+        ..pb::NewActivity::default()
+    }
+}
+
+/// 150 maximum-size activities in one feed: every page of 100 reads, in
+/// the home timeline and the feed itself (hydration is chunked under the
+/// message limit every server and client sets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_pages_of_maximum_size_activities_are_served() {
+    let split = Split::start(&[]).await;
+    let mut c = Clients::any(&split);
+    let (reader, author) = (7u64, 8u64);
+    home(&split, 0, reader).await;
+    c.graph
+        .follow(internal(fg::FollowRequest {
+            follower_id: reader,
+            feed: format!("user:{author}"),
+        }))
+        .await
+        .expect("follow");
+    c.settled().await;
+    for n in 0..150 {
+        c.publish
+            .publish(internal(pb::PublishRequest {
+                activity: Some(maximum_size_activity(author, reader, n)),
+                publish_at_ms: 0,
+            }))
+            .await
+            .expect("a maximum-size activity is accepted");
+    }
+    c.settled().await;
+    let big = 32 * 1024 * 1024;
+    let mut timeline = TimelineServiceClient::new(split.any(Role::Timeline)).max_decoding_message_size(big);
+    let page = timeline
+        .get_timeline(internal(tl::GetTimelineRequest {
+            user_id: reader,
+            limit: 100,
+            cursor: String::new(),
+        }))
+        .await
+        .expect("a home page of 100 maximum-size activities")
+        .into_inner();
+    assert_eq!(page.items.len(), 100);
+    let rest = timeline
+        .get_timeline(internal(tl::GetTimelineRequest {
+            user_id: reader,
+            limit: 100,
+            cursor: page.next_cursor,
+        }))
+        .await
+        .expect("the next page")
+        .into_inner();
+    assert_eq!(rest.items.len(), 50);
+    let feed = timeline
+        .get_feed(internal(tl::GetFeedRequest {
+            feed: format!("user:{author}"),
+            viewer_id: reader,
+            limit: 100,
+            cursor: String::new(),
+        }))
+        .await
+        .expect("a feed page of 100 maximum-size activities")
+        .into_inner();
+    assert_eq!(feed.activities.len(), 100);
+    split.stop().await;
+}
