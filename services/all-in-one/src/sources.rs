@@ -63,18 +63,7 @@ impl timeline::Sources for InProcessSources {
         limit: usize,
         pull_only: bool,
     ) -> Result<(Vec<Entry>, bool), ApiError> {
-        let (entries, more) = self.publisher.read_outboxes(feeds, before, limit, pull_only).await?;
-        Ok((
-            entries
-                .into_iter()
-                .map(|e| Entry {
-                    id: e.id,
-                    feed: e.feed,
-                    mode: e.mode,
-                })
-                .collect(),
-            more,
-        ))
+        feed_inbox::home::Outboxes::read_outboxes(&self.publisher, feeds, before, limit, pull_only).await
     }
 
     async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Arc<Activity>>, ApiError> {

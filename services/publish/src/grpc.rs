@@ -15,6 +15,15 @@ use crate::publisher::{Publisher, Reader};
 const SCHEDULED_TOKEN: u8 = 0x11;
 const DEAD_TOKEN: u8 = 0x12;
 
+/// The `feeds` of a timeline read: at most 1000, each named in errors.
+fn feeds_field(raw: &[String]) -> Result<Vec<FeedRef>, ApiError> {
+    validate::batch_len("feeds", raw, 1000)?;
+    raw.iter()
+        .enumerate()
+        .map(|(i, f)| FeedRef::parse_field(&format!("feeds[{i}]"), f))
+        .collect()
+}
+
 /// The tonic service over [`Publisher`].
 #[derive(Clone)]
 pub struct PublishGrpc {
@@ -296,13 +305,7 @@ impl PublishService for PublishGrpc {
     ) -> Result<Response<pb::ReadOutboxesResponse>, Status> {
         Caller::of(&req)?.require_internal()?;
         let r = req.get_ref();
-        validate::batch_len("feeds", &r.feeds, 1000)?;
-        let feeds = r
-            .feeds
-            .iter()
-            .enumerate()
-            .map(|(i, f)| FeedRef::parse_field(&format!("feeds[{i}]"), f))
-            .collect::<Result<Vec<_>, _>>()?;
+        let feeds = feeds_field(&r.feeds)?;
         let limit = validate::page_size("limit", r.limit, 100, 1000)?;
         let before = (r.before_id != 0).then_some(r.before_id);
         let (entries, has_more) = self.publisher.read_outboxes(&feeds, before, limit, r.pull_only).await?;
@@ -336,13 +339,7 @@ impl PublishService for PublishGrpc {
         Caller::of(&req)?.require_internal()?;
         let r = req.get_ref();
         let user = validate::user_id("user_id", r.user_id)?;
-        validate::batch_len("feeds", &r.feeds, 1000)?;
-        let feeds = r
-            .feeds
-            .iter()
-            .enumerate()
-            .map(|(i, f)| FeedRef::parse_field(&format!("feeds[{i}]"), f))
-            .collect::<Result<Vec<_>, _>>()?;
+        let feeds = feeds_field(&r.feeds)?;
         let batch = validate::page_size("limit", r.limit, 100, 1000)?;
         if r.hydrate > 500 {
             return Err(ApiError::invalid("hydrate", "must be at most 500").into());

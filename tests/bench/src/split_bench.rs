@@ -25,7 +25,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::timeline_bench::{ROUNDS, Rng, Samples, drive, populate};
+use crate::timeline_bench::{ROUNDS, Rng, Samples, drive, populate, process_cpu};
 use crate::{req, wait_idle};
 
 /// The raw limit of the split shape: one gRPC hop to a peer, one Redis read.
@@ -44,32 +44,7 @@ impl TimelineService for RawSplit {
             .clone()
             .check(HealthCheckRequest { service: String::new() })
             .await?;
-        let mut c = self.conn.clone();
-        let ids: Vec<Vec<u8>> = redis::cmd("ZRANGE")
-            .arg(inbox_key(req.get_ref().user_id))
-            .arg(&[b'(', LIVE_MARK[0]][..])
-            .arg("-")
-            .arg("BYLEX")
-            .arg("REV")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(20)
-            .query_async(&mut c)
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        Ok(tonic::Response::new(tl::GetTimelineResponse {
-            items: ids
-                .iter()
-                .map(|m| tl::TimelineItem {
-                    activity: Some(feed_proto::common::v1::Activity {
-                        id: m.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b)),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }))
+        crate::timeline_bench::raw_page(&self.conn, req.get_ref().user_id).await
     }
 
     async fn get_feed(
@@ -144,10 +119,23 @@ pub async fn run(users: u64, requests: usize, levels: Vec<usize>, followers: u64
         drive(timeline.clone(), &mut conn, &pids, users, 200, c.min(200), 0).await?;
         drive(raw.clone(), &mut conn, &[], users, 200, c.min(200), 0).await?;
         let (mut ours, mut base) = (Samples::default(), Samples::default());
+        let by_process =
+            |pids: &[(Role, u32)]| -> Vec<f64> { pids.iter().map(|(_, p)| process_cpu(&p.to_string())).collect() };
+        let roles = split.roles_and_pids();
+        let cpu_before = by_process(&roles);
         for round in 0..ROUNDS {
             ours.add(drive(timeline.clone(), &mut conn, &pids, users, requests / ROUNDS, c, round).await?);
             base.add(drive(raw.clone(), &mut conn, &[], users, requests / ROUNDS, c, round).await?);
         }
+        // Where a read's CPU goes, process by process (the raw rounds in
+        // between cost these processes next to nothing).
+        let reads = ours.latencies.len().max(1) as f64;
+        let shares: Vec<String> = roles
+            .iter()
+            .zip(by_process(&roles).iter().zip(&cpu_before))
+            .map(|((role, _), (after, before))| format!("{} {:.0} us", role.binary(), (after - before) * 1e6 / reads))
+            .collect();
+        println!("c={c}: CPU per read by process: {}", shares.join(", "));
         let (cpu, raw_cpu) = (ours.cpu_per_request(), base.cpu_per_request());
         let (rate, p50, p99) = ours.summary();
         let (raw_rate, raw_p50, raw_p99) = base.summary();

@@ -37,6 +37,40 @@ impl Rng {
     }
 }
 
+/// The raw limit's work: a user's newest 20 inbox ids in one Redis read, as a response.
+pub(crate) async fn raw_page(
+    conn: &redis::aio::MultiplexedConnection,
+    user: u64,
+) -> Result<tonic::Response<tl::GetTimelineResponse>, tonic::Status> {
+    let mut c = conn.clone();
+    let ids: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+        .arg(inbox_key(user))
+        // Ids only, below the live mark.
+        .arg(&[b'(', LIVE_MARK[0]][..])
+        .arg("-")
+        .arg("BYLEX")
+        .arg("REV")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(20)
+        .query_async(&mut c)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    Ok(tonic::Response::new(tl::GetTimelineResponse {
+        items: ids
+            .iter()
+            .map(|m| tl::TimelineItem {
+                activity: Some(feed_proto::common::v1::Activity {
+                    id: m.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }))
+}
+
 /// The raw limit: one Redis read per request, nothing else.
 struct Raw {
     conn: redis::aio::MultiplexedConnection,
@@ -48,33 +82,7 @@ impl TimelineService for Raw {
         &self,
         req: tonic::Request<tl::GetTimelineRequest>,
     ) -> Result<tonic::Response<tl::GetTimelineResponse>, tonic::Status> {
-        let mut c = self.conn.clone();
-        let ids: Vec<Vec<u8>> = redis::cmd("ZRANGE")
-            .arg(inbox_key(req.get_ref().user_id))
-            // Ids only, below the live mark.
-            .arg(&[b'(', LIVE_MARK[0]][..])
-            .arg("-")
-            .arg("BYLEX")
-            .arg("REV")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(20)
-            .query_async(&mut c)
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        Ok(tonic::Response::new(tl::GetTimelineResponse {
-            items: ids
-                .iter()
-                .map(|m| tl::TimelineItem {
-                    activity: Some(feed_proto::common::v1::Activity {
-                        id: m.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b)),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }))
+        raw_page(&self.conn, req.get_ref().user_id).await
     }
 
     async fn get_feed(
@@ -88,7 +96,7 @@ impl TimelineService for Raw {
 /// Latencies of one drive, how long it took and the CPU it used.
 #[derive(Default)]
 pub(crate) struct Samples {
-    latencies: Vec<Duration>,
+    pub(crate) latencies: Vec<Duration>,
     elapsed: f64,
     /// CPU seconds of this process (client and server) and the redis-server.
     cpu: f64,
@@ -122,7 +130,7 @@ impl Samples {
 pub(crate) const ROUNDS: usize = 4;
 
 /// CPU seconds one process has used (`self` or a pid).
-fn process_cpu(proc: &str) -> f64 {
+pub(crate) fn process_cpu(proc: &str) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{proc}/stat")) else {
         return 0.0;
     };

@@ -328,9 +328,14 @@ impl Split {
 
     /// The process ids of the running replicas (a bench adds up their CPU).
     pub fn pids(&self) -> Vec<u32> {
+        self.roles_and_pids().into_iter().map(|(_, pid)| pid).collect()
+    }
+
+    /// Each running replica's role and process id.
+    pub fn roles_and_pids(&self) -> Vec<(Role, u32)> {
         self.replicas
             .iter()
-            .filter_map(|r| r.child.as_ref().map(Child::id))
+            .filter_map(|r| r.child.as_ref().map(|c| (r.role, c.id())))
             .collect()
     }
 
