@@ -105,6 +105,12 @@ auto_snapshot: false
 snapshot_on_duplicate_row_detection: false
 # Tests create and drop a keyspace each; no snapshot, no wait.
 disk_failure_policy: stop
+# ScyllaDB's batch limits (the engine the platform targets; Cassandra's
+# default refuses a batch over 50 KiB): a publish of a maximum-size
+# activity (1,000-entry allow and deny lists, 8 KiB of extra) writes it
+# twice, in its row and its event job, about 65 KB in one logged batch.
+batch_size_warn_threshold: 128KiB
+batch_size_fail_threshold: 1024KiB
 read_request_timeout: 10000ms
 write_request_timeout: 10000ms
 cas_contention_timeout: 5000ms

@@ -141,11 +141,11 @@ impl Clients {
         out
     }
 
-    /// Waits until publish reports no pending job, up to 30 s (first
+    /// Waits until publish reports no pending job, up to 60 s (first
     /// letting an edge-log tail round pass).
     async fn settled(&mut self) {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
             let lag = self
                 .publish

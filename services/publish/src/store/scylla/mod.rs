@@ -179,8 +179,9 @@ impl ScyllaActivityStore {
     /// One logged batch: the rows and the jobs land together or not at all.
     /// Engines differ on size: Cassandra refuses a batch over
     /// `batch_size_fail_threshold` (50 KiB by default), ScyllaDB over 1 MiB;
-    /// a publish writes one activity (`extra` capped at 8 KiB) twice, in its
-    /// row and its event job, plus an entry and a job per target feed.
+    /// a publish writes one activity twice, in its row and its event job,
+    /// plus an entry and a job per target feed: about 65 KB for a
+    /// maximum-size activity, so Cassandra needs ScyllaDB's threshold.
     async fn job_batch(
         &self,
         jobs: &[Job],
