@@ -10,9 +10,11 @@
 //! tonic's balancer keeps picking an endpoint whose process died (its
 //! reconnect reports ready and fails the call), and DNS keeps a dead pod's
 //! address for seconds: half the calls would fail until the next
-//! resolution. So every address is probed (a TCP connect) every 250 ms,
-//! and one that refuses is ejected until it accepts again; when none
-//! accepts, all stay (calls then fail fast rather than wait for nothing).
+//! resolution. So every address's health is asked every 250 ms, and one
+//! that does not answer SERVING (dead, still starting, draining after
+//! SIGTERM) is left out until it does; when none does, all stay (calls
+//! then fail fast rather than wait for nothing, and a peer that is not
+//! ready because of its own dependency still gets the calls it can serve).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -33,7 +35,7 @@ use tonic::transport::{Channel, Endpoint};
 const RESOLVE_EVERY: Duration = Duration::from_secs(15);
 /// How often every address is probed.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
-/// A probe not accepted in this long counts as refused.
+/// A probe not answered SERVING in this long counts as down.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// One `scheme://host:port` of the configured list.
@@ -55,8 +57,8 @@ fn target(url: &str) -> anyhow::Result<Target> {
 /// A channel to `url` (`http://host:port`) that balances over the addresses
 /// `host` resolves to, refreshed every 15 s; or over a list of endpoints,
 /// comma-separated (`http://10.0.0.1:50051,http://10.0.0.2:50051`: replicas
-/// without DNS, as `deploy/local` runs them). Addresses that refuse
-/// connections are left out until they accept again. Must be called inside
+/// without DNS, as `deploy/local` runs them). Addresses whose health does
+/// not answer SERVING are left out until it does. Must be called inside
 /// a Tokio runtime.
 pub fn balanced(url: &str) -> anyhow::Result<Channel> {
     let targets = url
@@ -84,6 +86,7 @@ async fn keep_endpoints(targets: Vec<Target>, tx: Sender<Change<SocketAddr, Endp
     let mut known: HashMap<SocketAddr, String> = HashMap::new();
     let mut inserted: HashSet<SocketAddr> = HashSet::new();
     let mut resolved_at: Option<tokio::time::Instant> = None;
+    let mut probe_channels: HashMap<SocketAddr, Channel> = HashMap::new();
     loop {
         if resolved_at.is_none_or(|t| t.elapsed() >= RESOLVE_EVERY) {
             let now = resolve(&targets).await;
@@ -94,12 +97,26 @@ async fn keep_endpoints(targets: Vec<Target>, tx: Sender<Change<SocketAddr, Endp
             }
             resolved_at = Some(tokio::time::Instant::now());
         }
-        let probes = known.keys().map(|addr| async move {
-            let up = matches!(
-                tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
-                Ok(Ok(_))
-            );
-            (*addr, up)
+        // One probe channel per address, kept across rounds (it reconnects
+        // by itself once a restarted replica listens again).
+        probe_channels.retain(|a, _| known.contains_key(a));
+        for (addr, scheme) in &known {
+            if !probe_channels.contains_key(addr)
+                && let Ok(e) = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            {
+                probe_channels.insert(*addr, e.connect_timeout(PROBE_TIMEOUT).connect_lazy());
+            }
+        }
+        let probes = probe_channels.iter().map(|(addr, channel)| {
+            let mut health = HealthClient::new(channel.clone());
+            async move {
+                let ask = health.check(HealthCheckRequest { service: String::new() });
+                let up = matches!(
+                    tokio::time::timeout(PROBE_TIMEOUT, ask).await,
+                    Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
+                );
+                (*addr, up)
+            }
         });
         let up: HashSet<SocketAddr> = futures::future::join_all(probes)
             .await
@@ -201,9 +218,18 @@ mod tests {
 
     /// A health server on a free port, stopped when the sender fires.
     async fn health_server() -> (u16, tokio::sync::oneshot::Sender<()>) {
+        let (port, stop, _) = health_server_with_reporter().await;
+        (port, stop)
+    }
+
+    async fn health_server_with_reporter() -> (
+        u16,
+        tokio::sync::oneshot::Sender<()>,
+        tonic_health::server::HealthReporter,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let (_, service) = tonic_health::server::health_reporter();
+        let (reporter, service) = tonic_health::server::health_reporter();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -212,7 +238,33 @@ mod tests {
                     let _ = stopped.await;
                 }),
         );
-        (port, stop)
+        (port, stop, reporter)
+    }
+
+    /// A replica that answers but is not ready (starting, draining) gets
+    /// no calls while another is ready.
+    #[tokio::test]
+    async fn a_replica_that_is_not_serving_gets_no_calls_while_another_is() {
+        let (a, _keep_a, reporter) = health_server_with_reporter().await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        let (b, _keep_b) = health_server().await;
+        let channel = balanced(&format!("http://127.0.0.1:{a},http://127.0.0.1:{b}")).expect("channel");
+        tokio::time::sleep(PROBE_EVERY * 4).await;
+        for i in 0..40 {
+            let status = HealthClient::new(channel.clone())
+                .check(HealthCheckRequest { service: String::new() })
+                .await
+                .expect("answered")
+                .into_inner()
+                .status;
+            assert_eq!(
+                status,
+                ServingStatus::Serving as i32,
+                "call {i} reached the replica that is not ready"
+            );
+        }
     }
 
     /// Two replicas listed by address; one dies: after the probe period
