@@ -172,6 +172,42 @@ async fn load(mut c: Clients, worker: u64, stop: Arc<AtomicBool>, ledger: Arc<Mu
     }
 }
 
+/// One read of the service `role` serves (fanout-worker serves none).
+async fn survivors_answer(c: &mut Clients, role: Role) -> Result<(), tonic::Status> {
+    let user = *FOLLOWERS.start();
+    match role {
+        Role::FollowGraph => c
+            .graph
+            .get_relationships(timed(fg::GetRelationshipsRequest {
+                user_id: user,
+                target_user_ids: AUTHORS.to_vec(),
+                feeds: vec![],
+            }))
+            .await
+            .map(|_| ()),
+        Role::Publish => c
+            .publish
+            .get_fanout_lag(timed(pb::GetFanoutLagRequest {}))
+            .await
+            .map(|_| ()),
+        Role::Timeline => c
+            .timeline
+            .get_timeline(timed(feed_proto::timeline::v1::GetTimelineRequest {
+                user_id: user,
+                limit: 20,
+                cursor: String::new(),
+            }))
+            .await
+            .map(|_| ()),
+        Role::Notify => c
+            .notify
+            .get_unread_counts(timed(nt::GetUnreadCountsRequest { user_id: user }))
+            .await
+            .map(|_| ()),
+        Role::FanoutWorker => Ok(()),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_sigkill_of_any_replica_under_load_loses_and_duplicates_nothing() {
     let mut split = Split::start(&[
@@ -231,6 +267,15 @@ async fn split_sigkill_of_any_replica_under_load_loses_and_duplicates_nothing() 
         // probe period (250 ms); from then on nothing may fail.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let ejected = counters.snapshot();
+        if split.count(role) > 1 {
+            // The survivors answer: calls of our own to the killed role's
+            // service (the load may make few of them in the window).
+            for i in 0..5 {
+                survivors_answer(&mut c, role)
+                    .await
+                    .unwrap_or_else(|e| panic!("{}: call {i} while replica 0 was down: {e}", role.binary()));
+            }
+        }
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let during = counters.snapshot();
         split.restart(role, 0).await;
@@ -242,9 +287,6 @@ async fn split_sigkill_of_any_replica_under_load_loses_and_duplicates_nothing() 
                 "{} killed: its calls {answered} answered, {failed} failed while down; {failed_after_ejection} calls failed anywhere after the first second",
                 role.binary()
             ));
-            if split.count(role) > 1 {
-                assert!(answered > 0, "no {} replica answered while one was down", role.binary());
-            }
         }
         if split.count(role) > 1 {
             assert_eq!(
