@@ -67,7 +67,7 @@ impl timeline::Sources for InProcessSources {
     }
 
     async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Arc<Activity>>, ApiError> {
-        Ok(self.publisher.get(ids, false).await?.0)
+        feed_inbox::home::Outboxes::hydrate(&self.publisher, ids).await
     }
 
     async fn gather(&self, req: RoundRequest<'_>) -> Result<Round, ApiError> {
