@@ -6,6 +6,8 @@ use feed_proto::followgraph::v1 as fg;
 use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
 use tonic::transport::Channel;
 
+use crate::Coalesced;
+
 /// Feeds or users follow-graph answers per GetRelationships / GetCounts call.
 pub const FOLLOW_GRAPH_BATCH: usize = 100;
 /// Edges per GetEdgeVersions call.
@@ -28,6 +30,8 @@ pub struct FollowGraphClient {
     client: FollowGraphServiceClient<Channel>,
     channel: Channel,
     auth: feed_server::auth::ServiceToken,
+    /// Graph versions asked concurrently go in one call (a home read asks one).
+    versions: Coalesced<UserId, u64>,
 }
 
 fn peer(s: tonic::Status) -> ApiError {
@@ -49,6 +53,7 @@ impl FollowGraphClient {
                 .max_encoding_message_size(feed_server::MAX_MESSAGE_BYTES),
             channel,
             auth: feed_server::auth::ServiceToken::new(token)?,
+            versions: Coalesced::new(VERSION_BATCH),
         })
     }
 
@@ -135,16 +140,33 @@ impl FollowGraphClient {
 
     /// `user`'s graph version: any change to their follows, their mutes or
     /// a block either way raises it.
+    /// Lookups made while another is in flight share the next call (see
+    /// [`Coalesced`]: still read after this call began).
     pub async fn graph_version(&self, user: UserId) -> Result<u64, ApiError> {
+        let this = self.clone();
+        self.versions
+            .get(user, move |users| {
+                let this = this.clone();
+                async move { this.graph_versions(users).await }
+            })
+            .await
+    }
+
+    /// The graph versions of `users` (at most [`VERSION_BATCH`]), in order.
+    async fn graph_versions(&self, users: Vec<UserId>) -> Result<Vec<u64>, ApiError> {
         let versions = self
             .client
             .clone()
-            .get_graph_versions(self.req(fg::GetGraphVersionsRequest { user_ids: vec![user] }))
+            .get_graph_versions(self.req(fg::GetGraphVersionsRequest {
+                user_ids: users.clone(),
+            }))
             .await
             .map_err(peer)?
             .into_inner()
             .versions;
-        Ok(versions.iter().find(|v| v.user_id == user).map_or(0, |v| v.version))
+        let by_user: std::collections::HashMap<UserId, u64> =
+            versions.iter().map(|v| (v.user_id, v.version)).collect();
+        Ok(users.iter().map(|u| by_user.get(u).copied().unwrap_or(0)).collect())
     }
 
     /// Every feed `user` follows (bounded by follow-graph's max_following).

@@ -4,7 +4,10 @@
 //! peer (in-process fakes implement it in tests); the gRPC implementations
 //! of those traits wrap these clients.
 
+mod coalesce;
 mod follow_graph;
+
+pub use coalesce::Coalesced;
 
 pub use follow_graph::{FOLLOW_GRAPH_BATCH, FollowGraphClient, Follower};
 
