@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use feed_core::{ApiError, FeedRef, IdGenerator, NodeLease, SystemClock, UserId};
+use feed_core::{ApiError, Clock, FeedRef, IdGenerator, ManualClock, NodeLease, SystemClock, UserId};
 use feed_proto::events::v1::{EdgeChange, edge_change::Cause};
 use feed_proto::publish::v1::NewActivity;
 use publish::graph::{Follower, Graph};
@@ -55,7 +55,10 @@ impl Graph for ScriptedGraph {
 }
 
 fn publisher(store: Arc<dyn ActivityStore>, graph: Arc<dyn Graph>, node: u16) -> Publisher {
-    let clock = Arc::new(SystemClock);
+    publisher_on(store, graph, node, Arc::new(SystemClock))
+}
+
+fn publisher_on(store: Arc<dyn ActivityStore>, graph: Arc<dyn Graph>, node: u16, clock: Arc<dyn Clock>) -> Publisher {
     Publisher::new(
         store,
         graph,
@@ -161,4 +164,46 @@ async fn an_edge_change_committed_behind_the_cursor_still_becomes_a_job() {
         .expect("log")
         .push(change(now - 3_600_000 * ms, 5, "user:6", 1));
     assert_eq!(p.ingest_late_edges().await.expect("late"), 0);
+}
+
+/// Once the consumer's clock is a window past the cursor, every change at
+/// or below it has been committed or never will be: one more pass, then the
+/// window is not re-read (a quiet log after a burst of follows costs no
+/// reads) until the cursor moves, when the window is watched again.
+#[tokio::test]
+async fn the_late_window_is_read_until_its_deadlines_pass_then_again_once_the_cursor_moves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn ActivityStore> = Arc::new(EmbeddedActivityStore::open(dir.path()).expect("open"));
+    let graph = Arc::new(ScriptedGraph::default());
+    let t = 1_800_000_000_000u64;
+    let clock = ManualClock::new(t);
+    let p = publisher_on(store.clone(), graph.clone(), 1, Arc::new(clock.clone()));
+    let ms = 1_000_000u64;
+    let push = |seq: u64, follower: u64| graph.log.lock().expect("log").push(change(seq, follower, "user:2", 1));
+    push(t * ms, 1);
+    assert_eq!(p.ingest_edges().await.expect("ingest"), 1);
+
+    clock.set(t + 10_000);
+    push((t - 2_000) * ms, 3);
+    assert_eq!(p.ingest_late_edges().await.expect("late"), 1, "inside the window");
+    clock.set(t + 61_000);
+    push((t - 30_000) * ms, 4);
+    assert_eq!(
+        p.ingest_late_edges().await.expect("late"),
+        1,
+        "the pass after the deadlines still reads the window"
+    );
+    // Beyond the promise (a change committed past its deadline): the
+    // settled window is not read again, so it is not found.
+    push((t - 20_000) * ms, 5);
+    assert_eq!(p.ingest_late_edges().await.expect("late"), 0, "settled: not re-read");
+    assert!(store.job("edge/5/user:2/1").await.expect("job").is_none());
+
+    // A new change moves the cursor: its window is watched again, and one
+    // committed behind the new cursor becomes a job.
+    push((t + 62_000) * ms, 6);
+    assert_eq!(p.ingest_edges().await.expect("ingest"), 1);
+    push((t + 61_500) * ms, 7);
+    assert_eq!(p.ingest_late_edges().await.expect("late"), 1, "7 (5 is below the new window)");
+    assert!(store.job("edge/7/user:2/1").await.expect("job").is_some());
 }

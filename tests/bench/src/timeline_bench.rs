@@ -305,6 +305,7 @@ pub(crate) async fn populate(
             }
         })
         .await;
+    let follows_done = Instant::now();
     let mut publish = PublishServiceClient::new(publish);
     wait_idle(&mut publish).await?;
     // Posts from power-law authors fill the inboxes through fanout (celebrities are pulled).
@@ -334,5 +335,17 @@ pub(crate) async fn populate(
         "set-up: {users} users, {posts} posts in {:.1}s",
         t.elapsed().as_secs_f64()
     );
+    // Publish re-reads the edge log's trailing minute every 5 s for changes
+    // committed behind its cursor (`feed_core::edge_log`): for a minute
+    // after the set-up that is ~200,000 follows per pass, work no steady
+    // state has. Reads are measured once that window has passed.
+    let settle = Duration::from_millis(feed_core::edge_log::LATE_WINDOW_MS + 6_000).saturating_sub(follows_done.elapsed());
+    if !settle.is_zero() {
+        println!(
+            "waiting {:.0}s for the set-up's follows to leave publish's late-change window",
+            settle.as_secs_f64()
+        );
+        tokio::time::sleep(settle).await;
+    }
     Ok(())
 }

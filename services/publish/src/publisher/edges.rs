@@ -48,8 +48,22 @@ impl Publisher {
     /// the cursor passed them into jobs; what was already turned into a job
     /// is known by its deterministic job id. After a restart the window is
     /// taken once more (its jobs are idempotent). Returns the late changes.
+    ///
+    /// A change at position p is committed by p's time plus the window on
+    /// its writer's clock ([`feed_core::edge_log::LATE_WINDOW_MS`] is well
+    /// above a write timeout plus clock skew). Once this clock is past the
+    /// cursor's time plus the window, one more pass sees every change at or
+    /// below the cursor for good, and the window is not re-read until the
+    /// cursor moves: after a burst of follows and then quiet, the burst's
+    /// last minute would otherwise be read every pass, forever.
     pub async fn ingest_late_edges(&self) -> Result<usize, ApiError> {
         let cursor = self.store.edge_cursor().await?;
+        if *self.settled_cursor.lock().unwrap_or_else(|p| p.into_inner()) == Some(cursor) {
+            return Ok(0);
+        }
+        // Read before the pass: the pass then starts after every deadline.
+        let past_deadlines = self.clock.now_ms()
+            > (cursor / feed_core::edge_log::POSITIONS_PER_MS).saturating_add(feed_core::edge_log::LATE_WINDOW_MS);
         let mut after = feed_core::edge_log::window_start(cursor);
         let mut late = 0;
         loop {
@@ -87,6 +101,9 @@ impl Publisher {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, seq| *seq >= floor);
+        if past_deadlines {
+            *self.settled_cursor.lock().unwrap_or_else(|p| p.into_inner()) = Some(cursor);
+        }
         Ok(late)
     }
 

@@ -61,6 +61,10 @@ pub struct Publisher {
     /// Edge jobs made from the log's trailing window, by job id, with
     /// their positions (see [`Publisher::ingest_late_edges`]).
     ingested: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    /// The edge cursor whose trailing window a pass read after every
+    /// change in it was past its commit deadline: nothing can land there
+    /// any more, so the window is not read again until the cursor moves.
+    settled_cursor: Arc<std::sync::Mutex<Option<u64>>>,
 }
 
 impl Publisher {
@@ -81,6 +85,7 @@ impl Publisher {
             clock,
             cfg: Arc::new(cfg),
             ingested: Arc::default(),
+            settled_cursor: Arc::default(),
         }
     }
 
