@@ -204,6 +204,10 @@ async fn the_late_window_is_read_until_its_deadlines_pass_then_again_once_the_cu
     push((t + 62_000) * ms, 6);
     assert_eq!(p.ingest_edges().await.expect("ingest"), 1);
     push((t + 61_500) * ms, 7);
-    assert_eq!(p.ingest_late_edges().await.expect("late"), 1, "7 (5 is below the new window)");
+    assert_eq!(
+        p.ingest_late_edges().await.expect("late"),
+        1,
+        "7 (5 is below the new window)"
+    );
     assert!(store.job("edge/7/user:2/1").await.expect("job").is_some());
 }

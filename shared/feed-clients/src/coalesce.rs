@@ -166,13 +166,11 @@ mod tests {
 
     use super::*;
 
+    type Answer = std::pin::Pin<Box<dyn Future<Output = Result<Vec<u64>, ApiError>> + Send>>;
+
     /// A fetch that answers each key with key * 1000 + the call's number,
     /// recording each call's keys, and holding each call for `hold`.
-    fn counting(
-        calls: Arc<Mutex<Vec<Vec<u64>>>>,
-        hold: Duration,
-    ) -> impl Fn(Vec<u64>) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u64>, ApiError>> + Send>> + Send + 'static
-    {
+    fn counting(calls: Arc<Mutex<Vec<Vec<u64>>>>, hold: Duration) -> impl Fn(Vec<u64>) -> Answer + Send + 'static {
         move |keys: Vec<u64>| {
             let calls = calls.clone();
             Box::pin(async move {
@@ -205,7 +203,10 @@ mod tests {
         let calls = calls.lock().unwrap();
         assert!(calls.len() < 10, "64 lookups took {} calls", calls.len());
         for keys in calls.iter() {
-            assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys are distinct and sorted: {keys:?}");
+            assert!(
+                keys.windows(2).all(|w| w[0] < w[1]),
+                "keys are distinct and sorted: {keys:?}"
+            );
         }
     }
 
@@ -221,7 +222,10 @@ mod tests {
         while calls.lock().unwrap().is_empty() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let second = c.get(1, counting(calls.clone(), Duration::from_millis(100))).await.unwrap();
+        let second = c
+            .get(1, counting(calls.clone(), Duration::from_millis(100)))
+            .await
+            .unwrap();
         assert_eq!(first.await.unwrap().unwrap(), 1001);
         assert_eq!(second, 1002, "answered by the call that started after it was asked");
     }

@@ -164,8 +164,7 @@ impl FollowGraphClient {
             .map_err(peer)?
             .into_inner()
             .versions;
-        let by_user: std::collections::HashMap<UserId, u64> =
-            versions.iter().map(|v| (v.user_id, v.version)).collect();
+        let by_user: std::collections::HashMap<UserId, u64> = versions.iter().map(|v| (v.user_id, v.version)).collect();
         Ok(users.iter().map(|u| by_user.get(u).copied().unwrap_or(0)).collect())
     }
 

@@ -93,17 +93,19 @@ pub async fn run(users: u64, requests: usize, levels: Vec<usize>, followers: u64
         .get_multiplexed_async_connection()
         .await?;
     let threshold = (users / 20).to_string();
-    let split = Split::start_on(
-        redis,
-        ONE_EACH,
-        &[
-            ("FEED__FOLLOW_GRAPH__CELEBRITY_THRESHOLD", threshold.as_str()),
-            ("FEED__FOLLOW_GRAPH__MAX_FOLLOWING", "100"),
-            ("FEED__FANOUT__WORKERS", "4"),
-            ("FEED__TELEMETRY__LOG_FILTER", "warn"),
-        ],
-    )
-    .await;
+    let mut env = vec![
+        ("FEED__FOLLOW_GRAPH__CELEBRITY_THRESHOLD", threshold.as_str()),
+        ("FEED__FOLLOW_GRAPH__MAX_FOLLOWING", "100"),
+        ("FEED__FANOUT__WORKERS", "4"),
+        ("FEED__TELEMETRY__LOG_FILTER", "warn"),
+    ];
+    // Each service's runtime threads (tokio's default: one per core), for
+    // trying what a pod's CPU share would give it.
+    let threads = std::env::var("FEED_BENCH_SERVICE_THREADS").unwrap_or_default();
+    if !threads.is_empty() {
+        env.push(("TOKIO_WORKER_THREADS", threads.as_str()));
+    }
+    let split = Split::start_on(redis, ONE_EACH, &env).await;
     populate(
         split.channel(Role::FollowGraph, 0),
         split.channel(Role::Publish, 0),
@@ -114,6 +116,13 @@ pub async fn run(users: u64, requests: usize, levels: Vec<usize>, followers: u64
     let timeline = split.channel(Role::Timeline, 0);
     let raw = raw_limit(conn.clone()).await?;
     let pids = split.pids();
+    // Reads in a steady state: the timeline holds each reader's follow list
+    // and relations per graph version (`timeline::graph_cache`), and a read
+    // that first meets a reader fetches them from follow-graph. Two reads
+    // per user first, so most readers are held as for an active user base.
+    let warm = Instant::now();
+    drive(timeline.clone(), &mut conn, &[], users, 2 * users as usize, 64, 99).await?;
+    println!("warm-up: {} reads in {:.1}s", 2 * users, warm.elapsed().as_secs_f64());
     let mut last = String::new();
     for c in levels {
         drive(timeline.clone(), &mut conn, &pids, users, 200, c.min(200), 0).await?;

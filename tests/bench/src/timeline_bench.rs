@@ -339,7 +339,8 @@ pub(crate) async fn populate(
     // committed behind its cursor (`feed_core::edge_log`): for a minute
     // after the set-up that is ~200,000 follows per pass, work no steady
     // state has. Reads are measured once that window has passed.
-    let settle = Duration::from_millis(feed_core::edge_log::LATE_WINDOW_MS + 6_000).saturating_sub(follows_done.elapsed());
+    let settle =
+        Duration::from_millis(feed_core::edge_log::LATE_WINDOW_MS + 6_000).saturating_sub(follows_done.elapsed());
     if !settle.is_zero() {
         println!(
             "waiting {:.0}s for the set-up's follows to leave publish's late-change window",
