@@ -17,7 +17,7 @@ const DEAD_TOKEN: u8 = 0x12;
 
 /// The `feeds` of a timeline read: at most 1000, each named in errors.
 fn feeds_field(raw: &[String]) -> Result<Vec<FeedRef>, ApiError> {
-    validate::batch_len("feeds", raw, 1000)?;
+    validate::batch_len("feeds", raw, feed_clients::PUBLISH_MAX_FEEDS)?;
     raw.iter()
         .enumerate()
         .map(|(i, f)| FeedRef::parse_field(&format!("feeds[{i}]"), f))

@@ -10,7 +10,8 @@ pub struct TimelineRules {
     /// A read scans at most this many candidate ids per returned item before
     /// answering with `has_more` (bounded reads, Invariant 9).
     pub scan_factor: usize,
-    /// Most followed feeds read per page for pull-mode items and history.
+    /// Most followed feeds read per page for pull-mode items and history
+    /// (at most what publish takes per call, [`feed_clients::PUBLISH_MAX_FEEDS`]).
     pub max_feeds_per_read: usize,
     /// Inbox rebuilds running at once across all users (a Redis loss must not stampede the store).
     pub rebuild_budget: usize,
@@ -31,7 +32,7 @@ impl TimelineRules {
         Self {
             max_limit: c.max_limit.max(1),
             scan_factor: c.scan_factor.max(1),
-            max_feeds_per_read: c.max_feeds_per_read.max(1),
+            max_feeds_per_read: c.max_feeds_per_read.clamp(1, feed_clients::PUBLISH_MAX_FEEDS),
             rebuild_budget: c.rebuild_budget.max(1),
             active_debounce: Duration::from_millis(c.active_debounce_ms),
         }

@@ -13,5 +13,10 @@ pub use follow_graph::{FOLLOW_GRAPH_BATCH, FollowGraphClient, Follower};
 
 /// The name follow-graph's health service reports it under.
 pub const FOLLOW_GRAPH_SERVICE: &str = "feed.followgraph.v1.FollowGraphService";
+/// Feeds publish takes in one `ReadHome` or `ReadOutboxes` call; a home
+/// read covers at most this many followed feeds (`timeline.max_feeds_per_read`
+/// is capped to it).
+pub const PUBLISH_MAX_FEEDS: usize = 1000;
+
 /// The name publish's health service reports it under.
 pub const PUBLISH_SERVICE: &str = "feed.publish.v1.PublishService";

@@ -5,6 +5,7 @@ mod dead_letters;
 mod fanout_fault;
 mod fanout_property;
 mod follow_graph;
+mod internal_caps;
 mod k8s_manifests;
 mod notify;
 mod publish;
