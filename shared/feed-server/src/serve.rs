@@ -15,6 +15,7 @@ use tower::ServiceBuilder;
 
 use crate::Shutdown;
 use crate::config::ServerConfig;
+use crate::limits::LimitsLayer;
 use crate::observe::ObserveLayer;
 use crate::tasks::Tasks;
 
@@ -95,7 +96,6 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
         .add_service(reflection_v1alpha);
 
     let mut builder = Server::builder()
-        .timeout(Duration::from_millis(config.request_timeout_ms))
         .max_connection_age(Duration::from_secs(config.max_connection_age_secs.max(1)))
         .http2_keepalive_interval(Some(Duration::from_secs(30)));
     if !config.tls_cert.is_empty() && !config.tls_key.is_empty() {
@@ -104,9 +104,13 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
         builder = builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
     }
     // Shed instead of queueing: a saturated replica answers RESOURCE_EXHAUSTED
-    // at once and the client retries elsewhere.
+    // at once and the client retries elsewhere. The deadline and the
+    // shedding answer inside the metrics layer, so both are counted.
     let layers = ServiceBuilder::new()
         .layer(ObserveLayer)
+        .layer(LimitsLayer::new(Duration::from_millis(
+            config.request_timeout_ms.max(1),
+        )))
         .load_shed()
         .concurrency_limit(config.concurrency_limit.max(1))
         .into_inner();
