@@ -50,7 +50,7 @@ pub struct Timeline {
     inbox: Arc<dyn InboxStore>,
     cfg: Arc<TimelineRules>,
     budget: Arc<Semaphore>,
-    rebuilding: Arc<Mutex<HashMap<UserId, Arc<tokio::sync::Mutex<()>>>>>,
+    rebuilding: Arc<Flights>,
     last_active: Arc<Mutex<HashMap<UserId, std::time::Instant>>>,
 }
 
@@ -103,6 +103,45 @@ impl Followed {
     }
 }
 
+/// Rebuilds in flight by user: the lock reads of one user take turns on,
+/// and how many reads hold it.
+type Flights = Mutex<HashMap<UserId, (Arc<tokio::sync::Mutex<()>>, usize)>>;
+
+/// One read's share of a user's rebuild flight. The entry goes when its
+/// last holder is done, however that read ends (answered, failed or
+/// cancelled): an entry removed only after a successful rebuild stayed
+/// forever for every user whose rebuild failed.
+struct Flight<'a> {
+    flights: &'a Flights,
+    user: UserId,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> Flight<'a> {
+    fn join(flights: &'a Flights, user: UserId) -> Self {
+        let mut map = flights.lock().unwrap_or_else(|p| p.into_inner());
+        let (lock, holders) = map.entry(user).or_default();
+        *holders += 1;
+        Self {
+            flights,
+            user,
+            lock: lock.clone(),
+        }
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut map = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, holders)) = map.get_mut(&self.user) {
+            *holders -= 1;
+            if *holders == 0 {
+                map.remove(&self.user);
+            }
+        }
+    }
+}
+
 impl Timeline {
     /// A timeline over its sources and the inbox store.
     pub fn new(sources: Arc<dyn Sources>, inbox: Arc<dyn InboxStore>, cfg: TimelineRules) -> Self {
@@ -111,7 +150,7 @@ impl Timeline {
             sources,
             inbox,
             cfg: Arc::new(cfg),
-            rebuilding: Arc::new(Mutex::new(HashMap::default())),
+            rebuilding: Arc::default(),
             last_active: Arc::new(Mutex::new(HashMap::default())),
         }
     }
@@ -146,11 +185,8 @@ impl Timeline {
         if self.inbox.is_live(user).await? {
             return Ok(false);
         }
-        let lock = {
-            let mut map = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(user).or_default().clone()
-        };
-        let _flight = lock.lock().await;
+        let flight = Flight::join(&self.rebuilding, user);
+        let _turn = flight.lock.lock().await;
         if self.inbox.is_live(user).await? {
             return Ok(false);
         }
@@ -160,7 +196,6 @@ impl Timeline {
             .map_err(|_| ApiError::Internal("rebuild budget closed".into()))?;
         self.sources.rebuild(user).await?;
         metrics::counter!("feed_timeline_rebuilds_total").increment(1);
-        self.rebuilding.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
         Ok(true)
     }
 
@@ -356,5 +391,84 @@ impl Timeline {
             tracing::debug!(error = %e, "lazy inbox cleanup failed");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+    use feed_core::{FeedRef, SystemClock};
+
+    use super::*;
+    use crate::sources::{Entry, ReaderRelation, Round, RoundRequest};
+
+    /// Nothing followed, every inbox missing, and a rebuild that fails or hangs.
+    struct NoRebuild {
+        hang: bool,
+    }
+
+    #[async_trait]
+    impl Sources for NoRebuild {
+        async fn following(&self, _: UserId) -> Result<Vec<FeedRef>, ApiError> {
+            Ok(vec![])
+        }
+        async fn relations(&self, _: UserId, actors: &[UserId]) -> Result<Vec<ReaderRelation>, ApiError> {
+            Ok(vec![ReaderRelation::default(); actors.len()])
+        }
+        async fn read_outboxes(
+            &self,
+            _: &[FeedRef],
+            _: Option<u64>,
+            _: usize,
+            _: bool,
+        ) -> Result<(Vec<Entry>, bool), ApiError> {
+            Ok((vec![], false))
+        }
+        async fn gather(&self, _: RoundRequest<'_>) -> Result<Round, ApiError> {
+            Ok(Round::default())
+        }
+        async fn hydrate(&self, _: &[u64]) -> Result<Vec<Arc<Activity>>, ApiError> {
+            Ok(vec![])
+        }
+        async fn rebuild(&self, _: UserId) -> Result<(), ApiError> {
+            if self.hang {
+                std::future::pending::<()>().await;
+            }
+            Err(ApiError::Unavailable("publish: down".into()))
+        }
+    }
+
+    fn timeline(hang: bool) -> Timeline {
+        let inbox = feed_inbox::MemoryInbox::new(feed_inbox::InboxLimits::default(), Arc::new(SystemClock));
+        Timeline::new(Arc::new(NoRebuild { hang }), Arc::new(inbox), TimelineRules::default())
+    }
+
+    fn flights(t: &Timeline) -> usize {
+        t.rebuilding.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_abandoned_rebuild_leaves_no_flight_behind() {
+        let t = timeline(false);
+        for user in 1..=3 {
+            let err = t.home(user, 20, None).await.expect_err("the rebuild fails");
+            assert_eq!(err, ApiError::Unavailable("publish: down".into()));
+        }
+        assert_eq!(flights(&t), 0, "failed rebuilds");
+
+        let t = timeline(true);
+        let reads: Vec<_> = (0..3)
+            .map(|_| {
+                let t = t.clone();
+                tokio::spawn(async move { t.home(7, 20, None).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(flights(&t), 1, "three reads share one flight");
+        for r in reads {
+            r.abort();
+            let _ = r.await;
+        }
+        assert_eq!(flights(&t), 0, "reads cancelled mid-rebuild");
     }
 }
