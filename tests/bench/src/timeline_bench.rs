@@ -210,7 +210,7 @@ pub async fn run(users: u64, requests: usize, levels: Vec<usize>) -> anyhow::Res
     let redis = RedisServer::start_with_config(&conf, &[])?;
     let platform = start_platform(&redis.url(), 4, 4, |cfg| {
         cfg.follow_graph.celebrity_threshold = users / 20;
-        cfg.follow_graph.max_following = 100;
+        cfg.follow_graph.max_following = COLD_FOLLOWS as u64;
     })
     .await?;
     let channel = Channel::from_shared(format!("http://{}", platform.addr))?
@@ -255,10 +255,85 @@ pub async fn run(users: u64, requests: usize, levels: Vec<usize>) -> anyhow::Res
             100.0 * rate / raw_rate
         );
     }
+    let cold = cold_first_pages(channel.clone(), &mut conn, users).await?;
     platform.shutdown.trigger();
     let _ = platform.task.await;
+    println!("{cold}");
     println!("{last}");
     Ok(())
+}
+
+/// Returning users measured by [`cold_first_pages`].
+const COLD_USERS: u64 = 100;
+/// Feeds each of them follows.
+const COLD_FOLLOWS: usize = 1_000;
+
+/// A returning user's first page: [`COLD_USERS`] users each follow
+/// [`COLD_FOLLOWS`] of the bench's users, then their inboxes are gone (as
+/// after a long absence), and each reads one first page, one at a time:
+/// the read rebuilds the inbox from every followed outbox before it
+/// answers. Returns the summary line.
+async fn cold_first_pages(
+    channel: Channel,
+    conn: &mut redis::aio::MultiplexedConnection,
+    users: u64,
+) -> anyhow::Result<String> {
+    let cold: Vec<u64> = (1..=COLD_USERS).map(|n| users + n).collect();
+    let graph = FollowGraphServiceClient::new(channel.clone());
+    let mut rng = Rng(99);
+    let mut follows = Vec::new();
+    for u in &cold {
+        let mut followed = std::collections::BTreeSet::new();
+        while followed.len() < COLD_FOLLOWS.min(users as usize) {
+            followed.insert(1 + rng.next() % users);
+        }
+        follows.extend(followed.into_iter().map(|t| (*u, t)));
+    }
+    futures::stream::iter(follows)
+        .for_each_concurrent(64, |(u, t)| {
+            let mut g = graph.clone();
+            async move {
+                let _ = g
+                    .follow(req(fg::FollowRequest {
+                        follower_id: u,
+                        feed: format!("user:{t}"),
+                    }))
+                    .await;
+            }
+        })
+        .await;
+    let mut publish = PublishServiceClient::new(channel.clone());
+    wait_idle(&mut publish).await?;
+    let mut pipe = redis::pipe();
+    for u in &cold {
+        pipe.cmd("DEL").arg(inbox_key(*u)).arg(floor_key(*u)).ignore();
+    }
+    let _: () = pipe.query_async(conn).await?;
+    let mut timeline = TimelineServiceClient::new(channel);
+    let mut latencies = Vec::with_capacity(cold.len());
+    let mut items = 0;
+    for u in &cold {
+        let t = Instant::now();
+        let page = timeline
+            .get_timeline(req(tl::GetTimelineRequest {
+                user_id: *u,
+                limit: 20,
+                cursor: String::new(),
+            }))
+            .await?
+            .into_inner();
+        latencies.push(t.elapsed());
+        items += page.items.len();
+    }
+    latencies.sort();
+    let pct =
+        |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1000.0;
+    Ok(format!(
+        "cold first page ({COLD_USERS} returning users following {COLD_FOLLOWS} feeds each, inbox rebuilt on read): p50 {:.1} ms p99 {:.1} ms ({:.1} items per page)",
+        pct(0.5),
+        pct(0.99),
+        items as f64 / cold.len() as f64
+    ))
 }
 
 /// The timeline benches' data: every user active (a live inbox), a
