@@ -48,12 +48,16 @@ pub struct ServeOptions {
     pub shutdown: Shutdown,
 }
 
-/// How often readiness is re-checked once serving.
 /// The health service name a liveness probe asks for: SERVING as long as
 /// the server runs (readiness probes ask for the service's own name).
 pub const LIVENESS: &str = "liveness";
 
+/// How often readiness is re-checked once serving.
 const READINESS_PERIOD: Duration = Duration::from_secs(5);
+/// How often a serving server re-checks after a failed check.
+const RECHECK_PERIOD: Duration = Duration::from_secs(1);
+/// Failed checks in a row before a serving server turns NOT_SERVING.
+const UNREADY_AFTER: u32 = 3;
 
 /// Serves until `opts.shutdown` triggers, then drains. Health is NOT_SERVING
 /// until every readiness check passes, and again from the moment shutdown starts.
@@ -122,6 +126,7 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
     let ready_names = all_names.clone();
     let ready_task = tokio::spawn(async move {
         let mut last = None;
+        let mut failures = 0u32;
         loop {
             let mut reasons = Vec::new();
             for check in &readiness {
@@ -133,8 +138,16 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
             if ready_shutdown.is_triggered() {
                 return;
             }
-            if last != Some(ok) {
-                let status = if ok {
+            failures = if ok { 0 } else { failures + 1 };
+            // A serving replica leaves rotation only once its checks have
+            // failed UNREADY_AFTER times in a row, a second apart: on one
+            // failed check (a Redis blip) every replica would leave at once.
+            let ready = ok || (last == Some(true) && failures < UNREADY_AFTER);
+            if !ok && ready {
+                tracing::warn!(reasons = %reasons.join("; "), failures, "readiness check failed; still SERVING");
+            }
+            if last != Some(ready) {
+                let status = if ready {
                     ServingStatus::Serving
                 } else {
                     ServingStatus::NotServing
@@ -142,17 +155,17 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
                 for name in &ready_names {
                     ready_health.set_service_status(*name, status).await;
                 }
-                if ok {
+                if ready {
                     tracing::info!("ready: SERVING");
                 } else {
                     tracing::warn!(reasons = %reasons.join("; "), "not ready: NOT_SERVING");
                 }
-                last = Some(ok);
+                last = Some(ready);
             }
-            let period = if ok {
-                READINESS_PERIOD
-            } else {
-                Duration::from_millis(200)
+            let period = match (ok, ready) {
+                (true, _) => READINESS_PERIOD,
+                (false, true) => RECHECK_PERIOD,
+                (false, false) => Duration::from_millis(200),
             };
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
@@ -367,4 +380,99 @@ where
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    use super::*;
+
+    /// Serves only health, with one readiness check failing while `failing`
+    /// is above zero (each check takes one off).
+    async fn server(failing: Arc<AtomicU32>) -> (HealthClient<tonic::transport::Channel>, Shutdown) {
+        let mut set = ServiceSet::default();
+        set.names.push("test.Service");
+        set.readiness.push(Arc::new(move || {
+            let failing = failing.clone();
+            Box::pin(async move {
+                match failing.load(Ordering::SeqCst) {
+                    0 => Ok(()),
+                    n => {
+                        failing.store(n - 1, Ordering::SeqCst);
+                        Err("redis: connection refused".to_owned())
+                    }
+                }
+            })
+        }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = Shutdown::new();
+        tokio::spawn(serve(
+            set,
+            ServeOptions {
+                config: ServerConfig::default(),
+                listener,
+                shutdown: shutdown.clone(),
+            },
+        ));
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        (HealthClient::new(channel), shutdown)
+    }
+
+    async fn status(client: &mut HealthClient<tonic::transport::Channel>) -> i32 {
+        client
+            .check(HealthCheckRequest {
+                service: "test.Service".into(),
+            })
+            .await
+            .expect("health")
+            .into_inner()
+            .status
+    }
+
+    #[tokio::test]
+    async fn a_serving_server_stays_in_rotation_through_a_blip_and_leaves_on_a_lasting_failure() {
+        let failing = Arc::new(AtomicU32::new(0));
+        let (mut client, shutdown) = server(failing.clone()).await;
+        let serving = ServingStatus::Serving as i32;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while status(&mut client).await != serving {
+            assert!(tokio::time::Instant::now() < deadline, "never SERVING");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A blip: the next two checks fail, then the dependency is back.
+        failing.store(2, Ordering::SeqCst);
+        let until =
+            tokio::time::Instant::now() + READINESS_PERIOD + RECHECK_PERIOD * UNREADY_AFTER + Duration::from_secs(1);
+        while tokio::time::Instant::now() < until {
+            assert_eq!(
+                status(&mut client).await,
+                serving,
+                "a blip takes the replica out of rotation"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(failing.load(Ordering::SeqCst), 0, "the blip's checks ran");
+        // A lasting failure: NOT_SERVING once the checks failed enough times.
+        failing.store(u32::MAX, Ordering::SeqCst);
+        let deadline =
+            tokio::time::Instant::now() + READINESS_PERIOD + RECHECK_PERIOD * UNREADY_AFTER + Duration::from_secs(2);
+        while status(&mut client).await == serving {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still SERVING on a lasting failure"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        shutdown.trigger();
+    }
 }
