@@ -179,22 +179,7 @@ mod tests {
             concurrency_limit: 1,
             ..Default::default()
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let shutdown = crate::Shutdown::new();
-        tokio::spawn(crate::serve::serve(
-            set,
-            crate::serve::ServeOptions {
-                config,
-                listener,
-                shutdown: shutdown.clone(),
-            },
-        ));
-        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect");
+        let (channel, shutdown) = crate::serve::serve_on_loopback(set, config).await;
         let client = feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient::new(channel);
         let call = |timeout: Option<Duration>| {
             let mut client = client.clone();

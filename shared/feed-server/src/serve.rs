@@ -382,6 +382,29 @@ where
     .await
 }
 
+/// Serves `set` with `config` on 127.0.0.1:0 (tests): a connected
+/// channel, and the shutdown that stops it.
+#[cfg(test)]
+pub(crate) async fn serve_on_loopback(set: ServiceSet, config: ServerConfig) -> (tonic::transport::Channel, Shutdown) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = Shutdown::new();
+    tokio::spawn(serve(
+        set,
+        ServeOptions {
+            config,
+            listener,
+            shutdown: shutdown.clone(),
+        },
+    ));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    (channel, shutdown)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -409,22 +432,7 @@ mod tests {
                 }
             })
         }));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let shutdown = Shutdown::new();
-        tokio::spawn(serve(
-            set,
-            ServeOptions {
-                config: ServerConfig::default(),
-                listener,
-                shutdown: shutdown.clone(),
-            },
-        ));
-        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect");
+        let (channel, shutdown) = serve_on_loopback(set, ServerConfig::default()).await;
         (HealthClient::new(channel), shutdown)
     }
 

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use feed_e2e::split::{Role, Split, Topology};
 use feed_inbox::redis_store::{LIVE_MARK, floor_key, inbox_key};
-use feed_proto::followgraph::v1 as fg;
 use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
 use feed_proto::publish::v1 as pb;
 use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
@@ -20,12 +19,11 @@ use feed_proto::timeline::v1 as tl;
 use feed_proto::timeline::v1::timeline_service_client::TimelineServiceClient;
 use feed_proto::timeline::v1::timeline_service_server::{TimelineService, TimelineServiceServer};
 use feed_testkit::RedisServer;
-use futures::StreamExt;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::timeline_bench::{ROUNDS, Rng, Samples, drive, populate, process_cpu};
+use crate::timeline_bench::{ROUNDS, Rng, Samples, drive, follow_all, populate, process_cpu};
 use crate::{req, wait_idle};
 
 /// The raw limit of the split shape: one gRPC hop to a peer, one Redis read.
@@ -204,19 +202,7 @@ async fn publish_to_visible(followers: u64, posts: usize) -> anyhow::Result<(Vec
         let _: () = pipe.query_async(&mut conn).await?;
     }
     let graph = FollowGraphServiceClient::new(split.channel(Role::FollowGraph, 0));
-    futures::stream::iter(fans.clone())
-        .for_each_concurrent(64, |u| {
-            let mut g = graph.clone();
-            async move {
-                let _ = g
-                    .follow(req(fg::FollowRequest {
-                        follower_id: u,
-                        feed: format!("user:{author}"),
-                    }))
-                    .await;
-            }
-        })
-        .await;
+    follow_all(&graph, fans.iter().map(|u| (*u, author)).collect()).await;
     let mut publish = PublishServiceClient::new(split.channel(Role::Publish, 0));
     wait_idle(&mut publish).await?;
     let mut timeline = TimelineServiceClient::new(split.channel(Role::Timeline, 0));

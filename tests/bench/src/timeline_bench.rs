@@ -289,19 +289,7 @@ async fn cold_first_pages(
         }
         follows.extend(followed.into_iter().map(|t| (*u, t)));
     }
-    futures::stream::iter(follows)
-        .for_each_concurrent(64, |(u, t)| {
-            let mut g = graph.clone();
-            async move {
-                let _ = g
-                    .follow(req(fg::FollowRequest {
-                        follower_id: u,
-                        feed: format!("user:{t}"),
-                    }))
-                    .await;
-            }
-        })
-        .await;
+    follow_all(&graph, follows).await;
     let mut publish = PublishServiceClient::new(channel.clone());
     wait_idle(&mut publish).await?;
     let mut pipe = redis::pipe();
@@ -336,6 +324,23 @@ async fn cold_first_pages(
     ))
 }
 
+/// `(follower, user)` follows, 64 at a time (set-up, not measured).
+pub(crate) async fn follow_all(graph: &FollowGraphServiceClient<Channel>, follows: Vec<(u64, u64)>) {
+    futures::stream::iter(follows)
+        .for_each_concurrent(64, |(u, t)| {
+            let mut g = graph.clone();
+            async move {
+                let _ = g
+                    .follow(req(fg::FollowRequest {
+                        follower_id: u,
+                        feed: format!("user:{t}"),
+                    }))
+                    .await;
+            }
+        })
+        .await;
+}
+
 /// The timeline benches' data: every user active (a live inbox), a
 /// power-law follow graph (20 follows per user, low ids the celebrities),
 /// 2,000 posts from power-law authors, fanned out.
@@ -367,19 +372,7 @@ pub(crate) async fn populate(
         }
     }
     let graph = FollowGraphServiceClient::new(graph);
-    futures::stream::iter(follows)
-        .for_each_concurrent(64, |(u, t)| {
-            let mut g = graph.clone();
-            async move {
-                let _ = g
-                    .follow(req(fg::FollowRequest {
-                        follower_id: u,
-                        feed: format!("user:{t}"),
-                    }))
-                    .await;
-            }
-        })
-        .await;
+    follow_all(&graph, follows).await;
     let follows_done = Instant::now();
     let mut publish = PublishServiceClient::new(publish);
     wait_idle(&mut publish).await?;
