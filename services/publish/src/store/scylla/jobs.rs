@@ -8,19 +8,43 @@ pub(super) async fn put_jobs(store: &ScyllaActivityStore, jobs: &[Job]) -> Resul
 }
 
 pub(super) async fn job(store: &ScyllaActivityStore, job_id: &str) -> Result<Option<JobState>, StorageError> {
+    // A row without a body is what an update left of a job deleted under
+    // it (see `fail_job`): the job is gone.
     match store
-        .rows::<(i32, i64, Vec<u8>)>(&store.st.job_get, (job_id,))
+        .rows::<(Option<i32>, Option<i64>, Option<Vec<u8>>)>(&store.st.job_get, (job_id,))
         .await?
         .into_iter()
         .next()
     {
-        Some((attempts, updated_ms, body)) => Ok(Some(JobState {
-            attempts: attempts as u32,
-            updated_ms,
+        Some((attempts, updated_ms, Some(body))) => Ok(Some(JobState {
+            attempts: attempts.unwrap_or(0) as u32,
+            updated_ms: updated_ms.unwrap_or(0),
             job: Job::decode(body.as_slice()).map_err(err)?,
         })),
-        None => Ok(None),
+        _ => Ok(None),
     }
+}
+
+/// Every job row as (attempts, updated ms, created ms, job). Rows missing a
+/// column are remnants of an update that landed after the job was deleted
+/// (written before `fail_job` was conditional): they are deleted, not read,
+/// since one such row made every sweep and every lag query fail.
+async fn all_jobs(store: &ScyllaActivityStore) -> Result<Vec<(i32, i64, i64, Job)>, StorageError> {
+    type JobRow = (Option<String>, Option<i32>, Option<i64>, Option<i64>, Option<Vec<u8>>);
+    let rows = store.scan::<JobRow>(&store.st.jobs_all).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (job_id, attempts, updated_ms, created_ms, body) in rows {
+        match (attempts, updated_ms, created_ms, body) {
+            (Some(a), Some(u), Some(c), Some(body)) => out.push((a, u, c, Job::decode(body.as_slice()).map_err(err)?)),
+            _ => {
+                if let Some(id) = job_id {
+                    tracing::warn!(job_id = %id, "deleting a partial job row");
+                    store.exec(&store.st.job_delete, (id.as_str(),)).await?;
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub(super) async fn complete_job(
@@ -50,6 +74,8 @@ pub(super) async fn fail_job(
     };
     state.attempts += 1;
     if state.attempts < max_attempts {
+        // IF EXISTS: a job completed since it was read above must stay
+        // gone; a plain update would write back a row of two columns.
         store
             .exec(&store.st.job_fail, (state.attempts as i32, now_ms, job_id))
             .await?;
@@ -79,10 +105,9 @@ pub(super) async fn stale_jobs(
     now_ms: i64,
     limit: usize,
 ) -> Result<Vec<Job>, StorageError> {
-    let rows = store.scan::<(i32, i64, i64, Vec<u8>)>(&store.st.jobs_all).await?;
+    let rows = all_jobs(store).await?;
     let mut out = Vec::new();
-    for r in rows.into_iter().filter(|r| r.1 < stale_before_ms).take(limit) {
-        let job = Job::decode(r.3.as_slice()).map_err(err)?;
+    for (_, _, _, job) in rows.into_iter().filter(|r| r.1 < stale_before_ms).take(limit) {
         // IF EXISTS: a job completed meanwhile must not come back.
         let rows = store
             .exec(&store.st.job_touch, (now_ms, job.job_id.as_str()))
@@ -161,7 +186,7 @@ pub(super) async fn revive_jobs(
 }
 
 pub(super) async fn job_stats(store: &ScyllaActivityStore) -> Result<JobStats, StorageError> {
-    let pending = store.scan::<(i32, i64, i64, Vec<u8>)>(&store.st.jobs_all).await?;
+    let pending = all_jobs(store).await?;
     let dead = store.scan::<(i32, i64, String, Vec<u8>)>(&store.st.dead_all).await?;
     Ok(JobStats {
         pending: pending.len() as u64,

@@ -94,7 +94,7 @@ impl Statements {
             .await?,
             job_delete: prep(format!("DELETE FROM {k}.pub_jobs WHERE job_id = ?")).await?,
             job_fail: prep(format!(
-                "UPDATE {k}.pub_jobs SET attempts = ?, updated_ms = ? WHERE job_id = ?"
+                "UPDATE {k}.pub_jobs SET attempts = ?, updated_ms = ? WHERE job_id = ? IF EXISTS"
             ))
             .await?,
             job_touch: prep(format!(
@@ -102,7 +102,7 @@ impl Statements {
             ))
             .await?,
             jobs_all: prep(format!(
-                "SELECT attempts, updated_ms, created_ms, body FROM {k}.pub_jobs"
+                "SELECT job_id, attempts, updated_ms, created_ms, body FROM {k}.pub_jobs"
             ))
             .await?,
             dead_put: prep(format!(
