@@ -201,8 +201,14 @@ mod tests {
             took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
             "{took:?}"
         );
+        // The client enforces its deadline too: on a loaded machine its own
+        // timer can end the call (CANCELLED, locally) before the server's
+        // answer arrives; the server has answered and counted it either way.
         let (code, took) = call(Some(Duration::from_millis(100))).await;
-        assert_eq!(code, tonic::Code::DeadlineExceeded);
+        assert!(
+            matches!(code, tonic::Code::DeadlineExceeded | tonic::Code::Cancelled),
+            "{code:?}"
+        );
         assert!(
             took < Duration::from_millis(290),
             "the client's shorter deadline: {took:?}"
