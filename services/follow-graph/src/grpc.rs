@@ -62,7 +62,7 @@ fn feeds(field: &str, raw: &[String], max: usize) -> Result<Vec<FeedRef>, ApiErr
     validate::batch_len(field, raw, max)?;
     raw.iter()
         .enumerate()
-        .map(|(i, f)| FeedRef::parse_field(&format!("{field}[{i}]"), f))
+        .map(|(i, f)| FeedRef::parse_nth(field, i, f))
         .collect()
 }
 

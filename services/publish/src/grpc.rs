@@ -20,7 +20,7 @@ fn feeds_field(raw: &[String]) -> Result<Vec<FeedRef>, ApiError> {
     validate::batch_len("feeds", raw, feed_clients::PUBLISH_MAX_FEEDS)?;
     raw.iter()
         .enumerate()
-        .map(|(i, f)| FeedRef::parse_field(&format!("feeds[{i}]"), f))
+        .map(|(i, f)| FeedRef::parse_nth("feeds", i, f))
         .collect()
 }
 
@@ -357,16 +357,35 @@ impl PublishService for PublishGrpc {
             },
         )
         .await?;
+        // Most hits come through the asked feeds or the reader's own: named
+        // by position, not by a string each (`HomeHit::feed_index`).
+        let own = FeedRef::user(user);
+        let index_of = |feed: &FeedRef| {
+            if *feed == own {
+                Some(feeds.len() + 1)
+            } else {
+                feeds.binary_search(feed).ok().map(|i| i + 1)
+            }
+        };
         Ok(Response::new(pb::ReadHomeResponse {
             inbox_live: round.live,
             hits: round
                 .hits
                 .into_iter()
                 .map(|h| match h.feed {
-                    Some((feed, mode)) => pb::HomeHit {
-                        id: h.id,
-                        feed: feed.to_string(),
-                        mode: mode as i32,
+                    Some((feed, mode)) => match index_of(&feed) {
+                        Some(i) => pb::HomeHit {
+                            id: h.id,
+                            mode: mode as i32,
+                            feed_index: i as u32,
+                            ..pb::HomeHit::default()
+                        },
+                        None => pb::HomeHit {
+                            id: h.id,
+                            feed: feed.to_string(),
+                            mode: mode as i32,
+                            feed_index: 0,
+                        },
                     },
                     None => pb::HomeHit {
                         id: h.id,

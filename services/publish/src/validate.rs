@@ -53,7 +53,7 @@ pub fn new_activity(a: &NewActivity, limits: &Limits) -> Result<Vec<FeedRef>, Ap
     validate::batch_len("activity.to", &a.to, limits.max_to)?;
     let mut to = Vec::with_capacity(a.to.len());
     for (i, raw) in a.to.iter().enumerate() {
-        let f = FeedRef::parse_field(&format!("activity.to[{i}]"), raw)?;
+        let f = FeedRef::parse_nth("activity.to", i, raw)?;
         if !to.contains(&f) {
             to.push(f);
         }

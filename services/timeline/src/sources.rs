@@ -170,18 +170,26 @@ impl Sources for GrpcSources {
             .await
             .map_err(from_peer("publish"))?
             .into_inner();
+        let own = FeedRef::user(req.user);
         let hits = r
             .hits
             .into_iter()
             .map(|h| {
-                let feed = if h.feed.is_empty() {
-                    None
-                } else {
-                    let feed = FeedRef::parse(&h.feed)
-                        .map_err(|e| ApiError::Internal(format!("publish returned feed {:?}: {e}", h.feed)))?;
-                    Some((feed, DeliveryMode::try_from(h.mode).unwrap_or(DeliveryMode::Push)))
+                let feed = match h.feed_index as usize {
+                    0 if h.feed.is_empty() => None,
+                    0 => Some(
+                        FeedRef::parse(&h.feed)
+                            .map_err(|e| ApiError::Internal(format!("publish returned feed {:?}: {e}", h.feed)))?,
+                    ),
+                    i if i <= req.feeds.len() => Some(req.feeds[i - 1].clone()),
+                    i if i == req.feeds.len() + 1 => Some(own.clone()),
+                    i => return Err(ApiError::Internal(format!("publish returned feed index {i}"))),
                 };
-                Ok(Hit { id: h.id, feed })
+                let mode = DeliveryMode::try_from(h.mode).unwrap_or(DeliveryMode::Push);
+                Ok(Hit {
+                    id: h.id,
+                    feed: feed.map(|f| (f, mode)),
+                })
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
         Ok(Round {

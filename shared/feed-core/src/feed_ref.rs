@@ -80,6 +80,12 @@ impl FeedRef {
         Self::parse(s).map_err(|e| ApiError::invalid(field, e.to_string()))
     }
 
+    /// Parses item `i` of the list `field`; the error names `field[i]`
+    /// (formatted only then: lists of feeds come with every home read).
+    pub fn parse_nth(field: &str, i: usize, s: &str) -> Result<Self, ApiError> {
+        Self::parse(s).map_err(|e| ApiError::invalid(format!("{field}[{i}]"), e.to_string()))
+    }
+
     /// The kind (`user`, `tag`...).
     pub fn kind(&self) -> &str {
         &self.text[..self.colon]
