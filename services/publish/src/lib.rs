@@ -140,9 +140,7 @@ pub async fn id_generator(
     if cfg.redis.url.is_empty() {
         return Ok(IdGenerator::new(NodeLease::exclusive(0), clock));
     }
-    let conn = redis::Client::open(cfg.redis.url.as_str())?
-        .get_connection_manager()
-        .await?;
+    let conn = feed_redis::Redis::connect(&cfg.redis.url).await?;
     let lease = feed_lease::RedisNodeLease::acquire(conn, "feed", Duration::from_secs(30), clock).await?;
     let generator = lease.generator();
     let stop = shutdown.clone();

@@ -12,7 +12,6 @@
 
 use async_trait::async_trait;
 use feed_core::UserId;
-use redis::aio::ConnectionManager;
 
 use crate::{InboxError, InboxLimits, InboxPage, InboxStore};
 
@@ -146,7 +145,7 @@ const PIPELINE: usize = 512;
 /// Inboxes in Redis.
 #[derive(Clone)]
 pub struct RedisInbox {
-    conn: ConnectionManager,
+    conn: feed_redis::Redis,
     cfg: InboxLimits,
     add: redis::Script,
     push_many: redis::Script,
@@ -156,7 +155,7 @@ pub struct RedisInbox {
 
 impl RedisInbox {
     /// Inboxes on `conn` sized by `cfg`.
-    pub fn new(conn: ConnectionManager, cfg: InboxLimits) -> Self {
+    pub fn new(conn: feed_redis::Redis, cfg: InboxLimits) -> Self {
         Self {
             conn,
             cfg,
@@ -169,7 +168,7 @@ impl RedisInbox {
 
     /// Connects to `url`.
     pub async fn connect(url: &str, cfg: InboxLimits) -> Result<Self, InboxError> {
-        let conn = redis::Client::open(url)?.get_connection_manager().await?;
+        let conn = feed_redis::Redis::connect(url).await?;
         Ok(Self::new(conn, cfg))
     }
 

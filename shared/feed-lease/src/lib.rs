@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use feed_core::id::MAX_NODES;
 use feed_core::{Clock, IdGenerator, NodeLease};
-use redis::aio::ConnectionManager;
 
 /// Renews only while the key still holds our token.
 const RENEW: &str =
@@ -32,7 +31,7 @@ pub enum Renewal {
 /// Claims and renews one node id in Redis.
 #[derive(Clone)]
 pub struct RedisNodeLease {
-    conn: ConnectionManager,
+    conn: feed_redis::Redis,
     prefix: String,
     owner: String,
     ttl: Duration,
@@ -49,7 +48,7 @@ impl RedisNodeLease {
     /// starting together do not race for node 0) and returns the lease
     /// with a generator minting on it.
     pub async fn acquire(
-        conn: ConnectionManager,
+        conn: feed_redis::Redis,
         prefix: &str,
         ttl: Duration,
         clock: Arc<dyn Clock>,

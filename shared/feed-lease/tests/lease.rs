@@ -8,12 +8,8 @@ use feed_core::{IdError, SystemClock};
 use feed_lease::{RedisNodeLease, Renewal};
 use feed_testkit::RedisServer;
 
-async fn conn(server: &RedisServer) -> redis::aio::ConnectionManager {
-    redis::Client::open(server.url())
-        .expect("client")
-        .get_connection_manager()
-        .await
-        .expect("connect")
+async fn conn(server: &RedisServer) -> feed_redis::Redis {
+    feed_redis::Redis::connect(&server.url()).await.expect("connect")
 }
 
 async fn lease(server: &RedisServer) -> RedisNodeLease {

@@ -13,7 +13,6 @@ pub mod contract;
 pub use consume::Consumer;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
 use tokio::sync::Notify;
 
@@ -178,10 +177,10 @@ impl<Job: QueueMessage> JobQueue<Job> for MemoryQueue<Job> {
 
 /// Messages on a Redis Stream read by one consumer group.
 pub struct RedisQueue<Job> {
-    conn: ConnectionManager,
+    conn: feed_redis::Redis,
     /// Blocking reads get their own connection: on a shared multiplexed
     /// connection they would hold up every other command.
-    blocking: ConnectionManager,
+    blocking: feed_redis::Redis,
     stream: String,
     group: String,
     _message: std::marker::PhantomData<fn() -> Job>,
@@ -204,10 +203,16 @@ const FIELD: &str = "job";
 impl<Job: QueueMessage> RedisQueue<Job> {
     /// Connects and creates the stream and group if missing.
     pub async fn connect(url: &str, stream: &str, group: &str) -> Result<Self, QueueError> {
-        let client = redis::Client::open(url)?;
-        let conn = client.get_connection_manager().await?;
-        let cfg = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
-        let blocking = redis::aio::ConnectionManager::new_with_config(client, cfg).await?;
+        let conn = feed_redis::Redis::connect(url).await?;
+        // Blocking reads wait up to their BLOCK time for an answer.
+        let blocking = feed_redis::Redis::connect_with(
+            url,
+            feed_redis::Timeouts {
+                response: Duration::from_secs(10),
+                ..feed_redis::Timeouts::default()
+            },
+        )
+        .await?;
         let q = Self {
             conn,
             blocking,

@@ -1,5 +1,10 @@
-//! Test support: a real `redis-server` per test on a free port, and helpers
-//! to wait for servers without sleeping blindly.
+//! Test support: a real `redis-server` per test on a free port, a TCP
+//! proxy that injects network faults, and helpers to wait for servers
+//! without sleeping blindly.
+
+mod proxy;
+
+pub use proxy::TcpProxy;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -162,6 +167,25 @@ impl RedisServer {
     /// A `redis://` URL for clients.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open and the kernel
+    /// still accepts new ones, but nothing is answered, as when Redis hangs
+    /// or the network drops packets silently.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(signal)
+            .arg(self.child.id().to_string())
+            .status();
     }
 
     /// Kills the server now (fault tests), leaving the port closed.

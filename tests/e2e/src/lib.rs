@@ -224,6 +224,25 @@ impl TestApp {
     /// Starts a platform on its own redis-server, configured by `tune`.
     pub async fn start(tune: impl FnOnce(&mut FeedConfig)) -> Self {
         let (platform, redis) = Platform::start_on_redis(tune).await.expect("platform");
+        Self::over(platform, redis)
+    }
+
+    /// Like [`TestApp::start`], with every Redis connection of the platform
+    /// going through a proxy the test can silence or cut (fault tests).
+    pub async fn start_behind_proxy(tune: impl FnOnce(&mut FeedConfig)) -> (Self, feed_testkit::TcpProxy) {
+        let redis = feed_testkit::RedisServer::start().expect("redis-server");
+        let proxy = feed_testkit::TcpProxy::start(redis.addr()).await.expect("proxy");
+        let url = proxy.redis_url();
+        let platform = Platform::start_with(|cfg| {
+            cfg.redis.url = url;
+            tune(cfg);
+        })
+        .await
+        .expect("platform");
+        (Self::over(platform, redis), proxy)
+    }
+
+    fn over(platform: Platform, redis: feed_testkit::RedisServer) -> Self {
         let channel = platform.channel.clone();
         Self {
             graph: FollowGraphServiceClient::new(channel.clone()),

@@ -19,7 +19,6 @@ use feed_core::UserId;
 use feed_proto::notify::v1::Notification;
 use futures::StreamExt;
 use prost::Message;
-use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, watch};
 
 /// Live log failures.
@@ -202,7 +201,7 @@ impl LiveLog for MemoryLive {
 
 /// The live log on Redis, shared by every notify replica.
 pub struct RedisLive {
-    conn: ConnectionManager,
+    conn: feed_redis::Redis,
     cap: usize,
     ttl_secs: u64,
     wakers: Arc<Wakers>,
@@ -227,7 +226,7 @@ impl RedisLive {
     /// Connects; keeps `cap` entries per user for `ttl_secs` after the last one.
     pub async fn connect(url: &str, cap: usize, ttl_secs: u64) -> Result<Self, LiveError> {
         let client = redis::Client::open(url)?;
-        let conn = client.get_connection_manager().await?;
+        let conn = feed_redis::Redis::connect(url).await?;
         let wakers = Arc::new(Wakers::default());
         let (subscribe_tx, subscribe_rx) = mpsc::unbounded_channel();
         tokio::spawn(listen(client, wakers.clone(), subscribe_rx));

@@ -29,7 +29,6 @@ use feed_core::{FeedRef, UserId};
 use feed_proto::common::v1::{Activity, DeliveryMode};
 use feed_proto::events::v1::Job;
 use feed_proto::publish::v1::ScheduledActivity;
-use redis::aio::ConnectionManager;
 
 use super::{
     ActivityStore, DeadJob, ForeignClaim, ForeignRecord, JobState, JobStats, OutboxEntry, PendingWork, StorageError,
@@ -125,7 +124,7 @@ fn answer(value: &[u8], before: Option<u64>, limit: usize) -> Option<Vec<u64>> {
 /// A store whose pull-mode heads are served from Redis.
 pub struct SharedHeads<S> {
     inner: S,
-    conn: ConnectionManager,
+    conn: feed_redis::Redis,
     /// Redis Cluster: one GET per feed instead of one MGET.
     cluster: bool,
     add: redis::Script,
@@ -135,15 +134,13 @@ pub struct SharedHeads<S> {
 impl<S: ActivityStore> SharedHeads<S> {
     /// `inner`'s pull-mode heads kept in the Redis at `url`.
     pub async fn connect(inner: S, url: &str, cluster: bool) -> Result<Self, StorageError> {
-        let client = redis::Client::open(url).map_err(redis_err)?;
         // The heads only spare the store work: give up on Redis quickly and
         // let the store answer, rather than hold a timeline read.
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_number_of_retries(1)
-            .set_connection_timeout(Some(std::time::Duration::from_millis(250)))
-            .set_response_timeout(Some(std::time::Duration::from_millis(500)));
-        let conn = client
-            .get_connection_manager_with_config(config)
+        let timeouts = feed_redis::Timeouts {
+            connect: std::time::Duration::from_millis(250),
+            response: std::time::Duration::from_millis(500),
+        };
+        let conn = feed_redis::Redis::connect_with(url, timeouts)
             .await
             .map_err(redis_err)?;
         let lt = feed_inbox::redis_store::LUA_ID_LT;

@@ -1,9 +1,11 @@
 //! The operations runbook's promise: nothing durable lives only in Redis.
 //! The whole platform runs on a real redis-server that is flushed mid-run;
 //! afterwards timelines rebuild in full on read, notifications are all
-//! still there, and new posts, likes and messages flow again.
+//! still there, and new posts, likes and messages flow again. And while
+//! Redis cannot be reached, Publish still answers once its write is
+//! durable, and what it acknowledged reaches the inboxes after.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use feed_e2e::{TestApp, internal};
 use feed_proto::followgraph::v1 as fg;
@@ -198,4 +200,94 @@ async fn flushing_redis_mid_run_loses_no_item_and_no_notification() {
         l.iter().any(|n| n.action == "like" && n.actor_count == 2)
     })
     .await;
+}
+
+#[tokio::test]
+async fn publish_answers_while_redis_is_unreachable_and_loses_nothing_it_acknowledged() {
+    let (app, proxy) = TestApp::start_behind_proxy(|cfg| {
+        // The sweeper hands over the jobs the outage kept off the streams.
+        cfg.publish.sweep_interval_ms = 200;
+        cfg.publish.stale_after_ms = 500;
+    })
+    .await;
+    let mut e = Env(app);
+    e.graph
+        .follow(internal(fg::FollowRequest {
+            follower_id: 2,
+            feed: "user:1".into(),
+        }))
+        .await
+        .expect("follow");
+    let mut acknowledged = vec![e.post(1, "post", "photo:0").await];
+    e.timeline_becomes(2, &acknowledged).await;
+
+    // Redis killed (connections cut, new ones closed), then Redis gone
+    // silent behind open sockets.
+    for (n, fault) in ["refused", "silent"].into_iter().enumerate() {
+        match fault {
+            "refused" => proxy.refuse(),
+            _ => proxy.silence(),
+        }
+        let start = Instant::now();
+        let id = e
+            .publish
+            .publish(internal(pb::PublishRequest {
+                activity: Some(pb::NewActivity {
+                    actor: 1,
+                    verb: "post".into(),
+                    object: format!("photo:{}", n + 1),
+                    foreign_id: format!("outage-{n}"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_or_else(|s| panic!("Publish with Redis {fault}: {s:?}"))
+            .into_inner()
+            .activity_id;
+        let took = start.elapsed();
+        println!("Publish with Redis {fault}: OK in {took:?}");
+        assert!(
+            took < Duration::from_secs(3),
+            "Publish with Redis {fault} took {took:?}"
+        );
+        acknowledged.insert(0, id);
+        proxy.forward();
+        // The first call on a connection the outage cut may fail
+        // (UNAVAILABLE, retried as the retry policy says); then every
+        // acknowledged post is there, each once.
+        let mut last = None;
+        for _ in 0..400 {
+            match e
+                .timeline
+                .get_timeline(internal(tl::GetTimelineRequest {
+                    user_id: 2,
+                    limit: 50,
+                    ..Default::default()
+                }))
+                .await
+            {
+                Ok(page) => {
+                    let ids: Vec<u64> = page
+                        .into_inner()
+                        .items
+                        .iter()
+                        .filter_map(|i| i.activity.as_ref().map(|a| a.id))
+                        .collect();
+                    if ids == acknowledged {
+                        break;
+                    }
+                    last = Some(ids);
+                }
+                Err(s) if s.code() == Code::Unavailable => {}
+                Err(s) => panic!("timeline after Redis {fault}: {s:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(
+            e.timeline(2).await,
+            acknowledged,
+            "after Redis {fault} (last read {last:?})"
+        );
+    }
 }

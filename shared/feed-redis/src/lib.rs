@@ -1,0 +1,153 @@
+//! Redis connections that fail fast and replace themselves.
+//!
+//! redis-rs's `ConnectionManager` reconnects after a dropped connection, but
+//! by default it retries six times with exponential backoff, and every call
+//! waits on that attempt: when Redis goes away each call hangs for 6–13 s.
+//! And a call that times out leaves the connection in place, so a
+//! connection whose packets are silently dropped (a dead node behind a
+//! still-open socket, a NAT that forgot it) fails every call after it, at
+//! the response timeout each, until the kernel gives up on it minutes later.
+//!
+//! [`Redis`] is a connection manager with both fixed: one connect attempt
+//! per reconnect, bounded by [`Timeouts::connect`] (a call made while Redis
+//! is down fails within that, and the next call tries again), and a call
+//! that times out replaces the connection it went through, so the next one
+//! dials afresh. It is a [`ConnectionLike`]: commands and pipelines run on
+//! it as on the manager.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+
+/// How long a connection and a reply may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Dialing, including the handshake.
+    pub connect: Duration,
+    /// A command's reply; past it the call fails and the connection is replaced.
+    pub response: Duration,
+}
+
+impl Default for Timeouts {
+    /// 1 s to connect, 1 s for a reply: a Redis command takes microseconds,
+    /// and these bound what a caller waits when Redis is gone.
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(1),
+            response: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A shared, self-replacing connection (see the module docs). Clones share it.
+#[derive(Clone)]
+pub struct Redis {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// The connection in use and its generation: a timed-out call replaces
+    /// only the one it went through, not a newer one.
+    current: Mutex<(u64, ConnectionManager)>,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis").finish_non_exhaustive()
+    }
+}
+
+impl Redis {
+    /// Connects to `url` with the default [`Timeouts`].
+    pub async fn connect(url: &str) -> RedisResult<Self> {
+        Self::connect_with(url, Timeouts::default()).await
+    }
+
+    /// Connects to `url`; fails if the first connection cannot be made.
+    pub async fn connect_with(url: &str, timeouts: Timeouts) -> RedisResult<Self> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeouts.connect))
+            .set_response_timeout(Some(timeouts.response))
+            // One attempt per reconnect: calls fail fast while Redis is
+            // away, and each later call starts a new attempt.
+            .set_number_of_retries(0);
+        let manager = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                client,
+                config,
+                current: Mutex::new((0, manager)),
+            }),
+        })
+    }
+
+    /// The connection in use, with its generation.
+    fn current(&self) -> (u64, ConnectionManager) {
+        let current = self.shared.current.lock().unwrap_or_else(|p| p.into_inner());
+        (current.0, current.1.clone())
+    }
+
+    /// After a call through connection `generation` failed with `e`:
+    /// replaces that connection if the call timed out.
+    fn after_error(&self, generation: u64, e: &redis::RedisError) {
+        if !e.is_timeout() {
+            return;
+        }
+        let fresh =
+            match ConnectionManager::new_lazy_with_config(self.shared.client.clone(), self.shared.config.clone()) {
+                Ok(m) => m,
+                Err(err) => {
+                    tracing::warn!(error = %err, "redis: no fresh connection after a timeout");
+                    return;
+                }
+            };
+        let mut current = self.shared.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.0 == generation {
+            tracing::warn!(error = %e, "redis: call timed out; replacing its connection");
+            *current = (generation + 1, fresh);
+        }
+    }
+
+    /// Connections replaced after timeouts so far.
+    pub fn replacements(&self) -> u64 {
+        self.shared.current.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+}
+
+impl ConnectionLike for Redis {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let (generation, mut conn) = self.current();
+            let result = conn.req_packed_command(cmd).await;
+            if let Err(e) = &result {
+                self.after_error(generation, e);
+            }
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let (generation, mut conn) = self.current();
+            let result = conn.req_packed_commands(pipeline, offset, count).await;
+            if let Err(e) = &result {
+                self.after_error(generation, e);
+            }
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.current().1.get_db()
+    }
+}
