@@ -396,6 +396,7 @@ impl PublishService for PublishGrpc {
             bound_id: round.bound.unwrap_or(0),
             hydrated: round.hydrated as u32,
             activities: round.activities.into_iter().map(Arc::unwrap_or_clone).collect(),
+            degraded: round.degraded,
         }))
     }
 

@@ -46,6 +46,7 @@ impl TimelineService for TimelineGrpc {
             next_cursor: cursor(&page),
             has_more: page.has_more,
             rebuilt: page.rebuilt,
+            degraded: page.degraded,
             items: page
                 .items
                 .into_iter()

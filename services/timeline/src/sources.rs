@@ -198,6 +198,7 @@ impl Sources for GrpcSources {
             bound: (r.bound_id != 0).then_some(r.bound_id),
             hydrated: r.hydrated as usize,
             activities: r.activities.into_iter().map(Arc::new).collect(),
+            degraded: r.degraded,
         })
     }
 

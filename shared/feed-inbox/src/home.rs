@@ -96,6 +96,10 @@ pub struct Round {
     pub hydrated: usize,
     /// Their activities, newest first (deleted and unknown ones left out).
     pub activities: Vec<Arc<Activity>>,
+    /// The inbox was unreachable: the round merged the followed feeds'
+    /// outboxes alone, as if the inbox were empty with its floor above
+    /// every id (the pull model, exact, only dearer).
+    pub degraded: bool,
 }
 
 /// Gathers one round (see the module docs).
@@ -108,13 +112,21 @@ pub async fn gather(src: &dyn Outboxes, inbox: &dyn InboxStore, req: RoundReques
         ..
     } = req;
     let (fanout_from, backfill_feeds) = src.pending(user).await?;
-    let page = match inbox.page(user, before, batch).await? {
-        Some(p) => p,
-        None if req.missing_as_empty => InboxPage {
-            ids: vec![],
-            floor: u64::MAX,
-        },
-        None => return Ok(Round::default()),
+    let nothing = InboxPage {
+        ids: vec![],
+        floor: u64::MAX,
+    };
+    let mut degraded = false;
+    let page = match inbox.page(user, before, batch).await {
+        Ok(Some(p)) => p,
+        Ok(None) if req.missing_as_empty => nothing,
+        Ok(None) => return Ok(Round::default()),
+        // Redis away: the durable outboxes answer, and the read says so.
+        Err(crate::InboxError::Unavailable(e)) => {
+            tracing::warn!(user, error = %e, "inbox unreachable; reading the outboxes");
+            degraded = true;
+            nothing
+        }
     };
     let mut hits: Vec<Hit> = Vec::with_capacity(batch * 3);
     // Each source is exact only down to its last id when it was cut short;
@@ -197,5 +209,6 @@ pub async fn gather(src: &dyn Outboxes, inbox: &dyn InboxStore, req: RoundReques
         bound,
         hydrated: newest.len(),
         activities,
+        degraded,
     })
 }

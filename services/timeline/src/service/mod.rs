@@ -41,6 +41,8 @@ pub struct Page {
     pub has_more: bool,
     /// This read rebuilt the inbox.
     pub rebuilt: bool,
+    /// The inbox was unreachable: the page came from the outboxes alone.
+    pub degraded: bool,
 }
 
 /// The timeline service.
@@ -227,15 +229,26 @@ impl Timeline {
             first = self.sources.gather(round(before, limit, true)).await?;
             rebuilt
         };
-        // The inbox hit rate: reads served by a live inbox vs reads that rebuilt one.
-        metrics::counter!("feed_timeline_inbox_reads_total", "result" => if rebuilt { "rebuilt" } else { "hit" })
-            .increment(1);
-        self.mark_active(user).await?;
+        let degraded = first.degraded;
+        // The inbox hit rate: reads served by a live inbox vs reads that
+        // rebuilt one, or that found it unreachable.
+        let result = match (degraded, rebuilt) {
+            (true, _) => "degraded",
+            (false, true) => "rebuilt",
+            (false, false) => "hit",
+        };
+        metrics::counter!("feed_timeline_inbox_reads_total", "result" => result).increment(1);
+        match self.mark_active(user).await {
+            // Redis is away: the mark waits for the next read.
+            Err(e) if degraded => tracing::debug!(error = %e, "activity mark skipped"),
+            marked => marked?,
+        }
         let me = FeedRef::user(user);
         let budget = limit * self.cfg.scan_factor.max(1);
 
         let mut page = Page {
             rebuilt,
+            degraded,
             ..Page::default()
         };
         let mut next = Some(first);
@@ -249,6 +262,7 @@ impl Timeline {
                         .await?
                 }
             };
+            page.degraded |= round.degraded;
             let cands: Vec<Candidate<'_>> = round.hits.chunk_by(|a, b| a.id == b.id).collect();
             scanned += cands.len();
             // Check what the page still needs (newest first), not every

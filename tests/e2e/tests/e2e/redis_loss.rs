@@ -3,7 +3,8 @@
 //! afterwards timelines rebuild in full on read, notifications are all
 //! still there, and new posts, likes and messages flow again. And while
 //! Redis cannot be reached, Publish still answers once its write is
-//! durable, and what it acknowledged reaches the inboxes after.
+//! durable, timelines are read from the outboxes (flagged degraded), and
+//! what Publish acknowledged reaches the inboxes after.
 
 use std::time::{Duration, Instant};
 
@@ -203,7 +204,7 @@ async fn flushing_redis_mid_run_loses_no_item_and_no_notification() {
 }
 
 #[tokio::test]
-async fn publish_answers_while_redis_is_unreachable_and_loses_nothing_it_acknowledged() {
+async fn publish_and_reads_answer_while_redis_is_unreachable_and_nothing_acknowledged_is_lost() {
     let (app, proxy) = TestApp::start_behind_proxy(|cfg| {
         // The sweeper hands over the jobs the outage kept off the streams.
         cfg.publish.sweep_interval_ms = 200;
@@ -252,6 +253,27 @@ async fn publish_answers_while_redis_is_unreachable_and_loses_nothing_it_acknowl
             "Publish with Redis {fault} took {took:?}"
         );
         acknowledged.insert(0, id);
+        // Reads go on from the durable outboxes, flagged degraded, the new
+        // post included (its fanout is pending work).
+        let start = Instant::now();
+        let page = e
+            .timeline
+            .get_timeline(internal(tl::GetTimelineRequest {
+                user_id: 2,
+                limit: 50,
+                ..Default::default()
+            }))
+            .await
+            .unwrap_or_else(|s| panic!("GetTimeline with Redis {fault}: {s:?}"))
+            .into_inner();
+        println!("GetTimeline with Redis {fault}: degraded in {:?}", start.elapsed());
+        assert!(page.degraded, "with Redis {fault}");
+        let ids: Vec<u64> = page
+            .items
+            .iter()
+            .filter_map(|i| i.activity.as_ref().map(|a| a.id))
+            .collect();
+        assert_eq!(ids, acknowledged, "the degraded page with Redis {fault}");
         proxy.forward();
         // The first call on a connection the outage cut may fail
         // (UNAVAILABLE, retried as the retry policy says); then every
