@@ -2,9 +2,15 @@
 //!
 //! Every replica shares its configuration, so a node id from config would
 //! be minted by several replicas at once. Instead each replica claims a free
-//! node id with `SET NX PX` at start and renews it; when a renewal finds the
-//! lease gone or taken, minting stops at once and the keeper claims another
-//! node id.
+//! node id at start and renews it; when a renewal finds the lease gone or
+//! taken, minting stops at once and the keeper claims another node id.
+//!
+//! A lease's expiry is kept in its value (`<owner>:<until ms>`, on Redis's
+//! clock), not as a Redis TTL: Redis runs with `maxmemory-policy
+//! volatile-lru`, which evicts keys that carry a TTL, and an evicted lease
+//! would let another process claim the node id while its holder still
+//! mints. A claim takes a node id whose key is missing or whose expiry has
+//! passed; the holder stops minting a third of the TTL before that expiry.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,12 +18,33 @@ use std::time::Duration;
 use feed_core::id::MAX_NODES;
 use feed_core::{Clock, IdGenerator, NodeLease};
 
-/// Renews only while the key still holds our token.
-const RENEW: &str =
-    r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+/// Redis's clock in milliseconds, and whether KEYS[1] is ARGV[1]'s lease.
+const PRELUDE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local held = redis.call('GET', KEYS[1])
+local mine = held and string.sub(held, 1, #ARGV[1] + 1) == ARGV[1] .. ':'
+local function take()
+  redis.call('SET', KEYS[1], ARGV[1] .. ':' .. string.format('%.0f', now + tonumber(ARGV[2])))
+  return 1
+end
+";
+/// Takes the node id if its lease is missing or expired: 1, else 0.
+const CLAIM: &str = r"
+if held then
+  local until_ms = tonumber(string.match(held, ':(%d+)$'))
+  -- Without an expiry (an older format, kept alive by a TTL) it stays held.
+  if not until_ms or until_ms > now then return 0 end
+end
+return take()";
+/// Extends only our own lease.
+const RENEW: &str = r"if mine then return take() end return 0";
 /// Releases only our own lease.
-const RELEASE: &str =
-    r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+const RELEASE: &str = r"if mine then return redis.call('DEL', KEYS[1]) end return 0";
+
+fn script(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{PRELUDE}{body}"))
+}
 
 /// What a renewal found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,15 +118,13 @@ impl RedisNodeLease {
         for i in 0..MAX_NODES {
             let node = (start + i) % MAX_NODES;
             let sent = self.clock.now_ms();
-            let ok: Option<String> = redis::cmd("SET")
-                .arg(self.key(node))
+            let claimed: i64 = script(CLAIM)
+                .key(self.key(node))
                 .arg(&self.owner)
-                .arg("NX")
-                .arg("PX")
                 .arg(self.ttl.as_millis() as u64)
-                .query_async(&mut conn)
+                .invoke_async(&mut conn)
                 .await?;
-            if ok.is_some() {
+            if claimed == 1 {
                 self.generator.set_lease(NodeLease {
                     node,
                     valid_until_ms: self.deadline(sent),
@@ -116,7 +141,7 @@ impl RedisNodeLease {
         let lease = self.generator.lease();
         let sent = self.clock.now_ms();
         let mut conn = self.conn.clone();
-        let renewed: i64 = redis::Script::new(RENEW)
+        let renewed: i64 = script(RENEW)
             .key(self.key(lease.node))
             .arg(&self.owner)
             .arg(self.ttl.as_millis() as u64)
@@ -151,9 +176,10 @@ impl RedisNodeLease {
             valid_until_ms: 0,
         });
         let mut conn = self.conn.clone();
-        let _: i64 = redis::Script::new(RELEASE)
+        let _: i64 = script(RELEASE)
             .key(self.key(lease.node))
             .arg(&self.owner)
+            .arg(0)
             .invoke_async(&mut conn)
             .await?;
         Ok(())

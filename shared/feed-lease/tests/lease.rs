@@ -73,3 +73,51 @@ async fn released_node_id_is_free_again() {
         .expect("exists");
     assert_eq!(exists, 0);
 }
+
+async fn redis_now_ms(c: &mut feed_redis::Redis) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(c).await.expect("time");
+    secs * 1000 + micros / 1000
+}
+
+#[tokio::test]
+async fn leases_carry_no_redis_ttl_so_eviction_cannot_take_them() {
+    // Redis evicts keys with a TTL (volatile-lru); an evicted lease would
+    // let another process mint on the same node id.
+    let redis = RedisServer::start().expect("redis");
+    let l = lease(&redis).await;
+    let key = format!("feedtest:node-lease:{}", l.generator().lease().node);
+    let mut c = conn(&redis).await;
+    for when in ["claimed", "renewed"] {
+        let pttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut c).await.expect("pttl");
+        assert_eq!(pttl, -1, "{when}: the lease key has no TTL");
+        assert_eq!(l.renew().await.expect("renew"), Renewal::Renewed);
+    }
+}
+
+#[tokio::test]
+async fn a_claim_takes_only_a_node_id_whose_lease_expired() {
+    let redis = RedisServer::start().expect("redis");
+    let mut c = conn(&redis).await;
+    let now = redis_now_ms(&mut c).await;
+    // Every node id held by processes that are still within their lease...
+    let mut pipe = redis::pipe();
+    for node in 0..feed_core::id::MAX_NODES {
+        pipe.cmd("SET")
+            .arg(format!("feedtest:node-lease:{node}"))
+            .arg(format!("other-{node}:{}", now + 60_000))
+            .ignore();
+    }
+    let _: () = pipe.query_async(&mut c).await.expect("fill");
+    let full = RedisNodeLease::acquire(c.clone(), "feedtest", Duration::from_secs(30), Arc::new(SystemClock)).await;
+    assert!(full.is_err(), "no node id is free");
+    // ...but one, whose holder died and whose lease ran out.
+    let _: () = redis::cmd("SET")
+        .arg("feedtest:node-lease:777")
+        .arg(format!("dead:{}", now - 1))
+        .query_async(&mut c)
+        .await
+        .expect("expire one");
+    let l = lease(&redis).await;
+    assert_eq!(l.generator().lease().node, 777);
+    assert!(l.generator().next_id().is_ok());
+}
