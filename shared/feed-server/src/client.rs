@@ -37,6 +37,31 @@ const RESOLVE_EVERY: Duration = Duration::from_secs(15);
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// A probe not answered SERVING in this long counts as down.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// The longest any internal call may take unless it asks for less: a hung
+/// peer fails the call (CANCELLED, "Timeout expired") instead of holding a
+/// fanout worker, the edge tail or a consumer for good. Long enough for
+/// the longest healthy call, a shard's StreamFollowers.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(30);
+/// Dialing a peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// HTTP/2 pings on every connection, idle or not: a peer gone silent
+/// behind an open socket is found within interval + timeout, and the
+/// connection redialed, instead of when the kernel gives up minutes later.
+const PING_EVERY: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `endpoint` as every internal client uses it: deadline, dial timeout,
+/// HTTP/2 and TCP keepalive, no Nagle.
+fn tuned(endpoint: Endpoint, deadline: Duration) -> Endpoint {
+    endpoint
+        .timeout(deadline)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(PING_EVERY)
+        .keep_alive_timeout(PING_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .tcp_keepalive(Some(Duration::from_secs(30)))
+        .tcp_nodelay(true)
+}
 
 /// One `scheme://host:port` of the configured list.
 #[derive(Debug, Clone)]
@@ -61,6 +86,11 @@ fn target(url: &str) -> anyhow::Result<Target> {
 /// not answer SERVING are left out until it does. Must be called inside
 /// a Tokio runtime.
 pub fn balanced(url: &str) -> anyhow::Result<Channel> {
+    balanced_with(url, CALL_DEADLINE)
+}
+
+/// [`balanced`], with calls cut after `deadline` instead of [`CALL_DEADLINE`].
+pub fn balanced_with(url: &str, deadline: Duration) -> anyhow::Result<Channel> {
     let targets = url
         .split(',')
         .map(str::trim)
@@ -72,16 +102,16 @@ pub fn balanced(url: &str) -> anyhow::Result<Channel> {
     if let [t] = targets.as_slice()
         && (t.host.parse::<std::net::IpAddr>().is_ok() || t.host.starts_with('['))
     {
-        return Ok(Endpoint::from_shared(url.trim().to_owned())?.connect_lazy());
+        return Ok(tuned(Endpoint::from_shared(url.trim().to_owned())?, deadline).connect_lazy());
     }
     let (channel, tx) = Channel::balance_channel::<SocketAddr>(64);
-    tokio::spawn(keep_endpoints(targets, tx));
+    tokio::spawn(keep_endpoints(targets, tx, deadline));
     Ok(channel)
 }
 
 /// Resolves the targets every [`RESOLVE_EVERY`], probes every address every
 /// [`PROBE_EVERY`], and keeps the balancer's endpoints to those that accept.
-async fn keep_endpoints(targets: Vec<Target>, tx: Sender<Change<SocketAddr, Endpoint>>) {
+async fn keep_endpoints(targets: Vec<Target>, tx: Sender<Change<SocketAddr, Endpoint>>, deadline: Duration) {
     // Address → the scheme it is called with.
     let mut known: HashMap<SocketAddr, String> = HashMap::new();
     let mut inserted: HashSet<SocketAddr> = HashSet::new();
@@ -137,7 +167,7 @@ async fn keep_endpoints(targets: Vec<Target>, tx: Sender<Change<SocketAddr, Endp
         for new in want.difference(&inserted) {
             let scheme = known.get(new).map_or("http", String::as_str);
             let endpoint = match Endpoint::from_shared(format!("{scheme}://{new}")) {
-                Ok(e) => e.connect_timeout(Duration::from_secs(5)),
+                Ok(e) => tuned(e, deadline),
                 Err(e) => {
                     tracing::warn!(error = %e, %new, "bad endpoint");
                     continue;
@@ -214,6 +244,35 @@ mod tests {
         assert!(balanced("http://127.0.0.1:1").is_ok());
         assert!(balanced("not a url").is_err());
         assert!(balanced("http://127.0.0.1:1,not a url").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_call_to_a_peer_that_never_answers_ends_at_the_deadline() {
+        // Accepts, reads and discards: a hung process behind an open socket.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut sink = tokio::io::sink();
+                    let _ = tokio::io::copy(&mut conn, &mut sink).await;
+                });
+            }
+        });
+        let channel = balanced_with(&format!("http://{addr}"), Duration::from_millis(300)).expect("channel");
+        let mut client = HealthClient::new(channel);
+        let started = tokio::time::Instant::now();
+        let ask = client.check(HealthCheckRequest { service: String::new() });
+        let status = tokio::time::timeout(Duration::from_secs(5), ask)
+            .await
+            .expect("the call ends at its deadline, not never")
+            .expect_err("nothing answers");
+        assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "ended after {:?}",
+            started.elapsed()
+        );
     }
 
     /// A health server on a free port, stopped when the sender fires.
