@@ -29,11 +29,8 @@ async fn answered_within_5s(redis: &Redis, key: &str) -> Option<String> {
     }
 }
 
-#[tokio::test]
-async fn a_silent_connection_fails_calls_fast_and_is_replaced_once_redis_answers_again() {
-    let server = RedisServer::start().expect("redis-server");
-    let proxy = TcpProxy::start(server.addr()).await.expect("proxy");
-    let redis = Redis::connect_with(&proxy.redis_url(), SHORT).await.expect("connect");
+/// Stores k = v through `redis`.
+async fn set_k(redis: &Redis) {
     let mut c = redis.clone();
     let _: () = redis::cmd("SET")
         .arg("k")
@@ -41,21 +38,30 @@ async fn a_silent_connection_fails_calls_fast_and_is_replaced_once_redis_answers
         .query_async(&mut c)
         .await
         .expect("set");
+}
 
-    proxy.silence();
-    for _ in 0..3 {
+/// `times` calls, each failing within 2 s.
+async fn each_fails_fast(redis: &Redis, times: usize, fault: &str) {
+    for _ in 0..times {
         let start = Instant::now();
-        let err = get(&redis, "k")
-            .await
-            .expect_err("no answer through a silent connection");
+        let err = get(redis, "k").await.expect_err(fault);
         assert!(
             start.elapsed() < Duration::from_secs(2),
-            "a call failed after {:?}, not within its timeouts: {err}",
+            "{fault}: a call failed after {:?}, not within its timeouts: {err}",
             start.elapsed()
         );
     }
-    assert!(redis.replacements() >= 1, "the timed-out connection was replaced");
+}
 
+#[tokio::test]
+async fn a_silent_connection_fails_calls_fast_and_is_replaced_once_redis_answers_again() {
+    let server = RedisServer::start().expect("redis-server");
+    let proxy = TcpProxy::start(server.addr()).await.expect("proxy");
+    let redis = Redis::connect_with(&proxy.redis_url(), SHORT).await.expect("connect");
+    set_k(&redis).await;
+    proxy.silence();
+    each_fails_fast(&redis, 3, "no answer through a silent connection").await;
+    assert!(redis.replacements() >= 1, "the timed-out connection was replaced");
     // The connection that went silent stays dead; a fresh one works.
     proxy.forward();
     assert_eq!(answered_within_5s(&redis, "k").await.as_deref(), Some("v"));
@@ -65,24 +71,9 @@ async fn a_silent_connection_fails_calls_fast_and_is_replaced_once_redis_answers
 async fn calls_while_redis_is_frozen_fail_fast_and_work_again_after() {
     let server = RedisServer::start().expect("redis-server");
     let redis = Redis::connect_with(&server.url(), SHORT).await.expect("connect");
-    let mut c = redis.clone();
-    let _: () = redis::cmd("SET")
-        .arg("k")
-        .arg("v")
-        .query_async(&mut c)
-        .await
-        .expect("set");
-
+    set_k(&redis).await;
     server.pause();
-    for _ in 0..3 {
-        let start = Instant::now();
-        get(&redis, "k").await.expect_err("a frozen Redis answers nothing");
-        assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "failed after {:?}",
-            start.elapsed()
-        );
-    }
+    each_fails_fast(&redis, 3, "a frozen Redis answers nothing").await;
     server.resume();
     assert_eq!(answered_within_5s(&redis, "k").await.as_deref(), Some("v"));
 }
@@ -92,26 +83,11 @@ async fn calls_while_redis_refuses_connections_fail_fast_and_work_again_after() 
     let server = RedisServer::start().expect("redis-server");
     let proxy = TcpProxy::start(server.addr()).await.expect("proxy");
     let redis = Redis::connect_with(&proxy.redis_url(), SHORT).await.expect("connect");
-    let mut c = redis.clone();
-    let _: () = redis::cmd("SET")
-        .arg("k")
-        .arg("v")
-        .query_async(&mut c)
-        .await
-        .expect("set");
-
+    set_k(&redis).await;
     // As when Redis is killed: a reconnect that waited out a backoff held
     // every call for seconds.
     proxy.refuse();
-    for _ in 0..5 {
-        let start = Instant::now();
-        get(&redis, "k").await.expect_err("nothing answers");
-        assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "failed after {:?}",
-            start.elapsed()
-        );
-    }
+    each_fails_fast(&redis, 5, "nothing answers").await;
     proxy.forward();
     assert_eq!(answered_within_5s(&redis, "k").await.as_deref(), Some("v"));
 }

@@ -82,6 +82,25 @@ impl Env {
         }
     }
 
+    /// The ids of `user`'s first page of 50, and whether it was degraded.
+    async fn first_page(&mut self, user: u64) -> Result<(Vec<u64>, bool), tonic::Status> {
+        let page = self
+            .timeline
+            .get_timeline(internal(tl::GetTimelineRequest {
+                user_id: user,
+                limit: 50,
+                ..Default::default()
+            }))
+            .await?
+            .into_inner();
+        let ids = page
+            .items
+            .iter()
+            .filter_map(|i| i.activity.as_ref().map(|a| a.id))
+            .collect();
+        Ok((ids, page.degraded))
+    }
+
     async fn notes(&mut self, user: u64) -> Vec<nt::Notification> {
         self.notify
             .list_notifications(internal(nt::ListNotificationsRequest {
@@ -256,23 +275,12 @@ async fn publish_and_reads_answer_while_redis_is_unreachable_and_nothing_acknowl
         // Reads go on from the durable outboxes, flagged degraded, the new
         // post included (its fanout is pending work).
         let start = Instant::now();
-        let page = e
-            .timeline
-            .get_timeline(internal(tl::GetTimelineRequest {
-                user_id: 2,
-                limit: 50,
-                ..Default::default()
-            }))
+        let (ids, degraded) = e
+            .first_page(2)
             .await
-            .unwrap_or_else(|s| panic!("GetTimeline with Redis {fault}: {s:?}"))
-            .into_inner();
+            .unwrap_or_else(|s| panic!("GetTimeline with Redis {fault}: {s:?}"));
         println!("GetTimeline with Redis {fault}: degraded in {:?}", start.elapsed());
-        assert!(page.degraded, "with Redis {fault}");
-        let ids: Vec<u64> = page
-            .items
-            .iter()
-            .filter_map(|i| i.activity.as_ref().map(|a| a.id))
-            .collect();
+        assert!(degraded, "with Redis {fault}");
         assert_eq!(ids, acknowledged, "the degraded page with Redis {fault}");
         proxy.forward();
         // The first call on a connection the outage cut may fail
@@ -280,27 +288,9 @@ async fn publish_and_reads_answer_while_redis_is_unreachable_and_nothing_acknowl
         // acknowledged post is there, each once.
         let mut last = None;
         for _ in 0..400 {
-            match e
-                .timeline
-                .get_timeline(internal(tl::GetTimelineRequest {
-                    user_id: 2,
-                    limit: 50,
-                    ..Default::default()
-                }))
-                .await
-            {
-                Ok(page) => {
-                    let ids: Vec<u64> = page
-                        .into_inner()
-                        .items
-                        .iter()
-                        .filter_map(|i| i.activity.as_ref().map(|a| a.id))
-                        .collect();
-                    if ids == acknowledged {
-                        break;
-                    }
-                    last = Some(ids);
-                }
+            match e.first_page(2).await {
+                Ok((ids, _)) if ids == acknowledged => break,
+                Ok((ids, _)) => last = Some(ids),
                 Err(s) if s.code() == Code::Unavailable => {}
                 Err(s) => panic!("timeline after Redis {fault}: {s:?}"),
             }
