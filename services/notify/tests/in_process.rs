@@ -33,7 +33,54 @@ fn notifier(live: Arc<MemoryLive>, dir: &std::path::Path, buffer: usize) -> Noti
     notifier_on(Arc::new(EmbeddedNotifyStore::open(dir).expect("store")), live, buffer)
 }
 
-fn notifier_on(store: Arc<dyn NotifyStore>, live: Arc<MemoryLive>, buffer: usize) -> Notifier {
+/// A live log whose appends never finish (Redis hung), reads answered by
+/// an in-memory log.
+struct HungAppends(MemoryLive);
+
+#[async_trait]
+impl LiveLog for HungAppends {
+    async fn append(&self, _: u64, _: &Notification) -> Result<EventId, notify::live::LiveError> {
+        std::future::pending().await
+    }
+    async fn read_after(
+        &self,
+        user: u64,
+        after: Option<EventId>,
+        max: usize,
+    ) -> Result<Vec<(EventId, Notification)>, notify::live::LiveError> {
+        self.0.read_after(user, after, max).await
+    }
+    async fn last_id(&self, user: u64) -> Result<Option<EventId>, notify::live::LiveError> {
+        self.0.last_id(user).await
+    }
+    fn wake(&self, user: u64) -> tokio::sync::watch::Receiver<u64> {
+        self.0.wake(user)
+    }
+}
+
+#[tokio::test]
+async fn a_hung_live_log_holds_up_no_delivery() {
+    let dir = tempfile::tempdir().expect("dir");
+    let n = notifier_on(
+        Arc::new(EmbeddedNotifyStore::open(dir.path()).expect("store")),
+        Arc::new(HungAppends(MemoryLive::new(100))),
+        16,
+    );
+    // More messages than one live copy at a time could ever push.
+    for i in 0..3u64 {
+        let sent = tokio::time::timeout(Duration::from_secs(5), n.send_message(&format!("m{i}"), 2, 1, "hi"))
+            .await
+            .expect("SendMessage returns while the live log hangs");
+        sent.expect("sent");
+    }
+    assert_eq!(
+        listing(&n, 1, 10).await.notes.len(),
+        3,
+        "every message is stored and listed"
+    );
+}
+
+fn notifier_on(store: Arc<dyn NotifyStore>, live: Arc<dyn LiveLog>, buffer: usize) -> Notifier {
     Notifier::new(
         store,
         live,

@@ -202,12 +202,12 @@ mod tests {
             "{took:?}"
         );
         // The client enforces its deadline too: on a loaded machine its own
-        // timer can end the call (CANCELLED, locally) before the server's
-        // answer arrives; the server has answered and counted it either way.
-        let (code, took) = call(Some(Duration::from_millis(100))).await;
+        // timer can end the call (CANCELLED, locally) and reset the stream
+        // before the server's answer; the server then counts it cancelled.
+        let (client_code, took) = call(Some(Duration::from_millis(100))).await;
         assert!(
-            matches!(code, tonic::Code::DeadlineExceeded | tonic::Code::Cancelled),
-            "{code:?}"
+            matches!(client_code, tonic::Code::DeadlineExceeded | tonic::Code::Cancelled),
+            "{client_code:?}"
         );
         assert!(
             took < Duration::from_millis(290),
@@ -230,7 +230,12 @@ mod tests {
                 .map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
                 .sum::<u64>()
         };
-        assert_eq!(count("4"), 3, "every late call counted as DEADLINE_EXCEEDED:\n{text}");
+        if client_code == tonic::Code::DeadlineExceeded {
+            assert_eq!(count("4"), 3, "every late call counted as DEADLINE_EXCEEDED:\n{text}");
+        } else {
+            assert_eq!(count("4") + count("1"), 3, "every late call counted:\n{text}");
+            assert!(count("4") >= 2, "{text}");
+        }
         assert_eq!(count("8"), 1, "the shed call counted as RESOURCE_EXHAUSTED:\n{text}");
         assert_eq!(count("transport"), 0, "{text}");
         shutdown.trigger();

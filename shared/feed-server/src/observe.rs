@@ -109,7 +109,14 @@ where
         let start = Instant::now();
         Box::pin(
             async move {
+                // A call the client gives up on (its deadline, a reset) is
+                // dropped mid-flight: still counted, as CANCELLED.
+                let mut cancelled = Cancelled {
+                    method: Some(method.clone()),
+                    start,
+                };
                 let result = inner.call(req).await;
+                cancelled.method = None;
                 let elapsed = start.elapsed().as_secs_f64();
                 // Unary errors travel "trailers-only", so the status is in the headers;
                 // a streaming or OK response reports 0 here.
@@ -138,9 +145,49 @@ where
     }
 }
 
+/// Counts a call as CANCELLED (code 1) if dropped before it answered.
+struct Cancelled {
+    /// None once the call answered.
+    method: Option<Arc<str>>,
+    start: Instant,
+}
+
+impl Drop for Cancelled {
+    fn drop(&mut self) {
+        if let Some(method) = self.method.take() {
+            let method = metrics::SharedString::from_shared(method);
+            metrics::counter!("feed_rpc_requests_total", "method" => method.clone(), "code" => "1").increment(1);
+            metrics::histogram!("feed_rpc_duration_seconds", "method" => method)
+                .record(self.start.elapsed().as_secs_f64());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_call_dropped_before_it_answers_is_counted_cancelled() {
+        let metrics = crate::admin::metrics_handle();
+        let hangs = tower::service_fn(|_: Request<()>| {
+            std::future::pending::<Result<Response<()>, std::convert::Infallible>>()
+        });
+        let mut observed = ObserveLayer.layer(hangs);
+        let req = Request::builder()
+            .uri("/test.Svc/DroppedCall")
+            .body(())
+            .expect("request");
+        let answered = tokio::time::timeout(std::time::Duration::from_millis(20), observed.call(req)).await;
+        assert!(answered.is_err(), "the call hangs and is dropped");
+        let text = metrics.render();
+        assert!(
+            text.lines().any(|l| l.starts_with("feed_rpc_requests_total")
+                && l.contains("DroppedCall")
+                && l.contains("code=\"1\"")),
+            "{text}"
+        );
+    }
 
     #[test]
     fn minted_request_ids_are_distinct_time_ordered_uuids() {

@@ -19,14 +19,15 @@ impl Notifier {
         n
     }
 
-    /// Pushes a delivered notification to the user's live log. The note is
-    /// already durable: a failure here delays only the live copy (the
-    /// user's lists have it), so it is logged, not returned.
-    pub(super) async fn push_live(&self, user: UserId, rec: &NoteRecord) {
+    /// Hands a delivered notification to the pusher of live copies and
+    /// returns: the note is already durable, so a slow or unreachable live
+    /// log (Redis) delays only the live copy, never the call that delivered
+    /// it. A full queue drops the copy (counted; the user's lists have it).
+    pub(super) fn push_live(&self, user: UserId, rec: &NoteRecord) {
         let n = Self::view(rec, &UserState::default());
-        if let Err(e) = self.inner.live.append(user, &n).await {
+        if let Err(e) = self.inner.live_queue.try_send((user, n)) {
             metrics::counter!("feed_notify_live_append_failures_total").increment(1);
-            tracing::warn!(error = %e, user, "live append failed; the notification is stored");
+            tracing::warn!(error = %e, user, "live copy not queued; the notification is stored");
         }
     }
 
@@ -140,7 +141,7 @@ impl Notifier {
             ..Default::default()
         };
         if self.inner.store.insert_note(recipient, &rec).await? && act == PolicyAction::Accept {
-            self.push_live(recipient, &rec).await;
+            self.push_live(recipient, &rec);
         }
         metrics::counter!("feed_notify_created_total", "kind" => "message").increment(1);
         Ok((id, false))

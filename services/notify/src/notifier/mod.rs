@@ -43,6 +43,8 @@ pub struct Notifier {
 struct Inner {
     store: Arc<dyn NotifyStore>,
     live: Arc<dyn LiveLog>,
+    /// Live copies waiting for the pusher (see [`Notifier::push_live`]).
+    live_queue: tokio::sync::mpsc::Sender<(UserId, feed_proto::notify::v1::Notification)>,
     graph: Arc<dyn Relations>,
     jobs: Arc<dyn JobQueue<RemindJob>>,
     clock: Arc<dyn Clock>,
@@ -52,6 +54,10 @@ struct Inner {
     locks: Vec<tokio::sync::Mutex<()>>,
     shutdown: Shutdown,
 }
+
+/// Live copies that may wait for the pusher; past that they are dropped
+/// (counted): the notifications themselves are stored and listed.
+const LIVE_QUEUE: usize = 10_000;
 
 /// A notification id from event data: time-ordered like activity ids, the
 /// low bits a hash of `key`, so a replay computes the same id.
@@ -74,10 +80,23 @@ impl Notifier {
         cfg: NotifyRules,
         shutdown: Shutdown,
     ) -> Self {
+        // One pusher appends live copies in the order they were handed over
+        // (a user's Watch sees them in delivery order), off the request path.
+        let (live_queue, mut queued) = tokio::sync::mpsc::channel(LIVE_QUEUE);
+        let pusher = live.clone();
+        tokio::spawn(async move {
+            while let Some((user, note)) = queued.recv().await {
+                if let Err(e) = pusher.append(user, &note).await {
+                    metrics::counter!("feed_notify_live_append_failures_total").increment(1);
+                    tracing::warn!(error = %e, user, "live append failed; the notification is stored");
+                }
+            }
+        });
         Self {
             inner: Arc::new(Inner {
                 store,
                 live,
+                live_queue,
                 graph,
                 jobs,
                 clock,

@@ -223,7 +223,7 @@ impl Notifier {
             {
                 delivered += 1;
                 if !after.note.as_ref().is_some_and(|n| n.filtered) {
-                    self.push_live(user, &after).await;
+                    self.push_live(user, &after);
                 }
             }
         }
