@@ -178,7 +178,14 @@ pub async fn gather(src: &dyn Outboxes, inbox: &dyn InboxStore, req: RoundReques
     }
     // Below the floor the inbox promises nothing: history comes from the outboxes.
     if !inbox_cut {
-        let below = Some(before.map_or(page.floor, |u| u.min(page.floor)));
+        // No floor (an empty stand-in for a missing or unreachable inbox):
+        // from `before`, or the newest. u64::MAX as a bound overflowed the
+        // CQL store's signed ids and read nothing.
+        let below = match (before, page.floor) {
+            (b, u64::MAX) => b,
+            (None, f) => Some(f),
+            (Some(u), f) => Some(u.min(f)),
+        };
         if below != Some(0) {
             let (history, more) = src.read_outboxes(feeds, below, batch, false).await?;
             cut(history.last().map(|e| e.id), more);
