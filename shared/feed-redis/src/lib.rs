@@ -98,18 +98,18 @@ impl Redis {
         if !e.is_timeout() {
             return;
         }
-        let fresh =
-            match ConnectionManager::new_lazy_with_config(self.shared.client.clone(), self.shared.config.clone()) {
-                Ok(m) => m,
-                Err(err) => {
-                    tracing::warn!(error = %err, "redis: no fresh connection after a timeout");
-                    return;
-                }
-            };
         let mut current = self.shared.current.lock().unwrap_or_else(|p| p.into_inner());
-        if current.0 == generation {
-            tracing::warn!(error = %e, "redis: call timed out; replacing its connection");
-            *current = (generation + 1, fresh);
+        // Calls that timed out on the same connection together replace it once.
+        if current.0 != generation {
+            return;
+        }
+        // Lazy: builds the manager without dialing, so holding the lock is cheap.
+        match ConnectionManager::new_lazy_with_config(self.shared.client.clone(), self.shared.config.clone()) {
+            Ok(fresh) => {
+                tracing::warn!(error = %e, "redis: call timed out; replacing its connection");
+                *current = (generation + 1, fresh);
+            }
+            Err(err) => tracing::warn!(error = %err, "redis: no fresh connection after a timeout"),
         }
     }
 

@@ -131,10 +131,7 @@ where
                 if code != "0" {
                     tracing::debug!(code = %code, elapsed_ms = elapsed * 1000.0, "rpc failed");
                 }
-                let code = code_label(code);
-                let method = metrics::SharedString::from_shared(method);
-                metrics::counter!("feed_rpc_requests_total", "method" => method.clone(), "code" => code).increment(1);
-                metrics::histogram!("feed_rpc_duration_seconds", "method" => method).record(elapsed);
+                record(method, code_label(code), elapsed);
                 result.map(|mut resp| {
                     resp.headers_mut().insert(REQUEST_ID_HEADER.clone(), header);
                     resp
@@ -143,6 +140,13 @@ where
             .instrument(span),
         )
     }
+}
+
+/// One call in both RPC metrics.
+fn record(method: Arc<str>, code: metrics::SharedString, elapsed: f64) {
+    let method = metrics::SharedString::from_shared(method);
+    metrics::counter!("feed_rpc_requests_total", "method" => method.clone(), "code" => code).increment(1);
+    metrics::histogram!("feed_rpc_duration_seconds", "method" => method).record(elapsed);
 }
 
 /// Counts a call as CANCELLED (code 1) if dropped before it answered.
@@ -155,10 +159,11 @@ struct Cancelled {
 impl Drop for Cancelled {
     fn drop(&mut self) {
         if let Some(method) = self.method.take() {
-            let method = metrics::SharedString::from_shared(method);
-            metrics::counter!("feed_rpc_requests_total", "method" => method.clone(), "code" => "1").increment(1);
-            metrics::histogram!("feed_rpc_duration_seconds", "method" => method)
-                .record(self.start.elapsed().as_secs_f64());
+            record(
+                method,
+                metrics::SharedString::const_str("1"),
+                self.start.elapsed().as_secs_f64(),
+            );
         }
     }
 }
