@@ -129,6 +129,7 @@ pub async fn services(
         store: stores.activities,
         graph: graph.clone(),
         queue: queue.clone(),
+        events: events.clone(),
         inbox: inbox.clone(),
     };
     let publisher = publish::app::build(cfg, deps, ctx, &mut set).await?;

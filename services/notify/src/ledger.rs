@@ -14,6 +14,9 @@ use tonic::transport::Channel;
 pub trait EventLedger: Send + Sync + 'static {
     /// Marks the event's job done (its event id is the job id).
     async fn done(&self, event_id: &str) -> Result<(), ApiError>;
+    /// Records a failed attempt at the event's job; true when publish has
+    /// now dead-lettered it (listed and replayed with fanout's dead jobs).
+    async fn fail(&self, event_id: &str, error: &str) -> Result<bool, ApiError>;
 }
 
 /// publish's internal CompleteJob over gRPC.
@@ -47,5 +50,18 @@ impl EventLedger for GrpcEventLedger {
             .await
             .map_err(|s| ApiError::from_peer("publish", &s))?;
         Ok(())
+    }
+
+    async fn fail(&self, event_id: &str, error: &str) -> Result<bool, ApiError> {
+        let r = self
+            .client
+            .clone()
+            .fail_job(self.auth.request(pb::FailJobRequest {
+                job_id: event_id.to_owned(),
+                error: error.to_owned(),
+            }))
+            .await
+            .map_err(|s| ApiError::from_peer("publish", &s))?;
+        Ok(r.into_inner().dead_lettered)
     }
 }

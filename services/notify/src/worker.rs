@@ -62,6 +62,9 @@ pub async fn consume<M, F, Fut>(
 
 /// Consumes publish's activity events, settling each one's job in publish
 /// once processed (a redelivered event is harmless: its reminds dedup).
+/// A failed attempt is counted on that job; at publish's `max_attempts` it
+/// is dead-lettered there and leaves the stream, instead of being
+/// reclaimed and retried forever.
 pub async fn event_consumer(
     notifier: Notifier,
     events: Arc<dyn JobQueue<ActivityEvent>>,
@@ -70,12 +73,28 @@ pub async fn event_consumer(
     reclaim_idle: Duration,
     shutdown: Shutdown,
 ) {
+    let queue = events.clone();
     consume(events, consumer, reclaim_idle, shutdown, |ev: ActivityEvent| {
         let n = notifier.clone();
         let ledger = ledger.clone();
+        let queue = queue.clone();
         async move {
-            n.on_activity_event(&ev).await?;
-            ledger.done(&ev.event_id).await
+            let e = match n.on_activity_event(&ev).await {
+                Ok(()) => return ledger.done(&ev.event_id).await,
+                Err(e @ ApiError::InvalidArgument { .. }) => return Err(e),
+                Err(e) => e,
+            };
+            metrics::counter!("feed_notify_event_failures_total").increment(1);
+            // Unreachable publish: the attempt is not counted, and the
+            // delivery stays pending to be retried.
+            if !ledger.fail(&ev.event_id, &e.to_string()).await? {
+                return Err(e);
+            }
+            tracing::error!(event_id = %ev.event_id, error = %e, "activity event dead-lettered");
+            if let Err(err) = queue.dead_letter(&ev, &e.to_string()).await {
+                tracing::warn!(error = %err, "dead-letter stream write failed; publish's record stands");
+            }
+            Ok(())
         }
     })
     .await

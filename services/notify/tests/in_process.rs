@@ -81,10 +81,19 @@ async fn a_hung_live_log_holds_up_no_delivery() {
 }
 
 fn notifier_on(store: Arc<dyn NotifyStore>, live: Arc<dyn LiveLog>, buffer: usize) -> Notifier {
+    notifier_with(store, live, Arc::new(NoRelations), buffer)
+}
+
+fn notifier_with(
+    store: Arc<dyn NotifyStore>,
+    live: Arc<dyn LiveLog>,
+    relations: Arc<dyn Relations>,
+    buffer: usize,
+) -> Notifier {
     Notifier::new(
         store,
         live,
-        Arc::new(NoRelations),
+        relations,
         Arc::new(MemoryQueue::<RemindJob>::default()),
         Arc::new(ManualClock::new(1_750_000_000_000)),
         NotifyRules {
@@ -365,4 +374,89 @@ async fn replicas_delivering_the_same_events_make_one_note() {
     let page = listing(&b, 1, 10).await;
     assert_eq!(page.notes.len(), 1, "{:?}", page.notes);
     assert_eq!((page.notes[0].action.as_str(), page.notes[0].actor_count), ("like", 4));
+}
+
+/// follow-graph is down for good: every remind delivery fails.
+struct GraphDown;
+
+#[async_trait]
+impl Relations for GraphDown {
+    async fn relations(&self, _: u64, _: &[u64]) -> Result<Vec<RecipientRelation>, ApiError> {
+        Err(ApiError::Unavailable("follow-graph down".into()))
+    }
+}
+
+/// publish's job records for events, as far as notify sees them:
+/// dead-lettered at the third failed attempt.
+#[derive(Default)]
+struct Ledger {
+    failed: std::sync::Mutex<Vec<String>>,
+    done: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl notify::EventLedger for Ledger {
+    async fn done(&self, event_id: &str) -> Result<(), ApiError> {
+        self.done.lock().expect("lock").push(event_id.into());
+        Ok(())
+    }
+    async fn fail(&self, event_id: &str, _: &str) -> Result<bool, ApiError> {
+        let mut failed = self.failed.lock().expect("lock");
+        failed.push(event_id.into());
+        Ok(failed.iter().filter(|e| *e == event_id).count() >= 3)
+    }
+}
+
+#[tokio::test]
+async fn an_event_that_keeps_failing_is_dead_lettered_after_its_attempts_not_retried_forever() {
+    let dir = tempfile::tempdir().expect("dir");
+    let n = notifier_with(
+        Arc::new(EmbeddedNotifyStore::open(dir.path()).expect("store")),
+        Arc::new(MemoryLive::new(10)),
+        Arc::new(GraphDown),
+        16,
+    );
+    let events = Arc::new(MemoryQueue::<ActivityEvent>::default());
+    let ledger = Arc::new(Ledger::default());
+    // Mentions are checked against follow-graph (blocks, visibility) on every attempt.
+    let mut mention = like_event("m2", 2, 7);
+    if let Some(a) = mention.activity.as_mut() {
+        a.mentions = vec![3];
+    }
+    feed_queue::JobQueue::enqueue(events.as_ref(), &[post_event(), mention])
+        .await
+        .expect("enqueue");
+    let shutdown = Shutdown::new();
+    let consumer = tokio::spawn(notify::worker::event_consumer(
+        n,
+        events.clone(),
+        ledger.clone(),
+        "c".into(),
+        Duration::from_millis(20),
+        shutdown.clone(),
+    ));
+    let held = || async {
+        feed_queue::JobQueue::held(events.as_ref(), &["event/7/1/0", "m2"])
+            .await
+            .expect("held")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while held().await != [false, false] {
+        assert!(std::time::Instant::now() < deadline, "the failing event left the queue");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A few more reclaim periods: nothing comes back.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    shutdown.trigger();
+    consumer.await.expect("consumer");
+    assert_eq!(
+        *ledger.done.lock().expect("lock"),
+        ["event/7/1/0"],
+        "the post needs no graph"
+    );
+    assert_eq!(
+        *ledger.failed.lock().expect("lock"),
+        ["m2", "m2", "m2"],
+        "three attempts, then dead: no fourth"
+    );
 }

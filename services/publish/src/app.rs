@@ -22,6 +22,9 @@ pub struct Deps {
     pub graph: Arc<dyn Graph>,
     /// Where fanout jobs are enqueued.
     pub queue: Arc<dyn FanoutQueue>,
+    /// Where workers hand activity events to notify (the sweeper asks it
+    /// whether an event job is still waiting there).
+    pub events: Arc<EventQueue>,
     /// Where RebuildInbox writes.
     pub inbox: Arc<dyn InboxStore>,
 }
@@ -41,6 +44,7 @@ pub async fn build(
         deps.store,
         deps.graph,
         deps.queue,
+        deps.events,
         ids,
         clock,
         crate::publish_rules(cfg),
@@ -120,6 +124,7 @@ impl Application for App {
             store,
             graph: Arc::new(graph),
             queue: crate::open_queue(cfg).await?,
+            events: crate::open_event_queue(cfg).await?,
             inbox: crate::open_inbox(cfg, crate::system_clock()).await?,
         };
         build(cfg, deps, ctx, &mut set).await?;

@@ -2,57 +2,18 @@
 //! (the CQL node the test script starts), and how publish consumes
 //! follow-graph's edge log when a change is committed late.
 
-use std::sync::{Arc, Mutex};
+mod common;
 
-use async_trait::async_trait;
-use feed_core::{ApiError, Clock, FeedRef, IdGenerator, ManualClock, NodeLease, SystemClock, UserId};
+use std::sync::Arc;
+
+use common::ScriptedGraph;
+use feed_core::{Clock, IdGenerator, ManualClock, NodeLease, SystemClock};
 use feed_proto::events::v1::{EdgeChange, edge_change::Cause};
 use feed_proto::publish::v1::NewActivity;
-use publish::graph::{Follower, Graph};
+use publish::graph::Graph;
 use publish::store::ActivityStore;
 use publish::store::embedded::EmbeddedActivityStore;
 use publish::{MemoryFanoutQueue, PublishRules, Publisher};
-
-/// A graph with no follows and no celebrities, and an edge log the test writes.
-#[derive(Default)]
-struct ScriptedGraph {
-    log: Mutex<Vec<EdgeChange>>,
-}
-
-#[async_trait]
-impl Graph for ScriptedGraph {
-    async fn celebrity(&self, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
-        Ok(vec![false; feeds.len()])
-    }
-    async fn follows(&self, _: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
-        Ok(vec![false; feeds.len()])
-    }
-    async fn edge_changes(&self, after_seq: u64, limit: u32) -> Result<Vec<EdgeChange>, ApiError> {
-        let mut log: Vec<EdgeChange> = self
-            .log
-            .lock()
-            .expect("log")
-            .iter()
-            .filter(|c| c.seq > after_seq)
-            .cloned()
-            .collect();
-        log.sort_by_key(|c| c.seq);
-        log.truncate(limit as usize);
-        Ok(log)
-    }
-    async fn edge_states(&self, edges: &[(UserId, FeedRef)]) -> Result<Vec<(u64, bool)>, ApiError> {
-        Ok(vec![(0, false); edges.len()])
-    }
-    async fn following(&self, _: UserId) -> Result<Vec<FeedRef>, ApiError> {
-        Ok(vec![])
-    }
-    async fn shards(&self, _: &FeedRef) -> Result<Vec<u64>, ApiError> {
-        Ok(vec![])
-    }
-    async fn page(&self, _: &FeedRef, _: u64, _: UserId, _: u32) -> Result<(Vec<Follower>, bool), ApiError> {
-        Ok((vec![], true))
-    }
-}
 
 fn publisher(store: Arc<dyn ActivityStore>, graph: Arc<dyn Graph>, node: u16) -> Publisher {
     publisher_on(store, graph, node, Arc::new(SystemClock))
@@ -63,6 +24,7 @@ fn publisher_on(store: Arc<dyn ActivityStore>, graph: Arc<dyn Graph>, node: u16,
         store,
         graph,
         Arc::new(MemoryFanoutQueue::default()),
+        publish::memory_event_queue(),
         IdGenerator::new(NodeLease::exclusive(node), clock.clone()),
         clock,
         PublishRules::default(),

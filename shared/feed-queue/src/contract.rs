@@ -13,6 +13,12 @@ pub struct TestJob {
     pub id: String,
 }
 
+impl crate::QueueMessage for TestJob {
+    fn record_id(&self) -> &str {
+        &self.id
+    }
+}
+
 fn job(id: &str) -> TestJob {
     TestJob { id: id.into() }
 }
@@ -100,6 +106,30 @@ pub async fn dead_lettered_jobs_leave_the_queue_when_acknowledged(q: &dyn JobQue
     assert!(q.receive("w2", 10, SHORT).await.expect("receive").is_empty());
 }
 
+/// Contract check: a record is held from its enqueue until its newest
+/// message is acknowledged (dead-lettered or done), not before.
+pub async fn a_record_is_held_until_its_newest_message_is_acknowledged(q: &dyn JobQueue<TestJob>) {
+    let held = |ids: &'static [&'static str]| async move { q.held(ids).await.expect("held") };
+    assert_eq!(held(&["a"]).await, [false], "an empty queue holds nothing");
+    q.enqueue(&[job("a"), job("b"), job("a")]).await.expect("enqueue");
+    assert_eq!(held(&["a", "b", "c"]).await, [true, true, false], "waiting");
+    let got = q.receive("w1", 10, SHORT).await.expect("receive");
+    assert_eq!(ids(&got), ["a", "b", "a"]);
+    assert_eq!(held(&["a", "b"]).await, [true, true], "in a consumer's hands");
+    q.ack(&got[0]).await.expect("ack");
+    assert_eq!(
+        held(&["a"]).await,
+        [true],
+        "the second message for `a` is not acknowledged"
+    );
+    q.dead_letter(&got[1].job, "kept failing").await.expect("dead letter");
+    q.ack(&got[1]).await.expect("ack");
+    q.ack(&got[2]).await.expect("ack");
+    assert_eq!(held(&["a", "b"]).await, [false, false], "all acknowledged");
+    let none: &[&str] = &[];
+    assert!(q.held(none).await.expect("held").is_empty());
+}
+
 /// One test per check of this contract for a backend:
 /// `job_queue_contract!(memory, make)` where `make(check_name)` returns a
 /// `feed_testkit::Backend<dyn JobQueue<TestJob>>`.
@@ -116,6 +146,7 @@ macro_rules! job_queue_contract {
                 unacknowledged_jobs_are_reclaimed_once_idle,
                 trim_keeps_pending_jobs,
                 dead_lettered_jobs_leave_the_queue_when_acknowledged,
+                a_record_is_held_until_its_newest_message_is_acknowledged,
             ]
         );
     };

@@ -43,9 +43,31 @@ impl From<redis::RedisError> for QueueError {
     }
 }
 
-/// What a queue carries.
-pub trait QueueMessage: prost::Message + Default + Clone + Send + Sync + 'static {}
-impl<T: prost::Message + Default + Clone + Send + Sync + 'static> QueueMessage for T {}
+/// What a queue carries: a message that stands for a durable record
+/// elsewhere (a job, an event), named by that record's id.
+pub trait QueueMessage: prost::Message + Default + Clone + Send + Sync + 'static {
+    /// The id of the durable record this message re-drives: [`JobQueue::held`]
+    /// answers by it.
+    fn record_id(&self) -> &str;
+}
+
+impl QueueMessage for feed_proto::events::v1::Job {
+    fn record_id(&self) -> &str {
+        &self.job_id
+    }
+}
+
+impl QueueMessage for feed_proto::events::v1::ActivityEvent {
+    fn record_id(&self) -> &str {
+        &self.event_id
+    }
+}
+
+impl QueueMessage for feed_proto::notify::v1::RemindJob {
+    fn record_id(&self) -> &str {
+        &self.job_id
+    }
+}
 
 /// A work queue with consumer-group semantics.
 #[async_trait]
@@ -61,6 +83,12 @@ pub trait JobQueue<Job: QueueMessage>: Send + Sync + 'static {
     async fn reclaim(&self, consumer: &str, min_idle: Duration, max: usize) -> Result<Vec<Delivery<Job>>, QueueError>;
     /// Trims what every consumer has acknowledged (never a pending entry).
     async fn trim(&self) -> Result<(), QueueError>;
+    /// Per record id, whether the queue holds a message for it that no
+    /// consumer has acknowledged yet (waiting, or in a consumer's hands,
+    /// where `reclaim` recovers it if that consumer dies). A sweeper
+    /// re-drives only records the queue does not hold: a backlog or a slow
+    /// job is not a lost one, and re-driving those multiplied the work.
+    async fn held(&self, record_ids: &[&str]) -> Result<Vec<bool>, QueueError>;
     /// Publishes a job that kept failing on the dead-letter stream (for
     /// operators' tooling; the durable record is what ReplayDeadLetters uses).
     async fn dead_letter(&self, job: &Job, error: &str) -> Result<(), QueueError>;
@@ -69,6 +97,8 @@ pub trait JobQueue<Job: QueueMessage>: Send + Sync + 'static {
 struct MemState<Job> {
     ready: VecDeque<(u64, Job)>,
     inflight: HashMap<u64, (Job, Instant)>,
+    /// Record id -> the tag of its newest message not acknowledged.
+    held: HashMap<String, u64>,
     next: u64,
 }
 
@@ -84,6 +114,7 @@ impl<Job> Default for MemoryQueue<Job> {
             state: Mutex::new(MemState {
                 ready: VecDeque::new(),
                 inflight: HashMap::new(),
+                held: HashMap::new(),
                 next: 0,
             }),
             notify: Notify::new(),
@@ -121,6 +152,7 @@ impl<Job: QueueMessage> JobQueue<Job> for MemoryQueue<Job> {
             for job in jobs {
                 let tag = st.next;
                 st.next += 1;
+                st.held.insert(job.record_id().to_owned(), tag);
                 st.ready.push_back((tag, job.clone()));
             }
         }
@@ -140,7 +172,13 @@ impl<Job: QueueMessage> JobQueue<Job> for MemoryQueue<Job> {
 
     async fn ack(&self, delivery: &Delivery<Job>) -> Result<(), QueueError> {
         if let Ok(tag) = delivery.tag.parse::<u64>() {
-            self.lock().inflight.remove(&tag);
+            let mut st = self.lock();
+            st.inflight.remove(&tag);
+            let id = delivery.job.record_id();
+            // A newer message for the same record is still held.
+            if st.held.get(id) == Some(&tag) {
+                st.held.remove(id);
+            }
         }
         Ok(())
     }
@@ -168,6 +206,11 @@ impl<Job: QueueMessage> JobQueue<Job> for MemoryQueue<Job> {
         Ok(())
     }
 
+    async fn held(&self, record_ids: &[&str]) -> Result<Vec<bool>, QueueError> {
+        let st = self.lock();
+        Ok(record_ids.iter().map(|id| st.held.contains_key(*id)).collect())
+    }
+
     async fn dead_letter(&self, _job: &Job, error: &str) -> Result<(), QueueError> {
         // In process, the durable dead-letter record is the only one needed.
         tracing::debug!(error, "dead-lettered");
@@ -182,6 +225,10 @@ pub struct RedisQueue<Job> {
     /// connection they would hold up every other command.
     blocking: feed_redis::Redis,
     stream: String,
+    /// Hash: record id -> stream entry id of its newest message not
+    /// acknowledged. Written with the entry and cleared with its ack in one
+    /// script, so it is lost exactly when the stream is (a flush).
+    held: String,
     group: String,
     _message: std::marker::PhantomData<fn() -> Job>,
 }
@@ -192,6 +239,7 @@ impl<Job> Clone for RedisQueue<Job> {
             conn: self.conn.clone(),
             blocking: self.blocking.clone(),
             stream: self.stream.clone(),
+            held: self.held.clone(),
             group: self.group.clone(),
             _message: std::marker::PhantomData,
         }
@@ -199,6 +247,44 @@ impl<Job> Clone for RedisQueue<Job> {
 }
 
 const FIELD: &str = "job";
+
+/// KEYS: stream, held hash. ARGV: record id, body, record id, body, ...
+const ENQUEUE: &str = r"
+for i = 1, #ARGV, 2 do
+  local entry = redis.call('XADD', KEYS[1], '*', 'job', ARGV[i + 1])
+  redis.call('HSET', KEYS[2], ARGV[i], entry)
+end
+return 1
+";
+
+/// KEYS: stream, held hash. ARGV: group, entry id, record id. A newer
+/// entry for the same record stays held.
+const ACK: &str = r"
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('HGET', KEYS[2], ARGV[3]) == ARGV[2] then
+  redis.call('HDEL', KEYS[2], ARGV[3])
+end
+return 1
+";
+
+/// KEYS: stream, held hash. ARGV: record ids. Held: its entry is still in
+/// the stream (an entry removed by hand, e.g. XDEL or a MAXLEN trim, no
+/// longer holds its record, and its hash field goes).
+const HELD: &str = r"
+local out = {}
+for i, id in ipairs(ARGV) do
+  local entry = redis.call('HGET', KEYS[2], id)
+  out[i] = 0
+  if entry then
+    if #redis.call('XRANGE', KEYS[1], entry, entry) > 0 then
+      out[i] = 1
+    else
+      redis.call('HDEL', KEYS[2], id)
+    end
+  end
+end
+return out
+";
 
 impl<Job: QueueMessage> RedisQueue<Job> {
     /// Connects and creates the stream and group if missing.
@@ -217,6 +303,7 @@ impl<Job: QueueMessage> RedisQueue<Job> {
             conn,
             blocking,
             stream: stream.to_owned(),
+            held: format!("{stream}:held"),
             group: group.to_owned(),
             _message: std::marker::PhantomData,
         };
@@ -301,17 +388,17 @@ impl<Job: QueueMessage> JobQueue<Job> for RedisQueue<Job> {
         if jobs.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        for job in jobs {
-            pipe.cmd("XADD")
-                .arg(&self.stream)
-                .arg("*")
-                .arg(FIELD)
-                .arg(job.encode_to_vec())
-                .ignore();
-        }
+        let script = redis::Script::new(ENQUEUE);
         let mut c = self.conn.clone();
-        let _: () = pipe.query_async(&mut c).await?;
+        // Chunked: one script call blocks the server while it runs.
+        for chunk in jobs.chunks(500) {
+            let mut call = script.key(&self.stream);
+            call.key(&self.held);
+            for job in chunk {
+                call.arg(job.record_id()).arg(job.encode_to_vec());
+            }
+            let _: i64 = call.invoke_async(&mut c).await?;
+        }
         Ok(())
     }
 
@@ -336,11 +423,13 @@ impl<Job: QueueMessage> JobQueue<Job> for RedisQueue<Job> {
 
     async fn ack(&self, delivery: &Delivery<Job>) -> Result<(), QueueError> {
         let mut c = self.conn.clone();
-        let _: i64 = redis::cmd("XACK")
-            .arg(&self.stream)
+        let _: i64 = redis::Script::new(ACK)
+            .key(&self.stream)
+            .key(&self.held)
             .arg(&self.group)
             .arg(&delivery.tag)
-            .query_async(&mut c)
+            .arg(delivery.job.record_id())
+            .invoke_async(&mut c)
             .await?;
         Ok(())
     }
@@ -384,6 +473,22 @@ impl<Job: QueueMessage> JobQueue<Job> for RedisQueue<Job> {
             .query_async(&mut c)
             .await?;
         Ok(())
+    }
+
+    async fn held(&self, record_ids: &[&str]) -> Result<Vec<bool>, QueueError> {
+        let script = redis::Script::new(HELD);
+        let mut c = self.conn.clone();
+        let mut out = Vec::with_capacity(record_ids.len());
+        for chunk in record_ids.chunks(500) {
+            let mut call = script.key(&self.stream);
+            call.key(&self.held);
+            for id in chunk {
+                call.arg(*id);
+            }
+            let held: Vec<i64> = call.invoke_async(&mut c).await?;
+            out.extend(held.into_iter().map(|h| h == 1));
+        }
+        Ok(out)
     }
 
     async fn trim(&self) -> Result<(), QueueError> {

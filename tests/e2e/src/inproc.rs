@@ -108,6 +108,12 @@ impl feed_queue::JobQueue<Job> for TestQueue {
     async fn trim(&self) -> Result<(), QueueError> {
         Ok(())
     }
+    /// Held while waiting: a job the test took is in its hands, settled
+    /// by the time the test sweeps.
+    async fn held(&self, ids: &[&str]) -> Result<Vec<bool>, QueueError> {
+        let q = self.0.lock().expect("lock");
+        Ok(ids.iter().map(|id| q.iter().any(|j| j.job_id == *id)).collect())
+    }
     async fn dead_letter(&self, _: &Job, _: &str) -> Result<(), QueueError> {
         Ok(())
     }

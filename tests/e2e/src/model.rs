@@ -208,10 +208,12 @@ impl Harness {
                     .with_sync(false),
             ),
         };
+        let events = publish::memory_event_queue();
         let publisher = Publisher::new(
             store,
             local.clone(),
             queue.clone(),
+            events.clone(),
             IdGenerator::new(NodeLease::exclusive(0), clock.clone()),
             clock,
             PublishRules {
@@ -222,7 +224,7 @@ impl Harness {
         let worker = FanoutWorker::new(
             Arc::new(publisher.clone()),
             queue.clone(),
-            publish::memory_event_queue(),
+            events,
             local,
             inbox.clone(),
             WorkerConfig {

@@ -98,21 +98,32 @@ impl Notifier {
         }
     }
 
-    /// Re-enqueues remind jobs idle for `stale`; returns how many.
+    /// Re-enqueues remind jobs idle for `stale` that the queue no longer
+    /// holds (lost, not merely waiting in a backlog or running); returns
+    /// how many. Each idle job is touched, so one still held is asked
+    /// about again a stale period later.
     pub async fn sweep(&self, stale: Duration) -> Result<usize, ApiError> {
         let now = self.now() as i64;
-        let mut due = Vec::new();
+        let mut idle = Vec::new();
         for mut job in self.inner.store.jobs(100).await? {
             if now - job.updated_ms >= stale.as_millis() as i64 {
                 job.updated_ms = now;
                 self.inner.store.put_job(&job).await?;
-                due.push(job);
+                idle.push(job);
             }
         }
-        if !due.is_empty() {
-            self.inner.jobs.enqueue(&due).await?;
+        let ids: Vec<&str> = idle.iter().map(|j| j.job_id.as_str()).collect();
+        let held = self.inner.jobs.held(&ids).await?;
+        let lost: Vec<RemindJob> = idle
+            .iter()
+            .zip(held)
+            .filter(|(_, held)| !held)
+            .map(|(j, _)| j.clone())
+            .collect();
+        if !lost.is_empty() {
+            self.inner.jobs.enqueue(&lost).await?;
         }
-        Ok(due.len())
+        Ok(lost.len())
     }
 
     /// Delivers one page of a remind job and records the progress (or

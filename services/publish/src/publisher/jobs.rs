@@ -35,16 +35,46 @@ pub fn purge_job_id(activity: u64, feed: &str, shard: Option<u64>) -> String {
 }
 
 impl Publisher {
-    /// Re-drives jobs not changed for `stale_after_ms` (lost from the queue,
-    /// or their worker died). Returns how many were re-enqueued.
+    /// Re-drives jobs not changed for `stale_after_ms` that no queue holds
+    /// any more (a flush lost them, or enqueueing failed). A job still
+    /// waiting in a backlog, or in a worker's hands (a dead worker's are
+    /// reclaimed from the stream), is left alone: re-driving those added a
+    /// stream entry per job per stale period. Returns how many were
+    /// re-enqueued.
     pub async fn sweep(&self, stale_after_ms: i64) -> Result<usize, ApiError> {
         let now = self.now();
+        // Touched as they are read: a held job is asked about again one
+        // stale period later, not on every sweep.
         let stale = self.store.stale_jobs(now - stale_after_ms, now, 10_000).await?;
-        self.enqueue(&stale).await;
+        let ids: Vec<&str> = stale.iter().map(|j| j.job_id.as_str()).collect();
+        let in_fanout = self.queue.held(&ids).await?;
+        // Event jobs wait in notify's queue once a worker handed them over.
+        let events: Vec<&str> = stale
+            .iter()
+            .zip(&in_fanout)
+            .filter(|(j, held)| !**held && matches!(j.kind, Some(job::Kind::Event(_))))
+            .map(|(j, _)| j.job_id.as_str())
+            .collect();
+        let in_events: std::collections::HashSet<&str> = self
+            .events
+            .held(&events)
+            .await?
+            .into_iter()
+            .zip(&events)
+            .filter_map(|(held, id)| held.then_some(*id))
+            .collect();
+        let lost: Vec<Job> = stale
+            .iter()
+            .zip(in_fanout)
+            .filter(|(j, held)| !held && !in_events.contains(j.job_id.as_str()))
+            .map(|(j, _)| j.clone())
+            .collect();
+        metrics::counter!("feed_publish_sweep_held_total").increment((stale.len() - lost.len()) as u64);
+        self.enqueue(&lost).await;
         if let Err(e) = self.queue.trim().await {
             tracing::warn!(error = %e, "stream trim failed");
         }
-        Ok(stale.len())
+        Ok(lost.len())
     }
 
     /// A pending job for a worker; None once done.

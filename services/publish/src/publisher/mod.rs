@@ -20,7 +20,7 @@ use std::sync::Arc;
 use feed_core::{Clock, IdGenerator};
 
 use crate::graph::Graph;
-use crate::queue::FanoutQueue;
+use crate::queue::{EventQueue, FanoutQueue};
 use crate::store::ActivityStore;
 use crate::validate::Limits;
 
@@ -55,6 +55,9 @@ pub struct Publisher {
     store: Arc<dyn ActivityStore>,
     graph: Arc<dyn Graph>,
     queue: Arc<dyn FanoutQueue>,
+    /// Where event jobs wait for notify once a worker handed them over:
+    /// the sweeper asks it too before re-driving one.
+    events: Arc<EventQueue>,
     ids: IdGenerator,
     clock: Arc<dyn Clock>,
     cfg: Arc<PublishRules>,
@@ -73,6 +76,7 @@ impl Publisher {
         store: Arc<dyn ActivityStore>,
         graph: Arc<dyn Graph>,
         queue: Arc<dyn FanoutQueue>,
+        events: Arc<EventQueue>,
         ids: IdGenerator,
         clock: Arc<dyn Clock>,
         cfg: PublishRules,
@@ -81,6 +85,7 @@ impl Publisher {
             store,
             graph,
             queue,
+            events,
             ids,
             clock,
             cfg: Arc::new(cfg),

@@ -73,10 +73,12 @@ async fn failing_jobs_are_dead_lettered_listed_and_replayed() {
     let queue = Arc::new(TestQueue::default());
     let clock = Arc::new(SystemClock);
     let inbox = Arc::new(MemoryInbox::new(InboxLimits::default(), clock.clone()));
+    let events = publish::memory_event_queue();
     let publisher = Publisher::new(
         Arc::new(EmbeddedActivityStore::open(pdir.path()).expect("store")),
         flaky.clone(),
         queue.clone(),
+        events.clone(),
         IdGenerator::new(NodeLease::exclusive(0), clock.clone()),
         clock,
         PublishRules {
@@ -84,7 +86,6 @@ async fn failing_jobs_are_dead_lettered_listed_and_replayed() {
             ..PublishRules::default()
         },
     );
-    let events = publish::memory_event_queue();
     let worker = FanoutWorker::new(
         Arc::new(publisher.clone()),
         queue.clone(),
