@@ -66,14 +66,14 @@ async fn embedded_pending_work_survives_a_restart_and_forgets_finished_jobs() {
     {
         let s = EmbeddedActivityStore::open(dir.path()).expect("open");
         s.put_jobs(&[fan(5), fan(7), backfill]).await.expect("put");
-        s.complete_job("fan/5/user:1", &[]).await.expect("complete");
+        s.complete_job("fan/5/user:1", &[], 0).await.expect("complete");
     }
     let s = EmbeddedActivityStore::open(dir.path()).expect("reopen");
     let w = s.pending_work(9).await.expect("pending");
     assert_eq!(w.fanout_from, Some(7), "the finished job is gone, the other kept");
     assert_eq!(w.backfill_feeds.len(), 1);
-    s.complete_job("fan/7/user:1", &[]).await.expect("complete");
-    s.complete_job("edge/9/user:1/1", &[]).await.expect("complete");
+    s.complete_job("fan/7/user:1", &[], 0).await.expect("complete");
+    s.complete_job("edge/9/user:1/1", &[], 0).await.expect("complete");
     let w = s.pending_work(9).await.expect("pending");
     assert_eq!((w.fanout_from, w.backfill_feeds.len()), (None, 0));
 }
@@ -93,7 +93,7 @@ async fn embedded_stale_jobs_and_stats_see_only_live_jobs_after_a_restart() {
         s.put_jobs(&(1..=500).map(job).collect::<Vec<_>>()).await.expect("put");
         // Finished jobs leave tombstones behind: neither the sweep nor the stats may count them.
         for n in (1..=500).filter(|n| n % 100 != 0) {
-            s.complete_job(&format!("j/{n:04}"), &[]).await.expect("complete");
+            s.complete_job(&format!("j/{n:04}"), &[], 0).await.expect("complete");
         }
         assert!(!s.fail_job("j/0300", "boom", 5, 1_000).await.expect("fail"));
     }
@@ -112,7 +112,7 @@ async fn embedded_stale_jobs_and_stats_see_only_live_jobs_after_a_restart() {
         "those handed out are touched at 2,000"
     );
     assert_eq!(ids(s.stale_jobs(1_500, 2_000, 10).await.expect("stale")), ["j/0300"]);
-    s.complete_job("j/0100", &[]).await.expect("complete");
+    s.complete_job("j/0100", &[], 0).await.expect("complete");
     let stats = s.job_stats().await.expect("stats");
     assert_eq!((stats.pending, stats.oldest_created_ms), (4, 200));
 }

@@ -102,7 +102,7 @@ impl Publisher {
 
     /// Marks a job done with the sub-jobs it spawned.
     pub async fn complete_job(&self, job_id: &str, spawned: &[Job]) -> Result<(), ApiError> {
-        Ok(self.store.complete_job(job_id, spawned).await?)
+        Ok(self.store.complete_job(job_id, spawned, self.now()).await?)
     }
 
     /// Records a failed attempt; true when the job is now dead-lettered.

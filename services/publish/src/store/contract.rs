@@ -234,8 +234,10 @@ pub async fn pull_entries_page_through_every_id_of_a_long_feed(s: &dyn ActivityS
 /// Contract check: jobs complete fail and revive.
 pub async fn jobs_complete_fail_and_revive(s: &dyn ActivityStore) {
     s.put_jobs(&[job("j/a", 10), job("j/b", 20)]).await.expect("put");
-    let sub = job("j/a/0", 11);
-    s.complete_job("j/a", std::slice::from_ref(&sub))
+    // A sub-job keeps its root's creation time but counts as written when
+    // it was recorded: a root run late spawns no job that is stale at once.
+    let sub = job("j/a/0", 10);
+    s.complete_job("j/a", std::slice::from_ref(&sub), 11)
         .await
         .expect("complete");
     assert!(s.job("j/a").await.expect("job").is_none(), "a done job is gone");
@@ -253,10 +255,10 @@ pub async fn jobs_complete_fail_and_revive(s: &dyn ActivityStore) {
             .expect("stale")
             .iter()
             .any(|j| j.job_id == "j/a/0"),
-        "not stale before its creation"
+        "not stale before it was recorded"
     );
     let stale = s.stale_jobs(12, 40, 100).await.expect("stale");
-    assert!(stale.iter().any(|j| j.job_id == "j/a/0"), "created at 11");
+    assert!(stale.iter().any(|j| j.job_id == "j/a/0"), "recorded at 11");
     assert!(
         !s.stale_jobs(12, 41, 100)
             .await
@@ -326,7 +328,7 @@ pub async fn pending_work_tracks_unfinished_fanout_and_backfill(s: &dyn Activity
     use feed_proto::events::v1::{EdgeJob, EdgeJobKind};
     // Finish whatever earlier checks left pending.
     for j in s.stale_jobs(i64::MAX, 0, 10_000).await.expect("stale") {
-        s.complete_job(&j.job_id, &[]).await.expect("complete");
+        s.complete_job(&j.job_id, &[], 0).await.expect("complete");
     }
     assert_eq!(s.pending_work(90).await.expect("pending").fanout_from, None);
     let fan = |activity: u64| Job {
@@ -354,13 +356,53 @@ pub async fn pending_work_tracks_unfinished_fanout_and_backfill(s: &dyn Activity
     assert_eq!(p.fanout_from, Some(500));
     assert_eq!(p.backfill_feeds, vec![feed("tag:x")]);
     assert!(s.pending_work(91).await.expect("pending").backfill_feeds.is_empty());
-    s.complete_job("fan/500/user:1", &[]).await.expect("complete");
-    s.complete_job(&backfill.job_id, &[]).await.expect("complete");
+    s.complete_job("fan/500/user:1", &[], 0).await.expect("complete");
+    s.complete_job(&backfill.job_id, &[], 0).await.expect("complete");
     let p = s.pending_work(90).await.expect("pending");
     assert_eq!(p.fanout_from, Some(700));
     assert!(p.backfill_feeds.is_empty());
-    s.complete_job("fan/700/user:1", &[]).await.expect("complete");
+    s.complete_job("fan/700/user:1", &[], 0).await.expect("complete");
     assert_eq!(s.pending_work(90).await.expect("pending").fanout_from, None);
+}
+
+/// Contract check: the sweep finds jobs gone stale across many minutes of
+/// writes, each once per stale period, never a finished one, and a limit
+/// leaves the rest for the next sweep.
+pub async fn the_sweep_finds_stale_jobs_across_minutes_once_per_period(s: &dyn ActivityStore) {
+    const MIN: i64 = 60_000;
+    let t0 = 1_700_000_000_000;
+    let ids = |jobs: Vec<Job>| {
+        let mut v: Vec<String> = jobs.into_iter().map(|j| j.job_id).collect();
+        v.sort();
+        v
+    };
+    s.put_jobs(&[job("m/0", t0), job("m/5", t0 + 5 * MIN), job("m/9", t0 + 9 * MIN)])
+        .await
+        .expect("put");
+    s.complete_job("m/5", &[], t0 + 6 * MIN).await.expect("complete");
+    let at = |now: i64, limit: usize| s.stale_jobs(now - MIN, now, limit);
+    assert_eq!(ids(at(t0 + 3 * MIN, 100).await.expect("sweep")), ["m/0"]);
+    assert!(
+        at(t0 + 4 * MIN, 100).await.expect("sweep").is_empty(),
+        "handed out a minute ago: not stale yet"
+    );
+    assert_eq!(
+        ids(at(t0 + 20 * MIN, 100).await.expect("sweep")),
+        ["m/0", "m/9"],
+        "the finished job never"
+    );
+    let more: Vec<Job> = (0..5).map(|n| job(&format!("l/{n}"), t0 + 21 * MIN + n)).collect();
+    s.put_jobs(&more).await.expect("put");
+    let first = ids(at(t0 + 30 * MIN, 3).await.expect("sweep"));
+    assert_eq!(first.len(), 3, "at most the limit");
+    let rest = ids(at(t0 + 30 * MIN, 100).await.expect("sweep"));
+    let mut all: Vec<String> = first.into_iter().chain(rest).collect();
+    all.sort();
+    assert_eq!(
+        all,
+        ["l/0", "l/1", "l/2", "l/3", "l/4", "m/0", "m/9"],
+        "the rest, once each"
+    );
 }
 
 /// One test per check of this contract for a backend:
@@ -381,7 +423,8 @@ macro_rules! activity_store_contract {
                 jobs_complete_fail_and_revive,
                 scheduled_items_are_listed_due_and_removed,
                 edge_jobs_advance_the_cursor_with_them,
-                pending_work_tracks_unfinished_fanout_and_backfill
+                pending_work_tracks_unfinished_fanout_and_backfill,
+                the_sweep_finds_stale_jobs_across_minutes_once_per_period
             ]
         );
     };

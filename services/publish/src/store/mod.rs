@@ -176,8 +176,10 @@ pub trait ActivityStore: Send + Sync + 'static {
     async fn put_jobs(&self, jobs: &[Job]) -> Result<(), StorageError>;
     /// A pending job; None once done (or dead).
     async fn job(&self, job_id: &str) -> Result<Option<JobState>, StorageError>;
-    /// Marks a job done and records the jobs it spawned, in one step.
-    async fn complete_job(&self, job_id: &str, spawned: &[Job]) -> Result<(), StorageError>;
+    /// Marks a job done and records the jobs it spawned, in one step; the
+    /// spawned records count as written at `now_ms` (not at their root's
+    /// creation: a root run late must not spawn jobs already stale).
+    async fn complete_job(&self, job_id: &str, spawned: &[Job], now_ms: i64) -> Result<(), StorageError>;
     /// Records a failure; dead-letters the job at `max_attempts`. True when dead.
     async fn fail_job(&self, job_id: &str, error: &str, max_attempts: u32, now_ms: i64) -> Result<bool, StorageError>;
     /// Pending jobs not updated since `stale_before_ms`, for the sweeper to

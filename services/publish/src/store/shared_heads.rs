@@ -341,8 +341,8 @@ impl<S: ActivityStore> ActivityStore for SharedHeads<S> {
         self.inner.job(job_id).await
     }
 
-    async fn complete_job(&self, job_id: &str, spawned: &[Job]) -> Result<(), StorageError> {
-        self.inner.complete_job(job_id, spawned).await
+    async fn complete_job(&self, job_id: &str, spawned: &[Job], now_ms: i64) -> Result<(), StorageError> {
+        self.inner.complete_job(job_id, spawned, now_ms).await
     }
 
     async fn fail_job(&self, job_id: &str, error: &str, max_attempts: u32, now_ms: i64) -> Result<bool, StorageError> {

@@ -150,7 +150,7 @@ pub(super) fn decode_dead(v: &[u8]) -> Result<DeadJob, StorageError> {
 pub(super) async fn put_jobs(store: &EmbeddedActivityStore, jobs: &[Job]) -> Result<(), StorageError> {
     let _w = store.lock();
     let mut batch = store.db.batch();
-    let ops = store.put_jobs_in(&mut batch, jobs);
+    let ops = store.put_jobs_in(&mut batch, jobs, None);
     store.commit(batch, true)?;
     store.apply_pending(ops);
     Ok(())
@@ -169,11 +169,12 @@ pub(super) async fn complete_job(
     store: &EmbeddedActivityStore,
     job_id: &str,
     spawned: &[Job],
+    now_ms: i64,
 ) -> Result<(), StorageError> {
     let _w = store.lock();
     let mut batch = store.db.batch();
     // Sub-jobs are recorded durably before their parent is done.
-    let mut ops = store.put_jobs_in(&mut batch, spawned);
+    let mut ops = store.put_jobs_in(&mut batch, spawned, Some(now_ms));
     if let Some(state) = store
         .jobs
         .get(job_id.as_bytes())

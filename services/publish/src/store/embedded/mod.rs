@@ -166,13 +166,15 @@ impl EmbeddedActivityStore {
     }
 
     /// Adds jobs to `batch`; returns the pending-index changes to apply once it commits.
-    fn put_jobs_in(&self, batch: &mut OwnedWriteBatch, jobs: &[Job]) -> Vec<PendingOp> {
+    /// Records `jobs` as written at `updated_ms` (default: their creation).
+    fn put_jobs_in(&self, batch: &mut OwnedWriteBatch, jobs: &[Job], updated_ms: Option<i64>) -> Vec<PendingOp> {
         let mut ops = Vec::new();
         for job in jobs {
-            batch.insert(&self.jobs, job.job_id.as_bytes(), job_value(job, 0, job.created_at_ms));
+            let updated = updated_ms.unwrap_or(job.created_at_ms);
+            batch.insert(&self.jobs, job.job_id.as_bytes(), job_value(job, 0, updated));
             ops.push(PendingOp::JobPut(
                 job.job_id.as_bytes().to_vec(),
-                job.created_at_ms,
+                updated,
                 job.created_at_ms,
             ));
             if let Some((index, key, value)) = pending_index(job) {
@@ -261,7 +263,7 @@ impl ActivityStore for EmbeddedActivityStore {
                 batch.insert(&self.pulled, feed_key(&e.feed, e.id), []);
             }
         }
-        let ops = self.put_jobs_in(&mut batch, jobs);
+        let ops = self.put_jobs_in(&mut batch, jobs, None);
         self.commit(batch, true)?;
         // After the commit, under the writer lock: a reader never sees an id
         // that may not exist, and Publish has not returned yet.
@@ -320,7 +322,7 @@ impl ActivityStore for EmbeddedActivityStore {
         let _w = self.lock();
         let mut batch = self.db.batch();
         batch.insert(&self.activities, activity.id.to_be_bytes(), activity.encode_to_vec());
-        let ops = self.put_jobs_in(&mut batch, jobs);
+        let ops = self.put_jobs_in(&mut batch, jobs, None);
         self.commit(batch, true)?;
         self.activity_cache.write(|m| {
             m.insert(activity.id, Arc::new(activity.clone()));
@@ -396,8 +398,8 @@ impl ActivityStore for EmbeddedActivityStore {
         jobs::job(self, job_id).await
     }
 
-    async fn complete_job(&self, job_id: &str, spawned: &[Job]) -> Result<(), StorageError> {
-        jobs::complete_job(self, job_id, spawned).await
+    async fn complete_job(&self, job_id: &str, spawned: &[Job], now_ms: i64) -> Result<(), StorageError> {
+        jobs::complete_job(self, job_id, spawned, now_ms).await
     }
 
     async fn fail_job(&self, job_id: &str, error: &str, max_attempts: u32, now_ms: i64) -> Result<bool, StorageError> {
@@ -457,7 +459,7 @@ impl ActivityStore for EmbeddedActivityStore {
     async fn record_edge_jobs(&self, jobs: &[Job], cursor: u64) -> Result<(), StorageError> {
         let _w = self.lock();
         let mut batch = self.db.batch();
-        let ops = self.put_jobs_in(&mut batch, jobs);
+        let ops = self.put_jobs_in(&mut batch, jobs, None);
         batch.insert(&self.meta, "edge_cursor", cursor.to_be_bytes());
         self.commit(batch, true)?;
         self.apply_pending(ops);

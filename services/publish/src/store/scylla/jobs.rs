@@ -4,7 +4,7 @@
 use super::*;
 
 pub(super) async fn put_jobs(store: &ScyllaActivityStore, jobs: &[Job]) -> Result<(), StorageError> {
-    store.job_batch(jobs, vec![]).await
+    store.job_batch(jobs, vec![], None).await
 }
 
 pub(super) async fn job(store: &ScyllaActivityStore, job_id: &str) -> Result<Option<JobState>, StorageError> {
@@ -51,6 +51,7 @@ pub(super) async fn complete_job(
     store: &ScyllaActivityStore,
     job_id: &str,
     spawned: &[Job],
+    now_ms: i64,
 ) -> Result<(), StorageError> {
     let mut done = vec![(&store.st.job_delete, vec![text(job_id)])];
     // Its pending-work row goes with it, in the same batch: reads merge
@@ -59,7 +60,14 @@ pub(super) async fn complete_job(
     if let Some((_, delete, _, row)) = state.as_ref().and_then(|s| store.pending_index(&s.job)) {
         done.push((delete, row));
     }
-    store.job_batch(spawned, done).await
+    if let Some(s) = &state {
+        done.push((&store.st.due_delete, due_row(s.updated_ms, job_id)));
+    }
+    store.job_batch(spawned, done, Some(now_ms)).await
+}
+
+fn due_row(updated_ms: i64, job_id: &str) -> Vec<CqlValue> {
+    vec![CqlValue::BigInt(sweep_bucket(updated_ms)), text(job_id)]
 }
 
 pub(super) async fn fail_job(
@@ -79,12 +87,16 @@ pub(super) async fn fail_job(
         store
             .exec(&store.st.job_fail, (state.attempts as i32, now_ms, job_id))
             .await?;
+        // After the update: a row for a job completed meanwhile is dropped
+        // by the sweep that meets it.
+        store.exec(&store.st.due_put, (sweep_bucket(now_ms), job_id)).await?;
         return Ok(false);
     }
     let mut batch = Batch::new(BatchType::Logged);
     batch.set_consistency(Consistency::LocalQuorum);
     batch.append_statement(store.st.dead_put.clone());
     batch.append_statement(store.st.job_delete.clone());
+    batch.append_statement(store.st.due_delete.clone());
     let values: Vec<Vec<CqlValue>> = vec![
         vec![
             text(job_id),
@@ -94,35 +106,114 @@ pub(super) async fn fail_job(
             blob(state.job.encode_to_vec()),
         ],
         vec![text(job_id)],
+        due_row(state.updated_ms, job_id),
     ];
     store.session.batch(&batch, values).await.map_err(unavailable)?;
     Ok(true)
 }
 
+/// Reads `pub_jobs_due` from the floor up to the minute of `stale_before_ms`
+/// (never past `now_ms`'s): a job whose record is older is touched (IF
+/// EXISTS, so a job completed meanwhile stays gone) and handed out; rows of
+/// finished jobs, and rows a later write superseded, are deleted. The floor
+/// then moves up to the lowest minute that still holds a row.
+///
+/// Safe while writers' clocks are within `stale_before`'s distance from
+/// now (the stale period, a minute by default) of the sweeper's: a job is
+/// written into the minute of its writer's clock, and the floor never
+/// passes the stale minute.
 pub(super) async fn stale_jobs(
     store: &ScyllaActivityStore,
     stale_before_ms: i64,
     now_ms: i64,
     limit: usize,
 ) -> Result<Vec<Job>, StorageError> {
-    let rows = all_jobs(store).await?;
+    let upto = sweep_bucket(stale_before_ms.min(now_ms));
+    // One sweep at a time per process: two would hand the same jobs out.
+    let mut floor_guard = store.sweep_floor.lock().await;
+    let floor = match *floor_guard {
+        Some(f) => f,
+        None => sweep_floor(store, upto).await?,
+    };
     let mut out = Vec::new();
-    for (_, _, _, job) in rows.into_iter().filter(|r| r.1 < stale_before_ms).take(limit) {
-        // IF EXISTS: a job completed meanwhile must not come back.
-        let rows = store
-            .exec(&store.st.job_touch, (now_ms, job.job_id.as_str()))
-            .await?
-            .into_rows_result()
-            .map_err(err)?;
-        let applied = rows
-            .maybe_first_row::<Row>()
-            .map_err(err)?
-            .and_then(|r| r.columns.into_iter().next().flatten());
-        if matches!(applied, Some(CqlValue::Boolean(true))) {
-            out.push(job);
+    let mut lowest_held: Option<i64> = None;
+    let mut bucket = floor;
+    while bucket <= upto {
+        let ids = store.rows::<(String,)>(&store.st.due_bucket, (bucket,)).await?;
+        for (job_id,) in ids {
+            if out.len() >= limit {
+                lowest_held.get_or_insert(bucket);
+                break;
+            }
+            let state = store.job(&job_id).await?;
+            match state {
+                // Finished, or rewritten since (its newer row stands for it).
+                None => {}
+                Some(s) if sweep_bucket(s.updated_ms) != bucket => {}
+                Some(s) if s.updated_ms >= stale_before_ms => {
+                    lowest_held.get_or_insert(bucket);
+                    continue;
+                }
+                Some(s) => {
+                    if touch(store, &job_id, now_ms).await? {
+                        out.push(s.job);
+                    }
+                    if sweep_bucket(now_ms) == bucket {
+                        lowest_held.get_or_insert(bucket);
+                        continue;
+                    }
+                }
+            }
+            store.exec(&store.st.due_delete, (bucket, job_id.as_str())).await?;
         }
+        if out.len() >= limit {
+            break;
+        }
+        bucket += 1;
     }
+    let next = lowest_held.unwrap_or(upto).min(upto).max(floor);
+    if next != floor {
+        store.exec(&store.st.meta_put, ("sweep_floor", next)).await?;
+    }
+    *floor_guard = Some(next);
     Ok(out)
+}
+
+/// Rewrites a job's time (IF EXISTS) and files it under the new minute;
+/// false when the job was gone.
+async fn touch(store: &ScyllaActivityStore, job_id: &str, now_ms: i64) -> Result<bool, StorageError> {
+    let rows = store
+        .exec(&store.st.job_touch, (now_ms, job_id))
+        .await?
+        .into_rows_result()
+        .map_err(err)?;
+    let applied = rows
+        .maybe_first_row::<Row>()
+        .map_err(err)?
+        .and_then(|r| r.columns.into_iter().next().flatten());
+    if !matches!(applied, Some(CqlValue::Boolean(true))) {
+        return Ok(false);
+    }
+    store.exec(&store.st.due_put, (sweep_bucket(now_ms), job_id)).await?;
+    Ok(true)
+}
+
+/// The stored floor; on a keyspace that has none yet (new, or written
+/// before `pub_jobs_due` existed), every pending job is filed under its
+/// minute once and the floor starts at the oldest.
+async fn sweep_floor(store: &ScyllaActivityStore, upto: i64) -> Result<i64, StorageError> {
+    if let Some((f,)) = store.rows::<(i64,)>(&store.st.meta_get, ("sweep_floor",)).await?.pop() {
+        return Ok(f);
+    }
+    let mut floor = upto;
+    for (_, updated_ms, _, job) in all_jobs(store).await? {
+        store
+            .exec(&store.st.due_put, (sweep_bucket(updated_ms), job.job_id.as_str()))
+            .await?;
+        floor = floor.min(sweep_bucket(updated_ms));
+    }
+    store.exec(&store.st.meta_put, ("sweep_floor", floor)).await?;
+    Ok(floor)
 }
 
 pub(super) async fn dead_jobs(
@@ -175,9 +266,11 @@ pub(super) async fn revive_jobs(
         let mut batch = Batch::new(BatchType::Logged);
         batch.set_consistency(Consistency::LocalQuorum);
         batch.append_statement(store.st.job_put.clone());
+        batch.append_statement(store.st.due_put.clone());
         batch.append_statement(store.st.dead_delete.clone());
         let values: Vec<Vec<CqlValue>> = vec![
             ScyllaActivityStore::job_row(&d.job, 0, now_ms),
+            due_row(now_ms, &d.job.job_id),
             vec![text(d.job.job_id.clone())],
         ];
         store.session.batch(&batch, values).await.map_err(unavailable)?;

@@ -9,7 +9,10 @@
 //! - `pub_outbox ((feed, day), id DESC)` and `pub_pulled`: outboxes bucketed
 //!   by the id's day, as Discord buckets messages, so no partition grows
 //!   without bound; `pub_outbox_days (feed, day DESC)` lists a feed's buckets.
-//! - `pub_jobs (job_id)`, `pub_dead (job_id)`: pending and dead jobs.
+//! - `pub_jobs (job_id)`, `pub_dead (job_id)`: pending and dead jobs;
+//!   `pub_jobs_due (bucket, job_id)`: jobs by the minute they were last
+//!   written, which the sweeper reads from its floor (`pub_meta`
+//!   `sweep_floor`) up to the stale minute.
 //! - `pub_scheduled*`: held items, by id, by actor and by due hour.
 //! - `pub_meta (name)`: the edge-log cursor.
 //!
@@ -50,12 +53,19 @@ use crate::store::{
 };
 
 /// Bumped when the schema changes; services refuse an older one.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 const COMPONENT: &str = "publish";
 const DAY_MS: u64 = 86_400_000;
 const HOUR_MS: i64 = 3_600_000;
 /// Scheduled items are looked for this many hours back (a long outage).
 const DUE_LOOKBACK_HOURS: i64 = 24 * 7;
+/// Width of a `pub_jobs_due` partition.
+const SWEEP_BUCKET_MS: i64 = 60_000;
+
+/// The `pub_jobs_due` partition of a write at `ms`.
+fn sweep_bucket(ms: i64) -> i64 {
+    ms.div_euclid(SWEEP_BUCKET_MS)
+}
 
 fn err(e: impl std::fmt::Display) -> StorageError {
     StorageError::Backend(e.to_string())
@@ -77,6 +87,9 @@ fn day_of(id: u64) -> i64 {
 pub struct ScyllaActivityStore {
     session: Session,
     st: Statements,
+    /// The lowest `pub_jobs_due` bucket that may hold a row (None: not
+    /// read yet); shared through `pub_meta` so a restart starts there.
+    sweep_floor: tokio::sync::Mutex<Option<i64>>,
 }
 
 fn blob(v: Vec<u8>) -> CqlValue {
@@ -94,7 +107,11 @@ impl ScyllaActivityStore {
     pub async fn connect(cfg: &ScyllaConfig) -> Result<Self, StorageError> {
         let session = feed_cql::connect_verified(cfg, COMPONENT, SCHEMA_VERSION).await?;
         let st = Statements::prepare(&session, &cfg.keyspace).await?;
-        Ok(Self { session, st })
+        Ok(Self {
+            session,
+            st,
+            sweep_floor: tokio::sync::Mutex::new(None),
+        })
     }
 
     async fn exec(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<QueryResult, StorageError> {
@@ -182,17 +199,22 @@ impl ScyllaActivityStore {
     /// a publish writes one activity twice, in its row and its event job,
     /// plus an entry and a job per target feed: about 65 KB for a
     /// maximum-size activity, so Cassandra needs ScyllaDB's threshold.
+    /// Jobs count as written at `updated_ms` (default: their creation).
     async fn job_batch(
         &self,
         jobs: &[Job],
         extra: Vec<(&PreparedStatement, Vec<CqlValue>)>,
+        updated_ms: Option<i64>,
     ) -> Result<(), StorageError> {
         let mut batch = Batch::new(BatchType::Logged);
         batch.set_consistency(Consistency::LocalQuorum);
         let mut values: Vec<Vec<CqlValue>> = Vec::new();
         for job in jobs {
+            let updated = updated_ms.unwrap_or(job.created_at_ms);
             batch.append_statement(self.st.job_put.clone());
-            values.push(Self::job_row(job, 0, job.created_at_ms));
+            values.push(Self::job_row(job, 0, updated));
+            batch.append_statement(self.st.due_put.clone());
+            values.push(vec![CqlValue::BigInt(sweep_bucket(updated)), text(job.job_id.clone())]);
             if let Some((put, _, row, _)) = self.pending_index(job) {
                 batch.append_statement(put.clone());
                 values.push(row);
@@ -269,7 +291,7 @@ impl ActivityStore for ScyllaActivityStore {
                 extra.push((&self.st.pulled_put, vec![text(feed), day, big(e.id)]));
             }
         }
-        self.job_batch(jobs, extra).await
+        self.job_batch(jobs, extra, None).await
     }
 
     async fn get(&self, ids: &[u64]) -> Result<Vec<Option<Arc<Activity>>>, StorageError> {
@@ -306,6 +328,7 @@ impl ActivityStore for ScyllaActivityStore {
                 &self.st.activity_put,
                 vec![big(activity.id), blob(activity.encode_to_vec())],
             )],
+            None,
         )
         .await
     }
@@ -371,8 +394,8 @@ impl ActivityStore for ScyllaActivityStore {
         jobs::job(self, job_id).await
     }
 
-    async fn complete_job(&self, job_id: &str, spawned: &[Job]) -> Result<(), StorageError> {
-        jobs::complete_job(self, job_id, spawned).await
+    async fn complete_job(&self, job_id: &str, spawned: &[Job], now_ms: i64) -> Result<(), StorageError> {
+        jobs::complete_job(self, job_id, spawned, now_ms).await
     }
 
     async fn fail_job(&self, job_id: &str, error: &str, max_attempts: u32, now_ms: i64) -> Result<bool, StorageError> {
@@ -430,8 +453,12 @@ impl ActivityStore for ScyllaActivityStore {
     }
 
     async fn record_edge_jobs(&self, jobs: &[Job], cursor: u64) -> Result<(), StorageError> {
-        self.job_batch(jobs, vec![(&self.st.meta_put, vec![text("edge_cursor"), big(cursor)])])
-            .await
+        self.job_batch(
+            jobs,
+            vec![(&self.st.meta_put, vec![text("edge_cursor"), big(cursor)])],
+            None,
+        )
+        .await
     }
 
     async fn ping(&self) -> Result<(), StorageError> {

@@ -23,6 +23,12 @@ fn schema(k: &str) -> Vec<String> {
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.pub_jobs (job_id text PRIMARY KEY, attempts int, updated_ms bigint, created_ms bigint, body blob)"
         ),
+        // Jobs by the minute they were last written: the sweeper reads the
+        // minutes gone stale, not the whole jobs table. Rows of finished or
+        // rewritten jobs are dropped when a sweep meets them.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {k}.pub_jobs_due (bucket bigint, job_id text, PRIMARY KEY (bucket, job_id))"
+        ),
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.pub_dead (job_id text PRIMARY KEY, attempts int, failed_ms bigint, error text, body blob)"
         ),

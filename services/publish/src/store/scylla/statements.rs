@@ -23,6 +23,9 @@ pub(super) struct Statements {
     pub(super) job_fail: PreparedStatement,
     pub(super) jobs_all: PreparedStatement,
     pub(super) job_touch: PreparedStatement,
+    pub(super) due_put: PreparedStatement,
+    pub(super) due_delete: PreparedStatement,
+    pub(super) due_bucket: PreparedStatement,
     pub(super) dead_put: PreparedStatement,
     pub(super) dead_get: PreparedStatement,
     pub(super) dead_delete: PreparedStatement,
@@ -101,6 +104,9 @@ impl Statements {
                 "UPDATE {k}.pub_jobs SET updated_ms = ? WHERE job_id = ? IF EXISTS"
             ))
             .await?,
+            due_put: prep(format!("INSERT INTO {k}.pub_jobs_due (bucket, job_id) VALUES (?, ?)")).await?,
+            due_delete: prep(format!("DELETE FROM {k}.pub_jobs_due WHERE bucket = ? AND job_id = ?")).await?,
+            due_bucket: prep(format!("SELECT job_id FROM {k}.pub_jobs_due WHERE bucket = ?")).await?,
             jobs_all: prep(format!(
                 "SELECT job_id, attempts, updated_ms, created_ms, body FROM {k}.pub_jobs"
             ))
