@@ -98,7 +98,9 @@ concurrent_writes: 8
 concurrent_counter_writes: 4
 concurrent_compactors: 1
 key_cache_size: 8MiB
-prepared_statements_cache_size: 8MiB
+# Every test keyspace prepares its store's statements (~70 per store):
+# 8 MiB evicted statements between prepare and execute late in a run.
+prepared_statements_cache_size: 64MiB
 authenticator: AllowAllAuthenticator
 authorizer: AllowAllAuthorizer
 auto_snapshot: false

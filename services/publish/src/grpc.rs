@@ -332,6 +332,14 @@ impl PublishService for PublishGrpc {
         Ok(Response::new(pb::GetPendingWorkResponse {
             fanout_from_id: w.fanout_from.unwrap_or(0),
             backfill_feeds: w.backfill_feeds.iter().map(|f| f.to_string()).collect(),
+            stalled: w
+                .stalled
+                .iter()
+                .map(|(f, from)| pb::StalledFanout {
+                    feed: f.to_string(),
+                    from_id: *from,
+                })
+                .collect(),
         }))
     }
 

@@ -65,13 +65,21 @@ async fn embedded_pending_work_survives_a_restart_and_forgets_finished_jobs() {
     };
     {
         let s = EmbeddedActivityStore::open(dir.path()).expect("open");
-        s.put_jobs(&[fan(5), fan(7), backfill]).await.expect("put");
+        s.put_jobs(&[fan(3), fan(5), fan(7), backfill]).await.expect("put");
         s.complete_job("fan/5/user:1", &[], 0).await.expect("complete");
+        assert!(s.fail_job("fan/3/user:1", "boom", 1, 0).await.expect("fail"));
     }
     let s = EmbeddedActivityStore::open(dir.path()).expect("reopen");
     let w = s.pending_work(9).await.expect("pending");
     assert_eq!(w.fanout_from, Some(7), "the finished job is gone, the other kept");
     assert_eq!(w.backfill_feeds.len(), 1);
+    assert_eq!(
+        w.stalled,
+        vec![(feed_core::FeedRef::user(1), 3)],
+        "the dead fanout, from the dead letters"
+    );
+    s.revive_jobs(&[], 1).await.expect("revive");
+    s.complete_job("fan/3/user:1", &[], 1).await.expect("complete");
     s.complete_job("fan/7/user:1", &[], 0).await.expect("complete");
     s.complete_job("edge/9/user:1/1", &[], 0).await.expect("complete");
     let w = s.pending_work(9).await.expect("pending");

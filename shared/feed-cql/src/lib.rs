@@ -88,12 +88,17 @@ pub async fn migrate(
     s.await_schema_agreement()
         .await
         .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+    // Literal values, not bound ones: a statement with values is prepared
+    // first, and a node whose prepared-statement cache is churning (many
+    // keyspaces, as in the test suite) can evict it between the prepare
+    // and the execute.
     s.query_unpaged(
         format!(
-            "INSERT INTO {}.schema_migrations (component, version) VALUES (?, ?)",
-            cfg.keyspace
+            "INSERT INTO {}.schema_migrations (component, version) VALUES ('{}', {version})",
+            cfg.keyspace,
+            component.replace('\'', "''")
         ),
-        (component, version),
+        (),
     )
     .await
     .map_err(|e| StorageError::Backend(e.to_string()))?;

@@ -33,13 +33,28 @@ pub struct Entry {
     pub mode: DeliveryMode,
 }
 
+/// Work a reader's inbox may not reflect yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// The lowest activity id with an unfinished fanout job: inboxes may
+    /// lack ids at or above it.
+    pub fanout_from: Option<u64>,
+    /// Feeds whose backfill into this user's inbox has not finished (for a
+    /// lifted block or mute, `user:<author>`, which the user may not follow).
+    pub backfill_feeds: Vec<FeedRef>,
+    /// Feeds with a dead-lettered fanout job, each with its lowest activity
+    /// id: their followers' inboxes may lack that feed's entries from there
+    /// up until the job is replayed. Not part of `fanout_from`, so a dead
+    /// letter taxes only the reads of its feed's followers, for one feed.
+    pub stalled: Vec<(FeedRef, u64)>,
+}
+
 /// What a round reads besides the inbox: publish's outboxes, pending work
 /// and activities.
 #[async_trait]
 pub trait Outboxes: Send + Sync {
-    /// The lowest id whose fanout is unfinished, and the feeds whose
-    /// backfill into `user`'s inbox is unfinished.
-    async fn pending(&self, user: UserId) -> Result<(Option<u64>, Vec<FeedRef>), ApiError>;
+    /// Work `user`'s inbox may not reflect yet.
+    async fn pending(&self, user: UserId) -> Result<Pending, ApiError>;
     /// Entries below `before` across `feeds`, newest first, at most `limit`
     /// distinct ids; true when a feed may hold more.
     async fn read_outboxes(
@@ -111,7 +126,11 @@ pub async fn gather(src: &dyn Outboxes, inbox: &dyn InboxStore, req: RoundReques
         batch,
         ..
     } = req;
-    let (fanout_from, backfill_feeds) = src.pending(user).await?;
+    let Pending {
+        fanout_from,
+        backfill_feeds,
+        stalled,
+    } = src.pending(user).await?;
     let nothing = InboxPage {
         ids: vec![],
         floor: u64::MAX,
@@ -162,6 +181,7 @@ pub async fn gather(src: &dyn Outboxes, inbox: &dyn InboxStore, req: RoundReques
     // mute pends on user:<author>, which the reader may not follow: its
     // items count through the feeds they do follow, and the rules drop
     // the rest.
+    let mut merged_from = None;
     if let Some(w) = fanout_from
         && before.is_none_or(|u| u > w)
     {
@@ -169,6 +189,23 @@ pub async fn gather(src: &dyn Outboxes, inbox: &dyn InboxStore, req: RoundReques
         let last = recent.last().map(|e| e.id);
         cut(last, more && last.is_some_and(|l| l >= w));
         add(recent.into_iter().filter(|e| e.id >= w).collect());
+        merged_from = Some(w);
+    }
+    // Dead-lettered fanout: only those feeds, for the readers who follow
+    // them (unless the merge above already covered them).
+    let stalled: Vec<(FeedRef, u64)> = stalled
+        .into_iter()
+        .filter(|(f, w)| before.is_none_or(|u| u > *w) && merged_from.is_none_or(|m| *w < m) && feeds.contains(f))
+        .collect();
+    if let Some(lowest) = stalled.iter().map(|(_, w)| *w).min() {
+        let stalled_feeds: Vec<FeedRef> = stalled.iter().map(|(f, _)| f.clone()).collect();
+        let (recent, more) = src.read_outboxes(&stalled_feeds, before, batch, false).await?;
+        let last = recent.last().map(|e| e.id);
+        cut(last, more && last.is_some_and(|l| l >= lowest));
+        add(recent
+            .into_iter()
+            .filter(|e| stalled.iter().any(|(f, w)| *f == e.feed && e.id >= *w))
+            .collect());
     }
     if !backfill_feeds.is_empty() {
         let (pending, more) = src.read_outboxes(&backfill_feeds, before, batch, false).await?;
@@ -218,4 +255,119 @@ pub async fn gather(src: &dyn Outboxes, inbox: &dyn InboxStore, req: RoundReques
         activities,
         degraded,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use feed_core::SystemClock;
+
+    use super::*;
+    use crate::{InboxLimits, MemoryInbox};
+
+    /// Outboxes holding `entries`, recording which feeds each read asked for.
+    struct Recorded {
+        pending: Pending,
+        entries: Vec<Entry>,
+        reads: Mutex<Vec<Vec<FeedRef>>>,
+    }
+
+    #[async_trait]
+    impl Outboxes for Recorded {
+        async fn pending(&self, _: UserId) -> Result<Pending, ApiError> {
+            Ok(self.pending.clone())
+        }
+        async fn read_outboxes(
+            &self,
+            feeds: &[FeedRef],
+            before: Option<u64>,
+            limit: usize,
+            pull_only: bool,
+        ) -> Result<(Vec<Entry>, bool), ApiError> {
+            if !pull_only {
+                self.reads.lock().expect("lock").push(feeds.to_vec());
+            }
+            let mut out: Vec<Entry> = self
+                .entries
+                .iter()
+                .filter(|e| feeds.contains(&e.feed) && before.is_none_or(|b| e.id < b))
+                .filter(|e| !pull_only || e.mode == DeliveryMode::Pull)
+                .cloned()
+                .collect();
+            out.sort_by_key(|e| Reverse(e.id));
+            let more = out.len() > limit;
+            out.truncate(limit);
+            Ok((out, more))
+        }
+        async fn hydrate(&self, _: &[u64]) -> Result<Vec<Arc<Activity>>, ApiError> {
+            Ok(vec![])
+        }
+    }
+
+    fn feed(s: &str) -> FeedRef {
+        FeedRef::parse(s).expect("feed")
+    }
+
+    fn push(id: u64, f: &str) -> Entry {
+        Entry {
+            id,
+            feed: feed(f),
+            mode: DeliveryMode::Push,
+        }
+    }
+
+    async fn round(src: &Recorded, user: UserId, feeds: &[FeedRef]) -> Vec<u64> {
+        let inbox = MemoryInbox::new(InboxLimits::default(), Arc::new(SystemClock));
+        // A live inbox holding only the old item: the dead fanout never reached it.
+        inbox.rebuild(user, &[10], 0, None).await.expect("live inbox");
+        let r = gather(
+            src,
+            &inbox,
+            RoundRequest {
+                user,
+                feeds,
+                before: None,
+                batch: 50,
+                hydrate: 0,
+                missing_as_empty: false,
+            },
+        )
+        .await
+        .expect("round");
+        let mut ids: Vec<u64> = r.hits.iter().map(|h| h.id).collect();
+        ids.dedup();
+        ids
+    }
+
+    #[tokio::test]
+    async fn a_dead_fanout_merges_only_its_own_feed_and_only_for_its_followers() {
+        let src = Recorded {
+            pending: Pending {
+                fanout_from: None,
+                backfill_feeds: vec![],
+                stalled: vec![(feed("user:2"), 20)],
+            },
+            entries: vec![push(10, "user:2"), push(20, "user:2"), push(30, "user:3")],
+            reads: Mutex::default(),
+        };
+        let follower = [feed("user:2"), feed("user:3")];
+        assert_eq!(round(&src, 1, &follower).await, [20, 10], "the stalled item is read");
+        assert_eq!(
+            src.reads.lock().expect("lock").iter().filter(|r| r.len() > 1).count(),
+            0,
+            "no read of every followed feed: {:?}",
+            src.reads.lock().expect("lock")
+        );
+        src.reads.lock().expect("lock").clear();
+        assert_eq!(round(&src, 4, &[feed("user:3")]).await, [10]);
+        assert!(
+            !src.reads
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|r| r.contains(&feed("user:2"))),
+            "a reader who does not follow the stalled feed never reads it"
+        );
+    }
 }

@@ -199,9 +199,8 @@ impl Publisher {
 /// feedd's timeline calls it in process, ReadHome over gRPC.
 #[async_trait::async_trait]
 impl feed_inbox::home::Outboxes for Publisher {
-    async fn pending(&self, user: UserId) -> Result<(Option<u64>, Vec<FeedRef>), ApiError> {
-        let w = self.pending_work(user).await?;
-        Ok((w.fanout_from, w.backfill_feeds))
+    async fn pending(&self, user: UserId) -> Result<feed_inbox::home::Pending, ApiError> {
+        self.pending_work(user).await
     }
 
     async fn read_outboxes(

@@ -5,7 +5,7 @@ use feed_proto::common::v1::{Activity, ActivityStatus, DeliveryMode};
 use feed_proto::events::v1::{FanoutJob, Job, job};
 use feed_proto::publish::v1::{NewActivity, ScheduledActivity};
 
-use super::{ActivityStore, ForeignClaim, ForeignRecord, OutboxEntry};
+use super::{ActivityStore, ForeignClaim, ForeignRecord, OutboxEntry, PendingWork};
 
 fn feed(s: &str) -> FeedRef {
     FeedRef::parse(s).expect("valid feed")
@@ -365,6 +365,63 @@ pub async fn pending_work_tracks_unfinished_fanout_and_backfill(s: &dyn Activity
     assert_eq!(s.pending_work(90).await.expect("pending").fanout_from, None);
 }
 
+/// Contract check: a dead-lettered fanout job leaves the global watermark
+/// and stalls only its own feed, from its activity id; a replay puts it
+/// back; a dead backfill keeps its entry.
+pub async fn a_dead_fanout_stalls_only_its_feed_until_replayed(s: &dyn ActivityStore) {
+    use feed_proto::events::v1::{EdgeJob, EdgeJobKind};
+    let fan = |activity: u64, f: &str| Job {
+        job_id: format!("fan/{activity}/{f}"),
+        created_at_ms: 1,
+        kind: Some(job::Kind::Fanout(FanoutJob {
+            activity_id: activity,
+            feed: f.into(),
+            shard: None,
+            actor: 1,
+        })),
+    };
+    let backfill = Job {
+        job_id: "edge/90/tag:x/1".into(),
+        created_at_ms: 1,
+        kind: Some(job::Kind::Edge(EdgeJob {
+            kind: EdgeJobKind::Backfill as i32,
+            follower_id: 90,
+            feed: "tag:x".into(),
+            edge_version: 1,
+        })),
+    };
+    s.put_jobs(&[
+        fan(500, "user:1"),
+        fan(400, "user:1"),
+        fan(700, "tag:y"),
+        backfill.clone(),
+    ])
+    .await
+    .expect("put");
+    assert!(s.fail_job("fan/400/user:1", "boom", 1, 2).await.expect("fail"));
+    assert!(s.fail_job("fan/500/user:1", "boom", 1, 2).await.expect("fail"));
+    assert!(s.fail_job(&backfill.job_id, "boom", 1, 2).await.expect("fail"));
+    let p = s.pending_work(90).await.expect("pending");
+    assert_eq!(p.fanout_from, Some(700), "dead jobs no longer pin the watermark");
+    assert_eq!(p.stalled, vec![(feed("user:1"), 400)], "their feed, from its lowest id");
+    assert_eq!(p.backfill_feeds, vec![feed("tag:x")], "a dead backfill still pends");
+    let revived = s.revive_jobs(&["fan/400/user:1".into()], 3).await.expect("revive");
+    assert_eq!(revived.len(), 1);
+    let p = s.pending_work(90).await.expect("pending");
+    assert_eq!(p.fanout_from, Some(400), "replayed: pending again");
+    assert_eq!(p.stalled, vec![(feed("user:1"), 500)]);
+    s.revive_jobs(&[], 4).await.expect("revive");
+    for id in [
+        "fan/400/user:1",
+        "fan/500/user:1",
+        "fan/700/tag:y",
+        backfill.job_id.as_str(),
+    ] {
+        s.complete_job(id, &[], 5).await.expect("complete");
+    }
+    assert_eq!(s.pending_work(90).await.expect("pending"), PendingWork::default());
+}
+
 /// Contract check: the sweep finds jobs gone stale across many minutes of
 /// writes, each once per stale period, never a finished one, and a limit
 /// leaves the rest for the next sweep.
@@ -424,6 +481,7 @@ macro_rules! activity_store_contract {
                 scheduled_items_are_listed_due_and_removed,
                 edge_jobs_advance_the_cursor_with_them,
                 pending_work_tracks_unfinished_fanout_and_backfill,
+                a_dead_fanout_stalls_only_its_feed_until_replayed,
                 the_sweep_finds_stale_jobs_across_minutes_once_per_period
             ]
         );

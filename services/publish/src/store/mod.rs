@@ -83,16 +83,8 @@ pub struct DeadJob {
     pub failed_ms: i64,
 }
 
-/// Work not yet reflected in inboxes, as one reader sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PendingWork {
-    /// The lowest activity id with an unfinished fanout job: inboxes may
-    /// lack ids at or above it.
-    pub fanout_from: Option<u64>,
-    /// Feeds whose backfill into this user's inbox has not finished (for a
-    /// lifted block or mute, `user:<author>`, which the user may not follow).
-    pub backfill_feeds: Vec<FeedRef>,
-}
+/// Work a reader's inbox may not reflect yet (the home read's own type).
+pub use feed_inbox::home::Pending as PendingWork;
 
 /// Pending and dead job counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -36,6 +36,17 @@ pub(super) enum PendingOp {
     /// job id, updated ms, created ms
     JobPut(Vec<u8>, i64, i64),
     JobGone(Vec<u8>),
+    /// A fanout job dead-lettered (feed, activity id, job id), or revived.
+    Stall(String, u64, Vec<u8>),
+    Unstall(String, u64, Vec<u8>),
+}
+
+/// The feed and activity of a fanout job.
+pub(super) fn fanout_of(job: &Job) -> Option<(&str, u64)> {
+    match &job.kind {
+        Some(job::Kind::Fanout(f)) => Some((f.feed.as_str(), f.activity_id)),
+        _ => None,
+    }
 }
 
 /// Live job records: when each was last changed (for the sweeper) and
@@ -91,11 +102,21 @@ pub(super) struct PendingMirror {
     pub(super) fanout: std::collections::BTreeSet<Vec<u8>>,
     /// follower ‖ job id → feed
     pub(super) backfill: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Dead-lettered fanout jobs by source feed: (activity id, job id). They
+    /// pin only their own feed's reads, not the global watermark.
+    pub(super) stalled: std::collections::BTreeMap<String, BTreeSet<(u64, Vec<u8>)>>,
 }
 
 impl PendingMirror {
-    pub(super) fn load(fanout: &Keyspace, backfill: &Keyspace) -> Result<Self, StorageError> {
+    pub(super) fn load(fanout: &Keyspace, backfill: &Keyspace, dead: &Keyspace) -> Result<Self, StorageError> {
         let mut m = Self::default();
+        for item in dead.iter() {
+            let (k, v) = item.into_inner().map_err(be)?;
+            let d = decode_dead(&v)?;
+            if let Some((feed, activity)) = fanout_of(&d.job) {
+                m.stall(feed.to_owned(), activity, k.to_vec());
+            }
+        }
         for item in fanout.iter() {
             let (k, _) = item.into_inner().map_err(be)?;
             m.fanout.insert(k.to_vec());
@@ -105,6 +126,19 @@ impl PendingMirror {
             m.backfill.insert(k.to_vec(), v.to_vec());
         }
         Ok(m)
+    }
+
+    pub(super) fn stall(&mut self, feed: String, activity: u64, job: Vec<u8>) {
+        self.stalled.entry(feed).or_default().insert((activity, job));
+    }
+
+    pub(super) fn unstall(&mut self, feed: &str, activity: u64, job: &[u8]) {
+        if let Some(set) = self.stalled.get_mut(feed) {
+            set.remove(&(activity, job.to_vec()));
+            if set.is_empty() {
+                self.stalled.remove(feed);
+            }
+        }
     }
 }
 
@@ -213,20 +247,36 @@ pub(super) async fn fail_job(
     state.attempts += 1;
     let mut batch = store.db.batch();
     let dead = state.attempts >= max_attempts;
-    let op = if dead {
+    let mut ops = Vec::new();
+    if dead {
         batch.remove(&store.jobs, job_id.as_bytes());
         batch.insert(&store.dead, job_id.as_bytes(), dead_value(&state, error, now_ms));
-        PendingOp::JobGone(job_id.as_bytes().to_vec())
+        ops.push(PendingOp::JobGone(job_id.as_bytes().to_vec()));
+        // A dead fanout stops pinning every reader's watermark: only the
+        // followers of its feed merge that feed from its id (see
+        // `pending_work`). A dead backfill keeps its entry: it costs one
+        // feed on one user's reads.
+        if let Some((PendingIndex::Fanout, key, _)) = pending_index(&state.job) {
+            batch.remove(&store.pending_fanout, key.clone());
+            ops.push(PendingOp::Remove(PendingIndex::Fanout, key));
+        }
+        if let Some((feed, activity)) = fanout_of(&state.job) {
+            ops.push(PendingOp::Stall(feed.to_owned(), activity, job_id.as_bytes().to_vec()));
+        }
     } else {
         batch.insert(
             &store.jobs,
             job_id.as_bytes(),
             job_value(&state.job, state.attempts, now_ms),
         );
-        PendingOp::JobPut(job_id.as_bytes().to_vec(), now_ms, state.job.created_at_ms)
-    };
+        ops.push(PendingOp::JobPut(
+            job_id.as_bytes().to_vec(),
+            now_ms,
+            state.job.created_at_ms,
+        ));
+    }
     store.commit(batch, dead)?;
-    store.apply_pending(vec![op]);
+    store.apply_pending(ops);
     Ok(dead)
 }
 
@@ -312,6 +362,13 @@ pub(super) async fn revive_jobs(
     for (key, dead) in records {
         batch.remove(&store.dead, key.clone());
         batch.insert(&store.jobs, key.clone(), job_value(&dead.job, 0, now_ms));
+        if let Some((index, k, v)) = pending_index(&dead.job) {
+            batch.insert(store.index_keyspace(index), k.clone(), v.clone());
+            ops.push(PendingOp::Add(index, k, v));
+        }
+        if let Some((feed, activity)) = fanout_of(&dead.job) {
+            ops.push(PendingOp::Unstall(feed.to_owned(), activity, key.clone()));
+        }
         ops.push(PendingOp::JobPut(key, now_ms, dead.job.created_at_ms));
         revived.push(dead.job);
     }
@@ -347,8 +404,14 @@ pub(super) async fn pending_work(store: &EmbeddedActivityStore, user: UserId) ->
             backfill_feeds.push(f);
         }
     }
+    let stalled = m
+        .stalled
+        .iter()
+        .filter_map(|(feed, set)| Some((FeedRef::parse(feed).ok()?, set.first()?.0)))
+        .collect();
     Ok(PendingWork {
         fanout_from,
         backfill_feeds,
+        stalled,
     })
 }

@@ -122,6 +122,8 @@ impl EmbeddedActivityStore {
         let pending_backfill = ks("pub_pending_backfill")?;
         let jobs = ks("pub_jobs")?;
         let jobs_mem = Mutex::new(JobMirror::load(&jobs)?);
+        let dead = ks("pub_dead")?;
+        let pending_mem = Mutex::new(PendingMirror::load(&pending_fanout, &pending_backfill, &dead)?);
         Ok(Self {
             activities: ks("pub_activities")?,
             foreign: ks("pub_foreign")?,
@@ -132,12 +134,12 @@ impl EmbeddedActivityStore {
             pulled_heads: FeedHeads::new(PULLED_HEAD, HEAD_FEEDS),
             pulled,
             jobs,
-            dead: ks("pub_dead")?,
+            dead,
             scheduled: ks("pub_scheduled")?,
             scheduled_by_time: ks("pub_scheduled_by_time")?,
             scheduled_by_actor: ks("pub_scheduled_by_actor")?,
             meta: ks("pub_meta")?,
-            pending_mem: Mutex::new(PendingMirror::load(&pending_fanout, &pending_backfill)?),
+            pending_mem,
             jobs_mem,
             pending_fanout,
             pending_backfill,
@@ -212,6 +214,8 @@ impl EmbeddedActivityStore {
                 }
                 PendingOp::JobPut(id, updated, created) => jobs.put(id, updated, created),
                 PendingOp::JobGone(id) => jobs.remove(&id),
+                PendingOp::Stall(feed, activity, job) => m.stall(feed, activity, job),
+                PendingOp::Unstall(feed, activity, job) => m.unstall(&feed, activity, &job),
             }
         }
     }

@@ -66,6 +66,14 @@ pub(super) async fn complete_job(
     store.job_batch(spawned, done, Some(now_ms)).await
 }
 
+/// The `pub_stalled_fanout` key of a fanout job.
+fn stalled_row(job: &Job) -> Option<Vec<CqlValue>> {
+    match &job.kind {
+        Some(job::Kind::Fanout(f)) => Some(vec![text(f.feed.clone()), big(f.activity_id), text(job.job_id.clone())]),
+        _ => None,
+    }
+}
+
 fn due_row(updated_ms: i64, job_id: &str) -> Vec<CqlValue> {
     vec![CqlValue::BigInt(sweep_bucket(updated_ms)), text(job_id)]
 }
@@ -97,7 +105,7 @@ pub(super) async fn fail_job(
     batch.append_statement(store.st.dead_put.clone());
     batch.append_statement(store.st.job_delete.clone());
     batch.append_statement(store.st.due_delete.clone());
-    let values: Vec<Vec<CqlValue>> = vec![
+    let mut values: Vec<Vec<CqlValue>> = vec![
         vec![
             text(job_id),
             CqlValue::Int(state.attempts as i32),
@@ -108,6 +116,17 @@ pub(super) async fn fail_job(
         vec![text(job_id)],
         due_row(state.updated_ms, job_id),
     ];
+    // A dead fanout stops pinning every reader's watermark: only the
+    // followers of its feed merge that feed from its id.
+    // (A dead backfill keeps its row: it costs one feed on one user's reads.)
+    if let Some(row) = stalled_row(&state.job)
+        && let Some((_, delete, _, key)) = store.pending_index(&state.job)
+    {
+        batch.append_statement(delete.clone());
+        values.push(key);
+        batch.append_statement(store.st.sf_put.clone());
+        values.push(row);
+    }
     store.session.batch(&batch, values).await.map_err(unavailable)?;
     Ok(true)
 }
@@ -268,11 +287,19 @@ pub(super) async fn revive_jobs(
         batch.append_statement(store.st.job_put.clone());
         batch.append_statement(store.st.due_put.clone());
         batch.append_statement(store.st.dead_delete.clone());
-        let values: Vec<Vec<CqlValue>> = vec![
+        let mut values: Vec<Vec<CqlValue>> = vec![
             ScyllaActivityStore::job_row(&d.job, 0, now_ms),
             due_row(now_ms, &d.job.job_id),
             vec![text(d.job.job_id.clone())],
         ];
+        if let Some((put, _, row, _)) = store.pending_index(&d.job) {
+            batch.append_statement(put.clone());
+            values.push(row);
+        }
+        if let Some(row) = stalled_row(&d.job) {
+            batch.append_statement(store.st.sf_delete.clone());
+            values.push(row);
+        }
         store.session.batch(&batch, values).await.map_err(unavailable)?;
     }
     Ok(dead.into_iter().map(|d| d.job).collect())
@@ -302,8 +329,18 @@ pub(super) async fn pending_work(store: &ScyllaActivityStore, user: UserId) -> R
             backfill_feeds.push(f);
         }
     }
+    // Clustered by feed, then activity id: each feed's first row is its lowest.
+    let mut stalled: Vec<(FeedRef, u64)> = Vec::new();
+    for (feed, activity) in store.rows::<(String, i64)>(&store.st.sf_all, ()).await? {
+        if let Ok(f) = FeedRef::parse(&feed)
+            && stalled.last().is_none_or(|(last, _)| *last != f)
+        {
+            stalled.push((f, activity as u64));
+        }
+    }
     Ok(PendingWork {
         fanout_from,
         backfill_feeds,
+        stalled,
     })
 }

@@ -46,6 +46,11 @@ fn schema(k: &str) -> Vec<String> {
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.pub_pending_fanout (p int, activity_id bigint, job_id text, PRIMARY KEY (p, activity_id, job_id))"
         ),
+        // One partition: dead-lettered fanout jobs by source feed (few; a
+        // read merges only the followed ones, from their lowest id).
+        format!(
+            "CREATE TABLE IF NOT EXISTS {k}.pub_stalled_fanout (p int, feed text, activity_id bigint, job_id text, PRIMARY KEY (p, feed, activity_id, job_id))"
+        ),
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.pub_pending_backfill (follower bigint, job_id text, feed text, PRIMARY KEY (follower, job_id))"
         ),

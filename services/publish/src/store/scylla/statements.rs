@@ -24,6 +24,9 @@ pub(super) struct Statements {
     pub(super) jobs_all: PreparedStatement,
     pub(super) job_touch: PreparedStatement,
     pub(super) due_put: PreparedStatement,
+    pub(super) sf_put: PreparedStatement,
+    pub(super) sf_delete: PreparedStatement,
+    pub(super) sf_all: PreparedStatement,
     pub(super) due_delete: PreparedStatement,
     pub(super) due_bucket: PreparedStatement,
     pub(super) dead_put: PreparedStatement,
@@ -102,6 +105,18 @@ impl Statements {
             .await?,
             job_touch: prep(format!(
                 "UPDATE {k}.pub_jobs SET updated_ms = ? WHERE job_id = ? IF EXISTS"
+            ))
+            .await?,
+            sf_put: prep(format!(
+                "INSERT INTO {k}.pub_stalled_fanout (p, feed, activity_id, job_id) VALUES (0, ?, ?, ?)"
+            ))
+            .await?,
+            sf_delete: prep(format!(
+                "DELETE FROM {k}.pub_stalled_fanout WHERE p = 0 AND feed = ? AND activity_id = ? AND job_id = ?"
+            ))
+            .await?,
+            sf_all: prep(format!(
+                "SELECT feed, activity_id FROM {k}.pub_stalled_fanout WHERE p = 0"
             ))
             .await?,
             due_put: prep(format!("INSERT INTO {k}.pub_jobs_due (bucket, job_id) VALUES (?, ?)")).await?,
