@@ -116,6 +116,10 @@ pub async fn services(
     let token = &cfg.clients.token;
     let mut set = ServiceSet::default();
     let follow_graph = FollowGraph::new(stores.graph);
+    set.tasks.spawn(
+        "edge log trim",
+        follow_graph::trim_edge_log(follow_graph.clone(), cfg, ctx.shutdown.clone()),
+    );
     follow_graph::register(&mut set, follow_graph.clone(), &ctx.auth);
 
     // One follow-graph client (one balanced channel) serves publish, the workers and notify.

@@ -335,7 +335,8 @@ impl FollowGraphService for FollowGraphGrpc {
     ) -> Result<Response<pb::ListEdgeChangesResponse>, Status> {
         internal(&req)?;
         let limit = validate::page_size("limit", req.get_ref().limit, 1000, 10_000)?;
-        let changes = self.graph.edge_changes(req.get_ref().after_seq, limit).await?;
+        let r = req.get_ref();
+        let changes = self.graph.edge_changes(r.after_seq, limit, &r.reader).await?;
         Ok(Response::new(pb::ListEdgeChangesResponse { changes }))
     }
 

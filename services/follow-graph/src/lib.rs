@@ -55,6 +55,32 @@ pub fn register(set: &mut ServiceSet, graph: FollowGraph, auth: &Authenticator) 
     }));
 }
 
+/// Trims the edge log once a minute (every replica: trims are idempotent)
+/// until shutdown.
+pub fn trim_edge_log(
+    graph: FollowGraph,
+    cfg: &FeedConfig,
+    shutdown: feed_server::Shutdown,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let retention = service::LogRetention {
+        keep_ms: cfg.follow_graph.edge_log_keep_secs.saturating_mul(1000).max(1),
+        ..service::LogRetention::default()
+    };
+    async move { trim_every_minute(graph, retention, shutdown).await }
+}
+
+async fn trim_every_minute(graph: FollowGraph, retention: service::LogRetention, shutdown: feed_server::Shutdown) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            _ = shutdown.wait() => return,
+        }
+        if let Err(e) = graph.trim_edge_log(retention).await {
+            tracing::warn!(error = %e, "edge log trim failed");
+        }
+    }
+}
+
 /// The `--migrate` step: applies the ScyllaDB schema when ScyllaDB is
 /// configured. The embedded store creates its keyspaces on open.
 pub async fn migrate(cfg: &FeedConfig) -> anyhow::Result<()> {
@@ -88,7 +114,10 @@ impl feed_server::Application for App {
             return Ok(None);
         };
         let mut set = ServiceSet::default();
-        register(&mut set, FollowGraph::new(store), &ctx.auth);
+        let graph = FollowGraph::new(store);
+        set.tasks
+            .spawn("edge log trim", trim_edge_log(graph.clone(), cfg, ctx.shutdown.clone()));
+        register(&mut set, graph, &ctx.auth);
         Ok(Some(set))
     }
 }

@@ -8,6 +8,10 @@ use feed_proto::events::v1::EdgeChange;
 
 pub use feed_clients::Follower;
 
+/// publish's name as an edge log reader: every replica shares one cursor,
+/// so they are one reader.
+const EDGE_LOG_READER: &str = "publish";
+
 /// The follow graph, as publish uses it.
 #[async_trait]
 pub trait Graph: Send + Sync + 'static {
@@ -49,7 +53,7 @@ impl Graph for FollowGraphClient {
     }
 
     async fn edge_changes(&self, after_seq: u64, limit: u32) -> Result<Vec<EdgeChange>, ApiError> {
-        FollowGraphClient::edge_changes(self, after_seq, limit).await
+        FollowGraphClient::edge_changes(self, EDGE_LOG_READER, after_seq, limit).await
     }
 
     async fn edge_states(&self, edges: &[(UserId, FeedRef)]) -> Result<Vec<(u64, bool)>, ApiError> {

@@ -194,12 +194,17 @@ impl FollowGraphClient {
         }
     }
 
-    /// follow-graph's edge change log after `after_seq`.
-    pub async fn edge_changes(&self, after_seq: u64, limit: u32) -> Result<Vec<EdgeChange>, ApiError> {
+    /// follow-graph's edge change log after `after_seq`, read as `reader`
+    /// (follow-graph trims what every named reader has passed).
+    pub async fn edge_changes(&self, reader: &str, after_seq: u64, limit: u32) -> Result<Vec<EdgeChange>, ApiError> {
         let resp = self
             .client
             .clone()
-            .list_edge_changes(self.req(fg::ListEdgeChangesRequest { after_seq, limit }))
+            .list_edge_changes(self.req(fg::ListEdgeChangesRequest {
+                after_seq,
+                limit,
+                reader: reader.to_owned(),
+            }))
             .await
             .map_err(peer)?;
         Ok(resp.into_inner().changes)

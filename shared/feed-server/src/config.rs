@@ -363,6 +363,9 @@ pub struct FollowGraphConfig {
     pub celebrity_hysteresis: f64,
     /// Most feeds one user may follow (bounds timeline merges and rebuilds).
     pub max_following: u64,
+    /// The edge log keeps a change at most this long, even when a reader
+    /// (publish) has not passed it; readers never look further back.
+    pub edge_log_keep_secs: u64,
 }
 
 impl Default for FollowGraphConfig {
@@ -371,6 +374,7 @@ impl Default for FollowGraphConfig {
             celebrity_threshold: 10_000,
             celebrity_hysteresis: 0.1,
             max_following: 5_000,
+            edge_log_keep_secs: 7 * 24 * 3600,
         }
     }
 }

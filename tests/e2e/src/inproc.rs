@@ -33,7 +33,7 @@ impl Graph for LocalGraph {
         Ok(self.0.relationships(user, &[], feeds).await?.1)
     }
     async fn edge_changes(&self, after_seq: u64, limit: u32) -> Result<Vec<EdgeChange>, ApiError> {
-        self.0.edge_changes(after_seq, limit as usize).await
+        self.0.edge_changes(after_seq, limit as usize, "publish").await
     }
     async fn edge_states(&self, edges: &[(UserId, FeedRef)]) -> Result<Vec<(u64, bool)>, ApiError> {
         Ok(self

@@ -351,6 +351,32 @@ pub async fn every_edge_change_is_logged_in_order(s: &dyn GraphStore) {
     );
 }
 
+/// Contract check: trimming removes the changes below a position and keeps
+/// every change at or above it.
+pub async fn the_edge_log_is_trimmed_below_a_position(s: &dyn GraphStore) {
+    for u in 80..85 {
+        s.follow(u, &FeedRef::user(90)).await.expect("follow");
+    }
+    let all: Vec<u64> = s
+        .edge_changes(0, 100_000)
+        .await
+        .expect("log")
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    let cut = all[all.len() - 2];
+    s.trim_edge_log(cut).await.expect("trim");
+    let seqs = |v: Vec<crate::store::EdgeLogEntry>| v.iter().map(|c| c.seq).collect::<Vec<u64>>();
+    assert_eq!(
+        seqs(s.edge_changes(0, 100_000).await.expect("log")),
+        all[all.len() - 2..].to_vec(),
+        "the two newest are kept"
+    );
+    s.trim_edge_log(cut).await.expect("trim again");
+    s.trim_edge_log(0).await.expect("trim nothing");
+    assert_eq!(s.edge_changes(0, 100_000).await.expect("log").len(), 2);
+}
+
 /// One test per check of this contract for a backend:
 /// `graph_store_contract!(embedded, make)` where `make(check_name)` returns a
 /// [`feed_testkit::Backend`] (see `feed_testkit::contract_tests`).
@@ -373,7 +399,8 @@ macro_rules! graph_store_contract {
                 celebrity_flag_has_hysteresis,
                 follow_limit_is_enforced,
                 graph_version_bumps_on_every_change,
-                every_edge_change_is_logged_in_order
+                every_edge_change_is_logged_in_order,
+                the_edge_log_is_trimmed_below_a_position
             ]
         );
     };

@@ -197,6 +197,9 @@ pub trait GraphStore: Send + Sync + 'static {
     /// logged with the change itself, so a consumer that resumes from its
     /// last position misses none.
     async fn edge_changes(&self, after_seq: u64, limit: usize) -> Result<Vec<EdgeLogEntry>, StoreError>;
+    /// Removes every change logged below position `below_seq` (every
+    /// consumer has passed it, or it is older than the log keeps).
+    async fn trim_edge_log(&self, below_seq: u64) -> Result<(), StoreError>;
     /// Answers when the backend is usable.
     async fn ping(&self) -> Result<(), StoreError>;
 }

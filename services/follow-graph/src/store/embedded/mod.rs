@@ -433,6 +433,25 @@ impl GraphStore for EmbeddedGraphStore {
         reads::edge_changes(self, after_seq, limit).await
     }
 
+    async fn trim_edge_log(&self, below_seq: u64) -> Result<(), StoreError> {
+        // In chunks: the writer lock is held per chunk, not for the whole trim.
+        loop {
+            let _w = self.lock();
+            let mut batch = self.db.batch();
+            let mut n = 0;
+            for item in self.edge_log.range(..below_seq.to_be_bytes()).take(10_000) {
+                let k = item.key().map_err(be)?;
+                batch.remove(&self.edge_log, k);
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(());
+            }
+            // Losing a trim to a crash only keeps entries longer: no fsync.
+            batch.commit().map_err(be)?;
+        }
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.feed_stats.get("ping").map(|_| ()).map_err(be)
     }

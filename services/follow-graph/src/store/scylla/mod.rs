@@ -73,6 +73,8 @@ pub struct ScyllaGraphStore {
     session: Session,
     st: Statements,
     policy: GraphPolicy,
+    /// Log buckets below this one were dropped whole by this process.
+    trimmed_below: tokio::sync::Mutex<Option<u64>>,
 }
 
 impl ScyllaGraphStore {
@@ -80,7 +82,12 @@ impl ScyllaGraphStore {
     pub async fn connect(cfg: &ScyllaConfig, policy: GraphPolicy) -> Result<Self, StoreError> {
         let session = feed_cql::connect_verified(cfg, COMPONENT, SCHEMA_VERSION).await?;
         let st = Statements::prepare(&session, &cfg.keyspace).await?;
-        Ok(Self { session, st, policy })
+        Ok(Self {
+            session,
+            st,
+            policy,
+            trimmed_below: tokio::sync::Mutex::new(None),
+        })
     }
 
     async fn exec(&self, p: &PreparedStatement, v: impl SerializeRow) -> Result<QueryResult, StoreError> {
@@ -376,6 +383,10 @@ impl GraphStore for ScyllaGraphStore {
 
     async fn edge_changes(&self, after_seq: u64, limit: usize) -> Result<Vec<EdgeLogEntry>, StoreError> {
         reads::edge_changes(self, after_seq, limit).await
+    }
+
+    async fn trim_edge_log(&self, below_seq: u64) -> Result<(), StoreError> {
+        writes::trim_edge_log(self, below_seq).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -33,6 +33,8 @@ pub(super) struct Statements {
     pub(super) mute_get: PreparedStatement,
     pub(super) log_insert: PreparedStatement,
     pub(super) log_page: PreparedStatement,
+    pub(super) log_drop_bucket: PreparedStatement,
+    pub(super) log_drop_below: PreparedStatement,
 }
 
 impl Statements {
@@ -93,6 +95,8 @@ impl Statements {
             mute_delete: prep(format!("DELETE FROM {k}.fg_mutes WHERE user_id = ? AND target_id = ? IF EXISTS")).await?,
             mute_get: prep(format!("SELECT target_id FROM {k}.fg_mutes WHERE user_id = ? AND target_id = ?")).await?,
             log_insert: prep(format!("INSERT INTO {k}.fg_edge_log (bucket, seq, entry) VALUES (?, ?, ?)")).await?,
+            log_drop_bucket: prep(format!("DELETE FROM {k}.fg_edge_log WHERE bucket = ?")).await?,
+            log_drop_below: prep(format!("DELETE FROM {k}.fg_edge_log WHERE bucket = ? AND seq < ?")).await?,
             log_page: prep(format!("SELECT entry FROM {k}.fg_edge_log WHERE bucket = ? AND seq > ? LIMIT ?")).await?,
         })
     }

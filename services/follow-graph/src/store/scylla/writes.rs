@@ -159,3 +159,20 @@ pub(super) async fn set_mute(
         .await?;
     Ok(EdgeChange { changed, edge })
 }
+
+/// Drops whole hour buckets below `below_seq`'s (each once per process,
+/// from a week and a day back: reads never look further), then the part of
+/// its own bucket below it, as one range tombstone.
+pub(super) async fn trim_edge_log(store: &ScyllaGraphStore, below_seq: u64) -> Result<(), StoreError> {
+    let boundary = log_bucket(below_seq);
+    let mut trimmed = store.trimmed_below.lock().await;
+    let from = trimmed.unwrap_or(boundary.saturating_sub(24 * 8));
+    for bucket in from..boundary {
+        store.exec(&store.st.log_drop_bucket, (i(bucket),)).await?;
+    }
+    *trimmed = Some(boundary.max(from));
+    store
+        .exec(&store.st.log_drop_below, (i(boundary), i(below_seq)))
+        .await?;
+    Ok(())
+}
