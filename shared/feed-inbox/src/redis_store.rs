@@ -142,10 +142,22 @@ fn id_of(bytes: &[u8]) -> Option<u64> {
 /// not to stall Redis for other clients.
 const PIPELINE: usize = 512;
 
+/// A read is two or three commands that take microseconds: a reply later
+/// than this means Redis is in trouble, and the read goes degraded.
+const READ_TIMEOUTS: feed_redis::Timeouts = feed_redis::Timeouts {
+    connect: std::time::Duration::from_millis(500),
+    response: std::time::Duration::from_millis(250),
+};
+
 /// Inboxes in Redis.
 #[derive(Clone)]
 pub struct RedisInbox {
     conn: feed_redis::Redis,
+    /// What a home read waits on (page, liveness, activity): its own
+    /// connection with a short reply timeout, so a read answers degraded
+    /// well within a second when Redis goes silent; scripts that fan out
+    /// to many inboxes keep the longer one.
+    reads: feed_redis::Redis,
     cfg: InboxLimits,
     add: redis::Script,
     push_many: redis::Script,
@@ -156,8 +168,14 @@ pub struct RedisInbox {
 impl RedisInbox {
     /// Inboxes on `conn` sized by `cfg`.
     pub fn new(conn: feed_redis::Redis, cfg: InboxLimits) -> Self {
+        Self::with_reads(conn.clone(), conn, cfg)
+    }
+
+    /// Inboxes with reads on their own connection.
+    fn with_reads(conn: feed_redis::Redis, reads: feed_redis::Redis, cfg: InboxLimits) -> Self {
         Self {
             conn,
+            reads,
             cfg,
             add: redis::Script::new(&format!("{LUA_ID_LT}{INBOX_LUA}{ADD}")),
             push_many: redis::Script::new(&format!("{LUA_ID_LT}{INBOX_LUA}{PUSH_MANY}")),
@@ -169,7 +187,8 @@ impl RedisInbox {
     /// Connects to `url`.
     pub async fn connect(url: &str, cfg: InboxLimits) -> Result<Self, InboxError> {
         let conn = feed_redis::Redis::connect(url).await?;
-        Ok(Self::new(conn, cfg))
+        let reads = feed_redis::Redis::connect_with(url, READ_TIMEOUTS).await?;
+        Ok(Self::with_reads(conn, reads, cfg))
     }
 
     /// Loads the scripts, so pipelined EVALSHA finds them (again after a
@@ -299,7 +318,7 @@ impl InboxStore for RedisInbox {
             None => vec![b'(', LIVE_MARK[0]],
         };
         let inbox = inbox_key(user);
-        let mut conn = self.conn.clone();
+        let mut conn = self.reads.clone();
         // One transaction, not a script: the floor and the page stay
         // consistent, and Redis spends a third of a script call on it.
         let (floor, mark, ids): (Option<Vec<u8>>, Option<f64>, Vec<Vec<u8>>) = redis::pipe()
@@ -357,7 +376,7 @@ impl InboxStore for RedisInbox {
     }
 
     async fn touch(&self, user: UserId) -> Result<bool, InboxError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.reads.clone();
         let (live, _): (i64, i64) = redis::pipe()
             .atomic()
             .cmd("PEXPIRE")
@@ -372,7 +391,7 @@ impl InboxStore for RedisInbox {
     }
 
     async fn is_live(&self, user: UserId) -> Result<bool, InboxError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.reads.clone();
         let (floor, mark): (i64, Option<f64>) = redis::pipe()
             .atomic()
             .cmd("EXISTS")

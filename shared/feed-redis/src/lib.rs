@@ -12,9 +12,13 @@
 //! per reconnect, bounded by [`Timeouts::connect`] (a call made while Redis
 //! is down fails within that, and the next call tries again), and a call
 //! that times out replaces the connection it went through, so the next one
-//! dials afresh. It is a [`ConnectionLike`]: commands and pipelines run on
-//! it as on the manager.
+//! dials afresh. After such a timeout the client fails every call at once
+//! until a background PING on a fresh connection answers: a silent or
+//! frozen Redis costs one caller the response timeout, not every caller
+//! (a home read must answer, degraded, well within a second). It is a
+//! [`ConnectionLike`]: commands and pipelines run on it as on the manager.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,6 +57,10 @@ struct Shared {
     /// The connection in use and its generation: a timed-out call replaces
     /// only the one it went through, not a newer one.
     current: Mutex<(u64, ConnectionManager)>,
+    /// A call timed out and no PING has answered since: calls fail at once.
+    down: AtomicBool,
+    /// How long a probe PING may take.
+    response: Duration,
 }
 
 impl std::fmt::Debug for Redis {
@@ -82,6 +90,8 @@ impl Redis {
                 client,
                 config,
                 current: Mutex::new((0, manager)),
+                down: AtomicBool::new(false),
+                response: timeouts.response,
             }),
         })
     }
@@ -111,6 +121,25 @@ impl Redis {
             }
             Err(err) => tracing::warn!(error = %err, "redis: no fresh connection after a timeout"),
         }
+        if !self.shared.down.swap(true, Ordering::SeqCst) {
+            tokio::spawn(probe(self.shared.clone()));
+        }
+    }
+
+    /// Whether calls fail at once (a call timed out; no PING has answered since).
+    pub fn is_failing_fast(&self) -> bool {
+        self.shared.down.load(Ordering::SeqCst)
+    }
+
+    fn refuse_while_down(&self) -> RedisResult<()> {
+        if self.shared.down.load(Ordering::SeqCst) {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "redis unreachable",
+                "a call timed out; failing fast until a PING answers".to_owned(),
+            )));
+        }
+        Ok(())
     }
 
     /// Connections replaced after timeouts so far.
@@ -119,9 +148,35 @@ impl Redis {
     }
 }
 
+/// PINGs until one answers, then lets calls through again; each failed
+/// PING replaces the connection it went through (one dialed while Redis
+/// was silent may stay silent). One per client at a time (see `down`).
+async fn probe(shared: Arc<Shared>) {
+    loop {
+        let (generation, mut conn) = {
+            let current = shared.current.lock().unwrap_or_else(|p| p.into_inner());
+            (current.0, current.1.clone())
+        };
+        let ping = tokio::time::timeout(shared.response, redis::cmd("PING").query_async::<String>(&mut conn)).await;
+        if matches!(ping, Ok(Ok(_))) {
+            shared.down.store(false, Ordering::SeqCst);
+            tracing::info!("redis: answering again");
+            return;
+        }
+        if let Ok(fresh) = ConnectionManager::new_lazy_with_config(shared.client.clone(), shared.config.clone()) {
+            let mut current = shared.current.lock().unwrap_or_else(|p| p.into_inner());
+            if current.0 == generation {
+                *current = (generation + 1, fresh);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 impl ConnectionLike for Redis {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
+            self.refuse_while_down()?;
             let (generation, mut conn) = self.current();
             let result = conn.req_packed_command(cmd).await;
             if let Err(e) = &result {
@@ -138,6 +193,7 @@ impl ConnectionLike for Redis {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
+            self.refuse_while_down()?;
             let (generation, mut conn) = self.current();
             let result = conn.req_packed_commands(pipeline, offset, count).await;
             if let Err(e) = &result {

@@ -68,6 +68,31 @@ async fn a_silent_connection_fails_calls_fast_and_is_replaced_once_redis_answers
 }
 
 #[tokio::test]
+async fn after_one_timeout_calls_fail_at_once_until_a_ping_answers() {
+    let server = RedisServer::start().expect("redis-server");
+    let proxy = TcpProxy::start(server.addr()).await.expect("proxy");
+    let redis = Redis::connect_with(&proxy.redis_url(), SHORT).await.expect("connect");
+    set_k(&redis).await;
+    proxy.silence();
+    get(&redis, "k")
+        .await
+        .expect_err("the first call waits out its timeout");
+    assert!(redis.is_failing_fast());
+    for _ in 0..20 {
+        let start = Instant::now();
+        get(&redis, "k").await.expect_err("Redis is still silent");
+        assert!(
+            start.elapsed() < Duration::from_millis(50),
+            "a call waited {:?} after a timeout was seen",
+            start.elapsed()
+        );
+    }
+    proxy.forward();
+    assert_eq!(answered_within_5s(&redis, "k").await.as_deref(), Some("v"));
+    assert!(!redis.is_failing_fast(), "a PING answered: calls go through again");
+}
+
+#[tokio::test]
 async fn calls_while_redis_is_frozen_fail_fast_and_work_again_after() {
     let server = RedisServer::start().expect("redis-server");
     let redis = Redis::connect_with(&server.url(), SHORT).await.expect("connect");

@@ -108,6 +108,8 @@ struct Replica {
 pub struct Split {
     /// Its Redis.
     pub redis: feed_testkit::RedisServer,
+    /// The proxy every process reaches Redis through, when started behind one.
+    pub proxy: Option<feed_testkit::TcpProxy>,
     replicas: Vec<Replica>,
     cql: Option<ScyllaConfig>,
     dir: tempfile::TempDir,
@@ -166,6 +168,23 @@ impl Split {
         Self::start_on(redis, topology, env).await
     }
 
+    /// Starts the default topology with every process reaching Redis
+    /// through a proxy the test can silence or cut (`proxy`).
+    pub async fn start_behind_proxy(env: &[(&str, &str)]) -> Self {
+        let redis = feed_testkit::RedisServer::start().expect("redis");
+        let proxy = feed_testkit::TcpProxy::start(redis.addr()).await.expect("proxy");
+        let url = proxy.redis_url();
+        // Later settings win: this one replaces the direct address.
+        let env: Vec<(&str, &str)> = env
+            .iter()
+            .copied()
+            .chain([("FEED__REDIS__URL", url.as_str())])
+            .collect();
+        let mut split = Self::start_on(redis, Topology::default_for_store(), &env).await;
+        split.proxy = Some(proxy);
+        split
+    }
+
     /// Starts `topology` on `redis` (a bench's, with its own settings).
     pub async fn start_on(redis: feed_testkit::RedisServer, topology: Topology, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("dir");
@@ -203,6 +222,7 @@ impl Split {
         common.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let mut split = Self {
             redis,
+            proxy: None,
             replicas: Vec::new(),
             cql,
             dir,
