@@ -145,8 +145,8 @@ const PIPELINE: usize = 512;
 /// A read is two or three commands that take microseconds: a reply later
 /// than this means Redis is in trouble, and the read goes degraded.
 const READ_TIMEOUTS: feed_redis::Timeouts = feed_redis::Timeouts {
-    connect: std::time::Duration::from_millis(500),
-    response: std::time::Duration::from_millis(250),
+    connect: std::time::Duration::from_millis(300),
+    response: std::time::Duration::from_millis(150),
 };
 
 /// Inboxes in Redis.

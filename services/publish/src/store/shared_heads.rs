@@ -138,7 +138,7 @@ impl<S: ActivityStore> SharedHeads<S> {
         // let the store answer, rather than hold a timeline read.
         let timeouts = feed_redis::Timeouts {
             connect: std::time::Duration::from_millis(250),
-            response: std::time::Duration::from_millis(500),
+            response: std::time::Duration::from_millis(150),
         };
         let conn = feed_redis::Redis::connect_with(url, timeouts)
             .await

@@ -132,8 +132,9 @@ pub(super) async fn fail_job(
 }
 
 /// Reads `pub_jobs_due` from the floor up to the minute of `stale_before_ms`
-/// (never past `now_ms`'s): a job whose record is older is touched (IF
-/// EXISTS, so a job completed meanwhile stays gone) and handed out; rows of
+/// (never past `now_ms`'s): a job whose record is older is claimed (its
+/// time compare-and-set from the one read: one replica of several hands
+/// it out, and a job completed meanwhile stays gone) and handed out; rows of
 /// finished jobs, and rows a later write superseded, are deleted. The floor
 /// then moves up to the lowest minute that still holds a row.
 ///
@@ -174,7 +175,7 @@ pub(super) async fn stale_jobs(
                     continue;
                 }
                 Some(s) => {
-                    if touch(store, &job_id, now_ms).await? {
+                    if touch(store, &job_id, now_ms, s.updated_ms).await? {
                         out.push(s.job);
                     }
                     if sweep_bucket(now_ms) == bucket {
@@ -198,11 +199,13 @@ pub(super) async fn stale_jobs(
     Ok(out)
 }
 
-/// Rewrites a job's time (IF EXISTS) and files it under the new minute;
-/// false when the job was gone.
-async fn touch(store: &ScyllaActivityStore, job_id: &str, now_ms: i64) -> Result<bool, StorageError> {
+/// Claims a stale job for this sweep: rewrites its time only if it still
+/// has the one read (a compare-and-set, so of two replicas sweeping at
+/// once only one hands the job out, and a job finished or rewritten
+/// meanwhile is left alone), and files it under the new minute.
+async fn touch(store: &ScyllaActivityStore, job_id: &str, now_ms: i64, read_ms: i64) -> Result<bool, StorageError> {
     let rows = store
-        .exec(&store.st.job_touch, (now_ms, job_id))
+        .exec(&store.st.job_touch, (now_ms, job_id, read_ms))
         .await?
         .into_rows_result()
         .map_err(err)?;

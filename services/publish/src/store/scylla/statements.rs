@@ -104,7 +104,7 @@ impl Statements {
             ))
             .await?,
             job_touch: prep(format!(
-                "UPDATE {k}.pub_jobs SET updated_ms = ? WHERE job_id = ? IF EXISTS"
+                "UPDATE {k}.pub_jobs SET updated_ms = ? WHERE job_id = ? IF updated_ms = ?"
             ))
             .await?,
             sf_put: prep(format!(
