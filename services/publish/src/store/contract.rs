@@ -323,25 +323,24 @@ pub async fn edge_jobs_advance_the_cursor_with_them(s: &dyn ActivityStore) {
     assert!(s.job("edge/1/user:2/3").await.expect("job").is_some());
 }
 
-/// Contract check: pending work tracks unfinished fanout and backfill.
-pub async fn pending_work_tracks_unfinished_fanout_and_backfill(s: &dyn ActivityStore) {
-    use feed_proto::events::v1::{EdgeJob, EdgeJobKind};
-    // Finish whatever earlier checks left pending.
-    for j in s.stale_jobs(i64::MAX, 0, 10_000).await.expect("stale") {
-        s.complete_job(&j.job_id, &[], 0).await.expect("complete");
-    }
-    assert_eq!(s.pending_work(90).await.expect("pending").fanout_from, None);
-    let fan = |activity: u64| Job {
-        job_id: format!("fan/{activity}/user:1"),
+/// A root fanout job of `activity` from `feed`.
+fn fan(activity: u64, feed: &str) -> Job {
+    Job {
+        job_id: format!("fan/{activity}/{feed}"),
         created_at_ms: 1,
         kind: Some(job::Kind::Fanout(FanoutJob {
             activity_id: activity,
-            feed: "user:1".into(),
+            feed: feed.into(),
             shard: None,
             actor: 1,
         })),
-    };
-    let backfill = Job {
+    }
+}
+
+/// User 90's backfill of tag:x.
+fn backfill_90() -> Job {
+    use feed_proto::events::v1::{EdgeJob, EdgeJobKind};
+    Job {
         job_id: "edge/90/tag:x/1".into(),
         created_at_ms: 1,
         kind: Some(job::Kind::Edge(EdgeJob {
@@ -350,8 +349,20 @@ pub async fn pending_work_tracks_unfinished_fanout_and_backfill(s: &dyn Activity
             feed: "tag:x".into(),
             edge_version: 1,
         })),
-    };
-    s.put_jobs(&[fan(700), fan(500), backfill.clone()]).await.expect("put");
+    }
+}
+
+/// Contract check: pending work tracks unfinished fanout and backfill.
+pub async fn pending_work_tracks_unfinished_fanout_and_backfill(s: &dyn ActivityStore) {
+    // Finish whatever earlier checks left pending.
+    for j in s.stale_jobs(i64::MAX, 0, 10_000).await.expect("stale") {
+        s.complete_job(&j.job_id, &[], 0).await.expect("complete");
+    }
+    assert_eq!(s.pending_work(90).await.expect("pending").fanout_from, None);
+    let backfill = backfill_90();
+    s.put_jobs(&[fan(700, "user:1"), fan(500, "user:1"), backfill.clone()])
+        .await
+        .expect("put");
     let p = s.pending_work(90).await.expect("pending");
     assert_eq!(p.fanout_from, Some(500));
     assert_eq!(p.backfill_feeds, vec![feed("tag:x")]);
@@ -369,27 +380,7 @@ pub async fn pending_work_tracks_unfinished_fanout_and_backfill(s: &dyn Activity
 /// and stalls only its own feed, from its activity id; a replay puts it
 /// back; a dead backfill keeps its entry.
 pub async fn a_dead_fanout_stalls_only_its_feed_until_replayed(s: &dyn ActivityStore) {
-    use feed_proto::events::v1::{EdgeJob, EdgeJobKind};
-    let fan = |activity: u64, f: &str| Job {
-        job_id: format!("fan/{activity}/{f}"),
-        created_at_ms: 1,
-        kind: Some(job::Kind::Fanout(FanoutJob {
-            activity_id: activity,
-            feed: f.into(),
-            shard: None,
-            actor: 1,
-        })),
-    };
-    let backfill = Job {
-        job_id: "edge/90/tag:x/1".into(),
-        created_at_ms: 1,
-        kind: Some(job::Kind::Edge(EdgeJob {
-            kind: EdgeJobKind::Backfill as i32,
-            follower_id: 90,
-            feed: "tag:x".into(),
-            edge_version: 1,
-        })),
-    };
+    let backfill = backfill_90();
     s.put_jobs(&[
         fan(500, "user:1"),
         fan(400, "user:1"),

@@ -88,6 +88,20 @@ where
     }
 }
 
+/// The first 20 items of `user`'s home timeline, within 5 s.
+async fn first_page(
+    timeline: &mut feed_proto::timeline::v1::timeline_service_client::TimelineServiceClient<tonic::transport::Channel>,
+    user: u64,
+) -> Result<tonic::Response<feed_proto::timeline::v1::GetTimelineResponse>, tonic::Status> {
+    timeline
+        .get_timeline(timed(feed_proto::timeline::v1::GetTimelineRequest {
+            user_id: user,
+            limit: 20,
+            cursor: String::new(),
+        }))
+        .await
+}
+
 fn timed<T>(msg: T) -> tonic::Request<T> {
     let mut r = internal(msg);
     r.set_timeout(Duration::from_secs(5));
@@ -166,14 +180,7 @@ async fn load(mut c: Clients, worker: u64, stop: Arc<AtomicBool>, ledger: Arc<Mu
         }
 
         let reader = *FOLLOWERS.start() + n % 20;
-        let r = c
-            .timeline
-            .get_timeline(timed(feed_proto::timeline::v1::GetTimelineRequest {
-                user_id: reader,
-                limit: 20,
-                cursor: String::new(),
-            }))
-            .await;
+        let r = first_page(&mut c.timeline, reader).await;
         counters.record(TIMELINE, &r);
     }
 }
@@ -184,15 +191,7 @@ async fn probe_reads(mut c: Clients, stop: Arc<AtomicBool>) -> (Vec<Duration>, u
     let (mut took, mut degraded, mut failed) = (Vec::new(), 0, 0);
     while !stop.load(Ordering::Relaxed) {
         let start = tokio::time::Instant::now();
-        match c
-            .timeline
-            .get_timeline(timed(feed_proto::timeline::v1::GetTimelineRequest {
-                user_id: *FOLLOWERS.start(),
-                limit: 20,
-                cursor: String::new(),
-            }))
-            .await
-        {
+        match first_page(&mut c.timeline, *FOLLOWERS.start()).await {
             Ok(r) => degraded += usize::from(r.into_inner().degraded),
             Err(_) => failed += 1,
         }
@@ -232,14 +231,7 @@ async fn recovery(c: &mut Clients, counters: &Counters, n: usize) -> Duration {
     .into_inner()
     .activity_id;
     loop {
-        let r = c
-            .timeline
-            .get_timeline(timed(feed_proto::timeline::v1::GetTimelineRequest {
-                user_id: PROBE_READER,
-                limit: 20,
-                cursor: String::new(),
-            }))
-            .await;
+        let r = first_page(&mut c.timeline, PROBE_READER).await;
         if let Ok(r) = r {
             let r = r.into_inner();
             if !r.degraded && r.items.iter().any(|i| i.activity.as_ref().is_some_and(|a| a.id == id)) {
@@ -294,15 +286,7 @@ async fn survivors_answer(c: &mut Clients, role: Role) -> Result<(), tonic::Stat
             .get_fanout_lag(timed(pb::GetFanoutLagRequest {}))
             .await
             .map(|_| ()),
-        Role::Timeline => c
-            .timeline
-            .get_timeline(timed(feed_proto::timeline::v1::GetTimelineRequest {
-                user_id: user,
-                limit: 20,
-                cursor: String::new(),
-            }))
-            .await
-            .map(|_| ()),
+        Role::Timeline => first_page(&mut c.timeline, user).await.map(|_| ()),
         Role::Notify => c
             .notify
             .get_unread_counts(timed(nt::GetUnreadCountsRequest { user_id: user }))
