@@ -63,6 +63,29 @@ struct Shared {
     response: Duration,
 }
 
+impl Shared {
+    /// The connection in use, with its generation.
+    fn current(&self) -> (u64, ConnectionManager) {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        (current.0, current.1.clone())
+    }
+
+    /// Replaces connection `generation` with a fresh one unless a newer one
+    /// already stands; false when it did (another call got there first).
+    fn replace(&self, generation: u64) -> bool {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.0 != generation {
+            return false;
+        }
+        // Lazy: builds the manager without dialing, so holding the lock is cheap.
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+            Ok(fresh) => *current = (generation + 1, fresh),
+            Err(err) => tracing::warn!(error = %err, "redis: no fresh connection"),
+        }
+        true
+    }
+}
+
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redis").finish_non_exhaustive()
@@ -98,8 +121,7 @@ impl Redis {
 
     /// The connection in use, with its generation.
     fn current(&self) -> (u64, ConnectionManager) {
-        let current = self.shared.current.lock().unwrap_or_else(|p| p.into_inner());
-        (current.0, current.1.clone())
+        self.shared.current()
     }
 
     /// After a call through connection `generation` failed with `e`:
@@ -108,19 +130,11 @@ impl Redis {
         if !e.is_timeout() {
             return;
         }
-        let mut current = self.shared.current.lock().unwrap_or_else(|p| p.into_inner());
         // Calls that timed out on the same connection together replace it once.
-        if current.0 != generation {
+        if !self.shared.replace(generation) {
             return;
         }
-        // Lazy: builds the manager without dialing, so holding the lock is cheap.
-        match ConnectionManager::new_lazy_with_config(self.shared.client.clone(), self.shared.config.clone()) {
-            Ok(fresh) => {
-                tracing::warn!(error = %e, "redis: call timed out; replacing its connection");
-                *current = (generation + 1, fresh);
-            }
-            Err(err) => tracing::warn!(error = %err, "redis: no fresh connection after a timeout"),
-        }
+        tracing::warn!(error = %e, "redis: call timed out; replacing its connection");
         if !self.shared.down.swap(true, Ordering::SeqCst) {
             tokio::spawn(probe(self.shared.clone()));
         }
@@ -153,22 +167,14 @@ impl Redis {
 /// was silent may stay silent). One per client at a time (see `down`).
 async fn probe(shared: Arc<Shared>) {
     loop {
-        let (generation, mut conn) = {
-            let current = shared.current.lock().unwrap_or_else(|p| p.into_inner());
-            (current.0, current.1.clone())
-        };
+        let (generation, mut conn) = shared.current();
         let ping = tokio::time::timeout(shared.response, redis::cmd("PING").query_async::<String>(&mut conn)).await;
         if matches!(ping, Ok(Ok(_))) {
             shared.down.store(false, Ordering::SeqCst);
             tracing::info!("redis: answering again");
             return;
         }
-        if let Ok(fresh) = ConnectionManager::new_lazy_with_config(shared.client.clone(), shared.config.clone()) {
-            let mut current = shared.current.lock().unwrap_or_else(|p| p.into_inner());
-            if current.0 == generation {
-                *current = (generation + 1, fresh);
-            }
-        }
+        shared.replace(generation);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

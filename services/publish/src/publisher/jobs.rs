@@ -47,29 +47,22 @@ impl Publisher {
         // stale period later, not on every sweep.
         let stale = self.store.stale_jobs(now - stale_after_ms, now, 10_000).await?;
         let ids: Vec<&str> = stale.iter().map(|j| j.job_id.as_str()).collect();
-        let in_fanout = self.queue.held(&ids).await?;
+        let mut held = self.queue.held(&ids).await?;
         // Event jobs wait in notify's queue once a worker handed them over.
-        let events: Vec<&str> = stale
-            .iter()
-            .zip(&in_fanout)
-            .filter(|(j, held)| !**held && matches!(j.kind, Some(job::Kind::Event(_))))
-            .map(|(j, _)| j.job_id.as_str())
+        let handed: Vec<usize> = (0..stale.len())
+            .filter(|&i| !held[i] && matches!(stale[i].kind, Some(job::Kind::Event(_))))
             .collect();
-        let in_events: std::collections::HashSet<&str> = self
-            .events
-            .held(&events)
-            .await?
-            .into_iter()
-            .zip(&events)
-            .filter_map(|(held, id)| held.then_some(*id))
-            .collect();
+        let handed_ids: Vec<&str> = handed.iter().map(|&i| ids[i]).collect();
+        for (&i, in_events) in handed.iter().zip(self.events.held(&handed_ids).await?) {
+            held[i] = in_events;
+        }
+        let total = stale.len();
         let lost: Vec<Job> = stale
-            .iter()
-            .zip(in_fanout)
-            .filter(|(j, held)| !held && !in_events.contains(j.job_id.as_str()))
-            .map(|(j, _)| j.clone())
+            .into_iter()
+            .zip(held)
+            .filter_map(|(j, held)| (!held).then_some(j))
             .collect();
-        metrics::counter!("feed_publish_sweep_held_total").increment((stale.len() - lost.len()) as u64);
+        metrics::counter!("feed_publish_sweep_held_total").increment((total - lost.len()) as u64);
         self.enqueue(&lost).await;
         if let Err(e) = self.queue.trim().await {
             tracing::warn!(error = %e, "stream trim failed");
