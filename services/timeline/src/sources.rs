@@ -60,6 +60,9 @@ pub struct GrpcSources {
     graphs: Arc<GraphCache>,
     publish: PublishServiceClient<Channel>,
     auth: feed_server::auth::ServiceToken,
+    /// Every publish call here is a read or an idempotent rebuild: one
+    /// refused or reset (a replica restarting) is asked again.
+    retry: Arc<feed_server::RetryBudget>,
 }
 
 fn from_peer(service: &str) -> impl Fn(tonic::Status) -> ApiError + '_ {
@@ -76,6 +79,7 @@ impl GrpcSources {
                 .max_decoding_message_size(feed_server::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(feed_server::MAX_MESSAGE_BYTES),
             auth: feed_server::auth::ServiceToken::new(token)?,
+            retry: Arc::new(feed_server::RetryBudget::new("publish")),
         })
     }
 
@@ -130,14 +134,17 @@ impl Sources for GrpcSources {
             return Ok((vec![], false));
         }
         let r = self
-            .publish
-            .clone()
-            .read_outboxes(self.req(pb::ReadOutboxesRequest {
-                feeds: feeds.iter().map(|f| f.to_string()).collect(),
-                before_id: before.unwrap_or(0),
-                limit: limit.min(1000) as u32,
-                pull_only,
-            }))
+            .retry
+            .idempotent(|| {
+                let mut c = self.publish.clone();
+                let r = self.req(pb::ReadOutboxesRequest {
+                    feeds: feeds.iter().map(|f| f.to_string()).collect(),
+                    before_id: before.unwrap_or(0),
+                    limit: limit.min(1000) as u32,
+                    pull_only,
+                });
+                async move { c.read_outboxes(r).await }
+            })
             .await
             .map_err(from_peer("publish"))?
             .into_inner();
@@ -157,16 +164,19 @@ impl Sources for GrpcSources {
 
     async fn gather(&self, req: RoundRequest<'_>) -> Result<Round, ApiError> {
         let r = self
-            .publish
-            .clone()
-            .read_home(self.req(pb::ReadHomeRequest {
-                user_id: req.user,
-                feeds: req.feeds.iter().map(|f| f.to_string()).collect(),
-                before_id: req.before.unwrap_or(0),
-                limit: req.batch.min(1000) as u32,
-                hydrate: req.hydrate.min(500) as u32,
-                missing_as_empty: req.missing_as_empty,
-            }))
+            .retry
+            .idempotent(|| {
+                let mut c = self.publish.clone();
+                let r = self.req(pb::ReadHomeRequest {
+                    user_id: req.user,
+                    feeds: req.feeds.iter().map(|f| f.to_string()).collect(),
+                    before_id: req.before.unwrap_or(0),
+                    limit: req.batch.min(1000) as u32,
+                    hydrate: req.hydrate.min(500) as u32,
+                    missing_as_empty: req.missing_as_empty,
+                });
+                async move { c.read_home(r).await }
+            })
             .await
             .map_err(from_peer("publish"))?
             .into_inner();
@@ -206,12 +216,15 @@ impl Sources for GrpcSources {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(HYDRATE_CHUNK) {
             let r = self
-                .publish
-                .clone()
-                .get_activities(self.req(pb::GetActivitiesRequest {
-                    ids: chunk.to_vec(),
-                    include_deleted: false,
-                }))
+                .retry
+                .idempotent(|| {
+                    let mut c = self.publish.clone();
+                    let r = self.req(pb::GetActivitiesRequest {
+                        ids: chunk.to_vec(),
+                        include_deleted: false,
+                    });
+                    async move { c.get_activities(r).await }
+                })
                 .await
                 .map_err(from_peer("publish"))?
                 .into_inner();
@@ -221,9 +234,12 @@ impl Sources for GrpcSources {
     }
 
     async fn rebuild(&self, user: UserId) -> Result<(), ApiError> {
-        self.publish
-            .clone()
-            .rebuild_inbox(self.req(pb::RebuildInboxRequest { user_id: user }))
+        self.retry
+            .idempotent(|| {
+                let mut c = self.publish.clone();
+                let r = self.req(pb::RebuildInboxRequest { user_id: user });
+                async move { c.rebuild_inbox(r).await }
+            })
             .await
             .map_err(from_peer("publish"))?;
         Ok(())

@@ -4,6 +4,9 @@ use feed_core::{ApiError, FeedRef, UserId};
 use feed_proto::events::v1::EdgeChange;
 use feed_proto::followgraph::v1 as fg;
 use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
+use std::sync::Arc;
+
+use feed_server::RetryBudget;
 use tonic::transport::Channel;
 
 use crate::Coalesced;
@@ -32,6 +35,8 @@ pub struct FollowGraphClient {
     auth: feed_server::auth::ServiceToken,
     /// Graph versions asked concurrently go in one call (a home read asks one).
     versions: Coalesced<UserId, u64>,
+    /// Every call here is a read: a refused or reset one is asked again.
+    retry: Arc<RetryBudget>,
 }
 
 fn peer(s: tonic::Status) -> ApiError {
@@ -54,6 +59,7 @@ impl FollowGraphClient {
             channel,
             auth: feed_server::auth::ServiceToken::new(token)?,
             versions: Coalesced::new(VERSION_BATCH),
+            retry: Arc::new(RetryBudget::new("follow-graph")),
         })
     }
 
@@ -79,12 +85,15 @@ impl FollowGraphClient {
         let mut out = Vec::with_capacity(feeds.len());
         for chunk in feeds.chunks(FOLLOW_GRAPH_BATCH) {
             let resp = self
-                .client
-                .clone()
-                .get_counts(self.req(fg::GetCountsRequest {
-                    feeds: chunk.iter().map(|f| f.to_string()).collect(),
-                    user_ids: vec![],
-                }))
+                .retry
+                .idempotent(|| {
+                    let mut c = self.client.clone();
+                    let r = self.req(fg::GetCountsRequest {
+                        feeds: chunk.iter().map(|f| f.to_string()).collect(),
+                        user_ids: vec![],
+                    });
+                    async move { c.get_counts(r).await }
+                })
                 .await
                 .map_err(peer)?;
             out.extend(resp.into_inner().feeds);
@@ -98,13 +107,16 @@ impl FollowGraphClient {
         let mut out = Vec::with_capacity(targets.len());
         for chunk in targets.chunks(FOLLOW_GRAPH_BATCH) {
             let resp = self
-                .client
-                .clone()
-                .get_relationships(self.req(fg::GetRelationshipsRequest {
-                    user_id: user,
-                    target_user_ids: chunk.to_vec(),
-                    feeds: vec![],
-                }))
+                .retry
+                .idempotent(|| {
+                    let mut c = self.client.clone();
+                    let r = self.req(fg::GetRelationshipsRequest {
+                        user_id: user,
+                        target_user_ids: chunk.to_vec(),
+                        feeds: vec![],
+                    });
+                    async move { c.get_relationships(r).await }
+                })
                 .await
                 .map_err(peer)?
                 .into_inner();
@@ -124,13 +136,16 @@ impl FollowGraphClient {
         let mut out = Vec::with_capacity(feeds.len());
         for chunk in feeds.chunks(FOLLOW_GRAPH_BATCH) {
             let resp = self
-                .client
-                .clone()
-                .get_relationships(self.req(fg::GetRelationshipsRequest {
-                    user_id: user,
-                    target_user_ids: vec![],
-                    feeds: chunk.iter().map(|f| f.to_string()).collect(),
-                }))
+                .retry
+                .idempotent(|| {
+                    let mut c = self.client.clone();
+                    let r = self.req(fg::GetRelationshipsRequest {
+                        user_id: user,
+                        target_user_ids: vec![],
+                        feeds: chunk.iter().map(|f| f.to_string()).collect(),
+                    });
+                    async move { c.get_relationships(r).await }
+                })
                 .await
                 .map_err(peer)?;
             out.extend(resp.into_inner().feeds.into_iter().map(|f| f.following));
@@ -155,11 +170,14 @@ impl FollowGraphClient {
     /// The graph versions of `users` (at most [`VERSION_BATCH`]), in order.
     async fn graph_versions(&self, users: Vec<UserId>) -> Result<Vec<u64>, ApiError> {
         let versions = self
-            .client
-            .clone()
-            .get_graph_versions(self.req(fg::GetGraphVersionsRequest {
-                user_ids: users.clone(),
-            }))
+            .retry
+            .idempotent(|| {
+                let mut c = self.client.clone();
+                let r = self.req(fg::GetGraphVersionsRequest {
+                    user_ids: users.clone(),
+                });
+                async move { c.get_graph_versions(r).await }
+            })
             .await
             .map_err(peer)?
             .into_inner()
@@ -174,13 +192,16 @@ impl FollowGraphClient {
         let mut token = String::new();
         loop {
             let page = self
-                .client
-                .clone()
-                .list_following(self.req(fg::ListFollowingRequest {
-                    user_id: user,
-                    page_size: FOLLOWING_PAGE,
-                    page_token: token,
-                }))
+                .retry
+                .idempotent(|| {
+                    let mut c = self.client.clone();
+                    let r = self.req(fg::ListFollowingRequest {
+                        user_id: user,
+                        page_size: FOLLOWING_PAGE,
+                        page_token: token.clone(),
+                    });
+                    async move { c.list_following(r).await }
+                })
                 .await
                 .map_err(peer)?
                 .into_inner();
@@ -198,13 +219,16 @@ impl FollowGraphClient {
     /// (follow-graph trims what every named reader has passed).
     pub async fn edge_changes(&self, reader: &str, after_seq: u64, limit: u32) -> Result<Vec<EdgeChange>, ApiError> {
         let resp = self
-            .client
-            .clone()
-            .list_edge_changes(self.req(fg::ListEdgeChangesRequest {
-                after_seq,
-                limit,
-                reader: reader.to_owned(),
-            }))
+            .retry
+            .idempotent(|| {
+                let mut c = self.client.clone();
+                let r = self.req(fg::ListEdgeChangesRequest {
+                    after_seq,
+                    limit,
+                    reader: reader.to_owned(),
+                });
+                async move { c.list_edge_changes(r).await }
+            })
             .await
             .map_err(peer)?;
         Ok(resp.into_inner().changes)
@@ -214,7 +238,7 @@ impl FollowGraphClient {
     pub async fn edge_states(&self, edges: &[(UserId, FeedRef)]) -> Result<Vec<(u64, bool)>, ApiError> {
         let mut out = Vec::with_capacity(edges.len());
         for chunk in edges.chunks(VERSION_BATCH) {
-            let keys = chunk
+            let keys: Vec<fg::EdgeKey> = chunk
                 .iter()
                 .map(|(u, f)| fg::EdgeKey {
                     follower_id: *u,
@@ -222,9 +246,12 @@ impl FollowGraphClient {
                 })
                 .collect();
             let resp = self
-                .client
-                .clone()
-                .get_edge_versions(self.req(fg::GetEdgeVersionsRequest { edges: keys }))
+                .retry
+                .idempotent(|| {
+                    let mut c = self.client.clone();
+                    let r = self.req(fg::GetEdgeVersionsRequest { edges: keys.clone() });
+                    async move { c.get_edge_versions(r).await }
+                })
                 .await
                 .map_err(peer)?;
             out.extend(
@@ -240,9 +267,12 @@ impl FollowGraphClient {
     /// The follower shards of a feed.
     pub async fn shards(&self, feed: &FeedRef) -> Result<Vec<u64>, ApiError> {
         let resp = self
-            .client
-            .clone()
-            .list_follower_shards(self.req(fg::ListFollowerShardsRequest { feed: feed.to_string() }))
+            .retry
+            .idempotent(|| {
+                let mut c = self.client.clone();
+                let r = self.req(fg::ListFollowerShardsRequest { feed: feed.to_string() });
+                async move { c.list_follower_shards(r).await }
+            })
             .await
             .map_err(peer)?;
         Ok(resp.into_inner().shards.into_iter().map(|s| s.shard).collect())
@@ -257,14 +287,17 @@ impl FollowGraphClient {
         limit: u32,
     ) -> Result<(Vec<Follower>, bool), ApiError> {
         let resp = self
-            .client
-            .clone()
-            .page_followers(self.req(fg::PageFollowersRequest {
-                feed: feed.to_string(),
-                shard,
-                after_user_id: after,
-                limit,
-            }))
+            .retry
+            .idempotent(|| {
+                let mut c = self.client.clone();
+                let r = self.req(fg::PageFollowersRequest {
+                    feed: feed.to_string(),
+                    shard,
+                    after_user_id: after,
+                    limit,
+                });
+                async move { c.page_followers(r).await }
+            })
             .await
             .map_err(peer)?
             .into_inner();

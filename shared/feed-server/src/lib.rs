@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod limits;
 pub mod observe;
+pub mod retry;
 pub mod serve;
 pub mod shutdown;
 pub mod tasks;
@@ -21,6 +22,7 @@ pub use config::FeedConfig;
 /// glibc malloc's arena locks and consolidation took a quarter of a
 /// timeline read's CPU; mimalloc more than doubled reads per second.
 pub use mimalloc::MiMalloc as Allocator;
+pub use retry::RetryBudget;
 pub use serve::{
     Readiness, ServeOptions, ServiceSet, StartUp, run_after_signal, run_until_signal, run_with_signal, serve,
     serve_after,

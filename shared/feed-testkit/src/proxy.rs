@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -19,6 +19,8 @@ const REFUSE: u8 = 2;
 pub struct TcpProxy {
     addr: SocketAddr,
     mode: Arc<AtomicU8>,
+    /// Connections closed as they opened.
+    refused: Arc<AtomicU64>,
     /// Bumped by [`TcpProxy::refuse`]: every open connection is cut.
     cut: watch::Sender<u64>,
 }
@@ -32,9 +34,12 @@ impl TcpProxy {
         let (cut, _) = watch::channel(0u64);
         let accept_mode = mode.clone();
         let accept_cut = cut.clone();
+        let refused = Arc::new(AtomicU64::new(0));
+        let accept_refused = refused.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if accept_mode.load(Ordering::SeqCst) == REFUSE {
+                    accept_refused.fetch_add(1, Ordering::SeqCst);
                     continue;
                 }
                 let Ok(server) = TcpStream::connect(upstream).await else {
@@ -57,7 +62,12 @@ impl TcpProxy {
                 }
             }
         });
-        Ok(Self { addr, mode, cut })
+        Ok(Self {
+            addr,
+            mode,
+            refused,
+            cut,
+        })
     }
 
     /// Where clients connect.
@@ -68,6 +78,11 @@ impl TcpProxy {
     /// A `redis://` URL through the proxy.
     pub fn redis_url(&self) -> String {
         format!("redis://{}/", self.addr)
+    }
+
+    /// How many connections were closed as they opened.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
     }
 
     /// Forwards again; connections that went silent stay dead.

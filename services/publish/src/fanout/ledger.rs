@@ -50,6 +50,9 @@ impl JobLedger for Publisher {
 pub struct GrpcLedger {
     client: PublishServiceClient<Channel>,
     auth: feed_server::auth::ServiceToken,
+    /// The reads (job, outbox) are asked again when refused or reset;
+    /// CompleteJob and FailJob are not (a second FailJob counts twice).
+    retry: std::sync::Arc<feed_server::RetryBudget>,
 }
 
 impl GrpcLedger {
@@ -60,6 +63,7 @@ impl GrpcLedger {
                 .max_decoding_message_size(feed_server::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(feed_server::MAX_MESSAGE_BYTES),
             auth: feed_server::auth::ServiceToken::new(token)?,
+            retry: std::sync::Arc::new(feed_server::RetryBudget::new("publish")),
         })
     }
 
@@ -76,9 +80,12 @@ fn from_publish(s: tonic::Status) -> ApiError {
 impl JobLedger for GrpcLedger {
     async fn load(&self, job_id: &str) -> Result<Option<LoadedJob>, ApiError> {
         match self
-            .client
-            .clone()
-            .get_job(self.req(pb::GetJobRequest { job_id: job_id.into() }))
+            .retry
+            .idempotent(|| {
+                let mut c = self.client.clone();
+                let r = self.req(pb::GetJobRequest { job_id: job_id.into() });
+                async move { c.get_job(r).await }
+            })
             .await
         {
             Ok(r) => {
@@ -121,13 +128,16 @@ impl JobLedger for GrpcLedger {
 
     async fn outbox(&self, feed: &FeedRef, limit: usize) -> Result<Vec<OutboxItem>, ApiError> {
         let r = self
-            .client
-            .clone()
-            .list_outbox(self.req(pb::ListOutboxRequest {
-                feed: feed.to_string(),
-                limit: limit.min(10_000) as u32,
-                ids: vec![],
-            }))
+            .retry
+            .idempotent(|| {
+                let mut c = self.client.clone();
+                let r = self.req(pb::ListOutboxRequest {
+                    feed: feed.to_string(),
+                    limit: limit.min(10_000) as u32,
+                    ids: vec![],
+                });
+                async move { c.list_outbox(r).await }
+            })
             .await
             .map_err(from_publish)?;
         Ok(r.into_inner().items)
@@ -138,13 +148,16 @@ impl JobLedger for GrpcLedger {
             return Ok(vec![]);
         }
         let r = self
-            .client
-            .clone()
-            .list_outbox(self.req(pb::ListOutboxRequest {
-                feed: String::new(),
-                limit: 0,
-                ids: ids.to_vec(),
-            }))
+            .retry
+            .idempotent(|| {
+                let mut c = self.client.clone();
+                let r = self.req(pb::ListOutboxRequest {
+                    feed: String::new(),
+                    limit: 0,
+                    ids: ids.to_vec(),
+                });
+                async move { c.list_outbox(r).await }
+            })
             .await
             .map_err(from_publish)?;
         Ok(r.into_inner().items)
