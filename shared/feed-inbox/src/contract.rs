@@ -27,8 +27,16 @@ pub async fn marker_first_rebuild_keeps_pushes_made_while_it_ran(s: &dyn InboxSt
         !s.mark_live(70, provisional).await.expect("mark again"),
         "only one rebuilder creates it"
     );
+    // Until the rebuild lands the inbox lacks what was pushed before the
+    // marker: no reader may take it as live.
+    assert!(!s.is_live(70).await.expect("live"), "live while being rebuilt");
+    assert!(
+        s.page(70, None, 10).await.expect("page").is_none(),
+        "a page of an inbox being rebuilt"
+    );
     // A push lands between the marker and the rebuild's outbox read.
     s.push(&[70], id(120)).await.expect("push during rebuild");
+    assert!(s.page(70, None, 10).await.expect("page").is_none());
     s.rebuild(70, &[id(20), id(30)], id(20), Some(provisional))
         .await
         .expect("rebuild");

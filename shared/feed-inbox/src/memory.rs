@@ -14,6 +14,8 @@ struct Inbox {
     ids: BTreeSet<u64>,
     floor: u64,
     expires_at: u64,
+    /// Marked, not rebuilt yet: pushes land, reads see no inbox.
+    building: bool,
 }
 
 /// In-memory inboxes.
@@ -100,6 +102,7 @@ impl InboxStore for MemoryInbox {
                     ids: BTreeSet::new(),
                     floor: provisional_floor,
                     expires_at: now + ttl,
+                    building: true,
                 },
             );
             true
@@ -113,7 +116,9 @@ impl InboxStore for MemoryInbox {
                 ids: BTreeSet::new(),
                 floor,
                 expires_at: now + ttl,
+                building: false,
             });
+            inbox.building = false;
             inbox.floor = if Some(inbox.floor) == provisional {
                 floor
             } else {
@@ -127,7 +132,7 @@ impl InboxStore for MemoryInbox {
 
     async fn page(&self, user: UserId, before: Option<u64>, limit: usize) -> Result<Option<InboxPage>, InboxError> {
         Ok(self.with(|map, _| {
-            map.get_mut(&user).map(|inbox| {
+            map.get_mut(&user).filter(|inbox| !inbox.building).map(|inbox| {
                 let upper = before.unwrap_or(u64::MAX);
                 InboxPage {
                     ids: inbox.ids.range(..upper).rev().take(limit).copied().collect(),
@@ -171,7 +176,7 @@ impl InboxStore for MemoryInbox {
     }
 
     async fn is_live(&self, user: UserId) -> Result<bool, InboxError> {
-        Ok(self.with(|map, _| map.contains_key(&user)))
+        Ok(self.with(|map, _| map.get(&user).is_some_and(|inbox| !inbox.building)))
     }
 
     async fn evict(&self, user: UserId) -> Result<(), InboxError> {

@@ -8,7 +8,9 @@
 //! was evicted would claim an empty inbox complete, and the reader would
 //! miss every pushed item until the floor expired (never, for an active
 //! user). So a floor counts only with the mark beside it; without it the
-//! inbox is dead and the next read rebuilds it.
+//! inbox is dead and the next read rebuilds it. While a rebuild runs the
+//! set holds [`BUILDING_MARK`] instead: pushes land, reads wait for the
+//! live mark.
 
 use async_trait::async_trait;
 use feed_core::UserId;
@@ -31,9 +33,10 @@ end
 /// [`LUA_ID_LT`] before it).
 const INBOX_LUA: &str = r"
 local MARK = '\255'
+local BUILDING = '\255\0'
 local function trim_key(inbox, floorkey, cap)
-  -- The live mark is one of the members (the highest: trimming from the
-  -- low end never removes it).
+  -- The live (or building) mark is one of the members (the highest:
+  -- trimming from the low end never removes it).
   local n = redis.call('ZCARD', inbox) - 1
   if n > cap then
     redis.call('ZREMRANGEBYRANK', inbox, 0, n - cap - 1)
@@ -96,6 +99,7 @@ if cur and not redis.call('ZSCORE', KEYS[1], MARK) then cur = false end
 local floor = ARGV[3]
 if cur and cur ~= ARGV[4] and lt(cur, floor) then floor = cur end
 redis.call('SET', KEYS[2], floor, 'PX', ARGV[2])
+redis.call('ZREM', KEYS[1], BUILDING)
 redis.call('ZADD', KEYS[1], 0, MARK)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 for i = 5, #ARGV do
@@ -105,12 +109,16 @@ trim(tonumber(ARGV[1]))
 return 1
 ";
 
-/// KEYS: inbox, floor. ARGV: provisional floor, ttl_ms. Makes the inbox live
-/// unless it is (floor and mark); 1 when this call did.
+/// KEYS: inbox, floor. ARGV: provisional floor, ttl_ms. Opens the inbox to
+/// pushes (the floor key) while it is rebuilt, unless it is live or being
+/// rebuilt already; 1 when this call did. The set holds the building mark,
+/// not the live one, until the rebuild lands: pages and liveness ignore it
+/// meanwhile, since it lacks what was pushed before the marker.
 const MARK_LIVE: &str = r"
-if redis.call('EXISTS', KEYS[2]) == 1 and redis.call('ZSCORE', KEYS[1], MARK) then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 and (redis.call('ZSCORE', KEYS[1], MARK) or redis.call('ZSCORE', KEYS[1], BUILDING)) then return 0 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-redis.call('ZADD', KEYS[1], 0, MARK)
+redis.call('ZREM', KEYS[1], MARK)
+redis.call('ZADD', KEYS[1], 0, BUILDING)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
@@ -119,6 +127,10 @@ return 1
 /// every id (ids keep their top bit 0), so it sorts after all of them and
 /// pages below `(\xff` never see it.
 pub const LIVE_MARK: &[u8] = &[0xFF];
+
+/// The member that marks an inbox being rebuilt: pushes land in it, pages
+/// do not read it (it sorts above [`LIVE_MARK`], so above every id too).
+pub const BUILDING_MARK: &[u8] = &[0xFF, 0x00];
 
 /// Redis key of a user's inbox.
 pub fn inbox_key(user: UserId) -> String {

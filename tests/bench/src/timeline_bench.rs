@@ -271,8 +271,8 @@ const COLD_FOLLOWS: usize = 1_000;
 /// A returning user's first page: [`COLD_USERS`] users each follow
 /// [`COLD_FOLLOWS`] of the bench's users, then their inboxes are gone (as
 /// after a long absence), and each reads one first page, one at a time:
-/// the read rebuilds the inbox from every followed outbox before it
-/// answers. Returns the summary line.
+/// the read merges every followed outbox and starts the inbox's rebuild
+/// behind it. Returns the summary line.
 async fn cold_first_pages(
     channel: Channel,
     conn: &mut redis::aio::MultiplexedConnection,
@@ -317,7 +317,7 @@ async fn cold_first_pages(
     let pct =
         |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1000.0;
     Ok(format!(
-        "cold first page ({COLD_USERS} returning users following {COLD_FOLLOWS} feeds each, inbox rebuilt on read): p50 {:.1} ms p99 {:.1} ms ({:.1} items per page)",
+        "cold first page ({COLD_USERS} returning users following {COLD_FOLLOWS} feeds each, no inbox: outboxes merged, rebuild behind): p50 {:.1} ms p99 {:.1} ms ({:.1} items per page)",
         pct(0.5),
         pct(0.99),
         items as f64 / cold.len() as f64

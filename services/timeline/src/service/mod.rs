@@ -8,7 +8,6 @@ mod feed_page;
 // Hashed per item of every read: a fast hasher with a per-process seed.
 use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use feed_core::{ApiError, FeedRef, UserId, visibility};
 use feed_inbox::InboxStore;
@@ -39,7 +38,7 @@ pub struct Page {
     pub next_before: Option<u64>,
     /// The scan stopped at its bound, not at the end.
     pub has_more: bool,
-    /// This read rebuilt the inbox.
+    /// No live inbox: the page came from the outboxes, its rebuild runs behind.
     pub rebuilt: bool,
     /// The inbox was unreachable: the page came from the outboxes alone.
     pub degraded: bool,
@@ -105,42 +104,32 @@ impl Followed {
     }
 }
 
-/// Rebuilds in flight by user: the lock reads of one user take turns on,
-/// and how many reads hold it.
-type Flights = Mutex<HashMap<UserId, (Arc<tokio::sync::Mutex<()>>, usize)>>;
+/// Users whose inbox this process is rebuilding.
+type Flights = Mutex<foldhash::HashSet<UserId>>;
 
-/// One read's share of a user's rebuild flight. The entry goes when its
-/// last holder is done, however that read ends (answered, failed or
-/// cancelled): an entry removed only after a successful rebuild stayed
-/// forever for every user whose rebuild failed.
-struct Flight<'a> {
-    flights: &'a Flights,
+/// A user's entry in [`Flights`], removed however the rebuild ends
+/// (done, failed, or its task dropped at shutdown): an entry left behind
+/// would stop every later rebuild of that user.
+struct Flight {
+    flights: Arc<Flights>,
     user: UserId,
-    lock: Arc<tokio::sync::Mutex<()>>,
 }
 
-impl<'a> Flight<'a> {
-    fn join(flights: &'a Flights, user: UserId) -> Self {
-        let mut map = flights.lock().unwrap_or_else(|p| p.into_inner());
-        let (lock, holders) = map.entry(user).or_default();
-        *holders += 1;
-        Self {
-            flights,
+impl Flight {
+    /// The user's flight, unless one is running.
+    fn start(flights: &Arc<Flights>, user: UserId) -> Option<Self> {
+        let mut set = flights.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(user).then(|| Self {
+            flights: flights.clone(),
             user,
-            lock: lock.clone(),
-        }
+        })
     }
 }
 
-impl Drop for Flight<'_> {
+impl Drop for Flight {
     fn drop(&mut self) {
-        let mut map = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, holders)) = map.get_mut(&self.user) {
-            *holders -= 1;
-            if *holders == 0 {
-                map.remove(&self.user);
-            }
-        }
+        let mut set = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        set.remove(&self.user);
     }
 }
 
@@ -181,24 +170,36 @@ impl Timeline {
         self.cfg.max_limit
     }
 
-    /// Rebuilds a missing inbox once, however many reads ask at the same
-    /// time (single flight per user), within the global budget.
-    async fn ensure_inbox(&self, user: UserId) -> Result<bool, ApiError> {
-        if self.inbox.is_live(user).await? {
-            return Ok(false);
-        }
-        let flight = Flight::join(&self.rebuilding, user);
-        let _turn = flight.lock.lock().await;
-        if self.inbox.is_live(user).await? {
-            return Ok(false);
-        }
-        let _permit = tokio::time::timeout(Duration::from_secs(5), self.budget.acquire())
+    /// Rebuilds `user`'s inbox before the read goes on, within the budget.
+    async fn rebuild_now(&self, user: UserId) -> Result<(), ApiError> {
+        let _permit = tokio::time::timeout(std::time::Duration::from_secs(5), self.budget.acquire())
             .await
             .map_err(|_| ApiError::Unavailable("inbox rebuild budget exhausted; retry".into()))?
             .map_err(|_| ApiError::Internal("rebuild budget closed".into()))?;
         self.sources.rebuild(user).await?;
         metrics::counter!("feed_timeline_rebuilds_total").increment(1);
-        Ok(true)
+        Ok(())
+    }
+
+    /// Rebuilds `user`'s inbox behind the read that found it missing: at
+    /// most one rebuild per user in this process, and none past the budget
+    /// (a Redis loss must not stampede the stores; the next read asks again).
+    fn rebuild_behind(&self, user: UserId) {
+        let Some(flight) = Flight::start(&self.rebuilding, user) else {
+            return;
+        };
+        let Ok(permit) = self.budget.clone().try_acquire_owned() else {
+            metrics::counter!("feed_timeline_rebuilds_deferred_total").increment(1);
+            return;
+        };
+        let sources = self.sources.clone();
+        tokio::spawn(async move {
+            let _held = (flight, permit);
+            match sources.rebuild(user).await {
+                Ok(()) => metrics::counter!("feed_timeline_rebuilds_total").increment(1),
+                Err(e) => tracing::warn!(user, error = %e, "inbox rebuild failed; the next read tries again"),
+            }
+        });
     }
 
     /// One page of `user`'s home timeline below `before`.
@@ -221,14 +222,24 @@ impl Timeline {
         // read pending work before the inbox page, so an item whose job
         // finishes in between is in one or the other).
         let mut first = self.sources.gather(round(before, limit, false)).await?;
-        let rebuilt = if first.live {
-            false
-        } else {
-            let rebuilt = self.ensure_inbox(user).await?;
-            // What the rebuilt inbox may lack is the work pending after it.
+        let rebuilt = !first.live;
+        if rebuilt {
+            if read_feeds.len() < followed.feeds.len() {
+                // The outboxes past the read cap are never merged: only
+                // the rebuild (of every followed feed) covers them.
+                self.rebuild_now(user).await?;
+            } else {
+                // A returning user, or an inbox lost with Redis: the read
+                // does not wait for the rebuild (up to `inbox_cap` ids from
+                // each followed feed) but merges the followed feeds'
+                // outboxes as if the inbox were empty, exactly as a
+                // degraded read; the rebuild runs behind it, and until it
+                // lands the store reports the inbox as not live, so later
+                // pages do the same.
+                self.rebuild_behind(user);
+            }
             first = self.sources.gather(round(before, limit, true)).await?;
-            rebuilt
-        };
+        }
         let degraded = first.degraded;
         // The inbox hit rate: reads served by a live inbox vs reads that
         // rebuilt one, or that found it unreachable.
@@ -411,6 +422,8 @@ impl Timeline {
 #[cfg(test)]
 mod tests {
     use async_trait::async_trait;
+    use std::time::Duration;
+
     use feed_core::{FeedRef, SystemClock};
 
     use super::*;
@@ -419,6 +432,7 @@ mod tests {
     /// Nothing followed, every inbox missing, and a rebuild that fails or hangs.
     struct NoRebuild {
         hang: bool,
+        asked: std::sync::atomic::AtomicUsize,
     }
 
     #[async_trait]
@@ -445,6 +459,7 @@ mod tests {
             Ok(vec![])
         }
         async fn rebuild(&self, _: UserId) -> Result<(), ApiError> {
+            self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if self.hang {
                 std::future::pending::<()>().await;
             }
@@ -452,37 +467,61 @@ mod tests {
         }
     }
 
-    fn timeline(hang: bool) -> Timeline {
+    fn timeline(hang: bool) -> (Timeline, Arc<NoRebuild>) {
         let inbox = feed_inbox::MemoryInbox::new(feed_inbox::InboxLimits::default(), Arc::new(SystemClock));
-        Timeline::new(Arc::new(NoRebuild { hang }), Arc::new(inbox), TimelineRules::default())
+        let sources = Arc::new(NoRebuild {
+            hang,
+            asked: Default::default(),
+        });
+        let t = Timeline::new(sources.clone(), Arc::new(inbox), TimelineRules::default());
+        (t, sources)
+    }
+
+    fn rebuilds_asked(s: &NoRebuild) -> usize {
+        s.asked.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn flights(t: &Timeline) -> usize {
         t.rebuilding.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    #[tokio::test]
-    async fn a_failed_or_abandoned_rebuild_leaves_no_flight_behind() {
-        let t = timeline(false);
-        for user in 1..=3 {
-            let err = t.home(user, 20, None).await.expect_err("the rebuild fails");
-            assert_eq!(err, ApiError::Unavailable("publish: down".into()));
+    async fn wait_for_no_flights(t: &Timeline) {
+        for _ in 0..200 {
+            if flights(t) == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(flights(&t), 0, "failed rebuilds");
+        panic!("{} rebuild flights left behind", flights(t));
+    }
 
-        let t = timeline(true);
-        let reads: Vec<_> = (0..3)
-            .map(|_| {
-                let t = t.clone();
-                tokio::spawn(async move { t.home(7, 20, None).await })
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(flights(&t), 1, "three reads share one flight");
-        for r in reads {
-            r.abort();
-            let _ = r.await;
+    #[tokio::test]
+    async fn a_read_without_an_inbox_answers_without_waiting_for_its_rebuild() {
+        // The rebuild never returns: the reads answer anyway, from the outboxes.
+        let (t, sources) = timeline(true);
+        for _ in 0..3 {
+            let page = tokio::time::timeout(Duration::from_secs(5), t.home(7, 20, None))
+                .await
+                .expect("the read waited for the rebuild")
+                .expect("answered");
+            assert!(page.rebuilt, "the page says the inbox is being rebuilt");
         }
-        assert_eq!(flights(&t), 0, "reads cancelled mid-rebuild");
+        assert_eq!(flights(&t), 1, "three reads share one rebuild");
+        tokio::task::yield_now().await;
+        assert_eq!(rebuilds_asked(&sources), 1, "three reads share one rebuild");
+    }
+
+    #[tokio::test]
+    async fn a_failed_rebuild_leaves_no_flight_behind() {
+        let (t, sources) = timeline(false);
+        for user in 1..=3 {
+            t.home(user, 20, None).await.expect("answered while the rebuild fails");
+        }
+        wait_for_no_flights(&t).await;
+        assert_eq!(rebuilds_asked(&sources), 3);
+        // The next read tries again.
+        t.home(1, 20, None).await.expect("answered");
+        wait_for_no_flights(&t).await;
+        assert_eq!(rebuilds_asked(&sources), 4, "a failed rebuild is tried again");
     }
 }
