@@ -129,6 +129,12 @@ pub fn memory_event_queue() -> Arc<EventQueue> {
     Arc::new(feed_queue::MemoryQueue::<ActivityEvent>::default())
 }
 
+/// The node-id lease's term. It is renewed every third of it and minting
+/// stops a third of it before its end, so a publish process keeps minting
+/// through at least 20 s (at most 40 s) of Redis not answering; a dead
+/// process's node id is free again a minute after its last renewal.
+const LEASE_TERM: Duration = Duration::from_secs(60);
+
 /// An id generator: on a leased node id with Redis, on node 0 for a
 /// process that owns its embedded storage alone.
 pub async fn id_generator(
@@ -141,7 +147,7 @@ pub async fn id_generator(
         return Ok(IdGenerator::new(NodeLease::exclusive(0), clock));
     }
     let conn = feed_redis::Redis::connect(&cfg.redis.url).await?;
-    let lease = feed_lease::RedisNodeLease::acquire(conn, "feed", Duration::from_secs(30), clock).await?;
+    let lease = feed_lease::RedisNodeLease::acquire(conn, "feed", LEASE_TERM, clock).await?;
     let generator = lease.generator();
     let stop = shutdown.clone();
     tasks.adopt("node id lease", lease.spawn_keeper(async move { stop.wait().await }));

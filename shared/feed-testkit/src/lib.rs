@@ -83,6 +83,8 @@ fn redis_binary() -> PathBuf {
 pub struct RedisServer {
     child: Child,
     port: u16,
+    /// What it was started with, for [`RedisServer::restart`].
+    args: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -118,25 +120,32 @@ impl RedisServer {
                 (true, Some((conf, rest))) => (vec![*conf], rest),
                 _ => (vec![], extra),
             };
-            let child = Command::new(redis_binary())
-                .args(first)
-                .args([
+            let port_arg = port.to_string();
+            let dir_arg = dir.path().display().to_string();
+            let args: Vec<String> = first
+                .into_iter()
+                .chain([
                     "--port",
-                    &port.to_string(),
+                    &port_arg,
                     "--bind",
                     "127.0.0.1",
                     "--save",
                     "",
                     "--appendonly",
                     "no",
+                    "--dir",
+                    &dir_arg,
                 ])
-                .args(["--dir", &dir.path().display().to_string()])
-                .args(rest)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| anyhow::anyhow!("cannot run redis-server ({e}); the test script installs it"))?;
-            let mut server = Self { child, port, _dir: dir };
+                .chain(rest.iter().copied())
+                .map(str::to_owned)
+                .collect();
+            let child = spawn_redis(&args)?;
+            let mut server = Self {
+                child,
+                port,
+                args,
+                _dir: dir,
+            };
             match wait_for_port(server.addr(), Duration::from_secs(10)) {
                 Ok(()) if server.child.try_wait()?.is_none() => return Ok(server),
                 Ok(()) => last_err = Some(anyhow::anyhow!("redis-server exited at start (port {port} taken?)")),
@@ -193,6 +202,23 @@ impl RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// After [`RedisServer::kill`]: a new server on the same port, empty
+    /// (persistence is off), as a Redis that crashed and was restarted.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.child = spawn_redis(&self.args)?;
+        wait_for_port(self.addr(), Duration::from_secs(10))
+    }
+}
+
+fn spawn_redis(args: &[String]) -> anyhow::Result<Child> {
+    Command::new(redis_binary())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot run redis-server ({e}); the test script installs it"))
 }
 
 impl Drop for RedisServer {

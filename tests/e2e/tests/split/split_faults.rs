@@ -1,8 +1,8 @@
 //! The fault matrix, across processes: under a mixed load (posts, direct
 //! messages, follows, timeline reads) one fault at a time: one replica of
 //! each service in turn SIGKILLed (right after its OKs) and restarted;
-//! Redis silent behind open connections, refusing connections, paused,
-//! and lost (refused, then back empty); the fanout workers stopped for
+//! Redis silent behind open connections, refusing connections, paused
+//! for 15 s, and killed (then restarted empty); the fanout workers stopped for
 //! several stale periods. The survivors keep answering, reads during a
 //! Redis fault are served (degraded) within a second, a backlog adds no
 //! stream entries, and once the jobs drain nothing acknowledged is lost
@@ -406,8 +406,12 @@ async fn split_sigkill_of_any_replica_under_load_loses_and_duplicates_nothing() 
         Duration::from_secs(1)
     };
     let client = redis::Client::open(split.redis.url()).expect("redis url");
-    let mut direct = client.get_multiplexed_async_connection().await.expect("redis");
-    for (n, fault) in ["silent", "refused", "paused", "lost"].into_iter().enumerate() {
+    // Paused as long as `DEBUG SLEEP 15` would (SIGSTOP: the kernel still
+    // accepts connections, nothing answers); the node-id lease outlasts it.
+    for (n, (fault, secs)) in [("silent", 3), ("refused", 3), ("paused", 15), ("killed", 3)]
+        .into_iter()
+        .enumerate()
+    {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let probing = Arc::new(AtomicBool::new(false));
         let probe = tokio::spawn(probe_reads(Clients::any(&split), probing.clone()));
@@ -416,24 +420,23 @@ async fn split_sigkill_of_any_replica_under_load_loses_and_duplicates_nothing() 
             "silent" => proxy.silence(),
             "refused" => proxy.refuse(),
             "paused" => split.redis.pause(),
-            _ => {
-                // Killed, and back empty: every connection cut, the data gone.
-                proxy.refuse();
-                let _: () = redis::cmd("FLUSHALL").query_async(&mut direct).await.expect("flush");
-            }
+            // The process killed: connections reset, new ones refused.
+            _ => split.redis.kill(),
         }
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(Duration::from_secs(secs)).await;
         probing.store(true, Ordering::Relaxed);
         let (mut took, degraded, failed) = probe.await.expect("probe");
         let order = took.clone();
         match fault {
             "paused" => split.redis.resume(),
+            // Restarted empty: inboxes, streams, leases and scripts gone.
+            "killed" => split.redis.restart().expect("redis-server restarts"),
             _ => split.proxy.as_ref().expect("proxy").forward(),
         }
         let recovered = recovery(&mut c, &counters, n).await;
         let p99 = p99(&mut took);
         report.push(format!(
-            "Redis {fault} for 3 s: {} reads, {degraded} degraded, {failed} failed, p99 {p99:?}; recovered (a new post visible, not degraded) {recovered:?} after",
+            "Redis {fault} for {secs} s: {} reads, {degraded} degraded, {failed} failed, p99 {p99:?}; recovered (a new post visible, not degraded) {recovered:?} after",
             took.len()
         ));
         assert!(degraded > 0, "reads with Redis {fault} were not served degraded");
@@ -444,6 +447,8 @@ async fn split_sigkill_of_any_replica_under_load_loses_and_duplicates_nothing() 
         );
     }
 
+    // The connection above died with the killed server.
+    let mut direct = client.get_multiplexed_async_connection().await.expect("redis");
     // A backlog: the fanout workers stopped for three stale periods while
     // the load goes on. Sweeps must not add stream entries for jobs that
     // are merely waiting.
