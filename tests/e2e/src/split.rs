@@ -113,6 +113,8 @@ pub struct Split {
     replicas: Vec<Replica>,
     cql: Option<ScyllaConfig>,
     dir: tempfile::TempDir,
+    /// feedd: one process serves every role.
+    one_process: bool,
 }
 
 /// Where the service binaries are: beside the running binary (a bench in
@@ -128,7 +130,11 @@ fn bin_dir() -> PathBuf {
 }
 
 fn binary(role: Role) -> PathBuf {
-    let bin = bin_dir().join(role.binary());
+    binary_named(role.binary())
+}
+
+fn binary_named(name: &str) -> PathBuf {
+    let bin = bin_dir().join(name);
     assert!(
         bin.exists(),
         "{} missing: build the service binaries first (cargo build --workspace --bins)",
@@ -185,6 +191,61 @@ impl Split {
         split
     }
 
+    /// feedd (every service in one process, embedded stores) on Redis
+    /// through a proxy, run as the split deployment's processes are: every
+    /// role is that process, so the same tests drive it, and killing any
+    /// role kills it.
+    pub async fn start_feedd_behind_proxy(env: &[(&str, &str)]) -> Self {
+        let redis = feed_testkit::RedisServer::start().expect("redis");
+        let proxy = feed_testkit::TcpProxy::start(redis.addr()).await.expect("proxy");
+        let dir = tempfile::tempdir().expect("dir");
+        let addr = free_addr();
+        let own = format!("http://{addr}");
+        let env: Vec<(String, String)> = [
+            ("FEED__REDIS__URL", proxy.redis_url().as_str()),
+            ("FEED__AUTH__INTERNAL_TOKENS", INTERNAL_TOKEN),
+            ("FEED__AUTH__BFF_TOKENS", BFF_TOKEN),
+            ("FEED__CLIENTS__TOKEN", INTERNAL_TOKEN),
+            ("FEED__CLIENTS__FOLLOW_GRAPH_URL", own.as_str()),
+            ("FEED__CLIENTS__PUBLISH_URL", own.as_str()),
+            ("FEED__SERVER__LISTEN", addr.to_string().as_str()),
+            ("FEED__SERVER__ADMIN_LISTEN", ""),
+            (
+                "FEED__STORAGE__DATA_DIR",
+                dir.path().join("feedd").display().to_string().as_str(),
+            ),
+            ("FEED__STORAGE__SYNC_WRITES", "false"),
+            ("FEED__TELEMETRY__LOG_FORMAT", "text"),
+            ("NO_COLOR", "1"),
+        ]
+        .into_iter()
+        .chain(env.iter().copied())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let mut split = Self {
+            redis,
+            proxy: Some(proxy),
+            replicas: vec![Replica {
+                role: Role::Publish,
+                index: 0,
+                addr,
+                env,
+                child: None,
+            }],
+            cql: None,
+            dir,
+            one_process: true,
+        };
+        split.spawn(0);
+        split.wait_ready(0).await;
+        split
+    }
+
+    /// Whether this is feedd (one process for every role).
+    pub fn is_one_process(&self) -> bool {
+        self.one_process
+    }
+
     /// Starts `topology` on `redis` (a bench's, with its own settings).
     pub async fn start_on(redis: feed_testkit::RedisServer, topology: Topology, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("dir");
@@ -226,6 +287,7 @@ impl Split {
             replicas: Vec::new(),
             cql,
             dir,
+            one_process: false,
         };
         if split.cql.is_some() {
             // As the migration Job does, before any server starts.
@@ -268,7 +330,11 @@ impl Split {
     }
 
     fn command(&self, role: Role, env: &[(String, String)]) -> Command {
-        let mut cmd = Command::new(binary(role));
+        let mut cmd = Command::new(if self.one_process {
+            binary_named("feedd")
+        } else {
+            binary(role)
+        });
         // Only what this deployment sets: not the test run's own FEED__ variables.
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("FEED")) {
             cmd.env_remove(k);
@@ -310,6 +376,9 @@ impl Split {
     }
 
     fn at(&self, role: Role, index: usize) -> usize {
+        if self.one_process {
+            return 0;
+        }
         self.replicas
             .iter()
             .position(|r| r.role == role && r.index == index)
@@ -318,6 +387,9 @@ impl Split {
 
     /// How many replicas of `role` run.
     pub fn count(&self, role: Role) -> usize {
+        if self.one_process {
+            return 1;
+        }
         self.replicas.iter().filter(|r| r.role == role).count()
     }
 
@@ -340,7 +412,7 @@ impl Split {
         let list: Vec<SocketAddr> = self
             .replicas
             .iter()
-            .filter(|r| r.role == role)
+            .filter(|r| r.role == role || self.one_process)
             .map(|r| r.addr)
             .collect();
         feed_server::client::balanced(&urls(&list)).expect("balanced channel")
