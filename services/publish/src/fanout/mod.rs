@@ -20,7 +20,7 @@ use feed_queue::Consumer;
 use feed_server::Shutdown;
 
 use crate::graph::Graph;
-use crate::publisher::{fanout_job_id, purge_job_id};
+use crate::publisher::{LoadedJob, fanout_job_id, purge_job_id};
 use crate::queue::{Delivery, EventQueue, FanoutQueue};
 
 /// Worker settings.
@@ -62,6 +62,34 @@ pub struct FanoutWorker {
     graph: Arc<dyn Graph>,
     inbox: Arc<dyn InboxStore>,
     cfg: WorkerConfig,
+}
+
+/// The longest a failed job waits for its next attempt, in reclaim periods.
+const MAX_BACKOFF_PERIODS: u32 = 8;
+
+/// Whether a job that failed `attempts` times, its record last changed at
+/// `updated_ms`, may run again at `now_ms`. A failed delivery comes back
+/// after one reclaim period (`reclaim_idle`); from the second failure on,
+/// each retry waits twice as long as the one before (2, 4, then 8 periods
+/// since the last failure), so a job failing on a peer that is down
+/// spends its attempts over minutes instead of one per period, and does
+/// not keep a worker busy meanwhile.
+pub fn retry_due(attempts: u32, updated_ms: i64, now_ms: i64, reclaim_idle: Duration) -> bool {
+    if attempts < 2 {
+        return true;
+    }
+    let periods = 1u32
+        .checked_shl(attempts - 1)
+        .unwrap_or(u32::MAX)
+        .min(MAX_BACKOFF_PERIODS);
+    let wait_ms = reclaim_idle.as_millis().saturating_mul(u128::from(periods));
+    now_ms.saturating_sub(updated_ms) as u128 >= wait_ms
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn feed_of(raw: &str) -> Result<FeedRef, ApiError> {
@@ -109,9 +137,20 @@ impl FanoutWorker {
     }
 
     /// Processes one delivery and settles it: acknowledged when done or
-    /// dead-lettered; left pending (to be reclaimed) after a failure.
+    /// dead-lettered; left pending (to be reclaimed) after a failure, and
+    /// left pending untouched while a failed job's backoff runs.
     pub async fn handle(&self, d: &Delivery) {
-        match self.process(&d.job.job_id).await {
+        let id = &d.job.job_id;
+        let outcome = match self.ledger.load(id).await {
+            Ok(None) => Ok(()),
+            Ok(Some(loaded)) if !retry_due(loaded.attempts, loaded.updated_ms, now_ms(), self.cfg.reclaim_idle) => {
+                metrics::counter!("feed_fanout_retries_deferred_total").increment(1);
+                return;
+            }
+            Ok(Some(loaded)) => self.run_job(id, loaded).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
             Ok(()) => {
                 if let Err(e) = self.queue.ack(d).await {
                     tracing::warn!(error = %e, job_id = %d.job.job_id, "ack failed; the job will replay harmlessly");
@@ -133,9 +172,13 @@ impl FanoutWorker {
     /// Runs one job by id from its durable record. A job that is done (or
     /// was never recorded) is skipped: replays change nothing.
     pub async fn process(&self, job_id: &str) -> Result<(), ApiError> {
-        let Some(loaded) = self.ledger.load(job_id).await? else {
-            return Ok(());
-        };
+        match self.ledger.load(job_id).await? {
+            Some(loaded) => self.run_job(job_id, loaded).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn run_job(&self, job_id: &str, loaded: LoadedJob) -> Result<(), ApiError> {
         match loaded.job.kind.clone() {
             Some(job::Kind::Fanout(f)) if loaded.activity_deleted => {
                 tracing::debug!(activity = f.activity_id, "activity deleted before fanout; skipping");
@@ -296,5 +339,27 @@ impl FanoutWorker {
             _ => {}
         }
         self.ledger.complete(job_id, &[]).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_job_waits_twice_as_long_after_each_failure_up_to_eight_periods() {
+        let period = Duration::from_secs(30);
+        let waits: Vec<i64> = (0..=7)
+            .map(|attempts| {
+                (0..=300)
+                    .map(|s| s * 1000)
+                    .find(|&since| retry_due(attempts, 1_000_000, 1_000_000 + since, period))
+                    .expect("due within 300 s")
+                    / 1000
+            })
+            .collect();
+        // No wait of its own before the first two attempts: the reclaim
+        // period already spaces them.
+        assert_eq!(waits, [0, 0, 60, 120, 240, 240, 240, 240]);
     }
 }

@@ -58,8 +58,19 @@ impl Graph for FlakyGraph {
     }
 }
 
-#[tokio::test]
-async fn failing_jobs_are_dead_lettered_listed_and_replayed() {
+/// A publisher and a fanout worker on embedded stores, with follow-graph
+/// down until the test says otherwise; user 2 follows user 1 and reads.
+struct Fixture {
+    publisher: Publisher,
+    worker: FanoutWorker,
+    queue: Arc<TestQueue>,
+    flaky: Arc<FlakyGraph>,
+    inbox: Arc<MemoryInbox>,
+    events: Arc<publish::queue::EventQueue>,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+async fn fixture(max_attempts: u32, reclaim_idle: std::time::Duration) -> Fixture {
     let gdir = tempfile::tempdir().expect("dir");
     let pdir = tempfile::tempdir().expect("dir");
     let graph = FollowGraph::new(Arc::new(
@@ -82,7 +93,7 @@ async fn failing_jobs_are_dead_lettered_listed_and_replayed() {
         IdGenerator::new(NodeLease::exclusive(0), clock.clone()),
         clock,
         PublishRules {
-            max_attempts: 2,
+            max_attempts,
             ..PublishRules::default()
         },
     );
@@ -92,13 +103,28 @@ async fn failing_jobs_are_dead_lettered_listed_and_replayed() {
         events.clone(),
         flaky.clone(),
         inbox.clone(),
-        WorkerConfig::default(),
+        WorkerConfig {
+            reclaim_idle,
+            ..WorkerConfig::default()
+        },
     );
     publisher
         .rebuild_inbox(inbox.as_ref(), 2, &[FeedRef::user(1)])
         .await
         .expect("live");
-    let id = publisher
+    Fixture {
+        publisher,
+        worker,
+        queue,
+        flaky,
+        inbox,
+        events,
+        _dirs: (gdir, pdir),
+    }
+}
+
+async fn post(publisher: &Publisher) -> u64 {
+    publisher
         .publish(
             NewActivity {
                 actor: 1,
@@ -111,7 +137,21 @@ async fn failing_jobs_are_dead_lettered_listed_and_replayed() {
         )
         .await
         .expect("publish")
-        .id;
+        .id
+}
+
+#[tokio::test]
+async fn failing_jobs_are_dead_lettered_listed_and_replayed() {
+    let Fixture {
+        publisher,
+        worker,
+        queue,
+        flaky,
+        inbox,
+        events,
+        _dirs,
+    } = fixture(2, WorkerConfig::default().reclaim_idle).await;
+    let id = post(&publisher).await;
     let job = queue.take(0).expect("root job");
     let delivery = Delivery { job, tag: "1".into() };
     worker.handle(&delivery).await;
@@ -138,4 +178,47 @@ async fn failing_jobs_are_dead_lettered_listed_and_replayed() {
     feed_e2e::inproc::settle_events(events.as_ref(), &publisher).await;
     let lag = publisher.lag().await.expect("lag");
     assert_eq!((lag.pending_jobs, lag.dead_letters), (0, 0));
+}
+
+#[tokio::test]
+async fn a_failing_job_is_retried_with_backoff_not_once_per_reclaim() {
+    let period = std::time::Duration::from_millis(100);
+    let f = fixture(5, period).await;
+    post(&f.publisher).await;
+    let job = f.queue.take(0).expect("root job");
+    let attempts = || async {
+        f.publisher
+            .load_job(&job.job_id)
+            .await
+            .expect("job")
+            .expect("pending")
+            .attempts
+    };
+    let delivery = Delivery {
+        job: job.clone(),
+        tag: "1".into(),
+    };
+    // Redelivered as fast as reclaims could: the first two failures count,
+    // then the job waits two periods since its last failure.
+    for _ in 0..5 {
+        f.worker.handle(&delivery).await;
+    }
+    assert_eq!(attempts().await, 2, "retried before its backoff ran out");
+    assert!(f.publisher.dead_letters("", 10).await.expect("dead").is_empty());
+    tokio::time::sleep(period * 3).await;
+    f.worker.handle(&delivery).await;
+    f.worker.handle(&delivery).await;
+    assert_eq!(
+        attempts().await,
+        3,
+        "one attempt once two periods passed, then four to wait"
+    );
+    // Back up: the next attempt after the backoff succeeds.
+    f.flaky.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(period * 5).await;
+    f.worker.handle(&delivery).await;
+    assert!(
+        f.publisher.load_job(&job.job_id).await.expect("job").is_none(),
+        "done once follow-graph answered"
+    );
 }
