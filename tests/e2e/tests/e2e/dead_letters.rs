@@ -142,41 +142,33 @@ async fn post(publisher: &Publisher) -> u64 {
 
 #[tokio::test]
 async fn failing_jobs_are_dead_lettered_listed_and_replayed() {
-    let Fixture {
-        publisher,
-        worker,
-        queue,
-        flaky,
-        inbox,
-        events,
-        _dirs,
-    } = fixture(2, WorkerConfig::default().reclaim_idle).await;
-    let id = post(&publisher).await;
-    let job = queue.take(0).expect("root job");
+    let f = fixture(2, WorkerConfig::default().reclaim_idle).await;
+    let id = post(&f.publisher).await;
+    let job = f.queue.take(0).expect("root job");
     let delivery = Delivery { job, tag: "1".into() };
-    worker.handle(&delivery).await;
+    f.worker.handle(&delivery).await;
     assert!(
-        publisher.dead_letters("", 10).await.expect("dead").is_empty(),
+        f.publisher.dead_letters("", 10).await.expect("dead").is_empty(),
         "one failure is retried"
     );
-    worker.handle(&delivery).await;
-    let dead = publisher.dead_letters("", 10).await.expect("dead");
+    f.worker.handle(&delivery).await;
+    let dead = f.publisher.dead_letters("", 10).await.expect("dead");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].attempts, 2);
     assert!(dead[0].error.contains("follow-graph down"), "{}", dead[0].error);
-    assert_eq!(publisher.lag().await.expect("lag").dead_letters, 1);
+    assert_eq!(f.publisher.lag().await.expect("lag").dead_letters, 1);
 
-    flaky.down.store(false, Ordering::SeqCst);
-    assert_eq!(publisher.replay_dead(&[]).await.expect("replay"), 1);
-    while let Some(job) = queue.take(0) {
-        worker.process(&job.job_id).await.expect("job");
+    f.flaky.down.store(false, Ordering::SeqCst);
+    assert_eq!(f.publisher.replay_dead(&[]).await.expect("replay"), 1);
+    while let Some(job) = f.queue.take(0) {
+        f.worker.process(&job.job_id).await.expect("job");
     }
     assert_eq!(
-        inbox.page(2, None, 10).await.expect("page").expect("live").ids,
+        f.inbox.page(2, None, 10).await.expect("page").expect("live").ids,
         vec![id]
     );
-    feed_e2e::inproc::settle_events(events.as_ref(), &publisher).await;
-    let lag = publisher.lag().await.expect("lag");
+    feed_e2e::inproc::settle_events(f.events.as_ref(), &f.publisher).await;
+    let lag = f.publisher.lag().await.expect("lag");
     assert_eq!((lag.pending_jobs, lag.dead_letters), (0, 0));
 }
 
