@@ -267,7 +267,6 @@ impl PublishService for PublishGrpc {
             job: Some(loaded.job),
             activity_deleted: loaded.activity_deleted,
             attempts: loaded.attempts,
-            updated_ms: loaded.updated_ms,
         }))
     }
 

@@ -94,7 +94,6 @@ impl JobLedger for GrpcLedger {
                     job,
                     activity_deleted: r.activity_deleted,
                     attempts: r.attempts,
-                    updated_ms: r.updated_ms,
                 }))
             }
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),

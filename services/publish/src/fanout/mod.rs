@@ -67,14 +67,14 @@ pub struct FanoutWorker {
 /// The longest a failed job waits for its next attempt, in reclaim periods.
 const MAX_BACKOFF_PERIODS: u32 = 8;
 
-/// Whether a job that failed `attempts` times, its record last changed at
-/// `updated_ms`, may run again at `now_ms`. A failed delivery comes back
+/// Whether a job that failed `attempts` times, last at `failed_ms`, may
+/// run again at `now_ms`. A failed delivery comes back
 /// after one reclaim period (`reclaim_idle`); from the second failure on,
 /// each retry waits twice as long as the one before (2, 4, then 8 periods
 /// since the last failure), so a job failing on a peer that is down
 /// spends its attempts over minutes instead of one per period, and does
 /// not keep a worker busy meanwhile.
-pub fn retry_due(attempts: u32, updated_ms: i64, now_ms: i64, reclaim_idle: Duration) -> bool {
+pub fn retry_due(attempts: u32, failed_ms: i64, now_ms: i64, reclaim_idle: Duration) -> bool {
     if attempts < 2 {
         return true;
     }
@@ -83,7 +83,7 @@ pub fn retry_due(attempts: u32, updated_ms: i64, now_ms: i64, reclaim_idle: Dura
         .unwrap_or(u32::MAX)
         .min(MAX_BACKOFF_PERIODS);
     let wait_ms = reclaim_idle.as_millis().saturating_mul(u128::from(periods));
-    now_ms.saturating_sub(updated_ms) as u128 >= wait_ms
+    now_ms.saturating_sub(failed_ms) as u128 >= wait_ms
 }
 
 fn now_ms() -> i64 {
@@ -143,7 +143,14 @@ impl FanoutWorker {
         let id = &d.job.job_id;
         let outcome = match self.ledger.load(id).await {
             Ok(None) => Ok(()),
-            Ok(Some(loaded)) if !retry_due(loaded.attempts, loaded.updated_ms, now_ms(), self.cfg.reclaim_idle) => {
+            Ok(Some(loaded))
+                if !retry_due(
+                    loaded.attempts,
+                    loaded.job.failed_at_ms,
+                    now_ms(),
+                    self.cfg.reclaim_idle,
+                ) =>
+            {
                 metrics::counter!("feed_fanout_retries_deferred_total").increment(1);
                 return;
             }
@@ -189,6 +196,7 @@ impl FanoutWorker {
                     self.split(job_id, &f.feed, |shard| Job {
                         job_id: fanout_job_id(f.activity_id, &f.feed, Some(shard)),
                         created_at_ms: loaded.job.created_at_ms,
+                        failed_at_ms: 0,
                         kind: Some(job::Kind::Fanout(FanoutJob {
                             shard: Some(shard),
                             ..f.clone()
@@ -203,6 +211,7 @@ impl FanoutWorker {
                     self.split(job_id, &p.feed, |shard| Job {
                         job_id: purge_job_id(p.activity_id, &p.feed, Some(shard)),
                         created_at_ms: loaded.job.created_at_ms,
+                        failed_at_ms: 0,
                         kind: Some(job::Kind::Purge(PurgeJob {
                             shard: Some(shard),
                             ..p.clone()

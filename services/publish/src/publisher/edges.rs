@@ -138,6 +138,7 @@ impl Publisher {
                 Job {
                     job_id: edge_job_id_of(c),
                     created_at_ms: now,
+                    failed_at_ms: 0,
                     kind: Some(job::Kind::Edge(EdgeJob {
                         kind: kind as i32,
                         follower_id: c.follower_id,

@@ -16,8 +16,6 @@ pub struct LoadedJob {
     pub activity_deleted: bool,
     /// Failed attempts.
     pub attempts: u32,
-    /// The record's last change, ms since the epoch.
-    pub updated_ms: i64,
 }
 
 /// Deterministic job ids: a replay or a re-drive finds the same record.
@@ -92,7 +90,6 @@ impl Publisher {
             job: state.job,
             activity_deleted,
             attempts: state.attempts,
-            updated_ms: state.updated_ms,
         }))
     }
 

@@ -43,6 +43,7 @@ fn event_job(a: &Activity, change: activity_event::Change, now: i64) -> Job {
     Job {
         job_id: job_id.clone(),
         created_at_ms: now,
+        failed_at_ms: 0,
         kind: Some(job::Kind::Event(ActivityEvent {
             event_id: job_id,
             activity: Some(a.clone()),
@@ -231,6 +232,7 @@ impl Publisher {
             .map(|e| Job {
                 job_id: fanout_job_id(a.id, &e.feed.to_string(), None),
                 created_at_ms: self.now(),
+                failed_at_ms: 0,
                 kind: Some(job::Kind::Fanout(FanoutJob {
                     activity_id: a.id,
                     feed: e.feed.to_string(),
@@ -381,6 +383,7 @@ impl Publisher {
             .map(|e| Job {
                 job_id: purge_job_id(a.id, &e.feed.to_string(), None),
                 created_at_ms: self.now(),
+                failed_at_ms: 0,
                 kind: Some(job::Kind::Purge(PurgeJob {
                     activity_id: a.id,
                     feed: e.feed.to_string(),

@@ -26,6 +26,7 @@ fn job(id: &str, created: i64) -> Job {
     Job {
         job_id: id.into(),
         created_at_ms: created,
+        failed_at_ms: 0,
         kind: Some(job::Kind::Fanout(FanoutJob {
             activity_id: 1,
             feed: "user:1".into(),
@@ -243,7 +244,12 @@ pub async fn jobs_complete_fail_and_revive(s: &dyn ActivityStore) {
     assert!(s.job("j/a").await.expect("job").is_none(), "a done job is gone");
     assert!(s.job("j/a/0").await.expect("job").is_some(), "its sub-job is recorded");
     assert!(!s.fail_job("j/b", "boom", 2, 30).await.expect("fail 1"));
-    assert_eq!(s.job("j/b").await.expect("job").expect("pending").attempts, 1);
+    let failed = s.job("j/b").await.expect("job").expect("pending");
+    assert_eq!(failed.attempts, 1);
+    assert_eq!(
+        failed.job.failed_at_ms, 30,
+        "a failure's time is kept (its backoff runs from it)"
+    );
     assert!(s.fail_job("j/b", "boom again", 2, 31).await.expect("fail 2"));
     assert!(s.job("j/b").await.expect("job").is_none());
     let dead = s.dead_jobs("", 10).await.expect("dead");
@@ -278,6 +284,16 @@ pub async fn jobs_complete_fail_and_revive(s: &dyn ActivityStore) {
     let revived = s.revive_jobs(&[], 40).await.expect("revive");
     assert_eq!(revived.len(), 1);
     assert!(s.job("j/b").await.expect("job").is_some());
+    // A sweep's look moves a failed job's record time, not its failure's.
+    s.put_jobs(&[job("j/c", 50)]).await.expect("put");
+    assert!(!s.fail_job("j/c", "boom", 3, 60).await.expect("fail"));
+    let swept = s.stale_jobs(70, 100, 100).await.expect("stale");
+    assert!(swept.iter().any(|j| j.job_id == "j/c"), "stale after its failure");
+    assert_eq!(
+        s.job("j/c").await.expect("job").expect("pending").job.failed_at_ms,
+        60,
+        "the failure's time is kept for its backoff"
+    );
     let stats = s.job_stats().await.expect("stats");
     assert!(stats.pending >= 2 && stats.dead == 0);
 }
@@ -328,6 +344,7 @@ fn fan(activity: u64, feed: &str) -> Job {
     Job {
         job_id: format!("fan/{activity}/{feed}"),
         created_at_ms: 1,
+        failed_at_ms: 0,
         kind: Some(job::Kind::Fanout(FanoutJob {
             activity_id: activity,
             feed: feed.into(),
@@ -343,6 +360,7 @@ fn backfill_90() -> Job {
     Job {
         job_id: "edge/90/tag:x/1".into(),
         created_at_ms: 1,
+        failed_at_ms: 0,
         kind: Some(job::Kind::Edge(EdgeJob {
             kind: EdgeJobKind::Backfill as i32,
             follower_id: 90,

@@ -245,6 +245,7 @@ pub(super) async fn fail_job(
         return Ok(false);
     };
     state.attempts += 1;
+    state.job.failed_at_ms = now_ms;
     let mut batch = store.db.batch();
     let dead = state.attempts >= max_attempts;
     let mut ops = Vec::new();

@@ -89,11 +89,15 @@ pub(super) async fn fail_job(
         return Ok(false);
     };
     state.attempts += 1;
+    state.job.failed_at_ms = now_ms;
     if state.attempts < max_attempts {
         // IF EXISTS: a job completed since it was read above must stay
         // gone; a plain update would write back a row of two columns.
         store
-            .exec(&store.st.job_fail, (state.attempts as i32, now_ms, job_id))
+            .exec(
+                &store.st.job_fail,
+                (state.attempts as i32, now_ms, state.job.encode_to_vec(), job_id),
+            )
             .await?;
         // After the update: a row for a job completed meanwhile is dropped
         // by the sweep that meets it.

@@ -100,7 +100,7 @@ impl Statements {
             .await?,
             job_delete: prep(format!("DELETE FROM {k}.pub_jobs WHERE job_id = ?")).await?,
             job_fail: prep(format!(
-                "UPDATE {k}.pub_jobs SET attempts = ?, updated_ms = ? WHERE job_id = ? IF EXISTS"
+                "UPDATE {k}.pub_jobs SET attempts = ?, updated_ms = ?, body = ? WHERE job_id = ? IF EXISTS"
             ))
             .await?,
             job_touch: prep(format!(
