@@ -128,6 +128,36 @@ async fn an_edge_change_committed_behind_the_cursor_still_becomes_a_job() {
     assert_eq!(p.ingest_late_edges().await.expect("late"), 0);
 }
 
+/// Two publish replicas share the edge cursor, not what each ingested: a
+/// change one replica turned into a job, still pending, is not late to the
+/// other (its late pass enqueued every such job again: two stream entries
+/// per edge job with two replicas).
+#[tokio::test]
+async fn a_change_another_replica_ingested_is_not_late_to_this_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn ActivityStore> = Arc::new(EmbeddedActivityStore::open(dir.path()).expect("open"));
+    let graph = Arc::new(ScriptedGraph::default());
+    let a = publisher(store.clone(), graph.clone(), 1);
+    let b = publisher(store.clone(), graph.clone(), 2);
+    let ms = 1_000_000u64;
+    let now = 1_800_000_000_000 * ms;
+    graph.log.lock().expect("log").push(change(now, 1, "user:2", 1));
+    assert_eq!(a.ingest_edges().await.expect("ingest"), 1);
+    assert_eq!(
+        b.ingest_late_edges().await.expect("late"),
+        0,
+        "replica a's pending job is not late"
+    );
+    // A change that is late to both is still found, by either.
+    graph
+        .log
+        .lock()
+        .expect("log")
+        .push(change(now - 2_000 * ms, 3, "user:4", 1));
+    assert_eq!(b.ingest_late_edges().await.expect("late"), 1);
+    assert_eq!(a.ingest_late_edges().await.expect("late"), 0, "b recorded it");
+}
+
 /// Once the consumer's clock is a window past the cursor, every change at
 /// or below it has been committed or never will be: one more pass, then the
 /// window is not re-read (a quiet log after a burst of follows costs no

@@ -71,7 +71,7 @@ impl Publisher {
             let Some(last) = changes.last().map(|c| c.seq) else {
                 break;
             };
-            let missed: Vec<EdgeChange> = {
+            let mut missed: Vec<EdgeChange> = {
                 let seen = self.ingested.lock().unwrap_or_else(|p| p.into_inner());
                 changes
                     .iter()
@@ -79,6 +79,15 @@ impl Publisher {
                     .cloned()
                     .collect()
             };
+            // Another publish replica may have ingested them (the cursor
+            // is shared, what each ingested is not): a job still recorded
+            // as pending is already in hand, not late.
+            if !missed.is_empty() {
+                let ids: Vec<String> = missed.iter().map(edge_job_id_of).collect();
+                let recorded = futures::future::try_join_all(ids.iter().map(|id| self.store.job(id))).await?;
+                let mut recorded = recorded.into_iter();
+                missed.retain(|_| recorded.next().flatten().is_none());
+            }
             if !missed.is_empty() {
                 tracing::warn!(
                     changes = missed.len(),
