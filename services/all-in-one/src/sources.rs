@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use feed_core::{ApiError, FeedRef, UserId};
 use feed_inbox::InboxStore;
-use feed_proto::common::v1::Activity;
+use feed_proto::SharedActivity;
 use follow_graph::FollowGraph;
 use publish::Publisher;
 use timeline::sources::{Entry, ReaderRelation, Round, RoundRequest};
@@ -66,7 +66,7 @@ impl timeline::Sources for InProcessSources {
         feed_inbox::home::Outboxes::read_outboxes(&self.publisher, feeds, before, limit, pull_only).await
     }
 
-    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Arc<Activity>>, ApiError> {
+    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<SharedActivity>, ApiError> {
         feed_inbox::home::Outboxes::hydrate(&self.publisher, ids).await
     }
 

@@ -5,8 +5,10 @@ use std::sync::Arc;
 use feed_core::{ApiError, FeedRef, PageToken, validate};
 use feed_inbox::InboxStore;
 use feed_proto::common::v1::Activity;
-use feed_proto::publish::v1 as pb;
-use feed_proto::publish::v1::publish_service_server::PublishService;
+// Served with activities as `SharedActivity`: encoded straight from the
+// store's cache, not deep-copied into each response first.
+use feed_proto::wire::publish::v1 as pb;
+use feed_proto::wire::publish::v1::publish_service_server::PublishService;
 use feed_server::{Caller, auth::Role};
 use tonic::{Request, Response, Status};
 
@@ -95,7 +97,9 @@ impl PublishService for PublishGrpc {
             .publisher
             .update(a, &r.set_fields, &r.unset_fields, &values)
             .await?;
-        Ok(Response::new(pb::UpdateActivityResponse { activity: Some(a) }))
+        Ok(Response::new(pb::UpdateActivityResponse {
+            activity: Some(a.into()),
+        }))
     }
 
     async fn delete_activity(
@@ -125,7 +129,7 @@ impl PublishService for PublishGrpc {
         };
         let (activities, missing) = self.publisher.get_for(reader, &r.ids, r.include_deleted).await?;
         Ok(Response::new(pb::GetActivitiesResponse {
-            activities,
+            activities: activities.into_iter().map(Into::into).collect(),
             missing_ids: missing,
         }))
     }
@@ -403,7 +407,7 @@ impl PublishService for PublishGrpc {
                 .collect(),
             bound_id: round.bound.unwrap_or(0),
             hydrated: round.hydrated as u32,
-            activities: round.activities.into_iter().map(Arc::unwrap_or_clone).collect(),
+            activities: round.activities,
             degraded: round.degraded,
         }))
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use feed_core::{Clock, IdGenerator, NodeLease, SystemClock};
 use feed_inbox::{InboxStore, MemoryInbox, RedisInbox};
 use feed_proto::events::v1::ActivityEvent;
-use feed_proto::publish::v1::publish_service_server::PublishServiceServer;
+use feed_proto::wire::publish::v1::publish_service_server::PublishServiceServer;
 use feed_server::{Authenticator, FeedConfig, ServiceSet, Shutdown, Tasks};
 
 pub use app::{App, Deps, FANOUT_WORKER_HEALTH, WorkerApp};

@@ -1,10 +1,10 @@
 //! The gRPC adapter of TimelineService.
 
-use std::sync::Arc;
-
 use feed_core::{ApiError, Cursor, FeedRef, validate};
-use feed_proto::timeline::v1 as pb;
-use feed_proto::timeline::v1::timeline_service_server::TimelineService;
+// Served with activities as `SharedActivity`: encoded straight from the
+// store's cache in feedd, and as publish sent them in the split shape.
+use feed_proto::wire::timeline::v1 as pb;
+use feed_proto::wire::timeline::v1::timeline_service_server::TimelineService;
 use feed_server::Caller;
 use tonic::{Request, Response, Status};
 
@@ -51,7 +51,7 @@ impl TimelineService for TimelineGrpc {
                 .items
                 .into_iter()
                 .map(|i| pb::TimelineItem {
-                    activity: Some(Arc::unwrap_or_clone(i.activity)),
+                    activity: Some(i.activity),
                     source_feed: i.source.as_str().to_owned(),
                     delivery_mode: i.mode as i32,
                 })
@@ -80,11 +80,7 @@ impl TimelineService for TimelineGrpc {
         Ok(Response::new(pb::GetFeedResponse {
             next_cursor: cursor(&page),
             has_more: page.has_more,
-            activities: page
-                .items
-                .into_iter()
-                .map(|i| Arc::unwrap_or_clone(i.activity))
-                .collect(),
+            activities: page.items.into_iter().map(|i| i.activity).collect(),
         }))
     }
 }

@@ -10,7 +10,7 @@ pub mod sources;
 use std::sync::Arc;
 
 use feed_inbox::InboxStore;
-use feed_proto::timeline::v1::timeline_service_server::TimelineServiceServer;
+use feed_proto::wire::timeline::v1::timeline_service_server::TimelineServiceServer;
 use feed_server::app::require;
 use feed_server::{Authenticator, FeedConfig, ServiceSet};
 

@@ -5,9 +5,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use feed_clients::FollowGraphClient;
 use feed_core::{ApiError, FeedRef, UserId};
-use feed_proto::common::v1::{Activity, DeliveryMode};
-use feed_proto::publish::v1 as pb;
-use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
+use feed_proto::SharedActivity;
+use feed_proto::common::v1::DeliveryMode;
+// Publish's answers carry activities the timeline passes on undecoded.
+use feed_proto::wire::publish::v1 as pb;
+use feed_proto::wire::publish::v1::publish_service_client::PublishServiceClient;
 use tonic::transport::Channel;
 
 use crate::graph_cache::GraphCache;
@@ -46,9 +48,10 @@ pub trait Sources: Send + Sync + 'static {
     /// One round of a home read (`feed_inbox::home`): pending work, then
     /// the inbox page, the outboxes and the newest candidates hydrated.
     async fn gather(&self, req: RoundRequest<'_>) -> Result<Round, ApiError>;
-    /// Active activities by id (deleted and unknown ones left out), shared:
-    /// only those that make the page are copied into the response.
-    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Arc<Activity>>, ApiError>;
+    /// Active activities by id (deleted and unknown ones left out), shared
+    /// with the store's cache or passed through as publish sent them: the
+    /// response encodes them from there.
+    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<SharedActivity>, ApiError>;
     /// Rebuilds the user's inbox from the followed feeds' outboxes.
     async fn rebuild(&self, user: UserId) -> Result<(), ApiError>;
 }
@@ -207,12 +210,12 @@ impl Sources for GrpcSources {
             hits,
             bound: (r.bound_id != 0).then_some(r.bound_id),
             hydrated: r.hydrated as usize,
-            activities: r.activities.into_iter().map(Arc::new).collect(),
+            activities: r.activities,
             degraded: r.degraded,
         })
     }
 
-    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Arc<Activity>>, ApiError> {
+    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<SharedActivity>, ApiError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(HYDRATE_CHUNK) {
             let r = self
@@ -228,7 +231,7 @@ impl Sources for GrpcSources {
                 .await
                 .map_err(from_peer("publish"))?
                 .into_inner();
-            out.extend(r.activities.into_iter().map(Arc::new));
+            out.extend(r.activities);
         }
         Ok(out)
     }

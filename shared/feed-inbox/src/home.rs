@@ -14,11 +14,11 @@
 //! in one or the other.
 
 use std::cmp::Reverse;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use feed_core::{ApiError, FeedRef, UserId};
-use feed_proto::common::v1::{Activity, DeliveryMode};
+use feed_proto::SharedActivity;
+use feed_proto::common::v1::DeliveryMode;
 
 use crate::{InboxPage, InboxStore};
 
@@ -65,7 +65,7 @@ pub trait Outboxes: Send + Sync {
         pull_only: bool,
     ) -> Result<(Vec<Entry>, bool), ApiError>;
     /// Active activities by id, newest first (deleted and unknown ones left out).
-    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Arc<Activity>>, ApiError>;
+    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<SharedActivity>, ApiError>;
 }
 
 /// What one round asks for.
@@ -110,7 +110,7 @@ pub struct Round {
     /// Distinct candidate ids hydrated: the newest this many.
     pub hydrated: usize,
     /// Their activities, newest first (deleted and unknown ones left out).
-    pub activities: Vec<Arc<Activity>>,
+    pub activities: Vec<SharedActivity>,
     /// The inbox was unreachable: the round merged the followed feeds'
     /// outboxes alone, as if the inbox were empty with its floor above
     /// every id (the pull model, exact, only dearer).
@@ -259,7 +259,7 @@ pub async fn gather(src: &dyn Outboxes, inbox: &dyn InboxStore, req: RoundReques
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use feed_core::SystemClock;
 
@@ -300,7 +300,7 @@ mod tests {
             out.truncate(limit);
             Ok((out, more))
         }
-        async fn hydrate(&self, _: &[u64]) -> Result<Vec<Arc<Activity>>, ApiError> {
+        async fn hydrate(&self, _: &[u64]) -> Result<Vec<SharedActivity>, ApiError> {
             Ok(vec![])
         }
     }

@@ -53,3 +53,30 @@ pub mod events {
         tonic::include_proto!("feed.events.v1");
     }
 }
+
+pub mod shared;
+pub use shared::SharedActivity;
+
+/// The publish and timeline services as they are served and called inside
+/// the platform: the public messages, byte for byte, with every activity a
+/// [`SharedActivity`] (encoded from where it is held, or passed through
+/// undecoded). Only the messages that carry activities differ from the
+/// public modules; every other type is the public one, re-exported.
+pub mod wire {
+    /// `feed.publish.v1` with shared activities.
+    pub mod publish {
+        #[allow(missing_docs, clippy::all)]
+        pub mod v1 {
+            pub use crate::publish::v1::*;
+            include!(concat!(env!("OUT_DIR"), "/wire/feed.publish.v1.rs"));
+        }
+    }
+    /// `feed.timeline.v1` with shared activities.
+    pub mod timeline {
+        #[allow(missing_docs, clippy::all)]
+        pub mod v1 {
+            pub use crate::timeline::v1::*;
+            include!(concat!(env!("OUT_DIR"), "/wire/feed.timeline.v1.rs"));
+        }
+    }
+}

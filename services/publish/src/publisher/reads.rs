@@ -44,10 +44,10 @@ impl Publisher {
         reader: Reader,
         ids: &[u64],
         include_deleted: bool,
-    ) -> Result<(Vec<Activity>, Vec<u64>), ApiError> {
+    ) -> Result<(Vec<Arc<Activity>>, Vec<u64>), ApiError> {
         let (found, mut missing) = self.get(ids, include_deleted).await?;
         let viewer = match reader {
-            Reader::Internal => return Ok((found.into_iter().map(Arc::unwrap_or_clone).collect(), missing)),
+            Reader::Internal => return Ok((found, missing)),
             Reader::User(viewer) => viewer,
         };
         let mut visible = Vec::with_capacity(found.len());
@@ -63,7 +63,7 @@ impl Publisher {
                 _ => false,
             };
             if visibility::can_see(&a, viewer, || follows) {
-                visible.push(Arc::unwrap_or_clone(a));
+                visible.push(a);
             } else {
                 missing.push(a.id);
             }
@@ -224,8 +224,8 @@ impl feed_inbox::home::Outboxes for Publisher {
         ))
     }
 
-    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<Arc<Activity>>, ApiError> {
-        Ok(self.get(ids, false).await?.0)
+    async fn hydrate(&self, ids: &[u64]) -> Result<Vec<feed_proto::SharedActivity>, ApiError> {
+        Ok(self.get(ids, false).await?.0.into_iter().map(Into::into).collect())
     }
 }
 

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use feed_core::{ApiError, FeedRef, UserId, visibility};
 use feed_inbox::InboxStore;
-use feed_proto::common::v1::{Activity, DeliveryMode};
+use feed_proto::SharedActivity;
+use feed_proto::common::v1::DeliveryMode;
 use tokio::sync::Semaphore;
 
 use crate::TimelineRules;
@@ -20,9 +21,9 @@ use crate::sources::{Hit, RoundRequest, Sources};
 /// One timeline item.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Item {
-    /// The hydrated activity, shared with the store's cache until the
-    /// response takes its copy.
-    pub activity: Arc<Activity>,
+    /// The hydrated activity, shared with the store's cache (or passed
+    /// through as publish sent it) until the response encodes it.
+    pub activity: SharedActivity,
     /// The followed feed that brought it (`user:<me>` for the reader's own).
     pub source: FeedRef,
     /// Pushed into the inbox or pulled at read.
@@ -329,7 +330,7 @@ impl Timeline {
         me: &FeedRef,
         followed: &Followed,
         cands: &[Candidate<'_>],
-        mut activities: Vec<Arc<Activity>>,
+        mut activities: Vec<SharedActivity>,
         out: &mut Vec<Item>,
     ) -> Result<(), ApiError> {
         if cands.is_empty() {
@@ -455,7 +456,7 @@ mod tests {
         async fn gather(&self, _: RoundRequest<'_>) -> Result<Round, ApiError> {
             Ok(Round::default())
         }
-        async fn hydrate(&self, _: &[u64]) -> Result<Vec<Arc<Activity>>, ApiError> {
+        async fn hydrate(&self, _: &[u64]) -> Result<Vec<SharedActivity>, ApiError> {
             Ok(vec![])
         }
         async fn rebuild(&self, _: UserId) -> Result<(), ApiError> {
