@@ -43,6 +43,46 @@ fn mint_request_id() -> uuid::Uuid {
     uuid::Builder::from_unix_timestamp_millis(ms, &random).into_uuid()
 }
 
+/// Every method path this platform's servers answer: each feed service's
+/// (from the contract's descriptors), health's and reflection's.
+fn known_methods() -> &'static foldhash::HashMap<String, Arc<str>> {
+    static KNOWN: std::sync::OnceLock<foldhash::HashMap<String, Arc<str>>> = std::sync::OnceLock::new();
+    KNOWN.get_or_init(|| {
+        use prost::Message as _;
+        let sets = [
+            feed_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        let mut known = foldhash::HashMap::default();
+        for set in sets {
+            // Compiled into this binary: a set that does not decode is a build defect.
+            let set = prost_types::FileDescriptorSet::decode(set).expect("a descriptor set compiled into the binary");
+            for file in &set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                        known.insert(path.clone(), Arc::from(path));
+                    }
+                }
+            }
+        }
+        known
+    })
+}
+
+/// The metric and span label of a request path: the method when the path
+/// names one this platform serves, else `unknown`. Known labels are shared,
+/// not allocated per request.
+fn method_label(path: &str) -> Arc<str> {
+    static UNKNOWN: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    match known_methods().get(path) {
+        Some(label) => label.clone(),
+        None => UNKNOWN.get_or_init(|| Arc::from("unknown")).clone(),
+    }
+}
+
 /// A gRPC status code as a metric label without an allocation per request.
 fn code_label(code: &str) -> metrics::SharedString {
     const CODES: [&str; 17] = [
@@ -100,8 +140,10 @@ where
             }
         };
         req.headers_mut().insert(REQUEST_ID_HEADER.clone(), header.clone());
-        // Shared by the span and both metrics: one copy of the path per request.
-        let method: Arc<str> = Arc::from(req.uri().path());
+        // Shared by the span and both metrics: the served method, or
+        // `unknown` (this layer runs before auth: a caller without a
+        // token must not be able to add a label value per path it makes up).
+        let method = method_label(req.uri().path());
         let span = tracing::info_span!("rpc", method = %method, request_id = header.to_str().unwrap_or_default());
         // The ready service is the one to call; keep a fresh clone in its place.
         let clone = self.inner.clone();
@@ -180,7 +222,7 @@ mod tests {
         });
         let mut observed = ObserveLayer.layer(hangs);
         let req = Request::builder()
-            .uri("/test.Svc/DroppedCall")
+            .uri("/feed.notify.v1.NotifyService/Watch")
             .body(())
             .expect("request");
         let answered = tokio::time::timeout(std::time::Duration::from_millis(20), observed.call(req)).await;
@@ -188,10 +230,82 @@ mod tests {
         let text = metrics.render();
         assert!(
             text.lines().any(|l| l.starts_with("feed_rpc_requests_total")
-                && l.contains("DroppedCall")
+                && l.contains("NotifyService/Watch")
                 && l.contains("code=\"1\"")),
             "{text}"
         );
+    }
+
+    /// Resident set size of this process, in bytes.
+    fn rss() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+        let pages: u64 = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        pages * 4096
+    }
+
+    #[tokio::test]
+    async fn calls_to_made_up_paths_add_no_metric_series_and_no_memory() {
+        let metrics = crate::admin::metrics_handle();
+        // Answers at once, as auth does for a call without a token.
+        let answers = tower::service_fn(|_: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(
+                Response::builder()
+                    .header("grpc-status", "16")
+                    .body(())
+                    .expect("response"),
+            )
+        });
+        let mut observed = ObserveLayer.layer(answers);
+        let series = |text: &str| {
+            text.lines()
+                .filter(|l| l.starts_with("feed_rpc_requests_total"))
+                .count()
+        };
+        let call = |path: String| Request::builder().uri(path).body(()).expect("request");
+        // Warm up: the allocator's and the recorder's own first growth.
+        for i in 0..1_000u64 {
+            observed
+                .call(call(format!("/warm.up{i}/Call")))
+                .await
+                .expect("answered");
+        }
+        let (series_before, rss_before) = (series(&metrics.render()), rss());
+        let mut rng = rand::rng();
+        for i in 0..100_000u64 {
+            let noise: u64 = rand::Rng::random(&mut rng);
+            let path = format!("/attack{i}.{noise:x}{}/Method{i}", "x".repeat((noise % 200) as usize));
+            observed.call(call(path)).await.expect("answered");
+        }
+        let text = metrics.render();
+        assert!(!text.contains("attack"), "a made-up path became a label");
+        assert!(
+            series(&text) <= series_before + 1,
+            "100,000 made-up paths added {} series",
+            series(&text) - series_before
+        );
+        assert!(text.contains("method=\"unknown\""), "they are counted, as unknown");
+        let grown = rss().saturating_sub(rss_before);
+        assert!(
+            grown < 16 << 20,
+            "memory grew by {grown} bytes over 100,000 made-up paths"
+        );
+    }
+
+    #[test]
+    fn every_served_method_keeps_its_own_label() {
+        for path in [
+            "/feed.timeline.v1.TimelineService/GetTimeline",
+            "/feed.publish.v1.PublishService/ReadHome",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert_eq!(&*method_label(path), path);
+        }
+        assert_eq!(&*method_label("/feed.timeline.v1.TimelineService/Nope"), "unknown");
     }
 
     #[test]
