@@ -5,7 +5,7 @@ use std::pin::Pin;
 use feed_core::{ApiError, FeedRef, PageToken, UserId, validate};
 use feed_proto::followgraph::v1 as pb;
 use feed_proto::followgraph::v1::follow_graph_service_server::FollowGraphService;
-use feed_server::Caller;
+use feed_server::{Caller, auth::Role};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -140,6 +140,10 @@ impl FollowGraphService for FollowGraphGrpc {
         req: Request<pb::GetRelationshipsRequest>,
     ) -> Result<Response<pb::GetRelationshipsResponse>, Status> {
         let user = acting(&req, "user_id", req.get_ref().user_id)?;
+        // Whether someone blocks or mutes you is theirs to know: an end
+        // user's call reads both as false; services (the timeline's rules)
+        // see them.
+        let told_of_others = Caller::of(&req)?.role == Role::Internal;
         let targets = user_ids("target_user_ids", &req.get_ref().target_user_ids, MAX_BATCH)?;
         let feed_refs = feeds("feeds", &req.get_ref().feeds, MAX_BATCH)?;
         let (rels, following) = self.graph.relationships(user, &targets, &feed_refs).await?;
@@ -151,9 +155,9 @@ impl FollowGraphService for FollowGraphGrpc {
                     following: r.following,
                     followed_by: r.followed_by,
                     blocking: r.blocking,
-                    blocked_by: r.blocked_by,
+                    blocked_by: r.blocked_by && told_of_others,
                     muting: r.muting,
-                    muted_by: r.muted_by,
+                    muted_by: r.muted_by && told_of_others,
                 })
                 .collect(),
             feeds: feed_refs

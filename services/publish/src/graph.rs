@@ -19,6 +19,9 @@ pub trait Graph: Send + Sync + 'static {
     async fn celebrity(&self, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError>;
     /// Whether `user` follows each feed, in order.
     async fn follows(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError>;
+    /// Whether a block stands between `user` and each of `others` (either
+    /// way), in order.
+    async fn blocked(&self, user: UserId, others: &[UserId]) -> Result<Vec<bool>, ApiError>;
     /// follow-graph's edge change log after `after_seq`.
     async fn edge_changes(&self, after_seq: u64, limit: u32) -> Result<Vec<EdgeChange>, ApiError>;
     /// Current (version, following) of edges, in order.
@@ -50,6 +53,14 @@ impl Graph for FollowGraphClient {
 
     async fn follows(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
         FollowGraphClient::follows(self, user, feeds).await
+    }
+
+    async fn blocked(&self, user: UserId, others: &[UserId]) -> Result<Vec<bool>, ApiError> {
+        Ok(FollowGraphClient::relationships(self, user, others)
+            .await?
+            .into_iter()
+            .map(|r| r.blocking || r.blocked_by)
+            .collect())
     }
 
     async fn edge_changes(&self, after_seq: u64, limit: u32) -> Result<Vec<EdgeChange>, ApiError> {

@@ -32,6 +32,16 @@ impl Graph for LocalGraph {
     async fn follows(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
         Ok(self.0.relationships(user, &[], feeds).await?.1)
     }
+    async fn blocked(&self, user: UserId, others: &[UserId]) -> Result<Vec<bool>, ApiError> {
+        Ok(self
+            .0
+            .relationships(user, others, &[])
+            .await?
+            .0
+            .into_iter()
+            .map(|r| r.blocking || r.blocked_by)
+            .collect())
+    }
     async fn edge_changes(&self, after_seq: u64, limit: u32) -> Result<Vec<EdgeChange>, ApiError> {
         self.0.edge_changes(after_seq, limit as usize, "publish").await
     }

@@ -38,7 +38,8 @@ impl Publisher {
     /// Activities by id as `reader` may see them: internal callers get every
     /// found one, an end user only what the visibility rules let them see
     /// (a followers-only item asks follow-graph whether they follow its
-    /// author). Hidden ids are reported missing, as unknown ones are.
+    /// author) and nothing by an author they block or who blocks them.
+    /// Hidden ids are reported missing, as unknown ones are.
     pub async fn get_for(
         &self,
         reader: Reader,
@@ -50,8 +51,29 @@ impl Publisher {
             Reader::Internal => return Ok((found, missing)),
             Reader::User(viewer) => viewer,
         };
+        // A block either way hides an author's activities from the other,
+        // here as on every timeline and feed page.
+        let blocked: foldhash::HashSet<UserId> = match viewer {
+            Some(v) => {
+                let mut actors: Vec<UserId> = found.iter().map(|a| a.actor).filter(|a| *a != v).collect();
+                actors.sort_unstable();
+                actors.dedup();
+                let flags = self.graph.blocked(v, &actors).await?;
+                actors
+                    .into_iter()
+                    .zip(flags)
+                    .filter(|(_, b)| *b)
+                    .map(|(a, _)| a)
+                    .collect()
+            }
+            None => Default::default(),
+        };
         let mut visible = Vec::with_capacity(found.len());
         for a in found {
+            if blocked.contains(&a.actor) {
+                missing.push(a.id);
+                continue;
+            }
             let follows = match viewer {
                 Some(v) if a.visibility == Visibility::Followers as i32 => self
                     .graph

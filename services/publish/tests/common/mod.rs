@@ -22,6 +22,9 @@ impl Graph for ScriptedGraph {
     async fn follows(&self, _: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
         Ok(vec![false; feeds.len()])
     }
+    async fn blocked(&self, _: UserId, others: &[UserId]) -> Result<Vec<bool>, ApiError> {
+        Ok(vec![false; others.len()])
+    }
     async fn edge_changes(&self, after_seq: u64, limit: u32) -> Result<Vec<EdgeChange>, ApiError> {
         let mut log: Vec<EdgeChange> = self
             .log

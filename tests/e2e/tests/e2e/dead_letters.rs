@@ -32,6 +32,9 @@ impl Graph for FlakyGraph {
     async fn follows(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
         self.inner.follows(user, feeds).await
     }
+    async fn blocked(&self, user: UserId, others: &[UserId]) -> Result<Vec<bool>, ApiError> {
+        self.inner.blocked(user, others).await
+    }
     async fn edge_changes(&self, after_seq: u64, limit: u32) -> Result<Vec<EdgeChange>, ApiError> {
         self.inner.edge_changes(after_seq, limit).await
     }

@@ -354,3 +354,57 @@ async fn a_peers_answers_reach_the_caller_with_their_codes() {
         .expect_err("follow-graph stopped");
     assert_eq!(code(gone.clone()), Code::Unavailable, "{gone}");
 }
+
+#[tokio::test]
+async fn an_end_user_is_not_told_who_blocks_or_mutes_them() {
+    let (_p, mut c) = start().await;
+    c.block(internal(pb::BlockRequest {
+        user_id: 40,
+        target_user_id: 41,
+    }))
+    .await
+    .expect("block");
+    c.mute(internal(pb::MuteRequest {
+        user_id: 42,
+        target_user_id: 41,
+    }))
+    .await
+    .expect("mute");
+    let ask = || pb::GetRelationshipsRequest {
+        user_id: 41,
+        target_user_ids: vec![40, 42],
+        feeds: vec![],
+    };
+    let told = |r: pb::GetRelationshipsResponse| {
+        r.relationships
+            .iter()
+            .map(|x| (x.target_user_id, x.blocked_by, x.muted_by))
+            .collect::<Vec<_>>()
+    };
+    let as_user = c.get_relationships(bff(ask(), 41)).await.expect("own relationships");
+    assert_eq!(
+        told(as_user.into_inner()),
+        vec![(40, false, false), (42, false, false)],
+        "user 41 learns nothing of 40's block or 42's mute"
+    );
+    let as_service = c.get_relationships(internal(ask())).await.expect("internal");
+    assert_eq!(
+        told(as_service.into_inner()),
+        vec![(40, true, false), (42, false, true)],
+        "services still see both, for read-time rules"
+    );
+    // The blocker and the muter see their own side.
+    let blocker = c
+        .get_relationships(bff(
+            pb::GetRelationshipsRequest {
+                user_id: 40,
+                target_user_ids: vec![41],
+                feeds: vec![],
+            },
+            40,
+        ))
+        .await
+        .expect("blocker's own")
+        .into_inner();
+    assert!(blocker.relationships[0].blocking);
+}

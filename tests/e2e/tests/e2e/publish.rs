@@ -736,3 +736,44 @@ async fn an_identical_retry_after_update_or_delete_changes_nothing() {
     );
     e.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn get_activities_hides_a_blocked_or_blocking_authors_posts_from_an_end_user() {
+    let mut e = env().await;
+    let by_blocker = e.publish(50, "blocker-post").await.activity_id;
+    let by_blocked = e.publish(51, "blocked-post").await.activity_id;
+    let by_other = e.publish(52, "other-post").await.activity_id;
+    e.graph
+        .block(internal(fg::BlockRequest {
+            user_id: 50,
+            target_user_id: 51,
+        }))
+        .await
+        .expect("block");
+    let ids = vec![by_blocker, by_blocked, by_other];
+    let get = |user: u64| {
+        bff(
+            pb::GetActivitiesRequest {
+                ids: ids.clone(),
+                include_deleted: false,
+            },
+            user,
+        )
+    };
+    let seen = |r: pb::GetActivitiesResponse| (r.activities.iter().map(|a| a.id).collect::<Vec<_>>(), r.missing_ids);
+    let blocked = e.publish.get_activities(get(51)).await.expect("as 51").into_inner();
+    assert_eq!(
+        seen(blocked),
+        (vec![by_blocked, by_other], vec![by_blocker]),
+        "the blocked user does not get the blocker's post"
+    );
+    let blocker = e.publish.get_activities(get(50)).await.expect("as 50").into_inner();
+    assert_eq!(
+        seen(blocker),
+        (vec![by_blocker, by_other], vec![by_blocked]),
+        "nor the blocker the blocked user's"
+    );
+    let bystander = e.publish.get_activities(get(53)).await.expect("as 53").into_inner();
+    assert_eq!(seen(bystander).0, ids, "a third user sees all three");
+    e.stop().await.expect("stop");
+}
