@@ -32,9 +32,15 @@ pub enum ApiError {
     /// A limit was reached (too many follows, rebuild budget spent).
     #[error("{0}")]
     ResourceExhausted(String),
-    /// A dependency is down; retrying later may succeed.
+    /// A dependency is down; retrying later may succeed. The detail (a
+    /// Redis error, a peer's message) is logged, not sent.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// UNAVAILABLE for a reason that is the caller's to know (a rebuild
+    /// budget spent, a server draining): sent as written. A fixed text, so
+    /// no internal detail can ride along.
+    #[error("{0}")]
+    RetryLater(&'static str),
     /// A bug or an unexpected storage failure. The detail is logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -91,12 +97,15 @@ impl ApiError {
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
-            Self::Unavailable(_) => Code::Unavailable,
+            Self::Unavailable(_) | Self::RetryLater(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
             Self::Peer { code, .. } => *code,
         }
     }
 }
+
+/// What a caller reads in an UNAVAILABLE answer whose cause is internal.
+pub const UNAVAILABLE_MESSAGE: &str = "temporarily unavailable; retry";
 
 impl From<ApiError> for Status {
     fn from(err: ApiError) -> Self {
@@ -106,9 +115,11 @@ impl From<ApiError> for Status {
                 tracing::error!(error = %detail, "internal error");
                 Status::internal("internal error")
             }
+            // The detail names backends, addresses and peers' own texts:
+            // logged (under the request's id), not sent to the caller.
             ApiError::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "dependency unavailable");
-                Status::unavailable(err.to_string())
+                Status::unavailable(UNAVAILABLE_MESSAGE)
             }
             _ => Status::new(err.code(), err.to_string()),
         }
@@ -203,6 +214,27 @@ mod tests {
             let err = ApiError::from_peer("publish", &Status::new(code, "token refused"));
             assert_eq!(err.code(), Code::Internal, "{code:?}: not the caller's credentials");
         }
+    }
+
+    #[test]
+    fn unavailable_status_hides_the_detail_and_a_reason_for_the_caller_is_sent() {
+        let status = Status::from(ApiError::Unavailable("redis 10.0.0.7:6379: Connection refused".into()));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), UNAVAILABLE_MESSAGE);
+        let peer = ApiError::from_peer(
+            "publish",
+            &Status::unavailable("inbox store: redis://10.0.0.7 timed out"),
+        );
+        assert_eq!(
+            Status::from(peer).message(),
+            UNAVAILABLE_MESSAGE,
+            "a peer's text stays inside"
+        );
+        let reason = Status::from(ApiError::RetryLater("inbox rebuild budget exhausted; retry"));
+        assert_eq!(
+            (reason.code(), reason.message()),
+            (Code::Unavailable, "inbox rebuild budget exhausted; retry")
+        );
     }
 
     #[test]

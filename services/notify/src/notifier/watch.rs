@@ -41,7 +41,7 @@ impl Notifier {
                 }
                 Ok(())
             }
-            Ok(Err(_)) => Err(ApiError::Unavailable("stream closed".into())),
+            Ok(Err(_)) => Err(ApiError::RetryLater("stream closed; resume with resume_after")),
             Err(_) => {
                 metrics::counter!("feed_notify_watch_slow_drops_total").increment(1);
                 Err(ApiError::ResourceExhausted(
@@ -88,7 +88,7 @@ impl Notifier {
             tokio::select! {
                 changed = wake.changed() => {
                     if changed.is_err() {
-                        return Err(ApiError::Unavailable("live log closed".into()));
+                        return Err(ApiError::RetryLater("live log closed; resume with resume_after"));
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -100,7 +100,7 @@ impl Notifier {
                     }).await?;
                 }
                 _ = self.inner.shutdown.wait() => {
-                    return Err(ApiError::Unavailable("server shutting down; resume with resume_after".into()));
+                    return Err(ApiError::RetryLater("server shutting down; resume with resume_after"));
                 }
                 _ = tx.closed() => return Ok(()),
             }

@@ -175,7 +175,7 @@ impl Timeline {
     async fn rebuild_now(&self, user: UserId) -> Result<(), ApiError> {
         let _permit = tokio::time::timeout(std::time::Duration::from_secs(5), self.budget.acquire())
             .await
-            .map_err(|_| ApiError::Unavailable("inbox rebuild budget exhausted; retry".into()))?
+            .map_err(|_| ApiError::RetryLater("inbox rebuild budget exhausted; retry"))?
             .map_err(|_| ApiError::Internal("rebuild budget closed".into()))?;
         self.sources.rebuild(user).await?;
         metrics::counter!("feed_timeline_rebuilds_total").increment(1);
