@@ -48,10 +48,13 @@ impl Notifier {
     /// delivered in the call; a larger audience continues in jobs.
     pub async fn create_remind(&self, r: CreateRemindRequest) -> Result<RemindOutcome, ApiError> {
         self.validate_remind(&r)?;
+        // A time in the future is now: a note dated 2100 would otherwise
+        // sort above every real one for as long as it is kept.
+        let now = self.now() as i64;
         let occurred = if r.occurred_at_ms > 0 {
-            r.occurred_at_ms
+            r.occurred_at_ms.min(now)
         } else {
-            self.now() as i64
+            now
         };
         let mut job = RemindJob {
             job_id: r.event_id.clone(),

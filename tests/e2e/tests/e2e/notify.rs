@@ -842,3 +842,32 @@ async fn reminds_caused_by_a_muted_user_are_kept_filtered_unless_the_user_says_o
     assert_eq!(shares, [[3]]);
     e.0.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn a_remind_dated_in_the_future_is_dated_now_and_cannot_pin_itself_on_top() {
+    let mut e = env().await;
+    let year_2100 = 4_102_444_800_000i64;
+    let mut pinned = remind("future-1", 70, "like", "post-a");
+    pinned.recipients = vec![71];
+    pinned.occurred_at_ms = year_2100;
+    e.notify.create_remind(internal(pinned)).await.expect("remind");
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut later = remind("future-2", 72, "like", "post-b");
+    later.recipients = vec![71];
+    e.notify.create_remind(internal(later)).await.expect("remind");
+    let notes = e.list(71, false).await;
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(
+        notes.iter().all(|n| n.updated_at_ms <= after + 60_000),
+        "no note is dated in the future: {notes:?}"
+    );
+    assert_eq!(
+        notes[0].latest_actors,
+        vec![72],
+        "the newer note is on top, not the one claiming 2100: {notes:?}"
+    );
+}
