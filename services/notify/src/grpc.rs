@@ -72,7 +72,10 @@ impl NotifyService for NotifyGrpc {
         &self,
         req: Request<pb::CreateRemindRequest>,
     ) -> Result<Response<pb::CreateRemindResponse>, Status> {
-        user_of(&req, "actor", req.get_ref().actor)?;
+        // The platform makes reminds from what happened (likes, comments,
+        // mentions arrive as activities); an end user could otherwise claim
+        // any action by themselves on any object, to any 100 recipients.
+        Caller::of(&req)?.require_internal()?;
         let out = self.notifier.create_remind(req.into_inner()).await?;
         Ok(Response::new(pb::CreateRemindResponse {
             recipients: out.recipients,

@@ -871,3 +871,17 @@ async fn a_remind_dated_in_the_future_is_dated_now_and_cannot_pin_itself_on_top(
         "the newer note is on top, not the one claiming 2100: {notes:?}"
     );
 }
+
+#[tokio::test]
+async fn an_end_user_cannot_forge_a_remind() {
+    let mut e = env().await;
+    let mut forged = remind("forged-1", 80, "like", "post-z");
+    forged.recipients = vec![81];
+    let err = e
+        .notify
+        .create_remind(bff(forged, 80))
+        .await
+        .expect_err("a bff token may not create reminds");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(e.list(81, false).await.is_empty(), "nothing was delivered");
+}
