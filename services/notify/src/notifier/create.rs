@@ -112,7 +112,11 @@ impl Notifier {
         } else {
             note_id(now, event_id)
         };
-        let id = match self.inner.store.claim_event(event_id, fresh).await? {
+        // Each sender's event ids are their own: in one namespace shared by
+        // everyone, a user who claimed an id first would make another's
+        // message with that id a "duplicate" that is never delivered.
+        let claim = format!("message:{sender}:{event_id}");
+        let id = match self.inner.store.claim_event(&claim, fresh).await? {
             EventClaim::Claimed => fresh,
             EventClaim::Held(0) => return Ok((0, true)),
             EventClaim::Held(prev) => {

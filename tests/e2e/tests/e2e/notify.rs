@@ -885,3 +885,47 @@ async fn an_end_user_cannot_forge_a_remind() {
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert!(e.list(81, false).await.is_empty(), "nothing was delivered");
 }
+
+#[tokio::test]
+async fn a_users_event_id_cannot_swallow_another_senders_message() {
+    let mut e = env().await;
+    let send = |sender: u64, text: &str| {
+        bff(
+            nt::SendMessageRequest {
+                event_id: "msg-1".into(),
+                sender,
+                recipient: 92,
+                content: text.into(),
+            },
+            sender,
+        )
+    };
+    let first = e
+        .notify
+        .send_message(send(90, "from 90"))
+        .await
+        .expect("90 sends")
+        .into_inner();
+    let second = e
+        .notify
+        .send_message(send(91, "from 91"))
+        .await
+        .expect("91 sends")
+        .into_inner();
+    assert!(!second.duplicate && second.notification_id != 0, "{second:?}");
+    assert_ne!(first.notification_id, second.notification_id);
+    let replay = e
+        .notify
+        .send_message(send(91, "from 91"))
+        .await
+        .expect("replay")
+        .into_inner();
+    assert_eq!(
+        (replay.notification_id, replay.duplicate),
+        (second.notification_id, true),
+        "the sender's own replay is still a duplicate"
+    );
+    let mut texts: Vec<String> = e.list(92, false).await.into_iter().map(|n| n.content).collect();
+    texts.sort();
+    assert_eq!(texts, vec!["from 90", "from 91"], "both messages reached the recipient");
+}
