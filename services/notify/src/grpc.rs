@@ -76,7 +76,7 @@ impl NotifyService for NotifyGrpc {
         // mentions arrive as activities); an end user could otherwise claim
         // any action by themselves on any object, to any 100 recipients.
         Caller::of(&req)?.require_internal()?;
-        let out = self.notifier.create_remind(req.into_inner()).await?;
+        let out = self.notifier.create_remind_for_caller(req.into_inner()).await?;
         Ok(Response::new(pb::CreateRemindResponse {
             recipients: out.recipients,
             duplicate: out.duplicate,

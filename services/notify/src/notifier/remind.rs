@@ -43,18 +43,24 @@ impl Notifier {
         Ok(())
     }
 
+    /// CreateRemind as a caller asks for it: a time in the future is now
+    /// (a note dated 2100 would sort above every real one for as long as it
+    /// is kept). Reminds made from activity events keep the activity's own
+    /// times, which order them against the subscriptions they make.
+    pub async fn create_remind_for_caller(&self, mut r: CreateRemindRequest) -> Result<RemindOutcome, ApiError> {
+        r.occurred_at_ms = r.occurred_at_ms.min(self.now() as i64);
+        self.create_remind(r).await
+    }
+
     /// CreateRemind: delivered to the object's subscribers whose reason
     /// allows the action (and to `recipients` directly). The first page is
     /// delivered in the call; a larger audience continues in jobs.
     pub async fn create_remind(&self, r: CreateRemindRequest) -> Result<RemindOutcome, ApiError> {
         self.validate_remind(&r)?;
-        // A time in the future is now: a note dated 2100 would otherwise
-        // sort above every real one for as long as it is kept.
-        let now = self.now() as i64;
         let occurred = if r.occurred_at_ms > 0 {
-            r.occurred_at_ms.min(now)
+            r.occurred_at_ms
         } else {
-            now
+            self.now() as i64
         };
         let mut job = RemindJob {
             job_id: r.event_id.clone(),
