@@ -289,8 +289,9 @@ impl Default for ServerConfig {
 }
 
 /// Service tokens. Comma-separated lists so a Kubernetes Secret can inject
-/// them as environment variables (`FEED__AUTH__INTERNAL_TOKENS`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// them as environment variables (`FEED__AUTH__INTERNAL_TOKENS`). `Debug`
+/// shows how many there are, never the tokens.
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Tokens of the `internal` role: may act for any user and call admin RPCs.
@@ -299,6 +300,20 @@ pub struct AuthConfig {
     pub bff_tokens: String,
     /// A file holding more `role:token` lines (a mounted Secret).
     pub tokens_file: String,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = |list: &str| list.split(',').filter(|t| !t.trim().is_empty()).count();
+        f.debug_struct("AuthConfig")
+            .field(
+                "internal_tokens",
+                &format_args!("<{} redacted>", count(&self.internal_tokens)),
+            )
+            .field("bff_tokens", &format_args!("<{} redacted>", count(&self.bff_tokens)))
+            .field("tokens_file", &self.tokens_file)
+            .finish()
+    }
 }
 
 /// Log output.
@@ -341,8 +356,8 @@ impl Default for StorageConfig {
     }
 }
 
-/// Redis.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Redis. `Debug` leaves out a password in the URL.
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://host:port/`; empty uses the embedded equivalents.
@@ -350,6 +365,22 @@ pub struct RedisConfig {
     /// The URL points at a Redis Cluster: inbox scripts then touch one
     /// slot per call (hash tags keep a user's keys together).
     pub cluster: bool,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `redis://user:password@host`: keep the scheme and the host.
+        let url = match (self.url.find("://"), self.url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://<redacted>@{}", &self.url[..scheme], &self.url[at + 1..])
+            }
+            _ => self.url.clone(),
+        };
+        f.debug_struct("RedisConfig")
+            .field("url", &url)
+            .field("cluster", &self.cluster)
+            .finish()
+    }
 }
 
 /// follow-graph settings.
@@ -410,6 +441,26 @@ impl FeedConfig {
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_of_the_config_shows_no_secret() {
+        let mut cfg = FeedConfig::default();
+        cfg.auth.internal_tokens = "int-s3cret-1, int-s3cret-2".into();
+        cfg.auth.bff_tokens = "bff-s3cret".into();
+        cfg.redis.url = "redis://app:pw-s3cret@redis.internal:6379/0".into();
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("<2 redacted>") && shown.contains("<1 redacted>"),
+            "{shown}"
+        );
+        assert!(shown.contains("redis://<redacted>@redis.internal:6379/0"), "{shown}");
+        cfg.redis.url = "redis://127.0.0.1:6379/".into();
+        assert!(
+            format!("{cfg:?}").contains("redis://127.0.0.1:6379/"),
+            "a URL without credentials shows whole"
+        );
+    }
 
     #[test]
     fn a_binary_defaults_to_its_own_ports_and_settings_still_override_them() {
