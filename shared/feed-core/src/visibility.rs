@@ -5,6 +5,19 @@ use feed_proto::common::v1::{Activity, ActivityStatus, Visibility};
 
 use crate::UserId;
 
+/// The distinct authors of `activities` other than `viewer`, sorted: the
+/// users a reader's relations (blocks, mutes) are looked up for.
+pub fn other_actors<'a>(activities: impl IntoIterator<Item = &'a Activity>, viewer: UserId) -> Vec<UserId> {
+    let mut actors: Vec<UserId> = activities
+        .into_iter()
+        .map(|a| a.actor)
+        .filter(|a| *a != viewer)
+        .collect();
+    actors.sort_unstable();
+    actors.dedup();
+    actors
+}
+
 /// Whether `viewer` (None = anonymous) may see `a`. `viewer_follows_actor`
 /// answers "does the viewer follow user:<actor>" and is only asked for
 /// followers-only items.
@@ -29,6 +42,16 @@ pub fn can_see(a: &Activity, viewer: Option<UserId>, viewer_follows_actor: impl 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_actors_are_distinct_sorted_and_leave_out_the_viewer() {
+        let by = |actor| Activity {
+            actor,
+            ..Activity::default()
+        };
+        let activities = [by(9), by(3), by(7), by(3), by(9)];
+        assert_eq!(other_actors(&activities, 7), vec![3, 9]);
+    }
 
     fn act(v: Visibility) -> Activity {
         Activity {

@@ -45,8 +45,8 @@ fn mint_request_id() -> uuid::Uuid {
 
 /// Every method path this platform's servers answer: each feed service's
 /// (from the contract's descriptors), health's and reflection's.
-fn known_methods() -> &'static foldhash::HashMap<String, Arc<str>> {
-    static KNOWN: std::sync::OnceLock<foldhash::HashMap<String, Arc<str>>> = std::sync::OnceLock::new();
+fn known_methods() -> &'static foldhash::HashSet<Arc<str>> {
+    static KNOWN: std::sync::OnceLock<foldhash::HashSet<Arc<str>>> = std::sync::OnceLock::new();
     KNOWN.get_or_init(|| {
         use prost::Message as _;
         let sets = [
@@ -55,15 +55,19 @@ fn known_methods() -> &'static foldhash::HashMap<String, Arc<str>> {
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
         ];
-        let mut known = foldhash::HashMap::default();
+        let mut known = foldhash::HashSet::default();
         for set in sets {
             // Compiled into this binary: a set that does not decode is a build defect.
             let set = prost_types::FileDescriptorSet::decode(set).expect("a descriptor set compiled into the binary");
             for file in &set.file {
                 for service in &file.service {
                     for method in &service.method {
-                        let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
-                        known.insert(path.clone(), Arc::from(path));
+                        known.insert(Arc::from(format!(
+                            "/{}.{}/{}",
+                            file.package(),
+                            service.name(),
+                            method.name()
+                        )));
                     }
                 }
             }

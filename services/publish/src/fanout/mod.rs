@@ -11,7 +11,7 @@ pub use ledger::{GrpcLedger, JobLedger};
 use std::sync::Arc;
 use std::time::Duration;
 
-use feed_core::{ApiError, FeedRef};
+use feed_core::{ApiError, Clock, FeedRef, SystemClock};
 use feed_inbox::InboxStore;
 
 use feed_proto::common::v1::DeliveryMode;
@@ -86,12 +86,6 @@ pub fn retry_due(attempts: u32, failed_ms: i64, now_ms: i64, reclaim_idle: Durat
     now_ms.saturating_sub(failed_ms) as u128 >= wait_ms
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 fn feed_of(raw: &str) -> Result<FeedRef, ApiError> {
     FeedRef::parse(raw).map_err(|e| ApiError::Internal(format!("job feed {raw:?}: {e}")))
 }
@@ -147,7 +141,7 @@ impl FanoutWorker {
                 if !retry_due(
                     loaded.attempts,
                     loaded.job.failed_at_ms,
-                    now_ms(),
+                    SystemClock.now_ms() as i64,
                     self.cfg.reclaim_idle,
                 ) =>
             {

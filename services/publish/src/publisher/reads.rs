@@ -55,9 +55,7 @@ impl Publisher {
         // here as on every timeline and feed page.
         let blocked: foldhash::HashSet<UserId> = match viewer {
             Some(v) => {
-                let mut actors: Vec<UserId> = found.iter().map(|a| a.actor).filter(|a| *a != v).collect();
-                actors.sort_unstable();
-                actors.dedup();
+                let actors = visibility::other_actors(found.iter().map(|a| &**a), v);
                 let flags = self.graph.blocked(v, &actors).await?;
                 actors
                     .into_iter()

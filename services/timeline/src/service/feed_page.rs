@@ -36,9 +36,7 @@ impl Timeline {
             // but their own profile feed, which stays readable.
             let hidden: HashSet<UserId> = match viewer {
                 Some(v) => {
-                    let mut actors: Vec<UserId> = activities.iter().map(|a| a.actor).filter(|a| *a != v).collect();
-                    actors.sort_unstable();
-                    actors.dedup();
+                    let actors = visibility::other_actors(activities.iter().map(AsRef::as_ref), v);
                     let rel = self.sources.relations(v, &actors).await?;
                     actors
                         .into_iter()

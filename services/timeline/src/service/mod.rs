@@ -338,9 +338,7 @@ impl Timeline {
         }
         // Newest first like `ids` (already so from the stores: a linear check).
         activities.sort_unstable_by_key(|a| std::cmp::Reverse(a.id));
-        let mut actors: Vec<UserId> = activities.iter().map(|a| a.actor).filter(|a| *a != user).collect();
-        actors.sort_unstable();
-        actors.dedup();
+        let actors = visibility::other_actors(activities.iter().map(AsRef::as_ref), user);
         let relations = self.sources.relations(user, &actors).await?;
         let relation = |actor: UserId| {
             actors
