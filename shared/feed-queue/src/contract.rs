@@ -76,6 +76,35 @@ pub async fn unacknowledged_jobs_are_reclaimed_once_idle(q: &dyn JobQueue<TestJo
     );
 }
 
+/// Contract check: a stalled job is taken over even behind more busy ones
+/// than one reclaim takes (a backlog of retries waiting out their backoff
+/// starved the deliveries after it).
+pub async fn a_stalled_job_behind_many_busy_ones_is_reclaimed(q: &dyn JobQueue<TestJob>) {
+    const IDLE: Duration = Duration::from_millis(1_000);
+    let all: Vec<TestJob> = (0..400).map(|n| job(&format!("j{n:03}"))).collect();
+    q.enqueue(&all).await.expect("enqueue");
+    assert_eq!(q.receive("dead", 400, SHORT).await.expect("receive").len(), 400);
+    tokio::time::sleep(IDLE + Duration::from_millis(100)).await;
+    // The first half is taken over by a live worker and stays in its hands.
+    let busy = q.reclaim("busy", IDLE, 200).await.expect("reclaim");
+    assert_eq!(busy.len(), 200);
+    let busy_ids: std::collections::HashSet<&str> = ids(&busy).into_iter().collect();
+    // Well within IDLE of that takeover: the busy half is not idle, the rest is.
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        taken.extend(q.reclaim("w2", IDLE, 16).await.expect("reclaim"));
+        if !taken.is_empty() {
+            break;
+        }
+    }
+    assert!(!taken.is_empty(), "no stalled job reached behind 200 busy ones");
+    assert!(
+        ids(&taken).iter().all(|id| !busy_ids.contains(id)),
+        "a busy job was taken: {:?}",
+        ids(&taken)
+    );
+}
+
 /// Contract check: trimming keeps every job not yet acknowledged.
 pub async fn trim_keeps_pending_jobs(q: &dyn JobQueue<TestJob>) {
     q.enqueue(&[job("acked"), job("pending")]).await.expect("enqueue");
@@ -144,6 +173,7 @@ macro_rules! job_queue_contract {
                 jobs_are_received_in_order_and_once,
                 a_waiting_receive_gets_a_job_enqueued_meanwhile,
                 unacknowledged_jobs_are_reclaimed_once_idle,
+                a_stalled_job_behind_many_busy_ones_is_reclaimed,
                 trim_keeps_pending_jobs,
                 dead_lettered_jobs_leave_the_queue_when_acknowledged,
                 a_record_is_held_until_its_newest_message_is_acknowledged,

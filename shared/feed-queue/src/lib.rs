@@ -230,8 +230,17 @@ pub struct RedisQueue<Job> {
     /// script, so it is lost exactly when the stream is (a flush).
     held: String,
     group: String,
+    /// Where the next reclaim resumes its walk of the group's pending
+    /// entries ("0-0": from the start). One XAUTOCLAIM looks at no more
+    /// than ten times the entries it may claim, so a walk always begun at
+    /// the start never reached entries behind that many busy ones: a
+    /// backlog of jobs in backoff starved every stalled delivery after it.
+    reclaim_from: std::sync::Arc<Mutex<String>>,
     _message: std::marker::PhantomData<fn() -> Job>,
 }
+
+/// XAUTOCLAIM calls one reclaim makes at most while it finds nothing idle.
+const RECLAIM_SCANS: usize = 8;
 
 impl<Job> Clone for RedisQueue<Job> {
     fn clone(&self) -> Self {
@@ -241,12 +250,16 @@ impl<Job> Clone for RedisQueue<Job> {
             stream: self.stream.clone(),
             held: self.held.clone(),
             group: self.group.clone(),
+            reclaim_from: self.reclaim_from.clone(),
             _message: std::marker::PhantomData,
         }
     }
 }
 
 const FIELD: &str = "job";
+
+/// The id before every stream entry: a walk of pending entries from the start.
+const START: &str = "0-0";
 
 /// KEYS: stream, held hash. ARGV: record id, body, record id, body, ...
 const ENQUEUE: &str = r"
@@ -305,6 +318,7 @@ impl<Job: QueueMessage> RedisQueue<Job> {
             stream: stream.to_owned(),
             held: format!("{stream}:held"),
             group: group.to_owned(),
+            reclaim_from: std::sync::Arc::new(Mutex::new(START.to_owned())),
             _message: std::marker::PhantomData,
         };
         q.ensure_group().await?;
@@ -434,27 +448,37 @@ impl<Job: QueueMessage> JobQueue<Job> for RedisQueue<Job> {
         Ok(())
     }
 
+    /// Walks the pending entries from where the last reclaim stopped,
+    /// through to the end and then from the start again, so every stalled
+    /// delivery is reached however many busy ones are ahead of it.
     async fn reclaim(&self, consumer: &str, min_idle: Duration, max: usize) -> Result<Vec<Delivery<Job>>, QueueError> {
         let mut c = self.conn.clone();
-        let opts = StreamAutoClaimOptions::default().count(max);
-        let reply: Result<StreamAutoClaimReply, redis::RedisError> = redis::AsyncCommands::xautoclaim_options(
-            &mut c,
-            &self.stream,
-            &self.group,
-            consumer,
-            min_idle.as_millis() as usize,
-            "0-0",
-            opts,
-        )
-        .await;
-        let Some(reply) = self.or_regroup(reply).await? else {
-            return Ok(vec![]);
-        };
-        Ok(reply
-            .claimed
-            .into_iter()
-            .filter_map(|e| Self::decode(e.id, &e.map))
-            .collect())
+        let mut from = self.reclaim_from.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut claimed = Vec::new();
+        for _ in 0..RECLAIM_SCANS {
+            let opts = StreamAutoClaimOptions::default().count(max);
+            let reply: Result<StreamAutoClaimReply, redis::RedisError> = redis::AsyncCommands::xautoclaim_options(
+                &mut c,
+                &self.stream,
+                &self.group,
+                consumer,
+                min_idle.as_millis() as usize,
+                &from,
+                opts,
+            )
+            .await;
+            let Some(reply) = self.or_regroup(reply).await? else {
+                from = START.to_owned();
+                break;
+            };
+            from = reply.next_stream_id;
+            claimed.extend(reply.claimed.into_iter().filter_map(|e| Self::decode(e.id, &e.map)));
+            if !claimed.is_empty() || from == START {
+                break;
+            }
+        }
+        *self.reclaim_from.lock().unwrap_or_else(|p| p.into_inner()) = from;
+        Ok(claimed)
     }
 
     async fn dead_letter(&self, job: &Job, error: &str) -> Result<(), QueueError> {

@@ -271,11 +271,12 @@ impl TestApp {
     }
 
     /// Waits until publish reports no pending job (fanout, edge and event
-    /// jobs all done), up to 10 s. It first lets a tail round pass (publish
-    /// reads follow-graph's edge log every 200 ms), so an edge change just
-    /// made is already a pending job.
+    /// jobs all done), up to 30 s (a test that made a thousand edge jobs
+    /// took 15 s to drain them on a CI machine busy with other tests). It
+    /// first lets a tail round pass (publish reads follow-graph's edge log
+    /// every 200 ms), so an edge change just made is already a pending job.
     pub async fn settled(&mut self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         tokio::time::sleep(Duration::from_millis(250)).await;
         loop {
             let lag = self

@@ -144,6 +144,14 @@ impl Clients {
     /// Waits until publish reports no pending job, up to 60 s (first
     /// letting an edge-log tail round pass).
     async fn settled(&mut self) {
+        if let Err(lag) = self.try_settled().await {
+            panic!("jobs still pending: {lag}");
+        }
+    }
+
+    /// [`Clients::settled`], answering the last lag seen when jobs are
+    /// still pending at the deadline.
+    async fn try_settled(&mut self) -> Result<(), String> {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
@@ -153,9 +161,11 @@ impl Clients {
                 .await
                 .map(|r| r.into_inner());
             if lag.as_ref().is_ok_and(|l| l.pending_jobs == 0) {
-                return;
+                return Ok(());
             }
-            assert!(tokio::time::Instant::now() < deadline, "jobs still pending: {lag:?}");
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("{lag:?}"));
+            }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }

@@ -268,6 +268,36 @@ async fn stream_jobs(redis: &mut redis::aio::MultiplexedConnection, from: &str) 
         .collect()
 }
 
+/// What the job streams hold, for a failed settle: each stream's length,
+/// its held records and its group's pending entries (consumer, idle time,
+/// deliveries), oldest first.
+async fn queue_report(url: &str) -> String {
+    let client = redis::Client::open(url).expect("redis url");
+    let Ok(mut redis) = client.get_multiplexed_async_connection().await else {
+        return "Redis unreachable".into();
+    };
+    let mut out = String::new();
+    for (stream, group) in [("feed:jobs", "fanout"), ("feed:activity-events", "notify")] {
+        let len: redis::RedisResult<u64> = redis::cmd("XLEN").arg(stream).query_async(&mut redis).await;
+        let held: redis::RedisResult<u64> = redis::cmd("HLEN")
+            .arg(format!("{stream}:held"))
+            .query_async(&mut redis)
+            .await;
+        let pending: redis::RedisResult<redis::Value> = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(group)
+            .arg("-")
+            .arg("+")
+            .arg(50)
+            .query_async(&mut redis)
+            .await;
+        out.push_str(&format!(
+            "{stream}: length {len:?}, held {held:?}, pending {pending:?}\n"
+        ));
+    }
+    out
+}
+
 /// One read of the service `role` serves (fanout-worker serves none).
 async fn survivors_answer(c: &mut Clients, role: Role) -> Result<(), tonic::Status> {
     let user = *FOLLOWERS.start();
@@ -505,7 +535,9 @@ async fn fault_matrix(mut split: Split, name: &str) {
     }
     // Everything acknowledged has run once the jobs drain (work held by a
     // killed process is re-driven by the sweepers and reclaimed from the streams).
-    c.settled().await;
+    if let Err(lag) = c.try_settled().await {
+        panic!("jobs still pending: {lag}\n{}", queue_report(&split.redis.url()).await);
+    }
     let ledger = ledger.lock().await;
 
     let mut lost = 0usize;
