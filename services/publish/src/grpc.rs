@@ -26,6 +26,42 @@ fn feeds_field(raw: &[String]) -> Result<Vec<FeedRef>, ApiError> {
         .collect()
 }
 
+/// The sub-jobs a worker records with CompleteJob: each one a job the
+/// workers can run (an id, a kind, its feed and ids well formed), checked
+/// before any is written, so a malformed list writes nothing.
+fn spawned_jobs(jobs: &[feed_proto::events::v1::Job]) -> Result<(), ApiError> {
+    use feed_proto::events::v1::job::Kind;
+    validate::batch_len("spawned", jobs, 100_000)?;
+    for (i, j) in jobs.iter().enumerate() {
+        let field = |name: &str| format!("spawned[{i}].{name}");
+        validate::text(&field("job_id"), &j.job_id, 512, false)?;
+        match &j.kind {
+            Some(Kind::Fanout(f)) => {
+                required(&field("fanout.activity_id"), f.activity_id)?;
+                FeedRef::parse_field(&field("fanout.feed"), &f.feed)?;
+            }
+            Some(Kind::Purge(p)) => {
+                required(&field("purge.activity_id"), p.activity_id)?;
+                FeedRef::parse_field(&field("purge.feed"), &p.feed)?;
+            }
+            Some(Kind::Edge(e)) => {
+                validate::user_id(&field("edge.follower_id"), e.follower_id)?;
+                FeedRef::parse_field(&field("edge.feed"), &e.feed)?;
+            }
+            Some(Kind::Event(e)) => validate::text(&field("event.event_id"), &e.event_id, 512, false)?,
+            None => return Err(ApiError::invalid(field("kind"), "required")),
+        }
+    }
+    Ok(())
+}
+
+fn required(field: &str, id: u64) -> Result<(), ApiError> {
+    if id == 0 {
+        return Err(ApiError::invalid(field, "required"));
+    }
+    Ok(())
+}
+
 /// The tonic service over [`Publisher`].
 #[derive(Clone)]
 pub struct PublishGrpc {
@@ -281,7 +317,7 @@ impl PublishService for PublishGrpc {
         Caller::of(&req)?.require_internal()?;
         let r = req.get_ref();
         validate::text("job_id", &r.job_id, 512, false)?;
-        validate::batch_len("spawned", &r.spawned, 100_000)?;
+        spawned_jobs(&r.spawned)?;
         self.publisher.complete_job(&r.job_id, &r.spawned).await?;
         Ok(Response::new(pb::CompleteJobResponse {}))
     }

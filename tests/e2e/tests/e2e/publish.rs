@@ -777,3 +777,58 @@ async fn get_activities_hides_a_blocked_or_blocking_authors_posts_from_an_end_us
     assert_eq!(seen(bystander).0, ids, "a third user sees all three");
     e.stop().await.expect("stop");
 }
+
+/// CompleteJob records the sub-jobs a worker spawned: a malformed one (an
+/// empty id once tripped an assertion in the storage library: a panic, the
+/// caller's stream reset) is refused by field, and none of the list is
+/// written.
+#[tokio::test]
+async fn complete_job_refuses_malformed_sub_jobs_by_field_and_records_none() {
+    use feed_proto::events::v1::{FanoutJob, Job, job};
+    let mut e = env().await;
+    e.settled().await;
+    let fanout = |job_id: &str, feed: &str| Job {
+        job_id: job_id.into(),
+        kind: Some(job::Kind::Fanout(FanoutJob {
+            activity_id: 7,
+            feed: feed.into(),
+            shard: Some(0),
+            actor: 1,
+        })),
+        ..Job::default()
+    };
+    let cases = [
+        (
+            vec![fanout("fan/7/user:1/0", "user:1"), fanout("", "user:1")],
+            "spawned[1].job_id",
+        ),
+        (vec![fanout("fan/7/x/0", "planet:mars")], "spawned[0].fanout.feed"),
+        (
+            vec![Job {
+                job_id: "j".into(),
+                ..Job::default()
+            }],
+            "spawned[0].kind",
+        ),
+    ];
+    for (spawned, field) in cases {
+        let err = e
+            .publish
+            .complete_job(internal(pb::CompleteJobRequest {
+                job_id: "fan/7/user:1".into(),
+                spawned,
+            }))
+            .await
+            .expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+    let lag = e
+        .publish
+        .get_fanout_lag(internal(pb::GetFanoutLagRequest {}))
+        .await
+        .expect("lag")
+        .into_inner();
+    assert_eq!(lag.pending_jobs, 0, "no sub-job of a refused list was recorded");
+    e.stop().await.expect("stop");
+}
