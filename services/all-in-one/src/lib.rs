@@ -148,12 +148,13 @@ pub async fn services(
     publish::app::spawn_workers(cfg, workers, &ctx.shutdown, &mut set.tasks);
 
     // In one process the timeline calls the services directly, not over loopback gRPC.
-    let sources = InProcessSources::new(follow_graph, publisher, inbox.clone());
+    let sources = InProcessSources::new(follow_graph, publisher.clone(), inbox.clone());
     timeline::build(cfg, Arc::new(sources), inbox, &ctx.auth, &mut set);
 
     let deps = notify::Deps {
         store: stores.notes,
         graph: follow_graph_client,
+        activities: Arc::new(sources::InProcessActivities(publisher)),
         live: notify::open_live(cfg).await?,
         jobs: notify::open_jobs(cfg).await?,
         events,

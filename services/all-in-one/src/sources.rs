@@ -79,3 +79,18 @@ impl timeline::Sources for InProcessSources {
         Ok(())
     }
 }
+
+/// notify's view of activities, asked of publish directly.
+#[derive(Clone)]
+pub struct InProcessActivities(pub Publisher);
+
+#[async_trait::async_trait]
+impl notify::Activities for InProcessActivities {
+    async fn visible_to(&self, viewer: UserId, id: u64) -> Result<bool, ApiError> {
+        let (found, _) = self
+            .0
+            .get_for(publish::publisher::Reader::User(Some(viewer)), &[id], false)
+            .await?;
+        Ok(!found.is_empty())
+    }
+}

@@ -246,6 +246,7 @@ async fn a_cql_node_down_at_start_and_mid_run_costs_readiness_not_acknowledged_w
         .get_activities(authed(pb::GetActivitiesRequest {
             ids: posts_acked.clone(),
             include_deleted: false,
+            viewer_id: 0,
         }))
         .await
         .expect("activities")

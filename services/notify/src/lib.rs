@@ -2,6 +2,7 @@
 //! per-user configuration, aggregation, read state and a resumable live
 //! stream (Watch).
 
+pub mod activities;
 pub mod graph;
 pub mod grpc;
 pub mod ledger;
@@ -21,10 +22,11 @@ use feed_queue::{JobQueue, MemoryQueue, RedisQueue};
 use feed_server::app::require;
 use feed_server::{Authenticator, BuildContext, FeedConfig, ServiceSet, Shutdown, Tasks};
 
+pub use activities::{Activities, GrpcActivities};
 pub use graph::Relations;
 pub use ledger::{EventLedger, GrpcEventLedger};
 pub use live::{LiveLog, MemoryLive, RedisLive};
-pub use notifier::{Notifier, NotifyRules};
+pub use notifier::{Notifier, NotifyRules, Peers};
 pub use store::NotifyStore;
 
 /// The gRPC name of this service.
@@ -98,14 +100,14 @@ pub fn notifier(
     cfg: &FeedConfig,
     store: Arc<dyn NotifyStore>,
     live: Arc<dyn LiveLog>,
-    graph: Arc<dyn Relations>,
+    peers: Peers,
     jobs: Arc<dyn JobQueue<RemindJob>>,
     shutdown: Shutdown,
 ) -> anyhow::Result<Notifier> {
     Ok(Notifier::new(
         store,
         live,
-        graph,
+        peers,
         jobs,
         Arc::new(SystemClock),
         NotifyRules::from_config(&cfg.notify)?,
@@ -195,6 +197,8 @@ pub struct Deps {
     pub store: Arc<dyn NotifyStore>,
     /// follow-graph (recipient policy, visibility of mentions).
     pub graph: Arc<dyn Relations>,
+    /// publish's activities (who may subscribe to one).
+    pub activities: Arc<dyn Activities>,
     /// The live log Watch reads.
     pub live: Arc<dyn LiveLog>,
     /// Remind jobs beyond the first page.
@@ -212,7 +216,10 @@ pub fn build(cfg: &FeedConfig, deps: Deps, ctx: &BuildContext, set: &mut Service
         cfg,
         deps.store,
         deps.live,
-        deps.graph,
+        Peers {
+            graph: deps.graph,
+            activities: deps.activities,
+        },
         deps.jobs.clone(),
         ctx.shutdown.clone(),
     )?;
@@ -268,6 +275,7 @@ impl feed_server::Application for App {
             live: open_live(cfg).await?,
             jobs: open_jobs(cfg).await?,
             events: open_events(cfg).await?,
+            activities: Arc::new(GrpcActivities::new(publish.clone(), &cfg.clients.token)?),
             ledger: Arc::new(GrpcEventLedger::new(publish, &cfg.clients.token)?),
         };
         build(cfg, deps, ctx, &mut set)?;

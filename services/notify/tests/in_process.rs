@@ -29,6 +29,16 @@ impl Relations for NoRelations {
     }
 }
 
+/// No activity is visible to anyone: no test here subscribes by hand.
+struct NoActivities;
+
+#[async_trait]
+impl notify::Activities for NoActivities {
+    async fn visible_to(&self, _: u64, _: u64) -> Result<bool, ApiError> {
+        Ok(false)
+    }
+}
+
 fn notifier(live: Arc<MemoryLive>, dir: &std::path::Path, buffer: usize) -> Notifier {
     notifier_on(Arc::new(EmbeddedNotifyStore::open(dir).expect("store")), live, buffer)
 }
@@ -93,7 +103,10 @@ fn notifier_with(
     Notifier::new(
         store,
         live,
-        relations,
+        notify::Peers {
+            graph: relations,
+            activities: Arc::new(NoActivities),
+        },
         Arc::new(MemoryQueue::<RemindJob>::default()),
         Arc::new(ManualClock::new(1_750_000_000_000)),
         NotifyRules {

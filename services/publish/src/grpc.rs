@@ -158,10 +158,14 @@ impl PublishService for PublishGrpc {
         if r.include_deleted {
             caller.require_internal()?;
         }
-        let reader = if caller.role == Role::Internal {
-            Reader::Internal
-        } else {
-            Reader::User(caller.user_id)
+        let reader = match (caller.role, r.viewer_id) {
+            (Role::Internal, 0) => Reader::Internal,
+            (Role::Internal, viewer) => Reader::User(Some(validate::user_id("viewer_id", viewer)?)),
+            (_, 0) => Reader::User(caller.user_id),
+            (_, viewer) => {
+                caller.act_as("viewer_id", viewer)?;
+                Reader::User(caller.user_id)
+            }
         };
         let (activities, missing) = self.publisher.get_for(reader, &r.ids, r.include_deleted).await?;
         Ok(Response::new(pb::GetActivitiesResponse {

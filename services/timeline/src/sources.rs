@@ -225,6 +225,7 @@ impl Sources for GrpcSources {
                     let r = self.req(pb::GetActivitiesRequest {
                         ids: chunk.to_vec(),
                         include_deleted: false,
+                        viewer_id: 0,
                     });
                     async move { c.get_activities(r).await }
                 })

@@ -6,7 +6,7 @@ use feed_proto::common::v1::{ActivityStatus, Visibility};
 use feed_proto::events::v1::{ActivityEvent, activity_event};
 use feed_proto::notify::v1::{CreateRemindRequest, Subscription};
 
-use super::{MENTION, Notifier, check_name};
+use super::{ACTIVITY, MENTION, Notifier, check_name};
 
 /// Most reminds per action a late subscription catches up on.
 const CATCH_UP_MAX: usize = 1000;
@@ -42,7 +42,7 @@ impl Notifier {
                 // Subscribed as of the event, not of its processing: see `catch_up`.
                 let own = Subscription {
                     user_id: a.actor,
-                    object_type: "activity".into(),
+                    object_type: ACTIVITY.into(),
                     object_id: a.id.to_string(),
                     reason: "create_post".into(),
                     created_at_ms: a.created_at_ms,
@@ -90,7 +90,7 @@ impl Notifier {
                         actor: a.actor,
                         action: MENTION.into(),
                         object_id: a.id.to_string(),
-                        object_type: "activity".into(),
+                        object_type: ACTIVITY.into(),
                         target: a.target.clone(),
                         recipients: mentioned,
                         occurred_at_ms: a.created_at_ms,
@@ -104,7 +104,7 @@ impl Notifier {
                     actor: a.actor,
                     action: "update".into(),
                     object_id: a.id.to_string(),
-                    object_type: "activity".into(),
+                    object_type: ACTIVITY.into(),
                     target: String::new(),
                     recipients: vec![],
                     occurred_at_ms: a.updated_at_ms,

@@ -20,7 +20,7 @@ mod watch;
 use checks::{check_body, check_event_id, check_links, check_name};
 pub use listing::{ListQuery, NotePage};
 pub use remind::RemindOutcome;
-pub use rules::{MENTION, NotifyRules};
+pub use rules::{ACTIVITY, MENTION, NotifyRules};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +46,7 @@ struct Inner {
     /// Live copies waiting for the pusher (see [`Notifier::push_live`]).
     live_queue: tokio::sync::mpsc::Sender<(UserId, feed_proto::notify::v1::Notification)>,
     graph: Arc<dyn Relations>,
+    activities: Arc<dyn crate::Activities>,
     jobs: Arc<dyn JobQueue<RemindJob>>,
     clock: Arc<dyn Clock>,
     cfg: NotifyRules,
@@ -69,12 +70,21 @@ pub(super) fn id_of(rec: &NoteRecord) -> u64 {
     rec.note.as_ref().map(|n| n.id).unwrap_or(0)
 }
 
+/// The services notify asks before it delivers or subscribes.
+#[derive(Clone)]
+pub struct Peers {
+    /// follow-graph: who follows, blocks and mutes whom.
+    pub graph: Arc<dyn Relations>,
+    /// publish: who may see an activity.
+    pub activities: Arc<dyn crate::Activities>,
+}
+
 impl Notifier {
     /// A notifier over its dependencies. Watch streams end when `shutdown` fires.
     pub fn new(
         store: Arc<dyn NotifyStore>,
         live: Arc<dyn LiveLog>,
-        graph: Arc<dyn Relations>,
+        peers: Peers,
         jobs: Arc<dyn JobQueue<RemindJob>>,
         clock: Arc<dyn Clock>,
         cfg: NotifyRules,
@@ -97,7 +107,8 @@ impl Notifier {
                 store,
                 live,
                 live_queue,
-                graph,
+                graph: peers.graph,
+                activities: peers.activities,
                 jobs,
                 clock,
                 cfg,

@@ -82,3 +82,7 @@ impl NotifyRules {
 
 /// The action of a remind to a mentioned user.
 pub const MENTION: &str = "mention";
+
+/// The object type of the platform's own activities (object id: the
+/// activity's id), the one type notify can check visibility of.
+pub const ACTIVITY: &str = "activity";

@@ -3,11 +3,13 @@
 use feed_core::{ApiError, UserId, validate};
 use feed_proto::notify::v1::{PolicyAction, RecipientPolicy, Subscription, SubscriptionConfig, UserState};
 
-use super::{Notifier, check_name};
+use super::{ACTIVITY, Notifier, check_name};
 use crate::store::ALWAYS;
 
 impl Notifier {
-    /// Subscribe: the reason must be one the configuration knows.
+    /// Subscribe: the reason must be one the configuration knows, and an
+    /// activity one the user may see (a followers-only post's likes and
+    /// comments are not for everyone who names its id).
     pub async fn subscribe(&self, mut s: Subscription) -> Result<bool, ApiError> {
         validate::user_id("subscription.user_id", s.user_id)?;
         check_name("subscription.object_type", &s.object_type, 64)?;
@@ -21,6 +23,19 @@ impl Notifier {
                     self.cfg().reasons.keys().collect::<Vec<_>>()
                 ),
             ));
+        }
+        if s.object_type == ACTIVITY {
+            let id = s
+                .object_id
+                .parse::<u64>()
+                .ok()
+                .filter(|id| *id != 0)
+                .ok_or_else(|| ApiError::invalid("subscription.object_id", "an activity id"))?;
+            // A hidden activity answers as a missing one: its existence is
+            // not for this user to learn either.
+            if !self.inner.activities.visible_to(s.user_id, id).await? {
+                return Err(ApiError::NotFound(format!("subscription.object_id: activity {id}")));
+            }
         }
         s.created_at_ms = self.now() as i64;
         Ok(self.inner.store.subscribe(&s, ALWAYS).await?)

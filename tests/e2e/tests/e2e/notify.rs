@@ -30,7 +30,9 @@ fn remind(event: &str, actor: u64, action: &str, object: &str) -> nt::CreateRemi
         actor,
         action: action.into(),
         object_id: object.into(),
-        object_type: "activity".into(),
+        // The app's own objects (an activity would have to exist and be
+        // visible to each subscriber).
+        object_type: "post".into(),
         ..Default::default()
     }
 }
@@ -42,7 +44,7 @@ impl Env {
                 subscription: Some(nt::Subscription {
                     user_id: user,
                     object_id: object.into(),
-                    object_type: "activity".into(),
+                    object_type: "post".into(),
                     reason: reason.into(),
                     created_at_ms: 0,
                 }),
@@ -644,15 +646,18 @@ async fn a_large_subscriber_set_is_delivered_by_jobs() {
 async fn replica(
     store: Arc<dyn notify::NotifyStore>,
     redis_url: &str,
-    graph_channel: Channel,
+    platform: Channel,
     shutdown: &Shutdown,
 ) -> NotifyServiceClient<Channel> {
     let mut cfg = feed_server::FeedConfig::default();
     cfg.redis.url = redis_url.into();
     let live = notify::open_live(&cfg).await.expect("live");
     let jobs = notify::open_jobs(&cfg).await.expect("jobs");
-    let graph = Arc::new(feed_clients::FollowGraphClient::new(graph_channel, feed_e2e::INTERNAL_TOKEN).expect("graph"));
-    let notifier = notify::notifier(&cfg, store, live, graph, jobs, shutdown.clone()).expect("notifier");
+    let graph =
+        Arc::new(feed_clients::FollowGraphClient::new(platform.clone(), feed_e2e::INTERNAL_TOKEN).expect("graph"));
+    let activities = Arc::new(notify::GrpcActivities::new(platform, feed_e2e::INTERNAL_TOKEN).expect("activities"));
+    let peers = notify::Peers { graph, activities };
+    let notifier = notify::notifier(&cfg, store, live, peers, jobs, shutdown.clone()).expect("notifier");
     let auth = Authenticator::new([(feed_e2e::INTERNAL_TOKEN.to_owned(), Role::Internal)]);
     let mut set = ServiceSet::default();
     notify::register(&mut set, notifier, &auth);
@@ -928,4 +933,125 @@ async fn a_users_event_id_cannot_swallow_another_senders_message() {
     let mut texts: Vec<String> = e.list(92, false).await.into_iter().map(|n| n.content).collect();
     texts.sort();
     assert_eq!(texts, vec!["from 90", "from 91"], "both messages reached the recipient");
+}
+
+/// A subscription to an activity is for users who may see it: a
+/// followers-only post's likes and comments are not for everyone who
+/// names its id. The app's own objects are the app's to subscribe users to.
+#[tokio::test]
+async fn an_end_user_subscribes_only_to_activities_they_may_see() {
+    let mut e = env().await;
+    let hidden = e
+        .publish
+        .publish(internal(pb::PublishRequest {
+            activity: Some(pb::NewActivity {
+                actor: 1,
+                verb: "post".into(),
+                object: "note:1".into(),
+                foreign_id: "followers-only".into(),
+                visibility: feed_proto::common::v1::Visibility::Followers as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+        .await
+        .expect("publish")
+        .into_inner()
+        .activity_id;
+    let public = e.publish(1, "post", "note:2", vec![]).await;
+    e.graph
+        .follow(internal(fg::FollowRequest {
+            follower_id: 3,
+            feed: "user:1".into(),
+        }))
+        .await
+        .expect("follow");
+    let sub = |user: u64, object_type: &str, object_id: String| {
+        bff(
+            nt::SubscribeRequest {
+                subscription: Some(nt::Subscription {
+                    user_id: user,
+                    object_id,
+                    object_type: object_type.into(),
+                    reason: "follow_object".into(),
+                    created_at_ms: 0,
+                }),
+            },
+            user,
+        )
+    };
+
+    let err = e
+        .notify
+        .subscribe(sub(2, "activity", hidden.to_string()))
+        .await
+        .expect_err("a stranger to a followers-only post");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let unknown = e
+        .notify
+        .subscribe(sub(2, "activity", "999999".into()))
+        .await
+        .expect_err("no such activity");
+    assert_eq!(unknown.code(), Code::NotFound, "hidden and missing answer alike");
+    let malformed = e
+        .notify
+        .subscribe(sub(2, "activity", "post-1".into()))
+        .await
+        .expect_err("not an id");
+    assert_eq!(malformed.code(), Code::InvalidArgument);
+    assert!(malformed.message().contains("subscription.object_id"), "{malformed:?}");
+    let app_object = e
+        .notify
+        .subscribe(sub(2, "photo", "9".into()))
+        .await
+        .expect_err("the app's object");
+    assert_eq!(app_object.code(), Code::PermissionDenied);
+    assert!(
+        app_object.message().contains("subscription.object_type"),
+        "{app_object:?}"
+    );
+
+    assert!(
+        e.notify
+            .subscribe(sub(2, "activity", public.to_string()))
+            .await
+            .expect("a public post")
+            .into_inner()
+            .changed
+    );
+    assert!(
+        e.notify
+            .subscribe(sub(3, "activity", hidden.to_string()))
+            .await
+            .expect("a follower to the followers-only post")
+            .into_inner()
+            .changed
+    );
+    // The app (internal token) subscribes users to its own objects.
+    e.notify
+        .subscribe(internal(nt::SubscribeRequest {
+            subscription: Some(nt::Subscription {
+                user_id: 2,
+                object_id: "9".into(),
+                object_type: "photo".into(),
+                reason: "follow_object".into(),
+                created_at_ms: 0,
+            }),
+        }))
+        .await
+        .expect("internal, the app's object");
+    let subs = e
+        .notify
+        .list_subscriptions(internal(nt::ListSubscriptionsRequest {
+            user_id: 2,
+            ..Default::default()
+        }))
+        .await
+        .expect("subscriptions")
+        .into_inner()
+        .subscriptions;
+    assert!(
+        !subs.iter().any(|s| s.object_id == hidden.to_string()),
+        "the refused subscription was not stored: {subs:?}"
+    );
 }

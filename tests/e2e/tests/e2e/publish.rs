@@ -285,6 +285,7 @@ async fn delete_hides_at_once_and_purges_inboxes() {
         .get_activities(internal(pb::GetActivitiesRequest {
             ids: vec![keep, gone],
             include_deleted: false,
+            viewer_id: 0,
         }))
         .await
         .expect("get")
@@ -704,6 +705,7 @@ async fn an_identical_retry_after_update_or_delete_changes_nothing() {
     let get = |id: u64| pb::GetActivitiesRequest {
         ids: vec![id],
         include_deleted: true,
+        viewer_id: 0,
     };
     let stored = e
         .publish
@@ -756,6 +758,7 @@ async fn get_activities_hides_a_blocked_or_blocking_authors_posts_from_an_end_us
             pb::GetActivitiesRequest {
                 ids: ids.clone(),
                 include_deleted: false,
+                viewer_id: 0,
             },
             user,
         )
@@ -775,6 +778,27 @@ async fn get_activities_hides_a_blocked_or_blocking_authors_posts_from_an_end_us
     );
     let bystander = e.publish.get_activities(get(53)).await.expect("as 53").into_inner();
     assert_eq!(seen(bystander).0, ids, "a third user sees all three");
+
+    // A service asking on a user's behalf (notify, before a subscription)
+    // is answered as that user is; a bff caller may name only its own user.
+    let for_user = |viewer_id: u64| pb::GetActivitiesRequest {
+        ids: ids.clone(),
+        include_deleted: false,
+        viewer_id,
+    };
+    let on_behalf = e
+        .publish
+        .get_activities(internal(for_user(51)))
+        .await
+        .expect("for 51")
+        .into_inner();
+    assert_eq!(seen(on_behalf), (vec![by_blocked, by_other], vec![by_blocker]));
+    let err = e
+        .publish
+        .get_activities(bff(for_user(52), 51))
+        .await
+        .expect_err("51 asking as 52");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     e.stop().await.expect("stop");
 }
 

@@ -72,6 +72,7 @@ impl Clients {
                     .get_activities(internal(pb::GetActivitiesRequest {
                         ids: chunk.to_vec(),
                         include_deleted: true,
+                        viewer_id: 0,
                     }))
                     .await
                     .expect("get activities")
