@@ -473,3 +473,31 @@ async fn an_event_that_keeps_failing_is_dead_lettered_after_its_attempts_not_ret
         "three attempts, then dead: no fourth"
     );
 }
+
+/// Issue 19, item 3: note ids of one millisecond collide when their keys
+/// do (two senders' messages with one event id, under this fixed clock),
+/// and the second message was dropped while its call answered success.
+/// Each note now takes the first id from its own that is free or its own.
+#[tokio::test]
+async fn messages_whose_ids_collide_both_arrive_and_replays_find_their_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = notifier(Arc::new(MemoryLive::new(100)), dir.path(), 16);
+    let (a, a_dup) = n.send_message("e1", 2, 1, "from two").await.expect("first");
+    let (b, b_dup) = n.send_message("e1", 3, 1, "from three").await.expect("second");
+    assert!(!a_dup && !b_dup, "two messages, neither a duplicate");
+    assert_ne!(a, b, "the second took another id");
+    assert_eq!(
+        n.send_message("e1", 3, 1, "from three").await.expect("replay"),
+        (b, true),
+        "a replay finds its own note, not the one its id collided with"
+    );
+    assert_eq!(n.send_message("e1", 2, 1, "from two").await.expect("replay"), (a, true));
+    let mut got: Vec<(u64, String)> = listing(&n, 1, 10)
+        .await
+        .notes
+        .into_iter()
+        .map(|m| (m.sender, m.content))
+        .collect();
+    got.sort();
+    assert_eq!(got, [(2, "from two".to_owned()), (3, "from three".to_owned())]);
+}

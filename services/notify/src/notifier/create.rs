@@ -119,18 +119,15 @@ impl Notifier {
         let id = match self.inner.store.claim_event(&claim, fresh).await? {
             EventClaim::Claimed => fresh,
             EventClaim::Held(0) => return Ok((0, true)),
-            EventClaim::Held(prev) => {
-                if self.inner.store.note(recipient, prev).await?.is_some() {
-                    return Ok((prev, true));
-                }
-                prev
-            }
+            // Claimed before: stored already, or by a call that died before
+            // storing it (finished now, at the same place).
+            EventClaim::Held(prev) => prev,
         };
         if id == 0 {
             metrics::counter!("feed_notify_dropped_total", "kind" => "message").increment(1);
             return Ok((0, false));
         }
-        let rec = NoteRecord {
+        let mut rec = NoteRecord {
             note: Some(Notification {
                 id,
                 kind: NotificationKind::Message as i32,
@@ -141,13 +138,19 @@ impl Notifier {
                 filtered: act == PolicyAction::Filter,
                 ..Default::default()
             }),
+            // Its origin: what tells this message from another note whose
+            // id collides with its own.
+            group_key: claim,
             seq: self.next_seq(),
             ..Default::default()
         };
-        if self.inner.store.insert_note(recipient, &rec).await? && act == PolicyAction::Accept {
+        if !self.place_note(recipient, &mut rec).await? {
+            return Ok((id_of(&rec), true));
+        }
+        if act == PolicyAction::Accept {
             self.push_live(recipient, &rec);
         }
         metrics::counter!("feed_notify_created_total", "kind" => "message").increment(1);
-        Ok((id, false))
+        Ok((id_of(&rec), false))
     }
 }

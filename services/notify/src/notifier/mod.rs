@@ -66,9 +66,19 @@ pub(super) fn note_id(ms: u64, key: &str) -> u64 {
     feed_core::id::min_id_at(ms) | (feed_core::keys::stable_hash(key.as_bytes()) & 0x3F_FFFF)
 }
 
-pub(super) fn id_of(rec: &NoteRecord) -> u64 {
-    rec.note.as_ref().map(|n| n.id).unwrap_or(0)
+pub(super) use crate::store::id_of;
+
+/// Whether `held` is the note `rec` would store: the same origin (a
+/// message's claim, a remind's group), or, for a message stored before
+/// notes carried their origin, the same sender.
+fn same_origin(held: &NoteRecord, rec: &NoteRecord) -> bool {
+    let sender = |r: &NoteRecord| r.note.as_ref().map(|n| n.sender).unwrap_or(0);
+    held.group_key == rec.group_key || (held.group_key.is_empty() && sender(rec) != 0 && sender(held) == sender(rec))
 }
+
+/// How far [`Notifier::place_note`] looks past a note's own id: ids collide
+/// only within one millisecond, so a handful of probes always suffices.
+const PLACE_PROBES: u64 = 64;
 
 /// The services notify asks before it delivers or subscribes.
 #[derive(Clone)]
@@ -117,6 +127,35 @@ impl Notifier {
                 shutdown,
             }),
         }
+    }
+
+    /// Stores `rec` for `user` at the first id from its own that is free or
+    /// holds this very note already (the same `group_key`, its origin):
+    /// note ids of one millisecond can collide, and a note must never
+    /// overwrite another or be taken for it. Sets the id it was placed at;
+    /// true when stored now, false when it was there already (a replay).
+    pub(super) async fn place_note(&self, user: UserId, rec: &mut NoteRecord) -> Result<bool, ApiError> {
+        let from = id_of(rec);
+        for id in from..from.saturating_add(PLACE_PROBES) {
+            if let Some(n) = rec.note.as_mut() {
+                n.id = id;
+            }
+            if self.inner.store.insert_note(user, rec).await? {
+                return Ok(true);
+            }
+            if self
+                .inner
+                .store
+                .note(user, id)
+                .await?
+                .is_some_and(|held| same_origin(&held, rec))
+            {
+                return Ok(false);
+            }
+        }
+        Err(ApiError::Internal(format!(
+            "no free notification id within {PLACE_PROBES} of {from} for user {user}"
+        )))
     }
 
     /// The store (readiness checks).

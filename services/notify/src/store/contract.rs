@@ -105,6 +105,37 @@ pub async fn a_group_counts_each_actor_once(s: &dyn NotifyStore) {
     assert_eq!(other.note.map(|n| n.actor_count), Some(1));
 }
 
+/// Contract check: a new group never takes (or joins) another note that
+/// holds its id (ids of one millisecond collide): it takes a free one, and
+/// later actors join it there.
+pub async fn a_new_group_never_takes_the_id_of_another_note(s: &dyn NotifyStore) {
+    let user = 11;
+    let message = note(500, NotificationKind::Message, "message:2:e1", 10);
+    assert!(s.insert_note(user, &message).await.expect("insert"));
+    let remind = |seq| note(500, NotificationKind::Remind, "activity/1/like/0", seq);
+    let GroupChange::Changed(first) = s.add_to_group(user, 21, &remind(11), 2).await.expect("add") else {
+        panic!("a new group changes");
+    };
+    let group_id = first.note.as_ref().map(|n| n.id).unwrap_or(0);
+    assert_ne!(group_id, 500, "the group took the message's id");
+    let GroupChange::Changed(second) = s.add_to_group(user, 22, &remind(12), 2).await.expect("add") else {
+        panic!("a new actor changes the group");
+    };
+    let n = second.note.expect("note");
+    assert_eq!(
+        (n.id, n.actor_count),
+        (group_id, 2),
+        "later actors join the group where it is"
+    );
+    let kept = s.note(user, 500).await.expect("get").expect("the message");
+    assert_eq!(kept, message, "the message is untouched");
+    let mut listed = ids(&s.notes(user, u64::MAX, 10).await.expect("list"));
+    listed.sort_unstable();
+    let mut want = vec![500, group_id];
+    want.sort_unstable();
+    assert_eq!(listed, want);
+}
+
 /// Contract check: read marks only rise.
 pub async fn read_marks_only_rise(s: &dyn NotifyStore) {
     let user = 11;
@@ -268,6 +299,7 @@ macro_rules! notify_store_contract {
                 announces_list_newest_first_below_the_cursor,
                 notes_insert_once_and_page_newest_first,
                 a_group_counts_each_actor_once,
+                a_new_group_never_takes_the_id_of_another_note,
                 read_marks_only_rise,
                 user_state_round_trips,
                 subscriptions_list_both_ways_and_unsubscribe_by_reason,

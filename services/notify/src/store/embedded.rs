@@ -16,7 +16,7 @@ use prost::Message;
 
 use super::{
     ALWAYS, EventClaim, GroupChange, NotifyStore, REMIND_LOG_RETENTION_MS, Reason, StorageError, Subscriber,
-    add_subscriber_row, merge_actor,
+    add_subscriber_row, id_of, merge_actor,
 };
 
 /// The embedded notify store.
@@ -231,8 +231,21 @@ impl NotifyStore for EmbeddedNotifyStore {
             Some(id) => Self::get(&self.notes, &u64_pair(user, u64_at(&id, 0)))?,
             None => None,
         };
-        let after = merge_actor(existing, rec, actor, keep_latest);
-        let id = after.note.as_ref().map(|n| n.id).unwrap_or(0);
+        let mut after = merge_actor(existing.clone(), rec, actor, keep_latest);
+        if existing.is_none() {
+            // A new group never takes the id of another note (ids of one
+            // millisecond can collide): the first free one from its own.
+            let mut id = id_of(&after);
+            while self.notes.contains_key(u64_pair(user, id)).map_err(be)? {
+                id = id
+                    .checked_add(1)
+                    .ok_or_else(|| StorageError::Backend("note ids exhausted".into()))?;
+            }
+            if let Some(n) = after.note.as_mut() {
+                n.id = id;
+            }
+        }
+        let id = id_of(&after);
         let mut batch = self.db.batch();
         batch.insert(&self.actors, akey, []);
         batch.insert(&self.groups, gkey, id.to_be_bytes());

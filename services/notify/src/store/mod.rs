@@ -165,6 +165,11 @@ pub trait NotifyStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StorageError>;
 }
 
+/// A note record's id (0 for a record without a note).
+pub fn id_of(rec: &NoteRecord) -> u64 {
+    rec.note.as_ref().map(|n| n.id).unwrap_or(0)
+}
+
 /// The group note after `actor` joins it: `rec` when the group is new, else
 /// the existing note with the count bumped, the actor first among the
 /// latest, and the change time and sequence of `rec`. Shared by backends.

@@ -43,7 +43,8 @@ use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 
 use super::{
-    ALWAYS, EventClaim, GroupChange, NotifyStore, Reason, StorageError, Subscriber, add_subscriber_row, merge_actor,
+    ALWAYS, EventClaim, GroupChange, NotifyStore, Reason, StorageError, Subscriber, add_subscriber_row, id_of,
+    merge_actor,
 };
 
 /// Bumped when the schema below changes; services refuse an older schema.
@@ -61,10 +62,6 @@ fn i(v: u64) -> i64 {
 
 fn u(v: i64) -> u64 {
     v as u64
-}
-
-fn id_of(rec: &NoteRecord) -> u64 {
-    rec.note.as_ref().map(|n| n.id).unwrap_or(0)
 }
 
 /// The ScyllaDB notify store.
@@ -102,6 +99,25 @@ impl ScyllaNotifyStore {
         T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm> + 'static,
     {
         feed_cql::all_rows(&self.session, p, v).await
+    }
+
+    /// The first id from `from` that holds no note of `user`.
+    async fn free_note_id(&self, user: UserId, from: u64) -> Result<u64, StorageError> {
+        let mut id = from;
+        while self.note(user, id).await?.is_some() {
+            id = id
+                .checked_add(1)
+                .ok_or_else(|| StorageError::Backend("note ids exhausted".into()))?;
+        }
+        Ok(id)
+    }
+
+    /// The note id of `user`'s group `key`, if it exists.
+    async fn group_id(&self, user: UserId, key: &str) -> Result<Option<u64>, StorageError> {
+        Ok(self
+            .one::<(i64,)>(&self.st.group_get, (i(user), key))
+            .await?
+            .map(|(v,)| u(v)))
     }
 
     fn records(rows: Vec<(Vec<u8>,)>) -> Result<Vec<NoteRecord>, StorageError> {
@@ -182,20 +198,37 @@ impl NotifyStore for ScyllaNotifyStore {
         {
             return Ok(GroupChange::Unchanged);
         }
-        // The group's note id: the first delivery's, whoever made it.
-        let id = if self
-            .lwt(&self.st.group_claim, (i(user), rec.group_key.as_str(), i(id_of(rec))))
-            .await?
-        {
-            id_of(rec)
-        } else {
-            self.one::<(i64,)>(&self.st.group_get, (i(user), rec.group_key.as_str()))
-                .await?
-                .map(|(v,)| u(v))
-                .unwrap_or(id_of(rec))
+        // The group's note id: the first delivery's, whoever made it, moved
+        // to a free one if another note holds it (ids of one millisecond
+        // can collide).
+        let mut id = match self.group_id(user, &rec.group_key).await? {
+            Some(id) => id,
+            None => {
+                let proposed = self.free_note_id(user, id_of(rec)).await?;
+                if self
+                    .lwt(&self.st.group_claim, (i(user), rec.group_key.as_str(), i(proposed)))
+                    .await?
+                {
+                    proposed
+                } else {
+                    self.group_id(user, &rec.group_key).await?.unwrap_or(proposed)
+                }
+            }
         };
         loop {
             let existing = self.note(user, id).await?;
+            if existing.as_ref().is_some_and(|e| e.group_key != rec.group_key) {
+                let free = self.free_note_id(user, id.saturating_add(1)).await?;
+                id = if self
+                    .lwt(&self.st.group_move, (i(free), i(user), rec.group_key.as_str(), i(id)))
+                    .await?
+                {
+                    free
+                } else {
+                    self.group_id(user, &rec.group_key).await?.unwrap_or(free)
+                };
+                continue;
+            }
             let old_seq = existing.as_ref().map(|r| r.seq);
             let mut after = merge_actor(existing, rec, actor, keep_latest);
             if let Some(n) = after.note.as_mut() {

@@ -17,6 +17,7 @@ pub(super) struct Statements {
     pub(super) note_page: PreparedStatement,
     pub(super) group_claim: PreparedStatement,
     pub(super) group_get: PreparedStatement,
+    pub(super) group_move: PreparedStatement,
     pub(super) actor_claim: PreparedStatement,
     pub(super) user_get: PreparedStatement,
     pub(super) user_put: PreparedStatement,
@@ -65,6 +66,10 @@ impl Statements {
             ))
             .await?,
             group_get: prep(format!("SELECT id FROM {k}.nt_groups WHERE user_id = ? AND group_key = ?")).await?,
+            group_move: prep(format!(
+                "UPDATE {k}.nt_groups SET id = ? WHERE user_id = ? AND group_key = ? IF id = ?"
+            ))
+            .await?,
             actor_claim: prep(format!(
                 "INSERT INTO {k}.nt_group_actors (user_id, group_key, actor) VALUES (?, ?, ?) IF NOT EXISTS"
             ))
