@@ -235,7 +235,7 @@ impl NotifyService for NotifyGrpc {
             "" => None,
             s => Some(EventId::parse(s).ok_or_else(|| ApiError::invalid("resume_after", "not an event id"))?),
         };
-        let rx = self.notifier.watch(user, resume);
+        let rx = self.notifier.watch(user, resume)?;
         let stream = tokio_stream::StreamExt::map(ReceiverStream::new(rx), |r| r.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }

@@ -131,8 +131,8 @@ async fn a_slow_client_is_dropped_while_others_keep_receiving_and_it_resumes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let live = Arc::new(MemoryLive::new(1000));
     let n = notifier(live.clone(), dir.path(), 4);
-    let mut slow = n.watch(1, None);
-    let mut fast = n.watch(1, None);
+    let mut slow = n.watch(1, None).expect("watch");
+    let mut fast = n.watch(1, None).expect("watch");
     // Let both streams subscribe before anything is appended.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut fast_seen = Vec::new();
@@ -163,7 +163,7 @@ async fn a_slow_client_is_dropped_while_others_keep_receiving_and_it_resumes() {
         "the slow client is dropped: {ended:?}"
     );
     let resume = EventId::parse(&last_ok.expect("some events before the drop")).expect("id");
-    let mut again = n.watch(1, Some(resume));
+    let mut again = n.watch(1, Some(resume)).expect("watch");
     let mut rest = Vec::new();
     while rest.len() < 20 {
         match tokio::time::timeout(Duration::from_secs(2), again.recv()).await {
@@ -500,4 +500,54 @@ async fn messages_whose_ids_collide_both_arrive_and_replays_find_their_own() {
         .collect();
     got.sort();
     assert_eq!(got, [(2, "from two".to_owned()), (3, "from three".to_owned())]);
+}
+
+/// Issue 19, item 5: Watch streams are capped per user and per replica; a
+/// stream the client closed frees its place.
+#[tokio::test]
+async fn watch_streams_are_capped_per_user_and_per_replica_and_a_closed_one_frees_its_slot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = Notifier::new(
+        Arc::new(EmbeddedNotifyStore::open(dir.path()).expect("store")),
+        Arc::new(MemoryLive::new(100)),
+        notify::Peers {
+            graph: Arc::new(NoRelations),
+            activities: Arc::new(NoActivities),
+        },
+        Arc::new(MemoryQueue::<RemindJob>::default()),
+        Arc::new(ManualClock::new(1_750_000_000_000)),
+        NotifyRules {
+            watch_max_per_user: 2,
+            watch_max_streams: 3,
+            heartbeat: Duration::from_secs(3600),
+            ..NotifyRules::default()
+        },
+        Shutdown::new(),
+    );
+    let first = n.watch(1, None).expect("first of user 1");
+    let _second = n.watch(1, None).expect("second of user 1");
+    let third = n.watch(1, None).expect_err("a third of user 1");
+    assert!(
+        matches!(&third, ApiError::ResourceExhausted(m) if m.contains("per user")),
+        "{third:?}"
+    );
+    let _other = n.watch(2, None).expect("user 2, the replica's third");
+    let full = n.watch(3, None).expect_err("the replica is full");
+    assert!(
+        matches!(&full, ApiError::ResourceExhausted(m) if m.contains("replica")),
+        "{full:?}"
+    );
+
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match n.watch(1, None) {
+            Ok(_) => break,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the closed stream kept its place: {e:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -102,6 +102,12 @@ pub struct NotifyConfig {
     pub watch_buffer: usize,
     /// A Watch client whose buffer stays full this long is dropped (it resumes from its last event id).
     pub slow_client_ms: u64,
+    /// Open Watch streams one user may hold on one replica; one more is
+    /// RESOURCE_EXHAUSTED.
+    pub watch_max_per_user: usize,
+    /// Open Watch streams one replica serves in all; one more is
+    /// RESOURCE_EXHAUSTED (the client retries, landing on another replica).
+    pub watch_max_streams: usize,
     /// Subscribers per remind delivery job page.
     pub remind_page: usize,
     /// Redis Stream of publish's activity events.
@@ -146,6 +152,8 @@ impl Default for NotifyConfig {
             heartbeat_ms: 15_000,
             watch_buffer: 256,
             slow_client_ms: 5_000,
+            watch_max_per_user: 8,
+            watch_max_streams: 20_000,
             remind_page: 500,
             events_stream: "feed:activity-events".into(),
             events_group: "notify".into(),
@@ -259,6 +267,10 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     /// Requests in flight across all connections before shedding with RESOURCE_EXHAUSTED.
     pub concurrency_limit: usize,
+    /// HTTP/2 streams (calls, including open Watch streams) one connection
+    /// may have open at once; a client waits for one to end before it opens
+    /// another.
+    pub max_concurrent_streams: u32,
     /// Connections are closed after this age so new replicas receive traffic.
     pub max_connection_age_secs: u64,
     /// After SIGTERM: health turns NOT_SERVING, then this pause lets load
@@ -279,6 +291,7 @@ impl Default for ServerConfig {
             admin_listen: "127.0.0.1:9090".into(),
             request_timeout_ms: 10_000,
             concurrency_limit: 1024,
+            max_concurrent_streams: 1024,
             max_connection_age_secs: 300,
             drain_delay_ms: 0,
             drain_timeout_ms: 10_000,

@@ -102,7 +102,10 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
 
     let mut builder = Server::builder()
         .max_connection_age(Duration::from_secs(config.max_connection_age_secs.max(1)))
-        .http2_keepalive_interval(Some(Duration::from_secs(30)));
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Unset, tonic lifts hyper's limit: one connection could hold
+        // unboundedly many streams.
+        .max_concurrent_streams(config.max_concurrent_streams.max(1));
     if !config.tls_cert.is_empty() && !config.tls_key.is_empty() {
         let cert = std::fs::read(&config.tls_cert)?;
         let key = std::fs::read(&config.tls_key)?;

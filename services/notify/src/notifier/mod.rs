@@ -51,6 +51,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     cfg: NotifyRules,
     last_seq: AtomicU64,
+    /// Open Watch streams, for their caps.
+    watchers: std::sync::Mutex<watch::WatchCount>,
     /// Per-user state is read, changed and written back under one of these.
     locks: Vec<tokio::sync::Mutex<()>>,
     shutdown: Shutdown,
@@ -123,6 +125,7 @@ impl Notifier {
                 clock,
                 cfg,
                 last_seq: AtomicU64::new(0),
+                watchers: Default::default(),
                 locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
                 shutdown,
             }),

@@ -24,6 +24,10 @@ pub struct NotifyRules {
     pub watch_buffer: usize,
     /// A Watch client whose buffer stays full this long is dropped (it resumes).
     pub slow_client: Duration,
+    /// Open Watch streams per user on this replica.
+    pub watch_max_per_user: usize,
+    /// Open Watch streams on this replica.
+    pub watch_max_streams: usize,
     /// Subscribers per remind job page.
     pub remind_page: usize,
     /// Notifications scanned per listing or count.
@@ -65,6 +69,8 @@ impl NotifyRules {
             heartbeat: Duration::from_millis(c.heartbeat_ms.max(10)),
             watch_buffer: c.watch_buffer.max(2),
             slow_client: Duration::from_millis(c.slow_client_ms.max(1)),
+            watch_max_per_user: c.watch_max_per_user.max(1),
+            watch_max_streams: c.watch_max_streams.max(1),
             remind_page: c.remind_page.max(1),
             max_scan: c.max_per_user.max(1),
             max_content_chars: 4000,

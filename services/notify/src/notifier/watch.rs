@@ -10,15 +10,80 @@ use crate::live::EventId;
 /// Live entries read per round trip.
 const LIVE_BATCH: usize = 100;
 
+/// Open Watch streams of this replica, in all and per user.
+#[derive(Default)]
+pub(super) struct WatchCount {
+    total: usize,
+    per_user: std::collections::HashMap<UserId, usize>,
+}
+
+/// One open Watch stream, counted until dropped.
+struct WatchSlot {
+    notifier: Notifier,
+    user: UserId,
+}
+
+impl WatchSlot {
+    fn take(notifier: &Notifier, user: UserId) -> Result<Self, ApiError> {
+        let cfg = notifier.cfg();
+        let mut count = notifier.inner.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if count.total >= cfg.watch_max_streams {
+            metrics::counter!("feed_notify_watch_refused_total", "cap" => "replica").increment(1);
+            return Err(ApiError::ResourceExhausted(format!(
+                "watch: this replica serves {} streams, its most; retry",
+                cfg.watch_max_streams
+            )));
+        }
+        let mine = count.per_user.entry(user).or_default();
+        if *mine >= cfg.watch_max_per_user {
+            metrics::counter!("feed_notify_watch_refused_total", "cap" => "user").increment(1);
+            return Err(ApiError::ResourceExhausted(format!(
+                "user_id: at most {} open Watch streams per user; close one",
+                cfg.watch_max_per_user
+            )));
+        }
+        *mine += 1;
+        count.total += 1;
+        Ok(Self {
+            notifier: notifier.clone(),
+            user,
+        })
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut count = self.notifier.inner.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        count.total = count.total.saturating_sub(1);
+        if let std::collections::hash_map::Entry::Occupied(mut e) = count.per_user.entry(self.user) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
 impl Notifier {
     /// Watch: the user's live notifications from after `resume_after` (or
     /// from now), with heartbeats. The stream ends with RESOURCE_EXHAUSTED
     /// when the client falls a buffer behind (it resumes from its last id)
     /// and with UNAVAILABLE on shutdown.
-    pub fn watch(&self, user: UserId, resume_after: Option<EventId>) -> mpsc::Receiver<Result<WatchEvent, ApiError>> {
+    ///
+    /// Streams are capped per user and per replica
+    /// (`notify.watch_max_per_user`, `notify.watch_max_streams`): one more
+    /// is RESOURCE_EXHAUSTED, so one user's reconnect loop cannot hold a
+    /// replica's tasks and Redis connections.
+    pub fn watch(
+        &self,
+        user: UserId,
+        resume_after: Option<EventId>,
+    ) -> Result<mpsc::Receiver<Result<WatchEvent, ApiError>>, ApiError> {
+        let slot = WatchSlot::take(self, user)?;
         let (tx, rx) = mpsc::channel(self.cfg().watch_buffer);
         let this = self.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             metrics::gauge!("feed_notify_watch_streams").increment(1.0);
             if let Err(e) = this.pump(user, resume_after, &tx).await
                 && !tx.is_closed()
@@ -27,7 +92,7 @@ impl Notifier {
             }
             metrics::gauge!("feed_notify_watch_streams").decrement(1.0);
         });
-        rx
+        Ok(rx)
     }
 
     /// Queues an event for the client, waiting up to `slow_client` for room.

@@ -1055,3 +1055,56 @@ async fn an_end_user_subscribes_only_to_activities_they_may_see() {
         "the refused subscription was not stored: {subs:?}"
     );
 }
+
+/// Issue 19, item 5: one connection holds at most
+/// `server.max_concurrent_streams` calls at once (left unset, tonic lifted
+/// hyper's limit: a client could open unboundedly many Watch streams on one
+/// connection), and one user at most `notify.watch_max_per_user` streams.
+#[tokio::test]
+async fn a_connection_holds_at_most_its_stream_limit_and_a_user_at_most_their_watch_streams() {
+    let e = env_with(|cfg| {
+        cfg.server.max_concurrent_streams = 2;
+        cfg.notify.watch_max_per_user = 1;
+    })
+    .await;
+    let watch = |mut client: NotifyServiceClient<Channel>, user: u64| async move {
+        client
+            .watch(internal(nt::WatchRequest {
+                user_id: user,
+                resume_after: String::new(),
+            }))
+            .await
+    };
+    let first = watch(e.notify.clone(), 1).await.expect("watch 1").into_inner();
+    let _second = watch(e.notify.clone(), 2).await.expect("watch 2").into_inner();
+    // A third call on the same connection waits until a stream ends.
+    let mut c = e.notify.clone();
+    let third = tokio::spawn(async move {
+        c.get_unread_counts(internal(nt::GetUnreadCountsRequest { user_id: 3 }))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !third.is_finished(),
+        "a third stream opened past the connection's limit"
+    );
+
+    // Another connection: user 1 already watches, a second stream is refused.
+    let other = NotifyServiceClient::new(
+        Channel::from_shared(format!("http://{}", e.platform.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    let refused = watch(other.clone(), 1).await.expect_err("user 1's second stream");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("per user"), "{refused:?}");
+
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("served once a stream ended")
+        .expect("join")
+        .expect("unread counts");
+}
