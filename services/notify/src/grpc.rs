@@ -107,15 +107,8 @@ impl NotifyService for NotifyGrpc {
             .clone()
             .ok_or_else(|| ApiError::invalid("subscription", "required"))?;
         user_of(&req, "subscription.user_id", sub.user_id)?;
-        // Notify can tell who may see an activity, not the app's own objects.
-        if sub.object_type != crate::notifier::ACTIVITY && Caller::of(&req)?.require_internal().is_err() {
-            return Err(ApiError::PermissionDenied(format!(
-                "subscription.object_type: an end user subscribes to activities only; {:?} objects are the app's to subscribe users to",
-                sub.object_type
-            ))
-            .into());
-        }
-        let changed = self.notifier.subscribe(sub).await?;
+        let app = Caller::of(&req)?.require_internal().is_ok();
+        let changed = self.notifier.subscribe(sub, app).await?;
         Ok(Response::new(pb::SubscribeResponse { changed }))
     }
 

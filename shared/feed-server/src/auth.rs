@@ -140,15 +140,24 @@ impl Authenticator {
             .tokens
             .get(token.trim())
             .ok_or_else(|| ApiError::Unauthenticated("unknown token".into()))?;
-        let user_id = match md.get(USER_HEADER) {
-            None => None,
-            Some(v) => Some(
+        // One user, a valid id: a header sent twice is ambiguous (which one
+        // would the checks below and the handlers each read?), and an id past
+        // the largest one is none a request field could name.
+        let mut named = md.get_all(USER_HEADER).iter();
+        let user_id = match (named.next(), named.next()) {
+            (None, _) => None,
+            (Some(v), None) => Some(
                 v.to_str()
                     .ok()
                     .and_then(|s| s.parse::<u64>().ok())
-                    .filter(|id| *id != 0)
-                    .ok_or_else(|| ApiError::Unauthenticated(format!("{USER_HEADER} must be a non-zero user id")))?,
+                    .filter(|id| (1..=feed_core::validate::MAX_USER_ID).contains(id))
+                    .ok_or_else(|| {
+                        ApiError::Unauthenticated(format!("{USER_HEADER} must be a user id in 1..=2^63-1"))
+                    })?,
             ),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::Unauthenticated(format!("{USER_HEADER} must be sent once")));
+            }
         };
         if role == Role::Bff && user_id.is_none() {
             return Err(ApiError::Unauthenticated(format!(

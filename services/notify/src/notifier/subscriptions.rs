@@ -9,8 +9,10 @@ use crate::store::ALWAYS;
 impl Notifier {
     /// Subscribe: the reason must be one the configuration knows, and an
     /// activity one the user may see (a followers-only post's likes and
-    /// comments are not for everyone who names its id).
-    pub async fn subscribe(&self, mut s: Subscription) -> Result<bool, ApiError> {
+    /// comments are not for everyone who names its id). Only the app itself
+    /// (`app`: an internal token) subscribes users to its own object types,
+    /// whose readers notify cannot tell.
+    pub async fn subscribe(&self, mut s: Subscription, app: bool) -> Result<bool, ApiError> {
         validate::user_id("subscription.user_id", s.user_id)?;
         check_name("subscription.object_type", &s.object_type, 64)?;
         validate::text("subscription.object_id", &s.object_id, 256, false)?;
@@ -23,6 +25,12 @@ impl Notifier {
                     self.cfg().reasons.keys().collect::<Vec<_>>()
                 ),
             ));
+        }
+        if s.object_type != ACTIVITY && !app {
+            return Err(ApiError::PermissionDenied(format!(
+                "subscription.object_type: an end user subscribes to activities only; {:?} objects are the app's to subscribe users to",
+                s.object_type
+            )));
         }
         if s.object_type == ACTIVITY {
             let id = s

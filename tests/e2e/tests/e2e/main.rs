@@ -1,6 +1,7 @@
 //! The end-to-end suite, one test binary (one link): each module is one
 //! area, run against real servers on 127.0.0.1:0 over real gRPC.
 
+mod authz_matrix;
 mod dead_letters;
 mod fanout_fault;
 mod fanout_property;
