@@ -86,4 +86,4 @@ cargo nextest run --workspace --no-fail-fast
 # keyspace of its own, migrated as the Kubernetes Job does): the publish,
 # notify and Redis-loss end-to-end tests and the timeline property.
 FEED_E2E_STORE=cql cargo nextest run -p feed-e2e --no-fail-fast \
-  -E 'test(/^(publish|notify|redis_loss|timeline_property)::/)'
+  -E 'test(/^(publish|notify|redis_loss|timeline_property|fuzz)::/)'

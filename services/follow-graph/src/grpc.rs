@@ -302,6 +302,12 @@ impl FollowGraphService for FollowGraphGrpc {
         internal(&req)?;
         let r = req.get_ref();
         let feed = FeedRef::parse_field("feed", &r.feed)?;
+        // Past the last shard a user id can fall in, the shard's id range
+        // does not fit 64 bits.
+        let last = crate::store::shard_of(validate::MAX_USER_ID);
+        if r.shard > last {
+            return Err(ApiError::invalid("shard", format!("at most {last}")).into());
+        }
         let limit = validate::page_size("limit", r.limit, 1000, 10_000)?;
         let (page, done) = self.graph.page_shard(&feed, r.shard, r.after_user_id, limit).await?;
         Ok(Response::new(pb::PageFollowersResponse {

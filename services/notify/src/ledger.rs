@@ -15,8 +15,9 @@ pub trait EventLedger: Send + Sync + 'static {
     /// Marks the event's job done (its event id is the job id).
     async fn done(&self, event_id: &str) -> Result<(), ApiError>;
     /// Records a failed attempt at the event's job; true when publish has
-    /// now dead-lettered it (listed and replayed with fanout's dead jobs).
-    async fn fail(&self, event_id: &str, error: &str) -> Result<bool, ApiError>;
+    /// now dead-lettered it (listed and replayed with fanout's dead jobs):
+    /// after its attempts, or at once when the failure is `permanent`.
+    async fn fail(&self, event_id: &str, error: &str, permanent: bool) -> Result<bool, ApiError>;
 }
 
 /// publish's internal CompleteJob over gRPC.
@@ -52,13 +53,14 @@ impl EventLedger for GrpcEventLedger {
         Ok(())
     }
 
-    async fn fail(&self, event_id: &str, error: &str) -> Result<bool, ApiError> {
+    async fn fail(&self, event_id: &str, error: &str, permanent: bool) -> Result<bool, ApiError> {
         let r = self
             .client
             .clone()
             .fail_job(self.auth.request(pb::FailJobRequest {
                 job_id: event_id.to_owned(),
                 error: error.to_owned(),
+                permanent,
             }))
             .await
             .map_err(|s| ApiError::from_peer("publish", &s))?;

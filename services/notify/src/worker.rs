@@ -64,7 +64,8 @@ pub async fn consume<M, F, Fut>(
 /// once processed (a redelivered event is harmless: its reminds dedup).
 /// A failed attempt is counted on that job; at publish's `max_attempts` it
 /// is dead-lettered there and leaves the stream, instead of being
-/// reclaimed and retried forever.
+/// reclaimed and retried forever. An event that can never succeed (invalid)
+/// is dead-lettered at once: dropped, its job stayed pending for ever.
 pub async fn event_consumer(
     notifier: Notifier,
     events: Arc<dyn JobQueue<ActivityEvent>>,
@@ -81,13 +82,13 @@ pub async fn event_consumer(
         async move {
             let e = match n.on_activity_event(&ev).await {
                 Ok(()) => return ledger.done(&ev.event_id).await,
-                Err(e @ ApiError::InvalidArgument { .. }) => return Err(e),
                 Err(e) => e,
             };
             metrics::counter!("feed_notify_event_failures_total").increment(1);
+            let permanent = matches!(e, ApiError::InvalidArgument { .. });
             // Unreachable publish: the attempt is not counted, and the
             // delivery stays pending to be retried.
-            if !ledger.fail(&ev.event_id, &e.to_string()).await? {
+            if !ledger.fail(&ev.event_id, &e.to_string(), permanent).await? {
                 return Err(e);
             }
             tracing::error!(event_id = %ev.event_id, error = %e, "activity event dead-lettered");

@@ -280,8 +280,12 @@ impl PublishService for PublishGrpc {
         req: Request<pb::ReplayDeadLettersRequest>,
     ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
         Caller::of(&req)?.require_internal()?;
-        validate::batch_len("job_ids", &req.get_ref().job_ids, 1000)?;
-        let n = self.publisher.replay_dead(&req.get_ref().job_ids).await?;
+        let ids = &req.get_ref().job_ids;
+        validate::batch_len("job_ids", ids, 1000)?;
+        for (i, id) in ids.iter().enumerate() {
+            validate::text(&format!("job_ids[{i}]"), id, 512, false)?;
+        }
+        let n = self.publisher.replay_dead(ids).await?;
         Ok(Response::new(pb::ReplayDeadLettersResponse { replayed: n as u32 }))
     }
 
@@ -456,7 +460,7 @@ impl PublishService for PublishGrpc {
         Caller::of(&req)?.require_internal()?;
         let r = req.get_ref();
         validate::text("job_id", &r.job_id, 512, false)?;
-        let dead = self.publisher.fail_job(&r.job_id, &r.error).await?;
+        let dead = self.publisher.fail_job(&r.job_id, &r.error, r.permanent).await?;
         Ok(Response::new(pb::FailJobResponse { dead_lettered: dead }))
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod inproc;
 pub mod model;
+pub mod raw;
 pub mod split;
 
 use std::net::SocketAddr;

@@ -161,7 +161,15 @@ impl Notifier {
         for id in ids {
             if let Some(rec) = self.inner.store.note(user, *id).await? {
                 marks.push((*id, rec.seq));
-            } else if self.inner.store.announces(id + 1, 1).await?.first().map(id_of) == Some(*id) {
+            } else if self
+                .inner
+                .store
+                .announces(id.saturating_add(1), 1)
+                .await?
+                .first()
+                .map(id_of)
+                == Some(*id)
+            {
                 announces.push(*id);
             } else {
                 return Err(ApiError::NotFound(format!("ids: notification {id}")));

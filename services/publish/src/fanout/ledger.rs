@@ -35,7 +35,7 @@ impl JobLedger for Publisher {
         self.complete_job(job_id, spawned).await
     }
     async fn fail(&self, job_id: &str, error: &str) -> Result<bool, ApiError> {
-        self.fail_job(job_id, error).await
+        self.fail_job(job_id, error, false).await
     }
     async fn outbox(&self, feed: &FeedRef, limit: usize) -> Result<Vec<OutboxItem>, ApiError> {
         self.outbox_items(feed, limit).await
@@ -120,6 +120,7 @@ impl JobLedger for GrpcLedger {
             .fail_job(self.req(pb::FailJobRequest {
                 job_id: job_id.into(),
                 error: error.into(),
+                permanent: false,
             }))
             .await
             .map_err(from_publish)?;

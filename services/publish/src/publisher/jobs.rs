@@ -98,12 +98,11 @@ impl Publisher {
         Ok(self.store.complete_job(job_id, spawned, self.now()).await?)
     }
 
-    /// Records a failed attempt; true when the job is now dead-lettered.
-    pub async fn fail_job(&self, job_id: &str, error: &str) -> Result<bool, ApiError> {
-        let dead = self
-            .store
-            .fail_job(job_id, error, self.cfg.max_attempts, self.now())
-            .await?;
+    /// Records a failed attempt; true when the job is now dead-lettered: at
+    /// the configured attempts, or at once when the failure is `permanent`.
+    pub async fn fail_job(&self, job_id: &str, error: &str, permanent: bool) -> Result<bool, ApiError> {
+        let attempts = if permanent { 1 } else { self.cfg.max_attempts };
+        let dead = self.store.fail_job(job_id, error, attempts, self.now()).await?;
         if dead {
             metrics::counter!("feed_publish_dead_letters_total").increment(1);
             tracing::error!(job_id, error, "job dead-lettered");

@@ -4,16 +4,10 @@
 //! the test instead of going unchecked.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::str::FromStr;
 
-use prost::Message;
-use prost::bytes::{Buf, BufMut};
-use prost_types::{DescriptorProto, FileDescriptorSet};
 use tonic::Code;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::Channel;
 
+use feed_e2e::raw::{Descriptors, Headers, Rpc, call};
 use feed_e2e::{BFF_TOKEN, INTERNAL_TOKEN, TestApp};
 
 /// Who may call an RPC.
@@ -157,116 +151,11 @@ const ACCESS: &[(&str, Access)] = &[
 const ME: u64 = 7;
 const OTHER: u64 = 8;
 
-/// Request bodies as bytes: the matrix builds its messages from descriptors.
-#[derive(Debug, Clone, Copy, Default)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
-    }
-}
-
-/// One RPC as the descriptor set describes it.
-struct Rpc {
-    path: String,
-    input: String,
-    server_streaming: bool,
-}
-
-/// The descriptor set's messages by full name, and its RPCs.
-fn describe() -> (BTreeMap<String, DescriptorProto>, Vec<Rpc>) {
-    let set = FileDescriptorSet::decode(feed_proto::FILE_DESCRIPTOR_SET).expect("descriptor set");
-    let mut messages = BTreeMap::new();
-    let mut rpcs = Vec::new();
-    for file in &set.file {
-        let package = file.package();
-        let mut stack: Vec<(String, &DescriptorProto)> = file
-            .message_type
-            .iter()
-            .map(|m| (format!(".{package}.{}", m.name()), m))
-            .collect();
-        while let Some((name, m)) = stack.pop() {
-            stack.extend(m.nested_type.iter().map(|n| (format!("{name}.{}", n.name()), n)));
-            messages.insert(name, m.clone());
-        }
-        for service in &file.service {
-            for method in &service.method {
-                rpcs.push(Rpc {
-                    path: format!("{package}.{}/{}", service.name(), method.name()),
-                    input: method.input_type().to_owned(),
-                    server_streaming: method.server_streaming(),
-                });
-            }
-        }
-    }
-    (messages, rpcs)
-}
-
-fn varint(mut v: u64, out: &mut Vec<u8>) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// A message of type `ty` with only the uint64 at `path` (dotted field
-/// names through nested messages) set to `value`.
-fn with_field(messages: &BTreeMap<String, DescriptorProto>, ty: &str, path: &str, value: u64) -> Vec<u8> {
-    let m = messages.get(ty).unwrap_or_else(|| panic!("no message {ty}"));
-    let (name, rest) = path.split_once('.').map_or((path, None), |(a, b)| (a, Some(b)));
-    let field = m
-        .field
-        .iter()
-        .find(|f| f.name() == name)
-        .unwrap_or_else(|| panic!("{ty} has no field {name}"));
-    let number = u64::from(field.number() as u32);
-    let mut out = Vec::new();
-    match rest {
-        None => {
-            varint(number << 3, &mut out);
-            varint(value, &mut out);
-        }
-        Some(rest) => {
-            let inner = with_field(messages, field.type_name(), rest, value);
-            varint((number << 3) | 2, &mut out);
-            varint(inner.len() as u64, &mut out);
-            out.extend(inner);
-        }
-    }
-    out
-}
-
 /// One way of calling: the metadata sent.
 #[derive(Debug, Clone)]
 struct Identity {
     what: &'static str,
-    headers: Vec<(&'static str, String)>,
+    headers: Headers,
 }
 
 fn bearer(token: &str) -> (&'static str, String) {
@@ -312,25 +201,6 @@ fn unauthenticated() -> Vec<Identity> {
     ]
 }
 
-async fn call(channel: &Channel, rpc: &Rpc, body: Vec<u8>, who: &Identity) -> Result<(), tonic::Status> {
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut req = tonic::Request::new(body);
-    req.set_timeout(std::time::Duration::from_secs(5));
-    for (k, v) in &who.headers {
-        req.metadata_mut().append(*k, v.parse().expect("ascii header"));
-    }
-    let path = PathAndQuery::from_str(&format!("/{}", rpc.path)).expect("path");
-    if rpc.server_streaming {
-        // A refusal comes before the stream opens; an opened one was allowed.
-        grpc.server_streaming(req, path, Raw).await.map(|_| ())
-    } else {
-        grpc.unary(req, path, Raw).await.map(|_| ())
-    }
-}
-
 /// Every RPC the descriptor set has, each way it may not be called: the
 /// code is UNAUTHENTICATED without a valid identity, PERMISSION_DENIED for
 /// a bff token on an internal RPC or acting for another user, and neither
@@ -339,7 +209,8 @@ async fn call(channel: &Channel, rpc: &Rpc, body: Vec<u8>, who: &Identity) -> Re
 async fn every_rpc_refuses_every_caller_without_the_right_with_the_expected_code() {
     let app = TestApp::start(|_| {}).await;
     let channel = app.platform.channel.clone();
-    let (messages, rpcs) = describe();
+    let described = Descriptors::of_platform();
+    let rpcs = &described.rpcs;
     let access: BTreeMap<&str, Access> = ACCESS.iter().copied().collect();
     let served: BTreeSet<&str> = rpcs.iter().map(|r| r.path.as_str()).collect();
     let unlisted: Vec<&str> = served.iter().copied().filter(|p| !access.contains_key(p)).collect();
@@ -358,10 +229,10 @@ async fn every_rpc_refuses_every_caller_without_the_right_with_the_expected_code
             ));
         }
     };
-    for rpc in &rpcs {
+    for rpc in rpcs {
         let empty = Vec::new();
         for who in unauthenticated() {
-            let got = call(&channel, rpc, empty.clone(), &who).await;
+            let got = call(&channel, rpc, empty.clone(), &who.headers).await;
             check(rpc, who.what, got, &|c| c == Code::Unauthenticated, "Unauthenticated");
         }
         let me = Identity {
@@ -375,9 +246,9 @@ async fn every_rpc_refuses_every_caller_without_the_right_with_the_expected_code
         let allowed = |c: Code| c != Code::Unauthenticated && c != Code::PermissionDenied;
         match access[rpc.path.as_str()] {
             Access::Internal => {
-                let got = call(&channel, rpc, empty.clone(), &me).await;
+                let got = call(&channel, rpc, empty.clone(), &me.headers).await;
                 check(rpc, me.what, got, &|c| c == Code::PermissionDenied, "PermissionDenied");
-                let got = call(&channel, rpc, empty.clone(), &service).await;
+                let got = call(&channel, rpc, empty.clone(), &service.headers).await;
                 check(
                     rpc,
                     service.what,
@@ -387,8 +258,8 @@ async fn every_rpc_refuses_every_caller_without_the_right_with_the_expected_code
                 );
             }
             Access::OwnUser(field) => {
-                let other = with_field(&messages, &rpc.input, field, OTHER);
-                let got = call(&channel, rpc, other.clone(), &me).await;
+                let other = described.with_field(&rpc.input, field, OTHER);
+                let got = call(&channel, rpc, other.clone(), &me.headers).await;
                 check(
                     rpc,
                     "a bff token for user 7 acting for user 8",
@@ -396,8 +267,8 @@ async fn every_rpc_refuses_every_caller_without_the_right_with_the_expected_code
                     &|c| c == Code::PermissionDenied,
                     "PermissionDenied",
                 );
-                let own = with_field(&messages, &rpc.input, field, ME);
-                let got = call(&channel, rpc, own, &me).await;
+                let own = described.with_field(&rpc.input, field, ME);
+                let got = call(&channel, rpc, own, &me.headers).await;
                 check(
                     rpc,
                     "a bff token for user 7 acting for itself",
@@ -405,7 +276,7 @@ async fn every_rpc_refuses_every_caller_without_the_right_with_the_expected_code
                     &allowed,
                     "neither Unauthenticated nor PermissionDenied",
                 );
-                let got = call(&channel, rpc, other, &service).await;
+                let got = call(&channel, rpc, other, &service.headers).await;
                 check(
                     rpc,
                     "an internal token acting for user 8",
@@ -415,7 +286,7 @@ async fn every_rpc_refuses_every_caller_without_the_right_with_the_expected_code
                 );
             }
             Access::Open => {
-                let got = call(&channel, rpc, empty.clone(), &me).await;
+                let got = call(&channel, rpc, empty.clone(), &me.headers).await;
                 check(
                     rpc,
                     me.what,

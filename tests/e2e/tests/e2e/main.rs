@@ -6,6 +6,7 @@ mod dead_letters;
 mod fanout_fault;
 mod fanout_property;
 mod follow_graph;
+mod fuzz;
 mod internal_caps;
 mod internal_retries;
 mod k8s_manifests;
