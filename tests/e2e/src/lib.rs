@@ -109,8 +109,24 @@ impl Platform {
             listener,
             shutdown.clone(),
         ));
-        let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
-        wait_serving(channel.clone(), "", Duration::from_secs(10)).await?;
+        // A platform that failed to start says why (its task's error), not
+        // only that nothing answers.
+        let started = async {
+            let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+            wait_serving(channel.clone(), "", Duration::from_secs(10)).await?;
+            anyhow::Ok(channel)
+        };
+        let mut task = task;
+        let channel = tokio::select! {
+            started = started => started?,
+            ended = &mut task => {
+                return Err(match ended {
+                    Ok(Err(cause)) => cause.context("the platform stopped at start"),
+                    Ok(Ok(())) => anyhow::anyhow!("the platform stopped at start"),
+                    Err(join) => join.into(),
+                });
+            }
+        };
         Ok(Self {
             addr,
             channel,
