@@ -19,7 +19,7 @@ pub const DEV_TOKEN_FILE: &str = "dev-token";
 /// restart does not invalidate the developer's shell). Returns the
 /// authenticator and the dev token when one was made.
 pub fn auth_or_dev_token(cfg: &FeedConfig) -> anyhow::Result<(Authenticator, Option<String>)> {
-    let auth = Authenticator::from_config(&cfg.auth)?;
+    let auth = Authenticator::from_config(&cfg.auth)?.with_quotas(&cfg.quotas);
     if !auth.is_empty() {
         return Ok((auth, None));
     }

@@ -41,13 +41,13 @@ pub async fn open_store(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn GraphStore>>
 /// Adds the service, its health name and its readiness check to `set`.
 pub fn register(set: &mut ServiceSet, graph: FollowGraph, auth: &Authenticator) {
     let store = graph.store().clone();
-    set.routes
-        .add_service(tonic::service::interceptor::InterceptedService::new(
+    set.routes.add_service(
+        auth.guard(
             FollowGraphServiceServer::new(grpc::FollowGraphGrpc::new(graph))
                 .max_decoding_message_size(feed_server::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(feed_server::MAX_MESSAGE_BYTES),
-            auth.interceptor(),
-        ));
+        ),
+    );
     set.names.push(SERVICE_NAME);
     set.readiness.push(Arc::new(move || {
         let store = store.clone();

@@ -177,13 +177,13 @@ fn trim<M: feed_queue::QueueMessage>(q: Arc<dyn JobQueue<M>>) -> worker::Trim {
 /// Adds NotifyService, its health name and readiness check to `set`.
 pub fn register(set: &mut ServiceSet, notifier: Notifier, auth: &Authenticator) {
     let store = notifier.store().clone();
-    set.routes
-        .add_service(tonic::service::interceptor::InterceptedService::new(
+    set.routes.add_service(
+        auth.guard(
             NotifyServiceServer::new(grpc::NotifyGrpc::new(notifier))
                 .max_decoding_message_size(feed_server::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(feed_server::MAX_MESSAGE_BYTES),
-            auth.interceptor(),
-        ));
+        ),
+    );
     set.names.push(SERVICE_NAME);
     set.readiness.push(Arc::new(move || {
         let store = store.clone();

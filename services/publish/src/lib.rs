@@ -162,13 +162,13 @@ pub fn system_clock() -> Arc<dyn Clock> {
 /// Adds PublishService, its health name and readiness check to `set`.
 pub fn register(set: &mut ServiceSet, publisher: Publisher, inbox: Arc<dyn InboxStore>, auth: &Authenticator) {
     let store = publisher.store().clone();
-    set.routes
-        .add_service(tonic::service::interceptor::InterceptedService::new(
+    set.routes.add_service(
+        auth.guard(
             PublishServiceServer::new(grpc::PublishGrpc::new(publisher, inbox))
                 .max_decoding_message_size(feed_server::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(feed_server::MAX_MESSAGE_BYTES),
-            auth.interceptor(),
-        ));
+        ),
+    );
     set.names.push(SERVICE_NAME);
     set.readiness.push(Arc::new(move || {
         let store = store.clone();

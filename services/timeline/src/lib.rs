@@ -23,13 +23,13 @@ pub const SERVICE_NAME: &str = "feed.timeline.v1.TimelineService";
 
 /// Adds TimelineService, its health name and readiness check to `set`.
 pub fn register(set: &mut ServiceSet, timeline: Timeline, inbox: Arc<dyn InboxStore>, auth: &Authenticator) {
-    set.routes
-        .add_service(tonic::service::interceptor::InterceptedService::new(
+    set.routes.add_service(
+        auth.guard(
             TimelineServiceServer::new(grpc::TimelineGrpc::new(timeline))
                 .max_decoding_message_size(feed_server::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(feed_server::MAX_MESSAGE_BYTES),
-            auth.interceptor(),
-        ));
+        ),
+    );
     set.names.push(SERVICE_NAME);
     set.readiness.push(Arc::new(move || {
         let inbox = inbox.clone();

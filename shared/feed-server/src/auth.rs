@@ -6,11 +6,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use feed_core::{ApiError, UserId};
 use tonic::{Request, Status};
 
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, QuotaConfig};
+use crate::quotas::{Class, Quotas};
 
 /// Metadata key naming the end user a `bff` call acts for.
 pub const USER_HEADER: &str = "x-feed-user-id";
@@ -73,6 +75,8 @@ fn digest(token: &str) -> [u8; 32] {
 /// Checks bearer tokens. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Authenticator {
+    /// Per-user rate limits of bff callers; none: unlimited.
+    quotas: Option<Arc<Quotas>>,
     /// By the SHA-256 of each token: the process holds no token itself, and
     /// a lookup's timing depends on the digest of what was presented, which
     /// tells an attacker nothing about how close a guess came to a token.
@@ -92,6 +96,7 @@ impl Authenticator {
     /// From `(token, role)` pairs.
     pub fn new(tokens: impl IntoIterator<Item = (String, Role)>) -> Self {
         Self {
+            quotas: None,
             tokens: Arc::new(
                 tokens
                     .into_iter()
@@ -137,6 +142,35 @@ impl Authenticator {
         Ok(Self::new(tokens))
     }
 
+    /// With per-user rate limits for bff callers (see [`Quotas`]).
+    pub fn with_quotas(mut self, cfg: &QuotaConfig) -> Self {
+        self.quotas = Some(Arc::new(Quotas::new(cfg)));
+        self
+    }
+
+    /// Wraps a service: every call is authenticated (its [`Caller`] in the
+    /// request's extensions) and, for a bff caller, charged to its user's
+    /// quota for the RPC's class, before the service sees it.
+    pub fn guard<S>(&self, inner: S) -> Guarded<S> {
+        Guarded {
+            inner,
+            auth: self.clone(),
+        }
+    }
+
+    /// Authenticates a call to `path` and charges its quota.
+    fn admit(&self, headers: &http::HeaderMap, path: &str) -> Result<Caller, Status> {
+        let (caller, token) = self.identify(headers).map_err(Status::from)?;
+        if let (Some(quotas), Role::Bff, Some(user)) = (&self.quotas, caller.role, caller.user_id) {
+            let class = Class::of_path(path);
+            if let Err(wait) = quotas.take(token, user, class, std::time::Instant::now()) {
+                metrics::counter!("feed_rpc_rate_limited_total").increment(1);
+                return Err(crate::quotas::exhausted(class, wait));
+            }
+        }
+        Ok(caller)
+    }
+
     /// True when no token is configured (feedd then creates a dev token).
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
@@ -144,6 +178,11 @@ impl Authenticator {
 
     /// Authenticates a request's metadata.
     pub fn authenticate(&self, md: &tonic::metadata::MetadataMap) -> Result<Caller, ApiError> {
+        self.identify(md.as_ref()).map(|(caller, _)| caller)
+    }
+
+    /// The caller a request's headers name, and the digest of its token.
+    fn identify(&self, md: &http::HeaderMap) -> Result<(Caller, [u8; 32]), ApiError> {
         let header = md
             .get("authorization")
             .ok_or_else(|| ApiError::Unauthenticated("missing authorization: Bearer <token>".into()))?;
@@ -152,9 +191,10 @@ impl Authenticator {
             .ok()
             .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .ok_or_else(|| ApiError::Unauthenticated("authorization must be Bearer <token>".into()))?;
+        let token = digest(token.trim());
         let role = *self
             .tokens
-            .get(&digest(token.trim()))
+            .get(&token)
             .ok_or_else(|| ApiError::Unauthenticated("unknown token".into()))?;
         // One user, a valid id: a header sent twice is ambiguous (which one
         // would the checks below and the handlers each read?), and an id past
@@ -180,18 +220,41 @@ impl Authenticator {
                 "a bff token must send {USER_HEADER}"
             )));
         }
-        Ok(Caller { role, user_id })
+        Ok((Caller { role, user_id }, token))
+    }
+}
+
+/// A service behind [`Authenticator::guard`]. Unlike a tonic interceptor it
+/// sees the RPC's path, which names the quota class a call is charged to.
+#[derive(Clone)]
+pub struct Guarded<S> {
+    inner: S,
+    auth: Authenticator,
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Guarded<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Guarded<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = futures::future::Either<std::future::Ready<Result<Self::Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
     }
 
-    /// A tonic interceptor that authenticates and attaches the [`Caller`].
-    pub fn interceptor(
-        &self,
-    ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
-        let auth = self.clone();
-        move |mut req: Request<()>| {
-            let caller = auth.authenticate(req.metadata()).map_err(Status::from)?;
-            req.extensions_mut().insert(caller);
-            Ok(req)
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        match self.auth.admit(req.headers(), req.uri().path()) {
+            Ok(caller) => {
+                req.extensions_mut().insert(caller);
+                futures::future::Either::Right(self.inner.call(req))
+            }
+            Err(status) => futures::future::Either::Left(std::future::ready(Ok(status.into_http()))),
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct FeedConfig {
     pub server: ServerConfig,
     /// Service tokens.
     pub auth: AuthConfig,
+    /// Per-user rate limits of bff callers.
+    pub quotas: QuotaConfig,
     /// Logs.
     pub telemetry: TelemetryConfig,
     /// Embedded storage.
@@ -42,6 +44,34 @@ pub struct FeedConfig {
     pub notify: NotifyConfig,
     /// timeline service settings.
     pub timeline: TimelineConfig,
+}
+
+/// Rate limits per end user: a token bucket per (bff token, user) and
+/// class of call, refilled at the rate, holding at most the burst. Internal
+/// callers (the platform's services, operators) are not limited. A rate of
+/// 0 turns that class's limit off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Reads (`Get*`, `List*`, `Read*`, `Stream*`, `Watch`) per second.
+    pub reads_per_sec: f64,
+    /// Reads one user may make at once after a quiet spell.
+    pub read_burst: f64,
+    /// Writes (every other RPC) per second.
+    pub writes_per_sec: f64,
+    /// Writes one user may make at once after a quiet spell.
+    pub write_burst: f64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            reads_per_sec: 50.0,
+            read_burst: 100.0,
+            writes_per_sec: 10.0,
+            write_burst: 30.0,
+        }
+    }
 }
 
 /// timeline settings.

@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod limits;
 pub mod observe;
+pub mod quotas;
 pub mod retry;
 pub mod serve;
 pub mod shutdown;

@@ -98,7 +98,8 @@ impl Platform {
         let auth = Authenticator::new([
             (INTERNAL_TOKEN.to_owned(), Role::Internal),
             (BFF_TOKEN.to_owned(), Role::Bff),
-        ]);
+        ])
+        .with_quotas(&cfg.quotas);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shutdown = Shutdown::new();

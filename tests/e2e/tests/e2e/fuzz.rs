@@ -467,7 +467,13 @@ fn acceptable(code: Code) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_generated_requests_get_no_panic_no_internal_and_refusals_write_nothing() {
-    let mut app = TestApp::start(|_| {}).await;
+    // Unlimited: a bff user's refusals sent again in a burst must meet the
+    // same checks, not a quota (quotas have a test of their own).
+    let mut app = TestApp::start(|cfg| {
+        cfg.quotas.reads_per_sec = 0.0;
+        cfg.quotas.writes_per_sec = 0.0;
+    })
+    .await;
     let channel = app.platform.channel.clone();
     let described = Descriptors::of_platform();
     let now = feed_core::Clock::now_ms(&feed_core::SystemClock) as i64;

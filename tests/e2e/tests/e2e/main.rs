@@ -12,6 +12,7 @@ mod internal_retries;
 mod k8s_manifests;
 mod notify;
 mod publish;
+mod quotas;
 mod redis_auth;
 mod redis_loss;
 mod standard_protocols;
