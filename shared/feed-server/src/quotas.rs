@@ -46,11 +46,14 @@ struct Bucket {
 /// none): memory stays bounded however many users call.
 const MAX_BUCKETS: usize = 100_000;
 
+/// Whose bucket: the token's digest, the user, the class.
+type BucketKey = ([u8; 32], UserId, Class);
+
 /// The buckets of one process.
 #[derive(Debug)]
 pub struct Quotas {
     cfg: QuotaConfig,
-    buckets: Mutex<HashMap<([u8; 32], UserId, Class), Bucket>>,
+    buckets: Mutex<HashMap<BucketKey, Bucket>>,
 }
 
 impl Quotas {
