@@ -8,7 +8,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Blocked { .. } => ApiError::FailedPrecondition(e.to_string()),
-            StoreError::TooManyFollows(_) => ApiError::ResourceExhausted(e.to_string()),
+            StoreError::TooManyFollows(_) | StoreError::TooManyBlocks(_) | StoreError::TooManyMutes(_) => {
+                ApiError::ResourceExhausted(e.to_string())
+            }
             StoreError::Unavailable(m) => ApiError::Unavailable(m),
             StoreError::Backend(m) => ApiError::Internal(m),
         }

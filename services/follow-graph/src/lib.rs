@@ -21,6 +21,7 @@ pub const SERVICE_NAME: &str = "feed.followgraph.v1.FollowGraphService";
 pub fn policy(cfg: &FeedConfig) -> GraphPolicy {
     let c = &cfg.follow_graph;
     GraphPolicy::new(c.celebrity_threshold, c.celebrity_hysteresis, c.max_following)
+        .with_pair_limits(c.max_blocks, c.max_mutes)
 }
 
 /// Opens the configured backend: ScyllaDB when `scylla.nodes` is set (its

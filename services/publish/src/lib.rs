@@ -39,6 +39,7 @@ pub fn publish_rules(cfg: &FeedConfig) -> PublishRules {
     let mut p = PublishRules {
         max_attempts: cfg.publish.max_attempts.max(1),
         inbox_cap: cfg.inbox.cap.max(1),
+        max_scheduled: cfg.publish.max_scheduled_per_actor.max(1),
         ..PublishRules::default()
     };
     p.limits.max_extra_bytes = cfg.publish.max_extra_bytes;

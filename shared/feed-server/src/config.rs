@@ -148,6 +148,10 @@ pub struct NotifyConfig {
     pub jobs_stream: String,
     /// Most notifications kept and scanned per user (older ones are trimmed).
     pub max_per_user: usize,
+    /// A Subscribe call is refused once the user holds this many
+    /// subscriptions (all count, those their posts and reactions made too;
+    /// those still subscribe them past it).
+    pub max_subscriptions_per_user: usize,
     /// How often the sweeper re-drives stale remind jobs and trims notify's streams.
     pub sweep_interval_ms: u64,
     /// A remind job untouched this long is re-driven by the sweeper.
@@ -189,6 +193,7 @@ impl Default for NotifyConfig {
             events_group: "notify".into(),
             jobs_stream: "feed:notify-jobs".into(),
             max_per_user: 1000,
+            max_subscriptions_per_user: 10_000,
             sweep_interval_ms: 5_000,
             stale_after_ms: 60_000,
             reclaim_idle_ms: 30_000,
@@ -209,6 +214,8 @@ pub struct PublishConfig {
     pub sweep_interval_ms: u64,
     /// A pending job untouched this long is re-enqueued by the sweeper.
     pub stale_after_ms: u64,
+    /// Most items one actor may have scheduled and not yet released.
+    pub max_scheduled_per_actor: usize,
 }
 
 impl Default for PublishConfig {
@@ -218,6 +225,7 @@ impl Default for PublishConfig {
             max_attempts: 5,
             sweep_interval_ms: 5_000,
             stale_after_ms: 60_000,
+            max_scheduled_per_actor: 1000,
         }
     }
 }
@@ -437,6 +445,10 @@ pub struct FollowGraphConfig {
     pub celebrity_hysteresis: f64,
     /// Most feeds one user may follow (bounds timeline merges and rebuilds).
     pub max_following: u64,
+    /// Most users one user may block (bounds the state a user can pile up).
+    pub max_blocks: u64,
+    /// Most users one user may mute.
+    pub max_mutes: u64,
     /// The edge log keeps a change at most this long, even when a reader
     /// (publish) has not passed it; readers never look further back.
     pub edge_log_keep_secs: u64,
@@ -448,6 +460,8 @@ impl Default for FollowGraphConfig {
             celebrity_threshold: 10_000,
             celebrity_hysteresis: 0.1,
             max_following: 5_000,
+            max_blocks: 10_000,
+            max_mutes: 10_000,
             edge_log_keep_secs: 7 * 24 * 3600,
         }
     }

@@ -8,7 +8,7 @@ use super::{Cause, GraphPolicy, GraphStore, SHARD_BITS, StoreError};
 
 /// The policy the contract assumes: celebrity at 3 followers, back below 2.
 pub fn contract_policy() -> GraphPolicy {
-    GraphPolicy::new(3, 0.5, 50)
+    GraphPolicy::new(3, 0.5, 50).with_pair_limits(5, 5)
 }
 
 fn feed(s: &str) -> FeedRef {
@@ -269,6 +269,32 @@ pub async fn follow_limit_is_enforced(s: &dyn GraphStore) {
     assert_eq!(s.following_counts(&[50]).await.expect("count"), vec![max]);
 }
 
+/// Contract check: the blocks and mutes one user holds are capped; the
+/// same block or mute again, and a new one after lifting one, still work.
+pub async fn blocks_and_mutes_per_user_are_capped(s: &dyn GraphStore) {
+    let (max_blocks, max_mutes) = (contract_policy().max_blocks, contract_policy().max_mutes);
+    for t in 0..max_blocks {
+        s.block(80, 1000 + t).await.expect("block under the cap");
+    }
+    assert_eq!(
+        s.block(80, 2000).await.expect_err("one more"),
+        StoreError::TooManyBlocks(max_blocks)
+    );
+    assert!(!s.block(80, 1000).await.expect("the same block again").changed);
+    assert!(s.unblock(80, 1000).await.expect("unblock"));
+    assert!(s.block(80, 2000).await.expect("room again").changed);
+    for t in 0..max_mutes {
+        s.set_mute(81, 1000 + t, true).await.expect("mute under the cap");
+    }
+    assert_eq!(
+        s.set_mute(81, 2000, true).await.expect_err("one more"),
+        StoreError::TooManyMutes(max_mutes)
+    );
+    assert!(!s.set_mute(81, 1000, true).await.expect("the same mute again").changed);
+    assert!(s.set_mute(81, 1000, false).await.expect("unmute").changed);
+    assert!(s.set_mute(81, 2000, true).await.expect("room again").changed);
+}
+
 /// Contract check: graph version bumps on every change.
 pub async fn graph_version_bumps_on_every_change(s: &dyn GraphStore) {
     let read = || async { s.graph_versions(&[60, 61]).await.expect("versions") };
@@ -398,6 +424,7 @@ macro_rules! graph_store_contract {
                 shards_address_follower_ranges,
                 celebrity_flag_has_hysteresis,
                 follow_limit_is_enforced,
+                blocks_and_mutes_per_user_are_capped,
                 graph_version_bumps_on_every_change,
                 every_edge_change_is_logged_in_order,
                 the_edge_log_is_trimmed_below_a_position

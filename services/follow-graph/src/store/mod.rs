@@ -30,6 +30,10 @@ pub struct GraphPolicy {
     pub celebrity_exit_below: u64,
     /// Most feeds one user may follow.
     pub max_following: u64,
+    /// Most users one user may block.
+    pub max_blocks: u64,
+    /// Most users one user may mute.
+    pub max_mutes: u64,
 }
 
 impl GraphPolicy {
@@ -40,6 +44,17 @@ impl GraphPolicy {
             celebrity_threshold: threshold.max(1),
             celebrity_exit_below: ((threshold.max(1) as f64) * (1.0 - h)).ceil() as u64,
             max_following,
+            max_blocks: 10_000,
+            max_mutes: 10_000,
+        }
+    }
+
+    /// With caps on the blocks and mutes one user holds.
+    pub fn with_pair_limits(self, max_blocks: u64, max_mutes: u64) -> Self {
+        Self {
+            max_blocks,
+            max_mutes,
+            ..self
         }
     }
 
@@ -137,6 +152,12 @@ pub enum StoreError {
     /// The user follows the maximum number of feeds.
     #[error("user follows the maximum of {0} feeds")]
     TooManyFollows(u64),
+    /// The user blocks the maximum number of users.
+    #[error("target_user_id: user blocks the maximum of {0} users; unblock one first")]
+    TooManyBlocks(u64),
+    /// The user mutes the maximum number of users.
+    #[error("target_user_id: user mutes the maximum of {0} users; unmute one first")]
+    TooManyMutes(u64),
     /// The backend did not answer.
     #[error("storage unavailable: {0}")]
     Unavailable(String),

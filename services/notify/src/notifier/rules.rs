@@ -32,6 +32,8 @@ pub struct NotifyRules {
     pub remind_page: usize,
     /// Notifications scanned per listing or count.
     pub max_scan: usize,
+    /// Subscriptions one user may make with Subscribe.
+    pub max_subscriptions: usize,
     /// Most characters of a message or announce body.
     pub max_content_chars: usize,
 }
@@ -73,6 +75,7 @@ impl NotifyRules {
             watch_max_streams: c.watch_max_streams.max(1),
             remind_page: c.remind_page.max(1),
             max_scan: c.max_per_user.max(1),
+            max_subscriptions: c.max_subscriptions_per_user.max(1),
             max_content_chars: 4000,
         })
     }

@@ -6,6 +6,9 @@ use feed_proto::notify::v1::{PolicyAction, RecipientPolicy, Subscription, Subscr
 use super::{ACTIVITY, Notifier, check_name};
 use crate::store::ALWAYS;
 
+/// Most actions one user's configuration holds.
+const MAX_CONFIGURED_ACTIONS: usize = 100;
+
 impl Notifier {
     /// Subscribe: the reason must be one the configuration knows, and an
     /// activity one the user may see (a followers-only post's likes and
@@ -43,6 +46,21 @@ impl Notifier {
             // not for this user to learn either.
             if !self.inner.activities.visible_to(s.user_id, id).await? {
                 return Err(ApiError::NotFound(format!("subscription.object_id: activity {id}")));
+            }
+        }
+        // A cap on state a user piles up, checked before the write (two
+        // subscribes at once can pass it by one each); the same
+        // subscription again is still answered, unchanged.
+        let max = self.cfg().max_subscriptions;
+        let held = self.inner.store.subscriptions(s.user_id, None, max).await?;
+        if held.len() >= max {
+            let again = held
+                .iter()
+                .any(|h| h.object_type == s.object_type && h.object_id == s.object_id && h.reason == s.reason);
+            if !again {
+                return Err(ApiError::ResourceExhausted(format!(
+                    "subscription: the user has the maximum of {max} subscriptions; unsubscribe from one first"
+                )));
             }
         }
         s.created_at_ms = self.now() as i64;
@@ -108,8 +126,11 @@ impl Notifier {
         actions: std::collections::HashMap<String, bool>,
         policy: Option<RecipientPolicy>,
     ) -> Result<SubscriptionConfig, ApiError> {
-        if actions.len() > 100 {
-            return Err(ApiError::invalid("actions", "at most 100 entries"));
+        if actions.len() > MAX_CONFIGURED_ACTIONS {
+            return Err(ApiError::invalid(
+                "actions",
+                format!("at most {MAX_CONFIGURED_ACTIONS} entries"),
+            ));
         }
         for a in actions.keys() {
             check_name(&format!("actions[{a:?}]"), a, 32)?;
@@ -129,6 +150,13 @@ impl Notifier {
         let _g = self.lock(user).await;
         let mut state = self.state(user).await?;
         state.actions.extend(actions);
+        // One call names at most 100, and so may the user's whole
+        // configuration: calls naming new actions each added up before.
+        if state.actions.len() > MAX_CONFIGURED_ACTIONS {
+            return Err(ApiError::ResourceExhausted(format!(
+                "actions: a user configures at most {MAX_CONFIGURED_ACTIONS} actions"
+            )));
+        }
         if policy.is_some() {
             state.policy = policy;
         }

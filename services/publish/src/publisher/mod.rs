@@ -36,6 +36,8 @@ pub struct PublishRules {
     /// Feed kinds an actor may target with `to` only if they follow the feed
     /// (membership stands in for "may post here" until a policy service exists).
     pub member_only_kinds: Vec<String>,
+    /// Most items one actor may have scheduled and not yet released.
+    pub max_scheduled: usize,
 }
 
 impl Default for PublishRules {
@@ -45,6 +47,7 @@ impl Default for PublishRules {
             max_attempts: 5,
             inbox_cap: 800,
             member_only_kinds: vec!["group".into(), "company".into()],
+            max_scheduled: 1000,
         }
     }
 }

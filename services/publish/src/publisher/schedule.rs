@@ -8,6 +8,14 @@ use crate::validate::{self};
 
 impl Publisher {
     pub(super) async fn schedule(&self, new: NewActivity, publish_at_ms: i64) -> Result<Published, ApiError> {
+        // A cap on state an actor piles up, checked before the write: two
+        // schedules at once by one actor can pass it by one each.
+        let max = self.cfg.max_scheduled;
+        if self.store.list_scheduled(new.actor, "", max).await?.len() >= max {
+            return Err(ApiError::ResourceExhausted(format!(
+                "publish_at_ms: the actor has the maximum of {max} scheduled items; cancel one first"
+            )));
+        }
         // The id is minted at release (Invariant 7); the schedule id orders by creation.
         let schedule_id = uuid::Uuid::now_v7().simple().to_string();
         self.store

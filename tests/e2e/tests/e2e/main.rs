@@ -16,5 +16,6 @@ mod quotas;
 mod redis_auth;
 mod redis_loss;
 mod standard_protocols;
+mod state_caps;
 mod timeline;
 mod timeline_property;

@@ -236,6 +236,20 @@ impl EmbeddedGraphStore {
         }
     }
 
+    /// How many pairs (blocks or mutes) `user` holds in `pairs`, counting
+    /// no further than `up_to`.
+    fn pair_count(&self, pairs: &Keyspace, user: UserId, up_to: u64) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for item in pairs.prefix(user.to_be_bytes()) {
+            item.key().map_err(be)?;
+            n += 1;
+            if n >= up_to {
+                break;
+            }
+        }
+        Ok(n)
+    }
+
     fn is_muting(&self, user: UserId, target: UserId) -> Result<bool, StoreError> {
         Ok(self.pairs().mutes.contains(&u64_pair(user, target)))
     }

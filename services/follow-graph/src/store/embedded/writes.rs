@@ -76,6 +76,9 @@ pub(super) async fn block(store: &EmbeddedGraphStore, user: UserId, target: User
             removed: vec![],
         });
     }
+    if store.pair_count(&store.blocks, user, store.policy.max_blocks)? >= store.policy.max_blocks {
+        return Err(StoreError::TooManyBlocks(store.policy.max_blocks));
+    }
     let mut batch = store.db.batch();
     batch.insert(&store.blocks, u64_pair(user, target), []);
     let mut removed = Vec::new();
@@ -140,6 +143,9 @@ pub(super) async fn set_mute(
             changed: false,
             edge: store.state(user, &feed)?,
         });
+    }
+    if muted && store.pair_count(&store.mutes, user, store.policy.max_mutes)? >= store.policy.max_mutes {
+        return Err(StoreError::TooManyMutes(store.policy.max_mutes));
     }
     let mut batch = store.db.batch();
     if muted {

@@ -198,6 +198,18 @@ impl ScyllaGraphStore {
         }
     }
 
+    /// How many pairs `user` holds in the table `count` reads, counting no
+    /// further than `up_to`.
+    async fn pair_count(&self, count: &PreparedStatement, user: UserId, up_to: u64) -> Result<u64, StoreError> {
+        let limit = up_to.clamp(1, i32::MAX as u64) as i32;
+        let rows = self
+            .exec(count, (i(user), limit))
+            .await?
+            .into_rows_result()
+            .map_err(err)?;
+        Ok(rows.rows_num() as u64)
+    }
+
     async fn blocks(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
         self.exists(&self.st.block_get, (i(a), i(b))).await
     }

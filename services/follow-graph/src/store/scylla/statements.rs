@@ -26,6 +26,8 @@ pub(super) struct Statements {
     pub(super) user_stats_insert: PreparedStatement,
     pub(super) user_stats_update: PreparedStatement,
     pub(super) block_insert: PreparedStatement,
+    pub(super) block_count: PreparedStatement,
+    pub(super) mute_count: PreparedStatement,
     pub(super) block_delete: PreparedStatement,
     pub(super) block_get: PreparedStatement,
     pub(super) mute_insert: PreparedStatement,
@@ -89,6 +91,8 @@ impl Statements {
             ))
             .await?,
             block_insert: prep(format!("INSERT INTO {k}.fg_blocks (user_id, target_id) VALUES (?, ?) IF NOT EXISTS")).await?,
+            block_count: prep(format!("SELECT target_id FROM {k}.fg_blocks WHERE user_id = ? LIMIT ?")).await?,
+            mute_count: prep(format!("SELECT target_id FROM {k}.fg_mutes WHERE user_id = ? LIMIT ?")).await?,
             block_delete: prep(format!("DELETE FROM {k}.fg_blocks WHERE user_id = ? AND target_id = ? IF EXISTS")).await?,
             block_get: prep(format!("SELECT target_id FROM {k}.fg_blocks WHERE user_id = ? AND target_id = ?")).await?,
             mute_insert: prep(format!("INSERT INTO {k}.fg_mutes (user_id, target_id) VALUES (?, ?) IF NOT EXISTS")).await?,

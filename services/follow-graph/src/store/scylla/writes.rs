@@ -76,6 +76,12 @@ pub(super) async fn unfollow(
 }
 
 pub(super) async fn block(store: &ScyllaGraphStore, user: UserId, target: UserId) -> Result<BlockChange, StoreError> {
+    // Checked before the insert: two blocks by one user at once can pass
+    // the cap by one each (a cap on state, not an exact count).
+    let max = store.policy.max_blocks;
+    if !store.blocks(user, target).await? && store.pair_count(&store.st.block_count, user, max).await? >= max {
+        return Err(StoreError::TooManyBlocks(max));
+    }
     if !store.lwt(&store.st.block_insert, (i(user), i(target))).await? {
         return Ok(BlockChange {
             changed: false,
@@ -130,6 +136,10 @@ pub(super) async fn set_mute(
 ) -> Result<EdgeChange, StoreError> {
     let feed = FeedRef::user(target);
     let name = feed.to_string();
+    let max = store.policy.max_mutes;
+    if muted && !store.muting(user, target).await? && store.pair_count(&store.st.mute_count, user, max).await? >= max {
+        return Err(StoreError::TooManyMutes(max));
+    }
     let changed = if muted {
         store.lwt(&store.st.mute_insert, (i(user), i(target))).await?
     } else {
