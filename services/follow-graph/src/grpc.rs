@@ -14,6 +14,7 @@ use crate::store::EdgeState;
 
 const FOLLOWERS_TOKEN: u8 = 0x01;
 const FOLLOWING_TOKEN: u8 = 0x02;
+const MEMBERS_TOKEN: u8 = 0x03;
 const MAX_BATCH: usize = 100;
 const MAX_VERSION_BATCH: usize = 1000;
 
@@ -147,6 +148,11 @@ impl FollowGraphService for FollowGraphGrpc {
         let targets = user_ids("target_user_ids", &req.get_ref().target_user_ids, MAX_BATCH)?;
         let feed_refs = feeds("feeds", &req.get_ref().feeds, MAX_BATCH)?;
         let (rels, following) = self.graph.relationships(user, &targets, &feed_refs).await?;
+        let member = if feed_refs.is_empty() {
+            vec![]
+        } else {
+            self.graph.members(user, &feed_refs).await?
+        };
         Ok(Response::new(pb::GetRelationshipsResponse {
             relationships: rels
                 .into_iter()
@@ -163,11 +169,45 @@ impl FollowGraphService for FollowGraphGrpc {
             feeds: feed_refs
                 .into_iter()
                 .zip(following)
-                .map(|(f, following)| pb::FeedRelationship {
+                .zip(member)
+                .map(|((f, following), member)| pb::FeedRelationship {
                     feed: f.to_string(),
                     following,
+                    member,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn set_membership(
+        &self,
+        req: Request<pb::SetMembershipRequest>,
+    ) -> Result<Response<pb::SetMembershipResponse>, Status> {
+        internal(&req)?;
+        let r = req.get_ref();
+        let feed = FeedRef::parse_field("feed", &r.feed)?;
+        let user = validate::user_id("user_id", r.user_id)?;
+        let changed = self.graph.set_member(&feed, user, r.member).await?;
+        Ok(Response::new(pb::SetMembershipResponse { changed }))
+    }
+
+    async fn list_members(
+        &self,
+        req: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        internal(&req)?;
+        let r = req.get_ref();
+        let feed = FeedRef::parse_field("feed", &r.feed)?;
+        let limit = validate::page_size("page_size", r.page_size, 100, 1000)?;
+        let after = PageToken::decode_u64("page_token", MEMBERS_TOKEN, &r.page_token)?.unwrap_or(0);
+        let (page, more) = self.graph.list_members(&feed, after, limit).await?;
+        let next_page_token = match (more, page.last()) {
+            (true, Some(last)) => PageToken::encode_u64(MEMBERS_TOKEN, *last),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListMembersResponse {
+            user_ids: page,
+            next_page_token,
         }))
     }
 

@@ -140,6 +140,35 @@ impl FollowGraph {
         ))
     }
 
+    /// Whether `user` is a member of each of `feeds`, in order.
+    pub async fn members(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
+        Ok(self.store.is_member(user, feeds).await?)
+    }
+
+    /// Makes `user` a member of `feed` or not; true when that changed. A
+    /// user feed has no members: it is its owner's.
+    pub async fn set_member(&self, feed: &FeedRef, user: UserId, member: bool) -> Result<bool, ApiError> {
+        if feed.user_id().is_some() {
+            return Err(ApiError::invalid("feed", "a user feed has no members"));
+        }
+        let changed = self.store.set_member(feed, user, member).await?;
+        record(if member { "add_member" } else { "remove_member" }, changed);
+        Ok(changed)
+    }
+
+    /// A page of members after `after`, and whether more follow.
+    pub async fn list_members(
+        &self,
+        feed: &FeedRef,
+        after: UserId,
+        limit: usize,
+    ) -> Result<(Vec<UserId>, bool), ApiError> {
+        let mut page = self.store.list_members(feed, after, limit + 1).await?;
+        let more = page.len() > limit;
+        page.truncate(limit);
+        Ok((page, more))
+    }
+
     /// A page of followers after `after`, and whether more follow.
     pub async fn list_followers(
         &self,

@@ -19,6 +19,8 @@ pub trait Graph: Send + Sync + 'static {
     async fn celebrity(&self, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError>;
     /// Whether `user` follows each feed, in order.
     async fn follows(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError>;
+    /// Whether `user` is a member of each feed (may post there), in order.
+    async fn members(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError>;
     /// Whether a block stands between `user` and each of `others` (either
     /// way), in order.
     async fn blocked(&self, user: UserId, others: &[UserId]) -> Result<Vec<bool>, ApiError>;
@@ -53,6 +55,10 @@ impl Graph for FollowGraphClient {
 
     async fn follows(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
         FollowGraphClient::follows(self, user, feeds).await
+    }
+
+    async fn members(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
+        FollowGraphClient::members(self, user, feeds).await
     }
 
     async fn blocked(&self, user: UserId, others: &[UserId]) -> Result<Vec<bool>, ApiError> {

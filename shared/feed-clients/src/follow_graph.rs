@@ -133,6 +133,25 @@ impl FollowGraphClient {
 
     /// Whether `user` follows each of `feeds`, in order.
     pub async fn follows(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
+        Ok(self
+            .feed_relations(user, feeds)
+            .await?
+            .into_iter()
+            .map(|f| f.following)
+            .collect())
+    }
+
+    /// Whether `user` is a member of each of `feeds`, in order.
+    pub async fn members(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
+        Ok(self
+            .feed_relations(user, feeds)
+            .await?
+            .into_iter()
+            .map(|f| f.member)
+            .collect())
+    }
+
+    async fn feed_relations(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<fg::FeedRelationship>, ApiError> {
         let mut out = Vec::with_capacity(feeds.len());
         for chunk in feeds.chunks(FOLLOW_GRAPH_BATCH) {
             let resp = self
@@ -148,7 +167,7 @@ impl FollowGraphClient {
                 })
                 .await
                 .map_err(peer)?;
-            out.extend(resp.into_inner().feeds.into_iter().map(|f| f.following));
+            out.extend(resp.into_inner().feeds);
         }
         Ok(out)
     }

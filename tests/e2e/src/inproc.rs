@@ -32,6 +32,9 @@ impl Graph for LocalGraph {
     async fn follows(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
         Ok(self.0.relationships(user, &[], feeds).await?.1)
     }
+    async fn members(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
+        self.0.members(user, feeds).await
+    }
     async fn blocked(&self, user: UserId, others: &[UserId]) -> Result<Vec<bool>, ApiError> {
         Ok(self
             .0

@@ -283,6 +283,19 @@ impl TestApp {
             .expect("follow");
     }
 
+    /// Makes `user` a member of `feed` or not (internal token): what lets
+    /// them post to a group or company feed.
+    pub async fn set_member(&mut self, user: u64, feed: &str, member: bool) {
+        self.graph
+            .set_membership(internal(feed_proto::followgraph::v1::SetMembershipRequest {
+                feed: feed.into(),
+                user_id: user,
+                member,
+            }))
+            .await
+            .expect("membership");
+    }
+
     /// Stops the platform (drain, keyspace dropped on the CQL node), then its Redis.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.platform.stop().await

@@ -84,7 +84,8 @@ pub enum Op {
 pub enum Feed {
     User(u64),
     Tag(u8),
-    /// Following a group is membership: only members post into it.
+    /// Joining a group (the app: a follow and membership at once) lets a
+    /// user post into it; leaving ends both.
     Group(u8),
 }
 
@@ -293,13 +294,11 @@ impl Harness {
                     ..NewActivity::default()
                 };
                 let member = match group {
-                    Some(g) => {
-                        self.graph
-                            .relationships(*actor, &[], &[Feed::Group(*g).feed_ref()])
-                            .await
-                            .expect("membership")
-                            .1[0]
-                    }
+                    Some(g) => self
+                        .graph
+                        .members(*actor, &[Feed::Group(*g).feed_ref()])
+                        .await
+                        .expect("membership")[0],
                     None => true,
                 };
                 match self.publisher.publish(new.clone(), 0).await {
@@ -350,9 +349,21 @@ impl Harness {
             Op::Follow { user, feed } => {
                 // Self-follows and follows across a block are refused: fine.
                 let _ = self.graph.follow(*user, &feed.feed_ref()).await;
+                if let Feed::Group(_) = feed {
+                    self.graph
+                        .set_member(&feed.feed_ref(), *user, true)
+                        .await
+                        .expect("join");
+                }
             }
             Op::Unfollow { user, feed } => {
                 self.graph.unfollow(*user, &feed.feed_ref()).await.expect("unfollow");
+                if let Feed::Group(_) = feed {
+                    self.graph
+                        .set_member(&feed.feed_ref(), *user, false)
+                        .await
+                        .expect("leave");
+                }
             }
             Op::Mute { user, target, on } => {
                 let _ = self.graph.set_mute(*user, *target, *on).await;

@@ -295,6 +295,38 @@ pub async fn blocks_and_mutes_per_user_are_capped(s: &dyn GraphStore) {
     assert!(s.set_mute(81, 2000, true).await.expect("room again").changed);
 }
 
+/// Contract check: membership is its own relation: set and lifted once,
+/// apart from following, listed in id order per feed.
+pub async fn membership_is_its_own_relation_listed_per_feed(s: &dyn GraphStore) {
+    let group = feed("group:contract");
+    let other = feed("group:other");
+    assert!(s.set_member(&group, 92, true).await.expect("add"));
+    assert!(!s.set_member(&group, 92, true).await.expect("again"), "idempotent");
+    assert!(s.set_member(&group, 90, true).await.expect("add"));
+    assert!(s.set_member(&group, 91, true).await.expect("add"));
+    assert_eq!(
+        s.is_member(92, &[group.clone(), other.clone()]).await.expect("is"),
+        [true, false]
+    );
+    assert_eq!(
+        s.is_following(92, std::slice::from_ref(&group)).await.expect("follows"),
+        [false],
+        "not a follow"
+    );
+    s.follow(93, &group).await.expect("follow");
+    assert_eq!(
+        s.is_member(93, std::slice::from_ref(&group)).await.expect("is"),
+        [false],
+        "a follow is not membership"
+    );
+    assert_eq!(s.list_members(&group, 0, 10).await.expect("list"), [90, 91, 92]);
+    assert_eq!(s.list_members(&group, 90, 1).await.expect("page"), [91]);
+    assert!(s.list_members(&other, 0, 10).await.expect("none").is_empty());
+    assert!(s.set_member(&group, 91, false).await.expect("remove"));
+    assert!(!s.set_member(&group, 91, false).await.expect("again"));
+    assert_eq!(s.list_members(&group, 0, 10).await.expect("list"), [90, 92]);
+}
+
 /// Contract check: graph version bumps on every change.
 pub async fn graph_version_bumps_on_every_change(s: &dyn GraphStore) {
     let read = || async { s.graph_versions(&[60, 61]).await.expect("versions") };
@@ -425,6 +457,7 @@ macro_rules! graph_store_contract {
                 celebrity_flag_has_hysteresis,
                 follow_limit_is_enforced,
                 blocks_and_mutes_per_user_are_capped,
+                membership_is_its_own_relation_listed_per_feed,
                 graph_version_bumps_on_every_change,
                 every_edge_change_is_logged_in_order,
                 the_edge_log_is_trimmed_below_a_position

@@ -187,6 +187,14 @@ pub trait GraphStore: Send + Sync + 'static {
     async fn blocks_and_mutes(&self, user: UserId, targets: &[UserId]) -> Result<Vec<(bool, bool)>, StoreError>;
     /// Whether `user` follows each of `feeds`, in order.
     async fn is_following(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, StoreError>;
+    /// Makes `user` a member of `feed` or not; true when that changed.
+    /// Membership is its own relation, apart from following: it is what
+    /// lets a user post to a group or company feed.
+    async fn set_member(&self, feed: &FeedRef, user: UserId, member: bool) -> Result<bool, StoreError>;
+    /// Whether `user` is a member of each of `feeds`, in order.
+    async fn is_member(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, StoreError>;
+    /// Members of `feed` with id > `after`, ascending, at most `limit`.
+    async fn list_members(&self, feed: &FeedRef, after: UserId, limit: usize) -> Result<Vec<UserId>, StoreError>;
     /// Followers of `feed` with id > `after`, ascending, at most `limit`.
     async fn list_followers(&self, feed: &FeedRef, after: UserId, limit: usize) -> Result<Vec<Follower>, StoreError>;
     /// Feeds `user` follows that sort after `after`, ascending, at most `limit`.

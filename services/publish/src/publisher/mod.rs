@@ -33,8 +33,8 @@ pub struct PublishRules {
     pub max_attempts: u32,
     /// Inbox cap (rebuilds read this many ids per followed feed).
     pub inbox_cap: usize,
-    /// Feed kinds an actor may target with `to` only if they follow the feed
-    /// (membership stands in for "may post here" until a policy service exists).
+    /// Feed kinds an actor may target with `to` only as a member of the
+    /// feed (follow-graph's SetMembership; following is not enough).
     pub member_only_kinds: Vec<String>,
     /// Most items one actor may have scheduled and not yet released.
     pub max_scheduled: usize,

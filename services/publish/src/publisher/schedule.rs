@@ -65,6 +65,21 @@ impl Publisher {
                     continue;
                 }
             };
+            // Rights are checked again at release: an actor who left a
+            // group since scheduling into it posts there no more.
+            match self.authorize_to(actor, &to).await {
+                Ok(()) => {}
+                Err(e @ ApiError::PermissionDenied(_)) => {
+                    tracing::warn!(schedule_id = %item.schedule_id, error = %e, "dropping a scheduled item its actor may no longer post");
+                    metrics::counter!("feed_publish_scheduled_refused_total").increment(1);
+                    self.store.remove_scheduled(actor, &item.schedule_id).await?;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(schedule_id = %item.schedule_id, error = %e, "release failed; will retry");
+                    continue;
+                }
+            }
             match self.publish_now(new, to).await {
                 Ok(_) | Err(ApiError::AlreadyExists(_)) => {
                     self.store.remove_scheduled(actor, &item.schedule_id).await?;

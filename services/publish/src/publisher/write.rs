@@ -56,7 +56,7 @@ impl Publisher {
     /// Checks `to` targets the actor may post to (Invariant 8): tags and
     /// objects are open; another user's feed is not (that is a mention);
     /// member-only kinds need the actor to follow the feed.
-    async fn authorize_to(&self, actor: UserId, to: &[FeedRef]) -> Result<(), ApiError> {
+    pub(super) async fn authorize_to(&self, actor: UserId, to: &[FeedRef]) -> Result<(), ApiError> {
         let mut member_checks = Vec::new();
         for (i, f) in to.iter().enumerate() {
             if f.kind() == "user" && f.user_id() != Some(actor) {
@@ -72,7 +72,7 @@ impl Publisher {
             return Ok(());
         }
         let feeds: Vec<FeedRef> = member_checks.iter().map(|(_, f)| f.clone()).collect();
-        let member = self.graph.follows(actor, &feeds).await?;
+        let member = self.graph.members(actor, &feeds).await?;
         for ((i, f), ok) in member_checks.iter().zip(member) {
             if !ok {
                 return Err(ApiError::PermissionDenied(format!(

@@ -22,6 +22,9 @@ impl Graph for ScriptedGraph {
     async fn follows(&self, _: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
         Ok(vec![false; feeds.len()])
     }
+    async fn members(&self, _: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
+        Ok(vec![false; feeds.len()])
+    }
     async fn blocked(&self, _: UserId, others: &[UserId]) -> Result<Vec<bool>, ApiError> {
         Ok(vec![false; others.len()])
     }

@@ -75,6 +75,8 @@ const ACCESS: &[(&str, Access)] = &[
         "feed.followgraph.v1.FollowGraphService/ListEdgeChanges",
         Access::Internal,
     ),
+    ("feed.followgraph.v1.FollowGraphService/SetMembership", Access::Internal),
+    ("feed.followgraph.v1.FollowGraphService/ListMembers", Access::Internal),
     (
         "feed.publish.v1.PublishService/Publish",
         Access::OwnUser("activity.actor"),

@@ -32,6 +32,9 @@ impl Graph for FlakyGraph {
     async fn follows(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
         self.inner.follows(user, feeds).await
     }
+    async fn members(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
+        self.inner.members(user, feeds).await
+    }
     async fn blocked(&self, user: UserId, others: &[UserId]) -> Result<Vec<bool>, ApiError> {
         self.inner.blocked(user, others).await
     }

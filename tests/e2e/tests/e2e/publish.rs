@@ -226,7 +226,22 @@ async fn callers_may_publish_only_where_they_are_allowed() {
             .expect_err(why);
         assert_eq!(err.code(), Code::PermissionDenied, "{why}");
     }
+    // Following the group is not membership.
     e.follow(7, "group:g1").await;
+    let err = e
+        .publish
+        .publish(internal(pb::PublishRequest {
+            activity: Some(pb::NewActivity {
+                to: vec!["group:g1".into()],
+                ..post(7, "follower")
+            }),
+            publish_at_ms: 0,
+        }))
+        .await
+        .expect_err("a follower who is not a member");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("activity.to[0]"), "{err:?}");
+    e.set_member(7, "group:g1", true).await;
     let ok = e
         .publish
         .publish(internal(pb::PublishRequest {
@@ -639,7 +654,7 @@ async fn each_target_feed_reports_the_mode_its_followers_get() {
 #[tokio::test]
 async fn an_identical_retry_returns_the_first_id_after_the_author_left_the_group() {
     let mut e = env().await;
-    e.follow(7, "group:1").await;
+    e.set_member(7, "group:1", true).await;
     let req = || pb::PublishRequest {
         activity: Some(pb::NewActivity {
             to: vec!["group:1".into()],
@@ -650,7 +665,7 @@ async fn an_identical_retry_returns_the_first_id_after_the_author_left_the_group
     let first = e.publish.publish(internal(req())).await.expect("publish").into_inner();
     let again = e.publish.publish(internal(req())).await.expect("retry").into_inner();
     assert_eq!((again.activity_id, again.duplicate), (first.activity_id, true));
-    e.unfollow(7, "group:1").await;
+    e.set_member(7, "group:1", false).await;
     let retry = e
         .publish
         .publish(internal(req()))
@@ -854,5 +869,86 @@ async fn complete_job_refuses_malformed_sub_jobs_by_field_and_records_none() {
         .expect("lag")
         .into_inner();
     assert_eq!(lag.pending_jobs, 0, "no sub-job of a refused list was recorded");
+    e.stop().await.expect("stop");
+}
+
+/// Membership is checked when a scheduled item is released, not only when
+/// it was scheduled: an actor who left the group since posts there no more
+/// (the item is dropped, not retried for ever).
+#[tokio::test]
+async fn a_scheduled_post_into_a_group_its_author_left_is_not_released() {
+    let mut e = env().await;
+    e.set_member(7, "group:sched", true).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_millis() as i64;
+    let schedule = |n: &str, at: i64| pb::PublishRequest {
+        activity: Some(pb::NewActivity {
+            to: vec!["group:sched".into()],
+            ..post(7, n)
+        }),
+        publish_at_ms: at,
+    };
+    e.publish
+        .publish(internal(schedule("left", now + 300)))
+        .await
+        .expect("scheduled as a member");
+    e.set_member(7, "group:sched", false).await;
+    // A second actor's item due later shows the releaser has run past it.
+    e.set_member(8, "group:sched", true).await;
+    let marker = e
+        .publish
+        .publish(internal(pb::PublishRequest {
+            activity: Some(pb::NewActivity {
+                to: vec!["group:sched".into()],
+                ..post(8, "marker")
+            }),
+            publish_at_ms: now + 600,
+        }))
+        .await
+        .expect("scheduled")
+        .into_inner();
+    assert!(!marker.schedule_id.is_empty());
+    let listed = |actor| pb::ListScheduledRequest {
+        actor,
+        page_size: 10,
+        page_token: String::new(),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = e
+            .publish
+            .list_scheduled(internal(listed(7)))
+            .await
+            .expect("list")
+            .into_inner();
+        let other = e
+            .publish
+            .list_scheduled(internal(listed(8)))
+            .await
+            .expect("list")
+            .into_inner();
+        if left.scheduled.is_empty() && other.scheduled.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not released: {left:?} {other:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let page = e
+        .timeline
+        .get_feed(internal(feed_proto::timeline::v1::GetFeedRequest {
+            feed: "group:sched".into(),
+            limit: 10,
+            ..Default::default()
+        }))
+        .await
+        .expect("group feed")
+        .into_inner();
+    let actors: Vec<u64> = page.activities.iter().map(|a| a.actor).collect();
+    assert_eq!(actors, [8], "only the member's scheduled post reached the group");
     e.stop().await.expect("stop");
 }

@@ -373,6 +373,7 @@ async fn lifting_a_mute_brings_back_items_that_came_through_a_group() {
     let mut e = env_with(|_| {}).await;
     e.follow(10, "group:g").await;
     e.follow(11, "group:g").await;
+    e.set_member(11, "group:g", true).await;
     e.page(10, 10, "").await;
     let a = e.post(11, "g0", &["group:g"]).await;
     let b = e.post(11, "g1", &["group:g"]).await;

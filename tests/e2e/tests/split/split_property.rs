@@ -39,6 +39,18 @@ impl Case<'_> {
         self.base + u
     }
 
+    async fn membership(&mut self, user: u64, feed: Feed, member: bool) {
+        self.c
+            .graph
+            .set_membership(internal(fg::SetMembershipRequest {
+                feed: self.feed(feed),
+                user_id: self.user(user),
+                member,
+            }))
+            .await
+            .expect("membership");
+    }
+
     fn feed(&self, f: Feed) -> String {
         match f {
             Feed::User(u) => format!("user:{}", self.user(u)),
@@ -151,6 +163,10 @@ impl Case<'_> {
                         feed: self.feed(*feed),
                     }))
                     .await;
+                // Joining a group (the app) is a follow and membership.
+                if let Feed::Group(_) = feed {
+                    self.membership(*user, *feed, true).await;
+                }
                 true
             }
             Op::Unfollow { user, feed } => {
@@ -162,6 +178,9 @@ impl Case<'_> {
                     }))
                     .await
                     .expect("unfollow");
+                if let Feed::Group(_) = feed {
+                    self.membership(*user, *feed, false).await;
+                }
                 true
             }
             Op::Mute { user, target, on } => {

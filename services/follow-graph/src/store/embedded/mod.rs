@@ -44,6 +44,8 @@ pub struct EmbeddedGraphStore {
     blocks: Keyspace,
     /// user ‖ target → ()
     mutes: Keyspace,
+    /// len ‖ feed ‖ member → ()
+    members: Keyspace,
     /// Blocks and mutes in memory (few, and asked on every timeline read for
     /// each author on the page); changed after each commit.
     pairs: std::sync::RwLock<Pairs>,
@@ -121,6 +123,7 @@ impl EmbeddedGraphStore {
             }),
             blocks,
             mutes,
+            members: ks("fg_members")?,
             next_seq: AtomicU64::new(last + 1),
             edge_log,
             db,
@@ -398,6 +401,46 @@ impl GraphStore for EmbeddedGraphStore {
 
     async fn is_following(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, StoreError> {
         reads::is_following(self, user, feeds).await
+    }
+
+    async fn set_member(&self, feed: &FeedRef, user: UserId, member: bool) -> Result<bool, StoreError> {
+        let _w = self.lock();
+        let key = feed_core::keys::feed_key(feed, user);
+        if Self::exists(&self.members, &key)? == member {
+            return Ok(false);
+        }
+        let mut batch = self.db.batch();
+        if member {
+            batch.insert(&self.members, key, []);
+        } else {
+            batch.remove(&self.members, key);
+        }
+        self.commit(batch)?;
+        Ok(true)
+    }
+
+    async fn is_member(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, StoreError> {
+        feeds
+            .iter()
+            .map(|f| Self::exists(&self.members, &feed_core::keys::feed_key(f, user)))
+            .collect()
+    }
+
+    async fn list_members(&self, feed: &FeedRef, after: UserId, limit: usize) -> Result<Vec<UserId>, StoreError> {
+        let prefix = feed_core::keys::feed_prefix(feed);
+        let len = prefix.len();
+        let Some(from) = after.checked_add(1) else {
+            return Ok(vec![]);
+        };
+        let mut out = Vec::new();
+        for item in self.members.range(feed_core::keys::feed_key(feed, from)..) {
+            let key = item.key().map_err(be)?;
+            if !key.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            out.push(u64_at(&key, len));
+        }
+        Ok(out)
     }
 
     async fn list_followers(&self, feed: &FeedRef, after: UserId, limit: usize) -> Result<Vec<Follower>, StoreError> {

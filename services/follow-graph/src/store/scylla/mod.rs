@@ -47,7 +47,7 @@ use super::{
 };
 
 /// Bumped when the schema below changes; services refuse an older schema.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 const LOG_BUCKET_MS: u64 = 3_600_000;
 
 fn log_bucket(seq: u64) -> u64 {
@@ -348,6 +348,39 @@ impl GraphStore for ScyllaGraphStore {
 
     async fn is_following(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, StoreError> {
         reads::is_following(self, user, feeds).await
+    }
+
+    async fn set_member(&self, feed: &FeedRef, user: UserId, member: bool) -> Result<bool, StoreError> {
+        let name = feed.to_string();
+        let statement = if member {
+            &self.st.member_insert
+        } else {
+            &self.st.member_delete
+        };
+        self.lwt(statement, (name.as_str(), i(user))).await
+    }
+
+    async fn is_member(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, StoreError> {
+        let mut out = Vec::with_capacity(feeds.len());
+        for f in feeds {
+            out.push(self.exists(&self.st.member_get, (f.to_string(), i(user))).await?);
+        }
+        Ok(out)
+    }
+
+    async fn list_members(&self, feed: &FeedRef, after: UserId, limit: usize) -> Result<Vec<UserId>, StoreError> {
+        let r = self
+            .exec(
+                &self.st.member_page,
+                (feed.to_string(), i(after), limit.min(i32::MAX as usize) as i32),
+            )
+            .await?
+            .into_rows_result()
+            .map_err(err)?;
+        r.rows::<(i64,)>()
+            .map_err(err)?
+            .map(|row| row.map(|(id,)| u(id)).map_err(err))
+            .collect()
     }
 
     async fn list_followers(&self, feed: &FeedRef, after: UserId, limit: usize) -> Result<Vec<Follower>, StoreError> {

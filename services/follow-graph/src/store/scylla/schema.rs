@@ -28,6 +28,8 @@ fn schema(keyspace: &str) -> Vec<String> {
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.fg_mutes (user_id bigint, target_id bigint, PRIMARY KEY (user_id, target_id))"
         ),
+        // Members of member-only feeds (group:, company:), by feed.
+        format!("CREATE TABLE IF NOT EXISTS {k}.fg_members (feed text, user_id bigint, PRIMARY KEY (feed, user_id))"),
         // One partition per hour of changes, in position order.
         format!(
             "CREATE TABLE IF NOT EXISTS {k}.fg_edge_log (bucket bigint, seq bigint, entry blob, PRIMARY KEY (bucket, seq))"

@@ -33,6 +33,10 @@ pub(super) struct Statements {
     pub(super) mute_insert: PreparedStatement,
     pub(super) mute_delete: PreparedStatement,
     pub(super) mute_get: PreparedStatement,
+    pub(super) member_insert: PreparedStatement,
+    pub(super) member_delete: PreparedStatement,
+    pub(super) member_get: PreparedStatement,
+    pub(super) member_page: PreparedStatement,
     pub(super) log_insert: PreparedStatement,
     pub(super) log_page: PreparedStatement,
     pub(super) log_drop_bucket: PreparedStatement,
@@ -98,6 +102,13 @@ impl Statements {
             mute_insert: prep(format!("INSERT INTO {k}.fg_mutes (user_id, target_id) VALUES (?, ?) IF NOT EXISTS")).await?,
             mute_delete: prep(format!("DELETE FROM {k}.fg_mutes WHERE user_id = ? AND target_id = ? IF EXISTS")).await?,
             mute_get: prep(format!("SELECT target_id FROM {k}.fg_mutes WHERE user_id = ? AND target_id = ?")).await?,
+            member_insert: prep(format!("INSERT INTO {k}.fg_members (feed, user_id) VALUES (?, ?) IF NOT EXISTS")).await?,
+            member_delete: prep(format!("DELETE FROM {k}.fg_members WHERE feed = ? AND user_id = ? IF EXISTS")).await?,
+            member_get: prep(format!("SELECT user_id FROM {k}.fg_members WHERE feed = ? AND user_id = ?")).await?,
+            member_page: prep(format!(
+                "SELECT user_id FROM {k}.fg_members WHERE feed = ? AND user_id > ? LIMIT ?"
+            ))
+            .await?,
             log_insert: prep(format!("INSERT INTO {k}.fg_edge_log (bucket, seq, entry) VALUES (?, ?, ?)")).await?,
             log_drop_bucket: prep(format!("DELETE FROM {k}.fg_edge_log WHERE bucket = ?")).await?,
             log_drop_below: prep(format!("DELETE FROM {k}.fg_edge_log WHERE bucket = ? AND seq < ?")).await?,
