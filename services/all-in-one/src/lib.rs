@@ -158,7 +158,7 @@ pub async fn services(
         live: notify::open_live(cfg).await?,
         jobs: notify::open_jobs(cfg).await?,
         events,
-        ledger: Arc::new(notify::GrpcEventLedger::new(
+        ledger: Arc::new(notify::GrpcPublish::new(
             feed_server::client::balanced(&cfg.clients.publish_url)?,
             token,
         )?),

@@ -5,8 +5,8 @@
 use async_trait::async_trait;
 use feed_core::{ApiError, UserId};
 use feed_proto::publish::v1 as pb;
-use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
-use tonic::transport::Channel;
+
+use crate::ledger::GrpcPublish;
 
 /// Activities as notify uses them.
 #[async_trait]
@@ -16,27 +16,9 @@ pub trait Activities: Send + Sync + 'static {
     async fn visible_to(&self, viewer: UserId, id: u64) -> Result<bool, ApiError>;
 }
 
-/// publish's GetActivities over gRPC, asked on the viewer's behalf.
-#[derive(Clone)]
-pub struct GrpcActivities {
-    client: PublishServiceClient<Channel>,
-    auth: feed_server::auth::ServiceToken,
-}
-
-impl GrpcActivities {
-    /// A client on `channel` sending `token`.
-    pub fn new(channel: Channel, token: &str) -> anyhow::Result<Self> {
-        Ok(Self {
-            client: PublishServiceClient::new(channel)
-                .max_decoding_message_size(feed_server::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(feed_server::MAX_MESSAGE_BYTES),
-            auth: feed_server::auth::ServiceToken::new(token)?,
-        })
-    }
-}
-
 #[async_trait]
-impl Activities for GrpcActivities {
+/// publish's GetActivities, asked on the viewer's behalf.
+impl Activities for GrpcPublish {
     async fn visible_to(&self, viewer: UserId, id: u64) -> Result<bool, ApiError> {
         let found = self
             .client

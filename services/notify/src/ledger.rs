@@ -20,14 +20,15 @@ pub trait EventLedger: Send + Sync + 'static {
     async fn fail(&self, event_id: &str, error: &str, permanent: bool) -> Result<bool, ApiError>;
 }
 
-/// publish's internal CompleteJob over gRPC.
+/// publish over gRPC, as notify uses it: CompleteJob and FailJob for
+/// events, GetActivities for who may see an activity.
 #[derive(Clone)]
-pub struct GrpcEventLedger {
-    client: PublishServiceClient<Channel>,
-    auth: feed_server::auth::ServiceToken,
+pub struct GrpcPublish {
+    pub(crate) client: PublishServiceClient<Channel>,
+    pub(crate) auth: feed_server::auth::ServiceToken,
 }
 
-impl GrpcEventLedger {
+impl GrpcPublish {
     /// A client on `channel` sending `token`.
     pub fn new(channel: Channel, token: &str) -> anyhow::Result<Self> {
         Ok(Self {
@@ -40,7 +41,7 @@ impl GrpcEventLedger {
 }
 
 #[async_trait]
-impl EventLedger for GrpcEventLedger {
+impl EventLedger for GrpcPublish {
     async fn done(&self, event_id: &str) -> Result<(), ApiError> {
         self.client
             .clone()

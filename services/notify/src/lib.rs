@@ -22,9 +22,9 @@ use feed_queue::{JobQueue, MemoryQueue, RedisQueue};
 use feed_server::app::require;
 use feed_server::{Authenticator, BuildContext, FeedConfig, ServiceSet, Shutdown, Tasks};
 
-pub use activities::{Activities, GrpcActivities};
+pub use activities::Activities;
 pub use graph::Relations;
-pub use ledger::{EventLedger, GrpcEventLedger};
+pub use ledger::{EventLedger, GrpcPublish};
 pub use live::{LiveLog, MemoryLive, RedisLive};
 pub use notifier::{Notifier, NotifyRules, Peers};
 pub use store::NotifyStore;
@@ -269,14 +269,15 @@ impl feed_server::Application for App {
             publish.clone(),
             feed_clients::PUBLISH_SERVICE,
         ));
+        let publish_client = Arc::new(GrpcPublish::new(publish, &cfg.clients.token)?);
         let deps = Deps {
             store,
             graph: Arc::new(graph),
             live: open_live(cfg).await?,
             jobs: open_jobs(cfg).await?,
             events: open_events(cfg).await?,
-            activities: Arc::new(GrpcActivities::new(publish.clone(), &cfg.clients.token)?),
-            ledger: Arc::new(GrpcEventLedger::new(publish, &cfg.clients.token)?),
+            activities: publish_client.clone(),
+            ledger: publish_client,
         };
         build(cfg, deps, ctx, &mut set)?;
         Ok(Some(set))

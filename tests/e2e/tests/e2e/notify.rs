@@ -655,7 +655,7 @@ async fn replica(
     let jobs = notify::open_jobs(&cfg).await.expect("jobs");
     let graph =
         Arc::new(feed_clients::FollowGraphClient::new(platform.clone(), feed_e2e::INTERNAL_TOKEN).expect("graph"));
-    let activities = Arc::new(notify::GrpcActivities::new(platform, feed_e2e::INTERNAL_TOKEN).expect("activities"));
+    let activities = Arc::new(notify::GrpcPublish::new(platform, feed_e2e::INTERNAL_TOKEN).expect("activities"));
     let peers = notify::Peers { graph, activities };
     let notifier = notify::notifier(&cfg, store, live, peers, jobs, shutdown.clone()).expect("notifier");
     let auth = Authenticator::new([(feed_e2e::INTERNAL_TOKEN.to_owned(), Role::Internal)]);
