@@ -77,6 +77,8 @@ fn digest(token: &str) -> [u8; 32] {
 pub struct Authenticator {
     /// Per-user rate limits of bff callers; none: unlimited.
     quotas: Option<Arc<Quotas>>,
+    /// End users' JWTs every bff call must carry; none: not asked for.
+    jwt: Option<Arc<crate::jwt::Verifier>>,
     /// By the SHA-256 of each token: the process holds no token itself, and
     /// a lookup's timing depends on the digest of what was presented, which
     /// tells an attacker nothing about how close a guess came to a token.
@@ -97,6 +99,7 @@ impl Authenticator {
     pub fn new(tokens: impl IntoIterator<Item = (String, Role)>) -> Self {
         Self {
             quotas: None,
+            jwt: None,
             tokens: Arc::new(
                 tokens
                     .into_iter()
@@ -139,7 +142,25 @@ impl Authenticator {
                 tokens.push((token.trim().to_owned(), role));
             }
         }
-        Ok(Self::new(tokens))
+        Self::new(tokens).with_jwt_config(cfg)
+    }
+
+    /// With end users' JWTs checked when `auth.jwt_jwks_file` is set.
+    pub fn with_jwt_config(self, cfg: &AuthConfig) -> anyhow::Result<Self> {
+        if cfg.jwt_jwks_file.is_empty() {
+            return Ok(self);
+        }
+        let jwks = std::fs::read_to_string(&cfg.jwt_jwks_file)
+            .map_err(|e| anyhow::anyhow!("auth.jwt_jwks_file {}: {e}", cfg.jwt_jwks_file))?;
+        let verifier = crate::jwt::Verifier::from_jwks(&jwks, &cfg.jwt_issuer, &cfg.jwt_audience, cfg.jwt_leeway_secs)
+            .map_err(|e| anyhow::anyhow!("auth.jwt_jwks_file {}: {e}", cfg.jwt_jwks_file))?;
+        Ok(self.with_jwt(verifier))
+    }
+
+    /// Every bff call must also carry its user's JWT (see [`crate::jwt`]).
+    pub fn with_jwt(mut self, verifier: crate::jwt::Verifier) -> Self {
+        self.jwt = Some(Arc::new(verifier));
+        self
     }
 
     /// With per-user rate limits for bff callers (see [`Quotas`]).
@@ -219,6 +240,31 @@ impl Authenticator {
             return Err(ApiError::Unauthenticated(format!(
                 "a bff token must send {USER_HEADER}"
             )));
+        }
+        if let (Role::Bff, Some(user), Some(jwt)) = (role, user_id, &self.jwt) {
+            let header = crate::jwt::TOKEN_HEADER;
+            let mut sent = md.get_all(header).iter();
+            let presented = match (sent.next(), sent.next()) {
+                (Some(v), None) => v
+                    .to_str()
+                    .map_err(|_| ApiError::Unauthenticated(format!("{header}: not text")))?,
+                _ => {
+                    return Err(ApiError::Unauthenticated(format!(
+                        "{header}: a bff call carries its user's token, once"
+                    )));
+                }
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let subject = jwt
+                .verify(presented, now)
+                .map_err(|why| ApiError::Unauthenticated(format!("{header}: {why}")))?;
+            if subject != user.to_string() {
+                return Err(ApiError::Unauthenticated(format!(
+                    "{header}: the token is another user's than {USER_HEADER}"
+                )));
+            }
         }
         Ok((Caller { role, user_id }, token))
     }

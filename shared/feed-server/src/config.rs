@@ -351,6 +351,16 @@ pub struct AuthConfig {
     pub bff_tokens: String,
     /// A file holding more `role:token` lines (a mounted Secret).
     pub tokens_file: String,
+    /// A JWKS file (OKP/Ed25519 and EC/P-256 keys): when set, every bff call
+    /// also needs `x-feed-user-token`, an end user's JWT signed by one of
+    /// its keys, whose `sub` is the user the call names. Empty: off.
+    pub jwt_jwks_file: String,
+    /// The `iss` those tokens must carry.
+    pub jwt_issuer: String,
+    /// The `aud` those tokens must carry (one of).
+    pub jwt_audience: String,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub jwt_leeway_secs: u64,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -363,6 +373,10 @@ impl std::fmt::Debug for AuthConfig {
             )
             .field("bff_tokens", &format_args!("<{} redacted>", count(&self.bff_tokens)))
             .field("tokens_file", &self.tokens_file)
+            .field("jwt_jwks_file", &self.jwt_jwks_file)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_leeway_secs", &self.jwt_leeway_secs)
             .finish()
     }
 }

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod batched;
 pub mod client;
 pub mod config;
+pub mod jwt;
 pub mod limits;
 pub mod observe;
 pub mod quotas;

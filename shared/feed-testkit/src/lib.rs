@@ -2,6 +2,7 @@
 //! proxy that injects network faults, and helpers to wait for servers
 //! without sleeping blindly.
 
+pub mod jwt;
 mod proxy;
 
 pub use proxy::TcpProxy;

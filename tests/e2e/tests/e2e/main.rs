@@ -3,6 +3,7 @@
 
 mod authz_matrix;
 mod dead_letters;
+mod end_user_tokens;
 mod fanout_fault;
 mod fanout_property;
 mod follow_graph;
