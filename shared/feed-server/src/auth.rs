@@ -37,7 +37,7 @@ pub struct Caller {
 
 impl Caller {
     /// The caller an authenticated request carries. A request that did not go
-    /// through the interceptor has none: refuse rather than assume.
+    /// through the guard ([`Authenticator::guard`]) has none: refuse rather than assume.
     pub fn of<T>(req: &Request<T>) -> Result<Caller, ApiError> {
         req.extensions()
             .get::<Caller>()
