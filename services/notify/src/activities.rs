@@ -16,8 +16,8 @@ pub trait Activities: Send + Sync + 'static {
     async fn visible_to(&self, viewer: UserId, id: u64) -> Result<bool, ApiError>;
 }
 
-#[async_trait]
 /// publish's GetActivities, asked on the viewer's behalf.
+#[async_trait]
 impl Activities for GrpcPublish {
     async fn visible_to(&self, viewer: UserId, id: u64) -> Result<bool, ApiError> {
         let found = self

@@ -34,7 +34,7 @@ fn spawned_jobs(jobs: &[feed_proto::events::v1::Job]) -> Result<(), ApiError> {
     validate::batch_len("spawned", jobs, 100_000)?;
     for (i, j) in jobs.iter().enumerate() {
         let field = |name: &str| format!("spawned[{i}].{name}");
-        validate::text(&field("job_id"), &j.job_id, 512, false)?;
+        job_id(&field("job_id"), &j.job_id)?;
         match &j.kind {
             Some(Kind::Fanout(f)) => {
                 required(&field("fanout.activity_id"), f.activity_id)?;
@@ -48,11 +48,17 @@ fn spawned_jobs(jobs: &[feed_proto::events::v1::Job]) -> Result<(), ApiError> {
                 validate::user_id(&field("edge.follower_id"), e.follower_id)?;
                 FeedRef::parse_field(&field("edge.feed"), &e.feed)?;
             }
-            Some(Kind::Event(e)) => validate::text(&field("event.event_id"), &e.event_id, 512, false)?,
+            Some(Kind::Event(e)) => job_id(&field("event.event_id"), &e.event_id)?,
             None => return Err(ApiError::invalid(field("kind"), "required")),
         }
     }
     Ok(())
+}
+
+/// A job id (an event's id is its job's): what workers and notify name a
+/// job by, never empty.
+fn job_id(field: &str, id: &str) -> Result<(), ApiError> {
+    validate::text(field, id, 512, false)
 }
 
 fn required(field: &str, id: u64) -> Result<(), ApiError> {
@@ -283,7 +289,7 @@ impl PublishService for PublishGrpc {
         let ids = &req.get_ref().job_ids;
         validate::batch_len("job_ids", ids, 1000)?;
         for (i, id) in ids.iter().enumerate() {
-            validate::text(&format!("job_ids[{i}]"), id, 512, false)?;
+            job_id(&format!("job_ids[{i}]"), id)?;
         }
         let n = self.publisher.replay_dead(ids).await?;
         Ok(Response::new(pb::ReplayDeadLettersResponse { replayed: n as u32 }))
@@ -305,7 +311,7 @@ impl PublishService for PublishGrpc {
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
         Caller::of(&req)?.require_internal()?;
         let id = &req.get_ref().job_id;
-        validate::text("job_id", id, 512, false)?;
+        job_id("job_id", id)?;
         let loaded = self
             .publisher
             .load_job(id)
@@ -324,7 +330,7 @@ impl PublishService for PublishGrpc {
     ) -> Result<Response<pb::CompleteJobResponse>, Status> {
         Caller::of(&req)?.require_internal()?;
         let r = req.get_ref();
-        validate::text("job_id", &r.job_id, 512, false)?;
+        job_id("job_id", &r.job_id)?;
         spawned_jobs(&r.spawned)?;
         self.publisher.complete_job(&r.job_id, &r.spawned).await?;
         Ok(Response::new(pb::CompleteJobResponse {}))
@@ -459,7 +465,7 @@ impl PublishService for PublishGrpc {
     async fn fail_job(&self, req: Request<pb::FailJobRequest>) -> Result<Response<pb::FailJobResponse>, Status> {
         Caller::of(&req)?.require_internal()?;
         let r = req.get_ref();
-        validate::text("job_id", &r.job_id, 512, false)?;
+        job_id("job_id", &r.job_id)?;
         let dead = self.publisher.fail_job(&r.job_id, &r.error, r.permanent).await?;
         Ok(Response::new(pb::FailJobResponse { dead_lettered: dead }))
     }

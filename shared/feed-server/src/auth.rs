@@ -65,6 +65,20 @@ impl Caller {
     }
 }
 
+/// The value of header `name` when sent at most once, as text: one sent
+/// twice is ambiguous (which one would each check and handler read?).
+fn sent_once<'a>(md: &'a http::HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    let mut sent = md.get_all(name).iter();
+    match (sent.next(), sent.next()) {
+        (None, _) => Ok(None),
+        (Some(v), None) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::Unauthenticated(format!("{name}: not text"))),
+        (Some(_), Some(_)) => Err(ApiError::Unauthenticated(format!("{name} must be sent once"))),
+    }
+}
+
 fn digest(token: &str) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     let mut out = [0u8; 32];
@@ -217,24 +231,18 @@ impl Authenticator {
             .tokens
             .get(&token)
             .ok_or_else(|| ApiError::Unauthenticated("unknown token".into()))?;
-        // One user, a valid id: a header sent twice is ambiguous (which one
-        // would the checks below and the handlers each read?), and an id past
-        // the largest one is none a request field could name.
-        let mut named = md.get_all(USER_HEADER).iter();
-        let user_id = match (named.next(), named.next()) {
-            (None, _) => None,
-            (Some(v), None) => Some(
-                v.to_str()
+        // One user, a valid id: an id past the largest one is none a
+        // request field could name.
+        let user_id = match sent_once(md, USER_HEADER)? {
+            None => None,
+            Some(v) => Some(
+                v.parse::<u64>()
                     .ok()
-                    .and_then(|s| s.parse::<u64>().ok())
                     .filter(|id| (1..=feed_core::validate::MAX_USER_ID).contains(id))
                     .ok_or_else(|| {
                         ApiError::Unauthenticated(format!("{USER_HEADER} must be a user id in 1..=2^63-1"))
                     })?,
             ),
-            (Some(_), Some(_)) => {
-                return Err(ApiError::Unauthenticated(format!("{USER_HEADER} must be sent once")));
-            }
         };
         if role == Role::Bff && user_id.is_none() {
             return Err(ApiError::Unauthenticated(format!(
@@ -243,20 +251,9 @@ impl Authenticator {
         }
         if let (Role::Bff, Some(user), Some(jwt)) = (role, user_id, &self.jwt) {
             let header = crate::jwt::TOKEN_HEADER;
-            let mut sent = md.get_all(header).iter();
-            let presented = match (sent.next(), sent.next()) {
-                (Some(v), None) => v
-                    .to_str()
-                    .map_err(|_| ApiError::Unauthenticated(format!("{header}: not text")))?,
-                _ => {
-                    return Err(ApiError::Unauthenticated(format!(
-                        "{header}: a bff call carries its user's token, once"
-                    )));
-                }
-            };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
+            let presented = sent_once(md, header)?
+                .ok_or_else(|| ApiError::Unauthenticated(format!("{header}: a bff call carries its user's token")))?;
+            let now = (feed_core::Clock::now_ms(&feed_core::SystemClock) / 1000) as i64;
             let subject = jwt
                 .verify(presented, now)
                 .map_err(|why| ApiError::Unauthenticated(format!("{header}: {why}")))?;

@@ -104,7 +104,7 @@ impl Platform {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shutdown = Shutdown::new();
-        let task = tokio::spawn(feed_all_in_one::run(
+        let mut task = tokio::spawn(feed_all_in_one::run(
             cfg,
             auth,
             INTERNAL_TOKEN.to_owned(),
@@ -118,7 +118,6 @@ impl Platform {
             wait_serving(channel.clone(), "", Duration::from_secs(10)).await?;
             anyhow::Ok(channel)
         };
-        let mut task = task;
         let channel = tokio::select! {
             started = started => started?,
             ended = &mut task => {
