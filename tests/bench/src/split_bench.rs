@@ -23,7 +23,9 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::timeline_bench::{ROUNDS, Rng, Samples, drive, follow_all, populate, process_cpu};
+use crate::timeline_bench::{
+    ROUNDS, Rng, Samples, drive, follow_all, populate, process_cpu, redis_calls, redis_cpu,
+};
 use crate::{req, wait_idle};
 
 /// The raw limit of the split shape: one gRPC hop to a peer, one Redis read.
@@ -130,19 +132,38 @@ pub async fn run(users: u64, requests: usize, levels: Vec<usize>, followers: u64
             |pids: &[(Role, u32)]| -> Vec<f64> { pids.iter().map(|(_, p)| process_cpu(&p.to_string())).collect() };
         let roles = split.roles_and_pids();
         let cpu_before = by_process(&roles);
+        // Redis and this client serve the raw rounds too: counted around
+        // the split's rounds only.
+        let (mut redis_s, mut client_s) = (0.0, 0.0);
+        let mut calls: std::collections::BTreeMap<String, u64> = Default::default();
         for round in 0..ROUNDS {
+            let (r0, c0, k0) = (redis_cpu(&mut conn).await?, process_cpu("self"), redis_calls(&mut conn).await?);
             ours.add(drive(timeline.clone(), &mut conn, &pids, users, requests / ROUNDS, c, round).await?);
+            redis_s += redis_cpu(&mut conn).await? - r0;
+            client_s += process_cpu("self") - c0;
+            for (cmd, n) in redis_calls(&mut conn).await? {
+                *calls.entry(cmd.clone()).or_default() += n.saturating_sub(k0.get(&cmd).copied().unwrap_or(0));
+            }
             base.add(drive(raw.clone(), &mut conn, &[], users, requests / ROUNDS, c, round).await?);
         }
         // Where a read's CPU goes, process by process (the raw rounds in
         // between cost these processes next to nothing).
         let reads = ours.latencies.len().max(1) as f64;
-        let shares: Vec<String> = roles
+        let mut shares: Vec<String> = roles
             .iter()
             .zip(by_process(&roles).iter().zip(&cpu_before))
             .map(|((role, _), (after, before))| format!("{} {:.0} us", role.binary(), (after - before) * 1e6 / reads))
             .collect();
+        shares.push(format!("redis {:.0} us", redis_s * 1e6 / reads));
+        shares.push(format!("bench client {:.0} us", client_s * 1e6 / reads));
         println!("c={c}: CPU per read by process: {}", shares.join(", "));
+        // INFO itself and the bench's own sampling are left out.
+        let per_read: Vec<String> = calls
+            .iter()
+            .filter(|(cmd, n)| !matches!(cmd.as_str(), "info") && **n as f64 / reads >= 0.01)
+            .map(|(cmd, n)| format!("{cmd} {:.2}", *n as f64 / reads))
+            .collect();
+        println!("c={c}: Redis commands per read: {}", per_read.join(", "));
         let (cpu, raw_cpu) = (ours.cpu_per_request(), base.cpu_per_request());
         let (rate, p50, p99) = ours.summary();
         let (raw_rate, raw_p50, raw_p99) = base.summary();

@@ -146,14 +146,33 @@ pub(crate) fn process_cpu(proc: &str) -> f64 {
 /// CPU seconds used so far by this process, the processes `pids` and the redis-server.
 pub(crate) async fn cpu_seconds(redis: &mut redis::aio::MultiplexedConnection, pids: &[u32]) -> anyhow::Result<f64> {
     let process = process_cpu("self") + pids.iter().map(|p| process_cpu(&p.to_string())).sum::<f64>();
+    Ok(process + redis_cpu(redis).await?)
+}
+
+/// The Redis server's CPU seconds so far.
+pub(crate) async fn redis_cpu(redis: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
     let info: String = redis::cmd("INFO").arg("cpu").query_async(redis).await?;
-    let server: f64 = info
+    Ok(info
         .lines()
         .filter_map(|l| l.split_once(':'))
         .filter(|(k, _)| matches!(*k, "used_cpu_sys" | "used_cpu_user"))
         .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
-        .sum();
-    Ok(process + server)
+        .sum())
+}
+
+/// Calls per Redis command so far (`INFO commandstats`).
+pub(crate) async fn redis_calls(
+    redis: &mut redis::aio::MultiplexedConnection,
+) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(redis).await?;
+    Ok(info
+        .lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_")?.split_once(':'))
+        .filter_map(|(cmd, v)| {
+            let calls = v.split(',').find_map(|f| f.strip_prefix("calls="))?;
+            Some((cmd.to_owned(), calls.parse().ok()?))
+        })
+        .collect())
 }
 
 /// Runs `requests` GetTimeline calls at concurrency `c`; round `round`
