@@ -157,12 +157,17 @@ impl Application for WorkerApp {
         let publish = feed_server::client::balanced(&cfg.clients.publish_url)?;
         let ledger = Arc::new(GrpcLedger::new(publish.clone(), &cfg.clients.token)?);
         let graph = feed_clients::FollowGraphClient::from_config(cfg)?;
-        let queue = Arc::new(RedisFanoutQueue::connect(&cfg.redis.url, &cfg.fanout.stream, &cfg.fanout.group).await?);
+        let (fast, bulk) = crate::open_streams(cfg).await?;
+        let queue = Arc::new(feed_queue::Lanes::new(
+            fast.clone(),
+            bulk.clone(),
+            cfg.fanout.bulk_share,
+        ));
         let inbox = crate::open_inbox(cfg, crate::system_clock()).await?;
         let mut set = ServiceSet::default();
         let deps = WorkerDeps {
             ledger,
-            queue: queue.clone(),
+            queue,
             events: crate::open_event_queue(cfg).await?,
             graph: Arc::new(graph.clone()),
             inbox: inbox.clone(),
@@ -170,7 +175,7 @@ impl Application for WorkerApp {
         spawn_workers(cfg, deps, &ctx.shutdown, &mut set.tasks);
         tracing::info!(workers = set.tasks.len(), "fanout-worker running");
         set.tasks
-            .spawn("stream lag report", report_lag(queue, ctx.shutdown.clone()));
+            .spawn("stream lag report", report_lag(fast, bulk, ctx.shutdown.clone()));
         // Health for the kubelet's gRPC probes; on SIGTERM it drains, then
         // the workers finish their jobs in hand.
         set.names.push(FANOUT_WORKER_HEALTH);
@@ -194,14 +199,17 @@ impl Application for WorkerApp {
     }
 }
 
-/// Publishes the job stream's lag (entries not yet delivered to the group)
-/// and pending count: the metric the worker autoscaler follows.
-async fn report_lag(queue: Arc<RedisFanoutQueue>, stop: Shutdown) {
+/// Publishes the job streams' lag (entries not yet delivered to the
+/// group) and pending counts, both lanes together: the metric the worker
+/// autoscaler follows. The bulk lane's own lag says how far a burst is
+/// behind.
+async fn report_lag(fast: Arc<RedisFanoutQueue>, bulk: Arc<RedisFanoutQueue>, stop: Shutdown) {
     loop {
-        match queue.lag().await {
-            Ok((lag, pending)) => {
-                metrics::gauge!("feed_fanout_stream_lag").set(lag as f64);
-                metrics::gauge!("feed_fanout_stream_pending").set(pending as f64);
+        match futures::try_join!(fast.lag(), bulk.lag()) {
+            Ok(((lag, pending), (bulk_lag, bulk_pending))) => {
+                metrics::gauge!("feed_fanout_stream_lag").set((lag + bulk_lag) as f64);
+                metrics::gauge!("feed_fanout_stream_pending").set((pending + bulk_pending) as f64);
+                metrics::gauge!("feed_fanout_bulk_stream_lag").set(bulk_lag as f64);
             }
             Err(e) => tracing::warn!(error = %e, "reading stream lag failed"),
         }

@@ -40,6 +40,7 @@ pub fn publish_rules(cfg: &FeedConfig) -> PublishRules {
         max_attempts: cfg.publish.max_attempts.max(1),
         inbox_cap: cfg.inbox.cap.max(1),
         max_scheduled: cfg.publish.max_scheduled_per_actor.max(1),
+        actor_fanout_per_minute: cfg.fanout.actor_budget_per_minute,
         ..PublishRules::default()
     };
     p.limits.max_extra_bytes = cfg.publish.max_extra_bytes;
@@ -98,13 +99,35 @@ pub async fn open_inbox(cfg: &FeedConfig, clock: Arc<dyn Clock>) -> anyhow::Resu
     })
 }
 
-/// The job queue: a Redis Stream when `redis.url` is set, else in process.
+/// The job queue, in two lanes (`feed_queue::Lanes`: jobs of actors past
+/// their fanout budget travel in the bulk lane): Redis Streams
+/// `fanout.stream` and `<fanout.stream>:bulk` when `redis.url` is set, else
+/// in process.
 pub async fn open_queue(cfg: &FeedConfig) -> anyhow::Result<Arc<dyn FanoutQueue>> {
-    Ok(if cfg.redis.url.is_empty() {
-        Arc::new(MemoryFanoutQueue::default())
+    let (fast, bulk): (Arc<dyn FanoutQueue>, Arc<dyn FanoutQueue>) = if cfg.redis.url.is_empty() {
+        (
+            Arc::new(MemoryFanoutQueue::default()),
+            Arc::new(MemoryFanoutQueue::default()),
+        )
     } else {
-        Arc::new(RedisFanoutQueue::connect(&cfg.redis.url, &cfg.fanout.stream, &cfg.fanout.group).await?)
-    })
+        let (fast, bulk) = open_streams(cfg).await?;
+        (fast, bulk)
+    };
+    Ok(Arc::new(feed_queue::Lanes::new(fast, bulk, cfg.fanout.bulk_share)))
+}
+
+/// The two job streams (fast lane, bulk lane).
+pub async fn open_streams(cfg: &FeedConfig) -> anyhow::Result<(Arc<RedisFanoutQueue>, Arc<RedisFanoutQueue>)> {
+    let f = &cfg.fanout;
+    Ok((
+        Arc::new(RedisFanoutQueue::connect(&cfg.redis.url, &f.stream, &f.group).await?),
+        Arc::new(RedisFanoutQueue::connect(&cfg.redis.url, &bulk_stream(cfg), &f.group).await?),
+    ))
+}
+
+/// The bulk lane's stream.
+pub fn bulk_stream(cfg: &FeedConfig) -> String {
+    format!("{}:bulk", cfg.fanout.stream)
 }
 
 /// The queue activity events travel on to notify: a Redis Stream when

@@ -83,7 +83,13 @@ mod tests {
     #[tokio::test]
     async fn a_delivery_left_unsettled_is_handled_again_and_every_job_once_settled() {
         let q = MemoryQueue::<TestJob>::default();
-        let jobs: Vec<TestJob> = ["a", "b", "c"].iter().map(|id| TestJob { id: (*id).into() }).collect();
+        let jobs: Vec<TestJob> = ["a", "b", "c"]
+            .iter()
+            .map(|id| TestJob {
+                id: (*id).into(),
+                bulk: false,
+            })
+            .collect();
         q.enqueue(&jobs).await.expect("enqueue");
         let seen = Mutex::new(Vec::new());
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();

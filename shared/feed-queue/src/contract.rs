@@ -11,16 +11,26 @@ pub struct TestJob {
     /// Names the job in assertions.
     #[prost(string, tag = "1")]
     pub id: String,
+    /// Travels in the bulk lane.
+    #[prost(bool, tag = "2")]
+    pub bulk: bool,
 }
 
 impl crate::QueueMessage for TestJob {
     fn record_id(&self) -> &str {
         &self.id
     }
+
+    fn bulk(&self) -> bool {
+        self.bulk
+    }
 }
 
 fn job(id: &str) -> TestJob {
-    TestJob { id: id.into() }
+    TestJob {
+        id: id.into(),
+        bulk: false,
+    }
 }
 
 fn ids(d: &[crate::Delivery<TestJob>]) -> Vec<&str> {

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 pub mod consume;
 pub mod contract;
+pub mod lanes;
 
 pub use consume::Consumer;
+pub use lanes::Lanes;
 
 use async_trait::async_trait;
 use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
@@ -49,11 +51,20 @@ pub trait QueueMessage: prost::Message + Default + Clone + Send + Sync + 'static
     /// The id of the durable record this message re-drives: [`JobQueue::held`]
     /// answers by it.
     fn record_id(&self) -> &str;
+
+    /// Whether it travels in the bulk lane of [`Lanes`].
+    fn bulk(&self) -> bool {
+        false
+    }
 }
 
 impl QueueMessage for feed_proto::events::v1::Job {
     fn record_id(&self) -> &str {
         &self.job_id
+    }
+
+    fn bulk(&self) -> bool {
+        self.bulk
     }
 }
 
@@ -417,10 +428,11 @@ impl<Job: QueueMessage> JobQueue<Job> for RedisQueue<Job> {
     }
 
     async fn receive(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Delivery<Job>>, QueueError> {
-        let opts = StreamReadOptions::default()
-            .group(&self.group, consumer)
-            .count(max)
-            .block(wait.as_millis() as usize);
+        let mut opts = StreamReadOptions::default().group(&self.group, consumer).count(max);
+        // BLOCK 0 would wait for ever: no wait is no BLOCK.
+        if !wait.is_zero() {
+            opts = opts.block(wait.as_millis().max(1) as usize);
+        }
         let mut c = self.blocking.clone();
         let reply: Result<StreamReadReply, redis::RedisError> =
             redis::AsyncCommands::xread_options(&mut c, &[&self.stream], &[">"], &opts).await;

@@ -1,7 +1,9 @@
 //! The job queue contract on both backends; Redis is a real redis-server.
 
 use feed_queue::contract::TestJob;
-use feed_queue::{JobQueue, MemoryQueue, RedisQueue};
+use std::sync::Arc;
+
+use feed_queue::{JobQueue, Lanes, MemoryQueue, RedisQueue};
 use feed_testkit::{Backend, RedisServer};
 
 async fn memory(_: &str) -> Backend<dyn JobQueue<TestJob>> {
@@ -16,8 +18,86 @@ async fn redis(_: &str) -> Backend<dyn JobQueue<TestJob>> {
     Some((Box::new(q), Box::new(redis)))
 }
 
+/// Two lanes behind one queue (`feed_queue::Lanes`): what the fanout
+/// workers read.
+async fn memory_lanes(_: &str) -> Backend<dyn JobQueue<TestJob>> {
+    let lanes = Lanes::new(
+        Arc::new(MemoryQueue::<TestJob>::default()),
+        Arc::new(MemoryQueue::<TestJob>::default()),
+        4,
+    );
+    Some((Box::new(lanes), Box::new(())))
+}
+
+async fn redis_lanes(_: &str) -> Backend<dyn JobQueue<TestJob>> {
+    let redis = RedisServer::start().expect("redis");
+    let fast = RedisQueue::<TestJob>::connect(&redis.url(), "t:jobs", "workers")
+        .await
+        .expect("connect");
+    let bulk = RedisQueue::<TestJob>::connect(&redis.url(), "t:jobs:bulk", "workers")
+        .await
+        .expect("connect");
+    Some((Box::new(Lanes::new(Arc::new(fast), Arc::new(bulk), 4)), Box::new(redis)))
+}
+
 feed_queue::job_queue_contract!(memory_queue, memory);
 feed_queue::job_queue_contract!(redis_queue, redis);
+feed_queue::job_queue_contract!(memory_lanes_queue, memory_lanes);
+feed_queue::job_queue_contract!(redis_lanes_queue, redis_lanes);
+
+/// A bulk message goes to the bulk lane's stream, and a receive with no
+/// wait returns at once on Redis (no `BLOCK 0`, which waits for ever).
+#[tokio::test]
+async fn a_bulk_job_travels_on_its_own_stream() {
+    let redis = RedisServer::start().expect("redis");
+    let fast = RedisQueue::<TestJob>::connect(&redis.url(), "t:jobs", "workers")
+        .await
+        .expect("connect");
+    let bulk = RedisQueue::<TestJob>::connect(&redis.url(), "t:jobs:bulk", "workers")
+        .await
+        .expect("connect");
+    let lanes = Lanes::new(Arc::new(fast), Arc::new(bulk), 4);
+    lanes
+        .enqueue(&[
+            TestJob {
+                id: "burst".into(),
+                bulk: true,
+            },
+            TestJob {
+                id: "ordinary".into(),
+                bulk: false,
+            },
+        ])
+        .await
+        .expect("enqueue");
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut c = client.get_multiplexed_async_connection().await.expect("connect");
+    let lens: (i64, i64) = redis::pipe()
+        .xlen("t:jobs")
+        .xlen("t:jobs:bulk")
+        .query_async(&mut c)
+        .await
+        .expect("xlen");
+    assert_eq!(lens, (1, 1));
+    let quick = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let got = lanes
+                .receive("w", 10, std::time::Duration::ZERO)
+                .await
+                .expect("receive");
+            seen.extend(got.into_iter().map(|d| d.job.id));
+        }
+        seen
+    })
+    .await
+    .expect("a receive with no wait returned at once");
+    assert_eq!(
+        quick,
+        ["burst", "ordinary"],
+        "the first receive is the bulk lane's turn"
+    );
+}
 
 /// A message removed from the stream by hand (XDEL, a MAXLEN trim) no
 /// longer holds its record: the sweeper re-drives it instead of trusting
@@ -28,9 +108,18 @@ async fn an_entry_deleted_from_the_stream_no_longer_holds_its_record() {
     let q = RedisQueue::<TestJob>::connect(&redis.url(), "t:jobs", "workers")
         .await
         .expect("connect");
-    q.enqueue(&[TestJob { id: "gone".into() }, TestJob { id: "kept".into() }])
-        .await
-        .expect("enqueue");
+    q.enqueue(&[
+        TestJob {
+            id: "gone".into(),
+            bulk: false,
+        },
+        TestJob {
+            id: "kept".into(),
+            bulk: false,
+        },
+    ])
+    .await
+    .expect("enqueue");
     let client = redis::Client::open(redis.url()).expect("client");
     let mut c = client.get_multiplexed_async_connection().await.expect("connect");
     let first: redis::streams::StreamRangeReply = redis::AsyncCommands::xrange_count(&mut c, "t:jobs", "-", "+", 1)
@@ -52,7 +141,12 @@ async fn a_flush_releases_every_record() {
     let q = RedisQueue::<TestJob>::connect(&redis.url(), "t:jobs", "workers")
         .await
         .expect("connect");
-    q.enqueue(&[TestJob { id: "a".into() }]).await.expect("enqueue");
+    q.enqueue(&[TestJob {
+        id: "a".into(),
+        bulk: false,
+    }])
+    .await
+    .expect("enqueue");
     assert_eq!(q.held(&["a"]).await.expect("held"), [true]);
     let client = redis::Client::open(redis.url()).expect("client");
     let mut c = client.get_multiplexed_async_connection().await.expect("connect");

@@ -246,6 +246,12 @@ pub struct FanoutConfig {
     pub stream: String,
     /// Consumer group of the workers.
     pub group: String,
+    /// Fanout jobs per actor per minute that travel in the fast lane; past
+    /// it an actor's jobs take the bulk lane (`<stream>:bulk`). 0: no budget.
+    pub actor_budget_per_minute: u32,
+    /// One worker receive in this many takes the bulk lane first (the
+    /// others take the fast lane first).
+    pub bulk_share: usize,
 }
 
 impl Default for FanoutConfig {
@@ -258,6 +264,8 @@ impl Default for FanoutConfig {
             reclaim_idle_ms: 30_000,
             stream: "feed:jobs".into(),
             group: "fanout".into(),
+            actor_budget_per_minute: 120,
+            bulk_share: 4,
         }
     }
 }

@@ -23,9 +23,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::timeline_bench::{
-    ROUNDS, Rng, Samples, drive, follow_all, populate, process_cpu, redis_calls, redis_cpu,
-};
+use crate::timeline_bench::{ROUNDS, Rng, Samples, drive, follow_all, populate, process_cpu, redis_calls, redis_cpu};
 use crate::{req, wait_idle};
 
 /// The raw limit of the split shape: one gRPC hop to a peer, one Redis read.
@@ -137,7 +135,11 @@ pub async fn run(users: u64, requests: usize, levels: Vec<usize>, followers: u64
         let (mut redis_s, mut client_s) = (0.0, 0.0);
         let mut calls: std::collections::BTreeMap<String, u64> = Default::default();
         for round in 0..ROUNDS {
-            let (r0, c0, k0) = (redis_cpu(&mut conn).await?, process_cpu("self"), redis_calls(&mut conn).await?);
+            let (r0, c0, k0) = (
+                redis_cpu(&mut conn).await?,
+                process_cpu("self"),
+                redis_calls(&mut conn).await?,
+            );
             ours.add(drive(timeline.clone(), &mut conn, &pids, users, requests / ROUNDS, c, round).await?);
             redis_s += redis_cpu(&mut conn).await? - r0;
             client_s += process_cpu("self") - c0;

@@ -191,6 +191,8 @@ impl FanoutWorker {
                         job_id: fanout_job_id(f.activity_id, &f.feed, Some(shard)),
                         created_at_ms: loaded.job.created_at_ms,
                         failed_at_ms: 0,
+                        // A burst's sub-jobs stay in its lane.
+                        bulk: loaded.job.bulk,
                         kind: Some(job::Kind::Fanout(FanoutJob {
                             shard: Some(shard),
                             ..f.clone()
@@ -206,6 +208,8 @@ impl FanoutWorker {
                         job_id: purge_job_id(p.activity_id, &p.feed, Some(shard)),
                         created_at_ms: loaded.job.created_at_ms,
                         failed_at_ms: 0,
+                        // A burst's sub-jobs stay in its lane.
+                        bulk: loaded.job.bulk,
                         kind: Some(job::Kind::Purge(PurgeJob {
                             shard: Some(shard),
                             ..p.clone()

@@ -128,8 +128,11 @@ impl Publisher {
     /// after an unfollow) would strand its purge. A lifted block or mute
     /// brings back the author's items through every followed feed
     /// (Invariant 5), which covers the backfill of user:<author> itself.
+    /// Each is charged to its follower's fanout budget (a loop of follow
+    /// or mute toggles takes the bulk lane once past it).
     fn edge_jobs(&self, changes: &[EdgeChange]) -> Vec<Job> {
         let now = self.now();
+        let at = std::time::Instant::now();
         changes
             .iter()
             .map(|c| {
@@ -144,17 +147,21 @@ impl Publisher {
                 } else {
                     EdgeJobKind::Purge
                 };
-                Job {
+                let mut job = [Job {
                     job_id: edge_job_id_of(c),
                     created_at_ms: now,
                     failed_at_ms: 0,
+                    bulk: false,
                     kind: Some(job::Kind::Edge(EdgeJob {
                         kind: kind as i32,
                         follower_id: c.follower_id,
                         feed: c.feed.clone(),
                         edge_version: c.edge_version,
                     })),
-                }
+                }];
+                self.budget.route(c.follower_id, &mut job, at);
+                let [job] = job;
+                job
             })
             .collect()
     }

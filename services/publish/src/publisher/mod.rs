@@ -2,6 +2,7 @@
 //! them with their jobs, and serve job records to fanout workers.
 
 mod admin;
+mod budget;
 mod edges;
 mod jobs;
 mod reads;
@@ -10,6 +11,7 @@ mod schedule;
 mod write;
 
 pub use admin::FanoutLag;
+pub use budget::FanoutBudget;
 pub use edges::edge_job_id;
 pub use jobs::{LoadedJob, fanout_job_id, purge_job_id};
 pub use reads::Reader;
@@ -38,6 +40,8 @@ pub struct PublishRules {
     pub member_only_kinds: Vec<String>,
     /// Most items one actor may have scheduled and not yet released.
     pub max_scheduled: usize,
+    /// Fanout jobs per actor per minute in the fast lane (0: no budget).
+    pub actor_fanout_per_minute: u32,
 }
 
 impl Default for PublishRules {
@@ -48,6 +52,7 @@ impl Default for PublishRules {
             inbox_cap: 800,
             member_only_kinds: vec!["group".into(), "company".into()],
             max_scheduled: 1000,
+            actor_fanout_per_minute: 120,
         }
     }
 }
@@ -71,6 +76,8 @@ pub struct Publisher {
     /// change in it was past its commit deadline: nothing can land there
     /// any more, so the window is not read again until the cursor moves.
     settled_cursor: Arc<std::sync::Mutex<Option<u64>>>,
+    /// Each actor's fanout budget: past it, their jobs take the bulk lane.
+    budget: Arc<FanoutBudget>,
 }
 
 impl Publisher {
@@ -91,6 +98,7 @@ impl Publisher {
             events,
             ids,
             clock,
+            budget: Arc::new(FanoutBudget::new(cfg.actor_fanout_per_minute)),
             cfg: Arc::new(cfg),
             ingested: Arc::default(),
             settled_cursor: Arc::default(),

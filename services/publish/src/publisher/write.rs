@@ -44,6 +44,7 @@ fn event_job(a: &Activity, change: activity_event::Change, now: i64) -> Job {
         job_id: job_id.clone(),
         created_at_ms: now,
         failed_at_ms: 0,
+        bulk: false,
         kind: Some(job::Kind::Event(ActivityEvent {
             event_id: job_id,
             activity: Some(a.clone()),
@@ -209,6 +210,7 @@ impl Publisher {
             .collect();
         let mut jobs = self.fanout_jobs(&activity, &outbox);
         jobs.push(event_job(&activity, activity_event::Change::Created, now));
+        self.budget.route(activity.actor, &mut jobs, std::time::Instant::now());
         self.store.commit_publish(&activity, &outbox, &jobs).await?;
         self.enqueue(&jobs).await;
         metrics::counter!("feed_publish_activities_total", "mode" => modes[0].as_str_name()).increment(1);
@@ -233,6 +235,7 @@ impl Publisher {
                 job_id: fanout_job_id(a.id, &e.feed.to_string(), None),
                 created_at_ms: self.now(),
                 failed_at_ms: 0,
+                bulk: false,
                 kind: Some(job::Kind::Fanout(FanoutJob {
                     activity_id: a.id,
                     feed: e.feed.to_string(),
@@ -350,6 +353,7 @@ impl Publisher {
             vec![]
         };
         jobs.push(event_job(&a, activity_event::Change::Updated, self.now()));
+        self.budget.route(a.actor, &mut jobs, std::time::Instant::now());
         self.store.replace(&a, &jobs).await?;
         self.enqueue(&jobs).await;
         Ok(a)
@@ -384,6 +388,7 @@ impl Publisher {
                 job_id: purge_job_id(a.id, &e.feed.to_string(), None),
                 created_at_ms: self.now(),
                 failed_at_ms: 0,
+                bulk: false,
                 kind: Some(job::Kind::Purge(PurgeJob {
                     activity_id: a.id,
                     feed: e.feed.to_string(),
@@ -392,6 +397,7 @@ impl Publisher {
             })
             .collect();
         jobs.push(event_job(&a, activity_event::Change::Deleted, self.now()));
+        self.budget.route(a.actor, &mut jobs, std::time::Instant::now());
         self.store.replace(&a, &jobs).await?;
         self.enqueue(&jobs).await;
         Ok(true)

@@ -27,6 +27,7 @@ fn job(id: &str, created: i64) -> Job {
         job_id: id.into(),
         created_at_ms: created,
         failed_at_ms: 0,
+        bulk: false,
         kind: Some(job::Kind::Fanout(FanoutJob {
             activity_id: 1,
             feed: "user:1".into(),
@@ -345,6 +346,7 @@ fn fan(activity: u64, feed: &str) -> Job {
         job_id: format!("fan/{activity}/{feed}"),
         created_at_ms: 1,
         failed_at_ms: 0,
+        bulk: false,
         kind: Some(job::Kind::Fanout(FanoutJob {
             activity_id: activity,
             feed: feed.into(),
@@ -361,6 +363,7 @@ fn backfill_90() -> Job {
         job_id: "edge/90/tag:x/1".into(),
         created_at_ms: 1,
         failed_at_ms: 0,
+        bulk: false,
         kind: Some(job::Kind::Edge(EdgeJob {
             kind: EdgeJobKind::Backfill as i32,
             follower_id: 90,

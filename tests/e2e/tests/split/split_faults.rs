@@ -250,22 +250,23 @@ fn p99(took: &mut [Duration]) -> Duration {
         .unwrap_or_default()
 }
 
-/// The fanout stream's entries after `from` (exclusive), as job ids.
+/// The fanout streams' entries (both lanes) after `from` (exclusive; entry
+/// ids are times, so one bound serves both), as job ids.
 async fn stream_jobs(redis: &mut redis::aio::MultiplexedConnection, from: &str) -> Vec<String> {
-    let reply: redis::streams::StreamRangeReply =
-        redis::AsyncCommands::xrange(redis, "feed:jobs", format!("({from}"), "+")
-            .await
-            .expect("xrange");
-    reply
-        .ids
-        .iter()
-        .filter_map(|e| {
+    let mut ids = Vec::new();
+    for stream in ["feed:jobs", "feed:jobs:bulk"] {
+        let reply: redis::streams::StreamRangeReply =
+            redis::AsyncCommands::xrange(redis, stream, format!("({from}"), "+")
+                .await
+                .expect("xrange");
+        ids.extend(reply.ids.iter().filter_map(|e| {
             let body: Vec<u8> = e.get("job")?;
             prost::Message::decode(body.as_slice())
                 .ok()
                 .map(|j: feed_proto::events::v1::Job| j.job_id)
-        })
-        .collect()
+        }));
+    }
+    ids
 }
 
 /// What the job streams hold, for a failed settle: each stream's length,
@@ -277,7 +278,11 @@ async fn queue_report(url: &str) -> String {
         return "Redis unreachable".into();
     };
     let mut out = String::new();
-    for (stream, group) in [("feed:jobs", "fanout"), ("feed:activity-events", "notify")] {
+    for (stream, group) in [
+        ("feed:jobs", "fanout"),
+        ("feed:jobs:bulk", "fanout"),
+        ("feed:activity-events", "notify"),
+    ] {
         let len: redis::RedisResult<u64> = redis::cmd("XLEN").arg(stream).query_async(&mut redis).await;
         let held: redis::RedisResult<u64> = redis::cmd("HLEN")
             .arg(format!("{stream}:held"))

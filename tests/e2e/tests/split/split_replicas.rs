@@ -54,7 +54,8 @@ async fn post(split: &Split, replica: usize, actor: u64, n: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_writes_through_one_replica_are_read_through_another_and_watch_crosses_notify_replicas() {
-    let split = Split::start(&[]).await;
+    // A small fanout budget for the flood at the end (the steps before stay under it).
+    let split = Split::start(&[("FEED__FANOUT__ACTOR_BUDGET_PER_MINUTE", "20")]).await;
     let mut c = Clients::any(&split);
     let (reader, author) = (1u64, 2u64);
     // The reader's inbox is live, then the follow goes through the last
@@ -144,7 +145,92 @@ async fn split_writes_through_one_replica_are_read_through_another_and_watch_cro
     .await
     .expect("the message reaches the other replica's Watch");
     assert_eq!(got, sent);
+
+    a_flood_waits_behind_ordinary_work(&split, &mut c).await;
     split.stop().await;
+}
+
+/// One actor floods (300 posts, past their fanout budget of 20 a minute)
+/// while the fanout workers are stopped; then an ordinary author posts
+/// once. Once the workers run, the ordinary post reaches its follower's
+/// inbox while most of the flood is still waiting: the flood's jobs travel
+/// in the bulk lane. In one FIFO the ordinary post came after all 300.
+async fn a_flood_waits_behind_ordinary_work(split: &Split, c: &mut Clients) {
+    let (flooder, fan, author, reader) = (50u64, 51u64, 52u64, 53u64);
+    for (follower, feed) in [(fan, flooder), (reader, author)] {
+        home(split, 0, follower).await;
+        c.graph
+            .follow(internal(fg::FollowRequest {
+                follower_id: follower,
+                feed: format!("user:{feed}"),
+            }))
+            .await
+            .expect("follow");
+    }
+    c.settled().await;
+    let mut redis = redis::Client::open(split.redis.url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    split.pause(Role::FanoutWorker);
+    let publish = c.publish.clone();
+    futures::StreamExt::for_each_concurrent(futures::stream::iter(0..300u32), 16, |n| {
+        let mut p = publish.clone();
+        async move {
+            p.publish(internal(pb::PublishRequest {
+                activity: Some(pb::NewActivity {
+                    actor: flooder,
+                    verb: "post".into(),
+                    object: format!("flood{n}"),
+                    foreign_id: format!("flood-{n}"),
+                    ..pb::NewActivity::default()
+                }),
+                publish_at_ms: 0,
+            }))
+            .await
+            .expect("a flood is accepted, not refused");
+        }
+    })
+    .await;
+    let ordinary = post(split, 0, author, 99).await;
+    let (fast, bulk): (u64, u64) = redis::pipe()
+        .xlen("feed:jobs")
+        .xlen("feed:jobs:bulk")
+        .query_async(&mut redis)
+        .await
+        .expect("xlen");
+    // Each post past the budget: its fanout job and its event job.
+    assert!(
+        bulk >= 2 * 250,
+        "the flood past its budget is in the bulk lane: {bulk} entries"
+    );
+    assert!(fast > 0);
+    split.resume(Role::FanoutWorker);
+    let member = ordinary.to_be_bytes();
+    let flood_delivered = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let (landed, fan_inbox): (Option<f64>, u64) = redis::pipe()
+                .zscore(feed_inbox::redis_store::inbox_key(reader), &member[..])
+                .zcard(feed_inbox::redis_store::inbox_key(fan))
+                .query_async(&mut redis)
+                .await
+                .expect("inboxes");
+            if landed.is_some() {
+                // Less the live mark.
+                return fan_inbox.saturating_sub(1);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the ordinary post reaches its follower's inbox");
+    eprintln!("the ordinary post landed after {flood_delivered} of the flood's 300 posts");
+    assert!(
+        flood_delivered < 150,
+        "the ordinary post waited for {flood_delivered} of the flood's 300 posts"
+    );
+    c.settled().await;
 }
 
 /// An activity of about the largest size publish accepts: the fields that
