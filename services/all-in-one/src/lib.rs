@@ -19,12 +19,12 @@ pub const DEV_TOKEN_FILE: &str = "dev-token";
 /// restart does not invalidate the developer's shell). Returns the
 /// authenticator and the dev token when one was made.
 pub fn auth_or_dev_token(cfg: &FeedConfig) -> anyhow::Result<(Authenticator, Option<String>)> {
-    let auth = Authenticator::from_config(&cfg.auth)?.with_quotas(&cfg.quotas);
+    let auth = Authenticator::from_config(&cfg.auth)?.with_server_limits(cfg);
     if !auth.is_empty() {
         return Ok((auth, None));
     }
     let token = dev_token(&cfg.storage.data_dir)?;
-    let auth = Authenticator::new([(token.clone(), feed_server::Role::Internal)]);
+    let auth = Authenticator::new([(token.clone(), feed_server::Role::Internal)]).with_server_limits(cfg);
     Ok((auth, Some(token)))
 }
 

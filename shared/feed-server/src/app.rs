@@ -84,7 +84,7 @@ pub async fn main<A: Application>() -> anyhow::Result<()> {
         return A::migrate(&cfg).await;
     }
     A::check(&cfg)?;
-    let auth = Authenticator::from_config(&cfg.auth)?.with_quotas(&cfg.quotas);
+    let auth = Authenticator::from_config(&cfg.auth)?.with_server_limits(&cfg);
     anyhow::ensure!(
         !A::TAKES_CALLS || !auth.is_empty(),
         "no service tokens: set auth.internal_tokens, auth.bff_tokens or auth.tokens_file"

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use feed_core::{ApiError, UserId};
@@ -97,6 +98,10 @@ pub struct Authenticator {
     /// a lookup's timing depends on the digest of what was presented, which
     /// tells an attacker nothing about how close a guess came to a token.
     tokens: Arc<HashMap<[u8; 32], Role>>,
+    /// Calls in flight per token (same keys as `tokens`), and the most one
+    /// token may hold: no caller takes the whole concurrency limit.
+    in_flight: Arc<HashMap<[u8; 32], AtomicUsize>>,
+    max_in_flight: usize,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -111,17 +116,49 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// From `(token, role)` pairs.
     pub fn new(tokens: impl IntoIterator<Item = (String, Role)>) -> Self {
+        let tokens: HashMap<[u8; 32], Role> = tokens
+            .into_iter()
+            .filter(|(t, _)| !t.is_empty())
+            .map(|(t, role)| (digest(&t), role))
+            .collect();
         Self {
             quotas: None,
             jwt: None,
-            tokens: Arc::new(
-                tokens
-                    .into_iter()
-                    .filter(|(t, _)| !t.is_empty())
-                    .map(|(t, role)| (digest(&t), role))
-                    .collect(),
-            ),
+            in_flight: Arc::new(tokens.keys().map(|k| (*k, AtomicUsize::new(0))).collect()),
+            max_in_flight: usize::MAX,
+            tokens: Arc::new(tokens),
         }
+    }
+
+    /// With a server's limits: the quotas of bff callers and each caller's
+    /// share of the concurrency limit (`server.caller_share`).
+    pub fn with_server_limits(self, cfg: &crate::FeedConfig) -> Self {
+        let share = cfg.server.caller_share.clamp(0.0, 1.0);
+        let limit = cfg.server.concurrency_limit.max(1);
+        self.with_quotas(&cfg.quotas)
+            .with_max_in_flight(((limit as f64 * share) as usize).max(1))
+    }
+
+    /// At most `max` calls in flight per token (see [`Authenticator::guard`]).
+    pub fn with_max_in_flight(mut self, max: usize) -> Self {
+        self.max_in_flight = max.max(1);
+        self
+    }
+
+    /// Takes one of the token's in-flight places until the slot is dropped.
+    fn occupy(&self, token: &[u8; 32]) -> Result<Option<Slot>, Status> {
+        let Some(count) = self.in_flight.get(token) else {
+            return Ok(None);
+        };
+        if count.fetch_add(1, Ordering::AcqRel) >= self.max_in_flight {
+            count.fetch_sub(1, Ordering::AcqRel);
+            metrics::counter!("feed_rpc_caller_share_refused_total").increment(1);
+            return Err(crate::quotas::crowded(self.max_in_flight));
+        }
+        Ok(Some(Slot {
+            counts: self.in_flight.clone(),
+            token: *token,
+        }))
     }
 
     /// From configuration: the two token lists plus `tokens_file` lines `role:token`.
@@ -184,8 +221,10 @@ impl Authenticator {
     }
 
     /// Wraps a service: every call is authenticated (its [`Caller`] in the
-    /// request's extensions) and, for a bff caller, charged to its user's
-    /// quota for the RPC's class, before the service sees it.
+    /// request's extensions), for a bff caller charged to its user's quota
+    /// for the RPC's class, and holds one of its token's in-flight places
+    /// until it is answered, before the service sees it: a caller at its
+    /// share is refused, whatever the others are doing.
     pub fn guard<S>(&self, inner: S) -> Guarded<S> {
         Guarded {
             inner,
@@ -193,8 +232,9 @@ impl Authenticator {
         }
     }
 
-    /// Authenticates a call to `path` and charges its quota.
-    fn admit(&self, headers: &http::HeaderMap, path: &str) -> Result<Caller, Status> {
+    /// Authenticates a call to `path`, charges its quota and takes one of
+    /// its token's in-flight places.
+    fn admit(&self, headers: &http::HeaderMap, path: &str) -> Result<(Caller, Option<Slot>), Status> {
         let (caller, token) = self.identify(headers).map_err(Status::from)?;
         if let (Some(quotas), Role::Bff, Some(user)) = (&self.quotas, caller.role, caller.user_id) {
             let class = Class::of_path(path);
@@ -203,7 +243,7 @@ impl Authenticator {
                 return Err(crate::quotas::exhausted(class, wait));
             }
         }
-        Ok(caller)
+        Ok((caller, self.occupy(&token)?))
     }
 
     /// True when no token is configured (feedd then creates a dev token).
@@ -267,6 +307,20 @@ impl Authenticator {
     }
 }
 
+/// One call's place among its token's calls in flight.
+struct Slot {
+    counts: Arc<HashMap<[u8; 32], AtomicUsize>>,
+    token: [u8; 32],
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(c) = self.counts.get(&self.token) {
+            c.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// A service behind [`Authenticator::guard`]. Unlike a tonic interceptor it
 /// sees the RPC's path, which names the quota class a call is charged to.
 #[derive(Clone)]
@@ -282,10 +336,15 @@ impl<S: tonic::server::NamedService> tonic::server::NamedService for Guarded<S> 
 impl<S, B> tower::Service<http::Request<B>> for Guarded<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = futures::future::Either<std::future::Ready<Result<Self::Response, S::Error>>, S::Future>;
+    type Future = futures::future::Either<
+        std::future::Ready<Result<Self::Response, S::Error>>,
+        futures::future::BoxFuture<'static, Result<Self::Response, S::Error>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -293,9 +352,17 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         match self.auth.admit(req.headers(), req.uri().path()) {
-            Ok(caller) => {
+            Ok((caller, slot)) => {
                 req.extensions_mut().insert(caller);
-                futures::future::Either::Right(self.inner.call(req))
+                let call = self.inner.call(req);
+                // The place is given back when the answer is ready (a
+                // stream's body then flows without holding it) or the call
+                // is dropped.
+                futures::future::Either::Right(Box::pin(async move {
+                    let answer = call.await;
+                    drop(slot);
+                    answer
+                }))
             }
             Err(status) => futures::future::Either::Left(std::future::ready(Ok(status.into_http()))),
         }
@@ -383,6 +450,73 @@ mod tests {
             a.authenticate(&md(&[("authorization", "Bearer y1"), (USER_HEADER, "1")]))
                 .is_ok()
         );
+    }
+
+    /// A service whose calls wait until `open` is closed.
+    #[derive(Clone)]
+    struct Held {
+        open: Arc<tokio::sync::Semaphore>,
+    }
+
+    impl tower::Service<http::Request<()>> for Held {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let open = self.open.clone();
+            Box::pin(async move {
+                let _ = open.acquire().await;
+                Ok(http::Response::new(tonic::body::Body::empty()))
+            })
+        }
+    }
+
+    fn call_as(token: &str) -> http::Request<()> {
+        let mut r = http::Request::new(());
+        *r.uri_mut() = "/feed.timeline.v1.TimelineService/GetTimeline".parse().expect("uri");
+        r.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+        r
+    }
+
+    fn grpc_status(r: &http::Response<tonic::body::Body>) -> Option<&str> {
+        r.headers().get("grpc-status").and_then(|v| v.to_str().ok())
+    }
+
+    #[tokio::test]
+    async fn a_caller_at_its_share_of_the_concurrency_limit_is_refused_and_another_is_still_served() {
+        use tower::Service;
+        let auth = Authenticator::new([
+            ("greedy".to_owned(), Role::Internal),
+            ("other".to_owned(), Role::Internal),
+        ])
+        .with_max_in_flight(3);
+        let open = Arc::new(tokio::sync::Semaphore::new(0));
+        let mut svc = auth.guard(Held { open: open.clone() });
+        // The greedy caller fills its share; its calls stay in flight.
+        let held: Vec<_> = (0..3).map(|_| tokio::spawn(svc.call(call_as("greedy")))).collect();
+        tokio::task::yield_now().await;
+        let refused = tokio::time::timeout(std::time::Duration::from_secs(5), svc.call(call_as("greedy")))
+            .await
+            .expect("answered at once, not held")
+            .expect("answered");
+        assert_eq!(grpc_status(&refused), Some("8"), "RESOURCE_EXHAUSTED past its share");
+        let served = tokio::spawn(svc.call(call_as("other")));
+        tokio::task::yield_now().await;
+        // Refused, it would be answered at once; served, it waits like the rest.
+        assert!(!served.is_finished(), "the other caller is refused");
+        // Once the greedy calls are answered their places are free again.
+        open.close();
+        for h in held.into_iter().chain([served]) {
+            assert_eq!(grpc_status(&h.await.expect("join").expect("answered")), None);
+        }
+        let again = svc.call(call_as("greedy")).await.expect("answered");
+        assert_eq!(grpc_status(&again), None, "places are given back when calls end");
     }
 }
 

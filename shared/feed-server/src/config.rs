@@ -313,6 +313,10 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     /// Requests in flight across all connections before shedding with RESOURCE_EXHAUSTED.
     pub concurrency_limit: usize,
+    /// The part of `concurrency_limit` one token's calls may hold at once
+    /// (0.0–1.0): past it that caller is refused with RESOURCE_EXHAUSTED
+    /// while the rest stays free for other callers.
+    pub caller_share: f64,
     /// HTTP/2 streams (calls, including open Watch streams) one connection
     /// may have open at once; a client waits for one to end before it opens
     /// another.
@@ -337,6 +341,7 @@ impl Default for ServerConfig {
             admin_listen: "127.0.0.1:9090".into(),
             request_timeout_ms: 10_000,
             concurrency_limit: 1024,
+            caller_share: 0.75,
             max_concurrent_streams: 1024,
             max_connection_age_secs: 300,
             drain_delay_ms: 0,

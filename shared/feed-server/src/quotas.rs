@@ -129,6 +129,23 @@ pub fn exhausted(class: Class, wait: Duration) -> Status {
         "rate limit: this user's {what} are over quota; retry after {} ms",
         wait.as_millis().max(1)
     );
+    with_retry_info(message, wait)
+}
+
+/// RESOURCE_EXHAUSTED for a caller holding `max` calls in flight on this
+/// replica (its share of the concurrency limit): retry shortly, or elsewhere.
+pub fn crowded(max: usize) -> Status {
+    let wait = Duration::from_millis(50);
+    with_retry_info(
+        format!(
+            "this caller has {max} calls in flight on this replica (its share of server.concurrency_limit); retry after {} ms",
+            wait.as_millis()
+        ),
+        wait,
+    )
+}
+
+fn with_retry_info(message: String, wait: Duration) -> Status {
     let retry = RetryInfo {
         retry_delay: Some(prost_types::Duration {
             seconds: wait.as_secs() as i64,

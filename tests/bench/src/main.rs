@@ -24,6 +24,7 @@ use futures::StreamExt;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
+mod flood_bench;
 mod split_bench;
 mod timeline_bench;
 
@@ -82,6 +83,16 @@ enum Cmd {
         #[arg(long, default_value_t = 10_000)]
         followers: u64,
         /// Posts measured in the publish -> visible run.
+        #[arg(long, default_value_t = 50)]
+        posts: usize,
+    },
+    /// The split deployment: publish -> in a follower's inbox for ordinary
+    /// authors while one actor floods, with the fanout budget and with one lane.
+    Flood {
+        /// Live followers of the flooding actor.
+        #[arg(long, default_value_t = 2_000)]
+        flood_followers: u64,
+        /// Ordinary posts measured.
         #[arg(long, default_value_t = 50)]
         posts: usize,
     },
@@ -345,6 +356,7 @@ async fn main() -> anyhow::Result<()> {
                 followers,
                 posts,
             } => split_bench::run(users, requests, concurrency, followers, posts).await,
+            Cmd::Flood { flood_followers, posts } => flood_bench::run(flood_followers, posts).await,
         }
     };
     // Interrupted (Ctrl-C, a timeout's SIGTERM), the bench is dropped, and

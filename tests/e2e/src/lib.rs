@@ -99,7 +99,7 @@ impl Platform {
             (INTERNAL_TOKEN.to_owned(), Role::Internal),
             (BFF_TOKEN.to_owned(), Role::Bff),
         ])
-        .with_quotas(&cfg.quotas)
+        .with_server_limits(&cfg)
         .with_jwt_config(&cfg.auth)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;

@@ -1,0 +1,172 @@
+//! `feed-bench flood`: publish → delivered for ordinary authors while one
+//! actor floods, in the split deployment (one replica each). The flooder
+//! (`--flood-followers` live followers) publishes as fast as publish takes
+//! it, 8 at a time, for the whole run; meanwhile ordinary authors (100 live
+//! followers each) post one at a time, and each post is timed from the
+//! Publish call until it is in a random follower's inbox. Run twice: with
+//! the fanout budget (`fanout.actor_budget_per_minute` at its default; the
+//! flood's jobs take the bulk lane) and with one lane for all (budget 0),
+//! the comparison measured in the same run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use feed_e2e::split::{Role, Split, Topology};
+use feed_inbox::redis_store::{LIVE_MARK, floor_key, inbox_key};
+use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
+use feed_proto::publish::v1 as pb;
+use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
+use feed_testkit::RedisServer;
+
+use crate::timeline_bench::{Rng, follow_all};
+use crate::{req, wait_idle};
+
+const ONE_EACH: Topology = Topology {
+    stateful: 1,
+    timeline: 1,
+    fanout_workers: 1,
+};
+
+/// Ordinary authors, each with this many live followers.
+const AUTHORS: u64 = 10;
+const AUTHOR_FOLLOWERS: u64 = 100;
+
+/// Sorted delivery times of `posts` ordinary posts, and the flood's posts
+/// accepted meanwhile.
+async fn round(budget: &str, flood_followers: u64, posts: usize) -> anyhow::Result<(Vec<Duration>, u64)> {
+    let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/redis.conf");
+    let redis = RedisServer::start_with_config(&conf, &[])?;
+    let mut conn = redis::Client::open(redis.url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let split = Split::start_on(
+        redis,
+        ONE_EACH,
+        &[
+            ("FEED__FOLLOW_GRAPH__CELEBRITY_THRESHOLD", "1000000"),
+            ("FEED__FANOUT__ACTOR_BUDGET_PER_MINUTE", budget),
+            ("FEED__TELEMETRY__LOG_FILTER", "warn"),
+        ],
+    )
+    .await;
+    let flooder = 1u64;
+    let fans: Vec<u64> = (1_000_000..1_000_000 + flood_followers).collect();
+    let author = |a: u64| 10 + a;
+    let follower = |a: u64, i: u64| 2_000_000 + a * AUTHOR_FOLLOWERS + i;
+    let mut follows: Vec<(u64, u64)> = fans.iter().map(|u| (*u, flooder)).collect();
+    for a in 0..AUTHORS {
+        follows.extend((0..AUTHOR_FOLLOWERS).map(|i| (follower(a, i), author(a))));
+    }
+    for chunk in follows.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for (u, _) in chunk {
+            pipe.cmd("SET").arg(floor_key(*u)).arg(&0u64.to_be_bytes()[..]).ignore();
+            pipe.cmd("ZADD").arg(inbox_key(*u)).arg(0).arg(LIVE_MARK).ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await?;
+    }
+    follow_all(
+        &FollowGraphServiceClient::new(split.channel(Role::FollowGraph, 0)),
+        follows,
+    )
+    .await;
+    let publish = PublishServiceClient::new(split.channel(Role::Publish, 0));
+    wait_idle(&mut publish.clone()).await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooded = Arc::new(AtomicU64::new(0));
+    let floods: Vec<_> = (0..8u64)
+        .map(|w| {
+            let (mut p, stop, flooded) = (publish.clone(), stop.clone(), flooded.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let r = p
+                        .publish(req(pb::PublishRequest {
+                            activity: Some(pb::NewActivity {
+                                actor: flooder,
+                                verb: "post".into(),
+                                object: format!("flood{w}-{n}"),
+                                foreign_id: format!("flood-{w}-{n}"),
+                                ..pb::NewActivity::default()
+                            }),
+                            publish_at_ms: 0,
+                        }))
+                        .await;
+                    if r.is_ok() {
+                        flooded.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    // The flood's backlog builds first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut rng = Rng(7);
+    let mut took = Vec::with_capacity(posts);
+    for n in 0..posts {
+        let a = n as u64 % AUTHORS;
+        let reader = follower(a, rng.next() % AUTHOR_FOLLOWERS);
+        let t = Instant::now();
+        let id = publish
+            .clone()
+            .publish(req(pb::PublishRequest {
+                activity: Some(pb::NewActivity {
+                    actor: author(a),
+                    verb: "post".into(),
+                    object: format!("ordinary{n}"),
+                    foreign_id: format!("ordinary-{n}"),
+                    ..pb::NewActivity::default()
+                }),
+                publish_at_ms: 0,
+            }))
+            .await?
+            .into_inner()
+            .activity_id;
+        let member = id.to_be_bytes();
+        loop {
+            let score: Option<f64> = redis::AsyncCommands::zscore(&mut conn, inbox_key(reader), &member[..]).await?;
+            if score.is_some() {
+                took.push(t.elapsed());
+                break;
+            }
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(120),
+                "post {id} not in {reader}'s inbox after 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for f in floods {
+        f.await?;
+    }
+    split.stop().await;
+    took.sort();
+    Ok((took, flooded.load(Ordering::Relaxed)))
+}
+
+/// The benchmark.
+pub async fn run(flood_followers: u64, posts: usize) -> anyhow::Result<()> {
+    let pct = |v: &[Duration], p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)].as_secs_f64() * 1000.0;
+    let (lanes, lanes_flood) = round("120", flood_followers, posts).await?;
+    println!(
+        "with the fanout budget: ordinary post -> in a follower's inbox p50 {:.1} ms p99 {:.1} ms ({lanes_flood} flood posts meanwhile)",
+        pct(&lanes, 0.5),
+        pct(&lanes, 0.99)
+    );
+    let (fifo, fifo_flood) = round("0", flood_followers, posts).await?;
+    println!(
+        "one lane for all:       ordinary post -> in a follower's inbox p50 {:.1} ms p99 {:.1} ms ({fifo_flood} flood posts meanwhile)",
+        pct(&fifo, 0.5),
+        pct(&fifo, 0.99)
+    );
+    println!(
+        "flood: ordinary publish->inbox p99 {:.1} ms while one actor floods ({flood_followers} followers), {:.1} ms with one lane",
+        pct(&lanes, 0.99),
+        pct(&fifo, 0.99)
+    );
+    Ok(())
+}
