@@ -12,11 +12,20 @@ pub use feed_clients::Follower;
 /// so they are one reader.
 const EDGE_LOG_READER: &str = "publish";
 
+/// How far a feed's posts travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reach {
+    /// Pulled at read time by its followers (nothing is pushed).
+    pub celebrity: bool,
+    /// Its followers.
+    pub followers: u64,
+}
+
 /// The follow graph, as publish uses it.
 #[async_trait]
 pub trait Graph: Send + Sync + 'static {
-    /// Celebrity flags of feeds, in order.
-    async fn celebrity(&self, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError>;
+    /// Celebrity flags and follower counts of feeds, in order.
+    async fn reach(&self, feeds: &[FeedRef]) -> Result<Vec<Reach>, ApiError>;
     /// Whether `user` follows each feed, in order.
     async fn follows(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError>;
     /// Whether `user` is a member of each feed (may post there), in order.
@@ -44,12 +53,15 @@ pub trait Graph: Send + Sync + 'static {
 
 #[async_trait]
 impl Graph for FollowGraphClient {
-    async fn celebrity(&self, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
+    async fn reach(&self, feeds: &[FeedRef]) -> Result<Vec<Reach>, ApiError> {
         Ok(self
             .feed_counts(feeds)
             .await?
             .into_iter()
-            .map(|c| c.celebrity)
+            .map(|c| Reach {
+                celebrity: c.celebrity,
+                followers: c.followers,
+            })
             .collect())
     }
 

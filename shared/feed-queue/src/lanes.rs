@@ -3,9 +3,10 @@
 //! jobs of an actor past their fanout budget). A burst in the bulk lane
 //! does not delay the fast lane: a consumer takes the fast lane first in
 //! all but one receive of every `share`, and in that one takes the bulk
-//! lane first, so the bulk lane always moves too, at a `1 / share` part of
-//! the consumers' pace or more, and at full pace once the fast lane is
-//! idle. One FIFO would make everyone wait behind the burst.
+//! lane first, so the bulk lane always moves too, and takes it alone once
+//! the fast lane is idle; a receive from the bulk lane takes `1 / share` of
+//! the batch, so a consumer holding a batch of the burst comes back to the
+//! fast lane soon. One FIFO would make everyone wait behind the burst.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -64,8 +65,13 @@ impl<M: QueueMessage> JobQueue<M> for Lanes<M> {
         } else {
             (&self.fast, &self.bulk)
         };
+        // A batch is finished before its consumer receives again: bulk
+        // batches are kept small, so a consumer busy with the burst comes
+        // back to the fast lane soon.
+        let bulk_max = (max / self.share).max(1);
         for lane in [first, second] {
-            let got = lane.receive(consumer, max, Duration::ZERO).await?;
+            let n = if Arc::ptr_eq(lane, &self.bulk) { bulk_max } else { max };
+            let got = lane.receive(consumer, n, Duration::ZERO).await?;
             if !got.is_empty() {
                 return Ok(got);
             }

@@ -90,8 +90,14 @@ enum Cmd {
     /// authors while one actor floods, with the fanout budget and with one lane.
     Flood {
         /// Live followers of the flooding actor.
-        #[arg(long, default_value_t = 2_000)]
+        #[arg(long, default_value_t = 1_000)]
         flood_followers: u64,
+        /// Posts the flooding actor sends.
+        #[arg(long, default_value_t = 2_000)]
+        flood_posts: u64,
+        /// Fanout units per actor per minute in the fast lane.
+        #[arg(long, default_value_t = 120)]
+        budget: u32,
         /// Ordinary posts measured.
         #[arg(long, default_value_t = 50)]
         posts: usize,
@@ -356,7 +362,12 @@ async fn main() -> anyhow::Result<()> {
                 followers,
                 posts,
             } => split_bench::run(users, requests, concurrency, followers, posts).await,
-            Cmd::Flood { flood_followers, posts } => flood_bench::run(flood_followers, posts).await,
+            Cmd::Flood {
+                flood_followers,
+                flood_posts,
+                budget,
+                posts,
+            } => flood_bench::run(budget, flood_followers, flood_posts, posts).await,
         }
     };
     // Interrupted (Ctrl-C, a timeout's SIGTERM), the bench is dropped, and

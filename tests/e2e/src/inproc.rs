@@ -19,14 +19,17 @@ pub struct LocalGraph(pub FollowGraph);
 
 #[async_trait]
 impl Graph for LocalGraph {
-    async fn celebrity(&self, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
+    async fn reach(&self, feeds: &[FeedRef]) -> Result<Vec<publish::graph::Reach>, ApiError> {
         Ok(self
             .0
             .counts(feeds, &[])
             .await?
             .0
             .into_iter()
-            .map(|c| c.celebrity)
+            .map(|c| publish::graph::Reach {
+                celebrity: c.celebrity,
+                followers: c.followers,
+            })
             .collect())
     }
     async fn follows(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {

@@ -1,11 +1,14 @@
 //! Fanout cost charged to the actor: each actor has a budget of fanout
-//! jobs per minute (root fanout and purge jobs of their activities, edge
-//! jobs of their follows, blocks and mutes). Within it their jobs travel in
-//! the fast lane; past it, in the bulk lane (`feed_queue::Lanes`), so a
-//! burst from one actor (a publish to many large tags, a loop of follow
-//! toggles) waits behind everyone else's work instead of in front of it.
-//! Nothing is refused: the bulk lane still moves (one receive in
-//! `fanout.bulk_share`, all of them when the fast lane is idle).
+//! units per minute. A publish costs one unit per pushed feed plus one per
+//! 1,000 of that feed's followers (a page of inbox writes; pulled feeds cost
+//! nothing), an update's re-fanout or a delete's purge one per job, and
+//! each follow, block or mute change (and its lifting) one. Within the
+//! budget an actor's jobs travel in the fast lane; past it, in the bulk lane
+//! (`feed_queue::Lanes`), so a burst from one actor (a publish to many large
+//! tags, a loop of follow toggles) waits behind everyone else's work
+//! instead of in front of it. Nothing is refused: the bulk lane still moves
+//! (one receive in `fanout.bulk_share`, all of them when the fast lane is
+//! idle).
 //!
 //! The budget is per publish replica (each holds its own buckets): with N
 //! replicas an actor spreading a burst over all of them gets up to N
@@ -18,20 +21,42 @@ use std::time::Instant;
 use feed_core::UserId;
 use feed_proto::events::v1::{Job, job};
 
+use crate::graph::Reach;
+
+/// Followers per unit of a publish's cost: a page of inbox writes.
+const FOLLOWERS_PER_UNIT: u64 = 1000;
+
+/// What a publish to feeds of `reach` costs: one unit per pushed feed and
+/// one per [`FOLLOWERS_PER_UNIT`] of its followers.
+pub fn fanout_cost(reach: &[Reach]) -> usize {
+    reach
+        .iter()
+        .filter(|r| !r.celebrity)
+        .map(|r| 1 + (r.followers / FOLLOWERS_PER_UNIT) as usize)
+        .sum()
+}
+
+/// One unit per job that is not an event (re-fanouts and purges).
+pub fn job_cost(jobs: &[Job]) -> usize {
+    jobs.iter()
+        .filter(|j| !matches!(j.kind, Some(job::Kind::Event(_))))
+        .count()
+}
+
 /// Buckets kept before full ones are dropped (a full bucket is the same as
 /// none): memory stays bounded however many actors publish.
 const MAX_BUCKETS: usize = 100_000;
 
-/// Per-actor token buckets of fanout jobs.
+/// Per-actor token buckets of fanout units.
 #[derive(Debug)]
 pub struct FanoutBudget {
-    /// Jobs per minute; 0 turns the budget off (every job fast).
+    /// Units per minute; 0 turns the budget off (every job fast).
     per_minute: f64,
     buckets: Mutex<HashMap<UserId, (f64, Instant)>>,
 }
 
 impl FanoutBudget {
-    /// `per_minute` jobs per actor, a minute's worth at once.
+    /// `per_minute` units per actor, a minute's worth at once.
     pub fn new(per_minute: u32) -> Self {
         Self {
             per_minute: f64::from(per_minute),
@@ -39,7 +64,7 @@ impl FanoutBudget {
         }
     }
 
-    /// Charges `cost` jobs to `actor` at `now`: true when their budget
+    /// Charges `cost` units to `actor` at `now`: true when their budget
     /// covers it (charged), false when they are past it (not charged, so
     /// an actor who stops recovers at the budget's rate).
     pub fn charge(&self, actor: UserId, cost: usize, now: Instant) -> bool {
@@ -62,14 +87,10 @@ impl FanoutBudget {
         false
     }
 
-    /// Charges `actor` for `jobs` and puts them all in the bulk lane when
-    /// the budget does not cover them (an activity's event job travels
-    /// with its fanout, so a burst's notifications wait with it).
-    pub fn route(&self, actor: UserId, jobs: &mut [Job], now: Instant) {
-        let cost = jobs
-            .iter()
-            .filter(|j| !matches!(j.kind, Some(job::Kind::Event(_))))
-            .count();
+    /// Charges `actor` `cost` units for `jobs` and puts them all in the
+    /// bulk lane when the budget does not cover it (an activity's event
+    /// job travels with its fanout, so a burst's notifications wait with it).
+    pub fn route(&self, actor: UserId, cost: usize, jobs: &mut [Job], now: Instant) {
         if !self.charge(actor, cost, now) {
             metrics::counter!("feed_fanout_bulk_jobs_total").increment(jobs.len() as u64);
             for j in jobs {
@@ -102,19 +123,33 @@ mod tests {
     }
 
     #[test]
-    fn a_publish_to_many_feeds_costs_a_job_per_feed_and_its_event_travels_with_it() {
+    fn a_publish_costs_a_unit_per_pushed_feed_and_per_thousand_followers() {
+        let feed = |celebrity, followers| Reach { celebrity, followers };
+        let sixteen_small_tags: Vec<Reach> = (0..17).map(|_| feed(false, 10)).collect();
+        assert_eq!(fanout_cost(&sixteen_small_tags), 17);
+        assert_eq!(
+            fanout_cost(&[feed(false, 25_000)]),
+            26,
+            "a page of inbox writes per unit"
+        );
+        assert_eq!(fanout_cost(&[feed(true, 5_000_000)]), 0, "a pulled feed pushes nothing");
+    }
+
+    #[test]
+    fn jobs_past_the_budget_all_take_the_bulk_lane_with_their_event() {
         let budget = FanoutBudget::new(10);
         let job = |kind| Job {
             kind: Some(kind),
             ..Job::default()
         };
         let fanout = || job(job::Kind::Fanout(feed_proto::events::v1::FanoutJob::default()));
-        let mut sixteen_tags: Vec<Job> = (0..17).map(|_| fanout()).collect();
-        sixteen_tags.push(job(job::Kind::Event(Default::default())));
-        budget.route(1, &mut sixteen_tags, Instant::now());
-        assert!(sixteen_tags.iter().all(|j| j.bulk), "17 jobs exceed a budget of 10");
+        let mut burst: Vec<Job> = (0..17).map(|_| fanout()).collect();
+        burst.push(job(job::Kind::Event(Default::default())));
+        assert_eq!(job_cost(&burst), 17, "the event job costs nothing");
+        budget.route(1, 17, &mut burst, Instant::now());
+        assert!(burst.iter().all(|j| j.bulk), "17 units exceed a budget of 10");
         let mut one = vec![fanout(), job(job::Kind::Event(Default::default()))];
-        budget.route(1, &mut one, Instant::now());
+        budget.route(1, 1, &mut one, Instant::now());
         assert!(one.iter().all(|j| !j.bulk), "not charged for the refused burst");
     }
 }

@@ -159,7 +159,7 @@ impl Publisher {
                         edge_version: c.edge_version,
                     })),
                 }];
-                self.budget.route(c.follower_id, &mut job, at);
+                self.budget.route(c.follower_id, 1, &mut job, at);
                 let [job] = job;
                 job
             })

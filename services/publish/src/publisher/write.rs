@@ -9,7 +9,7 @@ use feed_proto::events::v1::{ActivityEvent, FanoutJob, Job, PurgeJob, activity_e
 use feed_proto::publish::v1::NewActivity;
 use prost::Message;
 
-use super::{Publisher, fanout_job_id, purge_job_id};
+use super::{Publisher, budget, fanout_job_id, purge_job_id};
 use crate::store::{ForeignClaim, OutboxEntry};
 use crate::validate::{self};
 
@@ -174,10 +174,16 @@ impl Publisher {
         // `duplicate: false`.
         let mut feeds = vec![FeedRef::user(new.actor)];
         feeds.extend(to.into_iter().filter(|f| f.user_id() != Some(new.actor)));
-        let celebrity = self.graph.celebrity(&feeds).await?;
-        let modes: Vec<DeliveryMode> = celebrity
+        let reach = self.graph.reach(&feeds).await?;
+        let modes: Vec<DeliveryMode> = reach
             .iter()
-            .map(|c| if *c { DeliveryMode::Pull } else { DeliveryMode::Push })
+            .map(|r| {
+                if r.celebrity {
+                    DeliveryMode::Pull
+                } else {
+                    DeliveryMode::Push
+                }
+            })
             .collect();
         let now = self.now();
         let activity = Activity {
@@ -210,7 +216,14 @@ impl Publisher {
             .collect();
         let mut jobs = self.fanout_jobs(&activity, &outbox);
         jobs.push(event_job(&activity, activity_event::Change::Created, now));
-        self.budget.route(activity.actor, &mut jobs, std::time::Instant::now());
+        // A private item is pushed to nobody (`fanout_jobs`).
+        let cost = if activity.visibility == Visibility::Private as i32 {
+            0
+        } else {
+            budget::fanout_cost(&reach)
+        };
+        self.budget
+            .route(activity.actor, cost, &mut jobs, std::time::Instant::now());
         self.store.commit_publish(&activity, &outbox, &jobs).await?;
         self.enqueue(&jobs).await;
         metrics::counter!("feed_publish_activities_total", "mode" => modes[0].as_str_name()).increment(1);
@@ -353,7 +366,8 @@ impl Publisher {
             vec![]
         };
         jobs.push(event_job(&a, activity_event::Change::Updated, self.now()));
-        self.budget.route(a.actor, &mut jobs, std::time::Instant::now());
+        self.budget
+            .route(a.actor, budget::job_cost(&jobs), &mut jobs, std::time::Instant::now());
         self.store.replace(&a, &jobs).await?;
         self.enqueue(&jobs).await;
         Ok(a)
@@ -397,7 +411,8 @@ impl Publisher {
             })
             .collect();
         jobs.push(event_job(&a, activity_event::Change::Deleted, self.now()));
-        self.budget.route(a.actor, &mut jobs, std::time::Instant::now());
+        self.budget
+            .route(a.actor, budget::job_cost(&jobs), &mut jobs, std::time::Instant::now());
         self.store.replace(&a, &jobs).await?;
         self.enqueue(&jobs).await;
         Ok(true)

@@ -16,8 +16,8 @@ pub struct ScriptedGraph {
 
 #[async_trait]
 impl Graph for ScriptedGraph {
-    async fn celebrity(&self, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
-        Ok(vec![false; feeds.len()])
+    async fn reach(&self, feeds: &[FeedRef]) -> Result<Vec<publish::graph::Reach>, ApiError> {
+        Ok(vec![publish::graph::Reach::default(); feeds.len()])
     }
     async fn follows(&self, _: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
         Ok(vec![false; feeds.len()])

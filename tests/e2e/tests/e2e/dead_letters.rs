@@ -26,8 +26,8 @@ struct FlakyGraph {
 
 #[async_trait]
 impl Graph for FlakyGraph {
-    async fn celebrity(&self, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
-        self.inner.celebrity(feeds).await
+    async fn reach(&self, feeds: &[FeedRef]) -> Result<Vec<publish::graph::Reach>, ApiError> {
+        self.inner.reach(feeds).await
     }
     async fn follows(&self, user: UserId, feeds: &[FeedRef]) -> Result<Vec<bool>, ApiError> {
         self.inner.follows(user, feeds).await
