@@ -5,11 +5,15 @@
 #   scripts/cql-node.sh start   resolves Cassandra with Maven (cached under
 #                               target/cassandra), starts one node on free
 #                               ports with its data under target/, waits until
-#                               CQL answers and prints the contact point to use
-#                               as FEED__SCYLLA__NODES
+#                               CQL answers and its login works, and prints the
+#                               contact point to use as FEED__SCYLLA__NODES
 #   scripts/cql-node.sh stop    stops it
 #   scripts/cql-node.sh status  prints the contact point of a running node
 #   scripts/cql-node.sh resume  starts a stopped node again on its data
+#
+# The node asks for a login (PasswordAuthenticator), so every test proves the
+# platform's CQL credentials: FEED__SCYLLA__USERNAME=cassandra and
+# FEED__SCYLLA__PASSWORD=cassandra (the default superuser, created at start).
 #
 # CQL_NODE_DIR (default target/cassandra/node) and CQL_NODE_PORT (default: a
 # free port) let a fault test run a node of its own beside the shared one.
@@ -101,7 +105,7 @@ key_cache_size: 8MiB
 # Every test keyspace prepares its store's statements (~70 per store):
 # 8 MiB evicted statements between prepare and execute late in a run.
 prepared_statements_cache_size: 64MiB
-authenticator: AllowAllAuthenticator
+authenticator: PasswordAuthenticator
 authorizer: AllowAllAuthorizer
 auto_snapshot: false
 snapshot_on_duplicate_row_detection: false
@@ -186,6 +190,7 @@ launch() {
     -Dcassandra.skip_wait_for_gossip_to_settle=0 \
     -Dcassandra.unsafesystem=true \
     -Dcassandra.ring_delay_ms=100 \
+    -Dcassandra.superuser_setup_delay_ms=0 \
     -Dcassandra-foreground=yes \
     -cp "$LIB/*" org.apache.cassandra.service.CassandraDaemon \
     >> "$NODE/logs/stdout.log" 2>&1 &
@@ -200,6 +205,18 @@ launch() {
     fi
     if [ "$SECONDS" -ge "$deadline" ]; then
       log "CQL did not answer within ${CQL_NODE_START_TIMEOUT:-180} s"
+      tail -n 30 "$NODE/logs/system.log" >&2 2>/dev/null || true
+      stop
+      exit 1
+    fi
+    sleep 1
+  done
+  # The default superuser is created just after the first start: until
+  # then a login is refused. (The log is appended to, so a resumed node's
+  # log still has the line.)
+  until grep -q "Created default superuser role" "$NODE/logs/system.log" 2>/dev/null; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      log "the default superuser was not created within ${CQL_NODE_START_TIMEOUT:-180} s"
       tail -n 30 "$NODE/logs/system.log" >&2 2>/dev/null || true
       stop
       exit 1

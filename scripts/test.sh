@@ -78,7 +78,8 @@ cat target/cql-start.log
 # Every ScyllaDB leg runs against it; with FEED_REQUIRE_CQL a leg that finds
 # no node fails instead of skipping.
 FEED__SCYLLA__NODES="$(tail -n 1 target/cql-contact)"
-export FEED__SCYLLA__NODES FEED_REQUIRE_CQL=1
+# The node asks for a login: every CQL test logs in (scripts/cql-node.sh).
+export FEED__SCYLLA__NODES FEED_REQUIRE_CQL=1 FEED__SCYLLA__USERNAME=cassandra FEED__SCYLLA__PASSWORD=cassandra
 # The service binaries too: the multi-process tests start them.
 cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast

@@ -151,6 +151,7 @@ async fn a_cql_node_down_at_start_and_mid_run_costs_readiness_not_acknowledged_w
     cfg.scylla.nodes = format!("127.0.0.1:{}", node.port);
     cfg.scylla.keyspace = feed_testkit::cql_keyspace("fault");
     cfg.scylla.replication_factor = 1;
+    (cfg.scylla.username, cfg.scylla.password) = feed_testkit::cql_login();
     cfg.redis.url = redis.url();
 
     // Down at start: the server answers health, NOT_SERVING, and says why.

@@ -50,10 +50,44 @@ async fn cql(check: &str) -> feed_testkit::Backend<dyn GraphStore> {
 follow_graph::graph_store_contract!(scylla_store, cql);
 
 fn cql_config(what: &str) -> Option<ScyllaConfig> {
-    Some(ScyllaConfig::single_node(
-        feed_testkit::cql_nodes()?,
-        feed_testkit::cql_keyspace(what),
-    ))
+    Some(
+        ScyllaConfig::single_node(feed_testkit::cql_nodes()?, feed_testkit::cql_keyspace(what))
+            .with_login(feed_testkit::cql_login()),
+    )
+}
+
+/// The test run's node asks for a login (scripts/cql-node.sh): the right
+/// one connects (every CQL test above), a wrong password is refused at
+/// connect with an error that says so and does not repeat the password.
+#[tokio::test]
+async fn a_wrong_cql_password_is_refused_at_connect_without_echoing_it() {
+    let Some(cfg) = cql_config("login") else { return };
+    if cfg.username.is_empty() {
+        println!("skipped: the CQL node asks for no login (FEED__SCYLLA__USERNAME unset)");
+        return;
+    }
+    scylla::migrate(&cfg).await.expect("the configured login connects");
+    let wrong = ScyllaConfig {
+        password: "not-the-password-4711".into(),
+        ..cfg.clone()
+    };
+    let err = scylla::ScyllaGraphStore::connect(&wrong, contract_policy())
+        .await
+        .err()
+        .expect("a wrong password is refused")
+        .to_string();
+    assert!(
+        err.to_lowercase().contains("auth") || err.contains("credentials") || err.contains("password"),
+        "the error says the login failed: {err}"
+    );
+    assert!(
+        !err.contains("not-the-password-4711"),
+        "the password is not repeated: {err}"
+    );
+    assert!(
+        !format!("{wrong:?}").contains("not-the-password-4711"),
+        "Debug of the config hides the password"
+    );
 }
 
 /// Two replicas on one keyspace race follows and unfollows of one feed (each

@@ -365,7 +365,8 @@ async fn events_take_effect_in_the_order_they_happened_whatever_order_they_are_p
 #[tokio::test]
 async fn replicas_delivering_the_same_events_make_one_note() {
     let Some(nodes) = feed_testkit::cql_nodes() else { return };
-    let cfg = feed_server::config::ScyllaConfig::single_node(nodes, feed_testkit::cql_keyspace("notifyrace"));
+    let cfg = feed_server::config::ScyllaConfig::single_node(nodes, feed_testkit::cql_keyspace("notifyrace"))
+        .with_login(feed_testkit::cql_login());
     notify::store::scylla::migrate(&cfg).await.expect("migrate");
     let replica = async || {
         let store = notify::store::scylla::ScyllaNotifyStore::connect(&cfg)

@@ -54,10 +54,10 @@ async fn cql(check: &str) -> feed_testkit::Backend<dyn NotifyStore> {
 notify::notify_store_contract!(scylla_store, cql);
 
 fn cql_config(what: &str) -> Option<ScyllaConfig> {
-    Some(ScyllaConfig::single_node(
-        feed_testkit::cql_nodes()?,
-        feed_testkit::cql_keyspace(what),
-    ))
+    Some(
+        ScyllaConfig::single_node(feed_testkit::cql_nodes()?, feed_testkit::cql_keyspace(what))
+            .with_login(feed_testkit::cql_login()),
+    )
 }
 
 /// `notify --migrate` (the Kubernetes migration Job) applies the schema; until

@@ -46,9 +46,10 @@ fn post(actor: u64, foreign_id: &str) -> NewActivity {
 /// call that lost the claim returns it as a duplicate.
 #[tokio::test]
 async fn replicas_racing_one_foreign_id_agree_on_one_id_and_one_duplicate() {
-    let Some(cfg) = feed_testkit::cql_nodes()
-        .map(|nodes| feed_server::config::ScyllaConfig::single_node(nodes, feed_testkit::cql_keyspace("pubrace")))
-    else {
+    let Some(cfg) = feed_testkit::cql_nodes().map(|nodes| {
+        feed_server::config::ScyllaConfig::single_node(nodes, feed_testkit::cql_keyspace("pubrace"))
+            .with_login(feed_testkit::cql_login())
+    }) else {
         return;
     };
     publish::store::scylla::migrate(&cfg).await.expect("migrate");

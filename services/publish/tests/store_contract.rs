@@ -401,10 +401,10 @@ async fn shared_heads_stay_exact_through_eviction_flush_and_unfinished_fills() {
 }
 
 fn cql_config(what: &str) -> Option<feed_server::config::ScyllaConfig> {
-    Some(feed_server::config::ScyllaConfig::single_node(
-        feed_testkit::cql_nodes()?,
-        feed_testkit::cql_keyspace(what),
-    ))
+    Some(
+        feed_server::config::ScyllaConfig::single_node(feed_testkit::cql_nodes()?, feed_testkit::cql_keyspace(what))
+            .with_login(feed_testkit::cql_login()),
+    )
 }
 
 /// `publish --migrate` (the Kubernetes migration Job) applies the schema; until

@@ -50,10 +50,15 @@ async fn connect_with_timeout(cfg: &ScyllaConfig, request_timeout: Duration) -> 
     let profile = ExecutionProfile::builder()
         .request_timeout(Some(request_timeout))
         .build();
-    SessionBuilder::new()
+    let mut builder = SessionBuilder::new()
         .known_nodes(cfg.node_list())
         .connection_timeout(Duration::from_millis(cfg.connect_timeout_ms.max(1)))
-        .default_execution_profile_handle(profile.into_handle())
+        .default_execution_profile_handle(profile.into_handle());
+    if !cfg.username.is_empty() {
+        builder = builder.user(&cfg.username, &cfg.password);
+    }
+    // The driver's error names the failed login, never the password.
+    builder
         .build()
         .await
         .map_err(|e| StorageError::Unavailable(e.to_string()))
@@ -205,7 +210,7 @@ fn backend(e: impl std::fmt::Display) -> StorageError {
 }
 
 /// ScyllaDB.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScyllaConfig {
     /// Comma-separated `host:port` contact points; empty uses the embedded store.
@@ -221,6 +226,26 @@ pub struct ScyllaConfig {
     pub request_timeout_ms: u64,
     /// Opening a connection to a node gives up after this.
     pub connect_timeout_ms: u64,
+    /// Role to log in as (PasswordAuthenticator); empty: no login.
+    pub username: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for ScyllaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("ScyllaConfig")
+            .field("nodes", &self.nodes)
+            .field("keyspace", &self.keyspace)
+            .field("replication_factor", &self.replication_factor)
+            .field("local_dc", &self.local_dc)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("username", &self.username)
+            .field("password", &if self.password.is_empty() { "" } else { "<set>" })
+            .finish()
+    }
 }
 
 impl Default for ScyllaConfig {
@@ -232,6 +257,8 @@ impl Default for ScyllaConfig {
             local_dc: String::new(),
             request_timeout_ms: 5_000,
             connect_timeout_ms: 2_000,
+            username: String::new(),
+            password: String::new(),
         }
     }
 }
@@ -246,6 +273,13 @@ impl ScyllaConfig {
             replication_factor: 1,
             ..Self::default()
         }
+    }
+
+    /// Logging in as `(username, password)` (none when the username is empty).
+    pub fn with_login(mut self, (username, password): (String, String)) -> Self {
+        self.username = username;
+        self.password = password;
+        self
     }
 
     /// The contact points, or none when ScyllaDB is not configured.

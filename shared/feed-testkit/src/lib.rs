@@ -48,6 +48,14 @@ pub fn cql_nodes() -> Option<String> {
     None
 }
 
+/// The login of the test run's CQL node (`FEED__SCYLLA__USERNAME`,
+/// `FEED__SCYLLA__PASSWORD`: the node the test script starts asks for one);
+/// empty when unset.
+pub fn cql_login() -> (String, String) {
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    (var("FEED__SCYLLA__USERNAME"), var("FEED__SCYLLA__PASSWORD"))
+}
+
 /// A keyspace name of its own for one test (`what`, this process, a clock
 /// reading), so tests sharing a CQL node never see each other's rows.
 pub fn cql_keyspace(what: &str) -> String {

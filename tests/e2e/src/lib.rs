@@ -38,10 +38,10 @@ pub fn cql_store() -> Option<feed_server::config::ScyllaConfig> {
         !nodes.trim().is_empty(),
         "FEED_E2E_STORE=cql needs FEED__SCYLLA__NODES (scripts/cql-node.sh start)"
     );
-    Some(feed_server::config::ScyllaConfig::single_node(
-        nodes,
-        feed_testkit::cql_keyspace("e2e"),
-    ))
+    Some(
+        feed_server::config::ScyllaConfig::single_node(nodes, feed_testkit::cql_keyspace("e2e"))
+            .with_login(feed_testkit::cql_login()),
+    )
 }
 
 /// Whether this is the CQL pass (`FEED_E2E_STORE=cql`).

@@ -249,7 +249,9 @@ impl Split {
     /// Starts `topology` on `redis` (a bench's, with its own settings).
     pub async fn start_on(redis: feed_testkit::RedisServer, topology: Topology, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("dir");
-        let cql = cql_nodes().map(|nodes| ScyllaConfig::single_node(nodes, feed_testkit::cql_keyspace("split")));
+        let cql = cql_nodes().map(|nodes| {
+            ScyllaConfig::single_node(nodes, feed_testkit::cql_keyspace("split")).with_login(feed_testkit::cql_login())
+        });
         let mut addrs: Vec<(Role, usize, SocketAddr)> = Vec::new();
         for role in Role::ALL {
             for i in 0..topology.count(role) {
@@ -276,6 +278,10 @@ impl Split {
             ("NO_COLOR".into(), "1".into()),
         ];
         if let Some(c) = &cql {
+            if !c.username.is_empty() {
+                common.push(("FEED__SCYLLA__USERNAME".into(), c.username.clone()));
+                common.push(("FEED__SCYLLA__PASSWORD".into(), c.password.clone()));
+            }
             common.push(("FEED__SCYLLA__NODES".into(), c.nodes.clone()));
             common.push(("FEED__SCYLLA__KEYSPACE".into(), c.keyspace.clone()));
             common.push(("FEED__SCYLLA__REPLICATION_FACTOR".into(), "1".into()));
