@@ -16,12 +16,11 @@ use std::time::{Duration, Instant};
 use feed_e2e::split::{Role, Split, Topology};
 use feed_inbox::redis_store::{LIVE_MARK, floor_key, inbox_key};
 use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
-use feed_proto::publish::v1 as pb;
 use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
 use feed_testkit::RedisServer;
 
 use crate::timeline_bench::{Rng, follow_all};
-use crate::{req, wait_idle};
+use crate::{post, wait_idle};
 
 const ONE_EACH: Topology = Topology {
     stateful: 1,
@@ -106,16 +105,7 @@ async fn round(
                         return;
                     }
                     let _ = p
-                        .publish(req(pb::PublishRequest {
-                            activity: Some(pb::NewActivity {
-                                actor: flooder,
-                                verb: "post".into(),
-                                object: format!("flood{n}"),
-                                foreign_id: format!("flood-{n}"),
-                                ..pb::NewActivity::default()
-                            }),
-                            publish_at_ms: 0,
-                        }))
+                        .publish(post(flooder, format!("flood{n}"), format!("flood-{n}")))
                         .await;
                 }
             })
@@ -131,16 +121,7 @@ async fn round(
         let t = Instant::now();
         let id = publish
             .clone()
-            .publish(req(pb::PublishRequest {
-                activity: Some(pb::NewActivity {
-                    actor: author(a),
-                    verb: "post".into(),
-                    object: format!("ordinary{n}"),
-                    foreign_id: format!("ordinary-{n}"),
-                    ..pb::NewActivity::default()
-                }),
-                publish_at_ms: 0,
-            }))
+            .publish(post(author(a), format!("ordinary{n}"), format!("ordinary-{n}")))
             .await?
             .into_inner()
             .activity_id;

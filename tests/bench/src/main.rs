@@ -104,6 +104,21 @@ enum Cmd {
     },
 }
 
+/// A Publish of a plain post by `actor` (public, to the actor's own feed),
+/// deduplicated by `foreign_id`.
+pub(crate) fn post(actor: u64, object: String, foreign_id: String) -> tonic::Request<pb::PublishRequest> {
+    req(pb::PublishRequest {
+        activity: Some(pb::NewActivity {
+            actor,
+            verb: "post".into(),
+            object,
+            foreign_id,
+            ..pb::NewActivity::default()
+        }),
+        publish_at_ms: 0,
+    })
+}
+
 pub(crate) fn req<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut().insert(
@@ -292,16 +307,7 @@ async fn fanout(followers: Vec<u64>, workers: usize, concurrency: usize, prefill
 
         let start = Instant::now();
         let id = publish
-            .publish(req(pb::PublishRequest {
-                activity: Some(pb::NewActivity {
-                    actor: author,
-                    verb: "post".into(),
-                    object: "post:bench".into(),
-                    foreign_id: format!("bench-{n}"),
-                    ..pb::NewActivity::default()
-                }),
-                publish_at_ms: 0,
-            }))
+            .publish(crate::post(author, "post:bench".to_owned(), format!("bench-{n}")))
             .await?
             .into_inner()
             .activity_id;

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use feed_e2e::split::{Role, Split, Topology};
 use feed_inbox::redis_store::{LIVE_MARK, floor_key, inbox_key};
 use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
-use feed_proto::publish::v1 as pb;
 use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
 use feed_proto::timeline::v1 as tl;
 use feed_proto::timeline::v1::timeline_service_client::TimelineServiceClient;
@@ -235,16 +234,7 @@ async fn publish_to_visible(followers: u64, posts: usize) -> anyhow::Result<(Vec
         let reader = fans[(rng.next() % followers) as usize];
         let t = Instant::now();
         let id = publish
-            .publish(req(pb::PublishRequest {
-                activity: Some(pb::NewActivity {
-                    actor: author,
-                    verb: "post".into(),
-                    object: format!("v{n}"),
-                    foreign_id: format!("visible-{n}"),
-                    ..pb::NewActivity::default()
-                }),
-                publish_at_ms: 0,
-            }))
+            .publish(crate::post(author, format!("v{n}"), format!("visible-{n}")))
             .await?
             .into_inner()
             .activity_id;

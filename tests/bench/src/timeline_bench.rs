@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use feed_inbox::redis_store::{LIVE_MARK, floor_key, inbox_key};
 use feed_proto::followgraph::v1 as fg;
 use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
-use feed_proto::publish::v1 as pb;
 use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
 use feed_proto::timeline::v1 as tl;
 use feed_proto::timeline::v1::timeline_service_client::TimelineServiceClient;
@@ -403,16 +402,7 @@ pub(crate) async fn populate(
             let actor = Rng(7 + n).zipf(users);
             async move {
                 let _ = p
-                    .publish(req(pb::PublishRequest {
-                        activity: Some(pb::NewActivity {
-                            actor,
-                            verb: "post".into(),
-                            object: format!("post:{n}"),
-                            foreign_id: format!("b{n}"),
-                            ..pb::NewActivity::default()
-                        }),
-                        publish_at_ms: 0,
-                    }))
+                    .publish(crate::post(actor, format!("post:{n}"), format!("b{n}")))
                     .await;
             }
         })
