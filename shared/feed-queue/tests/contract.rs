@@ -29,15 +29,23 @@ async fn memory_lanes(_: &str) -> Backend<dyn JobQueue<TestJob>> {
     Some((Box::new(lanes), Box::new(())))
 }
 
+/// The lanes the fanout workers read on Redis: `t:jobs` and `t:jobs:bulk`.
+async fn lanes_on(redis: &RedisServer) -> Lanes<TestJob> {
+    let stream = |name: &'static str| async move {
+        RedisQueue::<TestJob>::connect(&redis.url(), name, "workers")
+            .await
+            .expect("connect")
+    };
+    Lanes::new(
+        Arc::new(stream("t:jobs").await),
+        Arc::new(stream("t:jobs:bulk").await),
+        4,
+    )
+}
+
 async fn redis_lanes(_: &str) -> Backend<dyn JobQueue<TestJob>> {
     let redis = RedisServer::start().expect("redis");
-    let fast = RedisQueue::<TestJob>::connect(&redis.url(), "t:jobs", "workers")
-        .await
-        .expect("connect");
-    let bulk = RedisQueue::<TestJob>::connect(&redis.url(), "t:jobs:bulk", "workers")
-        .await
-        .expect("connect");
-    Some((Box::new(Lanes::new(Arc::new(fast), Arc::new(bulk), 4)), Box::new(redis)))
+    Some((Box::new(lanes_on(&redis).await), Box::new(redis)))
 }
 
 feed_queue::job_queue_contract!(memory_queue, memory);
@@ -50,13 +58,7 @@ feed_queue::job_queue_contract!(redis_lanes_queue, redis_lanes);
 #[tokio::test]
 async fn a_bulk_job_travels_on_its_own_stream() {
     let redis = RedisServer::start().expect("redis");
-    let fast = RedisQueue::<TestJob>::connect(&redis.url(), "t:jobs", "workers")
-        .await
-        .expect("connect");
-    let bulk = RedisQueue::<TestJob>::connect(&redis.url(), "t:jobs:bulk", "workers")
-        .await
-        .expect("connect");
-    let lanes = Lanes::new(Arc::new(fast), Arc::new(bulk), 4);
+    let lanes = lanes_on(&redis).await;
     lanes
         .enqueue(&[
             TestJob {

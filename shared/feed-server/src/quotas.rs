@@ -3,6 +3,7 @@
 //! `google.rpc.RetryInfo` in the status details saying when to retry.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -42,58 +43,80 @@ struct Bucket {
     at: Instant,
 }
 
-/// Buckets kept before idle ones are dropped (a full bucket is the same as
-/// none): memory stays bounded however many users call.
+/// Buckets kept before full ones are dropped (a full bucket is the same as
+/// none): memory stays bounded however many keys call.
 const MAX_BUCKETS: usize = 100_000;
 
-/// Whose bucket: the token's digest, the user, the class.
-type BucketKey = ([u8; 32], UserId, Class);
+/// Token buckets by key, each holding up to `burst` and refilled at `rate`
+/// per second: the quotas below, and publish's fanout budget per actor.
+#[derive(Debug)]
+pub struct TokenBuckets<K> {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<K, Bucket>>,
+}
+
+impl<K: Hash + Eq> TokenBuckets<K> {
+    /// Buckets of `burst` (at least 1) refilled at `rate` per second; a
+    /// rate of 0 or less lets everything through.
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst: burst.max(1.0),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes `cost` from `key`'s bucket at `now`; when it holds less,
+    /// takes nothing and answers how long until it holds `cost`.
+    pub fn take(&self, key: K, cost: f64, now: Instant) -> Result<(), Duration> {
+        let (rate, burst) = (self.rate, self.burst);
+        if rate <= 0.0 {
+            return Ok(());
+        }
+        let refilled = |b: &Bucket| (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= MAX_BUCKETS {
+            buckets.retain(|_, b| refilled(b) < burst);
+        }
+        let b = buckets.entry(key).or_insert(Bucket { tokens: burst, at: now });
+        b.tokens = refilled(b);
+        b.at = now;
+        if b.tokens >= cost {
+            b.tokens -= cost;
+            return Ok(());
+        }
+        Err(Duration::from_secs_f64((cost - b.tokens) / rate))
+    }
+}
+
+/// Whose bucket within a class: the token's digest and the user.
+type BucketKey = ([u8; 32], UserId);
 
 /// The buckets of one process.
 #[derive(Debug)]
 pub struct Quotas {
-    cfg: QuotaConfig,
-    buckets: Mutex<HashMap<BucketKey, Bucket>>,
+    reads: TokenBuckets<BucketKey>,
+    writes: TokenBuckets<BucketKey>,
 }
 
 impl Quotas {
     /// Limits from configuration.
     pub fn new(cfg: &QuotaConfig) -> Self {
         Self {
-            cfg: cfg.clone(),
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn rate(&self, class: Class) -> (f64, f64) {
-        match class {
-            Class::Read => (self.cfg.reads_per_sec, self.cfg.read_burst),
-            Class::Write => (self.cfg.writes_per_sec, self.cfg.write_burst),
+            reads: TokenBuckets::new(cfg.reads_per_sec, cfg.read_burst),
+            writes: TokenBuckets::new(cfg.writes_per_sec, cfg.write_burst),
         }
     }
 
     /// Takes one call of `class` from the bucket of (`token`, `user`) at
     /// `now`; when it is empty, how long until it holds one again.
     pub fn take(&self, token: [u8; 32], user: UserId, class: Class, now: Instant) -> Result<(), Duration> {
-        let (rate, burst) = self.rate(class);
-        if rate <= 0.0 {
-            return Ok(());
-        }
-        let burst = burst.max(1.0);
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= MAX_BUCKETS {
-            buckets.retain(|_, b| now.duration_since(b.at).as_secs_f64() * rate < burst);
-        }
-        let b = buckets
-            .entry((token, user, class))
-            .or_insert(Bucket { tokens: burst, at: now });
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            return Ok(());
-        }
-        Err(Duration::from_secs_f64((1.0 - b.tokens) / rate))
+        let buckets = match class {
+            Class::Read => &self.reads,
+            Class::Write => &self.writes,
+        };
+        buckets.take((token, user), 1.0, now)
     }
 }
 

@@ -13,20 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use feed_e2e::split::{Role, Split, Topology};
+use feed_e2e::split::{Role, Split};
 use feed_inbox::redis_store::{LIVE_MARK, floor_key, inbox_key};
 use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
 use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
-use feed_testkit::RedisServer;
 
+use crate::split_bench::{ONE_EACH, bench_redis};
 use crate::timeline_bench::{Rng, follow_all};
 use crate::{post, wait_idle};
-
-const ONE_EACH: Topology = Topology {
-    stateful: 1,
-    timeline: 1,
-    fanout_workers: 1,
-};
 
 /// Ordinary authors, each with this many live followers.
 const AUTHORS: u64 = 10;
@@ -40,8 +34,7 @@ async fn round(
     flood_posts: u64,
     posts: usize,
 ) -> anyhow::Result<(Vec<Duration>, u64)> {
-    let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/redis.conf");
-    let redis = RedisServer::start_with_config(&conf, &[])?;
+    let redis = bench_redis()?;
     let mut conn = redis::Client::open(redis.url())?
         .get_multiplexed_async_connection()
         .await?;

@@ -72,12 +72,12 @@ async fn raw_limit(conn: redis::aio::MultiplexedConnection) -> anyhow::Result<Ch
     serve_on_free_port(tonic::transport::Server::builder().add_service(TimelineServiceServer::new(raw))).await
 }
 
-fn bench_redis() -> anyhow::Result<RedisServer> {
+pub(crate) fn bench_redis() -> anyhow::Result<RedisServer> {
     let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/redis.conf");
     RedisServer::start_with_config(&conf, &[])
 }
 
-const ONE_EACH: Topology = Topology {
+pub(crate) const ONE_EACH: Topology = Topology {
     stateful: 1,
     timeline: 1,
     fanout_workers: 1,

@@ -14,12 +14,11 @@
 //! replicas an actor spreading a burst over all of them gets up to N
 //! budgets in the fast lane.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use feed_core::UserId;
 use feed_proto::events::v1::{Job, job};
+use feed_server::quotas::TokenBuckets;
 
 use crate::graph::Reach;
 
@@ -43,24 +42,19 @@ pub fn job_cost(jobs: &[Job]) -> usize {
         .count()
 }
 
-/// Buckets kept before full ones are dropped (a full bucket is the same as
-/// none): memory stays bounded however many actors publish.
-const MAX_BUCKETS: usize = 100_000;
-
 /// Per-actor token buckets of fanout units.
 #[derive(Debug)]
 pub struct FanoutBudget {
-    /// Units per minute; 0 turns the budget off (every job fast).
-    per_minute: f64,
-    buckets: Mutex<HashMap<UserId, (f64, Instant)>>,
+    buckets: TokenBuckets<UserId>,
 }
 
 impl FanoutBudget {
-    /// `per_minute` units per actor, a minute's worth at once.
+    /// `per_minute` units per actor, a minute's worth at once; 0 turns the
+    /// budget off (a rate of 0 lets everything through).
     pub fn new(per_minute: u32) -> Self {
+        let per_minute = f64::from(per_minute);
         Self {
-            per_minute: f64::from(per_minute),
-            buckets: Mutex::new(HashMap::new()),
+            buckets: TokenBuckets::new(per_minute / 60.0, per_minute),
         }
     }
 
@@ -68,23 +62,7 @@ impl FanoutBudget {
     /// covers it (charged), false when they are past it (not charged, so
     /// an actor who stops recovers at the budget's rate).
     pub fn charge(&self, actor: UserId, cost: usize, now: Instant) -> bool {
-        if self.per_minute <= 0.0 || cost == 0 {
-            return true;
-        }
-        let cap = self.per_minute;
-        let rate = cap / 60.0;
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= MAX_BUCKETS {
-            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < cap);
-        }
-        let (tokens, at) = buckets.entry(actor).or_insert((cap, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(cap);
-        *at = now;
-        if *tokens >= cost as f64 {
-            *tokens -= cost as f64;
-            return true;
-        }
-        false
+        cost == 0 || self.buckets.take(actor, cost as f64, now).is_ok()
     }
 
     /// Charges `actor` `cost` units for `jobs` and puts them all in the
