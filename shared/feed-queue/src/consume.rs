@@ -1,6 +1,6 @@
 //! The one loop every queue consumer runs (fanout workers, notify's event
 //! consumer and remind worker): stalled deliveries first, then new ones,
-//! each batch handled with bounded concurrency, until told to stop.
+//! handled with bounded concurrency, until told to stop.
 
 use std::future::Future;
 use std::time::Duration;
@@ -25,8 +25,12 @@ pub struct Consumer {
 impl Consumer {
     /// Reads `queue` until `stop` resolves, handing every delivery to
     /// `handle`, which settles it: acknowledges it when done, or leaves it
-    /// pending to be reclaimed and retried. A batch in hand is finished
-    /// before the loop looks at `stop` again.
+    /// pending to be reclaimed and retried. Up to `concurrency` deliveries
+    /// are in hand at once, and the next batch is taken as soon as one of
+    /// them is done and the batch before is used up, not once the slowest
+    /// of a batch is done: a batch's long tail would idle the others.
+    /// `stop` is looked at before each receive; every delivery received is
+    /// handled before this returns, so none waits to be reclaimed.
     pub async fn run<M, F, Fut>(&self, queue: &dyn JobQueue<M>, stop: impl Future<Output = ()>, handle: F)
     where
         M: QueueMessage,
@@ -34,14 +38,40 @@ impl Consumer {
         Fut: Future<Output = ()>,
     {
         tokio::pin!(stop);
+        let max = self.concurrency.max(1);
+        let mut running = futures::stream::FuturesUnordered::new();
+        let mut ready = std::collections::VecDeque::new();
+        let mut stopped = false;
         loop {
-            let batch = tokio::select! {
-                biased;
-                _ = &mut stop => return,
-                batch = self.next_batch(queue) => batch,
-            };
-            futures::StreamExt::for_each_concurrent(futures::stream::iter(batch), self.concurrency.max(1), &handle)
-                .await;
+            while running.len() < max
+                && let Some(d) = ready.pop_front()
+            {
+                running.push(handle(d));
+            }
+            if stopped || running.len() >= max {
+                // Only a finished delivery makes room; stopped, the last one ends the loop.
+                if futures::StreamExt::next(&mut running).await.is_none() {
+                    return;
+                }
+                continue;
+            }
+            // Room, and nothing in hand: receive while the running ones go on.
+            let receive = self.next_batch(queue);
+            tokio::pin!(receive);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut stop => {
+                        stopped = true;
+                        break;
+                    }
+                    batch = &mut receive => {
+                        ready.extend(batch);
+                        break;
+                    }
+                    Some(()) = futures::StreamExt::next(&mut running), if !running.is_empty() => {}
+                }
+            }
         }
     }
 
@@ -126,5 +156,51 @@ mod tests {
         let mut s = seen.into_inner().expect("lock");
         s.sort();
         assert_eq!(s, ["a", "b", "b", "c"], "b retried once, nothing else twice");
+    }
+
+    #[tokio::test]
+    async fn a_slow_delivery_does_not_hold_up_the_next_batch() {
+        let q = MemoryQueue::<TestJob>::default();
+        let jobs: Vec<TestJob> = ["slow", "quick", "later"]
+            .iter()
+            .map(|id| TestJob {
+                id: (*id).into(),
+                bulk: false,
+            })
+            .collect();
+        q.enqueue(&jobs).await.expect("enqueue");
+        // "slow" (first batch) finishes only once "later" (the next batch)
+        // has been handled: a consumer that waited for its whole batch
+        // before receiving again would never get there.
+        let later_done = tokio::sync::Notify::new();
+        let handled = Mutex::new(Vec::new());
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let done_tx = Mutex::new(Some(done_tx));
+        let stop = async {
+            let _ = done_rx.await;
+        };
+        let reader = consumer();
+        let run = reader.run(&q, stop, |d: Delivery<TestJob>| {
+            let (q, handled, later_done, done_tx) = (&q, &handled, &later_done, &done_tx);
+            async move {
+                match d.job.id.as_str() {
+                    "slow" => later_done.notified().await,
+                    "later" => later_done.notify_one(),
+                    _ => {}
+                }
+                q.ack(&d).await.expect("ack");
+                let mut h = handled.lock().expect("lock");
+                h.push(d.job.id.clone());
+                if h.len() == 3
+                    && let Some(tx) = done_tx.lock().expect("lock").take()
+                {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the slow delivery waited for the next batch, which came");
+        assert_eq!(*handled.lock().expect("lock"), ["quick", "later", "slow"]);
     }
 }

@@ -540,8 +540,13 @@ async fn fault_matrix(mut split: Split, name: &str) {
     }
     // Everything acknowledged has run once the jobs drain (work held by a
     // killed process is re-driven by the sweepers and reclaimed from the streams).
-    if let Err(lag) = c.try_settled().await {
-        panic!("jobs still pending: {lag}\n{}", queue_report(&split.redis.url()).await);
+    let settling = std::time::Instant::now();
+    match c.try_settled().await {
+        Ok(backlog) => report.push(format!(
+            "{backlog} jobs pending when the load stopped, all done {:?} later",
+            settling.elapsed()
+        )),
+        Err(lag) => panic!("jobs still pending: {lag}\n{}", queue_report(&split.redis.url()).await),
     }
     let ledger = ledger.lock().await;
 
