@@ -159,7 +159,7 @@ pub async fn services(
         jobs: notify::open_jobs(cfg).await?,
         events,
         ledger: Arc::new(notify::GrpcPublish::new(
-            feed_server::client::balanced(&cfg.clients.publish_url)?,
+            feed_server::client::peer(&cfg.clients, &cfg.clients.publish_url)?,
             token,
         )?),
     };

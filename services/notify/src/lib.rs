@@ -261,7 +261,7 @@ impl feed_server::Application for App {
             return Ok(None);
         };
         let graph = feed_clients::FollowGraphClient::from_config(cfg)?;
-        let publish = feed_server::client::balanced(&cfg.clients.publish_url)?;
+        let publish = feed_server::client::peer(&cfg.clients, &cfg.clients.publish_url)?;
         let mut set = ServiceSet::default();
         set.readiness.push(graph.readiness());
         set.readiness.push(feed_server::client::peer_ready(

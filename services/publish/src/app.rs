@@ -154,7 +154,7 @@ impl Application for WorkerApp {
     }
 
     async fn build(cfg: &FeedConfig, ctx: &BuildContext) -> anyhow::Result<Option<ServiceSet>> {
-        let publish = feed_server::client::balanced(&cfg.clients.publish_url)?;
+        let publish = feed_server::client::peer(&cfg.clients, &cfg.clients.publish_url)?;
         let ledger = Arc::new(GrpcLedger::new(publish.clone(), &cfg.clients.token)?);
         let graph = feed_clients::FollowGraphClient::from_config(cfg)?;
         let (fast, bulk) = crate::open_streams(cfg).await?;

@@ -66,7 +66,7 @@ impl FollowGraphClient {
     /// A client balanced over `clients.follow_graph_url`, sending `clients.token`.
     pub fn from_config(cfg: &feed_server::FeedConfig) -> anyhow::Result<Self> {
         Self::new(
-            feed_server::client::balanced(&cfg.clients.follow_graph_url)?,
+            feed_server::client::peer(&cfg.clients, &cfg.clients.follow_graph_url)?,
             &cfg.clients.token,
         )
     }

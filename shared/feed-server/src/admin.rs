@@ -1,4 +1,6 @@
-//! The admin port: Prometheus `/metrics` and a plain `/healthz`.
+//! The admin port: Prometheus `/metrics`, a plain `/healthz` (the process
+//! runs) and `/readyz` (its gRPC health is SERVING; 503 otherwise), for
+//! probes that cannot speak TLS to the gRPC port.
 //!
 //! A tiny HTTP/1.1 responder instead of the exporter's own listener, so the
 //! port can be `127.0.0.1:0` in tests and read back.
@@ -73,6 +75,8 @@ pub fn spawn_admin(listener: TcpListener, shutdown: Shutdown) -> std::io::Result
                 let (status, body) = match path {
                     "/metrics" => ("200 OK", handle.render()),
                     "/healthz" => ("200 OK", "ok\n".to_owned()),
+                    "/readyz" if crate::serve::serving() => ("200 OK", "ready\n".to_owned()),
+                    "/readyz" => ("503 Service Unavailable", "not ready\n".to_owned()),
                     _ => ("404 Not Found", "not found\n".to_owned()),
                 };
                 let resp = format!(

@@ -29,7 +29,9 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::Readiness;
 
 use tonic::transport::channel::Change;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::config::ClientsConfig;
 
 /// How often names are resolved again.
 const RESOLVE_EVERY: Duration = Duration::from_secs(15);
@@ -49,6 +51,103 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// connection redialed, instead of when the kernel gives up minutes later.
 const PING_EVERY: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A PEM file a setting names, or an error naming the setting and the file.
+pub(crate) fn read_pem(setting: &str, path: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("{setting} {path:?}: {e}"))
+}
+
+/// How the platform's clients reach their peers: an `http://` URL in
+/// plaintext; an `https://` URL over TLS, the peer's certificate checked
+/// against `clients.tls_ca` for the URL's host (or `clients.tls_domain`),
+/// presenting `clients.tls_cert` to a peer that asks for one (mutual TLS).
+#[derive(Clone, Default)]
+pub struct Dial {
+    tls: Option<ClientTlsConfig>,
+    domain: Option<String>,
+}
+
+impl Dial {
+    /// From the `clients.tls_*` settings (plaintext only when `tls_ca` is unset).
+    pub fn from_config(c: &ClientsConfig) -> anyhow::Result<Self> {
+        if c.tls_ca.is_empty() {
+            anyhow::ensure!(
+                c.tls_cert.is_empty() && c.tls_key.is_empty() && c.tls_domain.is_empty(),
+                "clients.tls_cert, clients.tls_key and clients.tls_domain need clients.tls_ca"
+            );
+            return Ok(Self::default());
+        }
+        let mut tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem("clients.tls_ca", &c.tls_ca)?));
+        match (c.tls_cert.is_empty(), c.tls_key.is_empty()) {
+            (true, true) => {}
+            (false, false) => {
+                tls = tls.identity(Identity::from_pem(
+                    read_pem("clients.tls_cert", &c.tls_cert)?,
+                    read_pem("clients.tls_key", &c.tls_key)?,
+                ))
+            }
+            _ => anyhow::bail!("clients.tls_cert and clients.tls_key go together: set both or neither"),
+        }
+        Ok(Self {
+            tls: Some(tls),
+            domain: (!c.tls_domain.is_empty()).then(|| c.tls_domain.clone()),
+        })
+    }
+
+    /// [`balanced`] with this TLS.
+    pub fn channel(&self, url: &str) -> anyhow::Result<Channel> {
+        self.channel_with(url, CALL_DEADLINE)
+    }
+
+    /// [`balanced_with`] with this TLS.
+    pub fn channel_with(&self, url: &str, deadline: Duration) -> anyhow::Result<Channel> {
+        let targets = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(target)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(!targets.is_empty(), "{url:?}: no endpoint");
+        for t in &targets {
+            match t.scheme.as_str() {
+                "http" => {}
+                "https" => anyhow::ensure!(self.tls.is_some(), "{url}: an https:// peer needs clients.tls_ca"),
+                other => anyhow::bail!("{url}: scheme {other:?}, expected http or https"),
+            }
+        }
+        // One literal address: nothing to discover, nothing to fail over to.
+        if let [t] = targets.as_slice()
+            && (t.host.parse::<std::net::IpAddr>().is_ok() || t.host.starts_with('['))
+        {
+            return Ok(tuned(self.endpoint(url.trim(), t)?, deadline).connect_lazy());
+        }
+        let (channel, tx) = Channel::balance_channel::<SocketAddr>(64);
+        tokio::spawn(keep_endpoints(targets, tx, deadline, self.clone()));
+        Ok(channel)
+    }
+
+    /// An endpoint for `uri` (an address of `t`), with TLS when `t` is https.
+    fn endpoint(&self, uri: &str, t: &Target) -> anyhow::Result<Endpoint> {
+        let endpoint = Endpoint::from_shared(uri.to_owned())?;
+        match (&self.tls, t.scheme.as_str()) {
+            (Some(tls), "https") => {
+                let domain = self
+                    .domain
+                    .clone()
+                    .unwrap_or_else(|| t.host.trim_matches(['[', ']']).to_owned());
+                Ok(endpoint.tls_config(tls.clone().domain_name(domain))?)
+            }
+            _ => Ok(endpoint),
+        }
+    }
+}
+
+/// A channel to the peer at `url` (one of `clients`' URLs), dialed as
+/// `clients` says ([`Dial::from_config`]), balanced as [`balanced`] is.
+pub fn peer(clients: &ClientsConfig, url: &str) -> anyhow::Result<Channel> {
+    Dial::from_config(clients)?.channel(url)
+}
 
 /// `endpoint` as every internal client uses it: deadline, dial timeout,
 /// HTTP/2 and TCP keepalive, no Nagle.
@@ -83,37 +182,28 @@ fn target(url: &str) -> anyhow::Result<Target> {
 /// `host` resolves to, refreshed every 15 s; or over a list of endpoints,
 /// comma-separated (`http://10.0.0.1:50051,http://10.0.0.2:50051`: replicas
 /// without DNS, as `deploy/local` runs them). Addresses whose health does
-/// not answer SERVING are left out until it does. Must be called inside
-/// a Tokio runtime.
+/// not answer SERVING are left out until it does. Plaintext only (the
+/// services dial with [`Dial::from_config`]). Must be called inside a
+/// Tokio runtime.
 pub fn balanced(url: &str) -> anyhow::Result<Channel> {
-    balanced_with(url, CALL_DEADLINE)
+    Dial::default().channel(url)
 }
 
 /// [`balanced`], with calls cut after `deadline` instead of [`CALL_DEADLINE`].
 pub fn balanced_with(url: &str, deadline: Duration) -> anyhow::Result<Channel> {
-    let targets = url
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(target)
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    anyhow::ensure!(!targets.is_empty(), "{url:?}: no endpoint");
-    // One literal address: nothing to discover, nothing to fail over to.
-    if let [t] = targets.as_slice()
-        && (t.host.parse::<std::net::IpAddr>().is_ok() || t.host.starts_with('['))
-    {
-        return Ok(tuned(Endpoint::from_shared(url.trim().to_owned())?, deadline).connect_lazy());
-    }
-    let (channel, tx) = Channel::balance_channel::<SocketAddr>(64);
-    tokio::spawn(keep_endpoints(targets, tx, deadline));
-    Ok(channel)
+    Dial::default().channel_with(url, deadline)
 }
 
 /// Resolves the targets every [`RESOLVE_EVERY`], probes every address every
 /// [`PROBE_EVERY`], and keeps the balancer's endpoints to those that accept.
-async fn keep_endpoints(targets: Vec<Target>, tx: Sender<Change<SocketAddr, Endpoint>>, deadline: Duration) {
-    // Address → the scheme it is called with.
-    let mut known: HashMap<SocketAddr, String> = HashMap::new();
+async fn keep_endpoints(
+    targets: Vec<Target>,
+    tx: Sender<Change<SocketAddr, Endpoint>>,
+    deadline: Duration,
+    dial: Dial,
+) {
+    // Address → the target it was resolved from (its scheme and name).
+    let mut known: HashMap<SocketAddr, Target> = HashMap::new();
     let mut inserted: HashSet<SocketAddr> = HashSet::new();
     let mut resolved_at: Option<tokio::time::Instant> = None;
     let mut probe_channels: HashMap<SocketAddr, Channel> = HashMap::new();
@@ -130,9 +220,9 @@ async fn keep_endpoints(targets: Vec<Target>, tx: Sender<Change<SocketAddr, Endp
         // One probe channel per address, kept across rounds (it reconnects
         // by itself once a restarted replica listens again).
         probe_channels.retain(|a, _| known.contains_key(a));
-        for (addr, scheme) in &known {
+        for (addr, t) in &known {
             if !probe_channels.contains_key(addr)
-                && let Ok(e) = Endpoint::from_shared(format!("{scheme}://{addr}"))
+                && let Ok(e) = dial.endpoint(&format!("{}://{addr}", t.scheme), t)
             {
                 probe_channels.insert(*addr, e.connect_timeout(PROBE_TIMEOUT).connect_lazy());
             }
@@ -165,8 +255,8 @@ async fn keep_endpoints(targets: Vec<Target>, tx: Sender<Change<SocketAddr, Endp
             }
         }
         for new in want.difference(&inserted) {
-            let scheme = known.get(new).map_or("http", String::as_str);
-            let endpoint = match Endpoint::from_shared(format!("{scheme}://{new}")) {
+            let Some(t) = known.get(new) else { continue };
+            let endpoint = match dial.endpoint(&format!("{}://{new}", t.scheme), t) {
                 Ok(e) => tuned(e, deadline),
                 Err(e) => {
                     tracing::warn!(error = %e, %new, "bad endpoint");
@@ -187,11 +277,11 @@ async fn keep_endpoints(targets: Vec<Target>, tx: Sender<Change<SocketAddr, Endp
 
 /// Every address the targets resolve to now (a name that fails to resolve
 /// contributes nothing this round).
-async fn resolve(targets: &[Target]) -> HashMap<SocketAddr, String> {
+async fn resolve(targets: &[Target]) -> HashMap<SocketAddr, Target> {
     let mut out = HashMap::new();
     for t in targets {
         match tokio::net::lookup_host((t.host.trim_matches(['[', ']']), t.port)).await {
-            Ok(addrs) => out.extend(addrs.map(|a| (a, t.scheme.clone()))),
+            Ok(addrs) => out.extend(addrs.map(|a| (a, t.clone()))),
             Err(e) => tracing::warn!(host = %t.host, error = %e, "resolving a service failed"),
         }
     }

@@ -290,15 +290,42 @@ impl Default for InboxConfig {
 }
 
 /// Addresses of other services; empty means "this process" (feedd).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientsConfig {
-    /// follow-graph gRPC endpoint, e.g. `http://follow-graph:50051`.
+    /// follow-graph gRPC endpoint, e.g. `http://follow-graph:50051`
+    /// (`https://` for TLS).
     pub follow_graph_url: String,
     /// publish gRPC endpoint.
     pub publish_url: String,
     /// Internal token for service-to-service calls; defaults to the first internal token.
     pub token: String,
+    /// PEM CA certificate(s) that `https://` peers' certificates must chain
+    /// to; required for `https://` URLs.
+    pub tls_ca: String,
+    /// The name peers' certificates are checked against; empty: the URL's host.
+    pub tls_domain: String,
+    /// PEM certificate chain presented to peers that ask for one (mutual TLS).
+    pub tls_cert: String,
+    /// Its PEM private key.
+    pub tls_key: String,
+}
+
+impl std::fmt::Debug for ClientsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientsConfig")
+            .field("follow_graph_url", &self.follow_graph_url)
+            .field("publish_url", &self.publish_url)
+            .field(
+                "token",
+                &format_args!("<{}>", if self.token.is_empty() { "unset" } else { "redacted" }),
+            )
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_domain", &self.tls_domain)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .finish()
+    }
 }
 
 /// gRPC server settings.
@@ -332,6 +359,9 @@ pub struct ServerConfig {
     pub tls_cert: String,
     /// PEM private key.
     pub tls_key: String,
+    /// PEM CA certificate(s); when set (TLS on), every caller must present a
+    /// certificate that chains to it (mutual TLS).
+    pub tls_client_ca: String,
 }
 
 impl Default for ServerConfig {
@@ -348,6 +378,7 @@ impl Default for ServerConfig {
             drain_timeout_ms: 10_000,
             tls_cert: String::new(),
             tls_key: String::new(),
+            tls_client_ca: String::new(),
         }
     }
 }
@@ -532,6 +563,7 @@ mod tests {
         cfg.auth.internal_tokens = "int-s3cret-1, int-s3cret-2".into();
         cfg.auth.bff_tokens = "bff-s3cret".into();
         cfg.redis.url = "redis://app:pw-s3cret@redis.internal:6379/0".into();
+        cfg.clients.token = "int-s3cret-1".into();
         let shown = format!("{cfg:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(

@@ -5,16 +5,18 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
 
 use crate::Shutdown;
+use crate::client::read_pem;
 use crate::config::ServerConfig;
 use crate::limits::LimitsLayer;
 use crate::observe::ObserveLayer;
@@ -53,12 +55,52 @@ pub struct ServeOptions {
 /// the server runs (readiness probes ask for the service's own name).
 pub const LIVENESS: &str = "liveness";
 
+/// Whether this process's gRPC server answers SERVING (a process runs one
+/// server): the admin port's `/readyz` tells it to probes that cannot
+/// speak TLS to the gRPC port.
+static SERVING: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process's server is ready (health SERVING).
+pub fn serving() -> bool {
+    SERVING.load(Ordering::Relaxed)
+}
+
 /// How often readiness is re-checked once serving.
 const READINESS_PERIOD: Duration = Duration::from_secs(5);
 /// How often a serving server re-checks after a failed check.
 const RECHECK_PERIOD: Duration = Duration::from_secs(1);
 /// Failed checks in a row before a serving server turns NOT_SERVING.
 const UNREADY_AFTER: u32 = 3;
+
+/// The server's TLS from `server.tls_cert`, `server.tls_key` and
+/// `server.tls_client_ca`; None for plaintext. Half a setting is refused
+/// rather than served in plaintext.
+fn tls_config(config: &ServerConfig) -> anyhow::Result<Option<ServerTlsConfig>> {
+    match (config.tls_cert.is_empty(), config.tls_key.is_empty()) {
+        (true, true) => {
+            anyhow::ensure!(
+                config.tls_client_ca.is_empty(),
+                "server.tls_client_ca needs server.tls_cert and server.tls_key"
+            );
+            Ok(None)
+        }
+        (false, false) => {
+            let identity = Identity::from_pem(
+                read_pem("server.tls_cert", &config.tls_cert)?,
+                read_pem("server.tls_key", &config.tls_key)?,
+            );
+            let mut tls = ServerTlsConfig::new().identity(identity);
+            if !config.tls_client_ca.is_empty() {
+                tls = tls.client_ca_root(Certificate::from_pem(read_pem(
+                    "server.tls_client_ca",
+                    &config.tls_client_ca,
+                )?));
+            }
+            Ok(Some(tls))
+        }
+        _ => anyhow::bail!("server.tls_cert and server.tls_key go together: set both or neither"),
+    }
+}
 
 /// Serves until `opts.shutdown` triggers, then drains. Health is NOT_SERVING
 /// until every readiness check passes, and again from the moment shutdown starts.
@@ -106,10 +148,8 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
         // Unset, tonic lifts hyper's limit: one connection could hold
         // unboundedly many streams.
         .max_concurrent_streams(config.max_concurrent_streams.max(1));
-    if !config.tls_cert.is_empty() && !config.tls_key.is_empty() {
-        let cert = std::fs::read(&config.tls_cert)?;
-        let key = std::fs::read(&config.tls_key)?;
-        builder = builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
+    if let Some(tls) = tls_config(&config)? {
+        builder = builder.tls_config(tls)?;
     }
     // Shed instead of queueing: a saturated replica answers RESOURCE_EXHAUSTED
     // at once and the client retries elsewhere. The deadline and the
@@ -159,6 +199,7 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
                 for name in &ready_names {
                     ready_health.set_service_status(*name, status).await;
                 }
+                SERVING.store(ready, Ordering::Relaxed);
                 if ready {
                     tracing::info!("ready: SERVING");
                 } else {
@@ -201,6 +242,7 @@ pub async fn serve(set: ServiceSet, opts: ServeOptions) -> anyhow::Result<()> {
     }
     tracing::info!("draining");
     ready_task.abort();
+    SERVING.store(false, Ordering::Relaxed);
     for name in &all_names {
         health.set_service_status(*name, ServingStatus::NotServing).await;
     }
@@ -313,7 +355,11 @@ where
         .fallback(|| async {
             tonic::Status::unavailable("starting: storage not reachable yet").into_http::<tonic::body::Body>()
         });
-    let early = Server::builder()
+    let mut early = Server::builder();
+    if let Some(tls) = tls_config(&opts.config)? {
+        early = early.tls_config(tls)?;
+    }
+    let early = early
         .add_routes(tonic::service::Routes::from(routes))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_rx.await;

@@ -4,8 +4,10 @@
 
 pub mod jwt;
 mod proxy;
+mod tls;
 
 pub use proxy::TcpProxy;
+pub use tls::TestPki;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use feed_server::config::ScyllaConfig;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::{BFF_TOKEN, INTERNAL_TOKEN, wait_serving};
 
@@ -115,6 +115,11 @@ pub struct Split {
     dir: tempfile::TempDir,
     /// feedd: one process serves every role.
     one_process: bool,
+    /// How the test and the processes dial each other: plaintext, or
+    /// mutual TLS with `pki`'s certificates.
+    dial: feed_server::client::Dial,
+    scheme: &'static str,
+    pki: Option<feed_testkit::TestPki>,
 }
 
 /// Where the service binaries are: beside the running binary (a bench in
@@ -153,10 +158,10 @@ fn free_addr() -> SocketAddr {
         .expect("free port")
 }
 
-fn urls(addrs: &[SocketAddr]) -> String {
+fn urls(scheme: &str, addrs: &[SocketAddr]) -> String {
     addrs
         .iter()
-        .map(|a| format!("http://{a}"))
+        .map(|a| format!("{scheme}://{a}"))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -235,6 +240,9 @@ impl Split {
             cql: None,
             dir,
             one_process: true,
+            dial: feed_server::client::Dial::default(),
+            scheme: "http",
+            pki: None,
         };
         split.spawn(0);
         split.wait_ready(0).await;
@@ -248,7 +256,27 @@ impl Split {
 
     /// Starts `topology` on `redis` (a bench's, with its own settings).
     pub async fn start_on(redis: feed_testkit::RedisServer, topology: Topology, env: &[(&str, &str)]) -> Self {
+        Self::start_on_with(redis, topology, env, None).await
+    }
+
+    /// Starts `topology` with every gRPC hop over mutual TLS: each server
+    /// serves a certificate of a CA made for this run and asks its callers
+    /// for one, the services dial each other over `https://` with theirs,
+    /// and so do this harness's channels.
+    pub async fn start_with_tls(topology: Topology, env: &[(&str, &str)]) -> Self {
+        let redis = feed_testkit::RedisServer::start().expect("redis");
+        let pki = feed_testkit::TestPki::new().expect("certificates");
+        Self::start_on_with(redis, topology, env, Some(pki)).await
+    }
+
+    async fn start_on_with(
+        redis: feed_testkit::RedisServer,
+        topology: Topology,
+        env: &[(&str, &str)],
+        pki: Option<feed_testkit::TestPki>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("dir");
+        let scheme = if pki.is_some() { "https" } else { "http" };
         let cql = cql_nodes().map(|nodes| {
             ScyllaConfig::single_node(nodes, feed_testkit::cql_keyspace("split")).with_login(feed_testkit::cql_login())
         });
@@ -270,8 +298,11 @@ impl Split {
             ("FEED__AUTH__INTERNAL_TOKENS".into(), INTERNAL_TOKEN.into()),
             ("FEED__AUTH__BFF_TOKENS".into(), BFF_TOKEN.into()),
             ("FEED__CLIENTS__TOKEN".into(), INTERNAL_TOKEN.into()),
-            ("FEED__CLIENTS__FOLLOW_GRAPH_URL".into(), urls(&of(Role::FollowGraph))),
-            ("FEED__CLIENTS__PUBLISH_URL".into(), urls(&of(Role::Publish))),
+            (
+                "FEED__CLIENTS__FOLLOW_GRAPH_URL".into(),
+                urls(scheme, &of(Role::FollowGraph)),
+            ),
+            ("FEED__CLIENTS__PUBLISH_URL".into(), urls(scheme, &of(Role::Publish))),
             ("FEED__SERVER__ADMIN_LISTEN".into(), String::new()),
             ("FEED__STORAGE__SYNC_WRITES".into(), "false".into()),
             ("FEED__TELEMETRY__LOG_FORMAT".into(), "text".into()),
@@ -286,6 +317,22 @@ impl Split {
             common.push(("FEED__SCYLLA__KEYSPACE".into(), c.keyspace.clone()));
             common.push(("FEED__SCYLLA__REPLICATION_FACTOR".into(), "1".into()));
         }
+        let mut clients = feed_server::config::ClientsConfig::default();
+        if let Some(pki) = &pki {
+            for (k, v) in [
+                ("FEED__SERVER__TLS_CERT", pki.cert()),
+                ("FEED__SERVER__TLS_KEY", pki.key()),
+                ("FEED__SERVER__TLS_CLIENT_CA", pki.ca()),
+                ("FEED__CLIENTS__TLS_CA", pki.ca()),
+                ("FEED__CLIENTS__TLS_CERT", pki.cert()),
+                ("FEED__CLIENTS__TLS_KEY", pki.key()),
+            ] {
+                common.push((k.into(), v));
+            }
+            clients.tls_ca = pki.ca();
+            clients.tls_cert = pki.cert();
+            clients.tls_key = pki.key();
+        }
         common.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let mut split = Self {
             redis,
@@ -294,6 +341,9 @@ impl Split {
             cql,
             dir,
             one_process: false,
+            dial: feed_server::client::Dial::from_config(&clients).expect("client TLS"),
+            scheme,
+            pki,
         };
         if split.cql.is_some() {
             // As the migration Job does, before any server starts.
@@ -373,9 +423,7 @@ impl Split {
 
     async fn wait_ready(&self, at: usize) {
         let r = &self.replicas[at];
-        let channel = Endpoint::from_shared(format!("http://{}", r.addr))
-            .expect("url")
-            .connect_lazy();
+        let channel = self.direct(r.addr);
         if let Err(e) = wait_serving(channel, "", Duration::from_secs(90)).await {
             panic!("{}[{}] not ready: {e}\n{}", r.role.binary(), r.index, self.log_tail(at));
         }
@@ -406,9 +454,18 @@ impl Split {
 
     /// A channel to one replica.
     pub fn channel(&self, role: Role, index: usize) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.addr(role, index)))
-            .expect("url")
-            .connect_lazy()
+        self.direct(self.addr(role, index))
+    }
+
+    fn direct(&self, addr: SocketAddr) -> Channel {
+        self.dial
+            .channel(&format!("{}://{addr}", self.scheme))
+            .expect("channel")
+    }
+
+    /// Whether every gRPC hop is over mutual TLS ([`Split::start_with_tls`]).
+    pub fn tls(&self) -> Option<&feed_testkit::TestPki> {
+        self.pki.as_ref()
     }
 
     /// A channel balanced over every replica of `role` the way the services'
@@ -421,7 +478,7 @@ impl Split {
             .filter(|r| r.role == role || self.one_process)
             .map(|r| r.addr)
             .collect();
-        feed_server::client::balanced(&urls(&list)).expect("balanced channel")
+        self.dial.channel(&urls(self.scheme, &list)).expect("balanced channel")
     }
 
     /// The process ids of the running replicas (a bench adds up their CPU).

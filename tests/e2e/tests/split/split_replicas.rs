@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use feed_e2e::internal;
-use feed_e2e::split::{Role, Split};
+use feed_e2e::split::{Role, Split, Topology};
 use feed_proto::followgraph::v1 as fg;
 use feed_proto::followgraph::v1::follow_graph_service_client::FollowGraphServiceClient;
 use feed_proto::notify::v1 as nt;
@@ -14,6 +14,7 @@ use feed_proto::publish::v1 as pb;
 use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
 use feed_proto::timeline::v1 as tl;
 use feed_proto::timeline::v1::timeline_service_client::TimelineServiceClient;
+use feed_server::config::ClientsConfig;
 use tokio_stream::StreamExt;
 
 use crate::Clients;
@@ -52,10 +53,17 @@ async fn post(split: &Split, replica: usize, actor: u64, n: u32) -> u64 {
         .activity_id
 }
 
+/// Every gRPC hop here, the services' between themselves and the test's,
+/// is over mutual TLS (`Split::start_with_tls`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn split_writes_through_one_replica_are_read_through_another_and_watch_crosses_notify_replicas() {
+async fn split_over_mutual_tls_writes_through_one_replica_are_read_through_another_and_watch_crosses_notify_replicas() {
     // A small fanout budget for the flood at the end (the steps before stay under it).
-    let split = Split::start(&[("FEED__FANOUT__ACTOR_BUDGET_PER_MINUTE", "20")]).await;
+    let split = Split::start_with_tls(
+        Topology::default_for_store(),
+        &[("FEED__FANOUT__ACTOR_BUDGET_PER_MINUTE", "20")],
+    )
+    .await;
+    callers_without_the_platforms_certificate_are_refused(&split).await;
     let mut c = Clients::any(&split);
     let (reader, author) = (1u64, 2u64);
     // The reader's inbox is live, then the follow goes through the last
@@ -148,6 +156,34 @@ async fn split_writes_through_one_replica_are_read_through_another_and_watch_cro
 
     a_flood_waits_behind_ordinary_work(&split, &mut c).await;
     split.stop().await;
+}
+
+/// A plaintext call, and a TLS call without a client certificate, to a
+/// replica serving mutual TLS fail; with the certificate it answers.
+async fn callers_without_the_platforms_certificate_are_refused(split: &Split) {
+    let pki = split.tls().expect("TLS");
+    let addr = split.addr(Role::Publish, 0);
+    let lag = |channel| async move {
+        PublishServiceClient::new(channel)
+            .get_fanout_lag(internal(pb::GetFanoutLagRequest {}))
+            .await
+    };
+    let plain = feed_server::client::balanced(&format!("http://{addr}")).expect("channel");
+    assert!(lag(plain).await.is_err(), "a plaintext call was answered");
+    let anonymous = feed_server::client::Dial::from_config(&ClientsConfig {
+        tls_ca: pki.ca(),
+        ..ClientsConfig::default()
+    })
+    .expect("dial")
+    .channel(&format!("https://{addr}"))
+    .expect("channel");
+    assert!(
+        lag(anonymous).await.is_err(),
+        "a call without a client certificate was answered"
+    );
+    lag(split.channel(Role::Publish, 0))
+        .await
+        .expect("a call with the certificate");
 }
 
 /// One actor floods (300 posts, past their fanout budget of 20 a minute)
