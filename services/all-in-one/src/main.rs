@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
         cfg.server.admin_listen = admin;
     }
     telemetry::init(&cfg.telemetry);
+    cfg.redis.use_tls()?;
     let (auth, dev_token) = feed_all_in_one::auth_or_dev_token(&cfg)?;
     let token = feed_all_in_one::internal_token(&cfg, dev_token.as_deref())?;
     let listener = TcpListener::bind(&cfg.server.listen)

@@ -92,6 +92,39 @@ impl std::fmt::Debug for Redis {
     }
 }
 
+/// The TLS material `rediss://` URLs are dialed with: one Redis per
+/// process, so one setting per process, made at start ([`set_tls`]).
+static TLS: std::sync::RwLock<Option<redis::TlsCertificates>> = std::sync::RwLock::new(None);
+
+/// From now on, `rediss://` URLs check the server's certificate against
+/// `ca` (PEM; None: the system's trust store) and present `client` (PEM
+/// certificate and key) to a server that asks for one.
+pub fn set_tls(ca: Option<Vec<u8>>, client: Option<(Vec<u8>, Vec<u8>)>) {
+    let certs = redis::TlsCertificates {
+        client_tls: client.map(|(client_cert, client_key)| redis::ClientTlsConfig {
+            client_cert,
+            client_key,
+        }),
+        root_cert: ca,
+    };
+    *TLS.write().unwrap_or_else(|p| p.into_inner()) = Some(certs);
+}
+
+/// A client for `url`: `redis://` in plaintext, `rediss://` over TLS with
+/// what [`set_tls`] set (the system's trust store when nothing was).
+pub fn client(url: &str) -> RedisResult<redis::Client> {
+    if url.starts_with("rediss://") {
+        // rustls asks for the process's crypto provider when both or
+        // neither are built in; ring, as tonic's. Already installed: fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let tls = TLS.read().unwrap_or_else(|p| p.into_inner()).clone();
+    match tls {
+        Some(certs) if url.starts_with("rediss://") => redis::Client::build_with_tls(url, certs),
+        _ => redis::Client::open(url),
+    }
+}
+
 impl Redis {
     /// Connects to `url` with the default [`Timeouts`].
     pub async fn connect(url: &str) -> RedisResult<Self> {
@@ -100,7 +133,7 @@ impl Redis {
 
     /// Connects to `url`; fails if the first connection cannot be made.
     pub async fn connect_with(url: &str, timeouts: Timeouts) -> RedisResult<Self> {
-        let client = redis::Client::open(url)?;
+        let client = client(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeouts.connect))
             .set_response_timeout(Some(timeouts.response))

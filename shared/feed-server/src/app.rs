@@ -80,6 +80,7 @@ pub async fn main<A: Application>() -> anyhow::Result<()> {
     let (listen, admin) = A::DEFAULT_PORTS;
     let cfg = FeedConfig::load_with_ports(args.config.as_deref(), listen, admin)?;
     telemetry::init(&cfg.telemetry);
+    cfg.redis.use_tls()?;
     if args.migrate {
         return A::migrate(&cfg).await;
     }

@@ -474,6 +474,45 @@ pub struct RedisConfig {
     /// The URL points at a Redis Cluster: inbox scripts then touch one
     /// slot per call (hash tags keep a user's keys together).
     pub cluster: bool,
+    /// PEM CA the server's certificate must chain to, for a `rediss://`
+    /// URL; empty: the system's trust store.
+    pub tls_ca: String,
+    /// PEM certificate presented to a Redis that asks for one (`tls-auth-clients`).
+    pub tls_cert: String,
+    /// Its PEM private key.
+    pub tls_key: String,
+}
+
+impl RedisConfig {
+    /// Makes `tls_*` the process's TLS for `rediss://` URLs
+    /// ([`feed_redis::set_tls`]). A TLS setting beside a plaintext URL, or a
+    /// certificate without its key, is refused naming it.
+    pub fn use_tls(&self) -> anyhow::Result<()> {
+        let read = |setting: &str, path: &str| -> anyhow::Result<Option<Vec<u8>>> {
+            if path.is_empty() {
+                return Ok(None);
+            }
+            crate::client::read_pem(setting, path).map(Some)
+        };
+        let ca = read("redis.tls_ca", &self.tls_ca)?;
+        let client = match (
+            read("redis.tls_cert", &self.tls_cert)?,
+            read("redis.tls_key", &self.tls_key)?,
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => anyhow::bail!("redis.tls_cert and redis.tls_key go together: set both or neither"),
+        };
+        if ca.is_none() && client.is_none() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            self.url.starts_with("rediss://"),
+            "redis.tls_ca, redis.tls_cert and redis.tls_key need a rediss:// redis.url"
+        );
+        feed_redis::set_tls(ca, client);
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -488,6 +527,9 @@ impl std::fmt::Debug for RedisConfig {
         f.debug_struct("RedisConfig")
             .field("url", &url)
             .field("cluster", &self.cluster)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
             .finish()
     }
 }

@@ -1,12 +1,13 @@
 //! TLS between the platform's services: a real server on 127.0.0.1:0
 //! serving TLS that asks callers for a certificate (mutual TLS), and the
-//! clients the services dial it with.
+//! clients the services dial it with; and the settings' own checks
+//! (Redis over TLS itself: feed-redis's tests).
 
 use std::time::Duration;
 
 use feed_server::Shutdown;
 use feed_server::client::{Dial, balanced};
-use feed_server::config::{ClientsConfig, ServerConfig};
+use feed_server::config::{ClientsConfig, RedisConfig, ServerConfig};
 use feed_server::serve::{ServeOptions, ServiceSet, serve};
 use feed_testkit::TestPki;
 use tonic::transport::Channel;
@@ -118,6 +119,21 @@ async fn half_a_tls_setting_is_refused_naming_it() {
         .map(|_| ())
         .expect_err("a CA file that is not there");
     assert!(missing.to_string().contains("clients.tls_ca"), "{missing}");
+
+    let plaintext_redis = RedisConfig {
+        url: "redis://127.0.0.1:6379/".into(),
+        tls_ca: pki.ca(),
+        ..RedisConfig::default()
+    };
+    let refused = plaintext_redis.use_tls().expect_err("a CA beside a redis:// URL");
+    assert!(refused.to_string().contains("rediss://"), "{refused}");
+    let half = RedisConfig {
+        url: "rediss://127.0.0.1:6379/".into(),
+        tls_cert: pki.cert(),
+        ..RedisConfig::default()
+    };
+    let refused = half.use_tls().expect_err("a certificate without its key");
+    assert!(refused.to_string().contains("redis.tls_key"), "{refused}");
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let opts = ServeOptions {

@@ -96,6 +96,8 @@ pub struct RedisServer {
     port: u16,
     /// What it was started with, for [`RedisServer::restart`].
     args: Vec<String>,
+    /// Whether it speaks only TLS ([`RedisServer::start_tls`]).
+    tls: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -112,15 +114,36 @@ impl RedisServer {
         let conf = conf.display().to_string();
         let mut args = vec![conf.as_str()];
         args.extend_from_slice(extra);
-        Self::start_args(&args, true)
+        Self::start_args(&args, true, false)
     }
 
     /// Starts a server with extra `--name value` arguments.
     pub fn start_with(extra: &[&str]) -> anyhow::Result<Self> {
-        Self::start_args(extra, false)
+        Self::start_args(extra, false, false)
     }
 
-    fn start_args(extra: &[&str], config_first: bool) -> anyhow::Result<Self> {
+    /// Starts a server that speaks only TLS, with `pki`'s certificate, and
+    /// asks clients for one of `pki`'s CA (mutual TLS).
+    pub fn start_tls(pki: &TestPki) -> anyhow::Result<Self> {
+        let (cert, key, ca) = (pki.cert(), pki.key(), pki.ca());
+        Self::start_args(
+            &[
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "yes",
+            ],
+            false,
+            true,
+        )
+    }
+
+    /// `tls`: the chosen port is the TLS port, the plaintext one is off.
+    fn start_args(extra: &[&str], config_first: bool, tls: bool) -> anyhow::Result<Self> {
         let mut dir = tempfile::tempdir()?;
         // A port can be taken between probing and binding: retry a few times.
         let mut last_err = None;
@@ -133,11 +156,15 @@ impl RedisServer {
             };
             let port_arg = port.to_string();
             let dir_arg = dir.path().display().to_string();
+            let ports = if tls {
+                vec!["--port", "0", "--tls-port", &port_arg]
+            } else {
+                vec!["--port", &port_arg]
+            };
             let args: Vec<String> = first
                 .into_iter()
+                .chain(ports)
                 .chain([
-                    "--port",
-                    &port_arg,
                     "--bind",
                     "127.0.0.1",
                     "--save",
@@ -155,6 +182,7 @@ impl RedisServer {
                 child,
                 port,
                 args,
+                tls,
                 _dir: dir,
             };
             match wait_for_port(server.addr(), Duration::from_secs(10)) {
@@ -184,9 +212,10 @@ impl RedisServer {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// A `redis://` URL for clients.
+    /// A `redis://` URL for clients (`rediss://` when it speaks TLS).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// Freezes the server (SIGSTOP): connections stay open and the kernel

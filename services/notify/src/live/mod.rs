@@ -225,7 +225,7 @@ fn user_of_channel(channel: &str) -> Option<UserId> {
 impl RedisLive {
     /// Connects; keeps `cap` entries per user for `ttl_secs` after the last one.
     pub async fn connect(url: &str, cap: usize, ttl_secs: u64) -> Result<Self, LiveError> {
-        let client = redis::Client::open(url)?;
+        let client = feed_redis::client(url)?;
         let conn = feed_redis::Redis::connect(url).await?;
         let wakers = Arc::new(Wakers::default());
         let (subscribe_tx, subscribe_rx) = mpsc::unbounded_channel();

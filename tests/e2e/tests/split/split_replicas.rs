@@ -204,7 +204,7 @@ async fn a_flood_waits_behind_ordinary_work(split: &Split, c: &mut Clients) {
             .expect("follow");
     }
     c.settled().await;
-    let mut redis = redis::Client::open(split.redis.url())
+    let mut redis = feed_redis::client(&split.redis.url())
         .expect("redis url")
         .get_multiplexed_async_connection()
         .await
