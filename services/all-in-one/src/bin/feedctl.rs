@@ -13,7 +13,6 @@ use feed_proto::publish::v1::publish_service_client::PublishServiceClient;
 use feed_proto::timeline::v1 as tl;
 use feed_proto::timeline::v1::timeline_service_client::TimelineServiceClient;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -33,6 +32,15 @@ struct Args {
     /// Act as this end user (sent as x-feed-user-id; required with a bff token).
     #[arg(long)]
     as_user: Option<u64>,
+    /// PEM CA the server's certificate must chain to (an https:// --addr).
+    #[arg(long, env = "FEED_TLS_CA")]
+    ca: Option<String>,
+    /// PEM client certificate, for a server that asks for one (mutual TLS).
+    #[arg(long, env = "FEED_TLS_CERT", requires = "key")]
+    cert: Option<String>,
+    /// Its PEM private key.
+    #[arg(long, env = "FEED_TLS_KEY", requires = "cert")]
+    key: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -166,7 +174,18 @@ async fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let channel = Channel::from_shared(args.addr.clone())?.connect().await?;
+    anyhow::ensure!(
+        !args.addr.starts_with("https://") || args.ca.is_some(),
+        "an https:// --addr needs --ca (the CA its certificate chains to)"
+    );
+    // The services' own dialing.
+    let dial = feed_server::client::Dial::from_config(&feed_server::config::ClientsConfig {
+        tls_ca: args.ca.clone().unwrap_or_default(),
+        tls_cert: args.cert.clone().unwrap_or_default(),
+        tls_key: args.key.clone().unwrap_or_default(),
+        ..Default::default()
+    })?;
+    let channel = dial.channel(&args.addr)?;
     if let Cmd::Health { service } = &args.cmd {
         let status = HealthClient::new(channel)
             .check(HealthCheckRequest {
