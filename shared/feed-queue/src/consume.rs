@@ -110,10 +110,10 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_delivery_left_unsettled_is_handled_again_and_every_job_once_settled() {
+    /// A memory queue holding fast-lane jobs `ids`, in order.
+    async fn queue_of(ids: &[&str]) -> MemoryQueue<TestJob> {
         let q = MemoryQueue::<TestJob>::default();
-        let jobs: Vec<TestJob> = ["a", "b", "c"]
+        let jobs: Vec<TestJob> = ids
             .iter()
             .map(|id| TestJob {
                 id: (*id).into(),
@@ -121,12 +121,25 @@ mod tests {
             })
             .collect();
         q.enqueue(&jobs).await.expect("enqueue");
+        q
+    }
+
+    /// A stop future, and the sender (taken once) that resolves it.
+    fn stopper() -> (
+        Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+        impl Future<Output = ()>,
+    ) {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        (Mutex::new(Some(tx)), async {
+            let _ = rx.await;
+        })
+    }
+
+    #[tokio::test]
+    async fn a_delivery_left_unsettled_is_handled_again_and_every_job_once_settled() {
+        let q = queue_of(&["a", "b", "c"]).await;
         let seen = Mutex::new(Vec::new());
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-        let done_tx = Mutex::new(Some(done_tx));
-        let stop = async {
-            let _ = done_rx.await;
-        };
+        let (done_tx, stop) = stopper();
         consumer()
             .run(&q, stop, |d: Delivery<TestJob>| {
                 let q = &q;
@@ -160,25 +173,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_delivery_does_not_hold_up_the_next_batch() {
-        let q = MemoryQueue::<TestJob>::default();
-        let jobs: Vec<TestJob> = ["slow", "quick", "later"]
-            .iter()
-            .map(|id| TestJob {
-                id: (*id).into(),
-                bulk: false,
-            })
-            .collect();
-        q.enqueue(&jobs).await.expect("enqueue");
+        let q = queue_of(&["slow", "quick", "later"]).await;
         // "slow" (first batch) finishes only once "later" (the next batch)
         // has been handled: a consumer that waited for its whole batch
         // before receiving again would never get there.
         let later_done = tokio::sync::Notify::new();
         let handled = Mutex::new(Vec::new());
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-        let done_tx = Mutex::new(Some(done_tx));
-        let stop = async {
-            let _ = done_rx.await;
-        };
+        let (done_tx, stop) = stopper();
         let reader = consumer();
         let run = reader.run(&q, stop, |d: Delivery<TestJob>| {
             let (q, handled, later_done, done_tx) = (&q, &handled, &later_done, &done_tx);

@@ -57,6 +57,16 @@ pub(crate) fn read_pem(setting: &str, path: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| anyhow::anyhow!("{setting} {path:?}: {e}"))
 }
 
+/// The PEM certificate and key two settings (name, path) point at; None
+/// when both are empty, and one without the other refused naming both.
+pub(crate) fn pem_pair(cert: (&str, &str), key: (&str, &str)) -> anyhow::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    match (cert.1.is_empty(), key.1.is_empty()) {
+        (true, true) => Ok(None),
+        (false, false) => Ok(Some((read_pem(cert.0, cert.1)?, read_pem(key.0, key.1)?))),
+        _ => anyhow::bail!("{} and {} go together: set both or neither", cert.0, key.0),
+    }
+}
+
 /// How the platform's clients reach their peers: an `http://` URL in
 /// plaintext; an `https://` URL over TLS, the peer's certificate checked
 /// against `clients.tls_ca` for the URL's host (or `clients.tls_domain`),
@@ -79,15 +89,8 @@ impl Dial {
         }
         let mut tls =
             ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem("clients.tls_ca", &c.tls_ca)?));
-        match (c.tls_cert.is_empty(), c.tls_key.is_empty()) {
-            (true, true) => {}
-            (false, false) => {
-                tls = tls.identity(Identity::from_pem(
-                    read_pem("clients.tls_cert", &c.tls_cert)?,
-                    read_pem("clients.tls_key", &c.tls_key)?,
-                ))
-            }
-            _ => anyhow::bail!("clients.tls_cert and clients.tls_key go together: set both or neither"),
+        if let Some((cert, key)) = pem_pair(("clients.tls_cert", &c.tls_cert), ("clients.tls_key", &c.tls_key))? {
+            tls = tls.identity(Identity::from_pem(cert, key));
         }
         Ok(Self {
             tls: Some(tls),

@@ -488,21 +488,11 @@ impl RedisConfig {
     /// ([`feed_redis::set_tls`]). A TLS setting beside a plaintext URL, or a
     /// certificate without its key, is refused naming it.
     pub fn use_tls(&self) -> anyhow::Result<()> {
-        let read = |setting: &str, path: &str| -> anyhow::Result<Option<Vec<u8>>> {
-            if path.is_empty() {
-                return Ok(None);
-            }
-            crate::client::read_pem(setting, path).map(Some)
+        let ca = match self.tls_ca.as_str() {
+            "" => None,
+            path => Some(crate::client::read_pem("redis.tls_ca", path)?),
         };
-        let ca = read("redis.tls_ca", &self.tls_ca)?;
-        let client = match (
-            read("redis.tls_cert", &self.tls_cert)?,
-            read("redis.tls_key", &self.tls_key)?,
-        ) {
-            (Some(cert), Some(key)) => Some((cert, key)),
-            (None, None) => None,
-            _ => anyhow::bail!("redis.tls_cert and redis.tls_key go together: set both or neither"),
-        };
+        let client = crate::client::pem_pair(("redis.tls_cert", &self.tls_cert), ("redis.tls_key", &self.tls_key))?;
         if ca.is_none() && client.is_none() {
             return Ok(());
         }

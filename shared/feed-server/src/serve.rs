@@ -16,7 +16,7 @@ use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
 
 use crate::Shutdown;
-use crate::client::read_pem;
+use crate::client::{pem_pair, read_pem};
 use crate::config::ServerConfig;
 use crate::limits::LimitsLayer;
 use crate::observe::ObserveLayer;
@@ -76,30 +76,25 @@ const UNREADY_AFTER: u32 = 3;
 /// `server.tls_client_ca`; None for plaintext. Half a setting is refused
 /// rather than served in plaintext.
 fn tls_config(config: &ServerConfig) -> anyhow::Result<Option<ServerTlsConfig>> {
-    match (config.tls_cert.is_empty(), config.tls_key.is_empty()) {
-        (true, true) => {
-            anyhow::ensure!(
-                config.tls_client_ca.is_empty(),
-                "server.tls_client_ca needs server.tls_cert and server.tls_key"
-            );
-            Ok(None)
-        }
-        (false, false) => {
-            let identity = Identity::from_pem(
-                read_pem("server.tls_cert", &config.tls_cert)?,
-                read_pem("server.tls_key", &config.tls_key)?,
-            );
-            let mut tls = ServerTlsConfig::new().identity(identity);
-            if !config.tls_client_ca.is_empty() {
-                tls = tls.client_ca_root(Certificate::from_pem(read_pem(
-                    "server.tls_client_ca",
-                    &config.tls_client_ca,
-                )?));
-            }
-            Ok(Some(tls))
-        }
-        _ => anyhow::bail!("server.tls_cert and server.tls_key go together: set both or neither"),
+    let Some((cert, key)) = pem_pair(
+        ("server.tls_cert", &config.tls_cert),
+        ("server.tls_key", &config.tls_key),
+    )?
+    else {
+        anyhow::ensure!(
+            config.tls_client_ca.is_empty(),
+            "server.tls_client_ca needs server.tls_cert and server.tls_key"
+        );
+        return Ok(None);
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if !config.tls_client_ca.is_empty() {
+        tls = tls.client_ca_root(Certificate::from_pem(read_pem(
+            "server.tls_client_ca",
+            &config.tls_client_ca,
+        )?));
     }
+    Ok(Some(tls))
 }
 
 /// Serves until `opts.shutdown` triggers, then drains. Health is NOT_SERVING

@@ -164,6 +164,19 @@ async fn admin_get(port: u16, path: &str) -> String {
     out.lines().next().unwrap_or_default().to_owned()
 }
 
+/// `/readyz`'s status line once it holds `code`, or the last one after 5 s.
+async fn readyz_turns(port: u16, code: &str) -> String {
+    let mut answer = String::new();
+    for _ in 0..50 {
+        answer = admin_get(port, "/readyz").await;
+        if answer.contains(code) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    answer
+}
+
 #[tokio::test]
 async fn probes_that_cannot_speak_tls_ask_the_admin_port_whether_the_server_is_ready() {
     let pki = TestPki::new().expect("pki");
@@ -177,15 +190,7 @@ async fn probes_that_cannot_speak_tls_ask_the_admin_port_whether_the_server_is_r
         "HTTP/1.1 503 Service Unavailable"
     );
     tls_server(&pki, &shutdown).await;
-    let mut ready = String::new();
-    for _ in 0..50 {
-        ready = admin_get(admin_port, "/readyz").await;
-        if ready.contains("200") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(ready, "HTTP/1.1 200 OK");
+    assert_eq!(readyz_turns(admin_port, "200").await, "HTTP/1.1 200 OK");
     assert_eq!(admin_get(admin_port, "/healthz").await, "HTTP/1.1 200 OK");
     // Draining (a second server, stopped; the admin port stays up with the
     // first shutdown): out of rotation, as the gRPC health says.
@@ -193,13 +198,8 @@ async fn probes_that_cannot_speak_tls_ask_the_admin_port_whether_the_server_is_r
     tls_server(&pki, &drain).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     drain.trigger();
-    let mut answer = String::new();
-    for _ in 0..50 {
-        answer = admin_get(admin_port, "/readyz").await;
-        if answer.contains("503") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(answer, "HTTP/1.1 503 Service Unavailable");
+    assert_eq!(
+        readyz_turns(admin_port, "503").await,
+        "HTTP/1.1 503 Service Unavailable"
+    );
 }
