@@ -40,7 +40,7 @@ pub async fn build(
 ) -> anyhow::Result<Publisher> {
     let clock = crate::system_clock();
     let ids = crate::id_generator(cfg, clock.clone(), &ctx.shutdown, &mut set.tasks).await?;
-    let publisher = Publisher::new(
+    let mut publisher = Publisher::new(
         deps.store,
         deps.graph,
         deps.queue,
@@ -49,6 +49,10 @@ pub async fn build(
         clock,
         crate::publish_rules(cfg),
     );
+    // Replicas on one Redis share each actor's fanout budget.
+    if !cfg.redis.url.is_empty() {
+        publisher = publisher.with_shared_budget(feed_redis::Redis::connect(&cfg.redis.url).await?);
+    }
     set.tasks.adopt(
         "publish sweeper",
         crate::spawn_sweeper(publisher.clone(), cfg, ctx.shutdown.clone()),

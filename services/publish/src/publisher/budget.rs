@@ -10,9 +10,11 @@
 //! (one receive in `fanout.bulk_share`, all of them when the fast lane is
 //! idle).
 //!
-//! The budget is per publish replica (each holds its own buckets): with N
-//! replicas an actor spreading a burst over all of them gets up to N
-//! budgets in the fast lane.
+//! With Redis configured, the budget is shared by every publish replica:
+//! each actor's bucket is a Redis hash charged by one script, on Redis's
+//! clock, so a burst spread over N replicas gets one budget, not N. While
+//! Redis does not answer, each replica charges a bucket of its own (the
+//! jobs would not reach a stream then anyway; the sweeper re-drives them).
 
 use std::time::Instant;
 
@@ -42,34 +44,108 @@ pub fn job_cost(jobs: &[Job]) -> usize {
         .count()
 }
 
+/// KEYS: the actor's bucket. ARGV: burst (units), refill (units per ms),
+/// cost. 1 when charged; 0 when the bucket holds less (nothing taken).
+/// Redis's clock, not the callers': replicas' clocks differ.
+const CHARGE: &str = r"
+local burst, rate, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(b[1]) or burst
+local at = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local charged = tokens >= cost
+if charged then
+  tokens = tokens - cost
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+-- A bucket untouched this long is full again: the same as no bucket.
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate))
+if charged then
+  return 1
+end
+return 0
+";
+
 /// Per-actor token buckets of fanout units.
-#[derive(Debug)]
 pub struct FanoutBudget {
-    buckets: TokenBuckets<UserId>,
+    per_minute: u32,
+    /// This replica's buckets: the budget without Redis, or while it is away.
+    local: TokenBuckets<UserId>,
+    /// The buckets every replica shares.
+    shared: Option<feed_redis::Redis>,
+}
+
+impl std::fmt::Debug for FanoutBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FanoutBudget")
+            .field("per_minute", &self.per_minute)
+            .field("shared", &self.shared.is_some())
+            .finish()
+    }
+}
+
+/// The Redis key of `actor`'s bucket (its own hash slot).
+fn bucket_key(actor: UserId) -> String {
+    format!("feed:budget:{{{actor}}}")
 }
 
 impl FanoutBudget {
-    /// `per_minute` units per actor, a minute's worth at once; 0 turns the
-    /// budget off (a rate of 0 lets everything through).
+    /// `per_minute` units per actor, a minute's worth at once, held by
+    /// this replica; 0 turns the budget off (a rate of 0 lets everything
+    /// through).
     pub fn new(per_minute: u32) -> Self {
-        let per_minute = f64::from(per_minute);
+        let rate = f64::from(per_minute);
         Self {
-            buckets: TokenBuckets::new(per_minute / 60.0, per_minute),
+            per_minute,
+            local: TokenBuckets::new(rate / 60.0, rate),
+            shared: None,
         }
     }
 
-    /// Charges `cost` units to `actor` at `now`: true when their budget
-    /// covers it (charged), false when they are past it (not charged, so
-    /// an actor who stops recovers at the budget's rate).
-    pub fn charge(&self, actor: UserId, cost: usize, now: Instant) -> bool {
-        cost == 0 || self.buckets.take(actor, cost as f64, now).is_ok()
+    /// The same budget, held in `redis` for every replica that uses it.
+    pub fn shared(per_minute: u32, redis: feed_redis::Redis) -> Self {
+        Self {
+            shared: Some(redis),
+            ..Self::new(per_minute)
+        }
+    }
+
+    /// Charges `cost` units to `actor` (`now` for this replica's own
+    /// buckets): true when their budget covers it (charged), false when
+    /// they are past it (not charged, so an actor who stops recovers at
+    /// the budget's rate).
+    pub async fn charge(&self, actor: UserId, cost: usize, now: Instant) -> bool {
+        if cost == 0 || self.per_minute == 0 {
+            return true;
+        }
+        if let Some(redis) = &self.shared {
+            let burst = f64::from(self.per_minute);
+            let mut conn = redis.clone();
+            let charged: redis::RedisResult<i64> = redis::Script::new(CHARGE)
+                .key(bucket_key(actor))
+                .arg(burst)
+                .arg(burst / 60_000.0)
+                .arg(cost)
+                .invoke_async(&mut conn)
+                .await;
+            match charged {
+                Ok(c) => return c == 1,
+                Err(e) => {
+                    metrics::counter!("feed_fanout_budget_local_total").increment(1);
+                    tracing::debug!(error = %e, "shared fanout budget unavailable; charging this replica's");
+                }
+            }
+        }
+        self.local.take(actor, cost as f64, now).is_ok()
     }
 
     /// Charges `actor` `cost` units for `jobs` and puts them all in the
     /// bulk lane when the budget does not cover it (an activity's event
     /// job travels with its fanout, so a burst's notifications wait with it).
-    pub fn route(&self, actor: UserId, cost: usize, jobs: &mut [Job], now: Instant) {
-        if !self.charge(actor, cost, now) {
+    pub async fn route(&self, actor: UserId, cost: usize, jobs: &mut [Job], now: Instant) {
+        if !self.charge(actor, cost, now).await {
             metrics::counter!("feed_fanout_bulk_jobs_total").increment(jobs.len() as u64);
             for j in jobs {
                 j.bulk = true;
@@ -84,20 +160,20 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn an_actor_past_their_budget_goes_to_the_bulk_lane_and_recovers_at_its_rate() {
+    #[tokio::test]
+    async fn an_actor_past_their_budget_goes_to_the_bulk_lane_and_recovers_at_its_rate() {
         let budget = FanoutBudget::new(60);
         let t0 = Instant::now();
-        assert!(budget.charge(1, 40, t0));
-        assert!(budget.charge(1, 20, t0), "a minute's worth at once");
-        assert!(!budget.charge(1, 1, t0), "past the budget");
-        assert!(budget.charge(2, 17, t0), "another actor has their own budget");
+        assert!(budget.charge(1, 40, t0).await);
+        assert!(budget.charge(1, 20, t0).await, "a minute's worth at once");
+        assert!(!budget.charge(1, 1, t0).await, "past the budget");
+        assert!(budget.charge(2, 17, t0).await, "another actor has their own budget");
         assert!(
-            !budget.charge(1, 2, t0 + Duration::from_secs(1)),
+            !budget.charge(1, 2, t0 + Duration::from_secs(1)).await,
             "one job back per second"
         );
-        assert!(budget.charge(1, 2, t0 + Duration::from_secs(2)));
-        assert!(FanoutBudget::new(0).charge(1, 1_000_000, t0), "0 turns it off");
+        assert!(budget.charge(1, 2, t0 + Duration::from_secs(2)).await);
+        assert!(FanoutBudget::new(0).charge(1, 1_000_000, t0).await, "0 turns it off");
     }
 
     #[test]
@@ -113,8 +189,8 @@ mod tests {
         assert_eq!(fanout_cost(&[feed(true, 5_000_000)]), 0, "a pulled feed pushes nothing");
     }
 
-    #[test]
-    fn jobs_past_the_budget_all_take_the_bulk_lane_with_their_event() {
+    #[tokio::test]
+    async fn jobs_past_the_budget_all_take_the_bulk_lane_with_their_event() {
         let budget = FanoutBudget::new(10);
         let job = |kind| Job {
             kind: Some(kind),
@@ -124,10 +200,10 @@ mod tests {
         let mut burst: Vec<Job> = (0..17).map(|_| fanout()).collect();
         burst.push(job(job::Kind::Event(Default::default())));
         assert_eq!(job_cost(&burst), 17, "the event job costs nothing");
-        budget.route(1, 17, &mut burst, Instant::now());
+        budget.route(1, 17, &mut burst, Instant::now()).await;
         assert!(burst.iter().all(|j| j.bulk), "17 units exceed a budget of 10");
         let mut one = vec![fanout(), job(job::Kind::Event(Default::default()))];
-        budget.route(1, 1, &mut one, Instant::now());
+        budget.route(1, 1, &mut one, Instant::now()).await;
         assert!(one.iter().all(|j| !j.bulk), "not charged for the refused burst");
     }
 }

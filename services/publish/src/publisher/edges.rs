@@ -32,7 +32,7 @@ impl Publisher {
             let Some(last) = changes.last().map(|c| c.seq) else {
                 return Ok(consumed);
             };
-            let jobs = self.edge_jobs(&changes);
+            let jobs = self.edge_jobs(&changes).await;
             self.store.record_edge_jobs(&jobs, last).await?;
             self.remember_ingested(&changes);
             self.enqueue(&jobs).await;
@@ -93,7 +93,7 @@ impl Publisher {
                     changes = missed.len(),
                     "edge changes committed behind the cursor; ingesting them"
                 );
-                let jobs = self.edge_jobs(&missed);
+                let jobs = self.edge_jobs(&missed).await;
                 // The cursor stays: it already passed these.
                 self.store.put_jobs(&jobs).await?;
                 self.remember_ingested(&missed);
@@ -130,39 +130,38 @@ impl Publisher {
     /// (Invariant 5), which covers the backfill of user:<author> itself.
     /// Each is charged to its follower's fanout budget (a loop of follow
     /// or mute toggles takes the bulk lane once past it).
-    fn edge_jobs(&self, changes: &[EdgeChange]) -> Vec<Job> {
+    async fn edge_jobs(&self, changes: &[EdgeChange]) -> Vec<Job> {
         let now = self.now();
         let at = std::time::Instant::now();
-        changes
-            .iter()
-            .map(|c| {
-                let relaxed = matches!(
-                    Cause::try_from(c.cause).unwrap_or(Cause::Unspecified),
-                    Cause::Unblock | Cause::Unmute
-                );
-                let kind = if relaxed {
-                    EdgeJobKind::Relax
-                } else if c.following {
-                    EdgeJobKind::Backfill
-                } else {
-                    EdgeJobKind::Purge
-                };
-                let mut job = [Job {
-                    job_id: edge_job_id_of(c),
-                    created_at_ms: now,
-                    failed_at_ms: 0,
-                    bulk: false,
-                    kind: Some(job::Kind::Edge(EdgeJob {
-                        kind: kind as i32,
-                        follower_id: c.follower_id,
-                        feed: c.feed.clone(),
-                        edge_version: c.edge_version,
-                    })),
-                }];
-                self.budget.route(c.follower_id, 1, &mut job, at);
-                let [job] = job;
-                job
-            })
-            .collect()
+        let mut jobs = Vec::with_capacity(changes.len());
+        for c in changes {
+            let relaxed = matches!(
+                Cause::try_from(c.cause).unwrap_or(Cause::Unspecified),
+                Cause::Unblock | Cause::Unmute
+            );
+            let kind = if relaxed {
+                EdgeJobKind::Relax
+            } else if c.following {
+                EdgeJobKind::Backfill
+            } else {
+                EdgeJobKind::Purge
+            };
+            let mut job = [Job {
+                job_id: edge_job_id_of(c),
+                created_at_ms: now,
+                failed_at_ms: 0,
+                bulk: false,
+                kind: Some(job::Kind::Edge(EdgeJob {
+                    kind: kind as i32,
+                    follower_id: c.follower_id,
+                    feed: c.feed.clone(),
+                    edge_version: c.edge_version,
+                })),
+            }];
+            self.budget.route(c.follower_id, 1, &mut job, at).await;
+            let [job] = job;
+            jobs.push(job);
+        }
+        jobs
     }
 }

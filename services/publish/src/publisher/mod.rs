@@ -105,6 +105,13 @@ impl Publisher {
         }
     }
 
+    /// The same publisher charging fanout budgets held in `redis`, shared
+    /// with every other replica on it.
+    pub fn with_shared_budget(mut self, redis: feed_redis::Redis) -> Self {
+        self.budget = Arc::new(FanoutBudget::shared(self.cfg.actor_fanout_per_minute, redis));
+        self
+    }
+
     /// The store (readiness, sweeper).
     pub fn store(&self) -> &Arc<dyn ActivityStore> {
         &self.store

@@ -223,7 +223,8 @@ impl Publisher {
             budget::fanout_cost(&reach)
         };
         self.budget
-            .route(activity.actor, cost, &mut jobs, std::time::Instant::now());
+            .route(activity.actor, cost, &mut jobs, std::time::Instant::now())
+            .await;
         self.store.commit_publish(&activity, &outbox, &jobs).await?;
         self.enqueue(&jobs).await;
         metrics::counter!("feed_publish_activities_total", "mode" => modes[0].as_str_name()).increment(1);
@@ -367,7 +368,8 @@ impl Publisher {
         };
         jobs.push(event_job(&a, activity_event::Change::Updated, self.now()));
         self.budget
-            .route(a.actor, budget::job_cost(&jobs), &mut jobs, std::time::Instant::now());
+            .route(a.actor, budget::job_cost(&jobs), &mut jobs, std::time::Instant::now())
+            .await;
         self.store.replace(&a, &jobs).await?;
         self.enqueue(&jobs).await;
         Ok(a)
@@ -412,7 +414,8 @@ impl Publisher {
             .collect();
         jobs.push(event_job(&a, activity_event::Change::Deleted, self.now()));
         self.budget
-            .route(a.actor, budget::job_cost(&jobs), &mut jobs, std::time::Instant::now());
+            .route(a.actor, budget::job_cost(&jobs), &mut jobs, std::time::Instant::now())
+            .await;
         self.store.replace(&a, &jobs).await?;
         self.enqueue(&jobs).await;
         Ok(true)
