@@ -97,11 +97,18 @@ pub struct Authenticator {
     /// By the SHA-256 of each token: the process holds no token itself, and
     /// a lookup's timing depends on the digest of what was presented, which
     /// tells an attacker nothing about how close a guess came to a token.
-    tokens: Arc<HashMap<[u8; 32], Role>>,
-    /// Calls in flight per token (same keys as `tokens`), and the most one
-    /// token may hold: no caller takes the whole concurrency limit.
-    in_flight: Arc<HashMap<[u8; 32], AtomicUsize>>,
+    tokens: Arc<HashMap<[u8; 32], Arc<Holder>>>,
+    /// The most calls one token may have in flight: no caller takes the
+    /// whole concurrency limit.
     max_in_flight: usize,
+}
+
+/// A token (by its digest): what it may do, and its calls in flight.
+#[derive(Debug)]
+struct Holder {
+    digest: [u8; 32],
+    role: Role,
+    in_flight: AtomicUsize,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -116,15 +123,21 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// From `(token, role)` pairs.
     pub fn new(tokens: impl IntoIterator<Item = (String, Role)>) -> Self {
-        let tokens: HashMap<[u8; 32], Role> = tokens
+        let tokens: HashMap<[u8; 32], Arc<Holder>> = tokens
             .into_iter()
             .filter(|(t, _)| !t.is_empty())
-            .map(|(t, role)| (digest(&t), role))
+            .map(|(t, role)| {
+                let holder = Holder {
+                    digest: digest(&t),
+                    role,
+                    in_flight: AtomicUsize::new(0),
+                };
+                (holder.digest, Arc::new(holder))
+            })
             .collect();
         Self {
             quotas: None,
             jwt: None,
-            in_flight: Arc::new(tokens.keys().map(|k| (*k, AtomicUsize::new(0))).collect()),
             max_in_flight: usize::MAX,
             tokens: Arc::new(tokens),
         }
@@ -146,19 +159,13 @@ impl Authenticator {
     }
 
     /// Takes one of the token's in-flight places until the slot is dropped.
-    fn occupy(&self, token: &[u8; 32]) -> Result<Option<Slot>, Status> {
-        let Some(count) = self.in_flight.get(token) else {
-            return Ok(None);
-        };
-        if count.fetch_add(1, Ordering::AcqRel) >= self.max_in_flight {
-            count.fetch_sub(1, Ordering::AcqRel);
+    fn occupy(&self, holder: Arc<Holder>) -> Result<Slot, Status> {
+        if holder.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max_in_flight {
+            holder.in_flight.fetch_sub(1, Ordering::AcqRel);
             metrics::counter!("feed_rpc_caller_share_refused_total").increment(1);
             return Err(crate::quotas::crowded(self.max_in_flight));
         }
-        Ok(Some(Slot {
-            counts: self.in_flight.clone(),
-            token: *token,
-        }))
+        Ok(Slot(holder))
     }
 
     /// From configuration: the two token lists plus `tokens_file` lines `role:token`.
@@ -234,16 +241,16 @@ impl Authenticator {
 
     /// Authenticates a call to `path`, charges its quota and takes one of
     /// its token's in-flight places.
-    fn admit(&self, headers: &http::HeaderMap, path: &str) -> Result<(Caller, Option<Slot>), Status> {
-        let (caller, token) = self.identify(headers).map_err(Status::from)?;
+    fn admit(&self, headers: &http::HeaderMap, path: &str) -> Result<(Caller, Slot), Status> {
+        let (caller, holder) = self.identify(headers).map_err(Status::from)?;
         if let (Some(quotas), Role::Bff, Some(user)) = (&self.quotas, caller.role, caller.user_id) {
             let class = Class::of_path(path);
-            if let Err(wait) = quotas.take(token, user, class, std::time::Instant::now()) {
+            if let Err(wait) = quotas.take(holder.digest, user, class, std::time::Instant::now()) {
                 metrics::counter!("feed_rpc_rate_limited_total").increment(1);
                 return Err(crate::quotas::exhausted(class, wait));
             }
         }
-        Ok((caller, self.occupy(&token)?))
+        Ok((caller, self.occupy(holder)?))
     }
 
     /// True when no token is configured (feedd then creates a dev token).
@@ -256,8 +263,8 @@ impl Authenticator {
         self.identify(md.as_ref()).map(|(caller, _)| caller)
     }
 
-    /// The caller a request's headers name, and the digest of its token.
-    fn identify(&self, md: &http::HeaderMap) -> Result<(Caller, [u8; 32]), ApiError> {
+    /// The caller a request's headers name, and its token's holder.
+    fn identify(&self, md: &http::HeaderMap) -> Result<(Caller, Arc<Holder>), ApiError> {
         let header = md
             .get("authorization")
             .ok_or_else(|| ApiError::Unauthenticated("missing authorization: Bearer <token>".into()))?;
@@ -266,11 +273,11 @@ impl Authenticator {
             .ok()
             .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .ok_or_else(|| ApiError::Unauthenticated("authorization must be Bearer <token>".into()))?;
-        let token = digest(token.trim());
-        let role = *self
+        let holder = self
             .tokens
-            .get(&token)
+            .get(&digest(token.trim()))
             .ok_or_else(|| ApiError::Unauthenticated("unknown token".into()))?;
+        let role = holder.role;
         // One user, a valid id: an id past the largest one is none a
         // request field could name.
         let user_id = match sent_once(md, USER_HEADER)? {
@@ -303,21 +310,16 @@ impl Authenticator {
                 )));
             }
         }
-        Ok((Caller { role, user_id }, token))
+        Ok((Caller { role, user_id }, holder.clone()))
     }
 }
 
 /// One call's place among its token's calls in flight.
-struct Slot {
-    counts: Arc<HashMap<[u8; 32], AtomicUsize>>,
-    token: [u8; 32],
-}
+struct Slot(Arc<Holder>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(c) = self.counts.get(&self.token) {
-            c.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -541,7 +541,12 @@ impl Split {
     /// The last lines each process logged (for a failure message).
     pub fn log_tail(&self, at: usize) -> String {
         let text = std::fs::read_to_string(self.log_path(at)).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
+        // A panic's backtrace would push its message out of the tail.
+        let frame = |l: &str| {
+            let t = l.trim_start();
+            t.starts_with("at ") || t.split_once(": ").is_some_and(|(n, _)| n.parse::<u32>().is_ok())
+        };
+        let lines: Vec<&str> = text.lines().filter(|l| !frame(l)).collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 

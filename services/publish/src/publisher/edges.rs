@@ -35,7 +35,7 @@ impl Publisher {
             let jobs = self.edge_jobs(&changes).await;
             self.store.record_edge_jobs(&jobs, last).await?;
             self.remember_ingested(&changes);
-            self.enqueue(&jobs).await;
+            self.enqueue_unheld(&jobs).await;
             consumed += changes.len();
             if changes.len() < EDGE_PAGE as usize {
                 return Ok(consumed);
@@ -97,7 +97,7 @@ impl Publisher {
                 // The cursor stays: it already passed these.
                 self.store.put_jobs(&jobs).await?;
                 self.remember_ingested(&missed);
-                self.enqueue(&jobs).await;
+                self.enqueue_unheld(&jobs).await;
                 late += missed.len();
             }
             if changes.len() < EDGE_PAGE as usize || last >= cursor {
@@ -120,6 +120,27 @@ impl Publisher {
         let mut seen = self.ingested.lock().unwrap_or_else(|p| p.into_inner());
         for c in changes {
             seen.insert(edge_job_id_of(c), c.seq);
+        }
+    }
+
+    /// Enqueues the jobs no stream holds yet: publish replicas tail one
+    /// log from a shared cursor, so two of them can read the same changes
+    /// before either moves it, and the one second to enqueue them would put
+    /// every job in the stream twice. (Both checking before either enqueues
+    /// still can; a job run twice changes nothing.) Unknown: all.
+    async fn enqueue_unheld(&self, jobs: &[Job]) {
+        let ids: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
+        match self.queue.held(&ids).await {
+            Ok(held) => {
+                let fresh: Vec<Job> = jobs
+                    .iter()
+                    .zip(held)
+                    .filter(|(_, held)| !held)
+                    .map(|(j, _)| j.clone())
+                    .collect();
+                self.enqueue(&fresh).await;
+            }
+            Err(_) => self.enqueue(jobs).await,
         }
     }
 
