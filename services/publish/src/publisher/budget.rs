@@ -73,8 +73,9 @@ pub struct FanoutBudget {
     per_minute: u32,
     /// This replica's buckets: the budget without Redis, or while it is away.
     local: TokenBuckets<UserId>,
-    /// The buckets every replica shares.
-    shared: Option<feed_redis::Redis>,
+    /// The buckets every replica shares, and the script that charges them
+    /// (hashed once, not on every publish).
+    shared: Option<(feed_redis::Redis, redis::Script)>,
 }
 
 impl std::fmt::Debug for FanoutBudget {
@@ -107,7 +108,7 @@ impl FanoutBudget {
     /// The same budget, held in `redis` for every replica that uses it.
     pub fn shared(per_minute: u32, redis: feed_redis::Redis) -> Self {
         Self {
-            shared: Some(redis),
+            shared: Some((redis, redis::Script::new(CHARGE))),
             ..Self::new(per_minute)
         }
     }
@@ -120,10 +121,10 @@ impl FanoutBudget {
         if cost == 0 || self.per_minute == 0 {
             return true;
         }
-        if let Some(redis) = &self.shared {
+        if let Some((redis, script)) = &self.shared {
             let burst = f64::from(self.per_minute);
             let mut conn = redis.clone();
-            let charged: redis::RedisResult<i64> = redis::Script::new(CHARGE)
+            let charged: redis::RedisResult<i64> = script
                 .key(bucket_key(actor))
                 .arg(burst)
                 .arg(burst / 60_000.0)
