@@ -401,7 +401,11 @@ impl FollowGraphService for FollowGraphGrpc {
             versions: users
                 .into_iter()
                 .zip(versions)
-                .map(|(user_id, version)| pb::GraphVersion { user_id, version })
+                .map(|(user_id, (version, token))| pb::GraphVersion {
+                    user_id,
+                    version,
+                    token,
+                })
                 .collect(),
         }))
     }

@@ -82,6 +82,19 @@ async fn trim_every_minute(graph: FollowGraph, retention: service::LogRetention,
     }
 }
 
+/// Retries failed graph token withdrawals every 100 ms until shutdown: the
+/// window in which a timeline may serve a follow list older than a change
+/// answered while Redis was unreachable from here (and reachable again).
+async fn sweep_tokens(graph: FollowGraph, shutdown: feed_server::Shutdown) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            _ = shutdown.wait() => return,
+        }
+        graph.sweep_tokens().await;
+    }
+}
+
 /// The `--migrate` step: applies the ScyllaDB schema when ScyllaDB is
 /// configured. The embedded store creates its keyspaces on open.
 pub async fn migrate(cfg: &FeedConfig) -> anyhow::Result<()> {
@@ -115,7 +128,17 @@ impl feed_server::Application for App {
             return Ok(None);
         };
         let mut set = ServiceSet::default();
-        let graph = FollowGraph::new(store);
+        let mut graph = FollowGraph::new(store);
+        if !cfg.redis.url.is_empty() {
+            // Timelines hold follow lists under graph tokens kept beside
+            // the inboxes; without Redis they ask for the version each read.
+            let tokens = feed_inbox::GraphTokens::connect(&cfg.redis.url)
+                .await
+                .map_err(|e| anyhow::anyhow!("graph tokens on redis.url: {e}"))?;
+            graph = graph.with_tokens(Arc::new(tokens));
+            set.tasks
+                .spawn("graph token sweep", sweep_tokens(graph.clone(), ctx.shutdown.clone()));
+        }
         set.tasks
             .spawn("edge log trim", trim_edge_log(graph.clone(), cfg, ctx.shutdown.clone()));
         register(&mut set, graph, &ctx.auth);

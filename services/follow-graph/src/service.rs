@@ -18,6 +18,40 @@ pub struct UserCounts {
     pub followers: u64,
 }
 
+/// Where follow-graph keeps graph tokens: a token names a user's graph
+/// from its issue until a change to that graph withdraws it, so a reader
+/// holding a follow list under a token still held knows the list is exact
+/// without asking (`feed_inbox::graph_token` has the protocol).
+#[async_trait::async_trait]
+pub trait GraphTokens: Send + Sync + 'static {
+    /// Each user's token, issued unless one is held, in order (0: none).
+    async fn issue(&self, users: &[UserId]) -> Result<Vec<u64>, String>;
+    /// Withdraws the users' tokens.
+    async fn withdraw(&self, users: &[UserId]) -> Result<(), String>;
+}
+
+#[async_trait::async_trait]
+impl GraphTokens for feed_inbox::GraphTokens {
+    async fn issue(&self, users: &[UserId]) -> Result<Vec<u64>, String> {
+        feed_inbox::GraphTokens::issue(self, users)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    async fn withdraw(&self, users: &[UserId]) -> Result<(), String> {
+        feed_inbox::GraphTokens::withdraw(self, users)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The token store and the users whose withdrawal failed (retried by
+/// [`FollowGraph::sweep_tokens`] until it succeeds).
+#[derive(Clone)]
+struct Tokens {
+    store: Arc<dyn GraphTokens>,
+    unswept: Arc<Mutex<std::collections::BTreeSet<UserId>>>,
+}
+
 /// The follow-graph service.
 #[derive(Clone)]
 pub struct FollowGraph {
@@ -27,6 +61,7 @@ pub struct FollowGraph {
     /// after, and when (this process's view; a restart forgets them and
     /// trims by age alone until they call again).
     log_readers: Arc<Mutex<HashMap<String, (u64, u64)>>>,
+    tokens: Option<Tokens>,
 }
 
 /// How long the edge log keeps changes.
@@ -63,7 +98,62 @@ impl FollowGraph {
             store,
             clock: Arc::new(SystemClock),
             log_readers: Arc::default(),
+            tokens: None,
         }
+    }
+
+    /// The same service issuing graph tokens on `tokens` (the split
+    /// deployment, where timelines hold follow lists under them).
+    pub fn with_tokens(mut self, tokens: Arc<dyn GraphTokens>) -> Self {
+        self.tokens = Some(Tokens {
+            store: tokens,
+            unswept: Arc::default(),
+        });
+        self
+    }
+
+    /// Withdraws the graph tokens of `users` after a change to their graphs
+    /// was tried (whatever its outcome: a write that timed out may still
+    /// have committed), before it is answered. A withdrawal that fails is
+    /// retried by [`FollowGraph::sweep_tokens`]; the change is answered
+    /// anyway, since it is durable (DESIGN Invariant 11).
+    async fn changed<T>(&self, users: &[UserId], outcome: T) -> T {
+        if let Some(t) = &self.tokens
+            && let Err(e) = t.store.withdraw(users).await
+        {
+            tracing::warn!(error = %e, ?users, "graph token withdrawal failed; retrying behind");
+            metrics::counter!("feed_followgraph_token_withdrawals_failed_total").increment(1);
+            t.unswept
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(users.iter().copied());
+        }
+        outcome
+    }
+
+    /// Retries the failed withdrawals; true when none is left.
+    pub async fn sweep_tokens(&self) -> bool {
+        let Some(t) = &self.tokens else {
+            return true;
+        };
+        let users: Vec<UserId> = t
+            .unswept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        if users.is_empty() {
+            return true;
+        }
+        if t.store.withdraw(&users).await.is_err() {
+            return false;
+        }
+        let mut unswept = t.unswept.lock().unwrap_or_else(|p| p.into_inner());
+        for u in &users {
+            unswept.remove(u);
+        }
+        unswept.is_empty()
     }
 
     /// The same service on another clock (tests).
@@ -83,14 +173,18 @@ impl FollowGraph {
             // A reader always sees their own posts; a self-edge would only skew counts.
             return Err(ApiError::invalid("feed", "a user cannot follow their own feed"));
         }
-        let change = self.store.follow(follower, feed).await?;
+        let change = self
+            .changed(&[follower], self.store.follow(follower, feed).await)
+            .await?;
         record("follow", change.changed);
         Ok(change)
     }
 
     /// follower stops following feed.
     pub async fn unfollow(&self, follower: UserId, feed: &FeedRef) -> Result<EdgeChange, ApiError> {
-        let change = self.store.unfollow(follower, feed).await?;
+        let change = self
+            .changed(&[follower], self.store.unfollow(follower, feed).await)
+            .await?;
         record("unfollow", change.changed);
         Ok(change)
     }
@@ -100,14 +194,19 @@ impl FollowGraph {
         if user == target {
             return Err(ApiError::invalid("target_user_id", "a user cannot block themself"));
         }
-        let change = self.store.block(user, target).await?;
+        // A block either way is part of both users' graphs.
+        let change = self
+            .changed(&[user, target], self.store.block(user, target).await)
+            .await?;
         record("block", change.changed);
         Ok(change)
     }
 
     /// user lifts a block on target.
     pub async fn unblock(&self, user: UserId, target: UserId) -> Result<bool, ApiError> {
-        let changed = self.store.unblock(user, target).await?;
+        let changed = self
+            .changed(&[user, target], self.store.unblock(user, target).await)
+            .await?;
         record("unblock", changed);
         Ok(changed)
     }
@@ -117,7 +216,9 @@ impl FollowGraph {
         if user == target {
             return Err(ApiError::invalid("target_user_id", "a user cannot mute themself"));
         }
-        let change = self.store.set_mute(user, target, muted).await?;
+        let change = self
+            .changed(&[user], self.store.set_mute(user, target, muted).await)
+            .await?;
         record(if muted { "mute" } else { "unmute" }, change.changed);
         Ok(change)
     }
@@ -282,9 +383,22 @@ impl FollowGraph {
         Ok(bound)
     }
 
-    /// Per-user graph versions.
-    pub async fn graph_versions(&self, users: &[UserId]) -> Result<Vec<u64>, ApiError> {
-        Ok(self.store.graph_versions(users).await?)
+    /// Per-user graph versions, each with the user's graph token (0 when
+    /// none could be issued).
+    pub async fn graph_versions(&self, users: &[UserId]) -> Result<Vec<(u64, u64)>, ApiError> {
+        // Issued before the versions are read: a token names the graph as
+        // it is from then on (until a change withdraws it).
+        let tokens = match &self.tokens {
+            // A withdrawal still owed first, or the token it owes might be
+            // handed out again.
+            Some(t) if self.sweep_tokens().await => t.store.issue(users).await.unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "graph tokens not issued");
+                vec![0; users.len()]
+            }),
+            _ => vec![0; users.len()],
+        };
+        let versions = self.store.graph_versions(users).await?;
+        Ok(versions.into_iter().zip(tokens).collect())
     }
 }
 
@@ -348,5 +462,121 @@ mod tests {
         clock.set(SystemClock.now_ms() + 2 * HOUR);
         g.trim_edge_log(r).await.expect("trim");
         assert!(left().await.is_empty(), "older than the log keeps");
+    }
+
+    /// Graph tokens in memory, recording withdrawals, with Redis "down" on demand.
+    #[derive(Default)]
+    struct FakeTokens {
+        held: Mutex<HashMap<UserId, u64>>,
+        next: std::sync::atomic::AtomicU64,
+        withdrawn: Mutex<Vec<UserId>>,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl GraphTokens for FakeTokens {
+        async fn issue(&self, users: &[UserId]) -> Result<Vec<u64>, String> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("down".into());
+            }
+            let mut held = self.held.lock().expect("held");
+            Ok(users
+                .iter()
+                .map(|u| {
+                    *held
+                        .entry(*u)
+                        .or_insert_with(|| self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1)
+                })
+                .collect())
+        }
+        async fn withdraw(&self, users: &[UserId]) -> Result<(), String> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("down".into());
+            }
+            let mut held = self.held.lock().expect("held");
+            for u in users {
+                held.remove(u);
+            }
+            self.withdrawn.lock().expect("withdrawn").extend_from_slice(users);
+            Ok(())
+        }
+    }
+
+    fn with_tokens() -> (FollowGraph, Arc<FakeTokens>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = EmbeddedGraphStore::open(dir.path(), contract_policy()).expect("store");
+        let tokens = Arc::new(FakeTokens::default());
+        (
+            FollowGraph::new(Arc::new(store)).with_tokens(tokens.clone()),
+            tokens,
+            dir,
+        )
+    }
+
+    fn withdrawn(t: &FakeTokens) -> Vec<UserId> {
+        std::mem::take(&mut *t.withdrawn.lock().expect("withdrawn"))
+    }
+
+    #[tokio::test]
+    async fn every_change_to_a_graph_withdraws_the_token_of_each_user_whose_graph_it_is() {
+        let (g, tokens, _dir) = with_tokens();
+        let alice = FeedRef::user(2);
+        g.follow(1, &alice).await.expect("follow");
+        assert_eq!(withdrawn(&tokens), vec![1]);
+        // Unchanged too: a retried write may have committed the first time.
+        g.follow(1, &alice).await.expect("follow again");
+        assert_eq!(withdrawn(&tokens), vec![1]);
+        g.set_mute(1, 2, true).await.expect("mute");
+        assert_eq!(withdrawn(&tokens), vec![1]);
+        g.block(3, 1).await.expect("block");
+        assert_eq!(withdrawn(&tokens), vec![3, 1], "a block is part of both graphs");
+        g.unblock(3, 1).await.expect("unblock");
+        assert_eq!(withdrawn(&tokens), vec![3, 1]);
+        g.unfollow(1, &alice).await.expect("unfollow");
+        assert_eq!(withdrawn(&tokens), vec![1]);
+        // Refused before the store: nothing to withdraw.
+        g.block(1, 1).await.expect_err("self block");
+        assert!(withdrawn(&tokens).is_empty());
+    }
+
+    #[tokio::test]
+    async fn versions_come_with_tokens_that_last_until_a_change_withdraws_them() {
+        let (g, _tokens, _dir) = with_tokens();
+        let v = g.graph_versions(&[1, 2]).await.expect("versions");
+        assert!(v.iter().all(|(_, t)| *t != 0), "{v:?}");
+        assert_eq!(
+            g.graph_versions(&[1]).await.expect("versions")[0],
+            v[0],
+            "unchanged graph, same token"
+        );
+        g.follow(1, &FeedRef::user(2)).await.expect("follow");
+        let after = g.graph_versions(&[1, 2]).await.expect("versions");
+        assert!(
+            after[0].0 > v[0].0 && after[0].1 != v[0].1,
+            "a change: new version, new token"
+        );
+        assert_eq!(after[1], v[1], "the followed user's graph is unchanged");
+    }
+
+    #[tokio::test]
+    async fn a_withdrawal_that_failed_is_retried_and_no_token_is_issued_until_it_succeeds() {
+        let (g, tokens, _dir) = with_tokens();
+        let held = g.graph_versions(&[1]).await.expect("versions")[0].1;
+        tokens.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Durable: answered, whatever Redis does.
+        g.follow(1, &FeedRef::user(2))
+            .await
+            .expect("follow answered with Redis down");
+        assert!(!g.sweep_tokens().await, "still owed");
+        assert_eq!(
+            g.graph_versions(&[1]).await.expect("versions")[0].1,
+            0,
+            "no token while Redis is down"
+        );
+        tokens.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        // The owed withdrawal goes first, so the stale token is not handed out again.
+        let fresh = g.graph_versions(&[1]).await.expect("versions")[0].1;
+        assert!(fresh != 0 && fresh != held, "the token held before the change is gone");
+        assert!(g.sweep_tokens().await, "nothing owed");
     }
 }

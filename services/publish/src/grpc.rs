@@ -459,6 +459,7 @@ impl PublishService for PublishGrpc {
             hydrated: round.hydrated as u32,
             activities: round.activities,
             degraded: round.degraded,
+            graph_token: round.graph_token.unwrap_or(0),
         }))
     }
 

@@ -9,6 +9,7 @@
 //! older than its version; a read that sees a newer version refetches
 //! (read-your-writes across replicas holds).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use feed_core::{FeedRef, UserId};
@@ -28,9 +29,22 @@ pub struct ReaderGraph {
     /// Every feed they follow, in follow-graph's order.
     pub following: Vec<FeedRef>,
     relations: Mutex<HashMap<UserId, ReaderRelation>>,
+    /// The graph token issued before this version was last read (0: none).
+    token: AtomicU64,
 }
 
 impl ReaderGraph {
+    /// The graph token this graph is held under, if any.
+    pub fn token(&self) -> Option<u64> {
+        Some(self.token.load(Ordering::Relaxed)).filter(|t| *t != 0)
+    }
+
+    /// Holds this graph under `token` (0: under none), issued before its
+    /// version was read again.
+    pub fn hold_under(&self, token: u64) {
+        self.token.store(token, Ordering::Relaxed);
+    }
+
     /// The relations known for `actors` (in order), or None for the first unknown.
     pub fn relations(&self, actors: &[UserId]) -> Option<Vec<ReaderRelation>> {
         let known = self.relations.lock().unwrap_or_else(|p| p.into_inner());
@@ -66,12 +80,14 @@ impl GraphCache {
             .cloned()
     }
 
-    /// Holds `following`, read after `version` was, for `user`.
-    pub fn put(&self, user: UserId, version: u64, following: Vec<FeedRef>) -> Arc<ReaderGraph> {
+    /// Holds `following`, read after `version` was, for `user`, under
+    /// `token` (issued before `version` was read; 0: none).
+    pub fn put(&self, user: UserId, version: u64, token: u64, following: Vec<FeedRef>) -> Arc<ReaderGraph> {
         let graph = Arc::new(ReaderGraph {
             version,
             following,
             relations: Mutex::new(HashMap::default()),
+            token: AtomicU64::new(token),
         });
         let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         if readers.len() >= MAX_READERS {
@@ -96,11 +112,11 @@ mod tests {
     fn a_graph_is_served_only_at_its_version_and_never_replaced_by_an_older_one() {
         let cache = GraphCache::default();
         let feeds = vec![FeedRef::user(2)];
-        cache.put(1, 5, feeds.clone());
+        cache.put(1, 5, 0, feeds.clone());
         assert!(cache.get(1, 5).is_some());
         assert!(cache.get(1, 6).is_none(), "a newer version is a miss");
-        cache.put(1, 7, vec![]);
-        let kept = cache.put(1, 6, feeds);
+        cache.put(1, 7, 0, vec![]);
+        let kept = cache.put(1, 6, 0, feeds);
         assert_eq!(kept.version, 7, "an older read does not replace a newer graph");
         assert!(cache.get(1, 6).is_none());
     }
@@ -108,7 +124,7 @@ mod tests {
     #[test]
     fn relations_are_known_only_once_learned() {
         let cache = GraphCache::default();
-        let g = cache.put(1, 1, vec![]);
+        let g = cache.put(1, 1, 0, vec![]);
         assert_eq!(g.relations(&[2]), None);
         let blocked = ReaderRelation {
             blocked: true,

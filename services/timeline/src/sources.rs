@@ -34,6 +34,13 @@ pub struct ReaderRelation {
 pub trait Sources: Send + Sync + 'static {
     /// Every feed the user follows.
     async fn following(&self, user: UserId) -> Result<Vec<FeedRef>, ApiError>;
+    /// The follow list held for `user`, without asking, with the graph
+    /// token it is held under (`feed_inbox::graph_token`): exact only if a
+    /// round then reads the same token ([`Round::graph_token`]). None when
+    /// nothing is held that way (in process the graph is always asked).
+    fn held_following(&self, _user: UserId) -> Option<(Vec<FeedRef>, u64)> {
+        None
+    }
     /// How `user` relates to each actor, in order.
     async fn relations(&self, user: UserId, actors: &[UserId]) -> Result<Vec<ReaderRelation>, ApiError>;
     /// Outbox entries below `before` across feeds, newest first, at most
@@ -95,12 +102,21 @@ impl GrpcSources {
 impl Sources for GrpcSources {
     async fn following(&self, user: UserId) -> Result<Vec<FeedRef>, ApiError> {
         // One small call while the reader's graph is unchanged.
-        let version = self.graph.graph_version(user).await?;
-        if let Some(g) = self.graphs.get(user, version) {
+        let v = self.graph.graph_version(user).await?;
+        if let Some(g) = self.graphs.get(user, v.version) {
+            // Issued before that version was read: the list held for the
+            // version is exact while the token is.
+            g.hold_under(v.token);
             return Ok(g.following.clone());
         }
         let following = self.graph.following(user).await?;
-        Ok(self.graphs.put(user, version, following).following.clone())
+        Ok(self.graphs.put(user, v.version, v.token, following).following.clone())
+    }
+
+    fn held_following(&self, user: UserId) -> Option<(Vec<FeedRef>, u64)> {
+        let g = self.graphs.current(user)?;
+        let token = g.token()?;
+        Some((g.following.clone(), token))
     }
 
     async fn relations(&self, user: UserId, actors: &[UserId]) -> Result<Vec<ReaderRelation>, ApiError> {
@@ -212,6 +228,7 @@ impl Sources for GrpcSources {
             hydrated: r.hydrated as usize,
             activities: r.activities,
             degraded: r.degraded,
+            graph_token: (r.graph_token != 0).then_some(r.graph_token),
         })
     }
 

@@ -28,13 +28,23 @@ pub struct Follower {
 }
 
 /// The follow-graph client every service uses.
+/// A user's graph version and graph token (0: none issued; see
+/// `feed_inbox::graph_token`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GraphVersion {
+    /// Raised by every change to the user's follows, mutes and blocks.
+    pub version: u64,
+    /// Names the graph until a change withdraws it.
+    pub token: u64,
+}
+
 #[derive(Clone)]
 pub struct FollowGraphClient {
     client: FollowGraphServiceClient<Channel>,
     channel: Channel,
     auth: feed_server::auth::ServiceToken,
     /// Graph versions asked concurrently go in one call (a home read asks one).
-    versions: Coalesced<UserId, u64>,
+    versions: Coalesced<UserId, GraphVersion>,
     /// Every call here is a read: a refused or reset one is asked again.
     retry: Arc<RetryBudget>,
 }
@@ -172,11 +182,11 @@ impl FollowGraphClient {
         Ok(out)
     }
 
-    /// `user`'s graph version: any change to their follows, their mutes or
-    /// a block either way raises it.
+    /// `user`'s graph version (any change to their follows, their mutes or
+    /// a block either way raises it) and graph token.
     /// Lookups made while another is in flight share the next call (see
     /// [`Coalesced`]: still read after this call began).
-    pub async fn graph_version(&self, user: UserId) -> Result<u64, ApiError> {
+    pub async fn graph_version(&self, user: UserId) -> Result<GraphVersion, ApiError> {
         let this = self.clone();
         self.versions
             .get(user, move |users| {
@@ -187,7 +197,7 @@ impl FollowGraphClient {
     }
 
     /// The graph versions of `users` (at most [`VERSION_BATCH`]), in order.
-    async fn graph_versions(&self, users: Vec<UserId>) -> Result<Vec<u64>, ApiError> {
+    async fn graph_versions(&self, users: Vec<UserId>) -> Result<Vec<GraphVersion>, ApiError> {
         let versions = self
             .retry
             .idempotent(|| {
@@ -201,8 +211,22 @@ impl FollowGraphClient {
             .map_err(peer)?
             .into_inner()
             .versions;
-        let by_user: std::collections::HashMap<UserId, u64> = versions.iter().map(|v| (v.user_id, v.version)).collect();
-        Ok(users.iter().map(|u| by_user.get(u).copied().unwrap_or(0)).collect())
+        let by_user: std::collections::HashMap<UserId, GraphVersion> = versions
+            .iter()
+            .map(|v| {
+                (
+                    v.user_id,
+                    GraphVersion {
+                        version: v.version,
+                        token: v.token,
+                    },
+                )
+            })
+            .collect();
+        Ok(users
+            .iter()
+            .map(|u| by_user.get(u).copied().unwrap_or_default())
+            .collect())
     }
 
     /// Every feed `user` follows (bounded by follow-graph's max_following).

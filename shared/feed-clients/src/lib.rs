@@ -9,7 +9,7 @@ mod follow_graph;
 
 pub use coalesce::Coalesced;
 
-pub use follow_graph::{FOLLOW_GRAPH_BATCH, FollowGraphClient, Follower};
+pub use follow_graph::{FOLLOW_GRAPH_BATCH, FollowGraphClient, Follower, GraphVersion};
 
 /// The name follow-graph's health service reports it under.
 pub const FOLLOW_GRAPH_SERVICE: &str = "feed.followgraph.v1.FollowGraphService";

@@ -115,6 +115,9 @@ pub struct Round {
     /// outboxes alone, as if the inbox were empty with its floor above
     /// every id (the pull model, exact, only dearer).
     pub degraded: bool,
+    /// The reader's graph token as the inbox store held it
+    /// ([`crate::graph_token`]); None without one or when it was unreachable.
+    pub graph_token: Option<u64>,
 }
 
 /// Gathers one round (see the module docs).
@@ -136,10 +139,21 @@ pub async fn gather(src: &dyn Outboxes, inbox: &dyn InboxStore, req: RoundReques
         floor: u64::MAX,
     };
     let mut degraded = false;
-    let page = match inbox.page(user, before, batch).await {
-        Ok(Some(p)) => p,
-        Ok(None) if req.missing_as_empty => nothing,
-        Ok(None) => return Ok(Round::default()),
+    let mut graph_token = None;
+    let page = match inbox.page_with_graph_token(user, before, batch).await {
+        Ok((page, token)) => {
+            graph_token = token;
+            match page {
+                Some(p) => p,
+                None if req.missing_as_empty => nothing,
+                None => {
+                    return Ok(Round {
+                        graph_token,
+                        ..Round::default()
+                    });
+                }
+            }
+        }
         // Redis away: the durable outboxes answer, and the read says so.
         Err(crate::InboxError::Unavailable(e)) => {
             tracing::warn!(user, error = %e, "inbox unreachable; reading the outboxes");
@@ -254,6 +268,7 @@ pub async fn gather(src: &dyn Outboxes, inbox: &dyn InboxStore, req: RoundReques
         hydrated: newest.len(),
         activities,
         degraded,
+        graph_token,
     })
 }
 

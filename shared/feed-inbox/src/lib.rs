@@ -20,10 +20,12 @@ use async_trait::async_trait;
 use feed_core::UserId;
 
 pub mod contract;
+pub mod graph_token;
 pub mod home;
 pub mod memory;
 pub mod redis_store;
 
+pub use graph_token::GraphTokens;
 pub use memory::MemoryInbox;
 pub use redis_store::RedisInbox;
 
@@ -115,6 +117,16 @@ pub trait InboxStore: Send + Sync + 'static {
     /// floor; None when the inbox is not live. Reading does not refresh the
     /// expiry: that is [`InboxStore::touch`], which readers debounce.
     async fn page(&self, user: UserId, before: Option<u64>, limit: usize) -> Result<Option<InboxPage>, InboxError>;
+    /// [`InboxStore::page`] and the reader's graph token
+    /// ([`graph_token`]) read with it; stores that keep no tokens answer None.
+    async fn page_with_graph_token(
+        &self,
+        user: UserId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Option<InboxPage>, Option<u64>), InboxError> {
+        Ok((self.page(user, before, limit).await?, None))
+    }
     /// Removes `ids` from one inbox (purge after unfollow or block).
     async fn remove(&self, user: UserId, ids: &[u64]) -> Result<(), InboxError>;
     /// Removes `id` from many inboxes (purge after delete).

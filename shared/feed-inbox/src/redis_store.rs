@@ -17,6 +17,9 @@ use feed_core::UserId;
 
 use crate::{InboxError, InboxLimits, InboxPage, InboxStore};
 
+/// A page's transaction reply: floor, live mark, ids, graph token.
+type PageReply = (Option<Vec<u8>>, Option<f64>, Vec<Vec<u8>>, Option<Vec<u8>>);
+
 /// `lt(x, y)` for two 8-byte big-endian ids, for scripts. Lua's `<` on
 /// strings uses strcoll, which stops at NUL bytes and follows the locale, so
 /// unpack to integers.
@@ -156,7 +159,7 @@ const PIPELINE: usize = 512;
 
 /// A read is two or three commands that take microseconds: a reply later
 /// than this means Redis is in trouble, and the read goes degraded.
-const READ_TIMEOUTS: feed_redis::Timeouts = feed_redis::Timeouts {
+pub(crate) const READ_TIMEOUTS: feed_redis::Timeouts = feed_redis::Timeouts {
     connect: std::time::Duration::from_millis(300),
     response: std::time::Duration::from_millis(150),
 };
@@ -201,6 +204,63 @@ impl RedisInbox {
         let conn = feed_redis::Redis::connect(url).await?;
         let reads = feed_redis::Redis::connect_with(url, READ_TIMEOUTS).await?;
         Ok(Self::with_reads(conn, reads, cfg))
+    }
+
+    /// A page, and the graph token when asked, in one transaction.
+    async fn read_page(
+        &self,
+        user: UserId,
+        before: Option<u64>,
+        limit: usize,
+        with_token: bool,
+    ) -> Result<(Option<InboxPage>, Option<u64>), InboxError> {
+        let max: Vec<u8> = match before {
+            Some(b) => {
+                let mut v = vec![b'('];
+                v.extend_from_slice(&member(b));
+                v
+            }
+            // Every id, not the live mark above them.
+            None => vec![b'(', LIVE_MARK[0]],
+        };
+        let inbox = inbox_key(user);
+        let mut conn = self.reads.clone();
+        // One transaction, not a script: the floor and the page stay
+        // consistent, and Redis spends a third of a script call on it.
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("GET")
+            .arg(floor_key(user))
+            .cmd("ZSCORE")
+            .arg(&inbox)
+            .arg(LIVE_MARK)
+            .cmd("ZRANGE")
+            .arg(&inbox)
+            .arg(max)
+            .arg("-")
+            .arg("BYLEX")
+            .arg("REV")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit);
+        if with_token {
+            pipe.cmd("GET").arg(crate::graph_token::graph_token_key(user));
+        }
+        let (floor, mark, ids, token): PageReply = if with_token {
+            pipe.query_async(&mut conn).await?
+        } else {
+            let (f, m, i) = pipe.query_async(&mut conn).await?;
+            (f, m, i, None)
+        };
+        let page = floor.filter(|_| mark.is_some()).map(|floor| {
+            let floor = id_of(&floor).unwrap_or(0);
+            InboxPage {
+                floor,
+                // Below the floor the outboxes answer, not the inbox.
+                ids: ids.iter().filter_map(|m| id_of(m)).filter(|id| *id >= floor).collect(),
+            }
+        });
+        Ok((page, crate::graph_token::parse(token.as_deref())))
     }
 
     /// Loads the scripts, so pipelined EVALSHA finds them (again after a
@@ -320,45 +380,16 @@ impl InboxStore for RedisInbox {
     }
 
     async fn page(&self, user: UserId, before: Option<u64>, limit: usize) -> Result<Option<InboxPage>, InboxError> {
-        let max: Vec<u8> = match before {
-            Some(b) => {
-                let mut v = vec![b'('];
-                v.extend_from_slice(&member(b));
-                v
-            }
-            // Every id, not the live mark above them.
-            None => vec![b'(', LIVE_MARK[0]],
-        };
-        let inbox = inbox_key(user);
-        let mut conn = self.reads.clone();
-        // One transaction, not a script: the floor and the page stay
-        // consistent, and Redis spends a third of a script call on it.
-        let (floor, mark, ids): (Option<Vec<u8>>, Option<f64>, Vec<Vec<u8>>) = redis::pipe()
-            .atomic()
-            .cmd("GET")
-            .arg(floor_key(user))
-            .cmd("ZSCORE")
-            .arg(&inbox)
-            .arg(LIVE_MARK)
-            .cmd("ZRANGE")
-            .arg(&inbox)
-            .arg(max)
-            .arg("-")
-            .arg("BYLEX")
-            .arg("REV")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
-            .query_async(&mut conn)
-            .await?;
-        Ok(floor.filter(|_| mark.is_some()).map(|floor| {
-            let floor = id_of(&floor).unwrap_or(0);
-            InboxPage {
-                floor,
-                // Below the floor the outboxes answer, not the inbox.
-                ids: ids.iter().filter_map(|m| id_of(m)).filter(|id| *id >= floor).collect(),
-            }
-        }))
+        Ok(self.read_page(user, before, limit, false).await?.0)
+    }
+
+    async fn page_with_graph_token(
+        &self,
+        user: UserId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Option<InboxPage>, Option<u64>), InboxError> {
+        self.read_page(user, before, limit, true).await
     }
 
     async fn remove(&self, user: UserId, ids: &[u64]) -> Result<(), InboxError> {

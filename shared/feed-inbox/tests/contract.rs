@@ -140,3 +140,63 @@ async fn redis_per_slot(_: &str) -> feed_testkit::Backend<dyn InboxStore> {
 }
 
 feed_inbox::inbox_store_contract!(redis_inbox_per_slot_calls, redis_per_slot);
+
+/// A graph token is issued once, read back with the reader's page (live
+/// inbox or not), and gone once withdrawn; the next issue is a new one.
+#[tokio::test]
+async fn graph_tokens_are_issued_once_read_with_the_page_and_gone_once_withdrawn() {
+    use feed_inbox::GraphTokens;
+    use feed_inbox::graph_token::{GRAPH_TOKEN_TTL, graph_token_key};
+    let redis = RedisServer::start().expect("redis");
+    let inbox = RedisInbox::connect(&redis.url(), contract_config())
+        .await
+        .expect("connect");
+    let tokens = GraphTokens::connect(&redis.url()).await.expect("connect");
+
+    let first = tokens.issue(&[1, 2]).await.expect("issue");
+    assert!(first.iter().all(|t| *t != 0) && first[0] != first[1], "{first:?}");
+    assert_eq!(
+        tokens.issue(&[2, 1]).await.expect("issue"),
+        vec![first[1], first[0]],
+        "held tokens are handed out again"
+    );
+    assert_eq!(
+        inbox.page_with_graph_token(1, None, 10).await.expect("read"),
+        (None, Some(first[0])),
+        "a token is read even without a live inbox"
+    );
+    inbox.rebuild(1, &[(1 << 40) + 1], 0, None).await.expect("rebuild");
+    let (page, token) = inbox.page_with_graph_token(1, None, 10).await.expect("read");
+    assert_eq!((page.map(|p| p.ids.len()), token), (Some(1), Some(first[0])));
+
+    tokens.withdraw(&[1]).await.expect("withdraw");
+    assert_eq!(inbox.page_with_graph_token(1, None, 10).await.expect("read").1, None);
+    assert_eq!(
+        inbox.page_with_graph_token(2, None, 10).await.expect("read").1,
+        Some(first[1]),
+        "only the named user's"
+    );
+    let again = tokens.issue(&[1]).await.expect("issue");
+    assert!(
+        again[0] != 0 && again[0] != first[0],
+        "a withdrawn token is never issued again"
+    );
+
+    let mut conn = redis::Client::open(redis.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(graph_token_key(1))
+        .query_async(&mut conn)
+        .await
+        .expect("pttl");
+    assert!(
+        ttl > 0 && ttl <= GRAPH_TOKEN_TTL.as_millis() as i64,
+        "tokens expire unwithdrawn: {ttl}"
+    );
+    // Memory inboxes keep no tokens.
+    let memory = MemoryInbox::new(contract_config(), Arc::new(SystemClock));
+    assert_eq!(memory.page_with_graph_token(1, None, 10).await.expect("read").1, None);
+}

@@ -203,14 +203,70 @@ impl Timeline {
         });
     }
 
+    /// The reader's followed feeds and the first round read with them. The
+    /// round also says whether the inbox is live (the sources read pending
+    /// work before the inbox page, so an item whose job finishes in between
+    /// is in one or the other). A follow list held under a graph token is
+    /// used only if the round read the same token (no change to the
+    /// reader's graph was answered since the list was read); otherwise the
+    /// list is asked for and the round read again.
+    async fn first_round(
+        &self,
+        user: UserId,
+        before: Option<u64>,
+        limit: usize,
+        batch: usize,
+    ) -> Result<(Followed, crate::sources::Round), ApiError> {
+        fn first_request(
+            user: UserId,
+            feeds: &[FeedRef],
+            before: Option<u64>,
+            limit: usize,
+            batch: usize,
+        ) -> RoundRequest<'_> {
+            RoundRequest {
+                user,
+                feeds,
+                before,
+                batch,
+                hydrate: limit,
+                missing_as_empty: false,
+            }
+        }
+        if let Some((feeds, token)) = self.sources.held_following(user) {
+            let followed = Followed::new(feeds);
+            let first = self
+                .sources
+                .gather(first_request(user, self.read_feeds(&followed), before, limit, batch))
+                .await?;
+            let confirmed = first.graph_token == Some(token);
+            let result = if confirmed { "confirmed" } else { "changed" };
+            metrics::counter!("feed_timeline_held_graphs_total", "result" => result).increment(1);
+            if confirmed {
+                return Ok((followed, first));
+            }
+        }
+        let followed = Followed::new(self.sources.following(user).await?);
+        let first = self
+            .sources
+            .gather(first_request(user, self.read_feeds(&followed), before, limit, batch))
+            .await?;
+        Ok((followed, first))
+    }
+
+    /// The followed feeds a home read merges (the first `max_feeds_per_read`).
+    fn read_feeds<'a>(&self, followed: &'a Followed) -> &'a [FeedRef] {
+        &followed.feeds[..followed.feeds.len().min(self.cfg.max_feeds_per_read)]
+    }
+
     /// One page of `user`'s home timeline below `before`.
     pub async fn home(&self, user: UserId, limit: usize, before: Option<u64>) -> Result<Page, ApiError> {
         // Ids read per source and round: the page and a quarter for what the
         // rules filter out. Rarely short (another round then reads on), and
         // every id read is parsed twice, by Redis's client and the merge.
         let batch = (limit + limit / 4).clamp(10, 1000);
-        let followed = Followed::new(self.sources.following(user).await?);
-        let read_feeds = &followed.feeds[..followed.feeds.len().min(self.cfg.max_feeds_per_read)];
+        let (followed, mut first) = self.first_round(user, before, limit, batch).await?;
+        let read_feeds = self.read_feeds(&followed);
         let round = |upper: Option<u64>, hydrate: usize, missing_as_empty: bool| RoundRequest {
             user,
             feeds: read_feeds,
@@ -219,10 +275,6 @@ impl Timeline {
             hydrate,
             missing_as_empty,
         };
-        // The first round also says whether the inbox is live (the sources
-        // read pending work before the inbox page, so an item whose job
-        // finishes in between is in one or the other).
-        let mut first = self.sources.gather(round(before, limit, false)).await?;
         let rebuilt = !first.live;
         if rebuilt {
             if read_feeds.len() < followed.feeds.len() {
@@ -522,5 +574,79 @@ mod tests {
         t.home(1, 20, None).await.expect("answered");
         wait_for_no_flights(&t).await;
         assert_eq!(rebuilds_asked(&sources), 4, "a failed rebuild is tried again");
+    }
+
+    /// A follow list held under token 7, a fresh one behind `following`,
+    /// and rounds that read `current` as the reader's token.
+    struct Held {
+        current: Option<u64>,
+        asked: std::sync::atomic::AtomicUsize,
+        gathered: Mutex<Vec<Vec<FeedRef>>>,
+    }
+
+    #[async_trait]
+    impl Sources for Held {
+        async fn following(&self, _: UserId) -> Result<Vec<FeedRef>, ApiError> {
+            self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(vec![FeedRef::user(3)])
+        }
+        fn held_following(&self, _: UserId) -> Option<(Vec<FeedRef>, u64)> {
+            Some((vec![FeedRef::user(2)], 7))
+        }
+        async fn relations(&self, _: UserId, actors: &[UserId]) -> Result<Vec<ReaderRelation>, ApiError> {
+            Ok(vec![ReaderRelation::default(); actors.len()])
+        }
+        async fn read_outboxes(
+            &self,
+            _: &[FeedRef],
+            _: Option<u64>,
+            _: usize,
+            _: bool,
+        ) -> Result<(Vec<Entry>, bool), ApiError> {
+            Ok((vec![], false))
+        }
+        async fn gather(&self, req: RoundRequest<'_>) -> Result<Round, ApiError> {
+            self.gathered.lock().expect("gathered").push(req.feeds.to_vec());
+            Ok(Round {
+                live: true,
+                graph_token: self.current,
+                ..Round::default()
+            })
+        }
+        async fn hydrate(&self, _: &[u64]) -> Result<Vec<SharedActivity>, ApiError> {
+            Ok(vec![])
+        }
+        async fn rebuild(&self, _: UserId) -> Result<(), ApiError> {
+            Ok(())
+        }
+    }
+
+    async fn read_with_token(current: Option<u64>) -> (usize, Vec<Vec<FeedRef>>) {
+        let inbox = feed_inbox::MemoryInbox::new(feed_inbox::InboxLimits::default(), Arc::new(SystemClock));
+        let sources = Arc::new(Held {
+            current,
+            asked: Default::default(),
+            gathered: Mutex::default(),
+        });
+        let t = Timeline::new(sources.clone(), Arc::new(inbox), TimelineRules::default());
+        t.home(1, 20, None).await.expect("read");
+        let gathered = std::mem::take(&mut *sources.gathered.lock().expect("gathered"));
+        (sources.asked.load(std::sync::atomic::Ordering::SeqCst), gathered)
+    }
+
+    #[tokio::test]
+    async fn a_held_follow_list_serves_the_read_only_when_the_round_reads_its_token() {
+        let (asked, gathered) = read_with_token(Some(7)).await;
+        assert_eq!(asked, 0, "the held list's token is current: follow-graph is not asked");
+        assert_eq!(gathered, vec![vec![FeedRef::user(2)]]);
+        for changed in [Some(8), None] {
+            let (asked, gathered) = read_with_token(changed).await;
+            assert_eq!(asked, 1, "token {changed:?}: the list is asked for again");
+            assert_eq!(
+                gathered,
+                vec![vec![FeedRef::user(2)], vec![FeedRef::user(3)]],
+                "the round is read again with the fresh list"
+            );
+        }
     }
 }

@@ -79,7 +79,7 @@ async fn follow_graph_client_calls_past_the_callees_caps_are_chunked() {
         client.following(1).await.expect("ListFollowing pages").len(),
         MANY_FEEDS as usize
     );
-    assert!(client.graph_version(1).await.expect("version") > 0);
+    assert!(client.graph_version(1).await.expect("version").version > 0);
 }
 
 /// The split timeline's sources against publish: a reader following more
