@@ -16,6 +16,7 @@ use crate::publisher::{Publisher, Reader};
 
 const SCHEDULED_TOKEN: u8 = 0x11;
 const DEAD_TOKEN: u8 = 0x12;
+use feed_inbox::home::{MAX_HYDRATE_PER_CALL as MAX_HOME_HYDRATE, MAX_ROUNDS_PER_CALL as MAX_HOME_ROUNDS};
 
 /// The `feeds` of a timeline read: at most 1000, each named in errors.
 fn feeds_field(raw: &[String]) -> Result<Vec<FeedRef>, ApiError> {
@@ -76,6 +77,71 @@ pub struct PublishGrpc {
 }
 
 impl PublishGrpc {
+    /// One home round (`ReadHome`, and each of `ReadHomes`).
+    async fn home_round(&self, r: &pb::ReadHomeRequest) -> Result<pb::ReadHomeResponse, ApiError> {
+        let user = validate::user_id("user_id", r.user_id)?;
+        let feeds = feeds_field(&r.feeds)?;
+        let batch = validate::page_size("limit", r.limit, 100, 1000)?;
+        if r.hydrate > 500 {
+            return Err(ApiError::invalid("hydrate", "must be at most 500"));
+        }
+        let round = feed_inbox::home::gather(
+            &self.publisher,
+            self.inbox.as_ref(),
+            feed_inbox::home::RoundRequest {
+                user,
+                feeds: &feeds,
+                before: (r.before_id != 0).then_some(r.before_id),
+                batch,
+                hydrate: r.hydrate as usize,
+                missing_as_empty: r.missing_as_empty,
+            },
+        )
+        .await?;
+        // Most hits come through the asked feeds or the reader's own: named
+        // by position, not by a string each (`HomeHit::feed_index`).
+        let own = FeedRef::user(user);
+        let index_of = |feed: &FeedRef| {
+            if *feed == own {
+                Some(feeds.len() + 1)
+            } else {
+                feeds.binary_search(feed).ok().map(|i| i + 1)
+            }
+        };
+        Ok(pb::ReadHomeResponse {
+            inbox_live: round.live,
+            hits: round
+                .hits
+                .into_iter()
+                .map(|h| match h.feed {
+                    Some((feed, mode)) => match index_of(&feed) {
+                        Some(i) => pb::HomeHit {
+                            id: h.id,
+                            mode: mode as i32,
+                            feed_index: i as u32,
+                            ..pb::HomeHit::default()
+                        },
+                        None => pb::HomeHit {
+                            id: h.id,
+                            feed: feed.to_string(),
+                            mode: mode as i32,
+                            feed_index: 0,
+                        },
+                    },
+                    None => pb::HomeHit {
+                        id: h.id,
+                        ..pb::HomeHit::default()
+                    },
+                })
+                .collect(),
+            bound_id: round.bound.unwrap_or(0),
+            hydrated: round.hydrated as u32,
+            activities: round.activities,
+            degraded: round.degraded,
+            graph_token: round.graph_token.unwrap_or(0),
+        })
+    }
+
     /// Wraps the domain service; `inbox` is where RebuildInbox writes.
     pub fn new(publisher: Publisher, inbox: Arc<dyn InboxStore>) -> Self {
         Self { publisher, inbox }
@@ -399,67 +465,36 @@ impl PublishService for PublishGrpc {
 
     async fn read_home(&self, req: Request<pb::ReadHomeRequest>) -> Result<Response<pb::ReadHomeResponse>, Status> {
         Caller::of(&req)?.require_internal()?;
-        let r = req.get_ref();
-        let user = validate::user_id("user_id", r.user_id)?;
-        let feeds = feeds_field(&r.feeds)?;
-        let batch = validate::page_size("limit", r.limit, 100, 1000)?;
-        if r.hydrate > 500 {
-            return Err(ApiError::invalid("hydrate", "must be at most 500").into());
+        Ok(Response::new(self.home_round(req.get_ref()).await?))
+    }
+
+    async fn read_homes(&self, req: Request<pb::ReadHomesRequest>) -> Result<Response<pb::ReadHomesResponse>, Status> {
+        Caller::of(&req)?.require_internal()?;
+        let rounds = &req.get_ref().rounds;
+        if rounds.len() > MAX_HOME_ROUNDS {
+            return Err(ApiError::invalid("rounds", format!("at most {MAX_HOME_ROUNDS}")).into());
         }
-        let round = feed_inbox::home::gather(
-            &self.publisher,
-            self.inbox.as_ref(),
-            feed_inbox::home::RoundRequest {
-                user,
-                feeds: &feeds,
-                before: (r.before_id != 0).then_some(r.before_id),
-                batch,
-                hydrate: r.hydrate as usize,
-                missing_as_empty: r.missing_as_empty,
-            },
-        )
-        .await?;
-        // Most hits come through the asked feeds or the reader's own: named
-        // by position, not by a string each (`HomeHit::feed_index`).
-        let own = FeedRef::user(user);
-        let index_of = |feed: &FeedRef| {
-            if *feed == own {
-                Some(feeds.len() + 1)
-            } else {
-                feeds.binary_search(feed).ok().map(|i| i + 1)
-            }
-        };
-        Ok(Response::new(pb::ReadHomeResponse {
-            inbox_live: round.live,
-            hits: round
-                .hits
+        if rounds.iter().map(|r| r.hydrate as usize).sum::<usize>() > MAX_HOME_HYDRATE {
+            return Err(ApiError::invalid("rounds", format!("hydrate at most {MAX_HOME_HYDRATE} in all")).into());
+        }
+        // Side by side: their Redis reads share the connection's pipeline.
+        let results = futures::future::join_all(rounds.iter().map(|r| self.home_round(r))).await;
+        Ok(Response::new(pb::ReadHomesResponse {
+            results: results
                 .into_iter()
-                .map(|h| match h.feed {
-                    Some((feed, mode)) => match index_of(&feed) {
-                        Some(i) => pb::HomeHit {
-                            id: h.id,
-                            mode: mode as i32,
-                            feed_index: i as u32,
-                            ..pb::HomeHit::default()
-                        },
-                        None => pb::HomeHit {
-                            id: h.id,
-                            feed: feed.to_string(),
-                            mode: mode as i32,
-                            feed_index: 0,
-                        },
-                    },
-                    None => pb::HomeHit {
-                        id: h.id,
-                        ..pb::HomeHit::default()
-                    },
+                .map(|r| pb::ReadHomeResult {
+                    result: Some(match r {
+                        Ok(round) => pb::read_home_result::Result::Round(round),
+                        Err(e) => {
+                            let status = Status::from(e);
+                            pb::read_home_result::Result::Error(pb::RoundError {
+                                code: status.code() as i32,
+                                message: status.message().to_string(),
+                            })
+                        }
+                    }),
                 })
                 .collect(),
-            bound_id: round.bound.unwrap_or(0),
-            hydrated: round.hydrated as u32,
-            activities: round.activities,
-            degraded: round.degraded,
-            graph_token: round.graph_token.unwrap_or(0),
         }))
     }
 

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use feed_clients::FollowGraphClient;
+use feed_clients::{Batched, FollowGraphClient};
 use feed_core::{ApiError, FeedRef, UserId};
+use feed_inbox::home::{MAX_HYDRATE_PER_CALL, MAX_ROUNDS_PER_CALL};
 use feed_proto::SharedActivity;
 use feed_proto::common::v1::DeliveryMode;
 // Publish's answers carry activities the timeline passes on undecoded.
@@ -73,6 +74,22 @@ pub struct GrpcSources {
     /// Every publish call here is a read or an idempotent rebuild: one
     /// refused or reset (a replica restarting) is asked again.
     retry: Arc<feed_server::RetryBudget>,
+    /// Rounds asked while a `ReadHomes` call is in flight go together in
+    /// the next one.
+    rounds: Batched<pb::ReadHomeRequest, pb::ReadHomeResponse>,
+}
+
+/// How many waiting rounds the next `ReadHomes` call takes: within
+/// publish's caps on rounds and on activities hydrated per call.
+fn rounds_per_call(waiting: &mut dyn Iterator<Item = &pb::ReadHomeRequest>) -> usize {
+    let mut hydrate = 0;
+    waiting
+        .take(MAX_ROUNDS_PER_CALL)
+        .take_while(|r| {
+            hydrate += r.hydrate as usize;
+            hydrate <= MAX_HYDRATE_PER_CALL
+        })
+        .count()
 }
 
 fn from_peer(service: &str) -> impl Fn(tonic::Status) -> ApiError + '_ {
@@ -90,11 +107,41 @@ impl GrpcSources {
                 .max_encoding_message_size(feed_server::MAX_MESSAGE_BYTES),
             auth: feed_server::auth::ServiceToken::new(token)?,
             retry: Arc::new(feed_server::RetryBudget::new("publish")),
+            rounds: Batched::new(rounds_per_call),
         })
     }
 
     fn req<T>(&self, msg: T) -> tonic::Request<T> {
         self.auth.request(msg)
+    }
+
+    /// One `ReadHomes` call: each round's answer, or its error as publish
+    /// named it.
+    async fn read_homes(
+        &self,
+        rounds: Vec<pb::ReadHomeRequest>,
+    ) -> Result<Vec<Result<pb::ReadHomeResponse, ApiError>>, ApiError> {
+        let r = self
+            .retry
+            .idempotent(|| {
+                let mut c = self.publish.clone();
+                let r = self.req(pb::ReadHomesRequest { rounds: rounds.clone() });
+                async move { c.read_homes(r).await }
+            })
+            .await
+            .map_err(from_peer("publish"))?
+            .into_inner();
+        Ok(r.results
+            .into_iter()
+            .map(|r| match r.result {
+                Some(pb::read_home_result::Result::Round(round)) => Ok(round),
+                Some(pb::read_home_result::Result::Error(e)) => Err(ApiError::from_peer(
+                    "publish",
+                    &tonic::Status::new(tonic::Code::from_i32(e.code), e.message),
+                )),
+                None => Err(ApiError::Internal("publish answered a round with nothing".into())),
+            })
+            .collect())
     }
 }
 
@@ -182,23 +229,22 @@ impl Sources for GrpcSources {
     }
 
     async fn gather(&self, req: RoundRequest<'_>) -> Result<Round, ApiError> {
+        let round = pb::ReadHomeRequest {
+            user_id: req.user,
+            feeds: req.feeds.iter().map(|f| f.to_string()).collect(),
+            before_id: req.before.unwrap_or(0),
+            limit: req.batch.min(1000) as u32,
+            hydrate: req.hydrate.min(500) as u32,
+            missing_as_empty: req.missing_as_empty,
+        };
+        let this = self.clone();
         let r = self
-            .retry
-            .idempotent(|| {
-                let mut c = self.publish.clone();
-                let r = self.req(pb::ReadHomeRequest {
-                    user_id: req.user,
-                    feeds: req.feeds.iter().map(|f| f.to_string()).collect(),
-                    before_id: req.before.unwrap_or(0),
-                    limit: req.batch.min(1000) as u32,
-                    hydrate: req.hydrate.min(500) as u32,
-                    missing_as_empty: req.missing_as_empty,
-                });
-                async move { c.read_home(r).await }
+            .rounds
+            .call(round, move |rounds| {
+                let this = this.clone();
+                async move { this.read_homes(rounds).await }
             })
-            .await
-            .map_err(from_peer("publish"))?
-            .into_inner();
+            .await?;
         let own = FeedRef::user(req.user);
         let hits = r
             .hits

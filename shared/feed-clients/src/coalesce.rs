@@ -1,58 +1,130 @@
-//! Concurrent lookups of one kind folded into batched calls.
+//! Concurrent calls of one kind folded into batched calls.
 //!
 //! A home read asks follow-graph for one number (the reader's graph
-//! version); at 64 reads in flight that was 64 calls, each costing both
-//! processes a whole gRPC request. Here at most one call is in flight per
-//! client: keys asked meanwhile wait and go together in the next call.
+//! version) and publish for one round; at 64 reads in flight that was 64
+//! calls of each, each costing both processes a whole gRPC request. Here at
+//! most one call is in flight per client: requests made meanwhile wait and
+//! go together in the next call ([`Batched`]); lookups of keys also share
+//! the answer of a key asked twice ([`Coalesced`]).
 //!
-//! Every answer comes from a call that started after its key was asked,
-//! never from one already under way, so a lookup sees every write that
-//! finished before it began (read-your-writes holds as with a call each).
+//! Every answer comes from a call that started after it was asked, never
+//! from one already under way, so a lookup sees every write that finished
+//! before it began (read-your-writes holds as with a call each).
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use feed_core::ApiError;
 use tokio::sync::oneshot;
 
-type Reply<V> = oneshot::Sender<Result<V, ApiError>>;
+type Reply<A> = oneshot::Sender<Result<A, ApiError>>;
 
-struct State<K, V> {
+/// How many of the waiting requests (oldest first) the next call takes; at
+/// least one is taken whatever it says.
+type Take<Q> = dyn Fn(&mut dyn Iterator<Item = &Q>) -> usize + Send + Sync;
+
+struct State<Q, A> {
     /// A driver task is calling (or about to).
     running: bool,
-    waiting: Vec<(K, Reply<V>)>,
+    waiting: Vec<(Q, Reply<A>)>,
+}
+
+/// Folds concurrent [`Batched::call`]s into calls of as many requests as
+/// its `take` allows, each answered on its own. Cheap to clone; clones
+/// share the batches.
+pub struct Batched<Q, A> {
+    state: Arc<Mutex<State<Q, A>>>,
+    take: Arc<Take<Q>>,
+}
+
+impl<Q, A> Clone for Batched<Q, A> {
+    fn clone(&self) -> Self {
+        Self {
+            state: self.state.clone(),
+            take: self.take.clone(),
+        }
+    }
+}
+
+impl<Q, A> Batched<Q, A>
+where
+    Q: Send + 'static,
+    A: Send + 'static,
+{
+    /// Batches of as many waiting requests as `take` counts (the peer's caps).
+    pub fn new(take: impl Fn(&mut dyn Iterator<Item = &Q>) -> usize + Send + Sync + 'static) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(State {
+                running: false,
+                waiting: Vec::new(),
+            })),
+            take: Arc::new(take),
+        }
+    }
+
+    /// The answer to `request`. `fetch` answers a batch of requests with
+    /// one result each, in order; when no call is under way it is the one
+    /// that runs, for this request and those made while it runs.
+    pub async fn call<F, Fut>(&self, request: Q, fetch: F) -> Result<A, ApiError>
+    where
+        F: Fn(Vec<Q>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<Result<A, ApiError>>, ApiError>> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.waiting.push((request, tx));
+            !std::mem::replace(&mut state.running, true)
+        };
+        if start {
+            // A task of its own: a caller that gives up (its request
+            // cancelled) must not strand the others' answers.
+            tokio::spawn(drive(self.state.clone(), self.take.clone(), fetch));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(ApiError::Internal("a batched call ended without an answer".into())))
+    }
 }
 
 /// Folds concurrent [`Coalesced::get`] calls into batches of at most
 /// `max_batch` distinct keys. Cheap to clone; clones share the batches.
 pub struct Coalesced<K, V> {
-    state: Arc<Mutex<State<K, V>>>,
-    max_batch: usize,
+    inner: Batched<K, V>,
 }
 
 impl<K, V> Clone for Coalesced<K, V> {
     fn clone(&self) -> Self {
         Self {
-            state: self.state.clone(),
-            max_batch: self.max_batch,
+            inner: self.inner.clone(),
         }
     }
 }
 
 impl<K, V> Coalesced<K, V>
 where
-    K: Ord + Clone + Send + 'static,
+    K: Ord + Clone + Send + Sync + 'static,
     V: Clone + Send + 'static,
 {
     /// Batches of at most `max_batch` distinct keys (the peer's cap).
     pub fn new(max_batch: usize) -> Self {
+        let max_batch = max_batch.max(1);
         Self {
-            state: Arc::new(Mutex::new(State {
-                running: false,
-                waiting: Vec::new(),
-            })),
-            max_batch: max_batch.max(1),
+            inner: Batched::new(move |waiting| {
+                // Distinct keys up to the cap; the rest wait for the next call.
+                let mut keys = BTreeSet::new();
+                let mut taken = 0;
+                for key in waiting {
+                    if !keys.contains(key) {
+                        if keys.len() == max_batch {
+                            break;
+                        }
+                        keys.insert(key);
+                    }
+                    taken += 1;
+                }
+                taken
+            }),
         }
     }
 
@@ -64,19 +136,32 @@ where
         F: Fn(Vec<K>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<V>, ApiError>> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let start = {
-            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            state.waiting.push((key, tx));
-            !std::mem::replace(&mut state.running, true)
-        };
-        if start {
-            // A task of its own: a caller that gives up (its request
-            // cancelled) must not strand the others' answers.
-            tokio::spawn(drive(self.state.clone(), self.max_batch, fetch));
-        }
-        rx.await
-            .unwrap_or_else(|_| Err(ApiError::Internal("a batched lookup ended without an answer".into())))
+        self.inner
+            .call(key, move |asked: Vec<K>| {
+                let mut keys = asked.clone();
+                keys.sort();
+                keys.dedup();
+                let values = fetch(keys.clone());
+                async move {
+                    let values = values.await?;
+                    if values.len() != keys.len() {
+                        return Err(ApiError::Internal(format!(
+                            "a batched lookup of {} keys answered {}",
+                            keys.len(),
+                            values.len()
+                        )));
+                    }
+                    Ok(asked
+                        .iter()
+                        .map(|k| {
+                            keys.binary_search(k)
+                                .map(|i| values[i].clone())
+                                .map_err(|_| ApiError::Internal("a batched key went missing".into()))
+                        })
+                        .collect())
+                }
+            })
+            .await
     }
 }
 
@@ -84,12 +169,12 @@ where
 /// senders drop) instead of waiting on a driver that no longer runs.
 /// A driver that returns normally disarms it first: by then another driver
 /// may already own the state.
-struct Stop<'a, K, V> {
-    state: &'a Mutex<State<K, V>>,
+struct Stop<'a, Q, A> {
+    state: &'a Mutex<State<Q, A>>,
     armed: bool,
 }
 
-impl<K, V> Drop for Stop<'_, K, V> {
+impl<Q, A> Drop for Stop<'_, Q, A> {
     fn drop(&mut self) {
         if self.armed {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -99,63 +184,43 @@ impl<K, V> Drop for Stop<'_, K, V> {
     }
 }
 
-async fn drive<K, V, F, Fut>(state: Arc<Mutex<State<K, V>>>, max_batch: usize, fetch: F)
+async fn drive<Q, A, F, Fut>(state: Arc<Mutex<State<Q, A>>>, take: Arc<Take<Q>>, fetch: F)
 where
-    K: Ord + Clone,
-    V: Clone,
-    F: Fn(Vec<K>) -> Fut,
-    Fut: Future<Output = Result<Vec<V>, ApiError>>,
+    F: Fn(Vec<Q>) -> Fut,
+    Fut: Future<Output = Result<Vec<Result<A, ApiError>>, ApiError>>,
 {
     let mut stop = Stop {
         state: &state,
         armed: true,
     };
     loop {
-        let batch: Vec<(K, Reply<V>)> = {
+        let (requests, replies): (Vec<Q>, Vec<Reply<A>>) = {
             let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
             if s.waiting.is_empty() {
                 s.running = false;
                 stop.armed = false;
                 return;
             }
-            // Distinct keys up to the cap; the rest wait for the next call.
-            let mut keys = BTreeMap::new();
-            let mut taken = 0;
-            for (key, _) in &s.waiting {
-                if !keys.contains_key(key) {
-                    if keys.len() == max_batch {
-                        break;
-                    }
-                    keys.insert(key.clone(), ());
-                }
-                taken += 1;
-            }
-            s.waiting.drain(..taken).collect()
+            let n = take(&mut s.waiting.iter().map(|(q, _)| q)).clamp(1, s.waiting.len());
+            s.waiting.drain(..n).unzip()
         };
-        let mut keys: Vec<K> = batch.iter().map(|(k, _)| k.clone()).collect();
-        keys.sort();
-        keys.dedup();
-        let answer = fetch(keys.clone()).await.and_then(|values| {
-            if values.len() == keys.len() {
-                Ok(values)
-            } else {
-                Err(ApiError::Internal(format!(
-                    "a batched lookup of {} keys answered {}",
-                    keys.len(),
-                    values.len()
-                )))
+        let asked = requests.len();
+        match fetch(requests).await {
+            Ok(answers) if answers.len() == asked => {
+                for (answer, reply) in answers.into_iter().zip(replies) {
+                    // A caller that gave up no longer listens.
+                    let _ = reply.send(answer);
+                }
             }
-        });
-        for (key, reply) in batch {
-            let value = match &answer {
-                Ok(values) => keys
-                    .binary_search(&key)
-                    .map(|i| values[i].clone())
-                    .map_err(|_| ApiError::Internal("a batched key went missing".into())),
-                Err(e) => Err(e.clone()),
-            };
-            // A caller that gave up no longer listens.
-            let _ = reply.send(value);
+            outcome => {
+                let e = match outcome {
+                    Err(e) => e,
+                    Ok(answers) => ApiError::Internal(format!("a batch of {asked} answered {}", answers.len())),
+                };
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
         }
     }
 }
@@ -295,5 +360,84 @@ mod tests {
         let _ = tokio::time::timeout(Duration::from_millis(5), leader).await;
         let v = c.get(2, counting(calls.clone(), Duration::from_millis(1))).await;
         assert_eq!(v.map(|v| v / 1000), Ok(2));
+    }
+
+    #[tokio::test]
+    async fn each_request_of_a_batch_gets_its_own_answer_or_error() {
+        let b = Batched::<u64, u64>::new(|waiting| waiting.count());
+        let calls = Arc::new(Mutex::new(0usize));
+        let fetch = {
+            let calls = calls.clone();
+            move |requests: Vec<u64>| {
+                *calls.lock().unwrap() += 1;
+                async move {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Ok(requests
+                        .iter()
+                        .map(|r| {
+                            if r.is_multiple_of(2) {
+                                Ok(r * 10)
+                            } else {
+                                Err(ApiError::NotFound(format!("{r}")))
+                            }
+                        })
+                        .collect())
+                }
+            }
+        };
+        let answers = futures::future::join_all((0..20u64).map(|r| b.call(r, fetch.clone()))).await;
+        for (r, a) in answers.into_iter().enumerate() {
+            let r = r as u64;
+            if r.is_multiple_of(2) {
+                assert_eq!(a, Ok(r * 10));
+            } else {
+                assert_eq!(
+                    a,
+                    Err(ApiError::NotFound(format!("{r}"))),
+                    "an error answers its own request only"
+                );
+            }
+        }
+        assert!(
+            *calls.lock().unwrap() < 20,
+            "20 requests, {} calls",
+            calls.lock().unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_only_what_its_take_allows_and_at_least_one() {
+        // Requests weigh their value; a call carries at most 5 in all.
+        let b = Batched::<u64, u64>::new(|waiting| {
+            let mut sum = 0;
+            waiting
+                .take_while(|w| {
+                    sum += **w;
+                    sum <= 5
+                })
+                .count()
+        });
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let fetch = {
+            let calls = calls.clone();
+            move |requests: Vec<u64>| {
+                calls.lock().unwrap().push(requests.clone());
+                async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok(requests.iter().map(|r| Ok(*r)).collect())
+                }
+            }
+        };
+        let gate = {
+            let (b, fetch) = (b.clone(), fetch.clone());
+            tokio::spawn(async move { b.call(1, fetch).await })
+        };
+        while calls.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let queued = futures::future::join_all([3u64, 3, 1, 9].map(|w| b.call(w, fetch.clone())));
+        assert_eq!(queued.await, vec![Ok(3), Ok(3), Ok(1), Ok(9)]);
+        gate.await.unwrap().unwrap();
+        assert_eq!(*calls.lock().unwrap(), vec![vec![1], vec![3], vec![3, 1], vec![9]]);
     }
 }

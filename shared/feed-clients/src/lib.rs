@@ -7,7 +7,7 @@
 mod coalesce;
 mod follow_graph;
 
-pub use coalesce::Coalesced;
+pub use coalesce::{Batched, Coalesced};
 
 pub use follow_graph::{FOLLOW_GRAPH_BATCH, FollowGraphClient, Follower, GraphVersion};
 

@@ -22,6 +22,13 @@ use feed_proto::common::v1::DeliveryMode;
 
 use crate::{InboxPage, InboxStore};
 
+/// Rounds one call may carry (publish's `ReadHomes`).
+pub const MAX_ROUNDS_PER_CALL: usize = 32;
+
+/// Activities the rounds of one call may hydrate in all: 500 maximum-size
+/// activities stay under `feed_server::MAX_MESSAGE_BYTES`.
+pub const MAX_HYDRATE_PER_CALL: usize = 500;
+
 /// One outbox entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {

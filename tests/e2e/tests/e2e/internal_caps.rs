@@ -145,3 +145,50 @@ async fn a_split_timeline_reads_for_a_user_following_more_feeds_than_publish_tak
     got.sort_unstable();
     assert_eq!(got, want, "unknown ids left out, known ones all hydrated");
 }
+
+/// `ReadHomes` answers each round on its own (a bad round is an error in
+/// its place, the others are read) and refuses a call past its caps.
+#[tokio::test]
+async fn read_homes_answers_each_round_on_its_own_and_refuses_a_call_past_its_caps() {
+    use feed_inbox::home::{MAX_HYDRATE_PER_CALL, MAX_ROUNDS_PER_CALL};
+    let app = TestApp::start(|_| {}).await;
+    let mut publish = app.publish.clone();
+    let round = |user_id: u64, hydrate: u32| pb::ReadHomeRequest {
+        user_id,
+        feeds: vec!["user:9".into()],
+        limit: 20,
+        hydrate,
+        missing_as_empty: true,
+        ..pb::ReadHomeRequest::default()
+    };
+    let results = publish
+        .read_homes(internal(pb::ReadHomesRequest {
+            rounds: vec![round(1, 20), round(0, 20), round(2, 20)],
+        }))
+        .await
+        .expect("ReadHomes")
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 3);
+    for (i, r) in results.iter().enumerate() {
+        match (&r.result, i) {
+            (Some(pb::read_home_result::Result::Round(_)), 0 | 2) => {}
+            (Some(pb::read_home_result::Result::Error(e)), 1) => {
+                assert_eq!(e.code, tonic::Code::InvalidArgument as i32, "{e:?}");
+                assert!(e.message.contains("user_id"), "names the field: {e:?}");
+            }
+            other => panic!("round {i}: {other:?}"),
+        }
+    }
+
+    let too_many = (0..=MAX_ROUNDS_PER_CALL as u64).map(|u| round(u + 1, 1)).collect();
+    let half = (MAX_HYDRATE_PER_CALL / 2 + 1) as u32;
+    for rounds in [too_many, vec![round(1, half), round(2, half)]] {
+        let e = publish
+            .read_homes(internal(pb::ReadHomesRequest { rounds }))
+            .await
+            .expect_err("past the caps");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("rounds"), "names the field: {}", e.message());
+    }
+}
