@@ -477,8 +477,24 @@ impl PublishService for PublishGrpc {
         if rounds.iter().map(|r| r.hydrate as usize).sum::<usize>() > MAX_HOME_HYDRATE {
             return Err(ApiError::invalid("rounds", format!("hydrate at most {MAX_HOME_HYDRATE} in all")).into());
         }
-        // Side by side: their Redis reads share the connection's pipeline.
-        let results = futures::future::join_all(rounds.iter().map(|r| self.home_round(r))).await;
+        // Each its own task: a call's rounds spread over the runtime's
+        // threads, and their Redis reads share the connection's pipeline.
+        let tasks: Vec<_> = req
+            .into_inner()
+            .rounds
+            .into_iter()
+            .map(|r| {
+                let this = self.clone();
+                tokio::spawn(async move { this.home_round(&r).await })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            results.push(
+                t.await
+                    .unwrap_or_else(|e| Err(ApiError::Internal(format!("home round: {e}")))),
+            );
+        }
         Ok(Response::new(pb::ReadHomesResponse {
             results: results
                 .into_iter()

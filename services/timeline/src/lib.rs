@@ -74,7 +74,8 @@ impl feed_server::Application for App {
     async fn build(cfg: &FeedConfig, ctx: &feed_server::BuildContext) -> anyhow::Result<Option<ServiceSet>> {
         let graph = feed_server::client::peer(&cfg.clients, &cfg.clients.follow_graph_url)?;
         let publish = feed_server::client::peer(&cfg.clients, &cfg.clients.publish_url)?;
-        let sources = GrpcSources::new(graph.clone(), publish.clone(), &cfg.clients.token)?;
+        let sources = GrpcSources::new(graph.clone(), publish.clone(), &cfg.clients.token)?
+            .with_round_calls(cfg.timeline.publish_calls_in_flight);
         let limits = feed_inbox::InboxLimits::from_settings(cfg.inbox.cap, cfg.inbox.ttl_secs, cfg.redis.cluster);
         let inbox: Arc<dyn InboxStore> = Arc::new(feed_inbox::RedisInbox::connect(&cfg.redis.url, limits).await?);
         let mut set = ServiceSet::default();

@@ -79,6 +79,11 @@ pub struct GrpcSources {
     rounds: Batched<pb::ReadHomeRequest, pb::ReadHomeResponse>,
 }
 
+/// `ReadHomes` calls in flight unless configured: enough to keep two
+/// publish replicas' threads busy, few enough that under load the rounds
+/// that wait go together (at 64 reads in flight, ~16 per call).
+const DEFAULT_ROUND_CALLS: usize = 4;
+
 /// How many waiting rounds the next `ReadHomes` call takes: within
 /// publish's caps on rounds and on activities hydrated per call.
 fn rounds_per_call(waiting: &mut dyn Iterator<Item = &pb::ReadHomeRequest>) -> usize {
@@ -107,8 +112,15 @@ impl GrpcSources {
                 .max_encoding_message_size(feed_server::MAX_MESSAGE_BYTES),
             auth: feed_server::auth::ServiceToken::new(token)?,
             retry: Arc::new(feed_server::RetryBudget::new("publish")),
-            rounds: Batched::new(rounds_per_call),
+            rounds: Batched::new(DEFAULT_ROUND_CALLS, rounds_per_call),
         })
+    }
+
+    /// At most `calls` `ReadHomes` calls in flight at once
+    /// (`timeline.publish_calls_in_flight`).
+    pub fn with_round_calls(mut self, calls: usize) -> Self {
+        self.rounds = Batched::new(calls, rounds_per_call);
+        self
     }
 
     fn req<T>(&self, msg: T) -> tonic::Request<T> {

@@ -2,10 +2,11 @@
 //!
 //! A home read asks follow-graph for one number (the reader's graph
 //! version) and publish for one round; at 64 reads in flight that was 64
-//! calls of each, each costing both processes a whole gRPC request. Here at
-//! most one call is in flight per client: requests made meanwhile wait and
-//! go together in the next call ([`Batched`]); lookups of keys also share
-//! the answer of a key asked twice ([`Coalesced`]).
+//! calls of each, each costing both processes a whole gRPC request. Here a
+//! client has at most a few calls in flight (one for lookups): requests made
+//! while they all are wait and go together in the next call ([`Batched`]);
+//! lookups of keys also share the answer of a key asked twice
+//! ([`Coalesced`]).
 //!
 //! Every answer comes from a call that started after it was asked, never
 //! from one already under way, so a lookup sees every write that finished
@@ -25,8 +26,8 @@ type Reply<A> = oneshot::Sender<Result<A, ApiError>>;
 type Take<Q> = dyn Fn(&mut dyn Iterator<Item = &Q>) -> usize + Send + Sync;
 
 struct State<Q, A> {
-    /// A driver task is calling (or about to).
-    running: bool,
+    /// Driver tasks calling (or about to), each with one call in flight.
+    running: usize,
     waiting: Vec<(Q, Reply<A>)>,
 }
 
@@ -36,6 +37,7 @@ struct State<Q, A> {
 pub struct Batched<Q, A> {
     state: Arc<Mutex<State<Q, A>>>,
     take: Arc<Take<Q>>,
+    in_flight: usize,
 }
 
 impl<Q, A> Clone for Batched<Q, A> {
@@ -43,6 +45,7 @@ impl<Q, A> Clone for Batched<Q, A> {
         Self {
             state: self.state.clone(),
             take: self.take.clone(),
+            in_flight: self.in_flight,
         }
     }
 }
@@ -52,14 +55,18 @@ where
     Q: Send + 'static,
     A: Send + 'static,
 {
-    /// Batches of as many waiting requests as `take` counts (the peer's caps).
-    pub fn new(take: impl Fn(&mut dyn Iterator<Item = &Q>) -> usize + Send + Sync + 'static) -> Self {
+    /// Batches of as many waiting requests as `take` counts (the peer's
+    /// caps), at most `in_flight` calls at a time: requests wait only while
+    /// that many are under way, and the calls spread over the peer's
+    /// replicas and threads.
+    pub fn new(in_flight: usize, take: impl Fn(&mut dyn Iterator<Item = &Q>) -> usize + Send + Sync + 'static) -> Self {
         Self {
             state: Arc::new(Mutex::new(State {
-                running: false,
+                running: 0,
                 waiting: Vec::new(),
             })),
             take: Arc::new(take),
+            in_flight: in_flight.max(1),
         }
     }
 
@@ -75,7 +82,11 @@ where
         let start = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             state.waiting.push((request, tx));
-            !std::mem::replace(&mut state.running, true)
+            let start = state.running < self.in_flight;
+            if start {
+                state.running += 1;
+            }
+            start
         };
         if start {
             // A task of its own: a caller that gives up (its request
@@ -106,11 +117,12 @@ where
     K: Ord + Clone + Send + Sync + 'static,
     V: Clone + Send + 'static,
 {
-    /// Batches of at most `max_batch` distinct keys (the peer's cap).
+    /// Batches of at most `max_batch` distinct keys (the peer's cap), one
+    /// call at a time.
     pub fn new(max_batch: usize) -> Self {
         let max_batch = max_batch.max(1);
         Self {
-            inner: Batched::new(move |waiting| {
+            inner: Batched::new(1, move |waiting| {
                 // Distinct keys up to the cap; the rest wait for the next call.
                 let mut keys = BTreeSet::new();
                 let mut taken = 0;
@@ -165,10 +177,9 @@ where
     }
 }
 
-/// Ends the driver: if it unwinds, the waiting callers get an error (their
-/// senders drop) instead of waiting on a driver that no longer runs.
-/// A driver that returns normally disarms it first: by then another driver
-/// may already own the state.
+/// Ends the driver: if it unwinds and was the last, the waiting callers get
+/// an error (their senders drop) instead of waiting on a driver that no
+/// longer runs. A driver that returns normally disarms it first.
 struct Stop<'a, Q, A> {
     state: &'a Mutex<State<Q, A>>,
     armed: bool,
@@ -178,8 +189,10 @@ impl<Q, A> Drop for Stop<'_, Q, A> {
     fn drop(&mut self) {
         if self.armed {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            state.running = false;
-            state.waiting.clear();
+            state.running -= 1;
+            if state.running == 0 {
+                state.waiting.clear();
+            }
         }
     }
 }
@@ -197,7 +210,7 @@ where
         let (requests, replies): (Vec<Q>, Vec<Reply<A>>) = {
             let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
             if s.waiting.is_empty() {
-                s.running = false;
+                s.running -= 1;
                 stop.armed = false;
                 return;
             }
@@ -364,7 +377,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_request_of_a_batch_gets_its_own_answer_or_error() {
-        let b = Batched::<u64, u64>::new(|waiting| waiting.count());
+        let b = Batched::<u64, u64>::new(1, |waiting| waiting.count());
         let calls = Arc::new(Mutex::new(0usize));
         let fetch = {
             let calls = calls.clone();
@@ -408,7 +421,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_takes_only_what_its_take_allows_and_at_least_one() {
         // Requests weigh their value; a call carries at most 5 in all.
-        let b = Batched::<u64, u64>::new(|waiting| {
+        let b = Batched::<u64, u64>::new(1, |waiting| {
             let mut sum = 0;
             waiting
                 .take_while(|w| {
@@ -439,5 +452,44 @@ mod tests {
         assert_eq!(queued.await, vec![Ok(3), Ok(3), Ok(1), Ok(9)]);
         gate.await.unwrap().unwrap();
         assert_eq!(*calls.lock().unwrap(), vec![vec![1], vec![3], vec![3, 1], vec![9]]);
+    }
+
+    #[tokio::test]
+    async fn requests_wait_only_while_every_allowed_call_is_in_flight() {
+        let b = Batched::<u64, u64>::new(2, |waiting| waiting.count());
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let fetch = {
+            let calls = calls.clone();
+            move |requests: Vec<u64>| {
+                calls.lock().unwrap().push(requests.clone());
+                async move {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    Ok(requests.iter().map(|r| Ok(*r)).collect())
+                }
+            }
+        };
+        let started = |n: usize| {
+            let calls = calls.clone();
+            async move {
+                while calls.lock().unwrap().len() < n {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        };
+        let first = tokio::spawn({
+            let (b, f) = (b.clone(), fetch.clone());
+            async move { b.call(1, f).await }
+        });
+        started(1).await;
+        let second = tokio::spawn({
+            let (b, f) = (b.clone(), fetch.clone());
+            async move { b.call(2, f).await }
+        });
+        started(2).await;
+        // Both calls under way: these wait and go together.
+        let rest = futures::future::join_all([3u64, 4, 5].map(|r| b.call(r, fetch.clone()))).await;
+        assert_eq!(rest, vec![Ok(3), Ok(4), Ok(5)]);
+        assert_eq!((first.await.unwrap(), second.await.unwrap()), (Ok(1), Ok(2)));
+        assert_eq!(*calls.lock().unwrap(), vec![vec![1], vec![2], vec![3, 4, 5]]);
     }
 }

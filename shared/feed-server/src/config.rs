@@ -90,6 +90,9 @@ pub struct TimelineConfig {
     /// A reader's activity is recorded (the inbox expiry restarted) at
     /// most this often.
     pub active_debounce_ms: u64,
+    /// The split timeline's `ReadHomes` calls in flight at once; rounds
+    /// asked while that many are under way go together in the next call.
+    pub publish_calls_in_flight: usize,
 }
 
 impl Default for TimelineConfig {
@@ -100,6 +103,7 @@ impl Default for TimelineConfig {
             max_feeds_per_read: 1000,
             rebuild_budget: 8,
             active_debounce_ms: 60_000,
+            publish_calls_in_flight: 4,
         }
     }
 }
