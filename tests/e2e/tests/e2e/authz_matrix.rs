@@ -110,6 +110,7 @@ const ACCESS: &[(&str, Access)] = &[
     ("feed.publish.v1.PublishService/ReadOutboxes", Access::Internal),
     ("feed.publish.v1.PublishService/GetPendingWork", Access::Internal),
     ("feed.publish.v1.PublishService/ReadHome", Access::Internal),
+    ("feed.publish.v1.PublishService/ReadHomes", Access::Internal),
     (
         "feed.timeline.v1.TimelineService/GetTimeline",
         Access::OwnUser("user_id"),
