@@ -375,6 +375,20 @@ mod tests {
         assert_eq!(v.map(|v| v / 1000), Ok(2));
     }
 
+    type Echo = std::pin::Pin<Box<dyn Future<Output = Result<Vec<Result<u64, ApiError>>, ApiError>> + Send>>;
+
+    /// A batch fetch that answers each request with itself, recording each
+    /// call's requests and holding each call for `hold`.
+    fn echoing(calls: Arc<Mutex<Vec<Vec<u64>>>>, hold: Duration) -> impl Fn(Vec<u64>) -> Echo + Clone + Send + 'static {
+        move |requests: Vec<u64>| {
+            calls.lock().unwrap().push(requests.clone());
+            Box::pin(async move {
+                tokio::time::sleep(hold).await;
+                Ok(requests.iter().map(|r| Ok(*r)).collect())
+            })
+        }
+    }
+
     #[tokio::test]
     async fn each_request_of_a_batch_gets_its_own_answer_or_error() {
         let b = Batched::<u64, u64>::new(1, |waiting| waiting.count());
@@ -431,16 +445,7 @@ mod tests {
                 .count()
         });
         let calls = Arc::new(Mutex::new(Vec::new()));
-        let fetch = {
-            let calls = calls.clone();
-            move |requests: Vec<u64>| {
-                calls.lock().unwrap().push(requests.clone());
-                async move {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    Ok(requests.iter().map(|r| Ok(*r)).collect())
-                }
-            }
-        };
+        let fetch = echoing(calls.clone(), Duration::from_millis(20));
         let gate = {
             let (b, fetch) = (b.clone(), fetch.clone());
             tokio::spawn(async move { b.call(1, fetch).await })
@@ -458,16 +463,7 @@ mod tests {
     async fn requests_wait_only_while_every_allowed_call_is_in_flight() {
         let b = Batched::<u64, u64>::new(2, |waiting| waiting.count());
         let calls = Arc::new(Mutex::new(Vec::new()));
-        let fetch = {
-            let calls = calls.clone();
-            move |requests: Vec<u64>| {
-                calls.lock().unwrap().push(requests.clone());
-                async move {
-                    tokio::time::sleep(Duration::from_millis(30)).await;
-                    Ok(requests.iter().map(|r| Ok(*r)).collect())
-                }
-            }
-        };
+        let fetch = echoing(calls.clone(), Duration::from_millis(30));
         let started = |n: usize| {
             let calls = calls.clone();
             async move {
